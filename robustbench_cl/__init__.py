@@ -1,0 +1,1 @@
+"""robustbench_cl: adversarial robustness and privacy workbench."""

@@ -1,0 +1,119 @@
+"""The *standard* AutoAttack ensemble (Croce & Hein, 2020, https://arxiv.org/abs/2003.01690).
+
+APGD-CE, then APGD-T, then FAB-T, then Square, each run only on the samples that are still
+robust (the cascade). The settings are the paper's standard version, not torchattacks' preset
+(which runs 10 iterations): 100 iterations and 1 restart for APGD-CE, APGD-T and FAB-T,
+``min(9, n_classes - 1)`` target classes for APGD-T and FAB-T, and 5,000 queries for Square.
+The four component attacks are torchattacks' implementations; this class fixes their settings
+and runs the cascade.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustbench_cl.attacks.base import Attack, report_step
+from robustbench_cl.errors import UserError
+from robustbench_cl.registry import register_attack
+from robustbench_cl.threat import ThreatModel
+
+logger = logging.getLogger(__name__)
+
+_TORCHATTACKS_NORM = {"linf": "Linf", "l2": "L2"}
+
+
+@register_attack("autoattack")
+class AutoAttack(Attack):
+    """Standard AutoAttack: APGD-CE, APGD-T, FAB-T and Square (5,000 queries), cascaded."""
+
+    name = "autoattack"
+    norms = frozenset({"linf", "l2"})
+
+    def __init__(
+        self,
+        version: str = "standard",
+        steps: int = 100,
+        square_queries: int = 5000,
+        n_target_classes: int = 9,
+        seed: int = 0,
+    ) -> None:
+        if version != "standard":
+            raise UserError("version", f"unknown AutoAttack version {version!r}", "use 'standard'")
+        self.version = version
+        self.steps = steps
+        self.square_queries = square_queries
+        self.n_target_classes = n_target_classes
+        self.seed = seed
+
+    def supports(self, threat: ThreatModel, task: str = "classification") -> str | None:
+        reason = super().supports(threat, task)
+        if reason is None and threat.targeted:
+            reason = "standard AutoAttack is untargeted; use pgd for a targeted threat model"
+        if reason is None and threat.bounds != (0.0, 1.0):
+            reason = "AutoAttack's components need inputs in bounds (0, 1)"
+        return reason
+
+    def components(self, model: nn.Module, threat: ThreatModel, n_classes: int) -> list[tuple[str, Any]]:
+        import torchattacks
+
+        norm = _TORCHATTACKS_NORM[threat.norm]
+        targets = min(self.n_target_classes, n_classes - 1)
+        apgd_ce = torchattacks.APGD(
+            model, norm=norm, eps=threat.eps, steps=self.steps, n_restarts=1,
+            seed=self.seed, loss="ce", rho=0.75,
+        )
+        apgd_t = torchattacks.APGDT(
+            model, norm=norm, eps=threat.eps, steps=self.steps, n_restarts=1,
+            seed=self.seed, rho=0.75, n_classes=n_classes,
+        )
+        apgd_t.n_target_classes = targets
+        fab_t = torchattacks.FAB(
+            model, norm=norm, eps=threat.eps, steps=self.steps, n_restarts=1,
+            seed=self.seed, multi_targeted=True, n_classes=n_classes,
+        )
+        fab_t.n_target_classes = targets
+        square = torchattacks.Square(
+            model, norm=norm, eps=threat.eps, n_queries=self.square_queries, n_restarts=1,
+            p_init=0.8, loss="margin", resc_schedule=True, seed=self.seed,
+        )
+        return [("apgd-ce", apgd_ce), ("apgd-t", apgd_t), ("fab-t", fab_t), ("square", square)]
+
+    def describe_components(self, n_classes: int) -> dict[str, dict[str, Any]]:
+        targets = min(self.n_target_classes, n_classes - 1)
+        return {
+            "apgd-ce": {"iterations": self.steps, "restarts": 1, "loss": "ce", "rho": 0.75},
+            "apgd-t": {"iterations": self.steps, "restarts": 1, "target_classes": targets},
+            "fab-t": {"iterations": self.steps, "restarts": 1, "target_classes": targets},
+            "square": {"queries": self.square_queries, "restarts": 1, "p_init": 0.8},
+        }
+
+    def perturb(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel
+    ) -> torch.Tensor:
+        with torch.no_grad():
+            logits = model(x)
+        n_classes = logits.shape[1]
+        logger.info(
+            "AutoAttack (standard, %s eps=%g): %s",
+            threat.norm, threat.eps, self.describe_components(n_classes),
+        )
+        adv = x.clone()
+        robust = logits.argmax(1) == y
+        components = self.components(model, threat, n_classes)
+        for index, (name, component) in enumerate(components):
+            todo = robust.nonzero().flatten()  # between components, not inside a step loop
+            if todo.numel() == 0:
+                break
+            candidate = component(x[todo], y[todo]).detach()
+            with torch.no_grad():
+                fooled = model(candidate).argmax(1) != y[todo]
+            candidate = threat.clip(candidate, x[todo])
+            adv[todo[fooled]] = candidate[fooled]
+            robust[todo[fooled]] = False
+            logger.info("AutoAttack %s: %d of %d still robust", name, int(robust.sum()), len(y))
+            report_step(index + 1, len(components))
+        return adv

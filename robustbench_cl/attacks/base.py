@@ -1,0 +1,222 @@
+"""The attack protocol: ``attack(model, x, y, threat) -> AttackResult``.
+
+An attack is a plain class with keyword arguments and the literature's defaults. It declares
+the norms, spaces and tasks it supports; the engine refuses a pairing it cannot honour. Every
+call counts forward passes, backward passes and queries (all in samples, so that a cascade
+over still-robust samples costs what it really costs) and checks its output against the threat
+model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from robustbench_cl.errors import UserError
+from robustbench_cl.threat import ThreatModel
+
+StepHook = Callable[[int, int], None]
+_STEP_HOOK: ContextVar[StepHook | None] = ContextVar("robustbench_cl_step_hook", default=None)
+
+
+@contextlib.contextmanager
+def step_hook(hook: StepHook | None) -> Iterator[None]:
+    """Install a ``hook(step, total)`` that attacks call once per step (for progress bars)."""
+    token = _STEP_HOOK.set(hook)
+    try:
+        yield
+    finally:
+        _STEP_HOOK.reset(token)
+
+
+def report_step(step: int, total: int) -> None:
+    """Called by attack loops; a plain Python call, no host-device synchronisation."""
+    hook = _STEP_HOOK.get()
+    if hook is not None:
+        hook(step, total)
+
+
+@dataclass
+class Cost:
+    """Model evaluations spent, counted per sample: ``forward`` and ``backward`` passes, and
+    ``queries`` (forward evaluations visible to a black-box adversary, i.e. equal to
+    ``forward`` for a model that is queried directly)."""
+
+    forward: int = 0
+    backward: int = 0
+    queries: int = 0
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(
+            self.forward + other.forward,
+            self.backward + other.backward,
+            self.queries + other.queries,
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
+class AttackResult:
+    """Adversarial inputs, per-sample success (fooled, or target reached) and the cost."""
+
+    adv: torch.Tensor
+    success: torch.Tensor
+    cost: Cost = field(default_factory=Cost)
+    wall_time: float = 0.0
+    logits: torch.Tensor | None = None
+
+
+class _CountBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, output: torch.Tensor, counter: CountingModel) -> torch.Tensor:  # noqa: ANN001
+        ctx.counter = counter
+        ctx.batch = output.shape[0]
+        return output.view_as(output)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
+        ctx.counter.cost.backward += ctx.batch
+        return grad, None
+
+
+class CountingModel(nn.Module):
+    """Wraps a model and counts, per sample, every forward and every backward through it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.cost = Cost()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        output = self.model(x)
+        batch = x.shape[0]
+        self.cost.forward += batch
+        self.cost.queries += batch
+        if torch.is_grad_enabled() and output.requires_grad:
+            output = _CountBackward.apply(output, self)
+        return output
+
+
+@contextlib.contextmanager
+def inputs_only_gradients(model: nn.Module) -> Iterator[None]:
+    """Freeze parameters for the duration of an attack: gradients w.r.t. inputs only."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    for parameter in parameters:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter in parameters:
+            parameter.requires_grad_(True)
+
+
+def validate_inputs(x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> None:
+    """One-line errors for the bad inputs users actually pass."""
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise UserError("x", "inputs and labels must be torch tensors")
+    if x.ndim < 2:
+        raise UserError("x", f"expected a batch (N, ...), got shape {tuple(x.shape)}", "add a batch dimension")
+    if y.ndim != 1 or y.shape[0] != x.shape[0]:
+        raise UserError(
+            "y", f"shape {tuple(y.shape)} does not match {x.shape[0]} inputs", "pass one label per input"
+        )
+    if not torch.isfinite(x).all():
+        raise UserError("x", "inputs contain NaN or Inf", "clean the data before attacking")
+    if threat.bounds is not None and threat.space == "input":
+        low, high = threat.bounds
+        if float(x.min()) < low - 1e-6 or float(x.max()) > high + 1e-6:
+            raise UserError(
+                "x",
+                f"inputs span [{float(x.min()):.3g}, {float(x.max()):.3g}] outside bounds {threat.bounds}",
+                "put normalisation inside the model (Normalize) and pass raw inputs",
+            )
+
+
+def probe_model(model: nn.Module, x: torch.Tensor, n_classes: int | None = None) -> torch.Tensor:
+    """Run the model on the first input; turn a shape error into a one-line UserError."""
+    try:
+        with torch.no_grad():
+            logits = model(x[:1])
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(
+            "x", f"input shape {tuple(x.shape[1:])} does not fit the model ({first_line})",
+            "check the dataset and the model's expected input shape",
+        ) from None
+    if logits.ndim != 2:
+        raise UserError("model", f"expected logits (N, classes), got shape {tuple(logits.shape)}")
+    return logits
+
+
+class Attack:
+    """Base class. Subclasses implement :meth:`perturb` and set the class-level capabilities."""
+
+    name: ClassVar[str] = "attack"
+    norms: ClassVar[frozenset[str]] = frozenset({"linf", "l2"})
+    spaces: ClassVar[frozenset[str]] = frozenset({"input"})
+    tasks: ClassVar[frozenset[str]] = frozenset({"classification"})
+    #: white-box attacks need gradients; the engine checks them for zeros and NaNs
+    uses_gradients: ClassVar[bool] = True
+    #: whether a randomized model needs EOT for this attack to be meaningful
+    supports_eot: ClassVar[bool] = False
+
+    def settings(self) -> dict[str, Any]:
+        """The exact hyper-parameters, recorded with every result."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def supports(self, threat: ThreatModel, task: str = "classification") -> str | None:
+        """``None`` if this attack can honour ``threat``; otherwise the reason it cannot."""
+        if threat.norm not in self.norms:
+            return f"{self.name} supports norms {sorted(self.norms)}, not {threat.norm!r}"
+        if threat.space not in self.spaces:
+            return f"{self.name} supports spaces {sorted(self.spaces)}, not {threat.space!r}"
+        if task not in self.tasks:
+            return f"{self.name} supports tasks {sorted(self.tasks)}, not {task!r}"
+        return None
+
+    def stronger(self) -> Attack | None:
+        """A version with more steps/restarts, for the convergence sanity check (or None)."""
+        return None
+
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel
+    ) -> AttackResult:
+        reason = self.supports(threat)
+        if reason is not None:
+            raise UserError("attack", reason, "choose another attack or threat model")
+        validate_inputs(x, y, threat)
+        counted = CountingModel(model)
+        start = time.perf_counter()
+        with inputs_only_gradients(model):
+            probe_model(model, x)
+            adv = self.perturb(counted, x, y, threat).detach()
+            threat.check(adv, x)
+            with torch.no_grad():
+                logits = counted(adv)
+        success = logits.argmax(1) == y if threat.targeted else logits.argmax(1) != y
+        return AttackResult(
+            adv=adv,
+            success=success,
+            cost=counted.cost,
+            wall_time=time.perf_counter() - start,
+            logits=logits,
+        )
+
+    def perturb(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel
+    ) -> torch.Tensor:
+        """Return adversarial inputs. ``y`` holds targets when ``threat.targeted``."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
+        return f"{type(self).__name__}({args})"

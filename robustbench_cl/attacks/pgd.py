@@ -1,0 +1,94 @@
+"""Projected gradient descent (Madry et al., 2018, https://arxiv.org/abs/1706.06083).
+
+Distance: linf, l2 or l1, taken from the threat model, which owns the projection, the random
+start and the steepest-ascent direction. Inputs (N, ...) in ``threat.bounds``; labels (N,).
+
+    attack = PGD(steps=10, step_size=0.025, random_start=False)
+    result = attack(model, x, y, ThreatModel(norm="linf", eps=0.1))
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustbench_cl.attacks.base import Attack, report_step
+from robustbench_cl.registry import register_attack
+from robustbench_cl.threat import ThreatModel
+
+
+@register_attack("pgd")
+class PGD(Attack):
+    """PGD on the cross-entropy loss, with random start, restarts and targeted mode.
+
+    ``step_size=None`` uses Madry's heuristic ``2.5 * eps / steps``. With ``keep_best`` the
+    attack returns, per sample, the first iterate that succeeded (a successful example is
+    never thrown away by later steps); without it, the last iterate, as torchattacks and ART do.
+    """
+
+    name = "pgd"
+    norms = frozenset({"linf", "l2", "l1"})
+
+    def __init__(
+        self,
+        steps: int = 10,
+        step_size: float | None = None,
+        random_start: bool = True,
+        restarts: int = 1,
+        keep_best: bool = True,
+        seed: int | None = None,
+    ) -> None:
+        if steps < 1 or restarts < 1:
+            from robustbench_cl.errors import UserError
+
+            raise UserError("steps", "steps and restarts must be >= 1")
+        self.steps = steps
+        self.step_size = step_size
+        self.random_start = random_start
+        self.restarts = restarts
+        self.keep_best = keep_best
+        self.seed = seed
+
+    def stronger(self) -> PGD:
+        return PGD(
+            steps=2 * self.steps,
+            step_size=None if self.step_size is None else self.step_size / 2,
+            random_start=True,
+            restarts=self.restarts + 1,
+            keep_best=True,
+            seed=None if self.seed is None else self.seed + 1,
+        )
+
+    def perturb(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel
+    ) -> torch.Tensor:
+        step_size = self.step_size if self.step_size is not None else 2.5 * threat.eps / self.steps
+        sign = -1.0 if threat.targeted else 1.0
+        generator = None
+        if self.seed is not None:
+            generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        best = x.clone()
+        best_found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        mask_shape = (-1,) + (1,) * (x.ndim - 1)
+        total = self.steps * self.restarts
+        for restart in range(self.restarts):
+            x_adv = threat.random_init(x, generator) if self.random_start else x.clone()
+            found = torch.zeros_like(best_found)
+            for step in range(self.steps):
+                x_adv.requires_grad_(True)
+                logits = model(x_adv)
+                loss = F.cross_entropy(logits, y, reduction="sum")
+                (grad,) = torch.autograd.grad(sign * loss, x_adv)
+                if self.keep_best:
+                    hit = logits.argmax(1) == y if threat.targeted else logits.argmax(1) != y
+                    first = hit & ~found & ~best_found
+                    best = torch.where(first.view(mask_shape), x_adv.detach(), best)
+                    found = found | hit
+                step_direction = threat.ascent_direction(grad)
+                x_adv = threat.clip(x_adv.detach() + step_size * step_direction, x)
+                report_step(restart * self.steps + step + 1, total)
+            # the last iterate for samples not fooled at any earlier step
+            best = torch.where((~found & ~best_found).view(mask_shape), x_adv, best)
+            best_found = best_found | found
+        return best

@@ -1,0 +1,8 @@
+"""Built-in datasets (made or shipped offline) and loaders for local real data."""
+
+from __future__ import annotations
+
+from robustbench_cl.data.base import TensorData, load_dataset
+from robustbench_cl.data import digits  # noqa: F401  (registers "digits")
+
+__all__ = ["TensorData", "load_dataset"]

@@ -1,0 +1,79 @@
+"""The defense protocol.
+
+A *training* defense produces new weights (PGD-AT, DAT, C-AdvUL, ...); a *preprocessor*
+defense learns a module placed in front of a frozen model (RAE, DualTAP). Both build a
+defended model from a base model and training data, and cache what they learned as a
+safetensors artifact under a key that hashes the model, the data and the defense settings,
+so that a matrix never trains the same defense twice.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from pathlib import Path
+from typing import Any, ClassVar
+
+from torch import nn
+
+from robustbench_cl.data.base import TensorData
+from robustbench_cl.errors import UserError
+from robustbench_cl.models.wrappers import Frozen
+from robustbench_cl.registry import DEFENSES, register_defense
+from robustbench_cl.utils import cache_home, stable_hash
+
+
+class Defense:
+    name: ClassVar[str] = "defense"
+    kind: ClassVar[str] = "training"  # "training", "preprocessor" or "none"
+
+    def settings(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def cache_path(self, model_spec: str, data: TensorData) -> Path:
+        key = stable_hash(
+            {"defense": self.name, "settings": self.settings(), "model": model_spec,
+             "data": data.describe()}
+        )
+        return cache_home() / "defenses" / f"{self.name}-{key}"
+
+    def build(self, model: Frozen, model_spec: str, data: TensorData) -> nn.Module:
+        """Return the defended model (frozen, eval mode), training it on first use."""
+        raise NotImplementedError
+
+
+@register_defense("none")
+class NoDefense(Defense):
+    """The undefended model, as it is."""
+
+    name = "none"
+    kind = "none"
+
+    def build(self, model: Frozen, model_spec: str, data: TensorData) -> nn.Module:
+        return model
+
+
+def trainable_copy(model: Frozen, from_scratch: bool, seed: int) -> nn.Module:
+    """A deep copy of the wrapped model with gradients on; re-initialised if asked."""
+    import torch
+
+    inner = copy.deepcopy(model.model)
+    if from_scratch:
+        torch.manual_seed(seed)
+        for module in inner.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    inner.requires_grad_(True)
+    return inner
+
+
+def make_defense(name: str, **params: Any) -> Defense:
+    cls = DEFENSES.get(name)
+    allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise UserError(
+            f"{name}.{unknown[0]}", f"unknown parameter for defense {name!r}",
+            f"allowed: {', '.join(allowed) or 'none'}",
+        )
+    return cls(**params)

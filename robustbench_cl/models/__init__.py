@@ -1,0 +1,52 @@
+"""Models: wrappers, adapters and the built-in zoo, behind one spec string.
+
+Specs: ``builtin:NAME``, ``torchvision:NAME?weights=PATH``, ``timm:NAME?checkpoint=PATH``,
+``python:package.module:factory``.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+import torch
+from torch import nn
+
+from robustbench_cl.errors import UserError
+from robustbench_cl.models import builtin  # noqa: F401  (registers the built-in zoo)
+from robustbench_cl.models.adapters import python_model, timm_model, torchvision_model
+from robustbench_cl.models.wrappers import Frozen, Normalize, Preprocessed
+from robustbench_cl.registry import MODELS, Registry
+
+SCHEMES: Registry = Registry("model scheme")
+SCHEMES.register("torchvision")(torchvision_model)
+SCHEMES.register("timm")(timm_model)
+SCHEMES.register("python")(python_model)
+
+
+def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
+    """``scheme:target?k=v`` -> (scheme, target, options)."""
+    if not isinstance(spec, str) or ":" not in spec:
+        raise UserError(
+            "model", f"bad model spec {spec!r}", "use e.g. builtin:digits-cnn or torchvision:resnet18"
+        )
+    scheme, _, rest = spec.partition(":")
+    target, _, query = rest.partition("?")
+    return scheme, target, dict(parse_qsl(query, keep_blank_values=True))
+
+
+def load_model(spec: str, device: str | torch.device | None = None) -> Frozen:
+    """Resolve a model spec to a frozen model in eval mode whose inputs live in [0, 1]."""
+    scheme, target, options = parse_spec(spec)
+    if scheme == "builtin":
+        if options:
+            raise UserError("model", f"builtin models take no options, got {sorted(options)}")
+        model = MODELS.get(target)()
+    else:
+        model = SCHEMES.get(scheme)(target, options)
+    frozen = Frozen(model)
+    if device is not None:
+        frozen = frozen.to(device)
+    return frozen
+
+
+__all__ = ["Frozen", "Normalize", "Preprocessed", "load_model", "parse_spec", "SCHEMES"]

@@ -1,0 +1,66 @@
+"""Our own artifacts: a safetensors file of weights plus a JSON config beside it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+def save_artifact(path: Path, module: nn.Module, config: dict[str, Any]) -> Path:
+    """Write ``path.safetensors`` and ``path.json`` atomically (write, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+    tmp_weights = path.with_suffix(".safetensors.tmp")
+    save_file(weights, str(tmp_weights))
+    _fsync(tmp_weights)
+    os.replace(tmp_weights, path.with_suffix(".safetensors"))
+    tmp_config = path.with_suffix(".json.tmp")
+    tmp_config.write_text(json.dumps(config, indent=2, sort_keys=True))
+    _fsync(tmp_config)
+    os.replace(tmp_config, path.with_suffix(".json"))
+    return path
+
+
+def artifact_exists(path: Path) -> bool:
+    path = Path(path)
+    return path.with_suffix(".safetensors").exists() and path.with_suffix(".json").exists()
+
+
+def load_artifact_weights(path: Path, module: nn.Module) -> nn.Module:
+    state = load_file(str(Path(path).with_suffix(".safetensors")))
+    module.load_state_dict(state)
+    return module
+
+
+def load_artifact_config(path: Path) -> dict[str, Any]:
+    return json.loads(Path(path).with_suffix(".json").read_text())
+
+
+def load_foreign_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load someone else's checkpoint safely: safetensors, or ``torch.load(weights_only=True)``."""
+    path = Path(path)
+    if not path.exists():
+        from robustbench_cl.errors import UserError
+
+        raise UserError("weights", f"checkpoint {str(path)!r} does not exist", "check the path")
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if key in state and isinstance(state[key], dict):
+                state = state[key]
+                break
+    return state
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())

@@ -1,0 +1,99 @@
+"""Name -> factory registries for attacks, defenses, models, datasets and suites.
+
+One name leads to one factory, discovery is free and typos get a "did you mean"::
+
+    @register_attack("pgd")
+    class PGD(Attack): ...
+
+    list_attacks("apgd*")
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from robustbench_cl.errors import UserError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A named collection of factories with wildcard listing and typo suggestions."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+        self._summaries: dict[str, str] = {}
+
+    def register(self, name: str, summary: str | None = None) -> Callable[[T], T]:
+        def decorator(factory: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name] = factory
+            doc = summary or (getattr(factory, "__doc__", None) or "").strip()
+            self._summaries[name] = doc.splitlines()[0] if doc else ""
+            return factory
+
+        return decorator
+
+    def get(self, name: str) -> T:
+        if name not in self._entries:
+            raise UserError(self.kind, f"unknown {self.kind} {name!r}", self._suggest(name))
+        return self._entries[name]
+
+    def _suggest(self, name: str) -> str:
+        close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
+        if close:
+            return f"did you mean {' or '.join(repr(c) for c in close)}?"
+        return f"see `robustbench-cl list {self.kind}s`"
+
+    def names(self, pattern: str = "*") -> list[str]:
+        return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
+
+    def summary(self, name: str) -> str:
+        return self._summaries.get(name, "")
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+
+ATTACKS: Registry[Any] = Registry("attack")
+DEFENSES: Registry[Any] = Registry("defense")
+MODELS: Registry[Any] = Registry("model")
+DATASETS: Registry[Any] = Registry("dataset")
+
+register_attack = ATTACKS.register
+register_defense = DEFENSES.register
+register_model = MODELS.register
+register_dataset = DATASETS.register
+
+
+def list_attacks(pattern: str = "*") -> list[str]:
+    _load_builtins()
+    return ATTACKS.names(pattern)
+
+
+def list_defenses(pattern: str = "*") -> list[str]:
+    _load_builtins()
+    return DEFENSES.names(pattern)
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    _load_builtins()
+    return MODELS.names(pattern)
+
+
+def list_datasets(pattern: str = "*") -> list[str]:
+    _load_builtins()
+    return DATASETS.names(pattern)
+
+
+def _load_builtins() -> None:
+    """Import the modules whose decorators fill the registries."""
+    import robustbench_cl.attacks  # noqa: F401
+    import robustbench_cl.data  # noqa: F401
+    import robustbench_cl.defenses  # noqa: F401
+    import robustbench_cl.models  # noqa: F401

@@ -1,0 +1,52 @@
+"""Small shared helpers: the cache home, stable hashing and seeding."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def cache_home() -> Path:
+    """Where built-in models and defense artifacts are cached (``ROBUSTBENCH_CL_HOME``)."""
+    root = os.environ.get("ROBUSTBENCH_CL_HOME")
+    path = Path(root) if root else Path.home() / ".cache" / "robustbench_cl"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """Hash of a JSON-serialisable object that does not depend on key order or the process."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:  # pragma: no cover - numpy ships with torch
+        pass
+
+
+def derive_seed(seed: int, *parts: Any) -> int:
+    """A per-cell seed derived from the run seed and a name, stable across processes."""
+    return int(stable_hash([seed, *parts], length=8), 16)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        from robustbench_cl.errors import UserError
+
+        raise UserError("device", "CUDA is not available on this machine", "use --device cpu")
+    return torch.device(device)
