@@ -1,0 +1,35 @@
+# The two commands: `make demo` (set up + the main job) and `make test` (set up + tests).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-dev
+
+.PHONY: demo test bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(VENV)/.installed $@
+
+demo: $(VENV)/.installed
+	$(BIN)/robustbench-cl run quickstart
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/attack_overhead.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check robustbench_cl tests benchmarks
+	$(BIN)/ruff format --check robustbench_cl tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,258 @@
+"""The ``robustbench-cl`` command line: run, list, show and one-off attacks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from robustbench_cl.errors import ThreatModelViolation, UserError
+
+console = Console(stderr=True)
+stdout = Console()
+
+
+class _Group(click.Group):
+    """Turns user errors into one line on stderr and exit code 2 (a traceback with --debug)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (UserError, ThreatModelViolation) as error:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {error}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.option("--debug", is_flag=True, help="Show full tracebacks and debug logs.")
+@click.option("-v", "--verbose", is_flag=True, help="Log what the engine does.")
+@click.version_option(package_name="robustbench-cl")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
+    """Attack x defense matrices under one threat model, with honest reports."""
+    ctx.obj = {"debug": debug}
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
+                        handlers=[RichHandler(console=console, show_path=False)], force=True)
+
+
+@cli.command()
+@click.argument("suite", default="quickstart")
+@click.option("--profile", type=click.Choice(["quick", "full"]), default="quick", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Run directory (default runs/<suite>-<timestamp>).")
+@click.option("--device", default="cpu", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--resume/--fresh", default=True, show_default=True,
+              help="Reuse finished cells in --out, or start over.")
+@click.option("--seed", type=int, default=None, help="Override the config's seed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the matrix as JSON on stdout.")
+def run(suite: str, profile: str, out: Path | None, device: str, resume: bool, seed: int | None,
+        as_json: bool) -> None:
+    """Run SUITE (a packaged suite name or a YAML config path)."""
+    from robustbench_cl.cli.progress import RichProgress
+    from robustbench_cl.engine import load_run
+    from robustbench_cl.engine import run as run_matrix
+
+    command = "robustbench-cl " + " ".join(sys.argv[1:])
+    with RichProgress(console) as progress:
+        run_dir = run_matrix(suite, out=out, profile=profile, device=device, resume=resume,
+                             seed=seed, progress=progress, command=command)
+    summary = load_run(run_dir)
+    _write_report(run_dir)
+    if as_json:
+        stdout.print_json(json.dumps(_summary_json(summary)))
+    else:
+        _print_summary(summary)
+        console.print(f"run directory: {run_dir}")
+
+
+def _write_report(run_dir: Path) -> None:
+    from robustbench_cl.report.html import write_report
+
+    path = write_report(run_dir)
+    console.print(f"report: {path}")
+
+
+def _print_summary(summary: Any) -> None:
+    from robustbench_cl.report.table import flags_table, matrix_table
+
+    stdout.print(matrix_table(summary))
+    flags = flags_table(summary)
+    if flags is not None:
+        stdout.print(flags)
+
+
+def _summary_json(summary: Any) -> dict[str, Any]:
+    return {
+        "run_dir": str(summary.run_dir),
+        "suite": summary.meta.get("suite"),
+        "rows": [
+            {
+                "model": pair.model,
+                "defense": pair.defense,
+                "clean_accuracy": pair.clean_accuracy,
+                "cells": [
+                    {"attack": cell["attack"].get("name") or cell["attack"]["attack"],
+                     "threat": cell["threat"], "robust_accuracy": cell["robust_accuracy"],
+                     "robust_ci95": cell["robust_ci95"], "flags": cell["flags"], "cost": cell["cost"]}
+                    for cell in pair.cells
+                ],
+                "worst_case": [asdict(w) for w in pair.worst_case],
+            }
+            for pair in summary.pairs
+        ],
+    }
+
+
+@cli.command(name="list")
+@click.argument("kind", type=click.Choice(["attacks", "defenses", "models", "datasets", "suites"]),
+                default="attacks")
+@click.argument("pattern", default="*")
+def list_command(kind: str, pattern: str) -> None:
+    """List registered names, optionally filtered by a wildcard PATTERN ('pgd*')."""
+    from robustbench_cl import registry
+    from robustbench_cl.engine.config import list_suites
+
+    registry._load_builtins()
+    table = Table(title=kind, title_justify="left")
+    table.add_column("name", style="bold")
+    table.add_column("summary")
+    if kind == "suites":
+        import fnmatch
+
+        for name in list_suites():
+            if fnmatch.fnmatch(name, pattern):
+                table.add_row(name, "packaged suite")
+    else:
+        reg = {"attacks": registry.ATTACKS, "defenses": registry.DEFENSES,
+               "models": registry.MODELS, "datasets": registry.DATASETS}[kind]
+        for name in reg.names(pattern):
+            shown = f"builtin:{name}" if kind == "models" else name
+            table.add_row(shown, reg.summary(name))
+        if kind == "attacks":
+            table.add_row("torchattacks:NAME", "any torchattacks attack, under our threat model")
+            table.add_row("art:NAME", "any ART evasion attack, under our threat model")
+        if kind == "models":
+            for scheme in ("torchvision:NAME?weights=PATH", "timm:NAME?checkpoint=PATH",
+                           "python:package.module:factory"):
+                table.add_row(scheme, "adapter for your own model")
+    stdout.print(table)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the matrix as JSON on stdout.")
+def show(run_dir: Path, as_json: bool) -> None:
+    """Print the matrix of a finished (or partial) RUN_DIR."""
+    from robustbench_cl.engine import load_run
+
+    summary = load_run(run_dir)
+    if as_json:
+        stdout.print_json(json.dumps(_summary_json(summary)))
+    else:
+        _print_summary(summary)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None)
+def report(run_dir: Path, output: Path | None) -> None:
+    """Write the self-contained HTML report of RUN_DIR."""
+    from robustbench_cl.report.html import write_report
+
+    console.print(f"report: {write_report(run_dir, output)}")
+
+
+def _parse_param(values: tuple[str, ...]) -> dict[str, Any]:
+    import yaml
+
+    params = {}
+    for item in values:
+        if "=" not in item:
+            raise UserError("--param", f"expected KEY=VALUE, got {item!r}", "e.g. --param steps=20")
+        key, _, value = item.partition("=")
+        params[key] = yaml.safe_load(value)
+    return params
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--model", "model_spec", default="builtin:digits-cnn", show_default=True)
+@click.option("--data", "dataset", default="digits", show_default=True)
+@click.option("--n", type=int, default=256, show_default=True, help="Number of test samples.")
+@click.option("--norm", type=click.Choice(["linf", "l2", "l1"]), default="linf", show_default=True)
+@click.option("--eps", type=float, required=True)
+@click.option("--targeted", is_flag=True)
+@click.option("--param", "params", multiple=True, help="Attack parameter KEY=VALUE (repeatable).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def attack(name: str, model_spec: str, dataset: str, n: int, norm: str, eps: float, targeted: bool,
+           params: tuple[str, ...], device: str, seed: int, as_json: bool) -> None:
+    """Run one attack NAME against one model, e.g. `attack pgd --eps 0.1`."""
+    import torch
+
+    from robustbench_cl.attacks import make_attack
+    from robustbench_cl.attacks.base import step_hook
+    from robustbench_cl.data import load_dataset
+    from robustbench_cl.engine.metrics import wilson_interval
+    from robustbench_cl.models import load_model
+    from robustbench_cl.threat import ThreatModel
+    from robustbench_cl.utils import resolve_device, seed_everything
+
+    seed_everything(seed)
+    threat = ThreatModel(norm=norm, eps=eps, targeted=targeted)
+    chosen = make_attack(name, **_parse_param(params))
+    reason = chosen.supports(threat)
+    if reason is not None:
+        raise UserError("attack", reason, "choose another attack or --norm")
+    torch_device = resolve_device(device)
+    model = load_model(model_spec).to(torch_device)
+    x, y = load_dataset(dataset, split="test").tensors(n)
+    x, y = x.to(torch_device), y.to(torch_device)
+    if targeted:
+        y = (y + 1) % 10
+    from rich.progress import Progress
+
+    with Progress(console=console, transient=True) as bars:
+        task = bars.add_task(f"{name} {threat.describe()}", total=1)
+        with step_hook(lambda step, total: bars.update(task, total=total, completed=step)):
+            result = chosen(model, x, y, threat)
+    with torch.no_grad():
+        clean = (model(x).argmax(1) == y) if not targeted else torch.ones_like(y, dtype=torch.bool)
+    robust = int((clean & ~result.success).sum())
+    output = {
+        "attack": name, "settings": chosen.settings(), "model": model_spec, "threat": threat.to_dict(),
+        "n": len(y), "clean_accuracy": float(clean.float().mean()), "robust_accuracy": robust / len(y),
+        "robust_ci95": list(wilson_interval(robust, len(y))), "cost": result.cost.to_dict(),
+        "wall_time": result.wall_time,
+    }
+    if as_json:
+        stdout.print_json(json.dumps(output))
+        return
+    table = Table(title=f"{name} on {model_spec}, {threat.describe()}", title_justify="left")
+    for column in ("n", "clean %", "robust %", "95% CI", "forward", "backward", "seconds"):
+        table.add_column(column, justify="right")
+    low, high = output["robust_ci95"]
+    table.add_row(str(len(y)), f"{100 * output['clean_accuracy']:.1f}", f"{100 * output['robust_accuracy']:.1f}",
+                  f"{100 * low:.1f}-{100 * high:.1f}", str(result.cost.forward), str(result.cost.backward),
+                  f"{result.wall_time:.2f}")
+    stdout.print(table)
+
+
+def main() -> None:
+    cli(prog_name="robustbench-cl")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""The matrix config: YAML validated with pydantic, with one-line errors.
+
+A config names the task, the data, the models, the defenses and the attacks, each attack with
+its threat model; an ``eps`` list is a sweep. ``profiles`` hold overrides (``quick``, ``full``)
+merged over the base before validation.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from robustbench_cl.errors import UserError
+from robustbench_cl.utils import stable_hash
+
+SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    name: str = "digits"
+    split: Literal["train", "test"] = "test"
+    n: int | None = Field(default=None, ge=1)
+    train_split: Literal["train", "test"] = "train"
+
+
+class ModelConfig(_Strict):
+    spec: str
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.spec
+
+
+class DefenseConfig(_Strict):
+    defense: str = "none"
+    name: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.defense
+
+
+class ThreatConfig(_Strict):
+    norm: Literal["linf", "l2", "l1", "l0", "none"] = "linf"
+    eps: float | list[float]
+    space: Literal["input", "embedding", "token"] = "input"
+    bounds: tuple[float, float] | None = (0.0, 1.0)
+    targeted: bool = False
+    access: Literal["white-box", "black-box", "transfer"] = "white-box"
+
+    @field_validator("eps")
+    @classmethod
+    def _eps_not_empty(cls, value: float | list[float]) -> float | list[float]:
+        if isinstance(value, list) and not value:
+            raise ValueError("an eps sweep needs at least one value")
+        return value
+
+    def eps_values(self) -> list[float]:
+        return list(self.eps) if isinstance(self.eps, list) else [self.eps]
+
+
+class AttackConfig(_Strict):
+    attack: str
+    name: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    threat: ThreatConfig
+
+    @property
+    def label(self) -> str:
+        return self.name or self.attack
+
+
+class EngineConfig(_Strict):
+    batch_size: int = Field(default=256, ge=1)
+    cascade: bool = True
+    sanity_checks: bool = True
+    sanity_probe_size: int = Field(default=64, ge=1)
+
+
+class MatrixConfig(_Strict):
+    suite: str
+    description: str = ""
+    task: Literal["classification"] = "classification"
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    models: list[ModelConfig] = Field(min_length=1)
+    defenses: list[DefenseConfig] = Field(default_factory=lambda: [DefenseConfig()])
+    attacks: list[AttackConfig] = Field(min_length=1)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+
+    def config_hash(self) -> str:
+        return stable_hash(self.model_dump(mode="json"))
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += ("." if text else "") + str(part)
+    return text or "config"
+
+
+def _format_validation_error(error: ValidationError, model: type[BaseModel]) -> UserError:
+    first = error.errors()[0]
+    where = _location(tuple(p for p in first["loc"] if not str(p).startswith("function-")))
+    if first["type"] == "extra_forbidden":
+        parent = model
+        for part in first["loc"][:-1]:
+            if isinstance(part, int):
+                continue
+            annotation = parent.model_fields[part].annotation
+            inner = getattr(annotation, "__args__", (annotation,))[0]
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                parent = inner
+            elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                parent = annotation
+        allowed = ", ".join(parent.model_fields)
+        return UserError(where, "unknown config key", f"allowed keys here: {allowed}")
+    if first["type"] == "missing":
+        return UserError(where, "required key is missing", "add it to the config")
+    return UserError(where, first["msg"].rstrip("."), "fix the value in the config")
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "invalid YAML"
+        raise UserError(str(path), f"broken YAML{where}: {problem}", "fix the YAML syntax") from None
+    if not isinstance(raw, dict):
+        raise UserError(str(path), "a config must be a YAML mapping", "start with `suite: NAME`")
+    return raw
+
+
+def resolve_suite_path(name_or_path: str | Path) -> Path:
+    """A packaged suite name (``quickstart``) or a path to a YAML file."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        if not candidate.exists():
+            raise UserError("config", f"file {str(candidate)!r} does not exist", "check the path")
+        return candidate
+    packaged = SUITES_DIR / f"{name_or_path}.yaml"
+    if packaged.exists():
+        return packaged
+    import difflib
+
+    names = list_suites()
+    close = difflib.get_close_matches(str(name_or_path), names, n=3)
+    hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else f"known suites: {', '.join(names)}"
+    raise UserError("suite", f"unknown suite {str(name_or_path)!r}", hint)
+
+
+def list_suites() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+
+
+def load_config(
+    source: str | Path | dict[str, Any], profile: str | None = "quick", seed: int | None = None
+) -> MatrixConfig:
+    """Read, apply a profile, and validate. Raises :class:`UserError` with a one-line message."""
+    raw = dict(source) if isinstance(source, dict) else read_yaml(resolve_suite_path(source))
+    profiles = raw.pop("profiles", None) or {}
+    if not isinstance(profiles, dict):
+        raise UserError("profiles", "must be a mapping of profile name to overrides")
+    if profile is not None and profiles:
+        if profile not in profiles:
+            raise UserError("profile", f"unknown profile {profile!r}", f"use one of {', '.join(profiles)}")
+        raw = _deep_merge(raw, profiles[profile] or {})
+    if seed is not None:
+        raw["seed"] = seed
+    try:
+        return MatrixConfig.model_validate(raw)
+    except ValidationError as error:
+        raise _format_validation_error(error, MatrixConfig) from None

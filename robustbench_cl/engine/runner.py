@@ -1,0 +1,373 @@
+"""Expand a matrix config into cells and run them, cascading over still-robust samples.
+
+For each (model, defense) pair the clean outcome is computed once. Cells that share a threat
+model (same norm and eps) form a *group*; within a group, attacks run in config order and each
+only attacks the samples that are still robust (the AutoAttack cascade), so the last cell of a
+group holds the worst case over its attacks. Every finished cell is appended to ``cells.jsonl``
+with its per-sample outcomes: 1 robust, 0 broken by this attack, -1 not attacked (misclassified
+clean, or broken earlier in the cascade).
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from robustbench_cl.attacks import Attack, make_attack
+from robustbench_cl.attacks.base import step_hook
+from robustbench_cl.data import TensorData, load_dataset
+from robustbench_cl.defenses import make_defense
+from robustbench_cl.engine import sanity
+from robustbench_cl.engine.config import AttackConfig, DefenseConfig, MatrixConfig, ModelConfig, load_config
+from robustbench_cl.engine.metrics import wilson_interval
+from robustbench_cl.engine.store import ResultsStore, write_json_atomic
+from robustbench_cl.errors import UserError
+from robustbench_cl.models import load_model
+from robustbench_cl.threat import ThreatModel
+from robustbench_cl.utils import derive_seed, resolve_device, stable_hash
+
+logger = logging.getLogger(__name__)
+
+ROBUST, BROKEN, NOT_ATTACKED = 1, 0, -1
+
+
+class Progress:
+    """Progress events from the engine; the CLI draws them with rich. All no-ops here."""
+
+    def run_started(self, n_cells: int, n_todo: int) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+    def cell_started(self, label: str, n_batches: int) -> None: ...
+
+    def batch_done(self) -> None: ...
+
+    def step(self, step: int, total: int) -> None: ...
+
+    def cell_done(self, record: dict[str, Any], skipped: bool) -> None: ...
+
+
+@dataclass
+class Cell:
+    id: str
+    pair_id: str
+    group_id: str
+    model: ModelConfig
+    defense: DefenseConfig
+    attack: AttackConfig
+    threat: ThreatModel
+
+
+@dataclass
+class Pair:
+    """A (model, defense) row of the matrix and its cells, in execution order."""
+
+    id: str
+    model: ModelConfig
+    defense: DefenseConfig
+    cells: list[Cell] = field(default_factory=list)
+
+
+def expand(config: MatrixConfig) -> list[Pair]:
+    """Config -> (model, defense) pairs -> cells. Builds every attack once to validate it."""
+    pairs = []
+    data_key = config.data.model_dump(mode="json")
+    for model in config.models:
+        for defense in config.defenses:
+            pair_id = stable_hash({"model": model.spec, "defense": defense.defense,
+                                   "params": defense.params, "data": data_key, "seed": config.seed})
+            pair = Pair(pair_id, model, defense)
+            for index, attack in enumerate(config.attacks):
+                try:
+                    built = make_attack(attack.attack, **attack.params)
+                except UserError as error:
+                    raise UserError(f"attacks[{index}].{error.field}", error.problem, error.fix) from None
+                for eps in attack.threat.eps_values():
+                    threat_values = attack.threat.model_dump()
+                    threat_values["eps"] = eps
+                    try:
+                        threat = ThreatModel(**threat_values)
+                    except UserError as error:
+                        raise UserError(f"attacks[{index}].threat.{error.field}", error.problem,
+                                        error.fix) from None
+                    reason = built.supports(threat, config.task)
+                    if reason is not None:
+                        raise UserError(f"attacks[{index}]", reason, "change the attack or its threat")
+                    group_id = stable_hash({"pair": pair_id, "threat": threat.to_dict()})
+                    cell_id = stable_hash({"pair": pair_id, "attack": attack.attack,
+                                           "params": attack.params, "threat": threat.to_dict(),
+                                           "cascade": config.engine.cascade})
+                    pair.cells.append(Cell(cell_id, pair_id, group_id, model, defense, attack, threat))
+            pairs.append(pair)
+    return pairs
+
+
+def _targets(y: torch.Tensor, n_classes: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    offset = torch.randint(1, n_classes, y.shape, generator=generator)
+    return (y.cpu() + offset) % n_classes
+
+
+def _meta(config: MatrixConfig, device: torch.device, command: str | None, profile: str | None) -> dict[str, Any]:
+    import robustbench_cl
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__,
+                "robustbench_cl": robustbench_cl.__version__}
+    for package in ("torchattacks", "art", "sklearn", "numpy"):
+        try:
+            versions[package] = __import__(package).__version__
+        except Exception:  # noqa: BLE001 - a missing optional package is just not recorded
+            pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "suite": config.suite,
+        "profile": profile,
+        "config_hash": config.config_hash(),
+        "seed": config.seed,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "host": socket.gethostname(),
+        "versions": versions,
+        "git_commit": commit,
+        "command": command or " ".join(sys.argv),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+class Runner:
+    def __init__(self, config: MatrixConfig, run_dir: Path, device: torch.device,
+                 progress: Progress) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.device = device
+        self.progress = progress
+        self.store = ResultsStore(run_dir / "cells.jsonl")
+        self._train: TensorData | None = None
+
+    # ------------------------------------------------------------------ data and models
+    def load_data(self) -> None:
+        data = load_dataset(self.config.data.name, split=self.config.data.split)
+        self.data = data
+        x, y = data.tensors(self.config.data.n)
+        if not torch.isfinite(x).all():
+            raise UserError("data", "the dataset contains NaN or Inf inputs", "clean the data")
+        self.x, self.y = x.to(self.device), y.to(self.device)
+        self.n = len(self.y)
+
+    def train_data(self) -> TensorData:
+        if self._train is None:
+            self._train = load_dataset(self.config.data.name, split=self.config.data.train_split)
+        return self._train
+
+    def build_model(self, pair: Pair) -> nn.Module:
+        base = load_model(pair.model.spec)
+        defense = make_defense(pair.defense.defense, **pair.defense.params)
+        self.progress.message(f"preparing {pair.model.label} + {pair.defense.label}")
+        model = defense.build(base, pair.model.spec, self.train_data())
+        if hasattr(base, "unchanged") and not base.unchanged():
+            raise RuntimeError(f"defense {pair.defense.defense} modified the frozen base model")
+        return model.to(self.device).eval()
+
+    # ------------------------------------------------------------------ batched helpers
+    def _predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        size = self.config.engine.batch_size
+        with torch.no_grad():
+            return torch.cat([model(x[i : i + size]) for i in range(0, len(x), size)])
+
+    # ------------------------------------------------------------------ clean pass
+    def clean_record(self, pair: Pair, model: nn.Module) -> dict[str, Any]:
+        start = time.perf_counter()
+        logits = self._predict(model, self.x)
+        n_classes = logits.shape[1]
+        correct = logits.argmax(1) == self.y
+        probes: dict[str, Any] = {"n_classes": n_classes}
+        if self.config.engine.sanity_checks:
+            probe_x, probe_y = self.x[: self.config.engine.sanity_probe_size], self.y[: self.config.engine.sanity_probe_size]
+            probes["gradients"] = sanity.gradient_health(model, probe_x, probe_y)
+            probes["randomization"] = sanity.randomization(model, probe_x)
+            if any(c.threat.norm == "linf" and c.threat.bounds is not None for c in pair.cells):
+                keep = correct[: len(probe_y)]
+                bounds = next(c.threat.bounds for c in pair.cells if c.threat.bounds is not None)
+                probes["full_range_accuracy"] = (
+                    sanity.full_range_accuracy(model, probe_x[keep], probe_y[keep], bounds)
+                    if bool(keep.any()) else None
+                )
+        count = int(correct.sum())
+        return {
+            "type": "clean",
+            "id": pair.id,
+            "model": pair.model.model_dump(),
+            "defense": pair.defense.model_dump(),
+            "n": self.n,
+            "correct": correct.int().tolist(),
+            "clean_accuracy": count / self.n,
+            "clean_ci95": list(wilson_interval(count, self.n)),
+            "probes": probes,
+            "wall_time": time.perf_counter() - start,
+        }
+
+    # ------------------------------------------------------------------ one cell
+    def run_cell(self, cell: Cell, model: nn.Module, clean: dict[str, Any],
+                 alive: torch.Tensor) -> dict[str, Any]:
+        config = self.config
+        attack: Attack = make_attack(cell.attack.attack, **cell.attack.params)
+        n_classes = clean["probes"]["n_classes"]
+        torch.manual_seed(derive_seed(config.seed, cell.id))
+        labels = self.y
+        if cell.threat.targeted:
+            labels = _targets(self.y, n_classes, derive_seed(config.seed, cell.id, "targets")).to(self.device)
+        todo = alive.nonzero().flatten()
+        size = config.engine.batch_size
+        batches = [todo[i : i + size] for i in range(0, len(todo), size)]
+        label = f"{cell.model.label} | {cell.defense.label} | {cell.attack.label} | {cell.threat.describe()}"
+        self.progress.cell_started(label, len(batches))
+        if attack.name == "autoattack":
+            self.progress.message(f"AutoAttack standard settings: {attack.describe_components(n_classes)}")
+        outcomes = torch.full((self.n,), NOT_ATTACKED, dtype=torch.long, device=self.device)
+        cost = None
+        wall = 0.0
+        examples: list[int] = []
+        with step_hook(self.progress.step):
+            for batch in batches:
+                result = attack(model, self.x[batch], labels[batch], cell.threat)
+                outcomes[batch] = torch.where(result.success, BROKEN, ROBUST)
+                cost = result.cost if cost is None else cost + result.cost
+                wall += result.wall_time
+                self.progress.batch_done()
+        flags: list[dict[str, str]] = []
+        probe: dict[str, Any] = {}
+        if config.engine.sanity_checks:
+            if attack.uses_gradients:
+                flags += sanity.pair_flags(clean["probes"], n_classes)
+            if cell.threat.norm == "linf":
+                flags += sanity.full_range_flag(clean["probes"].get("full_range_accuracy"), n_classes)
+            survivors = (outcomes == ROBUST).nonzero().flatten()[: config.engine.sanity_probe_size]
+            more, probe = sanity.convergence_flag(attack, model, self.x[survivors], labels[survivors],
+                                                  cell.threat, self.n)
+            flags += more
+        robust = int((outcomes == ROBUST).sum())
+        clean_correct = sum(clean["correct"])
+        broken_here = int((outcomes == BROKEN).sum())
+        examples = (outcomes == BROKEN).nonzero().flatten()[:8].tolist()
+        return {
+            "type": "cell",
+            "id": cell.id,
+            "pair_id": cell.pair_id,
+            "group_id": cell.group_id,
+            "model": cell.model.model_dump(),
+            "defense": cell.defense.model_dump(),
+            "attack": {**cell.attack.model_dump(exclude={"threat"}), "settings": attack.settings()},
+            "threat": cell.threat.to_dict(),
+            "cascade": config.engine.cascade,
+            "n": self.n,
+            "attacked": len(todo),
+            "broken": broken_here,
+            "robust_count": robust,
+            "clean_accuracy": clean["clean_accuracy"],
+            "robust_accuracy": robust / self.n,
+            "robust_ci95": list(wilson_interval(robust, self.n)),
+            "attack_success_rate": (clean_correct - robust) / clean_correct if clean_correct else 0.0,
+            "cost": (cost.to_dict() if cost is not None else {"forward": 0, "backward": 0, "queries": 0}),
+            "wall_time": wall,
+            "flags": flags,
+            "sanity_probe": probe,
+            "example_indices": examples,
+            "outcomes": outcomes.tolist(),
+        }
+
+    # ------------------------------------------------------------------ the matrix
+    def execute(self, pairs: list[Pair], resume: bool) -> list[dict[str, Any]]:
+        if resume:
+            self.store.repair()
+        else:
+            self.store.clear()
+        records = {r["id"]: r for r in self.store.read()} if resume else {}
+        all_cells = [cell for pair in pairs for cell in pair.cells]
+        todo = [c for c in all_cells if c.id not in records]
+        self.progress.run_started(len(all_cells), len(todo))
+        for pair in pairs:
+            missing = [c for c in pair.cells if c.id not in records]
+            if not missing and pair.id in records:
+                for cell in pair.cells:
+                    self.progress.cell_done(records[cell.id], skipped=True)
+                continue
+            model = self.build_model(pair)
+            if pair.id not in records:
+                records[pair.id] = self.clean_record(pair, model)
+                self.store.append(records[pair.id])
+            clean = records[pair.id]
+            correct = torch.tensor(clean["correct"], dtype=torch.bool, device=self.device)
+            robust_in_group: dict[str, torch.Tensor] = {}
+            for cell in pair.cells:
+                alive = robust_in_group.get(cell.group_id, correct) if self.config.engine.cascade else correct
+                if cell.id in records:
+                    record = records[cell.id]
+                    self.progress.cell_done(record, skipped=True)
+                else:
+                    record = self.run_cell(cell, model, clean, alive)
+                    self.store.append(record)
+                    records[cell.id] = record
+                    self.progress.cell_done(record, skipped=False)
+                outcomes = torch.tensor(record["outcomes"], device=self.device)
+                robust_in_group[cell.group_id] = alive & (outcomes != BROKEN)
+        return [records[p.id] for p in pairs] + [records[c.id] for c in all_cells]
+
+
+def default_run_dir(suite: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{suite}-{stamp}"
+
+
+def run(
+    source: str | Path | dict[str, Any] = "quickstart",
+    out: str | Path | None = None,
+    profile: str | None = "quick",
+    device: str | torch.device | None = "cpu",
+    resume: bool = True,
+    seed: int | None = None,
+    progress: Progress | None = None,
+    command: str | None = None,
+) -> Path:
+    """Run a matrix (a packaged suite name, a YAML path or a dict) into a run directory."""
+    config = load_config(source, profile=profile, seed=seed)
+    resolved_device = resolve_device(device)
+    progress = progress or Progress()
+    run_dir = Path(out) if out is not None else default_run_dir(config.suite)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.yaml"
+    resolved = config.model_dump(mode="json")
+    if resume and config_path.exists():
+        previous = yaml.safe_load(config_path.read_text())
+        if previous != resolved:
+            raise UserError("--out", f"{run_dir} holds a run of a different config",
+                            "use --fresh to overwrite it, or another --out")
+    pairs = expand(config)
+    config_path.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    meta = _meta(config, resolved_device, command, profile)
+    write_json_atomic(run_dir / "meta.json", meta)
+    runner = Runner(config, run_dir, resolved_device, progress)
+    runner.load_data()
+    meta["data"] = {**runner.data.describe(), "n_evaluated": runner.n}
+    started = time.perf_counter()
+    runner.execute(pairs, resume)
+    meta["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    meta["wall_time"] = time.perf_counter() - started
+    write_json_atomic(run_dir / "meta.json", meta)
+    logger.info("run written to %s", run_dir)
+    return run_dir

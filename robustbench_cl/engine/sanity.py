@@ -1,0 +1,123 @@
+"""Sanity checks: the reasons an evaluation may be unreliable, flagged per cell.
+
+Each flag is ``{"code": ..., "message": ...}``; ``docs/sanity-checks.md`` explains every code
+and what to do about it. Probes that depend only on the (model, defense) pair run once, with
+the clean pass; per-cell probes run after the cell's attack; checks across cells (the eps
+curve) are derived from the stored outcomes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustbench_cl.attacks.base import Attack
+from robustbench_cl.attacks.pgd import PGD
+from robustbench_cl.models.wrappers import is_randomized, uses_eot
+from robustbench_cl.threat import ThreatModel
+
+Flag = dict[str, str]
+
+ZERO_GRADIENT_FRACTION = 0.1
+
+
+def flag(code: str, message: str) -> Flag:
+    return {"code": code, "message": message}
+
+
+def gradient_health(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Fraction of samples whose input gradient of the loss is all zero, or has a NaN."""
+    x = x.clone().requires_grad_(True)
+    loss = F.cross_entropy(model(x), y, reduction="sum")
+    (grad,) = torch.autograd.grad(loss, x)
+    rows = grad.reshape(grad.shape[0], -1)
+    nan = torch.isnan(rows).any(dim=1)
+    zero = (rows == 0).all(dim=1) & ~nan
+    return {"zero_fraction": float(zero.float().mean()), "nan_fraction": float(nan.float().mean())}
+
+
+def randomization(model: nn.Module, x: torch.Tensor) -> dict[str, bool]:
+    """Declared randomization (``is_randomized``) and observed: two passes that disagree."""
+    with torch.no_grad():
+        observed = not torch.equal(model(x), model(x))
+    return {"declared": is_randomized(model), "observed": observed, "eot": uses_eot(model)}
+
+
+def full_range_accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, bounds: tuple[float, float]
+) -> float:
+    """Accuracy under linf PGD with eps = the whole input range: should be (near) zero."""
+    threat = ThreatModel(norm="linf", eps=bounds[1] - bounds[0], bounds=bounds)
+    adv = PGD(steps=20, random_start=True).perturb(model, x, y, threat)
+    with torch.no_grad():
+        return float((model(adv).argmax(1) == y).float().mean())
+
+
+def pair_flags(probes: dict[str, Any], n_classes: int) -> list[Flag]:
+    """Flags that follow from the (model, defense) probes and apply to its gradient cells."""
+    flags = []
+    gradients = probes.get("gradients")
+    if gradients:
+        if gradients["nan_fraction"] > 0:
+            flags.append(flag("nan_gradients",
+                              f"{gradients['nan_fraction']:.0%} of probed samples have NaN input gradients"))
+        if gradients["zero_fraction"] > ZERO_GRADIENT_FRACTION:
+            flags.append(flag("zero_gradients",
+                              f"{gradients['zero_fraction']:.0%} of probed samples have all-zero input "
+                              "gradients (gradient masking?)"))
+    randomness = probes.get("randomization")
+    if randomness and (randomness["declared"] or randomness["observed"]) and not randomness["eot"]:
+        flags.append(flag("randomized_without_eot",
+                          "the model is randomized but gradients are not averaged over draws (EOT)"))
+    return flags
+
+
+def full_range_flag(accuracy: float | None, n_classes: int) -> list[Flag]:
+    if accuracy is None:
+        return []
+    chance = 1.0 / n_classes
+    if accuracy > chance:
+        return [flag("above_chance_full_range",
+                     f"accuracy {accuracy:.0%} under linf PGD at full-range eps is above chance "
+                     f"({chance:.0%}): the attack cannot be working")]
+    return []
+
+
+def convergence_flag(
+    attack: Attack,
+    model: nn.Module,
+    x_robust: torch.Tensor,
+    y_robust: torch.Tensor,
+    threat: ThreatModel,
+    n_total: int,
+) -> tuple[list[Flag], dict[str, Any]]:
+    """Re-attack up to a probe of still-robust samples with more steps and restarts."""
+    stronger = attack.stronger()
+    if stronger is None or len(y_robust) == 0:
+        return [], {}
+    result = stronger(model, x_robust, y_robust, threat)
+    newly_broken = int(result.success.sum())
+    probe = {"probed": len(y_robust), "newly_broken": newly_broken,
+             "stronger": stronger.settings(), "cost": result.cost.to_dict()}
+    threshold = max(1, round(0.01 * n_total))
+    if newly_broken >= threshold:
+        return [flag("not_converged",
+                     f"{type(stronger).__name__} with more steps and restarts broke {newly_broken} of "
+                     f"{len(y_robust)} samples this attack left robust")], probe
+    return [], probe
+
+
+def eps_curve_flags(points: list[tuple[float, float]], n: int) -> dict[float, Flag]:
+    """For (eps, robust accuracy) points of one attack: flag each eps where accuracy rises."""
+    flags: dict[float, Flag] = {}
+    ordered = sorted(points)
+    tolerance = max(1.0 / max(n, 1), 0.01)
+    for (eps_low, acc_low), (eps_high, acc_high) in zip(ordered, ordered[1:]):
+        if acc_high > acc_low + tolerance:
+            flags[eps_high] = flag("accuracy_rises_with_eps",
+                                   f"robust accuracy rises from {acc_low:.1%} at eps={eps_low:g} to "
+                                   f"{acc_high:.1%} at eps={eps_high:g}")
+    return flags

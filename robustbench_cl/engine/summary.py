@@ -1,0 +1,142 @@
+"""Derive the matrix from a run directory's records: never re-run, only counted.
+
+Worst case over attacks, the best-known attack and the eps-curve sanity flags all come from
+the per-sample outcomes stored in ``cells.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from robustbench_cl.engine import sanity
+from robustbench_cl.engine.metrics import wilson_interval
+from robustbench_cl.engine.store import ResultsStore
+from robustbench_cl.errors import UserError
+
+ROBUST, BROKEN = 1, 0
+
+
+@dataclass
+class ThreatSummary:
+    """Worst case over the attacks that share one threat model, for one (model, defense)."""
+
+    threat: dict[str, Any]
+    label: str
+    robust_accuracy: float
+    ci95: tuple[float, float]
+    best_known_attack: str | None
+    attacks: list[str]
+
+
+@dataclass
+class PairSummary:
+    model: str
+    defense: str
+    clean_accuracy: float
+    clean_ci95: tuple[float, float]
+    n: int
+    cells: list[dict[str, Any]] = field(default_factory=list)
+    worst_case: list[ThreatSummary] = field(default_factory=list)
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    meta: dict[str, Any]
+    pairs: list[PairSummary]
+    columns: list[str]
+
+    @property
+    def flag_count(self) -> int:
+        return sum(len(cell["flags"]) for pair in self.pairs for cell in pair.cells)
+
+
+def threat_label(threat: dict[str, Any]) -> str:
+    label = f"{threat['norm']} {threat['eps']:g}"
+    return label + (" targeted" if threat.get("targeted") else "")
+
+
+def column_label(cell: dict[str, Any]) -> str:
+    name = cell["attack"].get("name") or cell["attack"]["attack"]
+    return f"{name} {threat_label(cell['threat'])}"
+
+
+def summarize_records(run_dir: Path, records: list[dict[str, Any]], meta: dict[str, Any]) -> RunSummary:
+    cleans = {r["id"]: r for r in records if r["type"] == "clean"}
+    cells = [r for r in records if r["type"] == "cell"]
+    pairs: list[PairSummary] = []
+    columns: list[str] = []
+    for pair_id, clean in cleans.items():
+        pair_cells = [dict(c, flags=list(c["flags"])) for c in cells if c["pair_id"] == pair_id]
+        _add_eps_curve_flags(pair_cells)
+        summary = PairSummary(
+            model=clean["model"].get("name") or clean["model"]["spec"],
+            defense=clean["defense"].get("name") or clean["defense"]["defense"],
+            clean_accuracy=clean["clean_accuracy"],
+            clean_ci95=tuple(clean["clean_ci95"]),
+            n=clean["n"],
+            cells=pair_cells,
+        )
+        groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for cell in pair_cells:
+            groups[cell["group_id"]].append(cell)
+            if column_label(cell) not in columns:
+                columns.append(column_label(cell))
+        for group in groups.values():
+            summary.worst_case.append(_worst_case(group, clean))
+        pairs.append(summary)
+    return RunSummary(run_dir=run_dir, meta=meta, pairs=pairs, columns=columns)
+
+
+def _worst_case(group: list[dict[str, Any]], clean: dict[str, Any]) -> ThreatSummary:
+    n = clean["n"]
+    robust = list(clean["correct"])
+    credits: dict[str, int] = defaultdict(int)
+    for cell in group:
+        name = cell["attack"].get("name") or cell["attack"]["attack"]
+        for index, outcome in enumerate(cell["outcomes"]):
+            if outcome == BROKEN and robust[index]:
+                credits[name] += 1
+            if outcome == BROKEN:
+                robust[index] = 0
+    count = sum(robust)
+    best = max(credits, key=lambda k: credits[k]) if credits else None
+    threat = group[0]["threat"]
+    return ThreatSummary(
+        threat=threat,
+        label=threat_label(threat),
+        robust_accuracy=count / n,
+        ci95=wilson_interval(count, n),
+        best_known_attack=best,
+        attacks=[c["attack"].get("name") or c["attack"]["attack"] for c in group],
+    )
+
+
+def _add_eps_curve_flags(cells: list[dict[str, Any]]) -> None:
+    curves: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for cell in cells:
+        threat = cell["threat"]
+        key = json.dumps([cell["attack"]["attack"], cell["attack"]["params"], threat["norm"],
+                          threat["targeted"]], sort_keys=True)
+        curves[key].append(cell)
+    for curve in curves.values():
+        if len(curve) < 2:
+            continue
+        points = [(c["threat"]["eps"], c["robust_accuracy"]) for c in curve]
+        flags = sanity.eps_curve_flags(points, curve[0]["n"])
+        for cell in curve:
+            if cell["threat"]["eps"] in flags:
+                cell["flags"].append(flags[cell["threat"]["eps"]])
+
+
+def load_run(run_dir: str | Path) -> RunSummary:
+    run_dir = Path(run_dir)
+    if not (run_dir / "cells.jsonl").exists():
+        raise UserError("RUN_DIR", f"{run_dir} has no cells.jsonl", "pass a directory written by `run`")
+    meta_path = run_dir / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    return summarize_records(run_dir, ResultsStore(run_dir / "cells.jsonl").read(), meta)

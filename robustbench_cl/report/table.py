@@ -1,0 +1,80 @@
+"""The matrix as a rich table: one column per (model, defense), one row per attack and threat.
+
+Rows are grouped by threat model; a group with several attacks ends with its worst case
+(per-sample, over the attacks of the group). '!' marks a cell with sanity flags.
+"""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+
+from robustbench_cl.engine.summary import RunSummary, column_label, threat_label
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def matrix_table(summary: RunSummary) -> Table:
+    """Clean and robust accuracy (%): rows = attack @ threat, columns = model / defense."""
+    n = summary.pairs[0].n if summary.pairs else 0
+    table = Table(title=f"{summary.meta.get('suite', 'run')}: accuracy % (n={n})", title_justify="left")
+    table.add_column("attack", style="bold")
+    table.add_column("threat")
+    for pair in summary.pairs:
+        header = pair.defense if len({p.model for p in summary.pairs}) == 1 else f"{pair.model} / {pair.defense}"
+        table.add_column(header, justify="right")
+    table.add_row("clean", "", *[_percent(p.clean_accuracy) for p in summary.pairs], end_section=True)
+    threats: list[str] = []
+    rows: dict[str, list[str]] = {}
+    for pair in summary.pairs:
+        for cell in pair.cells:
+            label = threat_label(cell["threat"])
+            if label not in threats:
+                threats.append(label)
+                rows[label] = []
+            column = column_label(cell)
+            if column not in rows[label]:
+                rows[label].append(column)
+    order = {}
+    for pair in summary.pairs:
+        for cell in pair.cells:
+            order.setdefault(threat_label(cell["threat"]), (cell["threat"]["norm"], cell["threat"]["eps"]))
+    for label in sorted(threats, key=lambda item: order[item]):
+        for column in rows[label]:
+            attack_name = column[: -len(label) - 1]
+            values = []
+            for pair in summary.pairs:
+                cell = next((c for c in pair.cells if column_label(c) == column), None)
+                if cell is None:
+                    values.append(Text("-"))
+                    continue
+                text = Text(_percent(cell["robust_accuracy"]))
+                if cell["flags"]:
+                    text.append(" !", style="bold yellow")
+                values.append(text)
+            table.add_row(attack_name, label, *values)
+        worst = [next((w for w in p.worst_case if w.label == label), None) for p in summary.pairs]
+        if len(rows[label]) > 1:
+            table.add_row(Text("worst case", style="bold"), label,
+                          *[Text(_percent(w.robust_accuracy) if w else "-", style="bold") for w in worst])
+        table.rows[-1].end_section = True
+    return table
+
+
+def flags_table(summary: RunSummary) -> Table | None:
+    rows = [
+        (f"{pair.defense}", column_label(cell), flag["code"], flag["message"])
+        for pair in summary.pairs
+        for cell in pair.cells
+        for flag in cell["flags"]
+    ]
+    if not rows:
+        return None
+    table = Table(title="! evaluation possibly unreliable (docs/sanity-checks.md)", title_justify="left")
+    for name in ("defense", "cell", "flag", "reason"):
+        table.add_column(name)
+    for row in rows:
+        table.add_row(*row)
+    return table
