@@ -35,7 +35,7 @@ def parameter_hash(module: nn.Module) -> str:
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -51,6 +51,7 @@ class Frozen(nn.Module):
         self.model = model.eval()
         self.model.requires_grad_(False)
         self.recorded_hash = parameter_hash(self.model)
+        self.training = False
 
     def train(self, mode: bool = True) -> Frozen:  # noqa: ARG002 - frozen stays in eval
         self.training = False

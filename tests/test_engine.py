@@ -1,0 +1,163 @@
+"""The matrix engine: cells, cascade, clean-once, append + fsync, resume, config errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+import robustbench_cl as rbcl
+from robustbench_cl.attacks.base import Attack
+from robustbench_cl.engine.config import list_suites, load_config
+from robustbench_cl.errors import UserError
+
+
+def small_config(**overrides) -> dict:
+    config = {
+        "suite": "small",
+        "seed": 0,
+        "data": {"name": "digits", "n": 24},
+        "models": [{"spec": "builtin:digits-cnn", "name": "cnn"}],
+        "defenses": [
+            {"defense": "none"},
+            {"defense": "pgd-at", "name": "at", "params": {"eps": 0.1, "steps": 2, "epochs": 1}},
+        ],
+        "attacks": [
+            {"attack": "fgsm", "threat": {"norm": "linf", "eps": [0.05, 0.2]}},
+            {"attack": "pgd", "params": {"steps": 5}, "threat": {"norm": "linf", "eps": [0.05, 0.2]}},
+            {"attack": "pgd", "name": "pgd-l2", "params": {"steps": 5}, "threat": {"norm": "l2", "eps": 1.0}},
+        ],
+        "engine": {"sanity_probe_size": 8},
+    }
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory) -> Path:
+    return rbcl.run(small_config(), out=tmp_path_factory.mktemp("run") / "small", profile=None)
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "cells.jsonl").read_text().splitlines()]
+
+
+def test_run_writes_cells_meta_and_config(small_run):
+    records = _records(small_run)
+    cleans = [r for r in records if r["type"] == "clean"]
+    cells = [r for r in records if r["type"] == "cell"]
+    assert len(cleans) == 2  # the clean outcome once per (model, defense)
+    assert len(cells) == 2 * (2 + 2 + 1)
+    meta = json.loads((small_run / "meta.json").read_text())
+    assert meta["seed"] == 0 and "torch" in meta["versions"] and meta["config_hash"]
+    assert yaml.safe_load((small_run / "config.yaml").read_text())["suite"] == "small"
+    for cell in cells:
+        assert len(cell["outcomes"]) == 24
+        assert cell["robust_count"] == sum(1 for o in cell["outcomes"] if o == 1)
+        low, high = cell["robust_ci95"]
+        assert low <= cell["robust_accuracy"] <= high
+        assert isinstance(cell["robust_accuracy"], float)
+
+
+def test_cascade_only_attacks_still_robust_samples(small_run):
+    records = _records(small_run)
+    cleans = {r["id"]: r for r in records if r["type"] == "clean"}
+    cells = [r for r in records if r["type"] == "cell"]
+    for fgsm in (c for c in cells if c["attack"]["attack"] == "fgsm"):
+        pgd = next(c for c in cells if c["group_id"] == fgsm["group_id"] and c["attack"]["attack"] == "pgd")
+        correct = cleans[fgsm["pair_id"]]["correct"]
+        for index, (first, second) in enumerate(zip(fgsm["outcomes"], pgd["outcomes"])):
+            if not correct[index]:
+                assert first == second == -1  # never attack a misclassified sample
+            elif first == 0:
+                assert second == -1  # broken by FGSM: PGD does not spend on it
+            else:
+                assert second in (0, 1)
+        assert pgd["attacked"] == fgsm["robust_count"]
+
+
+def test_summary_derives_worst_case_from_outcomes(small_run):
+    summary = rbcl.load_run(small_run)
+    for pair in summary.pairs:
+        linf_02 = next(w for w in pair.worst_case if w.label == "linf 0.2")
+        cells = [c for c in pair.cells if c["threat"]["norm"] == "linf" and c["threat"]["eps"] == 0.2]
+        assert linf_02.robust_accuracy == min(c["robust_accuracy"] for c in cells)
+        assert linf_02.best_known_attack in ("fgsm", "pgd", None)
+
+
+def test_resume_does_no_attack_work_and_changes_nothing(small_run, monkeypatch):
+    before = (small_run / "cells.jsonl").read_bytes()
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("an attack ran during a resume of a finished run")
+
+    monkeypatch.setattr(Attack, "__call__", forbidden)
+    rbcl.run(small_config(), out=small_run, profile=None, resume=True)
+    assert (small_run / "cells.jsonl").read_bytes() == before
+
+
+def test_an_interrupted_run_resumes_from_its_last_whole_cell(small_run, tmp_path):
+    lines = (small_run / "cells.jsonl").read_text().splitlines(keepends=True)
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.yaml").write_text((small_run / "config.yaml").read_text())
+    (partial / "cells.jsonl").write_text("".join(lines[:4]) + lines[4][:40])  # torn last line
+    rbcl.run(small_config(), out=partial, profile=None, resume=True)
+    resumed = [json.loads(line) for line in (partial / "cells.jsonl").read_text().splitlines()]
+    original = _records(small_run)
+    key = lambda r: r["id"]  # noqa: E731
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("wall_time", "sanity_probe")}  # noqa: E731
+    assert [strip(r) for r in sorted(resumed, key=key)] == [strip(r) for r in sorted(original, key=key)]
+
+
+def test_resume_refuses_a_different_config(small_run):
+    with pytest.raises(UserError, match="different config"):
+        rbcl.run(small_config(seed=1), out=small_run, profile=None, resume=True)
+
+
+def test_results_are_deterministic(small_run, tmp_path):
+    again = rbcl.run(small_config(), out=tmp_path / "again", profile=None)
+    first = {r["id"]: r["outcomes"] if r["type"] == "cell" else r["correct"] for r in _records(small_run)}
+    second = {r["id"]: r["outcomes"] if r["type"] == "cell" else r["correct"] for r in _records(again)}
+    assert first == second
+
+
+def test_packaged_suites_validate_in_every_profile():
+    assert "quickstart" in list_suites()
+    for profile in ("quick", "full"):
+        config = load_config("quickstart", profile=profile)
+        assert {a.attack for a in config.attacks} == {"fgsm", "pgd", "autoattack"}
+        assert {d.defense for d in config.defenses} == {"none", "pgd-at"}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"attacks": [{"attack": "pgdd", "threat": {"eps": 0.1}}]}, "attacks\\[0\\].attack: unknown attack 'pgdd'; did you mean 'pgd'"),
+        ({"attacks": [{"attack": "pgd", "threat": {"eps": -0.1}}]}, "eps: must be a finite number >= 0"),
+        ({"attacks": [{"attack": "pgd", "threat": {"eps": 2.0}}]}, "larger than the bounds allow"),
+        ({"attacks": [{"attack": "pgd", "stepz": 3, "threat": {"eps": 0.1}}]}, "attacks\\[0\\].stepz: unknown config key"),
+        ({"attacks": [{"attack": "pgd", "params": {"stepz": 3}, "threat": {"eps": 0.1}}]}, "attacks\\[0\\].pgd.stepz: unknown parameter"),
+        ({"attacks": [{"attack": "fgsm", "threat": {"norm": "l1", "eps": 1.0}}]}, "supports norms"),
+        ({"modelz": []}, "modelz: unknown config key"),
+        ({"data": {"name": "digits", "n": 0}}, "data.n"),
+    ],
+)
+def test_bad_configs_get_one_line_errors(change, message):
+    config = small_config(**change)
+    with pytest.raises(UserError, match=message) as error:
+        rbcl.run(config, out=None, profile=None) if "modelz" not in change else load_config(config, profile=None)
+    assert "\n" not in str(error.value)
+
+
+def test_unknown_suite_and_profile_and_broken_yaml(tmp_path):
+    with pytest.raises(UserError, match="did you mean 'quickstart'"):
+        load_config("quickstrat")
+    with pytest.raises(UserError, match="unknown profile 'huge'"):
+        load_config("quickstart", profile="huge")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("suite: x\nattacks: [\n  - {attack: pgd\n")
+    with pytest.raises(UserError, match="broken YAML at line"):
+        load_config(broken)

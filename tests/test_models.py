@@ -1,0 +1,136 @@
+"""Model wrappers, the built-in zoo and the adapters for users' own models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+import robustbench_cl as rbcl
+from robustbench_cl.errors import UserError
+from robustbench_cl.models import Frozen, Normalize, Preprocessed, load_model
+from robustbench_cl.models.wrappers import is_randomized, parameter_hash
+
+
+def test_normalize_puts_the_normalisation_inside_the_model():
+    wrapped = Normalize(nn.Identity(), mean=[0.5], std=[0.25])
+    x = torch.full((1, 1, 2, 2), 0.75)
+    assert torch.allclose(wrapped(x), torch.full_like(x, 1.0))
+
+
+def test_frozen_stays_in_eval_mode_and_records_its_hash():
+    frozen = Frozen(nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5)))
+    frozen.train()
+    assert not frozen.training and not frozen.model.training
+    assert not any(p.requires_grad for p in frozen.parameters())
+    assert frozen.unchanged()
+    with torch.no_grad():
+        frozen.model[0].weight.add_(1.0)
+    assert not frozen.unchanged()
+
+
+def test_preprocessed_bpda_uses_the_identity_backward():
+    class Quantize(nn.Module):
+        def forward(self, x):
+            return torch.round(x * 4) / 4  # zero gradient almost everywhere
+
+    model = nn.Linear(4, 2)
+    x = torch.rand(3, 4, requires_grad=True)
+    end_to_end = Preprocessed(Quantize(), model, gradient_mode="end-to-end")
+    (grad,) = torch.autograd.grad(end_to_end(x).sum(), x)
+    assert torch.count_nonzero(grad) == 0
+    bpda = Preprocessed(Quantize(), model, gradient_mode="bpda")
+    (grad,) = torch.autograd.grad(bpda(x).sum(), x)
+    assert torch.allclose(grad, model.weight.sum(0).expand_as(grad))
+    with torch.no_grad():
+        assert torch.equal(bpda(x), end_to_end(x))
+
+
+def test_preprocessed_eot_averages_draws_and_declares_randomness():
+    class Noise(nn.Module):
+        is_randomized = True
+
+        def forward(self, x):
+            return x + 0.1 * torch.randn_like(x)
+
+    wrapped = Preprocessed(Noise(), nn.Linear(4, 2), gradient_mode="eot", is_randomized=True, eot_samples=8)
+    assert is_randomized(wrapped)
+    x = torch.rand(2, 4, requires_grad=True)
+    assert wrapped(x).shape == (2, 2)
+
+
+def test_builtin_digits_cnn_is_cached_and_accurate(digits_model, digits_batch):
+    again = load_model("builtin:digits-cnn")
+    assert parameter_hash(again.model) == parameter_hash(digits_model.model)
+    x, y = digits_batch
+    with torch.no_grad():
+        assert (digits_model(x).argmax(1) == y).float().mean() > 0.9
+    assert not digits_model.training
+
+
+def test_builtin_training_is_deterministic(tmp_path, monkeypatch, digits_model):
+    monkeypatch.setenv("ROBUSTBENCH_CL_HOME", str(tmp_path))
+    retrained = load_model("builtin:digits-cnn")
+    assert parameter_hash(retrained.model) == parameter_hash(digits_model.model)
+    assert list(tmp_path.glob("models/digits-cnn-*.safetensors"))
+
+
+def test_torchvision_adapter_loads_local_weights(tmp_path):
+    import torchvision
+
+    reference = torchvision.models.get_model("resnet18", weights=None, num_classes=3)
+    path = tmp_path / "resnet18.pt"
+    torch.save(reference.state_dict(), path)
+    model = load_model(f"torchvision:resnet18?weights={path}&num_classes=3")
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = reference.eval()(Normalize(nn.Identity(), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))(x))
+        assert torch.allclose(model(x), expected, atol=1e-5)
+
+
+def test_timm_adapter_loads_a_safetensors_checkpoint(tmp_path):
+    timm = pytest.importorskip("timm")
+    reference = timm.create_model("resnet10t", pretrained=False, num_classes=5)
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(path))
+    model = load_model(f"timm:resnet10t?checkpoint={path}&num_classes=5")
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 32, 32)).shape == (1, 5)
+
+
+def test_python_adapter_calls_the_factory():
+    model = load_model("python:tests.conftest:tiny_factory?n_classes=3")
+    assert model(torch.rand(2, 1, 4, 4)).shape == (2, 3)
+
+
+def test_foreign_checkpoints_load_weights_only(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pickled code ran",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"weight": Evil()}, path)
+    with pytest.raises(Exception, match="[Ww]eights only|weights_only|Unsupported"):
+        load_model(f"torchvision:resnet18?weights={path}")
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [("builtin:digits-cnnn", "did you mean 'digits-cnn'"), ("nonsense", "bad model spec"),
+     ("hub:foo", "unknown model scheme"), ("torchvision:resnet1800", "unknown torchvision model")],
+)
+def test_bad_model_specs_get_one_line_errors(spec, message):
+    with pytest.raises(UserError, match=message):
+        load_model(spec)
+
+
+def test_public_api_as_documented():
+    model = rbcl.load_model("builtin:digits-cnn")
+    x, y = rbcl.load_dataset("digits", split="test").tensors(n=32)
+    threat = rbcl.ThreatModel(norm="linf", eps=0.1)
+    attack = rbcl.make_attack("pgd", steps=10, step_size=0.025, random_start=False)
+    result = attack(model, x, y, threat)
+    assert result.adv.shape == x.shape and result.success.shape == y.shape
+    assert result.cost.forward > 0 and result.cost.backward > 0
+    assert "pgd" in rbcl.list_attacks("pg*") and "autoattack" in rbcl.list_attacks()
