@@ -53,7 +53,7 @@ class PGD(Attack):
     def stronger(self) -> PGD:
         return PGD(
             steps=2 * self.steps,
-            step_size=None if self.step_size is None else self.step_size / 2,
+            step_size=self.step_size,
             random_start=True,
             restarts=self.restarts + 1,
             keep_best=True,

@@ -123,7 +123,9 @@ def _location(loc: tuple[Any, ...]) -> str:
 
 
 def _format_validation_error(error: ValidationError, model: type[BaseModel]) -> UserError:
-    first = error.errors()[0]
+    errors = error.errors()
+    # an unknown key usually explains the missing one next to it (a typo): report it first
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     where = _location(tuple(p for p in first["loc"] if not str(p).startswith("function-")))
     if first["type"] == "extra_forbidden":
         parent = model

@@ -1,0 +1,124 @@
+"""The command line: golden outputs, and one-line errors with exit code 2 for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from robustbench_cl.cli.main import cli
+from robustbench_cl.data.base import TensorData
+from robustbench_cl.registry import DATASETS
+
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args), env={"COLUMNS": "120", "NO_COLOR": "1", "TERM": "dumb"})
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if UPDATE or not path.exists():
+        path.write_text(text)
+    assert text == path.read_text(), f"output differs from {path}; rerun with UPDATE_GOLDEN=1 if intended"
+
+
+def test_show_prints_the_matrix_golden():
+    result = invoke("show", str(GOLDEN / "run"))
+    assert result.exit_code == 0, result.output
+    check_golden("show.txt", result.stdout)
+    assert "worst case" in result.stdout and "clean" in result.stdout
+
+
+def test_show_json_golden():
+    result = invoke("show", str(GOLDEN / "run"), "--json")
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    check_golden("show.json", json.dumps(data, indent=1, sort_keys=True) + "\n")
+    assert {row["defense"] for row in data["rows"]} == {"<b>undefended</b>", "at"}
+
+
+def test_list_attacks_with_wildcard():
+    result = invoke("list", "attacks", "*gd*")
+    assert result.exit_code == 0
+    assert "pgd" in result.stdout and "fgsm" not in result.stdout
+    for kind in ("defenses", "models", "suites", "datasets"):
+        assert invoke("list", kind).exit_code == 0
+    assert "quickstart" in invoke("list", "suites").stdout
+
+
+def test_one_off_attack_json():
+    result = invoke("attack", "pgd", "--eps", "0.1", "--n", "32", "--param", "steps=5", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["settings"]["steps"] == 5
+    assert 0 <= data["robust_accuracy"] <= data["clean_accuracy"] <= 1
+    assert data["cost"]["backward"] == 5 * 32
+
+
+def test_report_command_writes_html(tmp_path):
+    result = invoke("report", str(GOLDEN / "run"), "-o", str(tmp_path / "r.html"))
+    assert result.exit_code == 0
+    assert (tmp_path / "r.html").read_text().startswith("<!DOCTYPE html>")
+
+
+@pytest.fixture
+def nan_dataset():
+    name = "nan-digits"
+    if name not in DATASETS:
+        @DATASETS.register(name)
+        def _nan(split: str = "test") -> TensorData:
+            x = torch.rand(8, 1, 16, 16)
+            x[0, 0, 0, 0] = float("nan")
+            return TensorData(name, split, x, torch.zeros(8, dtype=torch.long), 10)
+    return name
+
+
+def _bad_config(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+BASE = "suite: t\nmodels: [{spec: 'builtin:digits-cnn'}]\n"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["attack", "pgdd", "--eps", "0.1"], "did you mean 'pgd'"),
+        (["attack", "pgd", "--eps", "0.1", "--model", "builtin:digits-cnnn"], "unknown model 'digits-cnnn'"),
+        (["run", "quickstrat"], "unknown suite 'quickstrat'"),
+        (["attack", "pgd", "--eps", "-0.1"], "eps: must be a finite number >= 0"),
+        (["attack", "pgd", "--eps", "1.5"], "larger than the bounds allow"),
+        (["attack", "pgd", "--eps", "0.1", "--model", "python:tests.conftest:tiny_factory"], "does not fit the model"),
+        (["attack", "pgd", "--eps", "0.1", "--data", "nan-digits"], "NaN or Inf"),
+        (["run", "BROKEN_YAML"], "broken YAML at line"),
+        (["run", "UNKNOWN_KEY"], "attacks[0].threat.epsilon: unknown config key"),
+    ],
+)
+def test_bad_input_gets_one_line_and_exit_2(args, message, tmp_path, nan_dataset):
+    if args[-1] == "BROKEN_YAML":
+        args = ["run", _bad_config(tmp_path, BASE + "attacks: [{attack: pgd, threat: {eps: 0.1}\n")]
+    if args[-1] == "UNKNOWN_KEY":
+        args = ["run", _bad_config(tmp_path, BASE + "attacks: [{attack: pgd, threat: {epsilon: 0.1}}]\n"),
+                "--out", str(tmp_path / "out")]
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and message in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_debug_shows_the_traceback():
+    from robustbench_cl.errors import UserError
+
+    result = invoke("--debug", "attack", "pgdd", "--eps", "0.1")
+    assert isinstance(result.exception, UserError)  # re-raised, so the traceback is shown

@@ -1,0 +1,74 @@
+"""Each sanity flag fires on a model built to trigger it, and stays quiet on a healthy one."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import robustbench_cl as rbcl
+from robustbench_cl.engine import sanity
+from robustbench_cl.models import Frozen, Preprocessed
+from robustbench_cl.threat import ThreatModel
+
+
+class Quantized(nn.Module):
+    """Input quantisation in front of a model: gradients are zero almost everywhere."""
+
+    def forward(self, x):
+        return torch.round(x * 2) / 2
+
+
+class Noisy(nn.Module):
+    is_randomized = True
+
+    def forward(self, x):
+        return (x + 0.3 * torch.randn_like(x)).clamp(0, 1)
+
+
+def test_zero_gradients_and_full_range_flags_catch_gradient_masking(digits_model, digits_batch):
+    x, y = digits_batch
+    masked = Frozen(Preprocessed(Quantized(), digits_model, gradient_mode="end-to-end"))
+    health = sanity.gradient_health(masked, x, y)
+    assert health["zero_fraction"] == 1.0
+    flags = sanity.pair_flags({"gradients": health}, n_classes=10)
+    assert [f["code"] for f in flags] == ["zero_gradients"]
+    keep = masked(x).argmax(1) == y
+    accuracy = sanity.full_range_accuracy(masked, x[keep], y[keep], (0.0, 1.0))
+    assert [f["code"] for f in sanity.full_range_flag(accuracy, 10)] == ["above_chance_full_range"]
+
+
+def test_healthy_model_raises_no_pair_flags(digits_model, digits_batch):
+    x, y = digits_batch
+    probes = {"gradients": sanity.gradient_health(digits_model, x, y),
+              "randomization": sanity.randomization(digits_model, x)}
+    assert sanity.pair_flags(probes, 10) == []
+    keep = digits_model(x).argmax(1) == y
+    assert sanity.full_range_flag(sanity.full_range_accuracy(digits_model, x[keep], y[keep], (0.0, 1.0)), 10) == []
+
+
+def test_randomized_model_without_eot_is_flagged(digits_model, digits_batch):
+    x, _ = digits_batch
+    noisy = Preprocessed(Noisy(), digits_model, is_randomized=True)
+    probe = sanity.randomization(noisy, x)
+    assert probe["declared"] and probe["observed"] and not probe["eot"]
+    assert [f["code"] for f in sanity.pair_flags({"randomization": probe}, 10)] == ["randomized_without_eot"]
+    with_eot = Preprocessed(Noisy(), digits_model, gradient_mode="eot", is_randomized=True, eot_samples=4)
+    assert sanity.pair_flags({"randomization": sanity.randomization(with_eot, x)}, 10) == []
+
+
+def test_an_unconverged_attack_is_flagged(digits_model, digits_batch):
+    x, y = digits_batch
+    threat = ThreatModel(eps=0.12)
+    torch.manual_seed(0)
+    weak = rbcl.make_attack("pgd", steps=3, step_size=0.01, random_start=False)
+    result = weak(digits_model, x, y, threat)
+    survivors = ~result.success
+    flags, probe = sanity.convergence_flag(weak, digits_model, x[survivors], y[survivors], threat, len(y))
+    assert [f["code"] for f in flags] == ["not_converged"]
+    assert probe["newly_broken"] > 0
+
+
+def test_eps_curve_flags_a_rise():
+    flags = sanity.eps_curve_flags([(0.1, 0.5), (0.05, 0.8), (0.2, 0.6)], n=100)
+    assert list(flags) == [0.2]
+    assert sanity.eps_curve_flags([(0.1, 0.5), (0.2, 0.3)], n=100) == {}
