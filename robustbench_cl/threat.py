@@ -208,6 +208,23 @@ class ThreatModel:
         delta = self.project(x_adv - x, embedding_scale)
         return self.clamp_to_bounds(x + delta)
 
+    def clipper(
+        self, x: torch.Tensor, embedding_scale: float | torch.Tensor | None = None
+    ):  # -> Callable[[torch.Tensor], torch.Tensor]
+        """``clip`` specialised to one ``x``, for step loops.
+
+        For linf in input space the ball and the bounds intersect in a box that is computed
+        once, so each step costs a single clamp; other norms fall back to :meth:`clip`.
+        """
+        if self.norm == "linf" and self.space == "input":
+            eps = self.absolute_eps(embedding_scale)
+            lower, upper = x - eps, x + eps
+            if self.bounds is not None:
+                lower = lower.clamp_min(self.bounds[0])
+                upper = upper.clamp_max(self.bounds[1])
+            return lambda x_adv: x_adv.clamp_(lower, upper)
+        return lambda x_adv: self.clip(x_adv, x, embedding_scale)
+
     def random_init(
         self,
         x: torch.Tensor,
@@ -249,13 +266,17 @@ class ThreatModel:
             delta = (direction * radius * eps).reshape(x.shape)
         return self.clamp_to_bounds(x + delta)
 
-    def ascent_direction(self, grad: torch.Tensor) -> torch.Tensor:
-        """Steepest-ascent direction of unit size in this norm (sign for linf, unit-l2 for l2)."""
+    def ascent_direction(self, grad: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """Steepest-ascent direction of unit size in this norm (sign for linf, unit-l2 for l2).
+
+        ``inplace`` overwrites ``grad`` (step loops own their gradient; this saves an allocation).
+        """
         if self.norm == "linf":
-            return grad.sign()
+            return grad.sign_() if inplace else grad.sign()
         rows = self._flat(grad)
         if self.norm == "l2":
-            return (rows / (rows.norm(p=2, dim=1, keepdim=True) + 1e-10)).reshape(grad.shape)
+            norms = rows.norm(p=2, dim=1, keepdim=True) + 1e-10
+            return (rows.div_(norms) if inplace else rows / norms).reshape(grad.shape)
         if self.norm == "l1":
             # sparse l1 descent: move the top 1% coordinates by sign, unit l1 size in total
             k = max(1, rows.shape[1] // 100)

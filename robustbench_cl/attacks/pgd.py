@@ -72,6 +72,7 @@ class PGD(Attack):
         best_found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         mask_shape = (-1,) + (1,) * (x.ndim - 1)
         total = self.steps * self.restarts
+        clip = threat.clipper(x)
         for restart in range(self.restarts):
             x_adv = threat.random_init(x, generator) if self.random_start else x.clone()
             found = torch.zeros_like(best_found)
@@ -79,14 +80,14 @@ class PGD(Attack):
                 x_adv.requires_grad_(True)
                 logits = model(x_adv)
                 loss = F.cross_entropy(logits, y, reduction="sum")
-                (grad,) = torch.autograd.grad(sign * loss, x_adv)
+                (grad,) = torch.autograd.grad(loss, x_adv)
                 if self.keep_best:
                     hit = logits.argmax(1) == y if threat.targeted else logits.argmax(1) != y
                     first = hit & ~found & ~best_found
                     best = torch.where(first.view(mask_shape), x_adv.detach(), best)
                     found = found | hit
-                step_direction = threat.ascent_direction(grad)
-                x_adv = threat.clip(x_adv.detach() + step_size * step_direction, x)
+                step_direction = threat.ascent_direction(grad, inplace=True)
+                x_adv = clip(x_adv.detach().add_(step_direction, alpha=sign * step_size))
                 report_step(restart * self.steps + step + 1, total)
             # the last iterate for samples not fooled at any earlier step
             best = torch.where((~found & ~best_found).view(mask_shape), x_adv, best)
