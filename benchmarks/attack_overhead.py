@@ -40,11 +40,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (1 by default: two-core machines time more steadily)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1 by default: two-core machines time more steadily)",
+    )
     parser.add_argument("--eps", type=float, default=0.1)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench" / "attack_overhead.json")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "reports" / "bench" / "attack_overhead.json"
+    )
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -55,7 +61,10 @@ def main() -> None:
     data = rbcl.load_dataset("digits", split="test")
     x, y = data.tensors()
     repeat = (args.batch_size + len(y) - 1) // len(y)
-    x, y = x.repeat(repeat, 1, 1, 1)[: args.batch_size].to(device), y.repeat(repeat)[: args.batch_size].to(device)
+    x, y = (
+        x.repeat(repeat, 1, 1, 1)[: args.batch_size].to(device),
+        y.repeat(repeat)[: args.batch_size].to(device),
+    )
     step_size = 2.5 * args.eps / args.steps
     threat = rbcl.ThreatModel(norm="linf", eps=args.eps)
 
@@ -73,8 +82,9 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    last_iterate_attack = rbcl.make_attack("pgd", steps=args.steps, step_size=step_size, random_start=True,
-                                           keep_best=False)
+    last_iterate_attack = rbcl.make_attack(
+        "pgd", steps=args.steps, step_size=step_size, random_start=True, keep_best=False
+    )
 
     def ours_last_iterate() -> None:
         last_iterate_attack(model, x, y, threat)
@@ -83,7 +93,9 @@ def main() -> None:
 
     import torchattacks
 
-    ta_attack = torchattacks.PGD(model, eps=args.eps, alpha=step_size, steps=args.steps, random_start=True)
+    ta_attack = torchattacks.PGD(
+        model, eps=args.eps, alpha=step_size, steps=args.steps, random_start=True
+    )
 
     def theirs_torchattacks() -> None:
         ta_attack(x, y)
@@ -93,22 +105,39 @@ def main() -> None:
     from art.attacks.evasion import ProjectedGradientDescentPyTorch
     from art.estimators.classification import PyTorchClassifier
 
-    classifier = PyTorchClassifier(model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
-                                   nb_classes=10, clip_values=(0.0, 1.0),
-                                   device_type="gpu" if device.type == "cuda" else "cpu")
-    art_attack = ProjectedGradientDescentPyTorch(classifier, norm=np.inf, eps=args.eps, eps_step=step_size,
-                                                 max_iter=args.steps, num_random_init=1,
-                                                 batch_size=args.batch_size, verbose=False)
+    classifier = PyTorchClassifier(
+        model=model,
+        loss=torch.nn.CrossEntropyLoss(),
+        input_shape=tuple(x.shape[1:]),
+        nb_classes=10,
+        clip_values=(0.0, 1.0),
+        device_type="gpu" if device.type == "cuda" else "cpu",
+    )
+    art_attack = ProjectedGradientDescentPyTorch(
+        classifier,
+        norm=np.inf,
+        eps=args.eps,
+        eps_step=step_size,
+        max_iter=args.steps,
+        num_random_init=1,
+        batch_size=args.batch_size,
+        verbose=False,
+    )
     x_numpy, y_numpy = x.cpu().numpy(), y.cpu().numpy()
 
     def theirs_art() -> None:
         art_attack.generate(x=x_numpy, y=y_numpy)
 
     # interleave the measurements so that machine noise hits all of them alike
-    functions = {"bare": bare_forward_backward, "ours": ours, "ours_last_iterate": ours_last_iterate,
-                 "torchattacks": theirs_torchattacks, "art": theirs_art}
+    functions = {
+        "bare": bare_forward_backward,
+        "ours": ours,
+        "ours_last_iterate": ours_last_iterate,
+        "torchattacks": theirs_torchattacks,
+        "art": theirs_art,
+    }
     timings: dict[str, list[float]] = {name: [] for name in functions}
-    for name, fn in functions.items():
+    for fn in functions.values():
         fn()
     for _ in range(args.repeats):
         for name, fn in functions.items():
@@ -127,17 +156,30 @@ def main() -> None:
         "steps": args.steps,
         "repeats": args.repeats,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "model": "builtin:digits-cnn",
-        "targets": {"limit_ratio": "<= 1.10", "ours_vs_torchattacks": "<= 1.0", "art_vs_ours": ">= 1.2"},
+        "targets": {
+            "limit_ratio": "<= 1.10",
+            "ours_vs_torchattacks": "<= 1.0",
+            "art_vs_ours": ">= 1.2",
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    print(f"attack overhead: PGD-{args.steps} linf, batch {args.batch_size}, {device}, median of {args.repeats}")
+    print(
+        f"attack overhead: PGD-{args.steps} linf, batch {args.batch_size}, {device}, median of {args.repeats}"
+    )
     print(f"{'metric':<36}{'value':>8}  target")
-    for key in ("limit_ratio", "ours_vs_torchattacks", "art_vs_ours", "ours_last_iterate_vs_torchattacks"):
+    for key in (
+        "limit_ratio",
+        "ours_vs_torchattacks",
+        "art_vs_ours",
+        "ours_last_iterate_vs_torchattacks",
+    ):
         print(f"{key:<36}{result[key]:>8.3f}  {result['targets'].get(key, '')}")
     print(f"written to {args.out}")
 

@@ -1,12 +1,12 @@
 """robustbench_cl: attack and defend models under one threat model, and report honestly.
 
-    import robustbench_cl as rbcl
-    model = rbcl.load_model("builtin:digits-cnn")
-    x, y = rbcl.load_dataset("digits", split="test").tensors(n=256)
-    threat = rbcl.ThreatModel(norm="linf", eps=0.1)
-    attack = rbcl.make_attack("pgd", steps=10, step_size=0.025, random_start=False)
-    result = attack(model, x, y, threat)
-    run_dir = rbcl.run("quickstart", out="runs/demo")
+import robustbench_cl as rbcl
+model = rbcl.load_model("builtin:digits-cnn")
+x, y = rbcl.load_dataset("digits", split="test").tensors(n=256)
+threat = rbcl.ThreatModel(norm="linf", eps=0.1)
+attack = rbcl.make_attack("pgd", steps=10, step_size=0.025, random_start=False)
+result = attack(model, x, y, threat)
+run_dir = rbcl.run("quickstart", out="runs/demo")
 """
 
 from __future__ import annotations
@@ -23,8 +23,27 @@ from robustbench_cl.registry import list_attacks, list_datasets, list_defenses, 
 from robustbench_cl.threat import Budget, ThreatModel
 
 __all__ = [
-    "Attack", "AttackResult", "Budget", "Cost", "Defense", "Frozen", "Normalize", "Preprocessed",
-    "TensorData", "ThreatModel", "ThreatModelViolation", "UserError", "list_attacks",
-    "list_datasets", "list_defenses", "list_models", "load_config", "load_dataset", "load_model",
-    "load_run", "make_attack", "make_defense", "run",
+    "Attack",
+    "AttackResult",
+    "Budget",
+    "Cost",
+    "Defense",
+    "Frozen",
+    "Normalize",
+    "Preprocessed",
+    "TensorData",
+    "ThreatModel",
+    "ThreatModelViolation",
+    "UserError",
+    "list_attacks",
+    "list_datasets",
+    "list_defenses",
+    "list_models",
+    "load_config",
+    "load_dataset",
+    "load_model",
+    "load_run",
+    "make_attack",
+    "make_defense",
+    "run",
 ]

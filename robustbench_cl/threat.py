@@ -44,9 +44,7 @@ class Budget:
         for item in fields(self):
             value = getattr(self, item.name)
             if value is not None and (not isinstance(value, int) or value < 1):
-                raise UserError(
-                    f"budget.{item.name}", f"must be a positive integer, got {value!r}"
-                )
+                raise UserError(f"budget.{item.name}", f"must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -253,9 +251,9 @@ class ThreatModel:
                     rows.shape, generator=generator, dtype=x.dtype, device=x.device
                 )
                 laplace = -torch.log1p(-uniform.clamp(max=1 - 1e-7))
-                sign = torch.randint(
-                    0, 2, rows.shape, generator=generator, device=x.device
-                ).to(x.dtype)
+                sign = torch.randint(0, 2, rows.shape, generator=generator, device=x.device).to(
+                    x.dtype
+                )
                 direction = laplace * (2 * sign - 1)
                 direction = direction / direction.abs().sum(dim=1, keepdim=True).clamp_min(
                     _DIVISION_GUARD
@@ -283,9 +281,7 @@ class ThreatModel:
             threshold = rows.abs().topk(k, dim=1).values[:, -1:]
             mask = (rows.abs() >= threshold).to(rows.dtype)
             step = rows.sign() * mask
-            return (step / step.abs().sum(dim=1, keepdim=True).clamp_min(1.0)).reshape(
-                grad.shape
-            )
+            return (step / step.abs().sum(dim=1, keepdim=True).clamp_min(1.0)).reshape(grad.shape)
         return grad
 
     def check(

@@ -20,7 +20,9 @@ class TinyNet(nn.Module):
     def __init__(self, n_classes: int = 4, seed: int = 0) -> None:
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, n_classes))
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, n_classes)
+        )
         with torch.no_grad():
             for parameter in self.net.parameters():
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.8)

@@ -63,8 +63,12 @@ def test_pgd_is_deterministic_given_a_seed(digits_model, digits_batch):
 def test_keep_best_and_restarts_never_weaken_pgd(digits_model, digits_batch):
     x, y = digits_batch
     threat = ThreatModel(eps=0.07)
-    last = rbcl.make_attack("pgd", steps=10, random_start=False, keep_best=False)(digits_model, x, y, threat)
-    best = rbcl.make_attack("pgd", steps=10, random_start=False, keep_best=True)(digits_model, x, y, threat)
+    last = rbcl.make_attack("pgd", steps=10, random_start=False, keep_best=False)(
+        digits_model, x, y, threat
+    )
+    best = rbcl.make_attack("pgd", steps=10, random_start=False, keep_best=True)(
+        digits_model, x, y, threat
+    )
     assert (best.success | ~last.success).all()
     assert best.success.sum() >= last.success.sum()
 
@@ -139,8 +143,10 @@ def test_autoattack_cascade_breaks_what_pgd_breaks(digits_model, digits_batch):
 def test_external_torchattacks_and_art_follow_our_protocol(digits_model, digits_batch):
     x, y = digits_batch
     threat = ThreatModel(eps=0.1)
-    for spec, params in (("torchattacks:PGD", {"steps": 5, "alpha": 0.025, "random_start": False}),
-                         ("art:ProjectedGradientDescentPyTorch", {"eps_step": 0.025, "max_iter": 5})):
+    for spec, params in (
+        ("torchattacks:PGD", {"steps": 5, "alpha": 0.025, "random_start": False}),
+        ("art:ProjectedGradientDescentPyTorch", {"eps_step": 0.025, "max_iter": 5}),
+    ):
         result = rbcl.make_attack(spec, **params)(digits_model, x, y, threat)
         threat.check(result.adv, x)
         assert result.cost.backward > 0

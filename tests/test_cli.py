@@ -19,14 +19,18 @@ UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 
 
 def invoke(*args: str):
-    return CliRunner().invoke(cli, list(args), env={"COLUMNS": "120", "NO_COLOR": "1", "TERM": "dumb"})
+    return CliRunner().invoke(
+        cli, list(args), env={"COLUMNS": "120", "NO_COLOR": "1", "TERM": "dumb"}
+    )
 
 
 def check_golden(name: str, text: str) -> None:
     path = GOLDEN / name
     if UPDATE or not path.exists():
         path.write_text(text)
-    assert text == path.read_text(), f"output differs from {path}; rerun with UPDATE_GOLDEN=1 if intended"
+    assert text == path.read_text(), (
+        f"output differs from {path}; rerun with UPDATE_GOLDEN=1 if intended"
+    )
 
 
 def test_show_prints_the_matrix_golden():
@@ -40,6 +44,7 @@ def test_show_json_golden():
     result = invoke("show", str(GOLDEN / "run"), "--json")
     assert result.exit_code == 0
     data = json.loads(result.stdout)
+    data.pop("run_dir")  # an absolute path: differs between checkouts
     check_golden("show.json", json.dumps(data, indent=1, sort_keys=True) + "\n")
     assert {row["defense"] for row in data["rows"]} == {"<b>undefended</b>", "at"}
 
@@ -72,11 +77,13 @@ def test_report_command_writes_html(tmp_path):
 def nan_dataset():
     name = "nan-digits"
     if name not in DATASETS:
+
         @DATASETS.register(name)
         def _nan(split: str = "test") -> TensorData:
             x = torch.rand(8, 1, 16, 16)
             x[0, 0, 0, 0] = float("nan")
             return TensorData(name, split, x, torch.zeros(8, dtype=torch.long), 10)
+
     return name
 
 
@@ -93,11 +100,17 @@ BASE = "suite: t\nmodels: [{spec: 'builtin:digits-cnn'}]\n"
     "args, message",
     [
         (["attack", "pgdd", "--eps", "0.1"], "did you mean 'pgd'"),
-        (["attack", "pgd", "--eps", "0.1", "--model", "builtin:digits-cnnn"], "unknown model 'digits-cnnn'"),
+        (
+            ["attack", "pgd", "--eps", "0.1", "--model", "builtin:digits-cnnn"],
+            "unknown model 'digits-cnnn'",
+        ),
         (["run", "quickstrat"], "unknown suite 'quickstrat'"),
         (["attack", "pgd", "--eps", "-0.1"], "eps: must be a finite number >= 0"),
         (["attack", "pgd", "--eps", "1.5"], "larger than the bounds allow"),
-        (["attack", "pgd", "--eps", "0.1", "--model", "python:tests.conftest:tiny_factory"], "does not fit the model"),
+        (
+            ["attack", "pgd", "--eps", "0.1", "--model", "python:tests.conftest:tiny_factory"],
+            "does not fit the model",
+        ),
         (["attack", "pgd", "--eps", "0.1", "--data", "nan-digits"], "NaN or Inf"),
         (["run", "BROKEN_YAML"], "broken YAML at line"),
         (["run", "UNKNOWN_KEY"], "attacks[0].threat.epsilon: unknown config key"),
@@ -107,8 +120,12 @@ def test_bad_input_gets_one_line_and_exit_2(args, message, tmp_path, nan_dataset
     if args[-1] == "BROKEN_YAML":
         args = ["run", _bad_config(tmp_path, BASE + "attacks: [{attack: pgd, threat: {eps: 0.1}\n")]
     if args[-1] == "UNKNOWN_KEY":
-        args = ["run", _bad_config(tmp_path, BASE + "attacks: [{attack: pgd, threat: {epsilon: 0.1}}]\n"),
-                "--out", str(tmp_path / "out")]
+        args = [
+            "run",
+            _bad_config(tmp_path, BASE + "attacks: [{attack: pgd, threat: {epsilon: 0.1}}]\n"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
     result = invoke(*args)
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()

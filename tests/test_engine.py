@@ -26,8 +26,17 @@ def small_config(**overrides) -> dict:
         ],
         "attacks": [
             {"attack": "fgsm", "threat": {"norm": "linf", "eps": [0.05, 0.2]}},
-            {"attack": "pgd", "params": {"steps": 5}, "threat": {"norm": "linf", "eps": [0.05, 0.2]}},
-            {"attack": "pgd", "name": "pgd-l2", "params": {"steps": 5}, "threat": {"norm": "l2", "eps": 1.0}},
+            {
+                "attack": "pgd",
+                "params": {"steps": 5},
+                "threat": {"norm": "linf", "eps": [0.05, 0.2]},
+            },
+            {
+                "attack": "pgd",
+                "name": "pgd-l2",
+                "params": {"steps": 5},
+                "threat": {"norm": "l2", "eps": 1.0},
+            },
         ],
         "engine": {"sanity_probe_size": 8},
     }
@@ -66,7 +75,9 @@ def test_cascade_only_attacks_still_robust_samples(small_run):
     cleans = {r["id"]: r for r in records if r["type"] == "clean"}
     cells = [r for r in records if r["type"] == "cell"]
     for fgsm in (c for c in cells if c["attack"]["attack"] == "fgsm"):
-        pgd = next(c for c in cells if c["group_id"] == fgsm["group_id"] and c["attack"]["attack"] == "pgd")
+        pgd = next(
+            c for c in cells if c["group_id"] == fgsm["group_id"] and c["attack"]["attack"] == "pgd"
+        )
         correct = cleans[fgsm["pair_id"]]["correct"]
         for index, (first, second) in enumerate(zip(fgsm["outcomes"], pgd["outcomes"])):
             if not correct[index]:
@@ -82,7 +93,9 @@ def test_summary_derives_worst_case_from_outcomes(small_run):
     summary = rbcl.load_run(small_run)
     for pair in summary.pairs:
         linf_02 = next(w for w in pair.worst_case if w.label == "linf 0.2")
-        cells = [c for c in pair.cells if c["threat"]["norm"] == "linf" and c["threat"]["eps"] == 0.2]
+        cells = [
+            c for c in pair.cells if c["threat"]["norm"] == "linf" and c["threat"]["eps"] == 0.2
+        ]
         assert linf_02.robust_accuracy == min(c["robust_accuracy"] for c in cells)
         assert linf_02.best_known_attack in ("fgsm", "pgd", None)
 
@@ -109,7 +122,9 @@ def test_an_interrupted_run_resumes_from_its_last_whole_cell(small_run, tmp_path
     original = _records(small_run)
     key = lambda r: r["id"]  # noqa: E731
     strip = lambda r: {k: v for k, v in r.items() if k not in ("wall_time", "sanity_probe")}  # noqa: E731
-    assert [strip(r) for r in sorted(resumed, key=key)] == [strip(r) for r in sorted(original, key=key)]
+    assert [strip(r) for r in sorted(resumed, key=key)] == [
+        strip(r) for r in sorted(original, key=key)
+    ]
 
 
 def test_resume_refuses_a_different_config(small_run):
@@ -119,8 +134,12 @@ def test_resume_refuses_a_different_config(small_run):
 
 def test_results_are_deterministic(small_run, tmp_path):
     again = rbcl.run(small_config(), out=tmp_path / "again", profile=None)
-    first = {r["id"]: r["outcomes"] if r["type"] == "cell" else r["correct"] for r in _records(small_run)}
-    second = {r["id"]: r["outcomes"] if r["type"] == "cell" else r["correct"] for r in _records(again)}
+    first = {
+        r["id"]: r["outcomes"] if r["type"] == "cell" else r["correct"] for r in _records(small_run)
+    }
+    second = {
+        r["id"]: r["outcomes"] if r["type"] == "cell" else r["correct"] for r in _records(again)
+    }
     assert first == second
 
 
@@ -135,11 +154,23 @@ def test_packaged_suites_validate_in_every_profile():
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"attacks": [{"attack": "pgdd", "threat": {"eps": 0.1}}]}, "attacks\\[0\\].attack: unknown attack 'pgdd'; did you mean 'pgd'"),
-        ({"attacks": [{"attack": "pgd", "threat": {"eps": -0.1}}]}, "eps: must be a finite number >= 0"),
+        (
+            {"attacks": [{"attack": "pgdd", "threat": {"eps": 0.1}}]},
+            "attacks\\[0\\].attack: unknown attack 'pgdd'; did you mean 'pgd'",
+        ),
+        (
+            {"attacks": [{"attack": "pgd", "threat": {"eps": -0.1}}]},
+            "eps: must be a finite number >= 0",
+        ),
         ({"attacks": [{"attack": "pgd", "threat": {"eps": 2.0}}]}, "larger than the bounds allow"),
-        ({"attacks": [{"attack": "pgd", "stepz": 3, "threat": {"eps": 0.1}}]}, "attacks\\[0\\].stepz: unknown config key"),
-        ({"attacks": [{"attack": "pgd", "params": {"stepz": 3}, "threat": {"eps": 0.1}}]}, "attacks\\[0\\].pgd.stepz: unknown parameter"),
+        (
+            {"attacks": [{"attack": "pgd", "stepz": 3, "threat": {"eps": 0.1}}]},
+            "attacks\\[0\\].stepz: unknown config key",
+        ),
+        (
+            {"attacks": [{"attack": "pgd", "params": {"stepz": 3}, "threat": {"eps": 0.1}}]},
+            "attacks\\[0\\].pgd.stepz: unknown parameter",
+        ),
         ({"attacks": [{"attack": "fgsm", "threat": {"norm": "l1", "eps": 1.0}}]}, "supports norms"),
         ({"modelz": []}, "modelz: unknown config key"),
         ({"data": {"name": "digits", "n": 0}}, "data.n"),
@@ -148,7 +179,9 @@ def test_packaged_suites_validate_in_every_profile():
 def test_bad_configs_get_one_line_errors(change, message):
     config = small_config(**change)
     with pytest.raises(UserError, match=message) as error:
-        rbcl.run(config, out=None, profile=None) if "modelz" not in change else load_config(config, profile=None)
+        rbcl.run(config, out=None, profile=None) if "modelz" not in change else load_config(
+            config, profile=None
+        )
     assert "\n" not in str(error.value)
 
 

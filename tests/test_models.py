@@ -54,7 +54,9 @@ def test_preprocessed_eot_averages_draws_and_declares_randomness():
         def forward(self, x):
             return x + 0.1 * torch.randn_like(x)
 
-    wrapped = Preprocessed(Noise(), nn.Linear(4, 2), gradient_mode="eot", is_randomized=True, eot_samples=8)
+    wrapped = Preprocessed(
+        Noise(), nn.Linear(4, 2), gradient_mode="eot", is_randomized=True, eot_samples=8
+    )
     assert is_randomized(wrapped)
     x = torch.rand(2, 4, requires_grad=True)
     assert wrapped(x).shape == (2, 2)
@@ -85,7 +87,9 @@ def test_torchvision_adapter_loads_local_weights(tmp_path):
     model = load_model(f"torchvision:resnet18?weights={path}&num_classes=3")
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
-        expected = reference.eval()(Normalize(nn.Identity(), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))(x))
+        expected = reference.eval()(
+            Normalize(nn.Identity(), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))(x)
+        )
         assert torch.allclose(model(x), expected, atol=1e-5)
 
 
@@ -117,8 +121,12 @@ def test_foreign_checkpoints_load_weights_only(tmp_path):
 
 @pytest.mark.parametrize(
     "spec, message",
-    [("builtin:digits-cnnn", "did you mean 'digits-cnn'"), ("nonsense", "bad model spec"),
-     ("hub:foo", "unknown model scheme"), ("torchvision:resnet1800", "unknown torchvision model")],
+    [
+        ("builtin:digits-cnnn", "did you mean 'digits-cnn'"),
+        ("nonsense", "bad model spec"),
+        ("hub:foo", "unknown model scheme"),
+        ("torchvision:resnet1800", "unknown torchvision model"),
+    ],
 )
 def test_bad_model_specs_get_one_line_errors(spec, message):
     with pytest.raises(UserError, match=message):

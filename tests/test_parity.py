@@ -26,17 +26,30 @@ STEPS = 10
 
 
 def _ours(model, x, y, norm, eps, step_size):
-    attack = rbcl.make_attack("pgd", steps=STEPS, step_size=step_size, random_start=False,
-                              keep_best=False)
+    attack = rbcl.make_attack(
+        "pgd", steps=STEPS, step_size=step_size, random_start=False, keep_best=False
+    )
     return attack(model, x, y, ThreatModel(norm=norm, eps=eps))
 
 
 def _art(model, x, y, norm, eps, step_size):
-    classifier = PyTorchClassifier(model=model, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
-                                   nb_classes=10, clip_values=(0.0, 1.0), device_type="cpu")
+    classifier = PyTorchClassifier(
+        model=model,
+        loss=nn.CrossEntropyLoss(),
+        input_shape=tuple(x.shape[1:]),
+        nb_classes=10,
+        clip_values=(0.0, 1.0),
+        device_type="cpu",
+    )
     attack = ProjectedGradientDescentPyTorch(
-        classifier, norm=np.inf if norm == "linf" else 2, eps=eps, eps_step=step_size,
-        max_iter=STEPS, num_random_init=0, batch_size=len(y), verbose=False,
+        classifier,
+        norm=np.inf if norm == "linf" else 2,
+        eps=eps,
+        eps_step=step_size,
+        max_iter=STEPS,
+        num_random_init=0,
+        batch_size=len(y),
+        verbose=False,
     )
     return torch.from_numpy(attack.generate(x=x.numpy(), y=y.numpy()))
 
@@ -51,13 +64,21 @@ def test_pgd_matches_torchattacks(digits_model, digits_batch, norm, eps, step_si
     x, y = digits_batch
     ours = _ours(digits_model, x, y, norm, eps, step_size)
     if norm == "linf":
-        reference = torchattacks.PGD(digits_model, eps=eps, alpha=step_size, steps=STEPS, random_start=False)
+        reference = torchattacks.PGD(
+            digits_model, eps=eps, alpha=step_size, steps=STEPS, random_start=False
+        )
     else:
         # torchattacks adds its guard 1e-10 to the norm of the batch-*mean* loss gradient; we
         # use the per-sample (summed) loss, so that shards and cascades do not change results.
         # Scaling their guard by 1/B makes the two the same computation.
-        reference = torchattacks.PGDL2(digits_model, eps=eps, alpha=step_size, steps=STEPS,
-                                       random_start=False, eps_for_division=1e-10 / len(y))
+        reference = torchattacks.PGDL2(
+            digits_model,
+            eps=eps,
+            alpha=step_size,
+            steps=STEPS,
+            random_start=False,
+            eps_for_division=1e-10 / len(y),
+        )
     theirs = reference(x, y)
     assert (ours.adv - theirs).abs().max().item() <= 1e-5
     assert _robust_accuracy(digits_model, ours.adv, y) == _robust_accuracy(digits_model, theirs, y)

@@ -39,11 +39,18 @@ def test_zero_gradients_and_full_range_flags_catch_gradient_masking(digits_model
 
 def test_healthy_model_raises_no_pair_flags(digits_model, digits_batch):
     x, y = digits_batch
-    probes = {"gradients": sanity.gradient_health(digits_model, x, y),
-              "randomization": sanity.randomization(digits_model, x)}
+    probes = {
+        "gradients": sanity.gradient_health(digits_model, x, y),
+        "randomization": sanity.randomization(digits_model, x),
+    }
     assert sanity.pair_flags(probes, 10) == []
     keep = digits_model(x).argmax(1) == y
-    assert sanity.full_range_flag(sanity.full_range_accuracy(digits_model, x[keep], y[keep], (0.0, 1.0)), 10) == []
+    assert (
+        sanity.full_range_flag(
+            sanity.full_range_accuracy(digits_model, x[keep], y[keep], (0.0, 1.0)), 10
+        )
+        == []
+    )
 
 
 def test_randomized_model_without_eot_is_flagged(digits_model, digits_batch):
@@ -51,8 +58,12 @@ def test_randomized_model_without_eot_is_flagged(digits_model, digits_batch):
     noisy = Preprocessed(Noisy(), digits_model, is_randomized=True)
     probe = sanity.randomization(noisy, x)
     assert probe["declared"] and probe["observed"] and not probe["eot"]
-    assert [f["code"] for f in sanity.pair_flags({"randomization": probe}, 10)] == ["randomized_without_eot"]
-    with_eot = Preprocessed(Noisy(), digits_model, gradient_mode="eot", is_randomized=True, eot_samples=4)
+    assert [f["code"] for f in sanity.pair_flags({"randomization": probe}, 10)] == [
+        "randomized_without_eot"
+    ]
+    with_eot = Preprocessed(
+        Noisy(), digits_model, gradient_mode="eot", is_randomized=True, eot_samples=4
+    )
     assert sanity.pair_flags({"randomization": sanity.randomization(with_eot, x)}, 10) == []
 
 
@@ -63,7 +74,9 @@ def test_an_unconverged_attack_is_flagged(digits_model, digits_batch):
     weak = rbcl.make_attack("pgd", steps=3, step_size=0.01, random_start=False)
     result = weak(digits_model, x, y, threat)
     survivors = ~result.success
-    flags, probe = sanity.convergence_flag(weak, digits_model, x[survivors], y[survivors], threat, len(y))
+    flags, probe = sanity.convergence_flag(
+        weak, digits_model, x[survivors], y[survivors], threat, len(y)
+    )
     assert [f["code"] for f in flags] == ["not_converged"]
     assert probe["newly_broken"] > 0
 

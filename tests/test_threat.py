@@ -95,8 +95,13 @@ def test_round_trip_and_hashable():
 
 @pytest.mark.parametrize(
     "kwargs, field",
-    [({"eps": -0.1}, "eps"), ({"eps": 1.5}, "eps"), ({"norm": "l3"}, "norm"),
-     ({"bounds": (1, 0)}, "bounds"), ({"eps": float("nan")}, "eps")],
+    [
+        ({"eps": -0.1}, "eps"),
+        ({"eps": 1.5}, "eps"),
+        ({"norm": "l3"}, "norm"),
+        ({"bounds": (1, 0)}, "bounds"),
+        ({"eps": float("nan")}, "eps"),
+    ],
 )
 def test_bad_threat_models_name_the_field(kwargs, field):
     with pytest.raises(UserError) as error:

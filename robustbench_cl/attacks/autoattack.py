@@ -57,30 +57,60 @@ class AutoAttack(Attack):
             reason = "AutoAttack's components need inputs in bounds (0, 1)"
         return reason
 
-    def components(self, model: nn.Module, threat: ThreatModel, n_classes: int) -> list[tuple[str, Any]]:
+    def components(
+        self, model: nn.Module, threat: ThreatModel, n_classes: int
+    ) -> list[tuple[str, Any]]:
         import torchattacks
 
         norm = _TORCHATTACKS_NORM[threat.norm]
         targets = min(self.n_target_classes, n_classes - 1)
         apgd_ce = torchattacks.APGD(
-            model, norm=norm, eps=threat.eps, steps=self.steps, n_restarts=1,
-            seed=self.seed, loss="ce", rho=0.75,
+            model,
+            norm=norm,
+            eps=threat.eps,
+            steps=self.steps,
+            n_restarts=1,
+            seed=self.seed,
+            loss="ce",
+            rho=0.75,
         )
         apgd_t = torchattacks.APGDT(
-            model, norm=norm, eps=threat.eps, steps=self.steps, n_restarts=1,
-            seed=self.seed, rho=0.75, n_classes=n_classes,
+            model,
+            norm=norm,
+            eps=threat.eps,
+            steps=self.steps,
+            n_restarts=1,
+            seed=self.seed,
+            rho=0.75,
+            n_classes=n_classes,
         )
         apgd_t.n_target_classes = targets
         fab_t = torchattacks.FAB(
-            model, norm=norm, eps=threat.eps, steps=self.steps, n_restarts=1,
-            seed=self.seed, multi_targeted=True, n_classes=n_classes,
+            model,
+            norm=norm,
+            eps=threat.eps,
+            steps=self.steps,
+            n_restarts=1,
+            seed=self.seed,
+            multi_targeted=True,
+            n_classes=n_classes,
         )
         fab_t.n_target_classes = targets
         square = torchattacks.Square(
-            model, norm=norm, eps=threat.eps, n_queries=self.square_queries, n_restarts=1,
-            p_init=0.8, loss="margin", resc_schedule=True, seed=self.seed,
+            model,
+            norm=norm,
+            eps=threat.eps,
+            n_queries=self.square_queries,
+            n_restarts=1,
+            p_init=0.8,
+            loss="margin",
+            resc_schedule=True,
+            seed=self.seed,
         )
         return [("apgd-ce", apgd_ce), ("apgd-t", apgd_t), ("fab-t", fab_t), ("square", square)]
+
+    def resolved_settings(self, n_classes: int) -> dict[str, Any]:
+        return {**self.settings(), "components": self.describe_components(n_classes)}
 
     def describe_components(self, n_classes: int) -> dict[str, dict[str, Any]]:
         targets = min(self.n_target_classes, n_classes - 1)
@@ -99,7 +129,9 @@ class AutoAttack(Attack):
         n_classes = logits.shape[1]
         logger.info(
             "AutoAttack (standard, %s eps=%g): %s",
-            threat.norm, threat.eps, self.describe_components(n_classes),
+            threat.norm,
+            threat.eps,
+            self.describe_components(n_classes),
         )
         adv = x.clone()
         robust = logits.argmax(1) == y

@@ -124,10 +124,14 @@ def validate_inputs(x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> No
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise UserError("x", "inputs and labels must be torch tensors")
     if x.ndim < 2:
-        raise UserError("x", f"expected a batch (N, ...), got shape {tuple(x.shape)}", "add a batch dimension")
+        raise UserError(
+            "x", f"expected a batch (N, ...), got shape {tuple(x.shape)}", "add a batch dimension"
+        )
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
         raise UserError(
-            "y", f"shape {tuple(y.shape)} does not match {x.shape[0]} inputs", "pass one label per input"
+            "y",
+            f"shape {tuple(y.shape)} does not match {x.shape[0]} inputs",
+            "pass one label per input",
         )
     if not torch.isfinite(x).all():
         raise UserError("x", "inputs contain NaN or Inf", "clean the data before attacking")
@@ -147,9 +151,12 @@ def probe_model(model: nn.Module, x: torch.Tensor, n_classes: int | None = None)
         with torch.no_grad():
             logits = model(x[:1])
     except RuntimeError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first_line = (
+            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        )
         raise UserError(
-            "x", f"input shape {tuple(x.shape[1:])} does not fit the model ({first_line})",
+            "x",
+            f"input shape {tuple(x.shape[1:])} does not fit the model ({first_line})",
             "check the dataset and the model's expected input shape",
         ) from None
     if logits.ndim != 2:
@@ -172,6 +179,10 @@ class Attack:
     def settings(self) -> dict[str, Any]:
         """The exact hyper-parameters, recorded with every result."""
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def resolved_settings(self, n_classes: int) -> dict[str, Any]:
+        """The settings as they apply to a model with ``n_classes`` outputs (for the record)."""
+        return self.settings()
 
     def supports(self, threat: ThreatModel, task: str = "classification") -> str | None:
         """``None`` if this attack can honour ``threat``; otherwise the reason it cannot."""

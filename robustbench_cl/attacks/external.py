@@ -31,7 +31,8 @@ class TorchattacksAttack(Attack):
 
             close = difflib.get_close_matches(attack_name, torchattacks.__all__, n=3)
             raise UserError(
-                "attack", f"torchattacks has no attack {attack_name!r}",
+                "attack",
+                f"torchattacks has no attack {attack_name!r}",
                 f"did you mean {', '.join(close)}?" if close else "see torchattacks.__all__",
             )
         self.attack_name = attack_name
@@ -68,7 +69,9 @@ class ARTAttack(Attack):
         import art.attacks.evasion as evasion
 
         if not hasattr(evasion, attack_name):
-            raise UserError("attack", f"ART has no evasion attack {attack_name!r}", "see art.attacks.evasion")
+            raise UserError(
+                "attack", f"ART has no evasion attack {attack_name!r}", "see art.attacks.evasion"
+            )
         self.attack_name = attack_name
         self.batch_size = batch_size
         self.params = params
@@ -101,8 +104,13 @@ class ARTAttack(Attack):
         signature = inspect.signature(cls.__init__).parameters
         kwargs = dict(self.params)
         norm_value = {"linf": np.inf, "l2": 2, "l1": 1}[threat.norm]
-        for key, value in (("eps", threat.eps), ("norm", norm_value), ("targeted", threat.targeted),
-                           ("batch_size", self.batch_size), ("verbose", False)):
+        for key, value in (
+            ("eps", threat.eps),
+            ("norm", norm_value),
+            ("targeted", threat.targeted),
+            ("batch_size", self.batch_size),
+            ("verbose", False),
+        ):
             if key in signature:
                 kwargs.setdefault(key, value)
         attack = cls(classifier, **kwargs)
@@ -116,4 +124,6 @@ def make_external(spec: str, params: dict[str, Any]) -> Attack:
         return TorchattacksAttack(name, **params)
     if library == "art":
         return ARTAttack(name, **params)
-    raise UserError("attack", f"unknown attack library {library!r}", "use torchattacks:NAME or art:NAME")
+    raise UserError(
+        "attack", f"unknown attack library {library!r}", "use torchattacks:NAME or art:NAME"
+    )

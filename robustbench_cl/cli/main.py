@@ -42,22 +42,42 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
     """Attack x defense matrices under one threat model, with honest reports."""
     ctx.obj = {"debug": debug}
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
-                        handlers=[RichHandler(console=console, show_path=False)], force=True)
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(console=console, show_path=False)],
+        force=True,
+    )
 
 
 @cli.command()
 @click.argument("suite", default="quickstart")
 @click.option("--profile", type=click.Choice(["quick", "full"]), default="quick", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Run directory (default runs/<suite>-<timestamp>).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Run directory (default runs/<suite>-<timestamp>).",
+)
 @click.option("--device", default="cpu", show_default=True, help="auto, cpu or cuda[:N].")
-@click.option("--resume/--fresh", default=True, show_default=True,
-              help="Reuse finished cells in --out, or start over.")
+@click.option(
+    "--resume/--fresh",
+    default=True,
+    show_default=True,
+    help="Reuse finished cells in --out, or start over.",
+)
 @click.option("--seed", type=int, default=None, help="Override the config's seed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the matrix as JSON on stdout.")
-def run(suite: str, profile: str, out: Path | None, device: str, resume: bool, seed: int | None,
-        as_json: bool) -> None:
+def run(
+    suite: str,
+    profile: str,
+    out: Path | None,
+    device: str,
+    resume: bool,
+    seed: int | None,
+    as_json: bool,
+) -> None:
     """Run SUITE (a packaged suite name or a YAML config path)."""
     from robustbench_cl.cli.progress import RichProgress
     from robustbench_cl.engine import load_run
@@ -65,8 +85,16 @@ def run(suite: str, profile: str, out: Path | None, device: str, resume: bool, s
 
     command = "robustbench-cl " + " ".join(sys.argv[1:])
     with RichProgress(console) as progress:
-        run_dir = run_matrix(suite, out=out, profile=profile, device=device, resume=resume,
-                             seed=seed, progress=progress, command=command)
+        run_dir = run_matrix(
+            suite,
+            out=out,
+            profile=profile,
+            device=device,
+            resume=resume,
+            seed=seed,
+            progress=progress,
+            command=command,
+        )
     summary = load_run(run_dir)
     _write_report(run_dir)
     if as_json:
@@ -102,9 +130,14 @@ def _summary_json(summary: Any) -> dict[str, Any]:
                 "defense": pair.defense,
                 "clean_accuracy": pair.clean_accuracy,
                 "cells": [
-                    {"attack": cell["attack"].get("name") or cell["attack"]["attack"],
-                     "threat": cell["threat"], "robust_accuracy": cell["robust_accuracy"],
-                     "robust_ci95": cell["robust_ci95"], "flags": cell["flags"], "cost": cell["cost"]}
+                    {
+                        "attack": cell["attack"].get("name") or cell["attack"]["attack"],
+                        "threat": cell["threat"],
+                        "robust_accuracy": cell["robust_accuracy"],
+                        "robust_ci95": cell["robust_ci95"],
+                        "flags": cell["flags"],
+                        "cost": cell["cost"],
+                    }
                     for cell in pair.cells
                 ],
                 "worst_case": [asdict(w) for w in pair.worst_case],
@@ -115,8 +148,11 @@ def _summary_json(summary: Any) -> dict[str, Any]:
 
 
 @cli.command(name="list")
-@click.argument("kind", type=click.Choice(["attacks", "defenses", "models", "datasets", "suites"]),
-                default="attacks")
+@click.argument(
+    "kind",
+    type=click.Choice(["attacks", "defenses", "models", "datasets", "suites"]),
+    default="attacks",
+)
 @click.argument("pattern", default="*")
 def list_command(kind: str, pattern: str) -> None:
     """List registered names, optionally filtered by a wildcard PATTERN ('pgd*')."""
@@ -134,8 +170,12 @@ def list_command(kind: str, pattern: str) -> None:
             if fnmatch.fnmatch(name, pattern):
                 table.add_row(name, "packaged suite")
     else:
-        reg = {"attacks": registry.ATTACKS, "defenses": registry.DEFENSES,
-               "models": registry.MODELS, "datasets": registry.DATASETS}[kind]
+        reg = {
+            "attacks": registry.ATTACKS,
+            "defenses": registry.DEFENSES,
+            "models": registry.MODELS,
+            "datasets": registry.DATASETS,
+        }[kind]
         for name in reg.names(pattern):
             shown = f"builtin:{name}" if kind == "models" else name
             table.add_row(shown, reg.summary(name))
@@ -143,8 +183,11 @@ def list_command(kind: str, pattern: str) -> None:
             table.add_row("torchattacks:NAME", "any torchattacks attack, under our threat model")
             table.add_row("art:NAME", "any ART evasion attack, under our threat model")
         if kind == "models":
-            for scheme in ("torchvision:NAME?weights=PATH", "timm:NAME?checkpoint=PATH",
-                           "python:package.module:factory"):
+            for scheme in (
+                "torchvision:NAME?weights=PATH",
+                "timm:NAME?checkpoint=PATH",
+                "python:package.module:factory",
+            ):
                 table.add_row(scheme, "adapter for your own model")
     stdout.print(table)
 
@@ -197,8 +240,19 @@ def _parse_param(values: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def attack(name: str, model_spec: str, dataset: str, n: int, norm: str, eps: float, targeted: bool,
-           params: tuple[str, ...], device: str, seed: int, as_json: bool) -> None:
+def attack(
+    name: str,
+    model_spec: str,
+    dataset: str,
+    n: int,
+    norm: str,
+    eps: float,
+    targeted: bool,
+    params: tuple[str, ...],
+    device: str,
+    seed: int,
+    as_json: bool,
+) -> None:
     """Run one attack NAME against one model, e.g. `attack pgd --eps 0.1`."""
     import torch
 
@@ -224,6 +278,9 @@ def attack(name: str, model_spec: str, dataset: str, n: int, norm: str, eps: flo
         y = (y + 1) % 10
     from rich.progress import Progress
 
+    with torch.no_grad():
+        n_classes = model(x[:1]).shape[1]
+    console.print(f"{name} settings: {chosen.resolved_settings(n_classes)}", highlight=False)
     with Progress(console=console, transient=True) as bars:
         task = bars.add_task(f"{name} {threat.describe()}", total=1)
         with step_hook(lambda step, total: bars.update(task, total=total, completed=step)):
@@ -232,9 +289,15 @@ def attack(name: str, model_spec: str, dataset: str, n: int, norm: str, eps: flo
         clean = (model(x).argmax(1) == y) if not targeted else torch.ones_like(y, dtype=torch.bool)
     robust = int((clean & ~result.success).sum())
     output = {
-        "attack": name, "settings": chosen.settings(), "model": model_spec, "threat": threat.to_dict(),
-        "n": len(y), "clean_accuracy": float(clean.float().mean()), "robust_accuracy": robust / len(y),
-        "robust_ci95": list(wilson_interval(robust, len(y))), "cost": result.cost.to_dict(),
+        "attack": name,
+        "settings": chosen.resolved_settings(n_classes),
+        "model": model_spec,
+        "threat": threat.to_dict(),
+        "n": len(y),
+        "clean_accuracy": float(clean.float().mean()),
+        "robust_accuracy": robust / len(y),
+        "robust_ci95": list(wilson_interval(robust, len(y))),
+        "cost": result.cost.to_dict(),
         "wall_time": result.wall_time,
     }
     if as_json:
@@ -244,9 +307,15 @@ def attack(name: str, model_spec: str, dataset: str, n: int, norm: str, eps: flo
     for column in ("n", "clean %", "robust %", "95% CI", "forward", "backward", "seconds"):
         table.add_column(column, justify="right")
     low, high = output["robust_ci95"]
-    table.add_row(str(len(y)), f"{100 * output['clean_accuracy']:.1f}", f"{100 * output['robust_accuracy']:.1f}",
-                  f"{100 * low:.1f}-{100 * high:.1f}", str(result.cost.forward), str(result.cost.backward),
-                  f"{result.wall_time:.2f}")
+    table.add_row(
+        str(len(y)),
+        f"{100 * output['clean_accuracy']:.1f}",
+        f"{100 * output['robust_accuracy']:.1f}",
+        f"{100 * low:.1f}-{100 * high:.1f}",
+        str(result.cost.forward),
+        str(result.cost.backward),
+        f"{result.wall_time:.2f}",
+    )
     stdout.print(table)
 
 

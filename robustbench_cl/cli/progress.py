@@ -45,8 +45,9 @@ class RichProgress(EngineProgress):
         if self.batch_task is None:
             self.batch_task = self.bars.add_task("batches", total=n_batches)
             self.step_task = self.bars.add_task("steps", total=1)
-        self.bars.update(self.batch_task, total=max(n_batches, 1), completed=0,
-                         description=f"batches  {label}")
+        self.bars.update(
+            self.batch_task, total=max(n_batches, 1), completed=0, description=f"batches  {label}"
+        )
         self.bars.update(self.step_task, total=1, completed=0)
 
     def batch_done(self) -> None:

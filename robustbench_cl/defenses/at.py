@@ -62,19 +62,32 @@ class PGDAdversarialTraining(Defense):
         if artifact_exists(path):
             load_artifact_weights(path, network)
             return Frozen(network)
-        logger.info("training pgd-at (%s eps=%g) on %s; cached at %s", self.norm, self.eps,
-                    model_spec, path)
-        inner = PGD(steps=self.steps, step_size=self.step_size, random_start=True,
-                    keep_best=False)
+        logger.info(
+            "training pgd-at (%s eps=%g) on %s; cached at %s", self.norm, self.eps, model_spec, path
+        )
+        inner = PGD(steps=self.steps, step_size=self.step_size, random_start=True, keep_best=False)
 
         def perturb(current, xb, yb):  # noqa: ANN001, ANN202
             return inner.perturb(current, xb, yb, self._threat)
 
         train_classifier(
-            network, data.x, data.y, epochs=self.epochs, lr=self.lr,
-            batch_size=self.batch_size, seed=self.seed, perturb=perturb,
+            network,
+            data.x,
+            data.y,
+            epochs=self.epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            perturb=perturb,
         )
-        save_artifact(path, network, {"defense": self.name, "settings": self.settings(),
-                                      "model": model_spec,
-                                      "train_accuracy": accuracy(network, data.x, data.y)})
+        save_artifact(
+            path,
+            network,
+            {
+                "defense": self.name,
+                "settings": self.settings(),
+                "model": model_spec,
+                "train_accuracy": accuracy(network, data.x, data.y),
+            },
+        )
         return Frozen(network)

@@ -32,8 +32,12 @@ class Defense:
 
     def cache_path(self, model_spec: str, data: TensorData) -> Path:
         key = stable_hash(
-            {"defense": self.name, "settings": self.settings(), "model": model_spec,
-             "data": data.describe()}
+            {
+                "defense": self.name,
+                "settings": self.settings(),
+                "model": model_spec,
+                "data": data.describe(),
+            }
         )
         return cache_home() / "defenses" / f"{self.name}-{key}"
 
@@ -73,7 +77,8 @@ def make_defense(name: str, **params: Any) -> Defense:
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise UserError(
-            f"{name}.{unknown[0]}", f"unknown parameter for defense {name!r}",
+            f"{name}.{unknown[0]}",
+            f"unknown parameter for defense {name!r}",
             f"allowed: {', '.join(allowed) or 'none'}",
         )
     return cls(**params)

@@ -4,4 +4,12 @@ from robustbench_cl.engine.config import MatrixConfig, list_suites, load_config
 from robustbench_cl.engine.runner import Progress, run
 from robustbench_cl.engine.summary import RunSummary, load_run
 
-__all__ = ["MatrixConfig", "Progress", "RunSummary", "list_suites", "load_config", "load_run", "run"]
+__all__ = [
+    "MatrixConfig",
+    "Progress",
+    "RunSummary",
+    "list_suites",
+    "load_config",
+    "load_run",
+    "run",
+]

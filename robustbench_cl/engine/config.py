@@ -152,7 +152,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or "invalid YAML"
-        raise UserError(str(path), f"broken YAML{where}: {problem}", "fix the YAML syntax") from None
+        raise UserError(
+            str(path), f"broken YAML{where}: {problem}", "fix the YAML syntax"
+        ) from None
     if not isinstance(raw, dict):
         raise UserError(str(path), "a config must be a YAML mapping", "start with `suite: NAME`")
     return raw
@@ -172,7 +174,11 @@ def resolve_suite_path(name_or_path: str | Path) -> Path:
 
     names = list_suites()
     close = difflib.get_close_matches(str(name_or_path), names, n=3)
-    hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else f"known suites: {', '.join(names)}"
+    hint = (
+        f"did you mean {', '.join(repr(c) for c in close)}?"
+        if close
+        else f"known suites: {', '.join(names)}"
+    )
     raise UserError("suite", f"unknown suite {str(name_or_path)!r}", hint)
 
 
@@ -190,7 +196,9 @@ def load_config(
         raise UserError("profiles", "must be a mapping of profile name to overrides")
     if profile is not None and profiles:
         if profile not in profiles:
-            raise UserError("profile", f"unknown profile {profile!r}", f"use one of {', '.join(profiles)}")
+            raise UserError(
+                "profile", f"unknown profile {profile!r}", f"use one of {', '.join(profiles)}"
+            )
         raw = _deep_merge(raw, profiles[profile] or {})
     if seed is not None:
         raw["seed"] = seed

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 
 
-def wilson_interval(successes: int, total: int, z: float = 1.959963984540054) -> tuple[float, float]:
+def wilson_interval(
+    successes: int, total: int, z: float = 1.959963984540054
+) -> tuple[float, float]:
     """95% Wilson score interval for a proportion (exact at the edges, unlike the normal one)."""
     if total <= 0:
         return (0.0, 1.0)

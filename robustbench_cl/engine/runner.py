@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,13 @@ from robustbench_cl.attacks.base import step_hook
 from robustbench_cl.data import TensorData, load_dataset
 from robustbench_cl.defenses import make_defense
 from robustbench_cl.engine import sanity
-from robustbench_cl.engine.config import AttackConfig, DefenseConfig, MatrixConfig, ModelConfig, load_config
+from robustbench_cl.engine.config import (
+    AttackConfig,
+    DefenseConfig,
+    MatrixConfig,
+    ModelConfig,
+    load_config,
+)
 from robustbench_cl.engine.metrics import wilson_interval
 from robustbench_cl.engine.store import ResultsStore, write_json_atomic
 from robustbench_cl.errors import UserError
@@ -86,30 +92,50 @@ def expand(config: MatrixConfig) -> list[Pair]:
     data_key = config.data.model_dump(mode="json")
     for model in config.models:
         for defense in config.defenses:
-            pair_id = stable_hash({"model": model.spec, "defense": defense.defense,
-                                   "params": defense.params, "data": data_key, "seed": config.seed})
+            pair_id = stable_hash(
+                {
+                    "model": model.spec,
+                    "defense": defense.defense,
+                    "params": defense.params,
+                    "data": data_key,
+                    "seed": config.seed,
+                }
+            )
             pair = Pair(pair_id, model, defense)
             for index, attack in enumerate(config.attacks):
                 try:
                     built = make_attack(attack.attack, **attack.params)
                 except UserError as error:
-                    raise UserError(f"attacks[{index}].{error.field}", error.problem, error.fix) from None
+                    raise UserError(
+                        f"attacks[{index}].{error.field}", error.problem, error.fix
+                    ) from None
                 for eps in attack.threat.eps_values():
                     threat_values = attack.threat.model_dump()
                     threat_values["eps"] = eps
                     try:
                         threat = ThreatModel(**threat_values)
                     except UserError as error:
-                        raise UserError(f"attacks[{index}].threat.{error.field}", error.problem,
-                                        error.fix) from None
+                        raise UserError(
+                            f"attacks[{index}].threat.{error.field}", error.problem, error.fix
+                        ) from None
                     reason = built.supports(threat, config.task)
                     if reason is not None:
-                        raise UserError(f"attacks[{index}]", reason, "change the attack or its threat")
+                        raise UserError(
+                            f"attacks[{index}]", reason, "change the attack or its threat"
+                        )
                     group_id = stable_hash({"pair": pair_id, "threat": threat.to_dict()})
-                    cell_id = stable_hash({"pair": pair_id, "attack": attack.attack,
-                                           "params": attack.params, "threat": threat.to_dict(),
-                                           "cascade": config.engine.cascade})
-                    pair.cells.append(Cell(cell_id, pair_id, group_id, model, defense, attack, threat))
+                    cell_id = stable_hash(
+                        {
+                            "pair": pair_id,
+                            "attack": attack.attack,
+                            "params": attack.params,
+                            "threat": threat.to_dict(),
+                            "cascade": config.engine.cascade,
+                        }
+                    )
+                    pair.cells.append(
+                        Cell(cell_id, pair_id, group_id, model, defense, attack, threat)
+                    )
             pairs.append(pair)
     return pairs
 
@@ -120,19 +146,32 @@ def _targets(y: torch.Tensor, n_classes: int, seed: int) -> torch.Tensor:
     return (y.cpu() + offset) % n_classes
 
 
-def _meta(config: MatrixConfig, device: torch.device, command: str | None, profile: str | None) -> dict[str, Any]:
+def _meta(
+    config: MatrixConfig, device: torch.device, command: str | None, profile: str | None
+) -> dict[str, Any]:
     import robustbench_cl
 
-    versions = {"python": platform.python_version(), "torch": torch.__version__,
-                "robustbench_cl": robustbench_cl.__version__}
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "robustbench_cl": robustbench_cl.__version__,
+    }
     for package in ("torchattacks", "art", "sklearn", "numpy"):
         try:
             versions[package] = __import__(package).__version__
         except Exception:  # noqa: BLE001 - a missing optional package is just not recorded
             pass
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).parent,
+                timeout=5,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
     return {
@@ -141,18 +180,21 @@ def _meta(config: MatrixConfig, device: torch.device, command: str | None, profi
         "config_hash": config.config_hash(),
         "seed": config.seed,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
         "host": socket.gethostname(),
         "versions": versions,
         "git_commit": commit,
         "command": command or " ".join(sys.argv),
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
 class Runner:
-    def __init__(self, config: MatrixConfig, run_dir: Path, device: torch.device,
-                 progress: Progress) -> None:
+    def __init__(
+        self, config: MatrixConfig, run_dir: Path, device: torch.device, progress: Progress
+    ) -> None:
         self.config = config
         self.run_dir = run_dir
         self.device = device
@@ -198,7 +240,10 @@ class Runner:
         correct = logits.argmax(1) == self.y
         probes: dict[str, Any] = {"n_classes": n_classes}
         if self.config.engine.sanity_checks:
-            probe_x, probe_y = self.x[: self.config.engine.sanity_probe_size], self.y[: self.config.engine.sanity_probe_size]
+            probe_x, probe_y = (
+                self.x[: self.config.engine.sanity_probe_size],
+                self.y[: self.config.engine.sanity_probe_size],
+            )
             probes["gradients"] = sanity.gradient_health(model, probe_x, probe_y)
             probes["randomization"] = sanity.randomization(model, probe_x)
             if any(c.threat.norm == "linf" and c.threat.bounds is not None for c in pair.cells):
@@ -206,7 +251,8 @@ class Runner:
                 bounds = next(c.threat.bounds for c in pair.cells if c.threat.bounds is not None)
                 probes["full_range_accuracy"] = (
                     sanity.full_range_accuracy(model, probe_x[keep], probe_y[keep], bounds)
-                    if bool(keep.any()) else None
+                    if bool(keep.any())
+                    else None
                 )
         count = int(correct.sum())
         return {
@@ -223,22 +269,25 @@ class Runner:
         }
 
     # ------------------------------------------------------------------ one cell
-    def run_cell(self, cell: Cell, model: nn.Module, clean: dict[str, Any],
-                 alive: torch.Tensor) -> dict[str, Any]:
+    def run_cell(
+        self, cell: Cell, model: nn.Module, clean: dict[str, Any], alive: torch.Tensor
+    ) -> dict[str, Any]:
         config = self.config
         attack: Attack = make_attack(cell.attack.attack, **cell.attack.params)
         n_classes = clean["probes"]["n_classes"]
         torch.manual_seed(derive_seed(config.seed, cell.id))
         labels = self.y
         if cell.threat.targeted:
-            labels = _targets(self.y, n_classes, derive_seed(config.seed, cell.id, "targets")).to(self.device)
+            labels = _targets(self.y, n_classes, derive_seed(config.seed, cell.id, "targets")).to(
+                self.device
+            )
         todo = alive.nonzero().flatten()
         size = config.engine.batch_size
         batches = [todo[i : i + size] for i in range(0, len(todo), size)]
         label = f"{cell.model.label} | {cell.defense.label} | {cell.attack.label} | {cell.threat.describe()}"
         self.progress.cell_started(label, len(batches))
         if attack.name == "autoattack":
-            self.progress.message(f"AutoAttack standard settings: {attack.describe_components(n_classes)}")
+            self.progress.message(f"AutoAttack settings: {attack.resolved_settings(n_classes)}")
         outcomes = torch.full((self.n,), NOT_ATTACKED, dtype=torch.long, device=self.device)
         cost = None
         wall = 0.0
@@ -256,10 +305,13 @@ class Runner:
             if attack.uses_gradients:
                 flags += sanity.pair_flags(clean["probes"], n_classes)
             if cell.threat.norm == "linf":
-                flags += sanity.full_range_flag(clean["probes"].get("full_range_accuracy"), n_classes)
+                flags += sanity.full_range_flag(
+                    clean["probes"].get("full_range_accuracy"), n_classes
+                )
             survivors = (outcomes == ROBUST).nonzero().flatten()[: config.engine.sanity_probe_size]
-            more, probe = sanity.convergence_flag(attack, model, self.x[survivors], labels[survivors],
-                                                  cell.threat, self.n)
+            more, probe = sanity.convergence_flag(
+                attack, model, self.x[survivors], labels[survivors], cell.threat, self.n
+            )
             flags += more
         robust = int((outcomes == ROBUST).sum())
         clean_correct = sum(clean["correct"])
@@ -272,7 +324,10 @@ class Runner:
             "group_id": cell.group_id,
             "model": cell.model.model_dump(),
             "defense": cell.defense.model_dump(),
-            "attack": {**cell.attack.model_dump(exclude={"threat"}), "settings": attack.settings()},
+            "attack": {
+                **cell.attack.model_dump(exclude={"threat"}),
+                "settings": attack.resolved_settings(n_classes),
+            },
             "threat": cell.threat.to_dict(),
             "cascade": config.engine.cascade,
             "n": self.n,
@@ -282,8 +337,12 @@ class Runner:
             "clean_accuracy": clean["clean_accuracy"],
             "robust_accuracy": robust / self.n,
             "robust_ci95": list(wilson_interval(robust, self.n)),
-            "attack_success_rate": (clean_correct - robust) / clean_correct if clean_correct else 0.0,
-            "cost": (cost.to_dict() if cost is not None else {"forward": 0, "backward": 0, "queries": 0}),
+            "attack_success_rate": (clean_correct - robust) / clean_correct
+            if clean_correct
+            else 0.0,
+            "cost": (
+                cost.to_dict() if cost is not None else {"forward": 0, "backward": 0, "queries": 0}
+            ),
             "wall_time": wall,
             "flags": flags,
             "sanity_probe": probe,
@@ -315,7 +374,11 @@ class Runner:
             correct = torch.tensor(clean["correct"], dtype=torch.bool, device=self.device)
             robust_in_group: dict[str, torch.Tensor] = {}
             for cell in pair.cells:
-                alive = robust_in_group.get(cell.group_id, correct) if self.config.engine.cascade else correct
+                alive = (
+                    robust_in_group.get(cell.group_id, correct)
+                    if self.config.engine.cascade
+                    else correct
+                )
                 if cell.id in records:
                     record = records[cell.id]
                     self.progress.cell_done(record, skipped=True)
@@ -355,8 +418,11 @@ def run(
     if resume and config_path.exists():
         previous = yaml.safe_load(config_path.read_text())
         if previous != resolved:
-            raise UserError("--out", f"{run_dir} holds a run of a different config",
-                            "use --fresh to overwrite it, or another --out")
+            raise UserError(
+                "--out",
+                f"{run_dir} holds a run of a different config",
+                "use --fresh to overwrite it, or another --out",
+            )
     pairs = expand(config)
     config_path.write_text(yaml.safe_dump(resolved, sort_keys=False))
     meta = _meta(config, resolved_device, command, profile)
@@ -366,7 +432,7 @@ def run(
     meta["data"] = {**runner.data.describe(), "n_evaluated": runner.n}
     started = time.perf_counter()
     runner.execute(pairs, resume)
-    meta["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     meta["wall_time"] = time.perf_counter() - started
     write_json_atomic(run_dir / "meta.json", meta)
     logger.info("run written to %s", run_dir)

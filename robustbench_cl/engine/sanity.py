@@ -62,16 +62,28 @@ def pair_flags(probes: dict[str, Any], n_classes: int) -> list[Flag]:
     gradients = probes.get("gradients")
     if gradients:
         if gradients["nan_fraction"] > 0:
-            flags.append(flag("nan_gradients",
-                              f"{gradients['nan_fraction']:.0%} of probed samples have NaN input gradients"))
+            flags.append(
+                flag(
+                    "nan_gradients",
+                    f"{gradients['nan_fraction']:.0%} of probed samples have NaN input gradients",
+                )
+            )
         if gradients["zero_fraction"] > ZERO_GRADIENT_FRACTION:
-            flags.append(flag("zero_gradients",
-                              f"{gradients['zero_fraction']:.0%} of probed samples have all-zero input "
-                              "gradients (gradient masking?)"))
+            flags.append(
+                flag(
+                    "zero_gradients",
+                    f"{gradients['zero_fraction']:.0%} of probed samples have all-zero input "
+                    "gradients (gradient masking?)",
+                )
+            )
     randomness = probes.get("randomization")
     if randomness and (randomness["declared"] or randomness["observed"]) and not randomness["eot"]:
-        flags.append(flag("randomized_without_eot",
-                          "the model is randomized but gradients are not averaged over draws (EOT)"))
+        flags.append(
+            flag(
+                "randomized_without_eot",
+                "the model is randomized but gradients are not averaged over draws (EOT)",
+            )
+        )
     return flags
 
 
@@ -80,9 +92,13 @@ def full_range_flag(accuracy: float | None, n_classes: int) -> list[Flag]:
         return []
     chance = 1.0 / n_classes
     if accuracy > chance:
-        return [flag("above_chance_full_range",
-                     f"accuracy {accuracy:.0%} under linf PGD at full-range eps is above chance "
-                     f"({chance:.0%}): the attack cannot be working")]
+        return [
+            flag(
+                "above_chance_full_range",
+                f"accuracy {accuracy:.0%} under linf PGD at full-range eps is above chance "
+                f"({chance:.0%}): the attack cannot be working",
+            )
+        ]
     return []
 
 
@@ -100,13 +116,21 @@ def convergence_flag(
         return [], {}
     result = stronger(model, x_robust, y_robust, threat)
     newly_broken = int(result.success.sum())
-    probe = {"probed": len(y_robust), "newly_broken": newly_broken,
-             "stronger": stronger.settings(), "cost": result.cost.to_dict()}
+    probe = {
+        "probed": len(y_robust),
+        "newly_broken": newly_broken,
+        "stronger": stronger.settings(),
+        "cost": result.cost.to_dict(),
+    }
     threshold = max(1, round(0.01 * n_total))
     if newly_broken >= threshold:
-        return [flag("not_converged",
-                     f"{type(stronger).__name__} with more steps and restarts broke {newly_broken} of "
-                     f"{len(y_robust)} samples this attack left robust")], probe
+        return [
+            flag(
+                "not_converged",
+                f"{type(stronger).__name__} with more steps and restarts broke {newly_broken} of "
+                f"{len(y_robust)} samples this attack left robust",
+            )
+        ], probe
     return [], probe
 
 
@@ -117,7 +141,9 @@ def eps_curve_flags(points: list[tuple[float, float]], n: int) -> dict[float, Fl
     tolerance = max(1.0 / max(n, 1), 0.01)
     for (eps_low, acc_low), (eps_high, acc_high) in zip(ordered, ordered[1:]):
         if acc_high > acc_low + tolerance:
-            flags[eps_high] = flag("accuracy_rises_with_eps",
-                                   f"robust accuracy rises from {acc_low:.1%} at eps={eps_low:g} to "
-                                   f"{acc_high:.1%} at eps={eps_high:g}")
+            flags[eps_high] = flag(
+                "accuracy_rises_with_eps",
+                f"robust accuracy rises from {acc_low:.1%} at eps={eps_low:g} to "
+                f"{acc_high:.1%} at eps={eps_high:g}",
+            )
     return flags

@@ -30,7 +30,9 @@ class ResultsStore:
                 try:
                     records.append(json.loads(line))
                 except json.JSONDecodeError:
-                    logger.warning("%s line %d is incomplete; it will be recomputed", self.path, number)
+                    logger.warning(
+                        "%s line %d is incomplete; it will be recomputed", self.path, number
+                    )
         return records
 
     def repair(self) -> None:

@@ -65,7 +65,9 @@ def column_label(cell: dict[str, Any]) -> str:
     return f"{name} {threat_label(cell['threat'])}"
 
 
-def summarize_records(run_dir: Path, records: list[dict[str, Any]], meta: dict[str, Any]) -> RunSummary:
+def summarize_records(
+    run_dir: Path, records: list[dict[str, Any]], meta: dict[str, Any]
+) -> RunSummary:
     cleans = {r["id"]: r for r in records if r["type"] == "clean"}
     cells = [r for r in records if r["type"] == "cell"]
     pairs: list[PairSummary] = []
@@ -120,8 +122,15 @@ def _add_eps_curve_flags(cells: list[dict[str, Any]]) -> None:
     curves: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for cell in cells:
         threat = cell["threat"]
-        key = json.dumps([cell["attack"]["attack"], cell["attack"]["params"], threat["norm"],
-                          threat["targeted"]], sort_keys=True)
+        key = json.dumps(
+            [
+                cell["attack"]["attack"],
+                cell["attack"]["params"],
+                threat["norm"],
+                threat["targeted"],
+            ],
+            sort_keys=True,
+        )
         curves[key].append(cell)
     for curve in curves.values():
         if len(curve) < 2:
@@ -136,7 +145,9 @@ def _add_eps_curve_flags(cells: list[dict[str, Any]]) -> None:
 def load_run(run_dir: str | Path) -> RunSummary:
     run_dir = Path(run_dir)
     if not (run_dir / "cells.jsonl").exists():
-        raise UserError("RUN_DIR", f"{run_dir} has no cells.jsonl", "pass a directory written by `run`")
+        raise UserError(
+            "RUN_DIR", f"{run_dir} has no cells.jsonl", "pass a directory written by `run`"
+        )
     meta_path = run_dir / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     return summarize_records(run_dir, ResultsStore(run_dir / "cells.jsonl").read(), meta)

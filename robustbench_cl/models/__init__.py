@@ -9,7 +9,6 @@ from __future__ import annotations
 from urllib.parse import parse_qsl
 
 import torch
-from torch import nn
 
 from robustbench_cl.errors import UserError
 from robustbench_cl.models import builtin  # noqa: F401  (registers the built-in zoo)
@@ -27,7 +26,9 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
     """``scheme:target?k=v`` -> (scheme, target, options)."""
     if not isinstance(spec, str) or ":" not in spec:
         raise UserError(
-            "model", f"bad model spec {spec!r}", "use e.g. builtin:digits-cnn or torchvision:resnet18"
+            "model",
+            f"bad model spec {spec!r}",
+            "use e.g. builtin:digits-cnn or torchvision:resnet18",
         )
     scheme, _, rest = spec.partition(":")
     target, _, query = rest.partition("?")

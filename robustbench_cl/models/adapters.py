@@ -52,7 +52,9 @@ def torchvision_model(name: str, options: dict[str, str]) -> nn.Module:
         import difflib
 
         close = difflib.get_close_matches(name, available, n=3)
-        hint = f"did you mean {', '.join(close)}?" if close else "see torchvision.models.list_models()"
+        hint = (
+            f"did you mean {', '.join(close)}?" if close else "see torchvision.models.list_models()"
+        )
         raise UserError("model", f"unknown torchvision model {name!r}", hint) from None
     if weights:
         model.load_state_dict(load_foreign_state_dict(weights))
@@ -66,7 +68,9 @@ def timm_model(name: str, options: dict[str, str]) -> nn.Module:
     try:
         import timm
     except ImportError:
-        raise UserError("model", "timm is not installed", "pip install 'robustbench-cl[timm]'") from None
+        raise UserError(
+            "model", "timm is not installed", "pip install 'robustbench-cl[timm]'"
+        ) from None
     checkpoint = options.pop("checkpoint", None)
     kwargs = _int_options(options, "num_classes")
     if name not in timm.list_models():
@@ -90,7 +94,9 @@ def python_model(target: str, options: dict[str, str]) -> nn.Module:
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise UserError("model", f"cannot import {module_name!r} ({error})", "check PYTHONPATH") from None
+        raise UserError(
+            "model", f"cannot import {module_name!r} ({error})", "check PYTHONPATH"
+        ) from None
     factory = getattr(module, factory_name, None)
     if factory is None:
         raise UserError("model", f"{module_name} has no attribute {factory_name!r}")

@@ -35,7 +35,9 @@ def parameter_hash(module: nn.Module) -> str:
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(
+            tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        )
     return digest.hexdigest()
 
 
@@ -99,7 +101,9 @@ class Preprocessed(nn.Module):
     ) -> None:
         super().__init__()
         if gradient_mode not in ("end-to-end", "bpda", "eot"):
-            raise ValueError(f"gradient_mode must be end-to-end, bpda or eot, not {gradient_mode!r}")
+            raise ValueError(
+                f"gradient_mode must be end-to-end, bpda or eot, not {gradient_mode!r}"
+            )
         self.preprocessor = preprocessor
         self.model = model
         self.gradient_mode = gradient_mode

@@ -31,8 +31,10 @@ def render_report(run_dir: str | Path) -> str:
         for cell in pair.cells:
             if cell["threat"] not in threats:
                 threats.append(cell["threat"])
-    return _environment().get_template("report.html.j2").render(
-        summary=summary, meta=summary.meta, threats=threats
+    return (
+        _environment()
+        .get_template("report.html.j2")
+        .render(summary=summary, meta=summary.meta, threats=threats)
     )
 
 

@@ -19,13 +19,21 @@ def _percent(value: float) -> str:
 def matrix_table(summary: RunSummary) -> Table:
     """Clean and robust accuracy (%): rows = attack @ threat, columns = model / defense."""
     n = summary.pairs[0].n if summary.pairs else 0
-    table = Table(title=f"{summary.meta.get('suite', 'run')}: accuracy % (n={n})", title_justify="left")
+    table = Table(
+        title=f"{summary.meta.get('suite', 'run')}: accuracy % (n={n})", title_justify="left"
+    )
     table.add_column("attack", style="bold")
     table.add_column("threat")
     for pair in summary.pairs:
-        header = pair.defense if len({p.model for p in summary.pairs}) == 1 else f"{pair.model} / {pair.defense}"
+        header = (
+            pair.defense
+            if len({p.model for p in summary.pairs}) == 1
+            else f"{pair.model} / {pair.defense}"
+        )
         table.add_column(header, justify="right")
-    table.add_row("clean", "", *[_percent(p.clean_accuracy) for p in summary.pairs], end_section=True)
+    table.add_row(
+        "clean", "", *[_percent(p.clean_accuracy) for p in summary.pairs], end_section=True
+    )
     threats: list[str] = []
     rows: dict[str, list[str]] = {}
     for pair in summary.pairs:
@@ -40,7 +48,9 @@ def matrix_table(summary: RunSummary) -> Table:
     order = {}
     for pair in summary.pairs:
         for cell in pair.cells:
-            order.setdefault(threat_label(cell["threat"]), (cell["threat"]["norm"], cell["threat"]["eps"]))
+            order.setdefault(
+                threat_label(cell["threat"]), (cell["threat"]["norm"], cell["threat"]["eps"])
+            )
     for label in sorted(threats, key=lambda item: order[item]):
         for column in rows[label]:
             attack_name = column[: -len(label) - 1]
@@ -57,8 +67,11 @@ def matrix_table(summary: RunSummary) -> Table:
             table.add_row(attack_name, label, *values)
         worst = [next((w for w in p.worst_case if w.label == label), None) for p in summary.pairs]
         if len(rows[label]) > 1:
-            table.add_row(Text("worst case", style="bold"), label,
-                          *[Text(_percent(w.robust_accuracy) if w else "-", style="bold") for w in worst])
+            table.add_row(
+                Text("worst case", style="bold"),
+                label,
+                *[Text(_percent(w.robust_accuracy) if w else "-", style="bold") for w in worst],
+            )
         table.rows[-1].end_section = True
     return table
 
@@ -72,7 +85,9 @@ def flags_table(summary: RunSummary) -> Table | None:
     ]
     if not rows:
         return None
-    table = Table(title="! evaluation possibly unreliable (docs/sanity-checks.md)", title_justify="left")
+    table = Table(
+        title="! evaluation possibly unreliable (docs/sanity-checks.md)", title_justify="left"
+    )
     for name in ("defense", "cell", "flag", "reason"):
         table.add_column(name)
     for row in rows:
