@@ -278,8 +278,10 @@ def attack(
         y = (y + 1) % 10
     from rich.progress import Progress
 
-    with torch.no_grad():
-        n_classes = model(x[:1]).shape[1]
+    from robustbench_cl.attacks.base import probe_model, validate_inputs
+
+    validate_inputs(x, y, threat)
+    n_classes = probe_model(model, x).shape[1]
     console.print(f"{name} settings: {chosen.resolved_settings(n_classes)}", highlight=False)
     with Progress(console=console, transient=True) as bars:
         task = bars.add_task(f"{name} {threat.describe()}", total=1)
