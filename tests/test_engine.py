@@ -173,6 +173,10 @@ def test_packaged_suites_validate_in_every_profile():
         ),
         ({"attacks": [{"attack": "fgsm", "threat": {"norm": "l1", "eps": 1.0}}]}, "supports norms"),
         ({"modelz": []}, "modelz: unknown config key"),
+        (
+            {"attacks": [{"attack": "pgd", "threat": {"norm": "l2", "eps": 50.0}}]},
+            "l2 eps 50 is larger than the bounds allow",
+        ),
         ({"data": {"name": "digits", "n": 0}}, "data.n"),
     ],
 )

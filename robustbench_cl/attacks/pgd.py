@@ -82,14 +82,15 @@ class PGD(Attack):
                 loss = F.cross_entropy(logits, y, reduction="sum")
                 (grad,) = torch.autograd.grad(loss, x_adv)
                 if self.keep_best:
-                    hit = logits.argmax(1) == y if threat.targeted else logits.argmax(1) != y
+                    predicted = logits.detach().argmax(1)
+                    hit = predicted == y if threat.targeted else predicted != y
                     first = hit & ~found & ~best_found
-                    best = torch.where(first.view(mask_shape), x_adv.detach(), best)
-                    found = found | hit
+                    torch.where(first.view(mask_shape), x_adv.detach(), best, out=best)
+                    found |= hit
                 step_direction = threat.ascent_direction(grad, inplace=True)
                 x_adv = clip(x_adv.detach().add_(step_direction, alpha=sign * step_size))
                 report_step(restart * self.steps + step + 1, total)
             # the last iterate for samples not fooled at any earlier step
-            best = torch.where((~found & ~best_found).view(mask_shape), x_adv, best)
-            best_found = best_found | found
+            torch.where((~found & ~best_found).view(mask_shape), x_adv.detach(), best, out=best)
+            best_found |= found
         return best

@@ -60,7 +60,9 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
     default=None,
     help="Run directory (default runs/<suite>-<timestamp>).",
 )
-@click.option("--device", default="cpu", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option(
+    "--device", default="auto", show_default=True, help="auto (CUDA if present), cpu or cuda[:N]."
+)
 @click.option(
     "--resume/--fresh",
     default=True,
@@ -237,7 +239,7 @@ def _parse_param(values: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--eps", type=float, required=True)
 @click.option("--targeted", is_flag=True)
 @click.option("--param", "params", multiple=True, help="Attack parameter KEY=VALUE (repeatable).")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def attack(
@@ -274,14 +276,14 @@ def attack(
     model = load_model(model_spec).to(torch_device)
     x, y = load_dataset(dataset, split="test").tensors(n)
     x, y = x.to(torch_device), y.to(torch_device)
-    if targeted:
-        y = (y + 1) % 10
     from rich.progress import Progress
 
     from robustbench_cl.attacks.base import probe_model, validate_inputs
 
     validate_inputs(x, y, threat)
     n_classes = probe_model(model, x).shape[1]
+    if targeted:
+        y = (y + 1) % n_classes  # a fixed, reproducible target: the next class
     console.print(f"{name} settings: {chosen.resolved_settings(n_classes)}", highlight=False)
     with Progress(console=console, transient=True) as bars:
         task = bars.add_task(f"{name} {threat.describe()}", total=1)

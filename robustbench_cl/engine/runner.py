@@ -392,16 +392,41 @@ class Runner:
         return [records[p.id] for p in pairs] + [records[c.id] for c in all_cells]
 
 
+def _check_eps_against_data(pairs: list[Pair], x: torch.Tensor) -> None:
+    """An l2 or l1 eps beyond the largest distance inside the bounds is a config mistake."""
+    dimension = x[0].numel()
+    for pair in pairs:
+        for cell in pair.cells:
+            threat = cell.threat
+            if threat.bounds is None or threat.space != "input" or threat.norm not in ("l2", "l1"):
+                continue
+            width = threat.bounds[1] - threat.bounds[0]
+            largest = width * (dimension**0.5 if threat.norm == "l2" else dimension)
+            if threat.eps > largest:
+                raise UserError(
+                    f"{cell.attack.label}.threat.eps",
+                    f"{threat.norm} eps {threat.eps:g} is larger than the bounds allow "
+                    f"({largest:.4g} for {dimension} input values)",
+                    f"use eps <= {largest:.4g}",
+                )
+
+
 def default_run_dir(suite: str) -> Path:
+    """``runs/<suite>-<timestamp>``, with a suffix if that second is already taken."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{suite}-{stamp}"
+    candidate = Path("runs") / f"{suite}-{stamp}"
+    counter = 2
+    while candidate.exists():
+        candidate = Path("runs") / f"{suite}-{stamp}-{counter}"
+        counter += 1
+    return candidate
 
 
 def run(
     source: str | Path | dict[str, Any] = "quickstart",
     out: str | Path | None = None,
     profile: str | None = "quick",
-    device: str | torch.device | None = "cpu",
+    device: str | torch.device | None = "auto",
     resume: bool = True,
     seed: int | None = None,
     progress: Progress | None = None,
@@ -411,8 +436,8 @@ def run(
     config = load_config(source, profile=profile, seed=seed)
     resolved_device = resolve_device(device)
     progress = progress or Progress()
+    pairs = expand(config)  # validate every name and threat model before touching the disk
     run_dir = Path(out) if out is not None else default_run_dir(config.suite)
-    run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.yaml"
     resolved = config.model_dump(mode="json")
     if resume and config_path.exists():
@@ -423,12 +448,13 @@ def run(
                 f"{run_dir} holds a run of a different config",
                 "use --fresh to overwrite it, or another --out",
             )
-    pairs = expand(config)
+    runner = Runner(config, run_dir, resolved_device, progress)
+    runner.load_data()
+    _check_eps_against_data(pairs, runner.x)
+    run_dir.mkdir(parents=True, exist_ok=True)
     config_path.write_text(yaml.safe_dump(resolved, sort_keys=False))
     meta = _meta(config, resolved_device, command, profile)
     write_json_atomic(run_dir / "meta.json", meta)
-    runner = Runner(config, run_dir, resolved_device, progress)
-    runner.load_data()
     meta["data"] = {**runner.data.describe(), "n_evaluated": runner.n}
     started = time.perf_counter()
     runner.execute(pairs, resume)
