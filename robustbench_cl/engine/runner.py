@@ -308,9 +308,10 @@ class Runner:
                 flags += sanity.full_range_flag(
                     clean["probes"].get("full_range_accuracy"), n_classes
                 )
-            survivors = (outcomes == ROBUST).nonzero().flatten()[: config.engine.sanity_probe_size]
+            survivors = (outcomes == ROBUST).nonzero().flatten()
+            probed = survivors[: config.engine.sanity_probe_size]
             more, probe = sanity.convergence_flag(
-                attack, model, self.x[survivors], labels[survivors], cell.threat, self.n
+                attack, model, self.x[probed], labels[probed], cell.threat, self.n, len(survivors)
             )
             flags += more
         robust = int((outcomes == ROBUST).sum())

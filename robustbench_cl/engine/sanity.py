@@ -105,30 +105,39 @@ def full_range_flag(accuracy: float | None, n_classes: int) -> list[Flag]:
 def convergence_flag(
     attack: Attack,
     model: nn.Module,
-    x_robust: torch.Tensor,
-    y_robust: torch.Tensor,
+    x_probe: torch.Tensor,
+    y_probe: torch.Tensor,
     threat: ThreatModel,
     n_total: int,
+    n_survivors: int | None = None,
 ) -> tuple[list[Flag], dict[str, Any]]:
-    """Re-attack up to a probe of still-robust samples with more steps and restarts."""
+    """Re-attack a probe of the samples a cell left robust with more steps and restarts.
+
+    The fraction the stronger attack breaks on the probe, scaled to all ``n_survivors``,
+    estimates how much the cell overstates robust accuracy; one point or more is flagged.
+    """
     stronger = attack.stronger()
-    if stronger is None or len(y_robust) == 0:
+    if stronger is None or len(y_probe) == 0:
         return [], {}
-    result = stronger(model, x_robust, y_robust, threat)
+    n_survivors = len(y_probe) if n_survivors is None else n_survivors
+    result = stronger(model, x_probe, y_probe, threat)
     newly_broken = int(result.success.sum())
+    overstated = newly_broken / len(y_probe) * n_survivors / n_total
     probe = {
-        "probed": len(y_robust),
+        "probed": len(y_probe),
+        "survivors": n_survivors,
         "newly_broken": newly_broken,
+        "estimated_overstatement": overstated,
         "stronger": stronger.settings(),
         "cost": result.cost.to_dict(),
     }
-    threshold = max(1, round(0.01 * n_total))
-    if newly_broken >= threshold:
+    if newly_broken >= 1 and overstated >= 0.01:
         return [
             flag(
                 "not_converged",
                 f"{type(stronger).__name__} with more steps and restarts broke {newly_broken} of "
-                f"{len(y_robust)} samples this attack left robust",
+                f"{len(y_probe)} probed samples this attack left robust: robust accuracy is "
+                f"likely overstated by about {100 * overstated:.1f} points",
             )
         ], probe
     return [], probe
