@@ -72,12 +72,20 @@ class ThreatModel:
             raise UserError(
                 "access", f"unknown access {self.access!r}", f"use one of {', '.join(ACCESSES)}"
             )
-        eps = float(self.eps)
+        try:
+            eps = float(self.eps)
+        except (TypeError, ValueError):
+            raise UserError("eps", f"must be a number, got {self.eps!r}") from None
         if not math.isfinite(eps) or eps < 0:
             raise UserError("eps", f"must be a finite number >= 0, got {self.eps!r}")
         object.__setattr__(self, "eps", eps)
         if self.bounds is not None:
-            low, high = (float(b) for b in self.bounds)
+            try:
+                low, high = (float(b) for b in self.bounds)
+            except (TypeError, ValueError):
+                raise UserError(
+                    "bounds", f"must be two numbers (low, high), got {self.bounds!r}"
+                ) from None
             if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
                 raise UserError(
                     "bounds", f"must be two finite numbers low < high, got {self.bounds!r}"
@@ -94,7 +102,7 @@ class ThreatModel:
         if self.norm == "l0" and eps != int(eps):
             raise UserError("eps", f"an l0 eps counts coordinates, got {eps:g}", "use an integer")
         if isinstance(self.budget, dict):
-            object.__setattr__(self, "budget", Budget(**self.budget))
+            object.__setattr__(self, "budget", _budget_from_dict(self.budget))
 
     # ----------------------------------------------------------------- serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -114,7 +122,7 @@ class ThreatModel:
         if values.get("bounds") is not None:
             values["bounds"] = tuple(values["bounds"])
         if isinstance(values.get("budget"), dict):
-            values["budget"] = Budget(**values["budget"])
+            values["budget"] = _budget_from_dict(values["budget"])
         return cls(**values)
 
     def describe(self) -> str:
@@ -182,10 +190,9 @@ class ThreatModel:
             return delta
         if k == 0:
             return torch.zeros_like(delta)
-        threshold = rows.abs().topk(k, dim=1).values[:, -1:]
-        return torch.where(rows.abs() >= threshold, rows, torch.zeros_like(rows)).reshape(
-            delta.shape
-        )
+        keep = torch.zeros_like(rows, dtype=torch.bool)
+        keep.scatter_(1, rows.abs().topk(k, dim=1).indices, True)  # exactly k, even on ties
+        return torch.where(keep, rows, torch.zeros_like(rows)).reshape(delta.shape)
 
     def clamp_to_bounds(self, x: torch.Tensor) -> torch.Tensor:
         if self.bounds is None:
@@ -296,6 +303,8 @@ class ThreatModel:
             raise ThreatModelViolation(
                 f"adversarial shape {tuple(x_adv.shape)} != input shape {tuple(x.shape)}"
             )
+        if x.numel() == 0:
+            return
         if not torch.isfinite(x_adv).all():
             raise ThreatModelViolation("adversarial inputs contain NaN or Inf")
         if self.bounds is not None:
@@ -315,6 +324,16 @@ class ThreatModel:
             raise ThreatModelViolation(
                 f"perturbation exceeds the {self.norm} ball eps={float(eps):g} by {worst:.3g}"
             )
+
+
+def _budget_from_dict(values: dict[str, Any]) -> Budget:
+    known = {f.name for f in fields(Budget)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(
+            f"budget.{unknown[0]}", "unknown key", f"allowed keys: {', '.join(sorted(known))}"
+        )
+    return Budget(**values)
 
 
 def _project_l1(rows: torch.Tensor, eps: float) -> torch.Tensor:

@@ -73,12 +73,49 @@ def test_keep_best_and_restarts_never_weaken_pgd(digits_model, digits_batch):
     assert best.success.sum() >= last.success.sum()
 
 
+def test_restarts_never_lose_a_success(digits_model, digits_batch):
+    """Every sample broken by restart 1 stays broken when a second restart is added."""
+    x, y = digits_batch
+    threat = ThreatModel(eps=0.05)
+    for keep_best in (True, False):
+        one = rbcl.make_attack("pgd", steps=2, restarts=1, seed=3, keep_best=keep_best)
+        two = rbcl.make_attack("pgd", steps=2, restarts=2, seed=3, keep_best=keep_best)
+        first, second = one(digits_model, x, y, threat), two(digits_model, x, y, threat)
+        assert (second.success | ~first.success).all()
+
+
+def test_l0_projection_keeps_exactly_k_coordinates_on_ties():
+    threat = ThreatModel(norm="l0", eps=2, bounds=None)
+    projected = threat.project(torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.5]]))
+    assert int((projected != 0).sum()) == 2
+
+
+def test_train_mode_models_are_attacked_in_eval_mode_and_restored(tiny_batch):
+    from tests.conftest import TinyNet
+
+    model = torch.nn.Sequential(TinyNet(), torch.nn.Dropout(0.5))
+    model.train()
+    x, y = tiny_batch
+    first = rbcl.make_attack("pgd", steps=3, seed=0)(model, x, y, ThreatModel(eps=0.1))
+    second = rbcl.make_attack("pgd", steps=3, seed=0)(model, x, y, ThreatModel(eps=0.1))
+    assert torch.equal(first.adv, second.adv)  # dropout was off during the attack
+    assert model.training
+
+
+def test_empty_batches_are_fine(tiny_model):
+    result = rbcl.make_attack("pgd")(
+        tiny_model, torch.rand(0, 1, 4, 4), torch.zeros(0, dtype=torch.long), ThreatModel(eps=0.1)
+    )
+    assert result.adv.shape == (0, 1, 4, 4) and result.success.numel() == 0
+
+
 def test_costs_are_counted_per_sample(tiny_model, tiny_batch):
     x, y = tiny_batch
     result = rbcl.make_attack("pgd", steps=5, restarts=2)(tiny_model, x, y, ThreatModel(eps=0.1))
     n = len(y)
     assert result.cost.backward == 5 * 2 * n
-    assert result.cost.forward == 5 * 2 * n + n  # steps, then one pass to score the output
+    # steps, one pass to score the first restart's end point, one pass to score the output
+    assert result.cost.forward == 5 * 2 * n + n + n
     assert result.cost.queries == result.cost.forward
 
 
@@ -113,6 +150,28 @@ def test_bad_inputs_get_one_line_errors(tiny_model, tiny_batch):
         attack(tiny_model, x * 3, y, threat)
     with pytest.raises(UserError, match="supports norms"):
         attack(tiny_model, x, y, ThreatModel(norm="l1", eps=1.0))
+    with pytest.raises(UserError, match="integer class indices"):
+        attack(tiny_model, x, y.float(), threat)
+    with pytest.raises(UserError, match="labels must lie in"):
+        attack(tiny_model, x, y + 10, threat)
+    with pytest.raises(UserError, match="larger than the bounds allow"):
+        attack(tiny_model, x, y, ThreatModel(norm="l2", eps=100.0))
+
+
+@pytest.mark.parametrize(
+    "name, params, field",
+    [
+        ("pgd", {"steps": "10"}, "steps"),
+        ("pgd", {"steps": 2.5}, "steps"),
+        ("pgd", {"restarts": 0}, "restarts"),
+        ("autoattack", {"steps": 0}, "steps"),
+        ("torchattacks:PGD", {"stepz": 3}, "torchattacks:PGD.stepz"),
+    ],
+)
+def test_bad_parameter_values_are_refused_at_construction(name, params, field):
+    with pytest.raises(UserError) as error:
+        rbcl.make_attack(name, **params)
+    assert error.value.field == field
 
 
 def test_autoattack_uses_the_standard_settings(tiny_model):

@@ -174,6 +174,18 @@ def test_packaged_suites_validate_in_every_profile():
         ({"attacks": [{"attack": "fgsm", "threat": {"norm": "l1", "eps": 1.0}}]}, "supports norms"),
         ({"modelz": []}, "modelz: unknown config key"),
         (
+            {"models": [{"spec": "builtin:digits-cnnn"}]},
+            "models\\[0\\].spec: unknown model 'digits-cnnn'",
+        ),
+        (
+            {"defenses": [{"defense": "none"}, {"defense": "pgd-att"}]},
+            "defenses\\[1\\].defense: unknown defense",
+        ),
+        (
+            {"defenses": [{"defense": "pgd-at", "params": {"epochs": "x"}}]},
+            "defenses\\[0\\].epochs: must be an integer",
+        ),
+        (
             {"attacks": [{"attack": "pgd", "threat": {"norm": "l2", "eps": 50.0}}]},
             "l2 eps 50 is larger than the bounds allow",
         ),

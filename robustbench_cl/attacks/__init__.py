@@ -26,7 +26,10 @@ def make_attack(name: str, **params: Any) -> Attack:
             f"unknown parameter for attack {name!r}",
             f"allowed: {', '.join(allowed) or 'none'}",
         )
-    return cls(**params)
+    try:
+        return cls(**params)
+    except TypeError as error:  # a value of the wrong type that the constructor chokes on
+        raise UserError(f"{name}.params", str(error), "check the parameter types") from None
 
 
 __all__ = ["Attack", "AttackResult", "Cost", "make_attack"]

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustbench_cl.attacks.base import Attack, report_step
+from robustbench_cl.attacks.base import Attack, report_step, require_int
 from robustbench_cl.errors import UserError
 from robustbench_cl.registry import register_attack
 from robustbench_cl.threat import ThreatModel
@@ -41,6 +41,13 @@ class AutoAttack(Attack):
         n_target_classes: int = 9,
         seed: int = 0,
     ) -> None:
+        for field, value in (
+            ("steps", steps),
+            ("square_queries", square_queries),
+            ("n_target_classes", n_target_classes),
+        ):
+            require_int(field, value)
+        require_int("seed", seed, minimum=0)
         if version != "standard":
             raise UserError("version", f"unknown AutoAttack version {version!r}", "use 'standard'")
         self.version = version
@@ -140,10 +147,9 @@ class AutoAttack(Attack):
             todo = robust.nonzero().flatten()  # between components, not inside a step loop
             if todo.numel() == 0:
                 break
-            candidate = component(x[todo], y[todo]).detach()
+            candidate = threat.clip(component(x[todo], y[todo]).detach(), x[todo])
             with torch.no_grad():
                 fooled = model(candidate).argmax(1) != y[todo]
-            candidate = threat.clip(candidate, x[todo])
             adv[todo[fooled]] = candidate[fooled]
             robust[todo[fooled]] = False
             logger.info("AutoAttack %s: %d of %d still robust", name, int(robust.sum()), len(y))

@@ -10,6 +10,7 @@ model.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -21,6 +22,8 @@ from torch import nn
 
 from robustbench_cl.errors import UserError
 from robustbench_cl.threat import ThreatModel
+
+logger = logging.getLogger(__name__)
 
 StepHook = Callable[[int, int], None]
 _STEP_HOOK: ContextVar[StepHook | None] = ContextVar("robustbench_cl_step_hook", default=None)
@@ -119,6 +122,18 @@ def inputs_only_gradients(model: nn.Module) -> Iterator[None]:
             parameter.requires_grad_(True)
 
 
+def require_int(field: str, value: object, minimum: int = 1) -> None:
+    """One-line error unless ``value`` is an integer >= ``minimum`` (bools are not integers)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserError(field, f"must be an integer >= {minimum}, got {value!r}")
+
+
+def require_number(field: str, value: object, minimum: float = 0.0) -> None:
+    """One-line error unless ``value`` is a real number > ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > minimum:
+        raise UserError(field, f"must be a number > {minimum:g}, got {value!r}")
+
+
 def validate_inputs(x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> None:
     """One-line errors for the bad inputs users actually pass."""
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
@@ -133,8 +148,13 @@ def validate_inputs(x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> No
             f"shape {tuple(y.shape)} does not match {x.shape[0]} inputs",
             "pass one label per input",
         )
+    if y.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool):
+        raise UserError("y", f"labels must be integer class indices, got {y.dtype}", "use y.long()")
+    if x.shape[0] == 0:
+        return
     if not torch.isfinite(x).all():
         raise UserError("x", "inputs contain NaN or Inf", "clean the data before attacking")
+    check_eps_fits(threat, x[0].numel())
     if threat.bounds is not None and threat.space == "input":
         low, high = threat.bounds
         if float(x.min()) < low - 1e-6 or float(x.max()) > high + 1e-6:
@@ -143,6 +163,21 @@ def validate_inputs(x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> No
                 f"inputs span [{float(x.min()):.3g}, {float(x.max()):.3g}] outside bounds {threat.bounds}",
                 "put normalisation inside the model (Normalize) and pass raw inputs",
             )
+
+
+def check_eps_fits(threat: ThreatModel, dimension: int) -> None:
+    """An l2 or l1 eps beyond the largest distance inside the bounds is a mistake, not a threat."""
+    if threat.bounds is None or threat.space != "input" or threat.norm not in ("l2", "l1"):
+        return
+    width = threat.bounds[1] - threat.bounds[0]
+    largest = width * (dimension**0.5 if threat.norm == "l2" else dimension)
+    if threat.eps > largest:
+        raise UserError(
+            "eps",
+            f"{threat.norm} eps {threat.eps:g} is larger than the bounds allow "
+            f"({largest:.4g} for {dimension} input values)",
+            f"use eps <= {largest:.4g}",
+        )
 
 
 def probe_model(model: nn.Module, x: torch.Tensor, n_classes: int | None = None) -> torch.Tensor:
@@ -205,14 +240,31 @@ class Attack:
         if reason is not None:
             raise UserError("attack", reason, "choose another attack or threat model")
         validate_inputs(x, y, threat)
+        if x.shape[0] == 0:
+            empty = torch.zeros(0, dtype=torch.bool, device=x.device)
+            return AttackResult(adv=x.clone(), success=empty)
         counted = CountingModel(model)
         start = time.perf_counter()
-        with inputs_only_gradients(model):
-            probe_model(model, x)
-            adv = self.perturb(counted, x, y, threat).detach()
-            threat.check(adv, x)
-            with torch.no_grad():
-                logits = counted(adv)
+        was_training = model.training
+        if was_training:
+            logger.warning("the model was in train mode; attacking it in eval mode (and restoring)")
+            model.eval()
+        try:
+            with inputs_only_gradients(model):
+                n_classes = probe_model(model, x).shape[1]
+                if int(y.min()) < 0 or int(y.max()) >= n_classes:
+                    raise UserError(
+                        "y",
+                        f"labels must lie in [0, {n_classes - 1}] for this model",
+                        "check the dataset's labels against the model's classes",
+                    )
+                adv = self.perturb(counted, x, y, threat).detach()
+                threat.check(adv, x)
+                with torch.no_grad():
+                    logits = counted(adv)
+        finally:
+            if was_training:
+                model.train()
         success = logits.argmax(1) == y if threat.targeted else logits.argmax(1) != y
         return AttackResult(
             adv=adv,

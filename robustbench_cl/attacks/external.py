@@ -35,6 +35,7 @@ class TorchattacksAttack(Attack):
                 f"torchattacks has no attack {attack_name!r}",
                 f"did you mean {', '.join(close)}?" if close else "see torchattacks.__all__",
             )
+        _check_params(f"torchattacks:{attack_name}", getattr(torchattacks, attack_name), params)
         self.attack_name = attack_name
         self.params = params
         self.name = f"torchattacks:{attack_name}"
@@ -72,6 +73,7 @@ class ARTAttack(Attack):
             raise UserError(
                 "attack", f"ART has no evasion attack {attack_name!r}", "see art.attacks.evasion"
             )
+        _check_params(f"art:{attack_name}", getattr(evasion, attack_name), params)
         self.attack_name = attack_name
         self.batch_size = batch_size
         self.params = params
@@ -116,6 +118,24 @@ class ARTAttack(Attack):
         attack = cls(classifier, **kwargs)
         adv = attack.generate(x=x.detach().cpu().numpy(), y=y.detach().cpu().numpy())
         return torch.from_numpy(np.asarray(adv)).to(device=x.device, dtype=x.dtype)
+
+
+def _check_params(spec: str, cls: type, params: dict[str, Any]) -> None:
+    """Refuse unknown parameter names now, not deep inside the first call."""
+    signature = inspect.signature(cls.__init__)
+    accepts_any = any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()
+    )
+    allowed = [
+        name
+        for name in signature.parameters
+        if name not in ("self", "model", "estimator", "classifier")
+    ]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown and not accepts_any:
+        raise UserError(
+            f"{spec}.{unknown[0]}", "unknown parameter", f"allowed: {', '.join(allowed)}"
+        )
 
 
 def make_external(spec: str, params: dict[str, Any]) -> Attack:

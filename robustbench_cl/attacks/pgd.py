@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_cl.attacks.base import Attack, report_step
+from robustbench_cl.attacks.base import Attack, report_step, require_int, require_number
 from robustbench_cl.registry import register_attack
 from robustbench_cl.threat import ThreatModel
 
@@ -39,10 +39,10 @@ class PGD(Attack):
         keep_best: bool = True,
         seed: int | None = None,
     ) -> None:
-        if steps < 1 or restarts < 1:
-            from robustbench_cl.errors import UserError
-
-            raise UserError("steps", "steps and restarts must be >= 1")
+        require_int("steps", steps)
+        require_int("restarts", restarts)
+        if step_size is not None:
+            require_number("step_size", step_size)
         self.steps = steps
         self.step_size = step_size
         self.random_start = random_start
@@ -82,15 +82,36 @@ class PGD(Attack):
                 loss = F.cross_entropy(logits, y, reduction="sum")
                 (grad,) = torch.autograd.grad(loss, x_adv)
                 if self.keep_best:
-                    predicted = logits.detach().argmax(1)
-                    hit = predicted == y if threat.targeted else predicted != y
-                    first = hit & ~found & ~best_found
-                    torch.where(first.view(mask_shape), x_adv.detach(), best, out=best)
-                    found |= hit
+                    found = self._keep_first_hits(logits, x_adv, y, threat, found, best_found, best)
                 step_direction = threat.ascent_direction(grad, inplace=True)
                 x_adv = clip(x_adv.detach().add_(step_direction, alpha=sign * step_size))
                 report_step(restart * self.steps + step + 1, total)
-            # the last iterate for samples not fooled at any earlier step
-            torch.where((~found & ~best_found).view(mask_shape), x_adv.detach(), best, out=best)
+            if restart < self.restarts - 1:
+                # score this restart's end point, so a later restart cannot overwrite a success
+                with torch.no_grad():
+                    logits = model(x_adv)
+                found = self._keep_first_hits(logits, x_adv, y, threat, found, best_found, best)
+            else:
+                # the last iterate for samples no iterate of any restart has fooled
+                remaining = (~found & ~best_found).view(mask_shape)
+                torch.where(remaining, x_adv.detach(), best, out=best)
             best_found |= found
         return best
+
+    @staticmethod
+    def _keep_first_hits(
+        logits: torch.Tensor,
+        x_adv: torch.Tensor,
+        y: torch.Tensor,
+        threat: ThreatModel,
+        found: torch.Tensor,
+        best_found: torch.Tensor,
+        best: torch.Tensor,
+    ) -> torch.Tensor:
+        """Copy into ``best`` (in place) each sample's first successful iterate; no host sync."""
+        predicted = logits.detach().argmax(1)
+        hit = predicted == y if threat.targeted else predicted != y
+        first = hit & ~found & ~best_found
+        mask_shape = (-1,) + (1,) * (x_adv.ndim - 1)
+        torch.where(first.view(mask_shape), x_adv.detach(), best, out=best)
+        return found | hit

@@ -226,7 +226,10 @@ def _parse_param(values: tuple[str, ...]) -> dict[str, Any]:
         if "=" not in item:
             raise UserError("--param", f"expected KEY=VALUE, got {item!r}", "e.g. --param steps=20")
         key, _, value = item.partition("=")
-        params[key] = yaml.safe_load(value)
+        try:
+            params[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UserError("--param", f"cannot read the value of {key!r}", "quote it") from None
     return params
 
 
@@ -282,15 +285,16 @@ def attack(
 
     validate_inputs(x, y, threat)
     n_classes = probe_model(model, x).shape[1]
+    labels = y
     if targeted:
-        y = (y + 1) % n_classes  # a fixed, reproducible target: the next class
+        y = (labels + 1) % n_classes  # a fixed, reproducible target: the next class
     console.print(f"{name} settings: {chosen.resolved_settings(n_classes)}", highlight=False)
     with Progress(console=console, transient=True) as bars:
         task = bars.add_task(f"{name} {threat.describe()}", total=1)
         with step_hook(lambda step, total: bars.update(task, total=total, completed=step)):
             result = chosen(model, x, y, threat)
     with torch.no_grad():
-        clean = (model(x).argmax(1) == y) if not targeted else torch.ones_like(y, dtype=torch.bool)
+        clean = model(x).argmax(1) == labels  # correct on the true labels, targeted or not
     robust = int((clean & ~result.success).sum())
     output = {
         "attack": name,

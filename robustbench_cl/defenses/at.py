@@ -10,6 +10,7 @@ import logging
 
 from torch import nn
 
+from robustbench_cl.attacks.base import require_int, require_number
 from robustbench_cl.attacks.pgd import PGD
 from robustbench_cl.data.base import TensorData
 from robustbench_cl.defenses.base import Defense, trainable_copy
@@ -45,6 +46,11 @@ class PGDAdversarialTraining(Defense):
         from_scratch: bool = True,
         seed: int = 0,
     ) -> None:
+        for field, value in (("steps", steps), ("epochs", epochs), ("batch_size", batch_size)):
+            require_int(field, value)
+        require_number("lr", lr)
+        if step_size is not None:
+            require_number("step_size", step_size)
         self.norm = norm
         self.eps = eps
         self.steps = steps

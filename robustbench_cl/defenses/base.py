@@ -81,4 +81,7 @@ def make_defense(name: str, **params: Any) -> Defense:
             f"unknown parameter for defense {name!r}",
             f"allowed: {', '.join(allowed) or 'none'}",
         )
-    return cls(**params)
+    try:
+        return cls(**params)
+    except TypeError as error:
+        raise UserError(f"{name}.params", str(error), "check the parameter types") from None

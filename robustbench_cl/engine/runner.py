@@ -26,7 +26,7 @@ import yaml
 from torch import nn
 
 from robustbench_cl.attacks import Attack, make_attack
-from robustbench_cl.attacks.base import step_hook
+from robustbench_cl.attacks.base import check_eps_fits, step_hook
 from robustbench_cl.data import TensorData, load_dataset
 from robustbench_cl.defenses import make_defense
 from robustbench_cl.engine import sanity
@@ -40,7 +40,7 @@ from robustbench_cl.engine.config import (
 from robustbench_cl.engine.metrics import wilson_interval
 from robustbench_cl.engine.store import ResultsStore, write_json_atomic
 from robustbench_cl.errors import UserError
-from robustbench_cl.models import load_model
+from robustbench_cl.models import check_spec, load_model
 from robustbench_cl.threat import ThreatModel
 from robustbench_cl.utils import derive_seed, resolve_device, stable_hash
 
@@ -90,6 +90,16 @@ def expand(config: MatrixConfig) -> list[Pair]:
     """Config -> (model, defense) pairs -> cells. Builds every attack once to validate it."""
     pairs = []
     data_key = config.data.model_dump(mode="json")
+    for index, model in enumerate(config.models):
+        try:
+            check_spec(model.spec)
+        except UserError as error:
+            raise UserError(f"models[{index}].spec", error.problem, error.fix) from None
+    for index, defense in enumerate(config.defenses):
+        try:
+            make_defense(defense.defense, **defense.params)
+        except UserError as error:
+            raise UserError(f"defenses[{index}].{error.field}", error.problem, error.fix) from None
     for model in config.models:
         for defense in config.defenses:
             pair_id = stable_hash(
@@ -278,9 +288,10 @@ class Runner:
         torch.manual_seed(derive_seed(config.seed, cell.id))
         labels = self.y
         if cell.threat.targeted:
-            labels = _targets(self.y, n_classes, derive_seed(config.seed, cell.id, "targets")).to(
-                self.device
-            )
+            # one target per sample for the whole group, so its worst case compares like with like
+            labels = _targets(
+                self.y, n_classes, derive_seed(config.seed, cell.group_id, "targets")
+            ).to(self.device)
         todo = alive.nonzero().flatten()
         size = config.engine.batch_size
         batches = [todo[i : i + size] for i in range(0, len(todo), size)]
@@ -394,22 +405,15 @@ class Runner:
 
 
 def _check_eps_against_data(pairs: list[Pair], x: torch.Tensor) -> None:
-    """An l2 or l1 eps beyond the largest distance inside the bounds is a config mistake."""
-    dimension = x[0].numel()
+    """Fail before any work when an l2/l1 eps exceeds the largest distance in the bounds."""
     for pair in pairs:
         for cell in pair.cells:
-            threat = cell.threat
-            if threat.bounds is None or threat.space != "input" or threat.norm not in ("l2", "l1"):
-                continue
-            width = threat.bounds[1] - threat.bounds[0]
-            largest = width * (dimension**0.5 if threat.norm == "l2" else dimension)
-            if threat.eps > largest:
+            try:
+                check_eps_fits(cell.threat, x[0].numel())
+            except UserError as error:
                 raise UserError(
-                    f"{cell.attack.label}.threat.eps",
-                    f"{threat.norm} eps {threat.eps:g} is larger than the bounds allow "
-                    f"({largest:.4g} for {dimension} input values)",
-                    f"use eps <= {largest:.4g}",
-                )
+                    f"{cell.attack.label}.threat.eps", error.problem, error.fix
+                ) from None
 
 
 def default_run_dir(suite: str) -> Path:

@@ -35,6 +35,15 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
     return scheme, target, dict(parse_qsl(query, keep_blank_values=True))
 
 
+def check_spec(spec: str) -> None:
+    """Resolve the scheme and builtin name of a spec without building the model."""
+    scheme, target, _ = parse_spec(spec)
+    if scheme == "builtin":
+        MODELS.get(target)
+    else:
+        SCHEMES.get(scheme)
+
+
 def load_model(spec: str, device: str | torch.device | None = None) -> Frozen:
     """Resolve a model spec to a frozen model in eval mode whose inputs live in [0, 1]."""
     scheme, target, options = parse_spec(spec)

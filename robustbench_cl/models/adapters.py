@@ -57,7 +57,7 @@ def torchvision_model(name: str, options: dict[str, str]) -> nn.Module:
         )
         raise UserError("model", f"unknown torchvision model {name!r}", hint) from None
     if weights:
-        model.load_state_dict(load_foreign_state_dict(weights))
+        _load_weights(model, weights, "weights")
     model = _maybe_normalize(model, options, IMAGENET_MEAN, IMAGENET_STD)
     _refuse_leftovers(options)
     return model
@@ -77,7 +77,7 @@ def timm_model(name: str, options: dict[str, str]) -> nn.Module:
         raise UserError("model", f"unknown timm model {name!r}", "see timm.list_models()")
     model = timm.create_model(name, pretrained=False, **kwargs)
     if checkpoint:
-        model.load_state_dict(load_foreign_state_dict(checkpoint))
+        _load_weights(model, checkpoint, "checkpoint")
     config = getattr(model, "pretrained_cfg", {}) or {}
     mean = config.get("mean", IMAGENET_MEAN)
     std = config.get("std", IMAGENET_STD)
@@ -100,10 +100,25 @@ def python_model(target: str, options: dict[str, str]) -> nn.Module:
     factory = getattr(module, factory_name, None)
     if factory is None:
         raise UserError("model", f"{module_name} has no attribute {factory_name!r}")
-    model = factory(**options)
+    try:
+        model = factory(**options)
+    except TypeError as error:
+        raise UserError("model", f"{target}: {error}", "check the ?key=value options") from None
     if not isinstance(model, nn.Module):
         raise UserError("model", f"{target} returned {type(model).__name__}, not an nn.Module")
     return model
+
+
+def _load_weights(model: nn.Module, path: str, field: str) -> None:
+    try:
+        model.load_state_dict(load_foreign_state_dict(path))
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise UserError(
+            field,
+            f"{path} does not match the architecture ({first_line})",
+            "check the model name and num_classes",
+        ) from None
 
 
 def _refuse_leftovers(options: dict[str, str]) -> None:
