@@ -26,6 +26,8 @@ from robustbench_cl.utils import cache_home, stable_hash
 class Defense:
     name: ClassVar[str] = "defense"
     kind: ClassVar[str] = "training"  # "training", "preprocessor" or "none"
+    #: bump when the training algorithm changes, so that stale cached artifacts are not reused
+    version: ClassVar[int] = 1
 
     def settings(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
@@ -34,6 +36,7 @@ class Defense:
         key = stable_hash(
             {
                 "defense": self.name,
+                "version": self.version,
                 "settings": self.settings(),
                 "model": model_spec,
                 "data": data.describe(),
