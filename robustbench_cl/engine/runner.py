@@ -302,7 +302,6 @@ class Runner:
         outcomes = torch.full((self.n,), NOT_ATTACKED, dtype=torch.long, device=self.device)
         cost = None
         wall = 0.0
-        examples: list[int] = []
         with step_hook(self.progress.step):
             for batch in batches:
                 result = attack(model, self.x[batch], labels[batch], cell.threat)
