@@ -97,7 +97,11 @@ def test_summary_derives_worst_case_from_outcomes(small_run):
             c for c in pair.cells if c["threat"]["norm"] == "linf" and c["threat"]["eps"] == 0.2
         ]
         assert linf_02.robust_accuracy == min(c["robust_accuracy"] for c in cells)
-        assert linf_02.best_known_attack in ("fgsm", "pgd", None)
+        assert sum(linf_02.breaks.values()) == round(
+            (pair.clean_accuracy - linf_02.robust_accuracy) * pair.n
+        )
+        if linf_02.breaks["pgd"] > 0:
+            assert linf_02.best_known_attack == "pgd"
 
 
 def test_resume_does_no_attack_work_and_changes_nothing(small_run, monkeypatch):

@@ -22,7 +22,12 @@ ROBUST, BROKEN = 1, 0
 
 @dataclass
 class ThreatSummary:
-    """Worst case over the attacks that share one threat model, for one (model, defense)."""
+    """Worst case over the attacks that share one threat model, for one (model, defense).
+
+    ``breaks`` credits each sample to the first attack (in cascade order) that broke it.
+    ``best_known_attack`` is the last attack in that order that broke anything: the one whose
+    result is the best-known (lowest) robust accuracy; without it the worst case would be higher.
+    """
 
     threat: dict[str, Any]
     label: str
@@ -30,6 +35,7 @@ class ThreatSummary:
     ci95: tuple[float, float]
     best_known_attack: str | None
     attacks: list[str]
+    breaks: dict[str, int]
 
 
 @dataclass
@@ -106,15 +112,17 @@ def _worst_case(group: list[dict[str, Any]], clean: dict[str, Any]) -> ThreatSum
             if outcome == BROKEN:
                 robust[index] = 0
     count = sum(robust)
-    best = max(credits, key=lambda k: credits[k]) if credits else None
+    names = [c["attack"].get("name") or c["attack"]["attack"] for c in group]
+    decisive = [name for name in names if credits.get(name, 0) > 0]
     threat = group[0]["threat"]
     return ThreatSummary(
         threat=threat,
         label=threat_label(threat),
         robust_accuracy=count / n,
         ci95=wilson_interval(count, n),
-        best_known_attack=best,
-        attacks=[c["attack"].get("name") or c["attack"]["attack"] for c in group],
+        best_known_attack=decisive[-1] if decisive else None,
+        attacks=names,
+        breaks={name: credits.get(name, 0) for name in names},
     )
 
 
