@@ -25,12 +25,15 @@ import robustbench_cl as rbcl
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def timed(fn, calls: int = 1) -> float:
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+
+
+def timed(fn, calls: int = 1, clock=time.perf_counter) -> float:
     """Seconds per call, averaged over ``calls`` back-to-back calls."""
-    start = time.perf_counter()
+    start = clock()
     for _ in range(calls):
         fn()
-    return (time.perf_counter() - start) / calls
+    return (clock() - start) / calls
 
 
 def main() -> None:
@@ -47,11 +50,19 @@ def main() -> None:
     parser.add_argument("--eps", type=float, default=0.1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="cpu",
+        help="cpu: process CPU time (with one thread, immune to other load on a shared machine); "
+        "wall: elapsed time (use on a GPU)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=ROOT / "reports" / "bench" / "attack_overhead.json"
     )
     args = parser.parse_args()
 
     device = torch.device(args.device)
+    clock = CLOCKS["wall" if device.type == "cuda" else args.clock]
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -139,7 +150,7 @@ def main() -> None:
         fn()
     for _ in range(args.repeats):
         for name, fn in functions.items():
-            timings[name].append(timed(fn, 5 if name == "bare" else 1))
+            timings[name].append(timed(fn, 5 if name == "bare" else 1, clock))
     medians = {name: statistics.median(values) for name, values in timings.items()}
     minimums = {name: min(values) for name, values in timings.items()}
 
@@ -167,6 +178,7 @@ def main() -> None:
         if device.type == "cuda"
         else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
+        "clock": "wall" if device.type == "cuda" else args.clock,
         "torch": torch.__version__,
         "model": "builtin:digits-cnn",
         "targets": {
