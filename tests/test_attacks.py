@@ -111,12 +111,30 @@ def test_empty_batches_are_fine(tiny_model):
 
 def test_costs_are_counted_per_sample(tiny_model, tiny_batch):
     x, y = tiny_batch
-    result = rbcl.make_attack("pgd", steps=5, restarts=2)(tiny_model, x, y, ThreatModel(eps=0.1))
     n = len(y)
+    plain = rbcl.make_attack("pgd", steps=5, keep_best=False)(
+        tiny_model, x, y, ThreatModel(eps=0.1)
+    )
+    assert plain.cost.backward == 5 * n
+    assert plain.cost.forward == 5 * n + n  # the steps, then one pass to score the output
+    result = rbcl.make_attack("pgd", steps=5, restarts=2)(tiny_model, x, y, ThreatModel(eps=0.1))
     assert result.cost.backward == 5 * 2 * n
-    # steps, one pass to score the first restart's end point, one pass to score the output
-    assert result.cost.forward == 5 * 2 * n + n + n
+    # the steps and one pass to score the first restart's end point; the final scoring pass
+    # skips the samples whose returned iterate was already seen to succeed
+    rescored = result.cost.forward - (5 * 2 * n + n)
+    assert result.success.any() and 0 <= rescored < n
     assert result.cost.queries == result.cost.forward
+
+
+def test_skipping_rescoring_never_changes_success(digits_model, digits_batch):
+    """Success taken from the step loop equals success from scoring every returned input."""
+    x, y = digits_batch
+    result = rbcl.make_attack("pgd", steps=10, restarts=2, seed=1)(
+        digits_model, x, y, ThreatModel(eps=0.08)
+    )
+    with torch.no_grad():
+        rescored = digits_model(result.adv).argmax(1) != y
+    assert torch.equal(result.success, rescored)
 
 
 def test_gradients_are_taken_wrt_inputs_only(tiny_batch):

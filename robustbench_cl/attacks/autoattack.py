@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustbench_cl.attacks.base import Attack, report_step, require_int
+from robustbench_cl.attacks.base import Attack, Perturbation, report_step, require_int
 from robustbench_cl.errors import UserError
 from robustbench_cl.registry import register_attack
 from robustbench_cl.threat import ThreatModel
@@ -130,7 +130,7 @@ class AutoAttack(Attack):
 
     def perturb(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel
-    ) -> torch.Tensor:
+    ) -> Perturbation:
         with torch.no_grad():
             logits = model(x)
         n_classes = logits.shape[1]
@@ -154,4 +154,5 @@ class AutoAttack(Attack):
             robust[todo[fooled]] = False
             logger.info("AutoAttack %s: %d of %d still robust", name, int(robust.sum()), len(y))
             report_step(index + 1, len(components))
-        return adv
+        # misclassified clean or fooled by a component: success already seen, no rescoring
+        return Perturbation(adv, ~robust)

@@ -75,7 +75,16 @@ class AttackResult:
     success: torch.Tensor
     cost: Cost = field(default_factory=Cost)
     wall_time: float = 0.0
-    logits: torch.Tensor | None = None
+
+
+@dataclass
+class Perturbation:
+    """What :meth:`Attack.perturb` may return instead of a bare tensor: the adversarial inputs
+    and a mask of samples already *seen* to succeed during the attack (their iterate was scored
+    in the step loop), so that only the others need a final scoring pass."""
+
+    adv: torch.Tensor
+    known_success: torch.Tensor
 
 
 class _CountBackward(torch.autograd.Function):
@@ -258,26 +267,53 @@ class Attack:
                         f"labels must lie in [0, {n_classes - 1}] for this model",
                         "check the dataset's labels against the model's classes",
                     )
-                adv = self.perturb(counted, x, y, threat).detach()
+                output = self.perturb(counted, x, y, threat)
+                known = None
+                if isinstance(output, Perturbation):
+                    output, known = output.adv, output.known_success
+                adv = output.detach()
                 threat.check(adv, x)
-                with torch.no_grad():
-                    logits = counted(adv)
+                success = self._score(counted, adv, y, threat, known)
         finally:
             if was_training:
                 model.train()
-        success = logits.argmax(1) == y if threat.targeted else logits.argmax(1) != y
         return AttackResult(
             adv=adv,
             success=success,
             cost=counted.cost,
             wall_time=time.perf_counter() - start,
-            logits=logits,
         )
+
+    @staticmethod
+    def _score(
+        model: nn.Module,
+        adv: torch.Tensor,
+        y: torch.Tensor,
+        threat: ThreatModel,
+        known: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Per-sample success. Samples already seen to succeed are not evaluated again, except
+        on a randomized model, where one lucky draw proves nothing."""
+        from robustbench_cl.models.wrappers import is_randomized
+
+        def criterion(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            predicted = logits.argmax(1)
+            return predicted == labels if threat.targeted else predicted != labels
+
+        with torch.no_grad():
+            if known is None or is_randomized(model):
+                return criterion(model(adv), y)
+            success = known.clone()
+            rest = (~known).nonzero().flatten()  # once per call, after the step loop
+            if rest.numel():
+                success[rest] = criterion(model(adv[rest]), y[rest])
+            return success
 
     def perturb(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel
-    ) -> torch.Tensor:
-        """Return adversarial inputs. ``y`` holds targets when ``threat.targeted``."""
+    ) -> torch.Tensor | Perturbation:
+        """Return adversarial inputs (or a :class:`Perturbation`). ``y`` holds targets when
+        ``threat.targeted``."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -13,7 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_cl.attacks.base import Attack, report_step, require_int, require_number
+from robustbench_cl.attacks.base import (
+    Attack,
+    Perturbation,
+    report_step,
+    require_int,
+    require_number,
+)
 from robustbench_cl.registry import register_attack
 from robustbench_cl.threat import ThreatModel
 
@@ -62,7 +68,7 @@ class PGD(Attack):
 
     def perturb(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel
-    ) -> torch.Tensor:
+    ) -> Perturbation:
         step_size = self.step_size if self.step_size is not None else 2.5 * threat.eps / self.steps
         sign = -1.0 if threat.targeted else 1.0
         generator = None
@@ -96,7 +102,8 @@ class PGD(Attack):
                 remaining = (~found & ~best_found).view(mask_shape)
                 torch.where(remaining, x_adv.detach(), best, out=best)
             best_found |= found
-        return best
+        # samples whose returned iterate was already scored as a success need no rescoring
+        return Perturbation(best, best_found)
 
     @staticmethod
     def _keep_first_hits(

@@ -74,7 +74,7 @@ class PGDAdversarialTraining(Defense):
         inner = PGD(steps=self.steps, step_size=self.step_size, random_start=True, keep_best=False)
 
         def perturb(current, xb, yb):  # noqa: ANN001, ANN202
-            return inner.perturb(current, xb, yb, self._threat)
+            return inner.perturb(current, xb, yb, self._threat).adv
 
         train_classifier(
             network,

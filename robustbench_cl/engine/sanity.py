@@ -51,7 +51,7 @@ def full_range_accuracy(
 ) -> float:
     """Accuracy under linf PGD with eps = the whole input range: should be (near) zero."""
     threat = ThreatModel(norm="linf", eps=bounds[1] - bounds[0], bounds=bounds)
-    adv = PGD(steps=20, random_start=True).perturb(model, x, y, threat)
+    adv = PGD(steps=20, random_start=True).perturb(model, x, y, threat).adv
     with torch.no_grad():
         return float((model(adv).argmax(1) == y).float().mean())
 
