@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import robustbench_cl as rbcl
+from robustbench_cl.utils import device_name
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -174,9 +174,7 @@ def main() -> None:
         "steps": args.steps,
         "repeats": args.repeats,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
+        "device_name": device_name(device),
         "threads": torch.get_num_threads(),
         "clock": "wall" if device.type == "cuda" else args.clock,
         "torch": torch.__version__,

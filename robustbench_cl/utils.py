@@ -42,6 +42,15 @@ def derive_seed(seed: int, *parts: Any) -> int:
     return int(stable_hash([seed, *parts], length=8), 16)
 
 
+def device_name(device: torch.device) -> str:
+    """A human name for a device: the GPU model, or the CPU architecture."""
+    import platform
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -42,7 +42,7 @@ from robustbench_cl.engine.store import ResultsStore, write_json_atomic
 from robustbench_cl.errors import UserError
 from robustbench_cl.models import check_spec, load_model
 from robustbench_cl.threat import ThreatModel
-from robustbench_cl.utils import derive_seed, resolve_device, stable_hash
+from robustbench_cl.utils import derive_seed, device_name, resolve_device, stable_hash
 
 logger = logging.getLogger(__name__)
 
@@ -190,9 +190,7 @@ def _meta(
         "config_hash": config.config_hash(),
         "seed": config.seed,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
+        "device_name": device_name(device),
         "host": socket.gethostname(),
         "versions": versions,
         "git_commit": commit,
