@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -43,6 +44,22 @@ class Registry(Generic[T]):
         if name not in self._entries:
             raise UserError(self.kind, f"unknown {self.kind} {name!r}", self._suggest(name))
         return self._entries[name]
+
+    def create(self, name: str, **params: Any) -> Any:
+        """Build ``name`` with keyword ``params``; unknown names and wrong types are one-line errors."""
+        factory = self.get(name)
+        allowed = [p for p in inspect.signature(factory.__init__).parameters if p != "self"]
+        unknown = sorted(set(params) - set(allowed))
+        if unknown:
+            raise UserError(
+                f"{name}.{unknown[0]}",
+                f"unknown parameter for {self.kind} {name!r}",
+                f"allowed: {', '.join(allowed) or 'none'}",
+            )
+        try:
+            return factory(**params)
+        except TypeError as error:  # a value of a type the constructor cannot take
+            raise UserError(f"{name}.params", str(error), "check the parameter types") from None
 
     def _suggest(self, name: str) -> str:
         close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)

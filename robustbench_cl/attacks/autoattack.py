@@ -71,48 +71,20 @@ class AutoAttack(Attack):
 
         norm = _TORCHATTACKS_NORM[threat.norm]
         targets = min(self.n_target_classes, n_classes - 1)
-        apgd_ce = torchattacks.APGD(
-            model,
-            norm=norm,
-            eps=threat.eps,
-            steps=self.steps,
-            n_restarts=1,
-            seed=self.seed,
-            loss="ce",
-            rho=0.75,
-        )
-        apgd_t = torchattacks.APGDT(
-            model,
-            norm=norm,
-            eps=threat.eps,
-            steps=self.steps,
-            n_restarts=1,
-            seed=self.seed,
-            rho=0.75,
-            n_classes=n_classes,
-        )
+        common = {"norm": norm, "eps": threat.eps, "n_restarts": 1, "seed": self.seed}
+        iterative = {**common, "steps": self.steps}
+        apgd_ce = torchattacks.APGD(model, loss="ce", rho=0.75, **iterative)
+        apgd_t = torchattacks.APGDT(model, rho=0.75, n_classes=n_classes, **iterative)
         apgd_t.n_target_classes = targets
-        fab_t = torchattacks.FAB(
-            model,
-            norm=norm,
-            eps=threat.eps,
-            steps=self.steps,
-            n_restarts=1,
-            seed=self.seed,
-            multi_targeted=True,
-            n_classes=n_classes,
-        )
+        fab_t = torchattacks.FAB(model, multi_targeted=True, n_classes=n_classes, **iterative)
         fab_t.n_target_classes = targets
         square = torchattacks.Square(
             model,
-            norm=norm,
-            eps=threat.eps,
             n_queries=self.square_queries,
-            n_restarts=1,
             p_init=0.8,
             loss="margin",
             resc_schedule=True,
-            seed=self.seed,
+            **common,
         )
         return [("apgd-ce", apgd_ce), ("apgd-t", apgd_t), ("fab-t", fab_t), ("square", square)]
 

@@ -10,14 +10,12 @@ so that a matrix never trains the same defense twice.
 from __future__ import annotations
 
 import copy
-import inspect
 from pathlib import Path
 from typing import Any, ClassVar
 
 from torch import nn
 
 from robustbench_cl.data.base import TensorData
-from robustbench_cl.errors import UserError
 from robustbench_cl.models.wrappers import Frozen
 from robustbench_cl.registry import DEFENSES, register_defense
 from robustbench_cl.utils import cache_home, stable_hash
@@ -75,16 +73,4 @@ def trainable_copy(model: Frozen, from_scratch: bool, seed: int) -> nn.Module:
 
 
 def make_defense(name: str, **params: Any) -> Defense:
-    cls = DEFENSES.get(name)
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise UserError(
-            f"{name}.{unknown[0]}",
-            f"unknown parameter for defense {name!r}",
-            f"allowed: {', '.join(allowed) or 'none'}",
-        )
-    try:
-        return cls(**params)
-    except TypeError as error:
-        raise UserError(f"{name}.params", str(error), "check the parameter types") from None
+    return DEFENSES.create(name, **params)
