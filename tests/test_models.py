@@ -142,3 +142,28 @@ def test_public_api_as_documented():
     assert result.adv.shape == x.shape and result.success.shape == y.shape
     assert result.cost.forward > 0 and result.cost.backward > 0
     assert "pgd" in rbcl.list_attacks("pg*") and "autoattack" in rbcl.list_attacks()
+
+
+def _build_once(path: str, counter: str) -> None:
+    from robustbench_cl.models.artifacts import artifact_exists, artifact_lock, save_artifact
+
+    with artifact_lock(path):
+        if not artifact_exists(path):
+            with open(counter, "a") as handle:
+                handle.write("trained\n")
+            save_artifact(path, nn.Linear(64, 64), {"ok": True})
+
+
+def test_concurrent_processes_build_a_cached_artifact_once(tmp_path):
+    import multiprocessing
+
+    path, counter = str(tmp_path / "art" / "model"), str(tmp_path / "count.txt")
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_build_once, args=(path, counter)) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert [worker.exitcode for worker in workers] == [0, 0, 0]
+    assert open(counter).read().splitlines() == ["trained"]
+    assert not list((tmp_path / "art").glob("*.tmp"))

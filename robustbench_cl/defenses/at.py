@@ -7,6 +7,7 @@ min_theta E max_{||delta|| <= eps} CE(f(x + delta), y). The inner PGD uses a ran
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from torch import nn
 
@@ -16,6 +17,7 @@ from robustbench_cl.data.base import TensorData
 from robustbench_cl.defenses.base import Defense, trainable_copy
 from robustbench_cl.models.artifacts import (
     artifact_exists,
+    artifact_lock,
     load_artifact_weights,
     save_artifact,
 )
@@ -65,9 +67,14 @@ class PGDAdversarialTraining(Defense):
     def build(self, model: Frozen, model_spec: str, data: TensorData) -> nn.Module:
         path = self.cache_path(model_spec, data)
         network = trainable_copy(model, self.from_scratch, self.seed)
-        if artifact_exists(path):
-            load_artifact_weights(path, network)
-            return Frozen(network)
+        with artifact_lock(path):
+            if artifact_exists(path):
+                load_artifact_weights(path, network)
+                return Frozen(network)
+            self._train(network, model_spec, data, path)
+        return Frozen(network)
+
+    def _train(self, network: nn.Module, model_spec: str, data: TensorData, path: Path) -> None:
         logger.info(
             "training pgd-at (%s eps=%g) on %s; cached at %s", self.norm, self.eps, model_spec, path
         )
@@ -96,4 +103,3 @@ class PGDAdversarialTraining(Defense):
                 "train_accuracy": accuracy(network, data.x, data.y),
             },
         )
-        return Frozen(network)

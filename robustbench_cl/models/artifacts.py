@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,16 +16,38 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 
+@contextmanager
+def artifact_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive inter-process lock on ``path`` while a cached artifact is built.
+
+    Parallel test workers or two runs sharing ``ROBUSTBENCH_CL_HOME`` then train a missing
+    model once: the second waits, finds the artifact and loads it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 def save_artifact(path: Path, module: nn.Module, config: dict[str, Any]) -> Path:
-    """Write ``path.safetensors`` and ``path.json`` atomically (write, fsync, rename)."""
+    """Write ``path.safetensors`` and ``path.json`` atomically (write, fsync, rename).
+
+    Temporary names are unique per process, so concurrent writers never rename each
+    other's half-written files.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-    tmp_weights = path.with_suffix(".safetensors.tmp")
+    unique = f".{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    tmp_weights = path.with_suffix(".safetensors" + unique)
     save_file(weights, str(tmp_weights))
     _fsync(tmp_weights)
     os.replace(tmp_weights, path.with_suffix(".safetensors"))
-    tmp_config = path.with_suffix(".json.tmp")
+    tmp_config = path.with_suffix(".json" + unique)
     tmp_config.write_text(json.dumps(config, indent=2, sort_keys=True))
     _fsync(tmp_config)
     os.replace(tmp_config, path.with_suffix(".json"))

@@ -14,6 +14,7 @@ from torch import nn
 
 from robustbench_cl.models.artifacts import (
     artifact_exists,
+    artifact_lock,
     load_artifact_weights,
     save_artifact,
 )
@@ -50,20 +51,21 @@ def digits_cnn() -> nn.Module:
     path = cache_home() / "models" / f"digits-cnn-{stable_hash(DIGITS_CNN_RECIPE, 8)}"
     torch.manual_seed(DIGITS_CNN_RECIPE["seed"])
     model = digits_cnn_architecture()
-    if artifact_exists(path):
-        return load_artifact_weights(path, model).eval()
-    logger.info("training builtin:digits-cnn on first use (cached at %s)", path)
-    train = load_dataset("digits", split="train")
-    train_classifier(
-        model,
-        train.x,
-        train.y,
-        epochs=DIGITS_CNN_RECIPE["epochs"],
-        lr=DIGITS_CNN_RECIPE["lr"],
-        batch_size=DIGITS_CNN_RECIPE["batch_size"],
-        seed=DIGITS_CNN_RECIPE["seed"],
-    )
-    test = load_dataset("digits", split="test")
-    config = dict(DIGITS_CNN_RECIPE, test_accuracy=accuracy(model, test.x, test.y))
-    save_artifact(path, model, config)
+    with artifact_lock(path):
+        if artifact_exists(path):
+            return load_artifact_weights(path, model).eval()
+        logger.info("training builtin:digits-cnn on first use (cached at %s)", path)
+        train = load_dataset("digits", split="train")
+        train_classifier(
+            model,
+            train.x,
+            train.y,
+            epochs=DIGITS_CNN_RECIPE["epochs"],
+            lr=DIGITS_CNN_RECIPE["lr"],
+            batch_size=DIGITS_CNN_RECIPE["batch_size"],
+            seed=DIGITS_CNN_RECIPE["seed"],
+        )
+        test = load_dataset("digits", split="test")
+        config = dict(DIGITS_CNN_RECIPE, test_accuracy=accuracy(model, test.x, test.y))
+        save_artifact(path, model, config)
     return model.eval()
