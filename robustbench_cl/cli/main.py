@@ -1,4 +1,4 @@
-"""The ``robustbench-cl`` command line: run, list, show and one-off attacks."""
+"""The ``robustbench-cl`` command line: run, list, show, report, compare and one-off attacks."""
 
 from __future__ import annotations
 
@@ -210,12 +210,48 @@ def show(run_dir: Path, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="HTML file to write (default RUN_DIR/report.html).",
+)
 def report(run_dir: Path, output: Path | None) -> None:
-    """Write the self-contained HTML report of RUN_DIR."""
+    """Write RUN_DIR's results.json and its self-contained HTML report."""
+    from robustbench_cl.engine.results import write_results
     from robustbench_cl.report.html import write_report
 
+    console.print(f"results: {write_results(run_dir)}")
     console.print(f"report: {write_report(run_dir, output)}")
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=Path("compare.html"),
+    show_default=True,
+    help="HTML file to write.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON on stdout.")
+def compare(run_dirs: tuple[Path, ...], output: Path, as_json: bool) -> None:
+    """Compare the same cells across RUN_DIRS side by side, with deltas against the first."""
+    from robustbench_cl.report.html import write_comparison
+    from robustbench_cl.report.table import comparison_table
+
+    if len(run_dirs) < 2:
+        raise UserError(
+            "RUN_DIRS", "compare needs at least two run directories", "pass two or more"
+        )
+    path, comparison = write_comparison(list(run_dirs), output)
+    if as_json:
+        stdout.print_json(json.dumps(comparison))
+    else:
+        stdout.print(comparison_table(comparison))
+    console.print(f"comparison: {path}")
 
 
 def _parse_param(values: tuple[str, ...]) -> dict[str, Any]:

@@ -85,6 +85,8 @@ class EngineConfig(_Strict):
     cascade: bool = True
     sanity_checks: bool = True
     sanity_probe_size: int = Field(default=64, ge=1)
+    #: adversarial examples kept per cell for the report (image data only; 0 keeps none)
+    examples: int = Field(default=3, ge=0, le=16)
 
 
 class MatrixConfig(_Strict):

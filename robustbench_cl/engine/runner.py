@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 import yaml
+from safetensors.torch import save_file
 from torch import nn
 
 from robustbench_cl.attacks import Attack, make_attack
@@ -38,6 +39,7 @@ from robustbench_cl.engine.config import (
     load_config,
 )
 from robustbench_cl.engine.metrics import wilson_interval
+from robustbench_cl.engine.results import write_results
 from robustbench_cl.engine.store import ResultsStore, write_json_atomic
 from robustbench_cl.errors import UserError
 from robustbench_cl.models import check_spec, load_model
@@ -300,13 +302,20 @@ class Runner:
         outcomes = torch.full((self.n,), NOT_ATTACKED, dtype=torch.long, device=self.device)
         cost = None
         wall = 0.0
+        wanted = config.engine.examples if self.x.dim() == 4 else 0
+        kept: list[tuple[torch.Tensor, torch.Tensor]] = []
         with step_hook(self.progress.step):
             for batch in batches:
                 result = attack(model, self.x[batch], labels[batch], cell.threat)
                 outcomes[batch] = torch.where(result.success, BROKEN, ROBUST)
                 cost = result.cost if cost is None else cost + result.cost
                 wall += result.wall_time
+                if wanted > 0:  # once per batch, outside the attack's step loop
+                    hits = result.success.nonzero().flatten()[:wanted]
+                    kept.append((batch[hits], result.adv[hits].detach()))
+                    wanted -= len(hits)
                 self.progress.batch_done()
+        examples_path = self._save_examples(cell, model, kept, labels)
         flags: list[dict[str, str]] = []
         probe: dict[str, Any] = {}
         if config.engine.sanity_checks:
@@ -356,8 +365,40 @@ class Runner:
             "flags": flags,
             "sanity_probe": probe,
             "example_indices": examples,
+            "examples": examples_path,
             "outcomes": outcomes.tolist(),
         }
+
+    def _save_examples(
+        self,
+        cell: Cell,
+        model: nn.Module,
+        kept: list[tuple[torch.Tensor, torch.Tensor]],
+        labels: torch.Tensor,
+    ) -> str | None:
+        """Keep a few successful adversarial examples for the report, under ``artifacts/``."""
+        kept = [(index, adv) for index, adv in kept if len(index)]
+        if not kept:
+            return None
+        index = torch.cat([i for i, _ in kept])
+        adv = torch.cat([a for _, a in kept])
+        with torch.no_grad():
+            clean_pred = model(self.x[index]).argmax(1)
+            adv_pred = model(adv).argmax(1)
+        relative = f"artifacts/examples/{cell.id}.safetensors"
+        tensors = {
+            "index": index,
+            "clean": self.x[index],
+            "adversarial": adv,
+            "label": self.y[index],
+            "target": labels[index],
+            "clean_prediction": clean_pred,
+            "adversarial_prediction": adv_pred,
+        }
+        path = self.run_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+        return relative
 
     # ------------------------------------------------------------------ the matrix
     def execute(self, pairs: list[Pair], resume: bool) -> list[dict[str, Any]]:
@@ -463,5 +504,6 @@ def run(
     meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     meta["wall_time"] = time.perf_counter() - started
     write_json_atomic(run_dir / "meta.json", meta)
+    write_results(run_dir)
     logger.info("run written to %s", run_dir)
     return run_dir

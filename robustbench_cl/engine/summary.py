@@ -40,6 +40,8 @@ class ThreatSummary:
 
 @dataclass
 class PairSummary:
+    """One (model, defense) row: ``model`` and ``defense`` are display names."""
+
     model: str
     defense: str
     clean_accuracy: float
@@ -47,6 +49,14 @@ class PairSummary:
     n: int
     cells: list[dict[str, Any]] = field(default_factory=list)
     worst_case: list[ThreatSummary] = field(default_factory=list)
+    id: str = ""
+    model_spec: str = ""
+    defense_id: str = ""
+    defense_params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} / {self.defense}"
 
 
 @dataclass
@@ -64,6 +74,19 @@ class RunSummary:
 def threat_label(threat: dict[str, Any]) -> str:
     label = f"{threat['norm']} {threat['eps']:g}"
     return label + (" targeted" if threat.get("targeted") else "")
+
+
+NORM_ORDER = {"linf": 0, "l2": 1, "l1": 2, "l0": 3, "none": 4}
+
+
+def threat_sort_key(threat: dict[str, Any]) -> tuple[Any, ...]:
+    """Order threat models as a reader expects: linf before l2, untargeted first, eps rising."""
+    return (
+        threat.get("space", "input") != "input",
+        NORM_ORDER.get(threat["norm"], 9),
+        bool(threat.get("targeted")),
+        threat["eps"],
+    )
 
 
 def column_label(cell: dict[str, Any]) -> str:
@@ -88,6 +111,10 @@ def summarize_records(
             clean_ci95=tuple(clean["clean_ci95"]),
             n=clean["n"],
             cells=pair_cells,
+            id=pair_id,
+            model_spec=clean["model"]["spec"],
+            defense_id=clean["defense"]["defense"],
+            defense_params=dict(clean["defense"].get("params", {})),
         )
         groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for cell in pair_cells:

@@ -1,44 +1,228 @@
-"""A self-contained HTML report of a run directory (inline CSS, no external URL).
+"""The self-contained HTML report of a run directory, and the side-by-side comparison of runs.
 
-Built with Jinja2 and autoescape on: every string from a config, a model or data is escaped.
-This is the first version; the full report (curves, examples, privacy) builds on it.
+Rendered from the ``results.json`` dict (the report never runs a model): Jinja2 with autoescape
+on, inline CSS, plots as inline SVG, example images as inline PNG, a few lines of inline JS for
+sorting tables. No CDN, no external URL: the file opens offline and can be mailed as is.
+Each section appears only when the run has data for it.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
-from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2 import Environment, PackageLoader, Undefined, select_autoescape
+from markupsafe import Markup
 
-from robustbench_cl.engine.summary import column_label, load_run
+from robustbench_cl.engine.results import load_results
+from robustbench_cl.engine.summary import threat_sort_key
+from robustbench_cl.report import plots
+from robustbench_cl.report.media import example_rows, mask_pii, truncate
+
+#: example rows shown per cell, and in the whole report
+EXAMPLES_PER_CELL = 3
+EXAMPLES_TOTAL = 24
+
+
+def _percent(value: Any) -> str:
+    if value is None or isinstance(value, Undefined):
+        return "-"
+    return f"{100 * value:.1f}"
+
+
+def _settings_text(settings: dict[str, Any]) -> str:
+    """``k=v`` pairs; a nested dict (AutoAttack's components) shows only its keys."""
+    parts = []
+    for key, value in sorted(settings.items()):
+        if isinstance(value, dict):
+            value = "[" + ", ".join(str(k) for k in value) + "]"
+        parts.append(f"{key}={value}")
+    return " ".join(parts)
 
 
 def _environment() -> Environment:
     env = Environment(
         loader=PackageLoader("robustbench_cl.report", "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
-    env.filters["pct"] = lambda value: f"{100 * value:.1f}"
+    env.filters["pct"] = _percent
+    env.filters["mask"] = mask_pii
+    env.filters["settings_text"] = _settings_text
+    env.filters["truncate_text"] = truncate
+    env.filters["svg"] = lambda svg: Markup(svg)  # our own matplotlib output, never data
     return env
 
 
+def _columns(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Matrix columns (attack @ threat), sorted by norm, eps, then config order."""
+    seen: dict[str, dict[str, Any]] = {}
+    for index, cell in enumerate(results["cells"]):
+        seen.setdefault(
+            cell["column"],
+            {
+                "label": cell["column"],
+                "attack": cell["attack"]["label"],
+                "threat": cell["threat_label"],
+                "adaptive": cell["adaptive"],
+                "key": threat_sort_key(cell["threat"]),
+                "order": index,
+            },
+        )
+    return sorted(seen.values(), key=lambda c: (c["key"], c["order"]))
+
+
+def _examples(results: dict[str, Any], run_dir: Path) -> list[dict[str, Any]]:
+    """Per pair, the cells of its headline threat (the one with the most attacks)."""
+    by_pair: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for cell in results["cells"]:
+        if cell.get("examples"):
+            by_pair[cell["pair_id"]].append(cell)
+    blocks, total = [], 0
+    for pair in results["pairs"]:
+        cells = by_pair.get(pair["id"], [])
+        if not cells:
+            continue
+        group_sizes: dict[str, int] = defaultdict(int)
+        for cell in pair["cell_ids"]:
+            group = next((c["group_id"] for c in results["cells"] if c["id"] == cell), None)
+            group_sizes[group] += 1
+        headline = max(cells, key=lambda c: (group_sizes[c["group_id"]], c["threat"]["eps"]))
+        for cell in [c for c in cells if c["group_id"] == headline["group_id"]]:
+            rows = example_rows(run_dir, cell)[:EXAMPLES_PER_CELL]
+            rows = rows[: max(EXAMPLES_TOTAL - total, 0)]
+            if rows:
+                total += len(rows)
+                blocks.append({"pair": pair["label"], "cell": cell, "rows": rows})
+    return blocks
+
+
+def _privacy(results: dict[str, Any]) -> dict[str, Any] | None:
+    rows, curves = [], []
+    for cell in results["cells"]:
+        label = f"{cell['pair']} | {cell['attack']['label']}"
+        if "privacy" in cell:
+            rows.append(dict(cell["privacy"], label=label))
+        if "membership" in cell:
+            curves.append(dict(cell["membership"], label=label))
+    if not rows and not curves:
+        return None
+    return {
+        "rows": rows,
+        "scatter": plots.privacy_utility(rows),
+        "roc": plots.membership_roc(curves),
+        "curves": curves,
+    }
+
+
+def _llm(results: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        dict(example, cell=f"{cell['pair']} | {cell['attack']['label']}")
+        for cell in results["cells"]
+        for example in cell.get("llm_examples", [])[:5]
+    ]
+
+
+def render_results(results: dict[str, Any], run_dir: str | Path | None = None) -> str:
+    cells = {cell["id"]: cell for cell in results["cells"]}
+    matrix = [
+        {
+            "pair": pair,
+            "by_column": {cells[i]["column"]: cells[i] for i in pair["cell_ids"]},
+            "flags": sum(len(cells[i]["flags"]) for i in pair["cell_ids"]),
+        }
+        for pair in results["pairs"]
+    ]
+    context = {
+        "results": results,
+        "run": results["run"],
+        "columns": _columns(results),
+        "matrix": matrix,
+        "curves": plots.security_curves(results),
+        "examples": _examples(results, Path(run_dir)) if run_dir is not None else [],
+        "privacy": _privacy(results),
+        "llm": _llm(results),
+        "non_adaptive": [c for c in results["cells"] if not c["adaptive"]],
+    }
+    return _environment().get_template("report.html.j2").render(**context)
+
+
 def render_report(run_dir: str | Path) -> str:
-    summary = load_run(run_dir)
-    for pair in summary.pairs:
-        pair.by_column = {column_label(cell): cell for cell in pair.cells}  # type: ignore[attr-defined]
-    threats = []
-    for pair in summary.pairs:
-        for cell in pair.cells:
-            if cell["threat"] not in threats:
-                threats.append(cell["threat"])
-    return (
-        _environment()
-        .get_template("report.html.j2")
-        .render(summary=summary, meta=summary.meta, threats=threats)
-    )
+    return render_results(load_results(run_dir), run_dir)
 
 
 def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
     path = Path(output) if output is not None else Path(run_dir) / "report.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_report(run_dir), encoding="utf-8")
     return path
+
+
+# ---------------------------------------------------------------------- comparing runs
+def compare_results(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The same cells across runs, matched by (model, defense, attack, threat) display labels.
+
+    ``rows`` hold one value per run (``None`` where a run lacks the cell) and the delta of each
+    run against the first, in accuracy points.
+    """
+    keys: list[tuple[str, str]] = []
+    order: dict[tuple[str, str], tuple[Any, ...]] = {}
+    values: dict[tuple[str, str], list[float | None]] = {}
+    pair_order: dict[str, int] = {}
+
+    def put(key: tuple[str, str], index: int, value: float, sort: tuple[Any, ...]) -> None:
+        if key not in values:
+            keys.append(key)
+            values[key] = [None] * len(runs)
+            order[key] = (pair_order.setdefault(key[0], len(pair_order)), *sort, len(keys))
+        values[key][index] = value
+
+    for index, results in enumerate(runs):
+        for pair in results["pairs"]:
+            put((pair["label"], "clean"), index, pair["clean_accuracy"], (0,))
+        for cell in results["cells"]:
+            sort = (1, threat_sort_key(cell["threat"]), 0)
+            put((cell["pair"], cell["column"]), index, cell["robust_accuracy"], sort)
+        for pair in results["pairs"]:
+            for worst in pair["worst_case"]:
+                key = (pair["label"], f"worst case {worst['label']}")
+                put(key, index, worst["robust_accuracy"], (1, threat_sort_key(worst["threat"]), 1))
+    keys.sort(key=lambda key: order[key])
+    rows = []
+    for key in keys:
+        row = values[key]
+        first = row[0]
+        deltas = [None if v is None or first is None else v - first for v in row]
+        rows.append({"pair": key[0], "cell": key[1], "values": row, "deltas": deltas})
+    return {
+        "runs": [
+            {
+                "suite": r["run"]["suite"],
+                "profile": r["run"]["profile"],
+                "config_hash": r["run"]["config_hash"],
+                "started": r["run"]["started"],
+            }
+            for r in runs
+        ],
+        "rows": rows,
+    }
+
+
+def write_comparison(
+    run_dirs: list[str | Path], output: str | Path, names: list[str] | None = None
+) -> tuple[Path, dict[str, Any]]:
+    comparison = compare_results([load_results(d) for d in run_dirs])
+    short = [Path(d).name for d in run_dirs]
+    if len(set(short)) < len(short):  # same folder names: show the paths as given
+        short = [str(d) for d in run_dirs]
+    for run, default, name in zip(
+        comparison["runs"], short, names or [None] * len(run_dirs), strict=True
+    ):
+        run["name"] = name or default
+    html = _environment().get_template("compare.html.j2").render(comparison=comparison)
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(html, encoding="utf-8")
+    return path, comparison

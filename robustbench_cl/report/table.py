@@ -6,6 +6,8 @@ Rows are grouped by threat model; a group with several attacks ends with its wor
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.table import Table
 from rich.text import Text
 
@@ -92,4 +94,31 @@ def flags_table(summary: RunSummary) -> Table | None:
         table.add_column(name)
     for row in rows:
         table.add_row(*row)
+    return table
+
+
+def _delta(value: float | None) -> Text:
+    if value is None:
+        return Text("")
+    points = 100 * value
+    style = "green" if points > 0.05 else "red" if points < -0.05 else "dim"
+    return Text(f"{points:+.1f}", style=style)
+
+
+def comparison_table(comparison: dict[str, Any]) -> Table:
+    """The same cells across runs: accuracy % per run, and each run's delta to the first."""
+    table = Table(title="accuracy % across runs (delta vs the first run)", title_justify="left")
+    table.add_column("model / defense", style="bold")
+    table.add_column("cell")
+    for index, run in enumerate(comparison["runs"]):
+        table.add_column(run["name"], justify="right")
+        if index:
+            table.add_column("delta", justify="right")
+    for row in comparison["rows"]:
+        values: list[Text] = []
+        for index, (value, delta) in enumerate(zip(row["values"], row["deltas"])):
+            values.append(Text("-" if value is None else _percent(value)))
+            if index:
+                values.append(_delta(delta))
+        table.add_row(row["pair"], row["cell"], *values)
     return table

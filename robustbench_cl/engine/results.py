@@ -1,0 +1,154 @@
+"""``results.json``: the versioned, machine-readable result of a run.
+
+Derived from ``cells.jsonl`` and ``meta.json`` (never by running a model), validated against
+``results.schema.json`` beside this file and documented in ``docs/results-schema.md``. The HTML
+report and ``compare`` read this dict, so anything a report shows is in the JSON too.
+
+Per-sample outcomes stay in ``cells.jsonl``; ``results.json`` carries the aggregates.
+Bump ``SCHEMA_VERSION`` (major for a removed or renamed field, minor for an added one) whenever
+the shape changes, and update the schema file and the doc with it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from robustbench_cl.engine.store import write_json_atomic
+from robustbench_cl.engine.summary import (
+    RunSummary,
+    column_label,
+    load_run,
+    threat_label,
+    threat_sort_key,
+)
+
+SCHEMA_VERSION = "1.0"
+SCHEMA_PATH = Path(__file__).with_name("results.schema.json")
+
+#: optional sections that tasks beyond classification attach to their cell records
+EXTRA_SECTIONS = ("privacy", "membership", "llm_examples")
+
+
+@cache
+def results_schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def _threat_id(threat: dict[str, Any]) -> str:
+    return json.dumps(threat, sort_keys=True)
+
+
+def _cell_entry(cell: dict[str, Any], pair_label: str) -> dict[str, Any]:
+    attack = cell["attack"]
+    entry = {
+        "id": cell["id"],
+        "pair_id": cell["pair_id"],
+        "group_id": cell["group_id"],
+        "pair": pair_label,
+        "attack": {
+            "attack": attack["attack"],
+            "label": attack.get("name") or attack["attack"],
+            "params": attack.get("params", {}),
+            "settings": attack.get("settings", {}),
+        },
+        "column": column_label(cell),
+        "threat": cell["threat"],
+        "threat_label": threat_label(cell["threat"]),
+        "adaptive": cell.get("adaptive", True),
+        "cascade": bool(cell.get("cascade", True)),
+        "n": cell["n"],
+        "attacked": cell["attacked"],
+        "broken": cell["broken"],
+        "robust_count": cell["robust_count"],
+        "clean_accuracy": cell["clean_accuracy"],
+        "robust_accuracy": cell["robust_accuracy"],
+        "robust_ci95": list(cell["robust_ci95"]),
+        "attack_success_rate": cell["attack_success_rate"],
+        "cost": {key: int(cell["cost"].get(key, 0)) for key in ("forward", "backward", "queries")},
+        "wall_time": float(cell["wall_time"]),
+        "flags": [{"code": f["code"], "message": f["message"]} for f in cell["flags"]],
+        "examples": cell.get("examples"),
+    }
+    for section in EXTRA_SECTIONS:
+        if section in cell:
+            entry[section] = cell[section]
+    return entry
+
+
+def build_results(summary: RunSummary) -> dict[str, Any]:
+    """The ``results.json`` dict of a run summary (schema ``SCHEMA_VERSION``)."""
+    meta = dict(summary.meta)
+    threats: dict[str, dict[str, Any]] = {}
+    pairs, cells = [], []
+    for pair in summary.pairs:
+        label = pair.label
+        pair_cells = [_cell_entry(cell, label) for cell in pair.cells]
+        for cell in pair_cells:
+            threats.setdefault(_threat_id(cell["threat"]), cell["threat"])
+        cells.extend(pair_cells)
+        pairs.append(
+            {
+                "id": pair.id,
+                "label": label,
+                "model": pair.model,
+                "model_spec": pair.model_spec,
+                "defense": pair.defense,
+                "defense_id": pair.defense_id,
+                "defense_params": pair.defense_params,
+                "n": pair.n,
+                "clean_accuracy": pair.clean_accuracy,
+                "clean_ci95": list(pair.clean_ci95),
+                "cell_ids": [cell["id"] for cell in pair_cells],
+                "worst_case": [
+                    dict(asdict(w), ci95=list(w.ci95), label=w.label)
+                    for w in sorted(pair.worst_case, key=lambda w: threat_sort_key(w.threat))
+                ],
+            }
+        )
+    results: dict[str, Any] = {
+        "schema": "robustbench_cl.results",
+        "schema_version": SCHEMA_VERSION,
+        "run": {
+            "suite": meta.get("suite"),
+            "profile": meta.get("profile"),
+            "config_hash": meta.get("config_hash"),
+            "seed": meta.get("seed"),
+            "command": meta.get("command"),
+            "started": meta.get("started"),
+            "finished": meta.get("finished"),
+            "wall_time": meta.get("wall_time"),
+            "device": meta.get("device"),
+            "device_name": meta.get("device_name"),
+            "git_commit": meta.get("git_commit"),
+            "versions": meta.get("versions", {}),
+            "data": meta.get("data"),
+            "complete": meta.get("finished") is not None,
+        },
+        "threat_models": sorted(threats.values(), key=threat_sort_key),
+        "pairs": pairs,
+        "cells": cells,
+        "flag_count": sum(len(cell["flags"]) for cell in cells),
+    }
+    return results
+
+
+def validate_results(results: dict[str, Any]) -> None:
+    """Raise ``jsonschema.ValidationError`` when ``results`` does not follow the schema."""
+    import jsonschema
+
+    jsonschema.validate(results, results_schema())
+
+
+def load_results(run_dir: str | Path) -> dict[str, Any]:
+    """Results of a run directory, always re-derived from its records (so never stale)."""
+    return build_results(load_run(run_dir))
+
+
+def write_results(run_dir: str | Path) -> Path:
+    path = Path(run_dir) / "results.json"
+    write_json_atomic(path, load_results(run_dir))
+    return path

@@ -1,0 +1,103 @@
+"""Images and text for the report: example images as inline PNG, PII masking, truncation."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PLACEHOLDER = "*"
+
+
+def png_data_uri(image: torch.Tensor, bounds: tuple[float, float] | None = (0.0, 1.0)) -> str:
+    """A C x H x W tensor as a ``data:image/png`` URI (grayscale for one channel)."""
+    from PIL import Image
+
+    low, high = bounds if bounds is not None else (float(image.min()), float(image.max()))
+    scaled = ((image.float() - low) / max(high - low, 1e-12)).clamp(0, 1)
+    array = (scaled * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    if array.shape[2] == 1:
+        picture = Image.fromarray(array[:, :, 0], mode="L")
+    else:
+        picture = Image.fromarray(array[:, :, :3], mode="RGB")
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def example_rows(
+    run_dir: Path, cell: dict[str, Any], class_names: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Rows of clean | amplified perturbation | adversarial, with predictions, for one cell."""
+    from safetensors.torch import load_file
+
+    relative = cell.get("examples")
+    if not relative:
+        return []
+    path = (Path(run_dir) / relative).resolve()
+    if not path.is_relative_to(Path(run_dir).resolve()) or not path.exists():
+        return []
+    tensors = load_file(str(path))
+    bounds = tuple(cell["threat"]["bounds"]) if cell["threat"].get("bounds") else None
+    names = class_names or []
+
+    def name(value: torch.Tensor) -> str:
+        index = int(value)
+        return names[index] if index < len(names) else str(index)
+
+    rows = []
+    for i in range(len(tensors["index"])):
+        clean, adv = tensors["clean"][i], tensors["adversarial"][i]
+        delta = adv - clean
+        peak = float(delta.abs().max())
+        gain = 0.5 / peak if peak > 0 else 1.0
+        rows.append(
+            {
+                "index": int(tensors["index"][i]),
+                "label": name(tensors["label"][i]),
+                "clean": png_data_uri(clean, bounds),
+                "perturbation": png_data_uri(0.5 + gain * delta, (0.0, 1.0)),
+                "adversarial": png_data_uri(adv, bounds),
+                "clean_prediction": name(tensors["clean_prediction"][i]),
+                "adversarial_prediction": name(tensors["adversarial_prediction"][i]),
+                "gain": gain,
+                "norm": float(_norm(delta, cell["threat"]["norm"])),
+            }
+        )
+    return rows
+
+
+def _norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    flat = delta.flatten().float()
+    if norm == "l2":
+        return flat.norm(p=2)
+    if norm == "l1":
+        return flat.norm(p=1)
+    if norm == "l0":
+        return (flat != 0).sum()
+    return flat.abs().max()
+
+
+def mask_pii(text: str) -> str:
+    """Mask personal data for display: keep the first character of each word and the shape.
+
+    ``"john.doe@example.com"`` -> ``"j***.d**@e******.c**"``; digits are always masked.
+    """
+
+    def word(match: re.Match[str]) -> str:
+        token = match.group(0)
+        if token.isdigit():
+            return PLACEHOLDER * len(token)
+        first = PLACEHOLDER if token[0].isdigit() else token[0]
+        return first + PLACEHOLDER * (len(token) - 1)
+
+    return re.sub(r"[^\W_]+", word, str(text))
+
+
+def truncate(text: str, limit: int = 400) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"

@@ -1,0 +1,133 @@
+"""Plots for the HTML report, as inline SVG strings from matplotlib (no file, no URL).
+
+Every function takes the ``results.json`` dict (or a part of it) and returns SVG markup that is
+safe to inline: the XML prologue, DOCTYPE and RDF metadata (which carry URLs) are stripped, and
+each figure gets its own id salt so that two figures never share an element id.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections import defaultdict
+from itertools import count
+from typing import Any
+
+_salt = count()
+
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+
+
+def _figure(width: float = 5.0, height: float = 3.4):  # noqa: ANN202 - a matplotlib pair
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib import pyplot as plt
+
+    plt.rcParams.update(
+        {
+            "svg.fonttype": "none",  # text stays text: smaller, selectable, escaped by us
+            "font.size": 9,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+        }
+    )
+    return plt.subplots(figsize=(width, height))
+
+
+def to_svg(fig: Any) -> str:
+    import matplotlib
+    from matplotlib import pyplot as plt
+
+    buffer = io.StringIO()
+    with matplotlib.rc_context({"svg.hashsalt": f"rbcl{next(_salt)}"}):
+        fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
+    plt.close(fig)
+    svg = buffer.getvalue()
+    svg = re.sub(r"<\?xml[^>]*\?>\s*", "", svg)
+    svg = re.sub(r"<!DOCTYPE[^>]*>\s*", "", svg)
+    svg = re.sub(r"<metadata>.*?</metadata>\s*", "", svg, flags=re.S)
+    svg = svg.replace(' xmlns:xlink="http://www.w3.org/1999/xlink"', "")
+    svg = svg.replace(' xmlns="http://www.w3.org/2000/svg"', "")
+    return svg.strip()
+
+
+def security_curves(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """Worst-case robust accuracy vs eps, one figure per norm, one line per (model, defense).
+
+    eps = 0 is the clean accuracy. Only norms with at least two eps values get a figure.
+    The worst case at an eps is over the attacks that ran at that eps, so the caption says so.
+    """
+    curves: dict[tuple[str, bool], dict[str, list[tuple[float, float, float, float]]]] = (
+        defaultdict(lambda: defaultdict(list))
+    )
+    clean = {pair["label"]: pair for pair in results["pairs"]}
+    for pair in results["pairs"]:
+        for worst in pair["worst_case"]:
+            threat = worst["threat"]
+            low, high = worst["ci95"]
+            curves[(threat["norm"], threat["targeted"])][pair["label"]].append(
+                (threat["eps"], worst["robust_accuracy"], low, high)
+            )
+    figures = []
+    for (norm, targeted), lines in curves.items():
+        if max(len({p[0] for p in points}) for points in lines.values()) < 2:
+            continue
+        fig, ax = _figure()
+        for color, (label, points) in zip(COLORS * 4, lines.items()):
+            base = clean[label]
+            points = sorted(
+                [(0.0, base["clean_accuracy"], *base["clean_ci95"]), *points], key=lambda p: p[0]
+            )
+            eps = [p[0] for p in points]
+            ax.plot(eps, [100 * p[1] for p in points], marker="o", color=color, label=label)
+            ax.fill_between(
+                eps,
+                [100 * p[2] for p in points],
+                [100 * p[3] for p in points],
+                color=color,
+                alpha=0.15,
+                linewidth=0,
+            )
+        ax.set_xlabel(f"eps ({norm}{', targeted' if targeted else ''})")
+        ax.set_ylabel("robust accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, frameon=False)
+        title = f"{norm}{' targeted' if targeted else ''}"
+        figures.append((title, to_svg(fig)))
+    return figures
+
+
+def privacy_utility(rows: list[dict[str, Any]]) -> str | None:
+    """Leakage (PLR) against utility, one point per defense; lower-right is better."""
+    points = [row for row in rows if row.get("utility") is not None]
+    if not points:
+        return None
+    fig, ax = _figure(4.5, 3.2)
+    for color, row in zip(COLORS * 4, points):
+        ax.scatter(100 * row["utility"], 100 * row["plr"], color=color, label=row["label"])
+    ax.set_xlabel("utility (%)")
+    ax.set_ylabel("PII leakage rate, PLR (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    return to_svg(fig)
+
+
+def membership_roc(curves: list[dict[str, Any]]) -> str | None:
+    """Membership-inference ROC on log-log axes, where the low-FPR regime is visible."""
+    if not curves:
+        return None
+    fig, ax = _figure(4.5, 3.6)
+    floor = 1e-4
+    for color, curve in zip(COLORS * 4, curves):
+        fpr = [max(v, floor) for v in curve["fpr"]]
+        tpr = [max(v, floor) for v in curve["tpr"]]
+        ax.plot(fpr, tpr, color=color, label=f"{curve['label']} (AUC {curve['auc']:.3f})")
+    ax.plot([floor, 1], [floor, 1], color="#888", linestyle="--", linewidth=0.8, label="chance")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.legend(fontsize=7, frameon=False)
+    return to_svg(fig)
