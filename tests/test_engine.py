@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import robustbench_cl as rbcl
@@ -214,3 +215,37 @@ def test_unknown_suite_and_profile_and_broken_yaml(tmp_path):
     broken.write_text("suite: x\nattacks: [\n  - {attack: pgd\n")
     with pytest.raises(UserError, match="broken YAML at line"):
         load_config(broken)
+
+
+def test_run_writes_results_json_that_follows_the_schema(small_run):
+    from robustbench_cl.engine.results import SCHEMA_VERSION, validate_results
+
+    results = json.loads((small_run / "results.json").read_text())
+    validate_results(results)
+    assert results["schema_version"] == SCHEMA_VERSION
+    assert results["run"]["config_hash"] and results["run"]["complete"]
+    records = [r for r in _records(small_run) if r["type"] == "cell"]
+    assert [c["id"] for c in results["cells"]] == [r["id"] for r in records]
+    for cell, record in zip(results["cells"], records):
+        assert cell["threat"] == record["threat"]
+        assert cell["robust_accuracy"] == record["robust_accuracy"]
+        assert isinstance(cell["cost"]["forward"], int)
+        assert (cell["cost"]["forward"] > 0) == (cell["attacked"] > 0)
+
+
+def test_examples_are_real_successful_adversarials_inside_the_ball(small_run):
+    from safetensors.torch import load_file
+
+    from robustbench_cl.threat import ThreatModel
+
+    cells = [r for r in _records(small_run) if r["type"] == "cell" and r["examples"]]
+    assert cells, "no cell kept examples"
+    for record in cells:
+        tensors = load_file(str(small_run / record["examples"]))
+        threat = ThreatModel.from_dict(record["threat"])
+        assert 0 < len(tensors["index"]) <= 3
+        threat.check(tensors["adversarial"], tensors["clean"])  # raises outside the ball
+        assert (tensors["adversarial_prediction"] != tensors["label"]).all()
+        assert (tensors["clean_prediction"] == tensors["label"]).all()
+        outcomes = torch.tensor(record["outcomes"])
+        assert (outcomes[tensors["index"]] == 0).all()  # each example was broken in this cell

@@ -1,19 +1,302 @@
-"""The HTML report: self-contained, and every string from a config is escaped."""
+"""Reports: results.json against its schema, the HTML sections, escaping, no external URL,
+PII masking, compare, the size budget, and a real headless-Chromium render."""
 
 from __future__ import annotations
 
+import copy
+import json
+import os
 import re
+import shutil
+from html.parser import HTMLParser
 from pathlib import Path
 
-from robustbench_cl.report.html import render_report
+import pytest
+from click.testing import CliRunner
 
-GOLDEN_RUN = Path(__file__).parent / "golden" / "run"
+from robustbench_cl.cli.main import cli
+from robustbench_cl.engine.results import (
+    SCHEMA_VERSION,
+    load_results,
+    results_schema,
+    validate_results,
+)
+from robustbench_cl.report.html import compare_results, render_report, render_results
+from robustbench_cl.report.media import mask_pii, truncate
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).parent / "golden"
+GOLDEN_RUN = GOLDEN / "run"
+QUICKSTART = ROOT / "reports" / "quickstart"
+UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+PAYLOAD = "<script>document.documentElement.setAttribute('data-pwned','1')</script>"
+IMG_PAYLOAD = "<img src=x onerror=\"document.documentElement.setAttribute('data-pwned','2')\">"
 
 
-def test_report_escapes_config_strings_and_is_self_contained():
-    html = render_report(GOLDEN_RUN)
-    assert "&lt;b&gt;undefended&lt;/b&gt;" in html
-    assert "<b>undefended" not in html
-    assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", html)
-    assert "<script src" not in html
-    assert "Worst case over attacks" in html and "linf 0.2" in html
+class _Outline(HTMLParser):
+    """Section ids, every URL-bearing attribute, and the text of script elements."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sections: list[str] = []
+        self.urls: list[str] = []
+        self.scripts: list[str] = []
+        self._in_script = False
+
+    def handle_starttag(self, tag, attrs):  # noqa: ANN001
+        attrs = dict(attrs)
+        if tag == "section" and "id" in attrs:
+            self.sections.append(attrs["id"])
+        for name in ("src", "href", "xlink:href", "action"):
+            if attrs.get(name):
+                self.urls.append(attrs[name])
+        self._in_script = tag == "script"
+
+    def handle_endtag(self, tag):  # noqa: ANN001
+        self._in_script = False
+
+    def handle_data(self, data):  # noqa: ANN001
+        if self._in_script:
+            self.scripts.append(data)
+
+
+def outline(html: str) -> _Outline:
+    parser = _Outline()
+    parser.feed(html)
+    return parser
+
+
+def external_urls(html: str) -> list[str]:
+    parsed = outline(html)
+    found = [u for u in parsed.urls if re.match(r"\s*(https?:)?//", u)]
+    found += re.findall(r"url\(\s*['\"]?\s*(?:https?:)?//[^)]*\)", html)
+    return found
+
+
+def hostile_results() -> dict:
+    """The golden run with every display name replaced by markup that would run if unescaped."""
+    results = load_results(GOLDEN_RUN)
+    for pair in results["pairs"]:
+        pair["label"] = pair["model"] = f"{PAYLOAD} / {IMG_PAYLOAD}"
+    for cell in results["cells"]:
+        cell["pair"] = PAYLOAD
+        cell["attack"]["label"] = IMG_PAYLOAD
+        cell["column"] = f"{IMG_PAYLOAD} linf"
+        for flag in cell["flags"]:
+            flag["message"] = PAYLOAD
+    results["run"]["command"] = PAYLOAD
+    results["run"]["suite"] = PAYLOAD
+    return results
+
+
+def privacy_results() -> dict:
+    results = load_results(GOLDEN_RUN)
+    cell = results["cells"][0]
+    cell["privacy"] = {
+        "plr": 0.25,
+        "tsr": 0.9,
+        "utility": 0.8,
+        "pii_examples": [{"kind": "email", "text": "john.doe@example.com"}],
+    }
+    cell["membership"] = {
+        "fpr": [0.0, 0.001, 0.01, 0.1, 1.0],
+        "tpr": [0.0, 0.004, 0.03, 0.2, 1.0],
+        "auc": 0.61,
+        "tpr_at_low_fpr": {"0.001": 0.004, "0.01": 0.03},
+    }
+    cell["llm_examples"] = [{"prompt": "Tell me " + "x" * 1000, "completion": PAYLOAD}]
+    return results
+
+
+# ---------------------------------------------------------------------- results.json
+def test_results_json_follows_the_schema_and_the_golden_file():
+    results = load_results(GOLDEN_RUN)
+    validate_results(results)
+    results["run"].pop("command")  # holds nothing machine-specific, but keep the golden stable
+    text = json.dumps(results, indent=1, sort_keys=True) + "\n"
+    path = GOLDEN / "results.json"
+    if UPDATE or not path.exists():
+        path.write_text(text)
+    assert text == path.read_text(), "results.json changed; UPDATE_GOLDEN=1 if intended"
+
+
+def test_results_json_numbers_are_numbers_and_cells_carry_their_threat():
+    results = load_results(QUICKSTART)
+    validate_results(results)
+    assert results["schema_version"] == SCHEMA_VERSION
+    for cell in results["cells"]:
+        assert isinstance(cell["robust_accuracy"], float)
+        assert all(isinstance(v, float) for v in cell["robust_ci95"])
+        assert {"norm", "eps", "bounds", "space"} <= set(cell["threat"])
+        assert set(cell["cost"]) == {"forward", "backward", "queries"}
+    assert results["flag_count"] == sum(len(c["flags"]) for c in results["cells"])
+
+
+def test_the_schema_rejects_a_malformed_result():
+    import jsonschema
+
+    results = load_results(GOLDEN_RUN)
+    broken = copy.deepcopy(results)
+    broken["cells"][0]["robust_accuracy"] = "72%"
+    with pytest.raises(jsonschema.ValidationError):
+        validate_results(broken)
+    broken = copy.deepcopy(results)
+    broken["cells"][0]["threat"]["norm"] = "linfinity"
+    with pytest.raises(jsonschema.ValidationError):
+        validate_results(broken)
+
+
+def test_the_schema_doc_describes_every_field():
+    doc = (ROOT / "docs" / "results-schema.md").read_text()
+    schema = results_schema()
+    assert f"`{SCHEMA_VERSION}`" in doc
+    names = set(schema["properties"])
+    for definition in ("cell", "pair", "worst_case"):
+        names |= set(schema["$defs"][definition]["properties"])
+    names |= set(schema["properties"]["run"]["properties"])
+    missing = sorted(name for name in names if f"`{name}`" not in doc)
+    assert not missing, f"docs/results-schema.md does not describe {missing}"
+
+
+# ---------------------------------------------------------------------- HTML
+def test_quickstart_report_has_every_section_with_data():
+    html = render_report(QUICKSTART)
+    sections = outline(html).sections
+    for section in ("threats", "matrix", "worst", "curves", "cost", "examples", "reproduce"):
+        assert section in sections, section
+    assert ("sanity" in sections) == (load_results(QUICKSTART)["flag_count"] > 0)
+    assert "<svg" in html and "data:image/png;base64," in html
+    assert "robustbench-cl run quickstart" in html  # reproduce: the exact command
+    assert load_results(QUICKSTART)["run"]["config_hash"] in html
+    # no data, no section
+    assert "privacy" not in sections and "llm" not in sections
+
+
+def test_sections_without_data_are_left_out():
+    sections = outline(render_report(GOLDEN_RUN)).sections
+    assert "examples" not in sections  # the golden run kept no example images
+    assert load_results(GOLDEN_RUN)["flag_count"] == 0 and "sanity" not in sections
+    assert "matrix" in sections and "curves" in sections
+
+
+def test_display_names_and_hostile_strings_are_escaped():
+    html = render_results(hostile_results())
+    assert "&lt;script&gt;document.documentElement" in html
+    assert PAYLOAD not in html and "<img src=x" not in html
+    scripts = outline(html).scripts
+    assert scripts and not any("data-pwned" in script for script in scripts)
+
+
+def test_report_has_no_external_url():
+    for html in (render_report(QUICKSTART), render_results(privacy_results())):
+        assert external_urls(html) == []
+        assert "<script src" not in html and "<link" not in html
+
+
+def test_privacy_and_llm_sections_mask_and_truncate():
+    html = render_results(privacy_results())
+    sections = outline(html).sections
+    assert "privacy" in sections and "llm" in sections
+    assert "john.doe@example.com" not in html and mask_pii("john.doe@example.com") in html
+    assert html.count("<svg") >= 2  # privacy-utility scatter and the log-log ROC
+    assert "x" * 500 not in html
+    assert "&lt;script&gt;" in html
+
+
+def test_mask_pii_keeps_shape_but_not_content():
+    assert mask_pii("john.doe@example.com") == "j***.d**@e******.c**"
+    assert mask_pii("+1 (555) 123-4567") == "+* (***) ***-****"
+    assert truncate("abc", 10) == "abc" and len(truncate("a" * 50, 10)) == 10
+
+
+def test_quickstart_report_fits_the_size_budget():
+    html = render_report(QUICKSTART)
+    assert len(html.encode("utf-8")) <= 3 * 1024 * 1024
+
+
+# ---------------------------------------------------------------------- compare
+def test_compare_matches_cells_and_shows_deltas(tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(GOLDEN_RUN, other)
+    lines = (other / "cells.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    assert first["type"] == "clean"
+    index = first["correct"].index(1)
+    first["correct"][index] = 0
+    first["clean_accuracy"] = sum(first["correct"]) / first["n"]
+    lines[0] = json.dumps(first)
+    (other / "cells.jsonl").write_text("\n".join(lines) + "\n")
+
+    comparison = compare_results([load_results(GOLDEN_RUN), load_results(other)])
+    clean = next(r for r in comparison["rows"] if r["cell"] == "clean")
+    assert clean["deltas"][0] == 0 and clean["deltas"][1] == pytest.approx(-1 / first["n"])
+    assert all(len(row["values"]) == 2 for row in comparison["rows"])
+
+    output = tmp_path / "compare.html"
+    result = CliRunner().invoke(
+        cli, ["compare", str(GOLDEN_RUN), str(other), "-o", str(output)], env={"COLUMNS": "160"}
+    )
+    assert result.exit_code == 0, result.output
+    assert "delta" in result.stdout and f"{-100 / first['n']:+.1f}" in result.stdout
+    html = output.read_text()
+    assert external_urls(html) == [] and "&lt;b&gt;undefended&lt;/b&gt;" in html
+
+
+def test_compare_needs_two_runs():
+    result = CliRunner().invoke(cli, ["compare", str(GOLDEN_RUN)])
+    assert result.exit_code == 2 and "at least two" in result.output
+
+
+def test_report_command_writes_results_and_html(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(GOLDEN_RUN, run)
+    result = CliRunner().invoke(cli, ["report", str(run), "-o", str(tmp_path / "r.html")])
+    assert result.exit_code == 0, result.output
+    validate_results(json.loads((run / "results.json").read_text()))
+    assert 'id="matrix"' in (tmp_path / "r.html").read_text()
+
+
+# ---------------------------------------------------------------------- a real browser
+@pytest.fixture(scope="module")
+def chromium():
+    from robustbench_cl.report.browser import find_chromium
+
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip(
+            "Chromium is not installed and could not be installed: .ci/run and `make test` "
+            "install Debian's chromium with apt-get when they run as root"
+        )
+    return binary
+
+
+@pytest.mark.xdist_group("chromium")
+def test_chromium_renders_the_quickstart_report(chromium, tmp_path):
+    from PIL import Image, ImageStat
+
+    from robustbench_cl.report.browser import render, screenshot
+
+    page = tmp_path / "report.html"
+    page.write_text(render_report(QUICKSTART), encoding="utf-8")
+    rendered = render(page)
+    assert rendered.js_ran, "the report's script did not run to its end"
+    assert rendered.js_errors == 0 and "Uncaught" not in rendered.console, rendered.console
+    assert 'id="matrix"' in rendered.dom
+
+    png = screenshot(page, tmp_path / "report.png", width=1200, height=900)
+    image = Image.open(png).convert("L")
+    assert image.size == (1200, 900)
+    stats = ImageStat.Stat(image)
+    assert stats.stddev[0] > 10, "the screenshot is blank"
+    assert image.getextrema()[0] < 80, "no dark text or plot on the page"
+
+
+@pytest.mark.xdist_group("chromium")
+def test_chromium_runs_no_script_from_data(chromium, tmp_path):
+    from robustbench_cl.report.browser import render
+
+    page = tmp_path / "hostile.html"
+    page.write_text(render_results(hostile_results()), encoding="utf-8")
+    rendered = render(page)
+    assert rendered.js_ran and rendered.js_errors == 0
+    assert "data-pwned" not in rendered.dom.split(">", 1)[0]

@@ -217,13 +217,24 @@ def show(run_dir: Path, as_json: bool) -> None:
     default=None,
     help="HTML file to write (default RUN_DIR/report.html).",
 )
-def report(run_dir: Path, output: Path | None) -> None:
+@click.option(
+    "--screenshot",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also save a PNG of the rendered report (needs Chromium).",
+)
+def report(run_dir: Path, output: Path | None, screenshot: Path | None) -> None:
     """Write RUN_DIR's results.json and its self-contained HTML report."""
     from robustbench_cl.engine.results import write_results
     from robustbench_cl.report.html import write_report
 
     console.print(f"results: {write_results(run_dir)}")
-    console.print(f"report: {write_report(run_dir, output)}")
+    path = write_report(run_dir, output)
+    console.print(f"report: {path}")
+    if screenshot is not None:
+        from robustbench_cl.report.browser import screenshot as take_screenshot
+
+        console.print(f"screenshot: {take_screenshot(path, screenshot)}")
 
 
 @cli.command()

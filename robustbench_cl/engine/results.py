@@ -58,7 +58,7 @@ def _cell_entry(cell: dict[str, Any], pair_label: str) -> dict[str, Any]:
         "column": column_label(cell),
         "threat": cell["threat"],
         "threat_label": threat_label(cell["threat"]),
-        "adaptive": cell.get("adaptive", True),
+        "adaptive": cell.get("adaptive", cell["threat"].get("access") != "transfer"),
         "cascade": bool(cell.get("cascade", True)),
         "n": cell["n"],
         "attacked": cell["attacked"],
