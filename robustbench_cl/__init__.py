@@ -7,6 +7,7 @@ threat = rbcl.ThreatModel(norm="linf", eps=0.1)
 attack = rbcl.make_attack("pgd", steps=10, step_size=0.025, random_start=False)
 result = attack(model, x, y, threat)
 run_dir = rbcl.run("quickstart", out="runs/demo")
+rbcl.write_report(run_dir)
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from robustbench_cl.attacks import Attack, AttackResult, Cost, make_attack
 from robustbench_cl.data import TensorData, load_dataset
 from robustbench_cl.defenses import Defense, make_defense
 from robustbench_cl.engine import load_config, load_run, run
+from robustbench_cl.engine.results import load_results
 from robustbench_cl.errors import ThreatModelViolation, UserError
 from robustbench_cl.models import Frozen, Normalize, Preprocessed, load_model
 from robustbench_cl.registry import list_attacks, list_datasets, list_defenses, list_models
+from robustbench_cl.report.html import write_report
 from robustbench_cl.threat import Budget, ThreatModel
 
 __all__ = [
@@ -42,8 +45,10 @@ __all__ = [
     "load_config",
     "load_dataset",
     "load_model",
+    "load_results",
     "load_run",
     "make_attack",
     "make_defense",
     "run",
+    "write_report",
 ]

@@ -300,3 +300,13 @@ def test_chromium_runs_no_script_from_data(chromium, tmp_path):
     rendered = render(page)
     assert rendered.js_ran and rendered.js_errors == 0
     assert "data-pwned" not in rendered.dom.split(">", 1)[0]
+
+
+def test_python_api_writes_the_report(tmp_path):
+    import robustbench_cl as rbcl
+
+    run = tmp_path / "run"
+    shutil.copytree(GOLDEN_RUN, run)
+    path = rbcl.write_report(run)
+    assert path == run / "report.html" and 'id="worst"' in path.read_text()
+    assert rbcl.load_results(run)["schema_version"] == SCHEMA_VERSION
