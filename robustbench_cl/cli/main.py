@@ -114,12 +114,12 @@ def _write_report(run_dir: Path) -> None:
 
 
 def _print_summary(summary: Any) -> None:
-    from robustbench_cl.report.table import flags_table, matrix_table
+    from robustbench_cl.report.table import flags_table, matrix_table, membership_table
 
     stdout.print(matrix_table(summary))
-    flags = flags_table(summary)
-    if flags is not None:
-        stdout.print(flags)
+    for extra in (membership_table(summary), flags_table(summary)):
+        if extra is not None:
+            stdout.print(extra)
 
 
 def _summary_json(summary: Any) -> dict[str, Any]:
@@ -143,6 +143,19 @@ def _summary_json(summary: Any) -> dict[str, Any]:
                     for cell in pair.cells
                 ],
                 "worst_case": [asdict(w) for w in pair.worst_case],
+                **(
+                    {
+                        "membership": [
+                            {
+                                "attack": r["attack"].get("name") or r["attack"]["attack"],
+                                **{k: r[k] for k in ("auc", "auc_ci95", "tpr_at_fpr", "advantage")},
+                            }
+                            for r in pair.membership
+                        ]
+                    }
+                    if pair.membership
+                    else {}
+                ),
             }
             for pair in summary.pairs
         ],

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from robustbench_cl.errors import UserError
 from robustbench_cl.utils import stable_hash
@@ -80,6 +87,23 @@ class AttackConfig(_Strict):
         return self.name or self.attack
 
 
+class MembershipConfig(_Strict):
+    """A membership-inference column: ``loss``, ``lira``, ``rmia`` or ``art-blackbox``.
+
+    ``n`` members (from ``data.train_split``) and ``n`` non-members (from ``data.split``) are
+    audited; by default half the evaluation split, the other half being RMIA's population z.
+    """
+
+    attack: str
+    name: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    n: int | None = Field(default=None, ge=2)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.attack
+
+
 class EngineConfig(_Strict):
     batch_size: int = Field(default=256, ge=1)
     cascade: bool = True
@@ -97,8 +121,15 @@ class MatrixConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     models: list[ModelConfig] = Field(min_length=1)
     defenses: list[DefenseConfig] = Field(default_factory=lambda: [DefenseConfig()])
-    attacks: list[AttackConfig] = Field(min_length=1)
+    attacks: list[AttackConfig] = Field(default_factory=list)
+    membership: list[MembershipConfig] = Field(default_factory=list)
     engine: EngineConfig = Field(default_factory=EngineConfig)
+
+    @model_validator(mode="after")
+    def _has_columns(self) -> MatrixConfig:
+        if not self.attacks and not self.membership:
+            raise ValueError("a config needs at least one entry in attacks or membership")
+        return self
 
     def config_hash(self) -> str:
         return stable_hash(self.model_dump(mode="json"))
@@ -144,7 +175,8 @@ def _format_validation_error(error: ValidationError, model: type[BaseModel]) -> 
         return UserError(where, "unknown config key", f"allowed keys here: {allowed}")
     if first["type"] == "missing":
         return UserError(where, "required key is missing", "add it to the config")
-    return UserError(where, first["msg"].rstrip("."), "fix the value in the config")
+    message = first["msg"].removeprefix("Value error, ").rstrip(".")
+    return UserError(where, message, "fix the value in the config")
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

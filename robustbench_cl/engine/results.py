@@ -30,7 +30,7 @@ SCHEMA_VERSION = "1.0"
 SCHEMA_PATH = Path(__file__).with_name("results.schema.json")
 
 #: optional sections that tasks beyond classification attach to their cell records
-EXTRA_SECTIONS = ("privacy", "membership", "llm_examples")
+EXTRA_SECTIONS = ("privacy", "llm_examples")
 
 
 @cache
@@ -133,7 +133,44 @@ def build_results(summary: RunSummary) -> dict[str, Any]:
         "cells": cells,
         "flag_count": sum(len(cell["flags"]) for cell in cells),
     }
+    audits = [_membership_entry(r, pair.label) for pair in summary.pairs for r in pair.membership]
+    if audits:
+        results["membership"] = audits
     return results
+
+
+def _membership_entry(record: dict[str, Any], pair_label: str) -> dict[str, Any]:
+    attack = record["attack"]
+    keys = (
+        "n_members",
+        "n_nonmembers",
+        "fpr_resolution",
+        "auc",
+        "auc_ci95",
+        "advantage",
+        "advantage_ci95",
+        "tpr_at_fpr",
+        "tpr_at_fpr_ci95",
+        "bootstrap",
+        "fpr",
+        "tpr",
+        "reference_models",
+        "offline",
+        "population_z",
+        "wall_time",
+    )
+    return {
+        "id": record["id"],
+        "pair_id": record["pair_id"],
+        "pair": pair_label,
+        "attack": {
+            "attack": attack["attack"],
+            "label": attack.get("name") or attack["attack"],
+            "params": attack.get("params", {}),
+            "settings": attack.get("settings", {}),
+        },
+        **{key: record[key] for key in keys},
+    }
 
 
 def validate_results(results: dict[str, Any]) -> None:

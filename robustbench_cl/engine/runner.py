@@ -38,6 +38,7 @@ from robustbench_cl.engine.config import (
     ModelConfig,
     load_config,
 )
+from robustbench_cl.engine.membership import MembershipAudit, MembershipCell, expand_membership
 from robustbench_cl.engine.metrics import wilson_interval
 from robustbench_cl.engine.results import write_results
 from robustbench_cl.engine.store import ResultsStore, write_json_atomic
@@ -86,6 +87,10 @@ class Pair:
     model: ModelConfig
     defense: DefenseConfig
     cells: list[Cell] = field(default_factory=list)
+    membership: list[MembershipCell] = field(default_factory=list)
+
+    def record_ids(self) -> list[str]:
+        return [c.id for c in self.cells] + [c.id for c in self.membership]
 
 
 def expand(config: MatrixConfig) -> list[Pair]:
@@ -114,6 +119,9 @@ def expand(config: MatrixConfig) -> list[Pair]:
                 }
             )
             pair = Pair(pair_id, model, defense)
+            pair.membership = expand_membership(
+                config.membership, model, defense, pair_id, config.seed
+            )
             for index, attack in enumerate(config.attacks):
                 try:
                     built = make_attack(attack.attack, **attack.params)
@@ -211,6 +219,7 @@ class Runner:
         self.progress = progress
         self.store = ResultsStore(run_dir / "cells.jsonl")
         self._train: TensorData | None = None
+        self._audit: MembershipAudit | None = None
 
     # ------------------------------------------------------------------ data and models
     def load_data(self) -> None:
@@ -407,14 +416,14 @@ class Runner:
         else:
             self.store.clear()
         records = {r["id"]: r for r in self.store.read()} if resume else {}
-        all_cells = [cell for pair in pairs for cell in pair.cells]
-        todo = [c for c in all_cells if c.id not in records]
-        self.progress.run_started(len(all_cells), len(todo))
+        all_ids = [record_id for pair in pairs for record_id in pair.record_ids()]
+        todo = [i for i in all_ids if i not in records]
+        self.progress.run_started(len(all_ids), len(todo))
         for pair in pairs:
-            missing = [c for c in pair.cells if c.id not in records]
+            missing = [i for i in pair.record_ids() if i not in records]
             if not missing and pair.id in records:
-                for cell in pair.cells:
-                    self.progress.cell_done(records[cell.id], skipped=True)
+                for record_id in pair.record_ids():
+                    self.progress.cell_done(records[record_id], skipped=True)
                 continue
             model = self.build_model(pair)
             if pair.id not in records:
@@ -439,7 +448,28 @@ class Runner:
                     self.progress.cell_done(record, skipped=False)
                 outcomes = torch.tensor(record["outcomes"], device=self.device)
                 robust_in_group[cell.group_id] = alive & (outcomes != BROKEN)
-        return [records[p.id] for p in pairs] + [records[c.id] for c in all_cells]
+            for cell in pair.membership:
+                if cell.id in records:
+                    self.progress.cell_done(records[cell.id], skipped=True)
+                    continue
+                label = (
+                    f"{cell.model.label} | {cell.defense.label} | membership {cell.config.label}"
+                )
+                self.progress.cell_started(label, 1)
+                record = self.membership_audit().run(cell, model, self.progress)
+                self.store.append(record)
+                records[cell.id] = record
+                self.progress.batch_done()
+                self.progress.cell_done(record, skipped=False)
+        return [records[p.id] for p in pairs] + [records[i] for i in all_ids]
+
+    def membership_audit(self) -> MembershipAudit:
+        if self._audit is None:
+            evaluation = load_dataset(self.config.data.name, split=self.config.data.split)
+            self._audit = MembershipAudit(
+                self.train_data(), evaluation, self.config.seed, self.device
+            )
+        return self._audit
 
 
 def _check_eps_against_data(pairs: list[Pair], x: torch.Tensor) -> None:

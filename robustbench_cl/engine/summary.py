@@ -53,6 +53,7 @@ class PairSummary:
     model_spec: str = ""
     defense_id: str = ""
     defense_params: dict[str, Any] = field(default_factory=dict)
+    membership: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -65,6 +66,10 @@ class RunSummary:
     meta: dict[str, Any]
     pairs: list[PairSummary]
     columns: list[str]
+
+    @property
+    def has_membership(self) -> bool:
+        return any(pair.membership for pair in self.pairs)
 
     @property
     def flag_count(self) -> int:
@@ -99,6 +104,7 @@ def summarize_records(
 ) -> RunSummary:
     cleans = {r["id"]: r for r in records if r["type"] == "clean"}
     cells = [r for r in records if r["type"] == "cell"]
+    audits = [r for r in records if r["type"] == "membership"]
     pairs: list[PairSummary] = []
     columns: list[str] = []
     for pair_id, clean in cleans.items():
@@ -115,6 +121,7 @@ def summarize_records(
             model_spec=clean["model"]["spec"],
             defense_id=clean["defense"]["defense"],
             defense_params=dict(clean["defense"].get("params", {})),
+            membership=[r for r in audits if r["pair_id"] == pair_id],
         )
         groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for cell in pair_cells:

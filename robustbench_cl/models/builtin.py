@@ -42,29 +42,44 @@ def digits_cnn_architecture(width: int = 16) -> nn.Module:
     )
 
 
+def train_digits_cnn(x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
+    """The digits-cnn recipe on any (x, y): also how membership reference models are trained."""
+    from robustbench_cl.models.training import train_classifier
+
+    torch.manual_seed(seed)
+    model = digits_cnn_architecture()
+    train_classifier(
+        model,
+        x,
+        y,
+        epochs=DIGITS_CNN_RECIPE["epochs"],
+        lr=DIGITS_CNN_RECIPE["lr"],
+        batch_size=DIGITS_CNN_RECIPE["batch_size"],
+        seed=seed,
+    )
+    return model.eval()
+
+
+#: builtin name -> (architecture factory, trainer on (x, y, seed), recipe) for reference models
+REFERENCE_RECIPES = {
+    "digits-cnn": (digits_cnn_architecture, train_digits_cnn, DIGITS_CNN_RECIPE),
+}
+
+
 @register_model("digits-cnn")
 def digits_cnn() -> nn.Module:
     """Small CNN on scikit-learn digits, trained on first use (about 97% test accuracy)."""
     from robustbench_cl.data import load_dataset
-    from robustbench_cl.models.training import accuracy, train_classifier
+    from robustbench_cl.models.training import accuracy
 
     path = cache_home() / "models" / f"digits-cnn-{stable_hash(DIGITS_CNN_RECIPE, 8)}"
-    torch.manual_seed(DIGITS_CNN_RECIPE["seed"])
-    model = digits_cnn_architecture()
     with artifact_lock(path):
         if artifact_exists(path):
-            return load_artifact_weights(path, model).eval()
+            torch.manual_seed(DIGITS_CNN_RECIPE["seed"])
+            return load_artifact_weights(path, digits_cnn_architecture()).eval()
         logger.info("training builtin:digits-cnn on first use (cached at %s)", path)
         train = load_dataset("digits", split="train")
-        train_classifier(
-            model,
-            train.x,
-            train.y,
-            epochs=DIGITS_CNN_RECIPE["epochs"],
-            lr=DIGITS_CNN_RECIPE["lr"],
-            batch_size=DIGITS_CNN_RECIPE["batch_size"],
-            seed=DIGITS_CNN_RECIPE["seed"],
-        )
+        model = train_digits_cnn(train.x, train.y, DIGITS_CNN_RECIPE["seed"])
         test = load_dataset("digits", split="test")
         config = dict(DIGITS_CNN_RECIPE, test_accuracy=accuracy(model, test.x, test.y))
         save_artifact(path, model, config)

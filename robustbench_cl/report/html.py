@@ -100,20 +100,24 @@ def _examples(results: dict[str, Any], run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _privacy(results: dict[str, Any]) -> dict[str, Any] | None:
-    rows, curves = [], []
-    for cell in results["cells"]:
-        label = f"{cell['pair']} | {cell['attack']['label']}"
-        if "privacy" in cell:
-            rows.append(dict(cell["privacy"], label=label))
-        if "membership" in cell:
-            curves.append(dict(cell["membership"], label=label))
-    if not rows and not curves:
+    rows = [
+        dict(cell["privacy"], label=f"{cell['pair']} | {cell['attack']['label']}")
+        for cell in results["cells"]
+        if "privacy" in cell
+    ]
+    audits = results.get("membership", [])
+    if not rows and not audits:
         return None
+    by_pair: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for audit in audits:
+        by_pair[audit["pair"]].append(dict(audit, label=audit["attack"]["label"]))
+    alphas = sorted({a for audit in audits for a in audit["tpr_at_fpr"]}, key=float, reverse=True)
     return {
         "rows": rows,
         "scatter": plots.privacy_utility(rows),
-        "roc": plots.membership_roc(curves),
-        "curves": curves,
+        "membership": audits,
+        "alphas": alphas,
+        "rocs": [(pair, plots.membership_roc(curves)) for pair, curves in by_pair.items()],
     }
 
 

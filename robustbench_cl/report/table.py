@@ -122,3 +122,36 @@ def comparison_table(comparison: dict[str, Any]) -> Table:
                 values.append(_delta(delta))
         table.add_row(row["pair"], row["cell"], *values)
     return table
+
+
+def membership_table(summary: RunSummary) -> Table | None:
+    """Membership inference per (model, defense): AUC, TPR at low FPR, advantage."""
+    rows = [(pair, record) for pair in summary.pairs for record in pair.membership]
+    if not rows:
+        return None
+    alphas = sorted({a for _, r in rows for a in r["tpr_at_fpr"]}, key=float, reverse=True)
+    n_out = rows[0][1]["n_nonmembers"]
+    table = Table(
+        title=f"membership inference ({rows[0][1]['n_members']} members / {n_out} non-members; "
+        f"FPR resolution {100 / max(n_out, 1):.2g}%)",
+        title_justify="left",
+    )
+    for name in ("model / defense", "attack", "AUC", "95% CI"):
+        table.add_column(name, justify="left" if name in ("model / defense", "attack") else "right")
+    for alpha in alphas:
+        table.add_column(f"TPR@{100 * float(alpha):g}%FPR", justify="right")
+    table.add_column("advantage", justify="right")
+    table.add_column("refs", justify="right")
+    for pair, record in rows:
+        low, high = record["auc_ci95"]
+        refs = record["reference_models"]
+        table.add_row(
+            pair.label,
+            record["attack"].get("name") or record["attack"]["attack"],
+            f"{record['auc']:.3f}",
+            f"{low:.3f}-{high:.3f}",
+            *[_percent(record["tpr_at_fpr"][a]) for a in alphas],
+            f"{record['advantage']:.3f}",
+            f"{refs}{' off' if record['offline'] else ''}" if refs else "-",
+        )
+    return table

@@ -1,0 +1,325 @@
+"""Membership inference: does the model give away which examples it was trained on?
+
+Every attack maps (target model, examples) to a score per example, higher meaning "member":
+
+- ``loss`` (Yeom et al. 2018): minus the per-example cross-entropy. No reference models.
+- ``lira`` (Carlini et al. 2022), online and offline: a likelihood-ratio test on the logit-scaled
+  confidence ``phi = logit_y - logsumexp(other logits)`` against Gaussians fitted to reference
+  models trained with and without the example. Global (fixed) variances, as Carlini et al.
+  recommend below 64 reference models. Offline uses the OUT models only (one-sided test).
+- ``rmia`` (Zarifzadeh et al. 2024): the ratio ``Pr(x|target) / Pr(x)``, with ``Pr(x)`` averaged
+  over reference models (offline: the linear correction with ``a``), compared with population
+  samples ``z`` by ``LR(x, z) > gamma``; the score is the fraction of ``z`` that ``x`` beats.
+- ``art-blackbox``: ART's ``MembershipInferenceBlackBox`` as a baseline (an attack model fitted
+  on half of the labelled examples, scoring the other half; two folds).
+
+Reference models are trained by a :class:`ReferenceRecipe` on random halves of a population,
+each example IN for exactly half of them (the paired design of LiRA and RMIA), and cached as
+safetensors, so a second audit never retrains them. Everything is batched on the model's device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustbench_cl.errors import UserError
+from robustbench_cl.models.artifacts import (
+    artifact_exists,
+    artifact_lock,
+    load_artifact_weights,
+    save_artifact,
+)
+from robustbench_cl.registry import Registry
+from robustbench_cl.utils import cache_home, stable_hash
+
+logger = logging.getLogger(__name__)
+
+MEMBERSHIP_ATTACKS: Registry[Any] = Registry("membership attack")
+register_membership_attack = MEMBERSHIP_ATTACKS.register
+
+
+# ---------------------------------------------------------------------- signals
+@torch.no_grad()
+def logits_of(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    device = next((p.device for p in model.parameters()), x.device)
+    return torch.cat(
+        [model(x[i : i + batch_size].to(device)).float() for i in range(0, len(x), batch_size)]
+    )
+
+
+def scaled_confidence(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``log(p_y / (1 - p_y))``, computed stably as ``logit_y - logsumexp(other logits)``."""
+    y = y.to(logits.device)
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.scatter(1, y[:, None], float("-inf"))
+    return true - torch.logsumexp(others, dim=1)
+
+
+def true_class_probability(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return logits.softmax(1).gather(1, y.to(logits.device)[:, None]).squeeze(1)
+
+
+# ---------------------------------------------------------------------- reference models
+@dataclass
+class ReferenceRecipe:
+    """How to train a model like the target: ``key`` identifies the recipe in the cache."""
+
+    key: dict[str, Any]
+    architecture: Callable[[], nn.Module]
+    train: Callable[[torch.Tensor, torch.Tensor, int], nn.Module]
+
+
+@dataclass
+class ReferenceSet:
+    """Reference models' signals on the audited examples and on the population samples."""
+
+    phi: torch.Tensor  # (K, N) scaled confidence on the audited examples
+    prob: torch.Tensor  # (K, N) true-class probability on the audited examples
+    inside: torch.Tensor  # (K, N) bool: example n was in model k's training half
+    population_prob: torch.Tensor | None = None  # (K, M) on the population samples z
+    population_inside: torch.Tensor | None = None  # (K, M)
+    trained: int = 0  # how many reference models had to be trained (0 = all from cache)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def paired_halves(n: int, k: int, seed: int) -> torch.Tensor:
+    """(k, n) bool: every example is IN for exactly half of the k models (k even)."""
+    if k < 2 or k % 2:
+        raise UserError("reference_models", f"must be an even number >= 2, got {k}", "use e.g. 8")
+    generator = torch.Generator().manual_seed(seed)
+    ranks = torch.rand(n, k, generator=generator).argsort(1).argsort(1)
+    return (ranks < k // 2).T.contiguous()
+
+
+def reference_models(
+    recipe: ReferenceRecipe,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    k: int,
+    seed: int,
+    device: torch.device | str = "cpu",
+    on_model: Callable[[int, int], None] | None = None,
+) -> tuple[list[nn.Module], torch.Tensor, int]:
+    """Train (or load) k reference models on paired random halves of the population (x, y)."""
+    inside = paired_halves(len(y), k, seed)
+    models, trained = [], 0
+    digest = hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(y.detach().cpu().contiguous().numpy().tobytes())
+    population_key = digest.hexdigest()[:16]
+    for index in range(k):
+        key = stable_hash(
+            {"recipe": recipe.key, "population": population_key, "k": k, "seed": seed, "i": index}
+        )
+        path = cache_home() / "membership" / f"reference-{key}"
+        with artifact_lock(path):
+            if artifact_exists(path):
+                model = load_artifact_weights(path, recipe.architecture())
+            else:
+                chosen = inside[index]
+                model = recipe.train(x[chosen], y[chosen], seed * 1000 + index)
+                model = getattr(model, "model", model)  # unwrap Frozen
+                save_artifact(path, model, {"recipe": recipe.key, "index": index, "k": k})
+                trained += 1
+        model.eval().requires_grad_(False)
+        models.append(model.to(device))
+        if on_model is not None:
+            on_model(index + 1, k)
+    return models, inside, trained
+
+
+# ---------------------------------------------------------------------- attacks
+class MembershipAttack:
+    name: ClassVar[str] = "membership"
+    #: whether the attack needs reference models (LiRA, RMIA)
+    uses_references: ClassVar[bool] = False
+    #: whether the attack needs population samples z (RMIA)
+    uses_population: ClassVar[bool] = False
+
+    def settings(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def score(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        references: ReferenceSet | None = None,
+        population: tuple[torch.Tensor, torch.Tensor] | None = None,
+        members: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@register_membership_attack("loss")
+class LossAttack(MembershipAttack):
+    """Yeom et al.: members have lower loss. Score = minus the cross-entropy."""
+
+    name = "loss"
+
+    def score(self, model, x, y, references=None, population=None, members=None):  # noqa: ANN001, ANN201
+        logits = logits_of(model, x)
+        return -F.cross_entropy(logits, y.to(logits.device), reduction="none")
+
+
+@register_membership_attack("lira")
+class LiRA(MembershipAttack):
+    """Carlini et al.: Gaussian likelihood ratio on the logit-scaled confidence."""
+
+    name = "lira"
+    uses_references = True
+
+    def __init__(self, online: bool = True, reference_models: int = 8) -> None:
+        self.online = bool(online)
+        self.reference_models = int(reference_models)
+
+    def score(self, model, x, y, references=None, population=None, members=None):  # noqa: ANN001, ANN201
+        assert references is not None
+        observed = scaled_confidence(logits_of(model, x), y)
+        phi, inside = references.phi.to(observed.device), references.inside.to(observed.device)
+        outside = ~inside
+        mean_out, std_out = _pooled_gaussian(phi, outside)
+        if not self.online:  # one-sided: how far above the OUT distribution
+            return (observed - mean_out) / std_out
+        mean_in, std_in = _pooled_gaussian(phi, inside)
+        normal_in = torch.distributions.Normal(mean_in, std_in)
+        normal_out = torch.distributions.Normal(mean_out, std_out)
+        return normal_in.log_prob(observed) - normal_out.log_prob(observed)
+
+
+def _pooled_gaussian(phi: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example means over the masked models, and one pooled (fixed) standard deviation.
+
+    The variance is pooled over examples after centring each on its own mean: with few
+    reference models a per-example variance is too noisy (Carlini et al., "fixed variance").
+    """
+    count = mask.sum(0)
+    mean = (phi * mask).sum(0) / count.clamp_min(1)
+    residual = ((phi - mean) * mask).pow(2).sum()
+    dof = (count - 1).clamp_min(0).sum().clamp_min(1)
+    return mean, (residual / dof).sqrt().clamp_min(1e-6)
+
+
+@register_membership_attack("rmia")
+class RMIA(MembershipAttack):
+    """Zarifzadeh et al.: pairwise likelihood ratios against population samples."""
+
+    name = "rmia"
+    uses_references = True
+    uses_population = True
+
+    def __init__(
+        self, online: bool = False, reference_models: int = 8, a: float = 0.3, gamma: float = 1.0
+    ) -> None:
+        self.online = bool(online)
+        self.reference_models = int(reference_models)
+        self.a = float(a)
+        self.gamma = float(gamma)
+
+    def _marginal(self, prob: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+        if self.online:
+            return prob.mean(0)
+        outside = ~inside
+        mean_out = (prob * outside).sum(0) / outside.sum(0).clamp_min(1)
+        return 0.5 * ((1 + self.a) * mean_out + (1 - self.a))  # the paper's offline correction
+
+    def score(self, model, x, y, references=None, population=None, members=None):  # noqa: ANN001, ANN201
+        assert references is not None
+        target = true_class_probability(logits_of(model, x), y)
+        device = target.device
+        ratio_x = target / self._marginal(
+            references.prob.to(device), references.inside.to(device)
+        ).clamp_min(1e-12)
+        if population is None or references.population_prob is None:
+            return ratio_x  # the limit of many z: RMIA's score is monotone in this ratio
+        z, z_y = population
+        target_z = true_class_probability(logits_of(model, z), z_y)
+        ratio_z = target_z / self._marginal(
+            references.population_prob.to(device), references.population_inside.to(device)
+        ).clamp_min(1e-12)
+        beats = (ratio_x[:, None] / ratio_z[None, :]) > self.gamma
+        return beats.float().mean(1)
+
+
+@register_membership_attack("art-blackbox")
+class ARTBlackBox(MembershipAttack):
+    """ART's MembershipInferenceBlackBox, cross-fitted on two halves of the labelled examples.
+
+    The attacker is given the membership of half the audited examples to fit its attack model
+    (ART's threat model), and scores the other half; then the halves swap.
+    """
+
+    name = "art-blackbox"
+
+    def __init__(self, input_type: str = "loss", attack_model_type: str = "rf") -> None:
+        if input_type not in ("loss", "prediction"):
+            raise UserError("input_type", f"unknown {input_type!r}", "use loss or prediction")
+        self.input_type = input_type
+        self.attack_model_type = attack_model_type
+
+    def score(self, model, x, y, references=None, population=None, members=None):  # noqa: ANN001, ANN201
+        import numpy as np
+        from art.attacks.inference.membership_inference import MembershipInferenceBlackBox
+        from art.estimators.classification import PyTorchClassifier
+
+        assert members is not None
+        logits = logits_of(model, x[:2])
+        classifier = PyTorchClassifier(
+            model=model,
+            loss=nn.CrossEntropyLoss(),
+            input_shape=tuple(x.shape[1:]),
+            nb_classes=logits.shape[1],
+            clip_values=(0.0, 1.0),
+            device_type="gpu" if logits.is_cuda else "cpu",
+        )
+        x_np, y_np = x.cpu().numpy(), y.cpu().numpy()
+        member = members.cpu().numpy().astype(bool)
+        rng = np.random.default_rng(0)
+        fold = rng.permutation(len(y_np)) % 2
+        scores = np.zeros(len(y_np))
+        for part in (0, 1):
+            fit, evaluate = fold != part, fold == part
+            attack = MembershipInferenceBlackBox(
+                classifier, input_type=self.input_type, attack_model_type=self.attack_model_type
+            )
+            fit_in, fit_out = fit & member, fit & ~member
+            attack.fit(x_np[fit_in], y_np[fit_in], x_np[fit_out], y_np[fit_out])
+            inferred = attack.infer(x_np[evaluate], y_np[evaluate], probabilities=True)
+            scores[evaluate] = np.asarray(inferred).reshape(len(inferred), -1)[:, -1]
+        return torch.as_tensor(scores, dtype=torch.float32)
+
+
+def make_membership_attack(name: str, **params: Any) -> MembershipAttack:
+    return MEMBERSHIP_ATTACKS.create(name, **params)
+
+
+def reference_signals(
+    models: list[nn.Module],
+    inside_population: torch.Tensor,
+    audited: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    z_index: torch.Tensor | None = None,
+) -> ReferenceSet:
+    """Signals of the reference models on the audited population indices (and on z)."""
+    phi, prob, z_prob = [], [], []
+    for model in models:
+        logits = logits_of(model, x[audited])
+        phi.append(scaled_confidence(logits, y[audited]))
+        prob.append(true_class_probability(logits, y[audited]))
+        if z_index is not None:
+            z_prob.append(true_class_probability(logits_of(model, x[z_index]), y[z_index]))
+    return ReferenceSet(
+        phi=torch.stack(phi),
+        prob=torch.stack(prob),
+        inside=inside_population[:, audited],
+        population_prob=torch.stack(z_prob) if z_index is not None else None,
+        population_inside=inside_population[:, z_index] if z_index is not None else None,
+    )
