@@ -98,12 +98,31 @@ def privacy_results() -> dict:
         "utility": 0.8,
         "pii_examples": [{"kind": "email", "text": "john.doe@example.com"}],
     }
-    cell["membership"] = {
-        "fpr": [0.0, 0.001, 0.01, 0.1, 1.0],
-        "tpr": [0.0, 0.004, 0.03, 0.2, 1.0],
-        "auc": 0.61,
-        "tpr_at_low_fpr": {"0.001": 0.004, "0.01": 0.03},
-    }
+    results["membership"] = [
+        {
+            "id": "m1",
+            "pair_id": results["pairs"][0]["id"],
+            "pair": results["pairs"][0]["label"],
+            "attack": {"attack": "lira", "label": "LiRA", "params": {}, "settings": {}},
+            "n_members": 100,
+            "n_nonmembers": 100,
+            "fpr_resolution": 0.01,
+            "auc": 0.61,
+            "auc_ci95": [0.55, 0.67],
+            "advantage": 0.2,
+            "advantage_ci95": [0.1, 0.3],
+            "tpr_at_fpr": {"0.01": 0.03, "0.001": 0.0},
+            "tpr_at_fpr_ci95": {"0.01": [0.0, 0.06], "0.001": [0.0, 0.02]},
+            "bootstrap": 200,
+            "fpr": [0.0, 0.01, 0.1, 1.0],
+            "tpr": [0.0, 0.03, 0.2, 1.0],
+            "reference_models": 8,
+            "reference_in_fraction": 0.5,
+            "offline": False,
+            "population_z": 0,
+            "wall_time": 1.0,
+        }
+    ]
     cell["llm_examples"] = [{"prompt": "Tell me " + "x" * 1000, "completion": PAYLOAD}]
     return results
 
@@ -151,7 +170,7 @@ def test_the_schema_doc_describes_every_field():
     schema = results_schema()
     assert f"`{SCHEMA_VERSION}`" in doc
     names = set(schema["properties"])
-    for definition in ("cell", "pair", "worst_case"):
+    for definition in ("cell", "pair", "worst_case", "membership"):
         names |= set(schema["$defs"][definition]["properties"])
     names |= set(schema["properties"]["run"]["properties"])
     missing = sorted(name for name in names if f"`{name}`" not in doc)
@@ -194,7 +213,10 @@ def test_report_has_no_external_url():
 
 
 def test_privacy_and_llm_sections_mask_and_truncate():
-    html = render_results(privacy_results())
+    results = privacy_results()
+    validate_results(results)
+    html = render_results(results)
+    assert "Membership inference" in html and "TPR @ 1% FPR" in html
     sections = outline(html).sections
     assert "privacy" in sections and "llm" in sections
     assert "john.doe@example.com" not in html and mask_pii("john.doe@example.com") in html

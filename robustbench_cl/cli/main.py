@@ -165,7 +165,7 @@ def _summary_json(summary: Any) -> dict[str, Any]:
 @cli.command(name="list")
 @click.argument(
     "kind",
-    type=click.Choice(["attacks", "defenses", "models", "datasets", "suites"]),
+    type=click.Choice(["attacks", "defenses", "models", "datasets", "suites", "membership"]),
     default="attacks",
 )
 @click.argument("pattern", default="*")
@@ -181,11 +181,17 @@ def list_command(kind: str, pattern: str) -> None:
     if kind == "suites":
         import fnmatch
 
+        from robustbench_cl.engine.config import read_yaml, resolve_suite_path
+
         for name in list_suites():
             if fnmatch.fnmatch(name, pattern):
-                table.add_row(name, "packaged suite")
+                description = read_yaml(resolve_suite_path(name)).get("description", "")
+                table.add_row(name, description or "packaged suite")
     else:
+        from robustbench_cl.privacy.membership import MEMBERSHIP_ATTACKS
+
         reg = {
+            "membership": MEMBERSHIP_ATTACKS,
             "attacks": registry.ATTACKS,
             "defenses": registry.DEFENSES,
             "models": registry.MODELS,

@@ -3,9 +3,13 @@
 Members are drawn from the split the models were trained on (``data.train_split``), non-members
 from the evaluation split (``data.split``), ``n`` of each, by a seeded permutation. The rest of the
 evaluation split is RMIA's population z. Reference models (LiRA, RMIA) are trained like the pair's
-model: the builtin recipe on a random half of train + evaluation data, then the pair's training
-defense on the same half; they are cached, and shared by every attack of the pair with the same
-number of reference models.
+model: the builtin recipe on a random subset of train + evaluation data, then the pair's training
+defense on the same subset; they are cached, and shared by every attack of the pair with the same
+number of reference models. By default each subset is as large as the target's training set
+(``in_fraction`` = |train| / |train + evaluation|, 0.8 on digits), so that reference models
+mimic the target: with LiRA's usual halves, the smaller reference training sets make online
+LiRA miscalibrated against a target trained on 80% of the data (measured: AUC 0.479 with
+halves vs 0.569 with matched subsets, undefended digits-cnn, 180 + 180 examples).
 """
 
 from __future__ import annotations
@@ -128,10 +132,15 @@ class MembershipAudit:
         is_member = torch.cat([torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)])
         return audited, is_member, outsiders[n:]
 
+    @property
+    def target_fraction(self) -> float:
+        """The share of the population the target models were trained on (members)."""
+        return len(self.train) / len(self.y)
+
     def references(
-        self, cell: MembershipCell, k: int, progress
+        self, cell: MembershipCell, k: int, fraction: float, progress
     ) -> tuple[list[nn.Module], torch.Tensor, int]:  # noqa: ANN001
-        key = (cell.pair_id, k)
+        key = (cell.pair_id, k, fraction)
         if key not in self._references:
             recipe = reference_recipe(cell.model, cell.defense)
             assert recipe is not None  # checked when the config was expanded
@@ -144,6 +153,7 @@ class MembershipAudit:
                 self.seed,
                 self.device,
                 on_model=lambda done, total: progress.step(done, total),
+                in_fraction=fraction,
             )
         return self._references[key]
 
@@ -155,8 +165,11 @@ class MembershipAudit:
         references: ReferenceSet | None = None
         trained = 0
         k = int(getattr(attack, "reference_models", 0)) if attack.uses_references else 0
+        fraction = None
         if k:
-            models, inside, trained = self.references(cell, k, progress)
+            fraction = getattr(attack, "in_fraction", None) or self.target_fraction
+            models, inside, trained = self.references(cell, k, fraction, progress)
+            fraction = float(inside[:, 0].float().mean())  # after clamping to >= 1 IN and OUT
             use_z = attack.uses_population and len(z_index) > 0
             references = reference_signals(
                 models, inside, audited, self.x, self.y, z_index if use_z else None
@@ -179,6 +192,7 @@ class MembershipAudit:
                 "settings": attack.settings(),
             },
             "reference_models": k,
+            "reference_in_fraction": fraction,
             "offline": bool(k) and not getattr(attack, "online", True),
             "references_trained": trained,
             "population_z": len(z_index) if population is not None else 0,

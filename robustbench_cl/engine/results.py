@@ -155,6 +155,7 @@ def _membership_entry(record: dict[str, Any], pair_label: str) -> dict[str, Any]
         "fpr",
         "tpr",
         "reference_models",
+        "reference_in_fraction",
         "offline",
         "population_z",
         "wall_time",

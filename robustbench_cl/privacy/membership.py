@@ -90,13 +90,20 @@ class ReferenceSet:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def paired_halves(n: int, k: int, seed: int) -> torch.Tensor:
-    """(k, n) bool: every example is IN for exactly half of the k models (k even)."""
+def paired_halves(n: int, k: int, seed: int, in_fraction: float = 0.5) -> torch.Tensor:
+    """(k, n) bool: every example is IN for exactly ``round(in_fraction * k)`` of the k models,
+    clamped so that it keeps at least one IN and one OUT model.
+
+    With ``in_fraction = 0.5`` (k even) this is LiRA's paired design: each example IN for half
+    the models. Other fractions train reference models on subsets as large as the target's
+    training set.
+    """
     if k < 2 or k % 2:
         raise UserError("reference_models", f"must be an even number >= 2, got {k}", "use e.g. 8")
+    count = min(max(round(in_fraction * k), 1), k - 1)
     generator = torch.Generator().manual_seed(seed)
     ranks = torch.rand(n, k, generator=generator).argsort(1).argsort(1)
-    return (ranks < k // 2).T.contiguous()
+    return (ranks < count).T.contiguous()
 
 
 def reference_models(
@@ -107,16 +114,24 @@ def reference_models(
     seed: int,
     device: torch.device | str = "cpu",
     on_model: Callable[[int, int], None] | None = None,
+    in_fraction: float = 0.5,
 ) -> tuple[list[nn.Module], torch.Tensor, int]:
-    """Train (or load) k reference models on paired random halves of the population (x, y)."""
-    inside = paired_halves(len(y), k, seed)
+    """Train (or load) k reference models on paired random subsets of the population (x, y)."""
+    inside = paired_halves(len(y), k, seed, in_fraction)
     models, trained = [], 0
     digest = hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes())
     digest.update(y.detach().cpu().contiguous().numpy().tobytes())
     population_key = digest.hexdigest()[:16]
     for index in range(k):
         key = stable_hash(
-            {"recipe": recipe.key, "population": population_key, "k": k, "seed": seed, "i": index}
+            {
+                "recipe": recipe.key,
+                "population": population_key,
+                "k": k,
+                "seed": seed,
+                "i": index,
+                **({"in_fraction": in_fraction} if in_fraction != 0.5 else {}),
+            }
         )
         path = cache_home() / "membership" / f"reference-{key}"
         with artifact_lock(path):
@@ -136,6 +151,15 @@ def reference_models(
 
 
 # ---------------------------------------------------------------------- attacks
+def _fraction(value: float | None) -> float | None:
+    """``in_fraction``: None (match the target's share of the population) or a number in (0, 1)."""
+    if value is None:
+        return None
+    if not 0 < float(value) < 1:
+        raise UserError("in_fraction", f"must be in (0, 1), got {value}", "e.g. 0.5, or omit it")
+    return float(value)
+
+
 class MembershipAttack:
     name: ClassVar[str] = "membership"
     #: whether the attack needs reference models (LiRA, RMIA)
@@ -176,9 +200,12 @@ class LiRA(MembershipAttack):
     name = "lira"
     uses_references = True
 
-    def __init__(self, online: bool = True, reference_models: int = 8) -> None:
+    def __init__(
+        self, online: bool = True, reference_models: int = 8, in_fraction: float | None = None
+    ) -> None:
         self.online = bool(online)
         self.reference_models = int(reference_models)
+        self.in_fraction = _fraction(in_fraction)
 
     def score(self, model, x, y, references=None, population=None, members=None):  # noqa: ANN001, ANN201
         assert references is not None
@@ -216,10 +243,16 @@ class RMIA(MembershipAttack):
     uses_population = True
 
     def __init__(
-        self, online: bool = False, reference_models: int = 8, a: float = 0.3, gamma: float = 1.0
+        self,
+        online: bool = False,
+        reference_models: int = 8,
+        a: float = 0.3,
+        gamma: float = 1.0,
+        in_fraction: float | None = None,
     ) -> None:
         self.online = bool(online)
         self.reference_models = int(reference_models)
+        self.in_fraction = _fraction(in_fraction)
         self.a = float(a)
         self.gamma = float(gamma)
 

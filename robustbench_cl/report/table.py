@@ -11,7 +11,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from robustbench_cl.engine.summary import RunSummary, column_label, threat_label
+from robustbench_cl.engine.summary import RunSummary, column_label, threat_label, threat_sort_key
 
 
 def _percent(value: float) -> str:
@@ -50,9 +50,7 @@ def matrix_table(summary: RunSummary) -> Table:
     order = {}
     for pair in summary.pairs:
         for cell in pair.cells:
-            order.setdefault(
-                threat_label(cell["threat"]), (cell["threat"]["norm"], cell["threat"]["eps"])
-            )
+            order.setdefault(threat_label(cell["threat"]), threat_sort_key(cell["threat"]))
     for label in sorted(threats, key=lambda item: order[item]):
         for column in rows[label]:
             attack_name = column[: -len(label) - 1]
