@@ -187,8 +187,8 @@ def test_quickstart_report_has_every_section_with_data():
     assert "<svg" in html and "data:image/png;base64," in html
     assert "robustbench-cl run quickstart" in html  # reproduce: the exact command
     assert load_results(QUICKSTART)["run"]["config_hash"] in html
-    # no data, no section
-    assert "privacy" not in sections and "llm" not in sections
+    assert "privacy" in sections and "Membership inference" in html  # the LOSS/LiRA slice
+    assert "llm" not in sections  # no data, no section
 
 
 def test_sections_without_data_are_left_out():
