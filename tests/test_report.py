@@ -170,7 +170,7 @@ def test_the_schema_doc_describes_every_field():
     schema = results_schema()
     assert f"`{SCHEMA_VERSION}`" in doc
     names = set(schema["properties"])
-    for definition in ("cell", "pair", "worst_case", "membership"):
+    for definition in ("cell", "pair", "worst_case", "membership", "generation"):
         names |= set(schema["$defs"][definition]["properties"])
     names |= set(schema["properties"]["run"]["properties"])
     missing = sorted(name for name in names if f"`{name}`" not in doc)

@@ -114,10 +114,15 @@ def _write_report(run_dir: Path) -> None:
 
 
 def _print_summary(summary: Any) -> None:
-    from robustbench_cl.report.table import flags_table, matrix_table, membership_table
+    from robustbench_cl.report.table import (
+        flags_table,
+        generation_table,
+        matrix_table,
+        membership_table,
+    )
 
     stdout.print(matrix_table(summary))
-    for extra in (membership_table(summary), flags_table(summary)):
+    for extra in (membership_table(summary), generation_table(summary), flags_table(summary)):
         if extra is not None:
             stdout.print(extra)
 

@@ -104,6 +104,15 @@ class MembershipConfig(_Strict):
         return self.name or self.attack
 
 
+class GenerationConfig(_Strict):
+    """Ask every (model, defense) to draw each class; an independent judge scores the samples."""
+
+    n_per_class: int = Field(default=20, ge=2)
+    steps: int = Field(default=40, ge=0)
+    step_size: float = Field(default=0.2, gt=0)
+    judge: str = "builtin:digits-judge"
+
+
 class EngineConfig(_Strict):
     batch_size: int = Field(default=256, ge=1)
     cascade: bool = True
@@ -123,12 +132,13 @@ class MatrixConfig(_Strict):
     defenses: list[DefenseConfig] = Field(default_factory=lambda: [DefenseConfig()])
     attacks: list[AttackConfig] = Field(default_factory=list)
     membership: list[MembershipConfig] = Field(default_factory=list)
+    generation: GenerationConfig | None = None
     engine: EngineConfig = Field(default_factory=EngineConfig)
 
     @model_validator(mode="after")
     def _has_columns(self) -> MatrixConfig:
-        if not self.attacks and not self.membership:
-            raise ValueError("a config needs at least one entry in attacks or membership")
+        if not self.attacks and not self.membership and self.generation is None:
+            raise ValueError("a config needs attacks, membership or generation")
         return self
 
     def config_hash(self) -> str:

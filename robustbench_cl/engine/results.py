@@ -136,7 +136,34 @@ def build_results(summary: RunSummary) -> dict[str, Any]:
     audits = [_membership_entry(r, pair.label) for pair in summary.pairs for r in pair.membership]
     if audits:
         results["membership"] = audits
+    generations = [
+        _generation_entry(pair.generation, pair.label) for pair in summary.pairs if pair.generation
+    ]
+    if generations:
+        results["generation"] = generations
     return results
+
+
+def _generation_entry(record: dict[str, Any], pair_label: str) -> dict[str, Any]:
+    keys = (
+        "judge",
+        "n_samples",
+        "steps",
+        "step_size",
+        "intended_class_accuracy",
+        "mini_fid",
+        "fid_train_vs_eval",
+        "fid_seeds_vs_eval",
+        "ood_auroc",
+        "ood_auroc_by_kind",
+        "samples_in_bounds",
+        "training",
+        "grid",
+        "wall_time",
+    )
+    return {"id": record["id"], "pair_id": record["pair_id"], "pair": pair_label} | {
+        key: record[key] for key in keys
+    }
 
 
 def _membership_entry(record: dict[str, Any], pair_label: str) -> dict[str, Any]:

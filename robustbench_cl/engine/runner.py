@@ -38,6 +38,7 @@ from robustbench_cl.engine.config import (
     ModelConfig,
     load_config,
 )
+from robustbench_cl.engine.generative import GenerationAudit, sample_grid
 from robustbench_cl.engine.membership import MembershipAudit, MembershipCell, expand_membership
 from robustbench_cl.engine.metrics import wilson_interval
 from robustbench_cl.engine.results import write_results
@@ -89,8 +90,11 @@ class Pair:
     cells: list[Cell] = field(default_factory=list)
     membership: list[MembershipCell] = field(default_factory=list)
 
+    generation_id: str | None = None
+
     def record_ids(self) -> list[str]:
-        return [c.id for c in self.cells] + [c.id for c in self.membership]
+        ids = [c.id for c in self.cells] + [c.id for c in self.membership]
+        return ids + ([self.generation_id] if self.generation_id else [])
 
 
 def expand(config: MatrixConfig) -> list[Pair]:
@@ -122,6 +126,10 @@ def expand(config: MatrixConfig) -> list[Pair]:
             pair.membership = expand_membership(
                 config.membership, model, defense, pair_id, config.seed
             )
+            if config.generation is not None:
+                pair.generation_id = stable_hash(
+                    {"pair": pair_id, "generation": config.generation.model_dump()}
+                )
             for index, attack in enumerate(config.attacks):
                 try:
                     built = make_attack(attack.attack, **attack.params)
@@ -220,6 +228,7 @@ class Runner:
         self.store = ResultsStore(run_dir / "cells.jsonl")
         self._train: TensorData | None = None
         self._audit: MembershipAudit | None = None
+        self._generation: GenerationAudit | None = None
 
     # ------------------------------------------------------------------ data and models
     def load_data(self) -> None:
@@ -461,7 +470,52 @@ class Runner:
                 records[cell.id] = record
                 self.progress.batch_done()
                 self.progress.cell_done(record, skipped=False)
+            if pair.generation_id is not None:
+                if pair.generation_id in records:
+                    self.progress.cell_done(records[pair.generation_id], skipped=True)
+                else:
+                    record = self.generation_record(pair, model)
+                    self.store.append(record)
+                    records[pair.generation_id] = record
+                    self.progress.cell_done(record, skipped=False)
         return [records[p.id] for p in pairs] + [records[i] for i in all_ids]
+
+    def generation_record(self, pair: Pair, model: nn.Module) -> dict[str, Any]:
+        from PIL import Image
+
+        config = self.config.generation
+        assert config is not None and pair.generation_id is not None
+        if self._generation is None:
+            evaluation = load_dataset(self.config.data.name, split=self.config.data.split)
+            judge = load_model(config.judge)
+            self._generation = GenerationAudit(
+                config, self.train_data(), evaluation, judge, self.config.seed, self.device
+            )
+        self.progress.cell_started(f"{pair.model.label} | {pair.defense.label} | generation", 1)
+        defense = make_defense(pair.defense.defense, **pair.defense.params)
+        log = None
+        if hasattr(defense, "training_log"):
+            log = defense.training_log(pair.model.spec, self.train_data())
+        with step_hook(self.progress.step):
+            metrics, samples = self._generation.run(model, log)
+        grid = sample_grid(samples, config.n_per_class, self._generation.n_classes)
+        relative = f"artifacts/generation/{pair.generation_id}.png"
+        path = self.run_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        array = (grid.clamp(0, 1) * 255).round().to(torch.uint8)
+        array = array[0] if array.shape[0] == 1 else array.permute(1, 2, 0)
+        Image.fromarray(array.numpy()).save(path)
+        self.progress.batch_done()
+        return {
+            "type": "generation",
+            "id": pair.generation_id,
+            "pair_id": pair.id,
+            "model": pair.model.model_dump(),
+            "defense": pair.defense.model_dump(),
+            "judge": config.judge,
+            **metrics,
+            "grid": relative,
+        }
 
     def membership_audit(self) -> MembershipAudit:
         if self._audit is None:

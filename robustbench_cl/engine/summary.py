@@ -54,6 +54,7 @@ class PairSummary:
     defense_id: str = ""
     defense_params: dict[str, Any] = field(default_factory=dict)
     membership: list[dict[str, Any]] = field(default_factory=list)
+    generation: dict[str, Any] | None = None
 
     @property
     def label(self) -> str:
@@ -105,6 +106,7 @@ def summarize_records(
     cleans = {r["id"]: r for r in records if r["type"] == "clean"}
     cells = [r for r in records if r["type"] == "cell"]
     audits = [r for r in records if r["type"] == "membership"]
+    generations = {r["pair_id"]: r for r in records if r["type"] == "generation"}
     pairs: list[PairSummary] = []
     columns: list[str] = []
     for pair_id, clean in cleans.items():
@@ -122,6 +124,7 @@ def summarize_records(
             defense_id=clean["defense"]["defense"],
             defense_params=dict(clean["defense"].get("params", {})),
             membership=[r for r in audits if r["pair_id"] == pair_id],
+            generation=generations.get(pair_id),
         )
         groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for cell in pair_cells:

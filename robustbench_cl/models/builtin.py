@@ -60,27 +60,123 @@ def train_digits_cnn(x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
     return model.eval()
 
 
+def digits_cnn_bn_architecture(width: int = 16) -> nn.Module:
+    """digits-cnn with BatchNorm after each conv: the architecture DAT's two stages are about."""
+    return nn.Sequential(
+        nn.Conv2d(1, width, 3, padding=1),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(width, 2 * width, 3, padding=1),
+        nn.BatchNorm2d(2 * width),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(2 * width * 4 * 4, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
+    )
+
+
+DIGITS_CNN_BN_RECIPE = dict(DIGITS_CNN_RECIPE, arch="digits-cnn-bn-v1")
+
+
+def train_digits_cnn_bn(x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
+    from robustbench_cl.models.training import train_classifier
+
+    torch.manual_seed(seed)
+    model = digits_cnn_bn_architecture()
+    train_classifier(
+        model,
+        x,
+        y,
+        epochs=DIGITS_CNN_BN_RECIPE["epochs"],
+        lr=DIGITS_CNN_BN_RECIPE["lr"],
+        batch_size=DIGITS_CNN_BN_RECIPE["batch_size"],
+        seed=seed,
+    )
+    return model.eval()
+
+
+def digits_judge_architecture() -> nn.Module:
+    """An MLP (256-256-128-10): a different family from the CNNs it judges."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(256, 256),
+        nn.ReLU(),
+        nn.Linear(256, 128),
+        nn.ReLU(),
+        nn.Linear(128, 10),
+    )
+
+
+DIGITS_JUDGE_RECIPE = {
+    "arch": "digits-judge-v1",
+    "epochs": 40,
+    "lr": 2e-3,
+    "batch_size": 64,
+    "seed": 1,
+}
+
+
+def train_digits_judge(x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
+    from robustbench_cl.models.training import train_classifier
+
+    torch.manual_seed(seed)
+    model = digits_judge_architecture()
+    train_classifier(
+        model,
+        x,
+        y,
+        epochs=DIGITS_JUDGE_RECIPE["epochs"],
+        lr=DIGITS_JUDGE_RECIPE["lr"],
+        batch_size=DIGITS_JUDGE_RECIPE["batch_size"],
+        seed=seed,
+    )
+    return model.eval()
+
+
 #: builtin name -> (architecture factory, trainer on (x, y, seed), recipe) for reference models
 REFERENCE_RECIPES = {
+    "digits-judge": (digits_judge_architecture, train_digits_judge, DIGITS_JUDGE_RECIPE),
     "digits-cnn": (digits_cnn_architecture, train_digits_cnn, DIGITS_CNN_RECIPE),
+    "digits-cnn-bn": (digits_cnn_bn_architecture, train_digits_cnn_bn, DIGITS_CNN_BN_RECIPE),
 }
+
+
+def _cached_builtin(name: str) -> nn.Module:
+    """Train builtin ``name`` on the digits train split on first use; load the cache after."""
+    from robustbench_cl.data import load_dataset
+    from robustbench_cl.models.training import accuracy
+
+    architecture, train, recipe = REFERENCE_RECIPES[name]
+    path = cache_home() / "models" / f"{name}-{stable_hash(recipe, 8)}"
+    with artifact_lock(path):
+        if artifact_exists(path):
+            torch.manual_seed(recipe["seed"])
+            return load_artifact_weights(path, architecture()).eval()
+        logger.info("training builtin:%s on first use (cached at %s)", name, path)
+        data = load_dataset("digits", split="train")
+        model = train(data.x, data.y, recipe["seed"])
+        test = load_dataset("digits", split="test")
+        save_artifact(path, model, dict(recipe, test_accuracy=accuracy(model, test.x, test.y)))
+    return model.eval()
+
+
+@register_model("digits-cnn-bn")
+def digits_cnn_bn() -> nn.Module:
+    """digits-cnn with BatchNorm, trained on first use; the base of the generative suite."""
+    return _cached_builtin("digits-cnn-bn")
 
 
 @register_model("digits-cnn")
 def digits_cnn() -> nn.Module:
     """Small CNN on scikit-learn digits, trained on first use (about 97% test accuracy)."""
-    from robustbench_cl.data import load_dataset
-    from robustbench_cl.models.training import accuracy
+    return _cached_builtin("digits-cnn")
 
-    path = cache_home() / "models" / f"digits-cnn-{stable_hash(DIGITS_CNN_RECIPE, 8)}"
-    with artifact_lock(path):
-        if artifact_exists(path):
-            torch.manual_seed(DIGITS_CNN_RECIPE["seed"])
-            return load_artifact_weights(path, digits_cnn_architecture()).eval()
-        logger.info("training builtin:digits-cnn on first use (cached at %s)", path)
-        train = load_dataset("digits", split="train")
-        model = train_digits_cnn(train.x, train.y, DIGITS_CNN_RECIPE["seed"])
-        test = load_dataset("digits", split="test")
-        config = dict(DIGITS_CNN_RECIPE, test_accuracy=accuracy(model, test.x, test.y))
-        save_artifact(path, model, config)
-    return model.eval()
+
+@register_model("digits-judge")
+def digits_judge() -> nn.Module:
+    """An independent MLP digits classifier that judges generated samples (mini-FID features
+    are its 128-d penultimate layer). Trained separately, with another seed and architecture."""
+    return _cached_builtin("digits-judge")

@@ -8,6 +8,7 @@ Each section appears only when the run has data for it.
 
 from __future__ import annotations
 
+import base64
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,22 @@ def _privacy(results: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def _generation(results: dict[str, Any], run_dir: Path | None) -> dict[str, Any] | None:
+    entries = results.get("generation")
+    if not entries:
+        return None
+    rows = []
+    for entry in entries:
+        grid = None
+        if run_dir is not None:
+            path = (run_dir / entry["grid"]).resolve()
+            if path.is_relative_to(run_dir.resolve()) and path.exists():
+                grid = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+        rows.append(dict(entry, image=grid))
+    traces = [(e["pair"], e["training"]) for e in entries if e.get("training")]
+    return {"rows": rows, "trace": plots.training_traces(traces) if traces else None}
+
+
 def _llm(results: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         dict(example, cell=f"{cell['pair']} | {cell['attack']['label']}")
@@ -147,6 +164,7 @@ def render_results(results: dict[str, Any], run_dir: str | Path | None = None) -
         "curves": plots.security_curves(results),
         "examples": _examples(results, Path(run_dir)) if run_dir is not None else [],
         "privacy": _privacy(results),
+        "generation": _generation(results, Path(run_dir) if run_dir is not None else None),
         "llm": _llm(results),
         "non_adaptive": [c for c in results["cells"] if not c["adaptive"]],
     }

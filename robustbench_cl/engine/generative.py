@@ -1,0 +1,162 @@
+"""Generation columns: how well does each (model, defense) draw the digits it classifies?
+
+Every pair's classifier samples the same class-conditional batch with the same sampler (gradient
+ascent on the class logit from the same OOD seeds). An *independent* classifier, trained
+separately with another architecture (``builtin:digits-judge``), scores the samples:
+
+- **intended-class accuracy**: how often the judge reads the class the sampler aimed for;
+- **mini-FID**: the Frechet distance between the judge's penultimate features of the samples
+  and of the real evaluation images (lower is better). For scale, the record also holds the
+  distance of real training images (a floor) and of the raw seeds (a ceiling);
+- **OOD AUROC** of the pair's own ``s(x) = logsumexp f(x)``: real evaluation images against each
+  OOD seed kind (uniform, blurred, pixel- and patch-shuffled), and over all of them.
+
+Training defenses that log their stage-2 run (DAT) add it: the AUC trace's spread, the final
+curriculum T and the number of NaN batches.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from robustbench_cl.attacks.generation import SEED_KINDS, class_conditional_ascent, ood_seeds
+from robustbench_cl.data import TensorData
+from robustbench_cl.engine.config import GenerationConfig
+from robustbench_cl.privacy.metrics import auc as roc_auc
+from robustbench_cl.privacy.metrics import roc
+
+
+@torch.no_grad()
+def penultimate_features(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Inputs of the last Linear layer of a Sequential classifier."""
+    model = getattr(model, "model", model)
+    if not isinstance(model, nn.Sequential) or not isinstance(model[-1], nn.Linear):
+        raise TypeError("the judge must be an nn.Sequential ending in an nn.Linear layer")
+    body = model[:-1]
+    device = next(model.parameters()).device
+    return torch.cat([body(x[i : i + batch_size].to(device)) for i in range(0, len(x), batch_size)])
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||mu_a - mu_b||^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2)), in float64."""
+    from scipy import linalg
+
+    a64, b64 = a.double().cpu().numpy(), b.double().cpu().numpy()
+    mu_a, mu_b = a64.mean(0), b64.mean(0)
+    cov_a, cov_b = np.cov(a64, rowvar=False), np.cov(b64, rowvar=False)
+    root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    if np.iscomplexobj(root):
+        root = root.real
+    value = float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
+    return max(value, 0.0)
+
+
+def _auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
+    scores = torch.cat([positive, negative]).double().cpu().numpy()
+    labels = np.concatenate([np.ones(len(positive), bool), np.zeros(len(negative), bool)])
+    fpr, tpr = roc(scores, labels)
+    return roc_auc(fpr, tpr)
+
+
+class GenerationAudit:
+    def __init__(
+        self,
+        config: GenerationConfig,
+        train: TensorData,
+        evaluation: TensorData,
+        judge: nn.Module,
+        seed: int,
+        device: torch.device,
+    ) -> None:
+        self.config, self.seed, self.device = config, seed, device
+        self.judge = judge.to(device).eval()
+        self.real = evaluation.x.to(device)
+        self.bounds = evaluation.bounds
+        self.n_classes = evaluation.n_classes
+        per_class = config.n_per_class
+        generator = torch.Generator().manual_seed(seed)
+        self.targets = torch.arange(self.n_classes).repeat_interleave(per_class).to(device)
+        self.seeds = ood_seeds(len(self.targets), train.x.to(device), generator)
+        # OOD detection: one batch per seed kind, shaped like the evaluation set
+        self.ood = {
+            kind: ood_seeds(len(self.real), train.x.to(device), generator, kinds=(kind,))
+            for kind in SEED_KINDS
+        }
+        self.real_features = penultimate_features(self.judge, self.real)
+        self.reference = {
+            "fid_train_vs_eval": frechet_distance(
+                penultimate_features(self.judge, train.x[: len(self.real)]), self.real_features
+            ),
+            "fid_seeds_vs_eval": frechet_distance(
+                penultimate_features(self.judge, self.seeds), self.real_features
+            ),
+        }
+
+    def sample(self, model: nn.Module) -> torch.Tensor:
+        return class_conditional_ascent(
+            model, self.seeds, self.targets, self.config.steps, self.config.step_size, self.bounds
+        )
+
+    def run(
+        self, model: nn.Module, training_log: dict[str, Any] | None
+    ) -> tuple[dict[str, Any], torch.Tensor]:
+        start = time.perf_counter()
+        samples = self.sample(model)
+        with torch.no_grad():
+            judged = self.judge(samples).argmax(1)
+            s_real = torch.logsumexp(model(self.real), 1)
+            ood = {kind: torch.logsumexp(model(x), 1) for kind, x in self.ood.items()}
+        per_kind = {kind: _auroc(s_real, s) for kind, s in ood.items()}
+        record: dict[str, Any] = {
+            "n_samples": len(samples),
+            "steps": self.config.steps,
+            "step_size": self.config.step_size,
+            "intended_class_accuracy": float((judged == self.targets).float().mean()),
+            "mini_fid": frechet_distance(
+                penultimate_features(self.judge, samples), self.real_features
+            ),
+            **self.reference,
+            "ood_auroc": _auroc(s_real, torch.cat(list(ood.values()))),
+            "ood_auroc_by_kind": per_kind,
+            "samples_in_bounds": bool(
+                ((samples >= self.bounds[0]) & (samples <= self.bounds[1])).all()
+            ),
+            "training": _training_summary(training_log),
+            "wall_time": time.perf_counter() - start,
+        }
+        return record, samples
+
+
+def _training_summary(log: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not log:
+        return None
+    aucs = log.get("auc", [])
+    return {
+        "final_gen_steps": log.get("final_gen_steps"),
+        "nan_batches": log.get("nan_batches", 0),
+        "auc_std_last_100": log.get("auc_std_last_100"),
+        "auc_mean_last_100": float(np.mean(aucs[-100:])) if aucs else None,
+        "batches": len(aucs),
+        # a coarse trace for the report: one point every 10 batches
+        "auc_trace": aucs[::10],
+        "gen_steps_trace": log.get("gen_steps", [])[::10],
+    }
+
+
+def sample_grid(samples: torch.Tensor, per_class: int, n_classes: int, columns: int = 8):  # noqa: ANN201
+    """A (classes x min(per_class, columns)) grid image tensor, one row per class."""
+    shown = min(per_class, columns)
+    rows = samples.view(n_classes, per_class, *samples.shape[1:])[:, :shown]
+    c, h, w = samples.shape[1:]
+    pad = 1
+    grid = torch.ones(c, n_classes * (h + pad) + pad, shown * (w + pad) + pad)
+    for i in range(n_classes):
+        for j in range(shown):
+            top, left = pad + i * (h + pad), pad + j * (w + pad)
+            grid[:, top : top + h, left : left + w] = rows[i, j].cpu()
+    return grid
