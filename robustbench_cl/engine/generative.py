@@ -18,6 +18,7 @@ curriculum T and the number of NaN batches.
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -43,13 +44,19 @@ def penultimate_features(model: nn.Module, x: torch.Tensor, batch_size: int = 51
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||mu_a - mu_b||^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2)), in float64."""
+    """||mu_a - mu_b||^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2)), in float64.
+
+    Like FID it is biased upwards for small sample counts; compare numbers computed with the
+    same counts only (the suites keep them fixed).
+    """
     from scipy import linalg
 
     a64, b64 = a.double().cpu().numpy(), b.double().cpu().numpy()
     mu_a, mu_b = a64.mean(0), b64.mean(0)
     cov_a, cov_b = np.cov(a64, rowvar=False), np.cov(b64, rowvar=False)
-    root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    with warnings.catch_warnings():  # singular covariances (fewer samples than features)
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        root = linalg.sqrtm(cov_a @ cov_b)
     if np.iscomplexobj(root):
         root = root.real
     value = float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
