@@ -181,7 +181,17 @@ def test_the_schema_doc_describes_every_field():
 def test_quickstart_report_has_every_section_with_data():
     html = render_report(QUICKSTART)
     sections = outline(html).sections
-    for section in ("threats", "matrix", "worst", "curves", "cost", "examples", "reproduce"):
+    for section in (
+        "threats",
+        "matrix",
+        "worst",
+        "curves",
+        "cost",
+        "examples",
+        "privacy",
+        "generation",
+        "reproduce",
+    ):
         assert section in sections, section
     assert ("sanity" in sections) == (load_results(QUICKSTART)["flag_count"] > 0)
     assert "<svg" in html and "data:image/png;base64," in html
