@@ -140,7 +140,7 @@ class GenerationAudit:
 
 
 def _training_summary(log: dict[str, Any] | None) -> dict[str, Any] | None:
-    if not log:
+    if not log or "auc" not in log:  # only energy-trained defenses (DAT) log an AUC trace
         return None
     aucs = log.get("auc", [])
     return {

@@ -228,6 +228,8 @@ class Runner:
         self.store = ResultsStore(run_dir / "cells.jsonl")
         self._train: TensorData | None = None
         self._audit: MembershipAudit | None = None
+        self._bare: dict[str, nn.Module] = {}
+        self._defense_kind: dict[str, str] = {}
         self._generation: GenerationAudit | None = None
 
     # ------------------------------------------------------------------ data and models
@@ -252,6 +254,9 @@ class Runner:
         model = defense.build(base, pair.model.spec, self.train_data())
         if hasattr(base, "unchanged") and not base.unchanged():
             raise RuntimeError(f"defense {pair.defense.defense} modified the frozen base model")
+        # the bare model: where non-adaptive (transfer) attacks are crafted
+        self._bare[pair.id] = base.to(self.device).eval()
+        self._defense_kind[pair.id] = defense.kind
         return model.to(self.device).eval()
 
     # ------------------------------------------------------------------ batched helpers
@@ -288,6 +293,7 @@ class Runner:
             "id": pair.id,
             "model": pair.model.model_dump(),
             "defense": pair.defense.model_dump(),
+            "defense_kind": self._defense_kind.get(pair.id, "training"),
             "n": self.n,
             "correct": correct.int().tolist(),
             "clean_accuracy": count / self.n,
@@ -322,14 +328,25 @@ class Runner:
         wall = 0.0
         wanted = config.engine.examples if self.x.dim() == 4 else 0
         kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+        transfer = cell.threat.access == "transfer"
+        source = self._bare.get(cell.pair_id, model) if transfer else model
         with step_hook(self.progress.step):
             for batch in batches:
-                result = attack(model, self.x[batch], labels[batch], cell.threat)
-                outcomes[batch] = torch.where(result.success, BROKEN, ROBUST)
+                result = attack(source, self.x[batch], labels[batch], cell.threat)
+                success = result.success
+                if transfer:  # crafted on the bare model, judged on the defended one
+                    with torch.no_grad():
+                        predicted = model(result.adv).argmax(1)
+                    if cell.threat.targeted:
+                        success = predicted == labels[batch]
+                    else:
+                        success = predicted != self.y[batch]
+                    result.cost.forward += len(batch)
+                outcomes[batch] = torch.where(success, BROKEN, ROBUST)
                 cost = result.cost if cost is None else cost + result.cost
                 wall += result.wall_time
                 if wanted > 0:  # once per batch, outside the attack's step loop
-                    hits = result.success.nonzero().flatten()[:wanted]
+                    hits = success.nonzero().flatten()[:wanted]
                     kept.append((batch[hits], result.adv[hits].detach()))
                     wanted -= len(hits)
                 self.progress.batch_done()
@@ -343,12 +360,19 @@ class Runner:
                 flags += sanity.full_range_flag(
                     clean["probes"].get("full_range_accuracy"), n_classes
                 )
-            survivors = (outcomes == ROBUST).nonzero().flatten()
-            probed = survivors[: config.engine.sanity_probe_size]
-            more, probe = sanity.convergence_flag(
-                attack, model, self.x[probed], labels[probed], cell.threat, self.n, len(survivors)
-            )
-            flags += more
+            if not transfer:  # a transfer attack is non-adaptive by design; it is flagged so
+                survivors = (outcomes == ROBUST).nonzero().flatten()
+                probed = survivors[: config.engine.sanity_probe_size]
+                more, probe = sanity.convergence_flag(
+                    attack,
+                    model,
+                    self.x[probed],
+                    labels[probed],
+                    cell.threat,
+                    self.n,
+                    len(survivors),
+                )
+                flags += more
         robust = int((outcomes == ROBUST).sum())
         clean_correct = sum(clean["correct"])
         broken_here = int((outcomes == BROKEN).sum())
@@ -365,6 +389,7 @@ class Runner:
                 "settings": attack.resolved_settings(n_classes),
             },
             "threat": cell.threat.to_dict(),
+            "adaptive": not transfer,
             "cascade": config.engine.cascade,
             "n": self.n,
             "attacked": len(todo),

@@ -156,3 +156,13 @@ def eps_curve_flags(points: list[tuple[float, float]], n: int) -> dict[float, Fl
                 f"{acc_high:.1%} at eps={eps_high:g}",
             )
     return flags
+
+
+def non_adaptive_flag() -> dict[str, str]:
+    return {
+        "code": "preprocessor_non_adaptive",
+        "message": (
+            "this preprocessor defense was only attacked by transfer attacks crafted on the bare "
+            "model; add an end-to-end (or BPDA/EOT) white-box attack through the preprocessor"
+        ),
+    }

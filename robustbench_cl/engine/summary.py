@@ -112,6 +112,8 @@ def summarize_records(
     for pair_id, clean in cleans.items():
         pair_cells = [dict(c, flags=list(c["flags"])) for c in cells if c["pair_id"] == pair_id]
         _add_eps_curve_flags(pair_cells)
+        if clean.get("defense_kind") == "preprocessor":
+            _add_non_adaptive_flags(pair_cells)
         summary = PairSummary(
             model=clean["model"].get("name") or clean["model"]["spec"],
             defense=clean["defense"].get("name") or clean["defense"]["defense"],
@@ -161,6 +163,13 @@ def _worst_case(group: list[dict[str, Any]], clean: dict[str, Any]) -> ThreatSum
         attacks=names,
         breaks={name: credits.get(name, 0) for name in names},
     )
+
+
+def _add_non_adaptive_flags(cells: list[dict[str, Any]]) -> None:
+    """A preprocessor defense evaluated only by transfer attacks is not evaluated at all."""
+    if cells and all(cell["threat"].get("access") == "transfer" for cell in cells):
+        for cell in cells:
+            cell["flags"].append(sanity.non_adaptive_flag())
 
 
 def _add_eps_curve_flags(cells: list[dict[str, Any]]) -> None:

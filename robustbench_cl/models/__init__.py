@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl
 import torch
 
 from robustbench_cl.errors import UserError
-from robustbench_cl.models import builtin  # noqa: F401  (registers the built-in zoo)
+from robustbench_cl.models import builtin, foundation  # noqa: F401  (registers the built-in zoo)
 from robustbench_cl.models.adapters import python_model, timm_model, torchvision_model
 from robustbench_cl.models.wrappers import Frozen, Normalize, Preprocessed
 from robustbench_cl.registry import MODELS, Registry
