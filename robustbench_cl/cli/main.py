@@ -399,6 +399,51 @@ def attack(
 
 
 @cli.command()
+@click.argument("defense_name", metavar="DEFENSE")
+@click.option("--data", "dataset", default="digits", show_default=True)
+@click.option("--split", default="train", show_default=True)
+@click.option("--param", "params", multiple=True, help="Defense parameter KEY=VALUE (repeatable).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Artifact.")
+def defend(
+    defense_name: str, dataset: str, split: str, params: tuple[str, ...], output: Path
+) -> None:
+    """Train a preprocessor DEFENSE (rae) on a dataset alone and save it as an artifact."""
+    from robustbench_cl.data import load_dataset
+    from robustbench_cl.defenses import make_defense
+    from robustbench_cl.models.artifacts import load_artifact_config, save_artifact
+
+    defense = make_defense(defense_name, **_parse_param(params))
+    if not hasattr(defense, "fit"):
+        raise UserError(
+            "DEFENSE",
+            f"{defense_name} is not a standalone preprocessor",
+            "use `defend rae`; training defenses are built by `run` from a config",
+        )
+    data = load_dataset(dataset, split=split)
+    preprocessor = defense.fit(data)
+    config = load_artifact_config(defense.cache_path("", data))
+    out = output.with_suffix("") if output.suffix in (".json", ".safetensors") else output
+    save_artifact(out, preprocessor, config)
+    console.print(
+        f"{defense_name} trained on {dataset} ({split}, n={len(data)}): {out}.safetensors"
+    )
+
+
+@cli.command()
+@click.option("--preprocessor", type=click.Path(path_type=Path), required=True)
+@click.option("--model", "model_spec", required=True, help="The model to protect (any spec).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+def wrap(preprocessor: Path, model_spec: str, output: Path) -> None:
+    """Put a preprocessor artifact in front of a model; load it back as `wrapped:OUT`."""
+    from robustbench_cl.models import check_spec
+    from robustbench_cl.models.autoencoder import write_wrapped
+
+    check_spec(model_spec)
+    out = write_wrapped(preprocessor, model_spec, output)
+    console.print(f"wrapped model: {out}.json (spec: wrapped:{out})")
+
+
+@cli.command()
 @click.option("--model", "model_spec", default="builtin:digits-cnn-bn", show_default=True)
 @click.option(
     "--defense", "defense_name", default="none", show_default=True, help="e.g. dat, pgd-at."

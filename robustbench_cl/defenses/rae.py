@@ -40,54 +40,12 @@ from robustbench_cl.models.artifacts import (
     load_artifact_weights,
     save_artifact,
 )
+from robustbench_cl.models.autoencoder import AutoEncoder
 from robustbench_cl.models.wrappers import Preprocessed
 from robustbench_cl.registry import register_defense
 from robustbench_cl.threat import ThreatModel
 
 logger = logging.getLogger(__name__)
-
-
-class AutoEncoder(nn.Module):
-    """Conv encoder -> latent -> conv decoder (sigmoid output in [0, 1]), plus a projection head.
-
-    Works for C x H x W inputs with H and W divisible by 4.
-    """
-
-    def __init__(
-        self, channels: int = 1, size: int = 16, latent: int = 32, width: int = 16
-    ) -> None:
-        super().__init__()
-        if size % 4:
-            raise UserError("input size", f"{size} is not divisible by 4", "resize the data")
-        self.shape = {"channels": channels, "size": size, "latent": latent, "width": width}
-        side = size // 4
-        self.encoder = nn.Sequential(
-            nn.Conv2d(channels, width, 3, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Flatten(),
-            nn.Linear(2 * width * side * side, latent),
-        )
-        self.decoder = nn.Sequential(
-            nn.Linear(latent, 2 * width * side * side),
-            nn.ReLU(),
-            nn.Unflatten(1, (2 * width, side, side)),
-            nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1),
-            nn.ReLU(),
-            nn.ConvTranspose2d(width, channels, 4, stride=2, padding=1),
-            nn.Sigmoid(),
-        )
-        self.projection = nn.Sequential(
-            nn.Linear(latent, latent), nn.ReLU(), nn.Linear(latent, latent)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The preprocessor: reconstruct x through the (robust) latent."""
-        return self.decoder(self.encoder(x))
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.projection(self.encoder(x))
 
 
 def contrastive_pgd(
@@ -255,15 +213,3 @@ class RobustAutoEncoder(Defense):
     def training_log(self, model_spec: str, data: TensorData) -> dict[str, Any] | None:
         path = self.cache_path(model_spec, data)
         return load_artifact_config(path).get("log") if artifact_exists(path) else None
-
-
-def load_autoencoder(path: str | Path) -> AutoEncoder:
-    """An RAE artifact written by ``robustbench-cl defend rae`` (safetensors + JSON)."""
-    config = load_artifact_config(path)
-    if config.get("defense") != "rae":
-        raise UserError(
-            "--preprocessor", f"{path} is not an RAE artifact", "train one with `defend rae`"
-        )
-    shape = config["shape"]
-    autoencoder = AutoEncoder(shape["channels"], shape["size"], shape["latent"], shape["width"])
-    return load_artifact_weights(path, autoencoder).eval().requires_grad_(False)

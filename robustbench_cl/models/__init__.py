@@ -1,7 +1,8 @@
 """Models: wrappers, adapters and the built-in zoo, behind one spec string.
 
 Specs: ``builtin:NAME``, ``torchvision:NAME?weights=PATH``, ``timm:NAME?checkpoint=PATH``,
-``python:package.module:factory``.
+``python:package.module:factory``, and ``wrapped:OUT`` (a preprocessor in front of a model,
+written by ``robustbench-cl wrap``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 from robustbench_cl.errors import UserError
 from robustbench_cl.models import builtin, foundation  # noqa: F401  (registers the built-in zoo)
 from robustbench_cl.models.adapters import python_model, timm_model, torchvision_model
+from robustbench_cl.models.autoencoder import wrapped_model
 from robustbench_cl.models.wrappers import Frozen, Normalize, Preprocessed
 from robustbench_cl.registry import MODELS, Registry
 
@@ -20,6 +22,7 @@ SCHEMES: Registry = Registry("model scheme")
 SCHEMES.register("torchvision")(torchvision_model)
 SCHEMES.register("timm")(timm_model)
 SCHEMES.register("python")(python_model)
+SCHEMES.register("wrapped")(wrapped_model)
 
 
 def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
