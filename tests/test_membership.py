@@ -223,6 +223,22 @@ def test_reference_attacks_are_refused_without_a_recipe():
         rbcl.run(config, out=None, profile=None)
 
 
+def test_pairs_without_a_recipe_show_reference_attacks_as_not_applicable():
+    from robustbench_cl.engine.runner import expand
+
+    config = rbcl.load_config(
+        _membership_config(
+            defenses=[{"defense": "none"}, {"defense": "rae", "params": {"epochs": 1}}]
+        ),
+        profile=None,
+    )
+    undefended, rae = expand(config)
+    assert [c.config.attack for c in undefended.membership] == ["loss", "lira"]
+    assert [c.config.attack for c in rae.membership] == ["loss"]
+    assert rae.membership_skipped[0]["attack"] == "lira"
+    assert "no reference-model recipe" in rae.membership_skipped[0]["reason"]
+
+
 def test_unknown_membership_attack_is_a_config_error():
     config = _membership_config(membership=[{"attack": "lirra"}])
     with pytest.raises(UserError, match=r"membership\[0\].*lira"):

@@ -82,9 +82,15 @@ def expand_membership(
     defense: DefenseConfig,
     pair_id: str,
     seed: int,
-) -> list[MembershipCell]:
-    """Validate every membership column for this pair and give each a stable id."""
-    cells = []
+) -> tuple[list[MembershipCell], list[dict[str, str]]]:
+    """Validate every membership column for this pair and give each a stable id.
+
+    A reference-model attack (LiRA, RMIA) on a pair without a reference recipe (a user model, a
+    preprocessor defense) is not run; it is returned in the second list with the reason, so that
+    reports show it as not applicable. :func:`check_membership_coverage` refuses a config where
+    such an attack applies to no pair at all.
+    """
+    cells, skipped = [], []
     for index, config in enumerate(configs):
         try:
             attack = make_membership_attack(config.attack, **config.params)
@@ -93,17 +99,31 @@ def expand_membership(
                 f"membership[{index}].{error.field}", error.problem, error.fix
             ) from None
         if attack.uses_references and reference_recipe(model, defense) is None:
-            raise UserError(
-                f"membership[{index}]",
-                f"{config.attack} needs reference models trained like {model.spec} + "
-                f"{defense.defense}, and only builtin models with a training defense have a recipe",
-                "use the loss or art-blackbox attack for this model",
+            skipped.append(
+                {
+                    "attack": config.label,
+                    "index": str(index),
+                    "reason": f"no reference-model recipe for {model.spec} + {defense.defense}",
+                }
             )
+            continue
         key = {"pair": pair_id, "attack": config.attack, "params": config.params, "n": config.n}
         cells.append(
             MembershipCell(stable_hash({**key, "seed": seed}), pair_id, model, defense, config)
         )
-    return cells
+    return cells, skipped
+
+
+def check_membership_coverage(configs: list[MembershipConfig], pairs: list) -> None:  # noqa: ANN001
+    """Every membership column must run on at least one pair."""
+    for index, config in enumerate(configs):
+        if not any(cell.config is config for pair in pairs for cell in pair.membership):
+            raise UserError(
+                f"membership[{index}]",
+                f"{config.attack} needs reference models trained like the audited model, and "
+                "only builtin models with a training defense have a recipe",
+                "use the loss or art-blackbox attack for these models",
+            )
 
 
 class MembershipAudit:

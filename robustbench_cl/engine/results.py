@@ -103,6 +103,7 @@ def build_results(summary: RunSummary) -> dict[str, Any]:
                 "clean_accuracy": pair.clean_accuracy,
                 "clean_ci95": list(pair.clean_ci95),
                 "cell_ids": [cell["id"] for cell in pair_cells],
+                "membership_skipped": pair.membership_skipped,
                 "worst_case": [
                     dict(asdict(w), ci95=list(w.ci95), label=w.label)
                     for w in sorted(pair.worst_case, key=lambda w: threat_sort_key(w.threat))

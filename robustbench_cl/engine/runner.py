@@ -39,7 +39,12 @@ from robustbench_cl.engine.config import (
     load_config,
 )
 from robustbench_cl.engine.generative import GenerationAudit, sample_grid
-from robustbench_cl.engine.membership import MembershipAudit, MembershipCell, expand_membership
+from robustbench_cl.engine.membership import (
+    MembershipAudit,
+    MembershipCell,
+    check_membership_coverage,
+    expand_membership,
+)
 from robustbench_cl.engine.metrics import wilson_interval
 from robustbench_cl.engine.results import write_results
 from robustbench_cl.engine.store import ResultsStore, write_json_atomic
@@ -90,6 +95,7 @@ class Pair:
     cells: list[Cell] = field(default_factory=list)
     membership: list[MembershipCell] = field(default_factory=list)
 
+    membership_skipped: list[dict[str, str]] = field(default_factory=list)
     generation_id: str | None = None
 
     def record_ids(self) -> list[str]:
@@ -123,7 +129,7 @@ def expand(config: MatrixConfig) -> list[Pair]:
                 }
             )
             pair = Pair(pair_id, model, defense)
-            pair.membership = expand_membership(
+            pair.membership, pair.membership_skipped = expand_membership(
                 config.membership, model, defense, pair_id, config.seed
             )
             if config.generation is not None:
@@ -165,6 +171,7 @@ def expand(config: MatrixConfig) -> list[Pair]:
                         Cell(cell_id, pair_id, group_id, model, defense, attack, threat)
                     )
             pairs.append(pair)
+    check_membership_coverage(config.membership, pairs)
     return pairs
 
 
@@ -294,6 +301,7 @@ class Runner:
             "model": pair.model.model_dump(),
             "defense": pair.defense.model_dump(),
             "defense_kind": self._defense_kind.get(pair.id, "training"),
+            "membership_skipped": pair.membership_skipped,
             "n": self.n,
             "correct": correct.int().tolist(),
             "clean_accuracy": count / self.n,

@@ -55,6 +55,7 @@ class PairSummary:
     defense_params: dict[str, Any] = field(default_factory=dict)
     membership: list[dict[str, Any]] = field(default_factory=list)
     generation: dict[str, Any] | None = None
+    membership_skipped: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -127,6 +128,7 @@ def summarize_records(
             defense_params=dict(clean["defense"].get("params", {})),
             membership=[r for r in audits if r["pair_id"] == pair_id],
             generation=generations.get(pair_id),
+            membership_skipped=list(clean.get("membership_skipped", [])),
         )
         groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for cell in pair_cells:

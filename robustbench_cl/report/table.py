@@ -152,6 +152,11 @@ def membership_table(summary: RunSummary) -> Table | None:
             f"{record['advantage']:.3f}",
             f"{refs}{' off' if record['offline'] else ''}" if refs else "-",
         )
+    for pair in summary.pairs:
+        for skipped in pair.membership_skipped:
+            table.add_row(
+                pair.label, skipped["attack"], "n/a", skipped["reason"], *[""] * (len(alphas) + 2)
+            )
     return table
 
 
