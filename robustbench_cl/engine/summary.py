@@ -80,7 +80,9 @@ class RunSummary:
 
 def threat_label(threat: dict[str, Any]) -> str:
     label = f"{threat['norm']} {threat['eps']:g}"
-    return label + (" targeted" if threat.get("targeted") else "")
+    label += " targeted" if threat.get("targeted") else ""
+    access = threat.get("access", "white-box")
+    return label + (f" {access}" if access != "white-box" else "")
 
 
 NORM_ORDER = {"linf": 0, "l2": 1, "l1": 2, "l0": 3, "none": 4}
@@ -93,6 +95,7 @@ def threat_sort_key(threat: dict[str, Any]) -> tuple[Any, ...]:
         NORM_ORDER.get(threat["norm"], 9),
         bool(threat.get("targeted")),
         threat["eps"],
+        threat.get("access", "white-box") != "white-box",
     )
 
 
@@ -181,9 +184,11 @@ def _add_eps_curve_flags(cells: list[dict[str, Any]]) -> None:
         key = json.dumps(
             [
                 cell["attack"]["attack"],
+                cell["attack"].get("name"),
                 cell["attack"]["params"],
                 threat["norm"],
                 threat["targeted"],
+                threat.get("access", "white-box"),
             ],
             sort_keys=True,
         )
