@@ -149,11 +149,15 @@ def test_results_are_deterministic(small_run, tmp_path):
 
 
 def test_packaged_suites_validate_in_every_profile():
-    assert "quickstart" in list_suites()
+    from robustbench_cl.engine.runner import expand
+
+    assert {"quickstart", "vision", "generative", "membership"} <= set(list_suites())
     for profile in ("quick", "full"):
         config = load_config("quickstart", profile=profile)
         assert {a.attack for a in config.attacks} == {"fgsm", "pgd", "autoattack"}
-        assert {d.defense for d in config.defenses} == {"none", "pgd-at"}
+        assert {d.defense for d in config.defenses} == {"none", "pgd-at", "rae"}
+        for suite in list_suites():  # every name, parameter and threat model resolves
+            assert expand(load_config(suite, profile=profile))
 
 
 @pytest.mark.parametrize(
