@@ -155,7 +155,7 @@ def membership_table(summary: RunSummary) -> Table | None:
     for pair in summary.pairs:
         for skipped in pair.membership_skipped:
             table.add_row(
-                pair.label, skipped["attack"], "n/a", skipped["reason"], *[""] * (len(alphas) + 2)
+                pair.label, skipped["attack"], "n/a", "no recipe", *[""] * (len(alphas) + 2)
             )
     return table
 
