@@ -253,3 +253,17 @@ def test_examples_are_real_successful_adversarials_inside_the_ball(small_run):
         assert (tensors["clean_prediction"] == tensors["label"]).all()
         outcomes = torch.tensor(record["outcomes"])
         assert (outcomes[tensors["index"]] == 0).all()  # each example was broken in this cell
+
+
+def test_display_names_must_not_collide():
+    twice = small_config(
+        defenses=[{"defense": "none", "name": "same"}, {"defense": "pgd-at", "name": "same"}]
+    )
+    with pytest.raises(UserError, match="both labelled"):
+        rbcl.run(twice, out=None, profile=None)
+    attacks = [
+        {"attack": "pgd", "params": {"steps": 5}, "threat": {"norm": "linf", "eps": 0.1}},
+        {"attack": "pgd", "params": {"steps": 9}, "threat": {"norm": "linf", "eps": 0.1}},
+    ]
+    with pytest.raises(UserError, match="distinct `name`"):
+        rbcl.run(small_config(attacks=attacks), out=None, profile=None)

@@ -167,3 +167,17 @@ def test_concurrent_processes_build_a_cached_artifact_once(tmp_path):
     assert [worker.exitcode for worker in workers] == [0, 0, 0]
     assert open(counter).read().splitlines() == ["trained"]
     assert not list((tmp_path / "art").glob("*.tmp"))
+
+
+def test_artifact_names_may_contain_dots(tmp_path):
+    from robustbench_cl.models.artifacts import (
+        artifact_exists,
+        load_artifact_weights,
+        save_artifact,
+    )
+
+    path = tmp_path / "rae-lam0.5"
+    save_artifact(path, nn.Linear(2, 2), {"ok": True})
+    assert (tmp_path / "rae-lam0.5.safetensors").exists() and artifact_exists(path)
+    assert not (tmp_path / "rae-lam0.safetensors").exists()
+    load_artifact_weights(path, nn.Linear(2, 2))

@@ -342,3 +342,18 @@ def test_python_api_writes_the_report(tmp_path):
     path = rbcl.write_report(run)
     assert path == run / "report.html" and 'id="worst"' in path.read_text()
     assert rbcl.load_results(run)["schema_version"] == SCHEMA_VERSION
+
+
+def test_transfer_points_never_join_the_white_box_curves():
+    from robustbench_cl.report.plots import security_curves
+
+    results = load_results(ROOT / "reports" / "vision")
+    titles = [title for title, _ in security_curves(results)]
+    assert "linf" in titles and not any("transfer" in t for t in titles)  # one eps: no curve
+
+
+def test_a_dollar_sign_in_a_name_is_text_not_mathtext():
+    results = load_results(GOLDEN_RUN)
+    for pair in results["pairs"]:
+        pair["label"] = "cnn $\\foo$ / 100$"
+    assert "$\\foo$" in render_results(results)

@@ -14,6 +14,7 @@ halves vs 0.569 with matched subsets, undefended digits-cnn, 180 + 180 examples)
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,9 @@ from robustbench_cl.privacy.membership import (
 )
 from robustbench_cl.privacy.metrics import membership_metrics
 from robustbench_cl.utils import stable_hash
+
+#: bump when the audit's protocol changes, so that resumed runs do not reuse stale records
+MEMBERSHIP_VERSION = 2
 
 
 @dataclass
@@ -63,8 +67,12 @@ def reference_recipe(model: ModelConfig, defense: DefenseConfig) -> ReferenceRec
         base = train_base(x, y, seed)
         if built.kind == "none":
             return base
-        half = TensorData(f"reference-{stable_hash([seed, len(y)])}", "train", x, y, 10)
-        return built.build(Frozen(base), f"{model.spec}#reference{seed}", half)
+        digest = hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(y.detach().cpu().contiguous().numpy().tobytes())
+        subset = TensorData(
+            f"reference-{seed}-{digest.hexdigest()[:16]}", "train", x, y, int(y.max()) + 1
+        )
+        return built.build(Frozen(base), f"{model.spec}#reference{seed}", subset)
 
     key = {
         "model": model.spec,
@@ -107,7 +115,13 @@ def expand_membership(
                 }
             )
             continue
-        key = {"pair": pair_id, "attack": config.attack, "params": config.params, "n": config.n}
+        key = {
+            "pair": pair_id,
+            "attack": config.attack,
+            "settings": attack.settings(),
+            "n": config.n,
+            "version": MEMBERSHIP_VERSION,
+        }
         cells.append(
             MembershipCell(stable_hash({**key, "seed": seed}), pair_id, model, defense, config)
         )
@@ -151,6 +165,10 @@ class MembershipAudit:
         audited = torch.cat([members[:n], outsiders[:n]])
         is_member = torch.cat([torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)])
         return audited, is_member, outsiders[n:]
+
+    def release(self, pair_id: str) -> None:
+        for key in [k for k in self._references if k[0] == pair_id]:
+            del self._references[key]
 
     @property
     def target_fraction(self) -> float:

@@ -198,7 +198,7 @@ def _membership_entry(record: dict[str, Any], pair_label: str) -> dict[str, Any]
             "params": attack.get("params", {}),
             "settings": attack.get("settings", {}),
         },
-        **{key: record[key] for key in keys},
+        **{key: record.get(key) for key in keys},
     }
 
 

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -172,7 +173,31 @@ def expand(config: MatrixConfig) -> list[Pair]:
                     )
             pairs.append(pair)
     check_membership_coverage(config.membership, pairs)
+    _check_unique_labels(config, pairs)
     return pairs
+
+
+def _check_unique_labels(config: MatrixConfig, pairs: list[Pair]) -> None:
+    """Reports and compare match rows and columns by display name: names must not collide."""
+    seen: dict[str, int] = {}
+    for index, pair in enumerate(pairs):
+        label = f"{pair.model.label} / {pair.defense.label}"
+        if label in seen:
+            raise UserError(
+                "defenses[].name",
+                f"two (model, defense) pairs are both labelled {label!r}",
+                "give each model and defense a distinct `name`",
+            )
+        seen[label] = index
+    for pair in pairs[:1]:  # every pair has the same attack columns
+        counts = Counter(f"{c.attack.label} {c.threat.describe()}" for c in pair.cells)
+        duplicated = [column for column, count in counts.items() if count > 1]
+        if duplicated:
+            raise UserError(
+                "attacks[].name",
+                f"two attack entries share the display name and threat {duplicated[0]!r}",
+                "give each attack entry a distinct `name`",
+            )
 
 
 def _targets(y: torch.Tensor, n_classes: int, seed: int) -> torch.Tensor:
@@ -503,6 +528,7 @@ class Runner:
                 records[cell.id] = record
                 self.progress.batch_done()
                 self.progress.cell_done(record, skipped=False)
+            self._release(pair)
             if pair.generation_id is not None:
                 if pair.generation_id in records:
                     self.progress.cell_done(records[pair.generation_id], skipped=True)
@@ -512,6 +538,12 @@ class Runner:
                     records[pair.generation_id] = record
                     self.progress.cell_done(record, skipped=False)
         return [records[p.id] for p in pairs] + [records[i] for i in all_ids]
+
+    def _release(self, pair: Pair) -> None:
+        """Free what only this pair needed (its bare model, its reference models)."""
+        self._bare.pop(pair.id, None)
+        if self._audit is not None:
+            self._audit.release(pair.id)
 
     def generation_record(self, pair: Pair, model: nn.Module) -> dict[str, Any]:
         from PIL import Image

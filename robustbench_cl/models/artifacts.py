@@ -16,6 +16,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 
+def with_extension(path: str | Path, extension: str) -> Path:
+    """``path`` + ``extension``, appended: ``rae-lam0.5`` -> ``rae-lam0.5.json``.
+
+    ``Path.with_suffix`` would replace the ``.5``.
+    """
+    path = Path(path)
+    return path.parent / (path.name + extension)
+
+
 @contextmanager
 def artifact_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive inter-process lock on ``path`` while a cached artifact is built.
@@ -25,7 +34,7 @@ def artifact_lock(path: Path) -> Iterator[None]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "a") as handle:
+    with open(with_extension(path, ".lock"), "a") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -43,30 +52,30 @@ def save_artifact(path: Path, module: nn.Module, config: dict[str, Any]) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
     unique = f".{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-    tmp_weights = path.with_suffix(".safetensors" + unique)
+    tmp_weights = with_extension(path, ".safetensors" + unique)
     save_file(weights, str(tmp_weights))
     _fsync(tmp_weights)
-    os.replace(tmp_weights, path.with_suffix(".safetensors"))
-    tmp_config = path.with_suffix(".json" + unique)
+    os.replace(tmp_weights, with_extension(path, ".safetensors"))
+    tmp_config = with_extension(path, ".json" + unique)
     tmp_config.write_text(json.dumps(config, indent=2, sort_keys=True))
     _fsync(tmp_config)
-    os.replace(tmp_config, path.with_suffix(".json"))
+    os.replace(tmp_config, with_extension(path, ".json"))
     return path
 
 
 def artifact_exists(path: Path) -> bool:
     path = Path(path)
-    return path.with_suffix(".safetensors").exists() and path.with_suffix(".json").exists()
+    return with_extension(path, ".safetensors").exists() and with_extension(path, ".json").exists()
 
 
 def load_artifact_weights(path: Path, module: nn.Module) -> nn.Module:
-    state = load_file(str(Path(path).with_suffix(".safetensors")))
+    state = load_file(str(with_extension(path, ".safetensors")))
     module.load_state_dict(state)
     return module
 
 
 def load_artifact_config(path: Path) -> dict[str, Any]:
-    return json.loads(Path(path).with_suffix(".json").read_text())
+    return json.loads(with_extension(path, ".json").read_text())
 
 
 def load_foreign_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

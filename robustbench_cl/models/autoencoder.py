@@ -14,7 +14,11 @@ import torch
 from torch import nn
 
 from robustbench_cl.errors import UserError
-from robustbench_cl.models.artifacts import load_artifact_config, load_artifact_weights
+from robustbench_cl.models.artifacts import (
+    load_artifact_config,
+    load_artifact_weights,
+    with_extension,
+)
 
 
 class AutoEncoder(nn.Module):
@@ -82,14 +86,14 @@ def write_wrapped(preprocessor: str | Path, model_spec: str, output: str | Path)
     from safetensors.torch import save_file
 
     source = _prefix(preprocessor)
-    if not source.with_suffix(".json").exists():
+    if not with_extension(source, ".json").exists():
         raise UserError("--preprocessor", f"{source}.json does not exist", "pass an RAE artifact")
     autoencoder = load_autoencoder(source)
     out = _prefix(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(
         {k: v.contiguous() for k, v in autoencoder.state_dict().items()},
-        str(out.with_suffix(".safetensors")),
+        str(with_extension(out, ".safetensors")),
     )
     config = load_artifact_config(source)
     description = {
@@ -102,7 +106,7 @@ def write_wrapped(preprocessor: str | Path, model_spec: str, output: str | Path)
         },
         "gradient_mode": config.get("settings", {}).get("gradient_mode", "end-to-end"),
     }
-    out.with_suffix(".json").write_text(json.dumps(description, indent=2, sort_keys=True))
+    with_extension(out, ".json").write_text(json.dumps(description, indent=2, sort_keys=True))
     return out
 
 
@@ -112,11 +116,11 @@ def wrapped_model(target: str, options: dict[str, str]) -> nn.Module:
     from robustbench_cl.models.wrappers import Preprocessed
 
     out = _prefix(target)
-    if not out.with_suffix(".json").exists():
+    if not with_extension(out, ".json").exists():
         raise UserError(
             "model", f"{out}.json does not exist", "create it with `robustbench-cl wrap`"
         )
-    description = json.loads(out.with_suffix(".json").read_text())
+    description = json.loads(with_extension(out, ".json").read_text())
     if description.get("kind") != "wrapped":
         raise UserError("model", f"{out}.json is not a wrapped model", "create it with `wrap`")
     shape = description["preprocessor"]["shape"]

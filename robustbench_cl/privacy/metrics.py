@@ -32,7 +32,9 @@ def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, alpha: float) -> float:
 
 
 def auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
-    return float(np.trapezoid(tpr, fpr))
+    from sklearn.metrics import auc as area
+
+    return float(area(fpr, tpr))
 
 
 def advantage(fpr: np.ndarray, tpr: np.ndarray) -> float:

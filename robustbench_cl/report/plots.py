@@ -27,6 +27,7 @@ def _figure(width: float = 5.0, height: float = 3.4):  # noqa: ANN202 - a matplo
     plt.rcParams.update(
         {
             "svg.fonttype": "none",  # text stays text: smaller, selectable, escaped by us
+            "text.parse_math": False,  # a '$' in a model name is text, not mathtext
             "font.size": 9,
             "axes.spines.top": False,
             "axes.spines.right": False,
@@ -58,7 +59,7 @@ def security_curves(results: dict[str, Any]) -> list[tuple[str, str]]:
     eps = 0 is the clean accuracy. Only norms with at least two eps values get a figure.
     The worst case at an eps is over the attacks that ran at that eps, so the caption says so.
     """
-    curves: dict[tuple[str, bool], dict[str, list[tuple[float, float, float, float]]]] = (
+    curves: dict[tuple[str, bool, str], dict[str, list[tuple[float, float, float, float]]]] = (
         defaultdict(lambda: defaultdict(list))
     )
     clean = {pair["label"]: pair for pair in results["pairs"]}
@@ -66,11 +67,10 @@ def security_curves(results: dict[str, Any]) -> list[tuple[str, str]]:
         for worst in pair["worst_case"]:
             threat = worst["threat"]
             low, high = worst["ci95"]
-            curves[(threat["norm"], threat["targeted"])][pair["label"]].append(
-                (threat["eps"], worst["robust_accuracy"], low, high)
-            )
+            key = (threat["norm"], threat["targeted"], threat.get("access", "white-box"))
+            curves[key][pair["label"]].append((threat["eps"], worst["robust_accuracy"], low, high))
     figures = []
-    for (norm, targeted), lines in curves.items():
+    for (norm, targeted, access), lines in curves.items():
         if max(len({p[0] for p in points}) for points in lines.values()) < 2:
             continue
         fig, ax = _figure()
@@ -89,12 +89,15 @@ def security_curves(results: dict[str, Any]) -> list[tuple[str, str]]:
                 alpha=0.15,
                 linewidth=0,
             )
-        ax.set_xlabel(f"eps ({norm}{', targeted' if targeted else ''})")
+        suffix = (", targeted" if targeted else "") + (
+            f", {access}" if access != "white-box" else ""
+        )
+        ax.set_xlabel(f"eps ({norm}{suffix})")
         ax.set_ylabel("robust accuracy (%)")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, frameon=False)
-        title = f"{norm}{' targeted' if targeted else ''}"
+        title = norm + suffix.replace(",", "")
         figures.append((title, to_svg(fig)))
     return figures
 
