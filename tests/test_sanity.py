@@ -85,3 +85,76 @@ def test_eps_curve_flags_a_rise():
     flags = sanity.eps_curve_flags([(0.1, 0.5), (0.05, 0.8), (0.2, 0.6)], n=100)
     assert list(flags) == [0.2]
     assert sanity.eps_curve_flags([(0.1, 0.5), (0.2, 0.3)], n=100) == {}
+
+
+def _records(white_box_outcomes, second_outcomes, second_uses_gradients, second_access):  # noqa: ANN001, ANN202
+    n = len(white_box_outcomes)
+    clean = {
+        "type": "clean",
+        "id": "p",
+        "model": {"spec": "builtin:x"},
+        "defense": {"defense": "none"},
+        "n": n,
+        "correct": [1] * n,
+        "clean_accuracy": 1.0,
+        "clean_ci95": [0.9, 1.0],
+    }
+
+    def cell(cid, group, name, outcomes, gradients, access):  # noqa: ANN001, ANN202
+        threat = {"norm": "linf", "eps": 0.1, "targeted": False, "space": "input", "access": access}
+        return {
+            "type": "cell",
+            "id": cid,
+            "pair_id": "p",
+            "group_id": group,
+            "attack": {"attack": name, "name": name, "params": {}},
+            "threat": threat,
+            "outcomes": outcomes,
+            "broken": sum(1 for o in outcomes if o == 0),
+            "robust_accuracy": sum(1 for o in outcomes if o == 1) / n,
+            "n": n,
+            "flags": [],
+            "uses_gradients": gradients,
+            "cascade": True,
+        }
+
+    second_group = "g1" if second_access == "white-box" else "g2"
+    return [
+        clean,
+        cell("c1", "g1", "pgd", white_box_outcomes, True, "white-box"),
+        cell("c2", second_group, "second", second_outcomes, second_uses_gradients, second_access),
+    ]
+
+
+def _flag_codes(records):  # noqa: ANN001, ANN202
+    from pathlib import Path
+
+    from robustbench_cl.engine.summary import summarize_records
+
+    summary = summarize_records(Path("."), records, {})
+    return {cell["id"]: [f["code"] for f in cell["flags"]] for cell in summary.pairs[0].cells}
+
+
+def test_a_gradient_free_attack_that_wins_in_the_cascade_is_flagged():
+    white_box = [0] * 20 + [1] * 80
+    # Square (gradient-free) runs on the 80 survivors and breaks 10 of them
+    square = [-1] * 20 + [0] * 10 + [1] * 70
+    codes = _flag_codes(_records(white_box, square, False, "white-box"))
+    assert "black_box_beats_white_box" in codes["c2"]
+    quiet = [-1] * 20 + [0] * 1 + [1] * 79  # within max(1, 1% of n): not flagged
+    assert (
+        "black_box_beats_white_box"
+        not in _flag_codes(_records(white_box, quiet, False, "white-box"))["c2"]
+    )
+
+
+def test_a_transfer_attack_that_beats_white_box_is_flagged():
+    white_box = [0] * 20 + [1] * 80
+    transfer = [0] * 20 + [0] * 15 + [1] * 65  # breaks 15 samples PGD left robust
+    codes = _flag_codes(_records(white_box, transfer, True, "transfer"))
+    assert "transfer_beats_white_box" in codes["c2"]
+    weaker = [0] * 20 + [1] * 80  # breaks only what PGD broke too
+    assert (
+        "transfer_beats_white_box"
+        not in _flag_codes(_records(white_box, weaker, True, "transfer"))["c2"]
+    )

@@ -423,6 +423,7 @@ class Runner:
             },
             "threat": cell.threat.to_dict(),
             "adaptive": not transfer,
+            "uses_gradients": attack.uses_gradients,
             "cascade": config.engine.cascade,
             "n": self.n,
             "attacked": len(todo),

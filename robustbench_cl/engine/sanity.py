@@ -166,3 +166,20 @@ def non_adaptive_flag() -> dict[str, str]:
             "model; add an end-to-end (or BPDA/EOT) white-box attack through the preprocessor"
         ),
     }
+
+
+def black_box_flag(cell: dict[str, Any], beaten: str, count: int | None = None) -> Flag:
+    """A weaker attack won: the stronger (gradient / white-box) attacks are probably masked."""
+    name = cell["attack"].get("name") or cell["attack"]["attack"]
+    count = cell["broken"] if count is None else count
+    if beaten == "gradient":
+        return flag(
+            "black_box_beats_white_box",
+            f"{name} (gradient-free) broke {count} samples that the gradient attacks before it "
+            "left robust: the gradients may be masked; trust the worst case, not single attacks",
+        )
+    return flag(
+        "transfer_beats_white_box",
+        f"{name} (transfer) broke {count} samples that every white-box attack at this threat "
+        "left robust: the white-box attacks fail on this model; suspect gradient masking",
+    )

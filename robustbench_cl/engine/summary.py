@@ -118,6 +118,7 @@ def summarize_records(
         _add_eps_curve_flags(pair_cells)
         if clean.get("defense_kind") == "preprocessor":
             _add_non_adaptive_flags(pair_cells)
+        _add_black_box_flags(pair_cells, clean)
         summary = PairSummary(
             model=clean["model"].get("name") or clean["model"]["spec"],
             defense=clean["defense"].get("name") or clean["defense"]["defense"],
@@ -175,6 +176,46 @@ def _add_non_adaptive_flags(cells: list[dict[str, Any]]) -> None:
     if cells and all(cell["threat"].get("access") == "transfer" for cell in cells):
         for cell in cells:
             cell["flags"].append(sanity.non_adaptive_flag())
+
+
+def _add_black_box_flags(cells: list[dict[str, Any]], clean: dict[str, Any]) -> None:
+    """Gradient masking shows as weaker attacks winning: a gradient-free attack that breaks
+    samples the gradient attacks before it left robust, or a transfer attack that breaks
+    samples every white-box attack at the same threat left robust."""
+    n = clean["n"]
+    tolerance = max(1, round(0.01 * n))
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for cell in cells:
+        groups[cell["group_id"]].append(cell)
+    robust_white_box: dict[tuple[Any, ...], set[int]] = {}
+    for group in groups.values():
+        seen_gradient = False
+        for cell in group:
+            gradient = cell.get("uses_gradients", True)
+            if not gradient and seen_gradient and cell.get("cascade", True):
+                if cell["broken"] > tolerance:
+                    cell["flags"].append(sanity.black_box_flag(cell, "gradient"))
+            seen_gradient = seen_gradient or gradient
+        threat = group[0]["threat"]
+        if threat.get("access", "white-box") == "white-box":
+            robust = {i for i, ok in enumerate(clean["correct"]) if ok}
+            for cell in group:
+                robust -= {i for i, outcome in enumerate(cell["outcomes"]) if outcome == BROKEN}
+            robust_white_box[_threat_key(threat)] = robust
+    for cell in cells:
+        threat = cell["threat"]
+        if threat.get("access") != "transfer":
+            continue
+        robust = robust_white_box.get(_threat_key(threat))
+        if robust is None:
+            continue
+        broken = {i for i, outcome in enumerate(cell["outcomes"]) if outcome == BROKEN}
+        if len(broken & robust) > tolerance:
+            cell["flags"].append(sanity.black_box_flag(cell, "white-box", len(broken & robust)))
+
+
+def _threat_key(threat: dict[str, Any]) -> tuple[Any, ...]:
+    return (threat["norm"], threat["eps"], bool(threat.get("targeted")), threat.get("space"))
 
 
 def _add_eps_curve_flags(cells: list[dict[str, Any]]) -> None:
