@@ -34,6 +34,7 @@ screenshot: $(STAMP) chromium
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/attack_overhead.py
+	$(BIN)/python benchmarks/cascade.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check robustbench_cl tests benchmarks

@@ -267,3 +267,62 @@ def test_display_names_must_not_collide():
     ]
     with pytest.raises(UserError, match="distinct `name`"):
         rbcl.run(small_config(attacks=attacks), out=None, profile=None)
+
+
+def test_auto_batch_size_backs_off_on_out_of_memory(tmp_path, monkeypatch):
+    from robustbench_cl.attacks.fgsm import FGSM
+
+    calls = []
+    original = FGSM.__call__
+
+    def limited(self, model, x, y, threat):  # noqa: ANN001, ANN202
+        calls.append(len(x))
+        if len(x) > 8:
+            raise torch.OutOfMemoryError("simulated")
+        return original(self, model, x, y, threat)
+
+    monkeypatch.setattr(FGSM, "__call__", limited)
+    config = small_config(
+        defenses=[{"defense": "none"}],
+        attacks=[{"attack": "fgsm", "threat": {"norm": "linf", "eps": 0.1}}],
+    )
+    auto = rbcl.run(
+        dict(config, engine={"batch_size": "auto", "sanity_checks": False}),
+        out=tmp_path / "auto",
+        profile=None,
+    )
+    assert max(calls) > 8 and calls[-1] <= 8  # it tried big, then halved until it fit
+    fixed = rbcl.run(
+        dict(config, engine={"batch_size": 8, "sanity_checks": False}),
+        out=tmp_path / "fixed",
+        profile=None,
+    )
+    outcomes = [
+        [r.get("outcomes") for r in _records(run) if r["type"] == "cell"] for run in (auto, fixed)
+    ]
+    assert outcomes[0] == outcomes[1]
+
+
+def test_bf16_attacks_are_judged_in_fp32_and_agree_with_fp32(tmp_path):
+    config = small_config(
+        defenses=[{"defense": "none"}],
+        attacks=[{"attack": "pgd", "params": {"steps": 5}, "threat": {"norm": "linf", "eps": 0.1}}],
+        data={"name": "digits", "n": 64},
+    )
+    runs = {
+        precision: _records(
+            rbcl.run(
+                dict(config, engine={"precision": precision, "sanity_checks": False}),
+                out=tmp_path / precision,
+                profile=None,
+            )
+        )
+        for precision in ("fp32", "bf16")
+    }
+    accuracy = {
+        p: [r for r in records if r["type"] == "cell"][0]["robust_accuracy"]
+        for p, records in runs.items()
+    }
+    assert (
+        abs(accuracy["fp32"] - accuracy["bf16"]) <= 0.1
+    )  # within about the Wilson interval at n=64

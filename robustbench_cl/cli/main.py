@@ -70,6 +70,13 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
     help="Reuse finished cells in --out, or start over.",
 )
 @click.option("--seed", type=int, default=None, help="Override the config's seed.")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16"]),
+    default=None,
+    help="Attack precision (bf16 autocast is opt-in; outcomes are judged in fp32).",
+)
+@click.option("--batch-size", default=None, help="Samples per attack call, or 'auto'.")
 @click.option("--json", "as_json", is_flag=True, help="Print the matrix as JSON on stdout.")
 def run(
     suite: str,
@@ -78,6 +85,8 @@ def run(
     device: str,
     resume: bool,
     seed: int | None,
+    precision: str | None,
+    batch_size: str | None,
     as_json: bool,
 ) -> None:
     """Run SUITE (a packaged suite name or a YAML config path)."""
@@ -96,6 +105,7 @@ def run(
             seed=seed,
             progress=progress,
             command=command,
+            engine=_engine_overrides(precision, batch_size),
         )
     summary = load_run(run_dir)
     _write_report(run_dir)
@@ -104,6 +114,19 @@ def run(
     else:
         _print_summary(summary)
         console.print(f"run directory: {run_dir}")
+
+
+def _engine_overrides(precision: str | None, batch_size: str | None) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    if precision is not None:
+        overrides["precision"] = precision
+    if batch_size is not None:
+        if batch_size != "auto" and not batch_size.isdigit():
+            raise UserError(
+                "--batch-size", f"expected a number or auto, got {batch_size!r}", "e.g. 256"
+            )
+        overrides["batch_size"] = batch_size if batch_size == "auto" else int(batch_size)
+    return overrides
 
 
 def _write_report(run_dir: Path) -> None:

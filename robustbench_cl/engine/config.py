@@ -114,7 +114,18 @@ class GenerationConfig(_Strict):
 
 
 class EngineConfig(_Strict):
-    batch_size: int = Field(default=256, ge=1)
+    #: samples per attack call; "auto" starts large and halves on out-of-memory
+    batch_size: int | Literal["auto"] = 256
+    #: "bf16" runs attacks under bfloat16 autocast (opt-in); outcomes are re-judged in fp32
+    precision: Literal["fp32", "bf16"] = "fp32"
+
+    @field_validator("batch_size")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("batch_size must be >= 1 or auto")
+        return value
+
     cascade: bool = True
     sanity_checks: bool = True
     sanity_probe_size: int = Field(default=64, ge=1)
@@ -231,7 +242,10 @@ def list_suites() -> list[str]:
 
 
 def load_config(
-    source: str | Path | dict[str, Any], profile: str | None = "quick", seed: int | None = None
+    source: str | Path | dict[str, Any],
+    profile: str | None = "quick",
+    seed: int | None = None,
+    engine: dict[str, Any] | None = None,
 ) -> MatrixConfig:
     """Read, apply a profile, and validate. Raises :class:`UserError` with a one-line message."""
     raw = dict(source) if isinstance(source, dict) else read_yaml(resolve_suite_path(source))
@@ -246,6 +260,8 @@ def load_config(
         raw = _deep_merge(raw, profiles[profile] or {})
     if seed is not None:
         raw["seed"] = seed
+    if engine:
+        raw["engine"] = {**(raw.get("engine") or {}), **engine}
     try:
         return MatrixConfig.model_validate(raw)
     except ValidationError as error:

@@ -10,6 +10,7 @@ clean, or broken earlier in the cascade).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import socket
@@ -261,6 +262,7 @@ class Runner:
         self._train: TensorData | None = None
         self._audit: MembershipAudit | None = None
         self._bare: dict[str, nn.Module] = {}
+        self._auto_batch = 4096
         self._defense_kind: dict[str, str] = {}
         self._generation: GenerationAudit | None = None
 
@@ -292,8 +294,19 @@ class Runner:
         return model.to(self.device).eval()
 
     # ------------------------------------------------------------------ batched helpers
-    def _predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def batch_size(self) -> int:
+        """The configured batch size, or the current automatic one (halved on out-of-memory)."""
         size = self.config.engine.batch_size
+        return self._auto_batch if size == "auto" else size
+
+    def _autocast(self):  # noqa: ANN202
+        if self.config.engine.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        size = self.batch_size
         with torch.no_grad():
             return torch.cat([model(x[i : i + size]) for i in range(0, len(x), size)])
 
@@ -350,10 +363,10 @@ class Runner:
                 self.y, n_classes, derive_seed(config.seed, cell.group_id, "targets")
             ).to(self.device)
         todo = alive.nonzero().flatten()
-        size = config.engine.batch_size
-        batches = [todo[i : i + size] for i in range(0, len(todo), size)]
+        size = self.batch_size
+        automatic = config.engine.batch_size == "auto"
         label = f"{cell.model.label} | {cell.defense.label} | {cell.attack.label} | {cell.threat.describe()}"
-        self.progress.cell_started(label, len(batches))
+        self.progress.cell_started(label, -(-len(todo) // size))
         if attack.name == "autoattack":
             self.progress.message(f"AutoAttack settings: {attack.resolved_settings(n_classes)}")
         outcomes = torch.full((self.n,), NOT_ATTACKED, dtype=torch.long, device=self.device)
@@ -363,11 +376,25 @@ class Runner:
         kept: list[tuple[torch.Tensor, torch.Tensor]] = []
         transfer = cell.threat.access == "transfer"
         source = self._bare.get(cell.pair_id, model) if transfer else model
+        rejudge = transfer or config.engine.precision == "bf16"
         with step_hook(self.progress.step):
-            for batch in batches:
-                result = attack(source, self.x[batch], labels[batch], cell.threat)
+            start = 0
+            while start < len(todo):
+                batch = todo[start : start + size]
+                try:
+                    with self._autocast():
+                        result = attack(source, self.x[batch], labels[batch], cell.threat)
+                except torch.OutOfMemoryError:
+                    if not automatic or len(batch) == 1:
+                        raise
+                    size = self._auto_batch = max(1, len(batch) // 2)
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    self.progress.message(f"out of memory at batch {len(batch)}; now {size}")
+                    continue
+                start += len(batch)
                 success = result.success
-                if transfer:  # crafted on the bare model, judged on the defended one
+                if rejudge:  # transfer: judged on the defended model; bf16: judged in fp32
                     with torch.no_grad():
                         predicted = model(result.adv).argmax(1)
                     if cell.threat.targeted:
@@ -624,9 +651,13 @@ def run(
     seed: int | None = None,
     progress: Progress | None = None,
     command: str | None = None,
+    engine: dict[str, Any] | None = None,
 ) -> Path:
-    """Run a matrix (a packaged suite name, a YAML path or a dict) into a run directory."""
-    config = load_config(source, profile=profile, seed=seed)
+    """Run a matrix (a packaged suite name, a YAML path or a dict) into a run directory.
+
+    ``engine`` overrides keys of the config's ``engine`` section (``batch_size``, ``precision``).
+    """
+    config = load_config(source, profile=profile, seed=seed, engine=engine)
     resolved_device = resolve_device(device)
     progress = progress or Progress()
     pairs = expand(config)  # validate every name and threat model before touching the disk
