@@ -230,3 +230,11 @@ def test_external_torchattacks_and_art_follow_our_protocol(digits_model, digits_
         assert result.success.float().mean() > 0.3
     with pytest.raises(UserError, match="torchattacks has no attack"):
         rbcl.make_attack("torchattacks:PGDX")
+
+
+def test_query_only_external_attacks_are_marked_gradient_free():
+    from robustbench_cl.attacks.external import ARTAttack, TorchattacksAttack
+
+    assert TorchattacksAttack("Square").uses_gradients is False
+    assert TorchattacksAttack("PGD").uses_gradients is True
+    assert ARTAttack("HopSkipJump").uses_gradients is False

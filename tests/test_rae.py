@@ -179,11 +179,16 @@ def _rae_config(attacks: list[dict]) -> dict:
 
 TRANSFER = {
     "attack": "pgd",
-    "name": "PGD transfer",
+    "name": "PGD",  # the same display name as the white-box PGD: the threat label differs
     "params": {"steps": 5},
     "threat": {"norm": "linf", "eps": 0.1, "access": "transfer"},
 }
-END_TO_END = {"attack": "pgd", "params": {"steps": 5}, "threat": {"norm": "linf", "eps": 0.1}}
+END_TO_END = {
+    "attack": "pgd",
+    "name": "PGD",
+    "params": {"steps": 5},
+    "threat": {"norm": "linf", "eps": 0.1},
+}
 
 
 def test_transfer_only_evaluation_of_a_preprocessor_is_flagged(tmp_path):
@@ -193,6 +198,7 @@ def test_transfer_only_evaluation_of_a_preprocessor_is_flagged(tmp_path):
     results = load_results(run)
     (cell,) = results["cells"]
     assert cell["adaptive"] is False
+    assert cell["attack"]["settings"]["keep_best"] is False  # the final, highest-loss iterate
     assert "preprocessor_non_adaptive" in [f["code"] for f in cell["flags"]]
     assert "non-adaptive" in rbcl.report.html.render_report(run)
 
@@ -200,3 +206,37 @@ def test_transfer_only_evaluation_of_a_preprocessor_is_flagged(tmp_path):
     cells = load_results(run)["cells"]
     assert [c["adaptive"] for c in cells] == [True, False]
     assert all("preprocessor_non_adaptive" not in [f["code"] for f in c["flags"]] for c in cells)
+
+
+def test_wrapped_specs_store_absolute_weight_paths_and_take_no_options(tmp_path, monkeypatch):
+    import torchvision
+    from safetensors.torch import save_file
+
+    from robustbench_cl.models.artifacts import load_artifact_config, save_artifact
+    from robustbench_cl.models.autoencoder import write_wrapped
+
+    monkeypatch.setenv("ROBUSTBENCH_CL_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    save_file(torchvision.models.resnet18(num_classes=4).state_dict(), "r18.safetensors")
+    data = _images(n=8, channels=3, size=32, seed=3)
+    defense = make_defense("rae", epochs=1, steps=1, batch_size=8)
+    save_artifact(
+        tmp_path / "rae", defense.fit(data), load_artifact_config(defense.cache_path("", data))
+    )
+    out = write_wrapped("rae", "torchvision:resnet18?weights=r18.safetensors&num_classes=4", "w")
+    spec = json.loads((tmp_path / "w.json").read_text())["model"]
+    assert str(tmp_path / "r18.safetensors") in spec
+    monkeypatch.chdir(tmp_path / "home")  # another directory: it still loads
+    assert rbcl.load_model(f"wrapped:{tmp_path / out.name}")(torch.rand(1, 3, 32, 32)).shape == (
+        1,
+        4,
+    )
+    with pytest.raises(UserError, match="no options"):
+        rbcl.load_model(f"wrapped:{tmp_path / out.name}?x=1")
+
+
+def test_the_rae_refuses_non_square_images(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBUSTBENCH_CL_HOME", str(tmp_path))
+    data = TensorData("wide", "train", torch.rand(4, 1, 8, 16), torch.zeros(4, dtype=torch.long), 2)
+    with pytest.raises(UserError, match="square"):
+        make_defense("rae", epochs=1).fit(data)

@@ -17,6 +17,24 @@ from robustbench_cl.attacks.base import Attack
 from robustbench_cl.errors import UserError
 from robustbench_cl.threat import ThreatModel
 
+#: query-only attacks of torchattacks and ART: the "black-box beats white-box" sanity flag
+#: compares them with the gradient attacks at the same threat
+GRADIENT_FREE = frozenset(
+    {
+        "Square",
+        "SquareAttack",
+        "OnePixel",
+        "Pixle",
+        "SPSA",
+        "HopSkipJump",
+        "BoundaryAttack",
+        "SimBA",
+        "ZooAttack",
+        "GeoDA",
+        "SignOPTAttack",
+    }
+)
+
 
 class TorchattacksAttack(Attack):
     """``torchattacks.<NAME>(model, eps=threat.eps, **params)`` as one of our attacks."""
@@ -39,6 +57,7 @@ class TorchattacksAttack(Attack):
         self.attack_name = attack_name
         self.params = params
         self.name = f"torchattacks:{attack_name}"
+        self.uses_gradients = attack_name not in GRADIENT_FREE
 
     def supports(self, threat: ThreatModel, task: str = "classification") -> str | None:
         reason = super().supports(threat, task)
@@ -78,6 +97,7 @@ class ARTAttack(Attack):
         self.batch_size = batch_size
         self.params = params
         self.name = f"art:{attack_name}"
+        self.uses_gradients = attack_name not in GRADIENT_FREE
 
     def supports(self, threat: ThreatModel, task: str = "classification") -> str | None:
         reason = super().supports(threat, task)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -192,6 +193,10 @@ class DualAdversarialTraining(Defense):
             from_scratch=True,
             seed=self.seed,
         )
+
+    def cache_path(self, model_spec: str, data: TensorData) -> Path:
+        # stage 2 starts from stage 1: a new PGD-AT version must invalidate DAT too
+        return super().cache_path(f"{model_spec}#pgd-at-v{PGDAdversarialTraining.version}", data)
 
     def build(self, model: Frozen, model_spec: str, data: TensorData) -> nn.Module:
         path = self.cache_path(model_spec, data)

@@ -140,6 +140,12 @@ class RobustAutoEncoder(Defense):
 
     def fit(self, data: TensorData) -> AutoEncoder:
         """Train (or load) the RAE on ``data.x`` only: no labels, no model."""
+        if data.x.dim() != 4 or data.x.shape[-1] != data.x.shape[-2]:
+            raise UserError(
+                "data",
+                f"the RAE needs square images (N, C, H, H), got {tuple(data.x.shape)}",
+                "resize or crop the images",
+            )
         channels, size = data.x.shape[1], data.x.shape[-1]
         torch.manual_seed(self.seed)
         autoencoder = AutoEncoder(channels, size, self.latent, self.width)

@@ -50,8 +50,9 @@ from robustbench_cl.engine.membership import (
 from robustbench_cl.engine.metrics import wilson_interval
 from robustbench_cl.engine.results import write_results
 from robustbench_cl.engine.store import ResultsStore, write_json_atomic
+from robustbench_cl.engine.summary import threat_label
 from robustbench_cl.errors import UserError
-from robustbench_cl.models import check_spec, load_model
+from robustbench_cl.models import Preprocessed, check_spec, load_model
 from robustbench_cl.threat import ThreatModel
 from robustbench_cl.utils import derive_seed, device_name, resolve_device, stable_hash
 
@@ -191,7 +192,7 @@ def _check_unique_labels(config: MatrixConfig, pairs: list[Pair]) -> None:
             )
         seen[label] = index
     for pair in pairs[:1]:  # every pair has the same attack columns
-        counts = Counter(f"{c.attack.label} {c.threat.describe()}" for c in pair.cells)
+        counts = Counter(f"{c.attack.label} {threat_label(c.threat.to_dict())}" for c in pair.cells)
         duplicated = [column for column, count in counts.items() if count > 1]
         if duplicated:
             raise UserError(
@@ -288,9 +289,15 @@ class Runner:
         model = defense.build(base, pair.model.spec, self.train_data())
         if hasattr(base, "unchanged") and not base.unchanged():
             raise RuntimeError(f"defense {pair.defense.defense} modified the frozen base model")
-        # the bare model: where non-adaptive (transfer) attacks are crafted
-        self._bare[pair.id] = base.to(self.device).eval()
-        self._defense_kind[pair.id] = defense.kind
+        # the bare model: where non-adaptive (transfer) attacks are crafted. A `wrapped:` spec
+        # is already a preprocessor in front of a model: its bare model is the one behind it.
+        inner = getattr(base, "model", base)
+        if isinstance(inner, Preprocessed) and defense.kind == "none":
+            self._bare[pair.id] = inner.model.to(self.device).eval()
+            self._defense_kind[pair.id] = "preprocessor"
+        else:
+            self._bare[pair.id] = base.to(self.device).eval()
+            self._defense_kind[pair.id] = defense.kind
         return model.to(self.device).eval()
 
     # ------------------------------------------------------------------ batched helpers
@@ -359,8 +366,12 @@ class Runner:
         labels = self.y
         if cell.threat.targeted:
             # one target per sample for the whole group, so its worst case compares like with like
+            # one target per sample and threat, shared by white-box and transfer attacks alike
+            target_key = {
+                k: v for k, v in cell.threat.to_dict().items() if k not in ("access", "budget")
+            }
             labels = _targets(
-                self.y, n_classes, derive_seed(config.seed, cell.group_id, "targets")
+                self.y, n_classes, derive_seed(config.seed, cell.pair_id, target_key, "targets")
             ).to(self.device)
         todo = alive.nonzero().flatten()
         size = self.batch_size
@@ -376,6 +387,10 @@ class Runner:
         kept: list[tuple[torch.Tensor, torch.Tensor]] = []
         transfer = cell.threat.access == "transfer"
         source = self._bare.get(cell.pair_id, model) if transfer else model
+        if transfer and getattr(attack, "keep_best", False):
+            # keep-best returns the first iterate that fools the source: barely adversarial,
+            # it transfers poorly. A transfer attack uses the final, highest-loss iterate.
+            attack.keep_best = False
         rejudge = transfer or config.engine.precision == "bf16"
         with step_hook(self.progress.step):
             start = 0

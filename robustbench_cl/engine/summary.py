@@ -172,46 +172,48 @@ def _worst_case(group: list[dict[str, Any]], clean: dict[str, Any]) -> ThreatSum
 
 
 def _add_non_adaptive_flags(cells: list[dict[str, Any]]) -> None:
-    """A preprocessor defense evaluated only by transfer attacks is not evaluated at all."""
-    if cells and all(cell["threat"].get("access") == "transfer" for cell in cells):
-        for cell in cells:
+    """A preprocessor defense attacked only by transfer attacks at a threat (norm, eps) is not
+    evaluated at that threat: flag those transfer cells."""
+    adaptive = {
+        _threat_key(cell["threat"])
+        for cell in cells
+        if cell["threat"].get("access", "white-box") != "transfer"
+    }
+    for cell in cells:
+        if (
+            cell["threat"].get("access") == "transfer"
+            and _threat_key(cell["threat"]) not in adaptive
+        ):
             cell["flags"].append(sanity.non_adaptive_flag())
 
 
 def _add_black_box_flags(cells: list[dict[str, Any]], clean: dict[str, Any]) -> None:
-    """Gradient masking shows as weaker attacks winning: a gradient-free attack that breaks
-    samples the gradient attacks before it left robust, or a transfer attack that breaks
-    samples every white-box attack at the same threat left robust."""
+    """Gradient masking shows as weaker attacks winning. Per threat (norm, eps, targeted,
+    space), the samples every white-box gradient attack left robust are compared with what each
+    gradient-free or transfer attack broke."""
     n = clean["n"]
     tolerance = max(1, round(0.01 * n))
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for cell in cells:
-        groups[cell["group_id"]].append(cell)
-    robust_white_box: dict[tuple[Any, ...], set[int]] = {}
-    for group in groups.values():
-        seen_gradient = False
-        for cell in group:
-            gradient = cell.get("uses_gradients", True)
-            if not gradient and seen_gradient and cell.get("cascade", True):
-                if cell["broken"] > tolerance:
-                    cell["flags"].append(sanity.black_box_flag(cell, "gradient"))
-            seen_gradient = seen_gradient or gradient
-        threat = group[0]["threat"]
-        if threat.get("access", "white-box") == "white-box":
-            robust = {i for i, ok in enumerate(clean["correct"]) if ok}
-            for cell in group:
-                robust -= {i for i, outcome in enumerate(cell["outcomes"]) if outcome == BROKEN}
-            robust_white_box[_threat_key(threat)] = robust
+    correct = {i for i, ok in enumerate(clean["correct"]) if ok}
+    robust: dict[tuple[Any, ...], set[int]] = {}
     for cell in cells:
         threat = cell["threat"]
-        if threat.get("access") != "transfer":
+        if threat.get("access", "white-box") == "white-box" and cell.get("uses_gradients", True):
+            key = _threat_key(threat)
+            broken = {i for i, outcome in enumerate(cell["outcomes"]) if outcome == BROKEN}
+            robust[key] = robust.get(key, correct) - broken
+    for cell in cells:
+        threat = cell["threat"]
+        transfer = threat.get("access") == "transfer"
+        if not transfer and cell.get("uses_gradients", True):
             continue
-        robust = robust_white_box.get(_threat_key(threat))
-        if robust is None:
+        survivors = robust.get(_threat_key(threat))
+        if survivors is None:
             continue
         broken = {i for i, outcome in enumerate(cell["outcomes"]) if outcome == BROKEN}
-        if len(broken & robust) > tolerance:
-            cell["flags"].append(sanity.black_box_flag(cell, "white-box", len(broken & robust)))
+        count = len(broken & survivors)
+        if count > tolerance:
+            kind = "white-box" if transfer else "gradient"
+            cell["flags"].append(sanity.black_box_flag(cell, kind, count))
 
 
 def _threat_key(threat: dict[str, Any]) -> tuple[Any, ...]:

@@ -98,7 +98,7 @@ def write_wrapped(preprocessor: str | Path, model_spec: str, output: str | Path)
     config = load_artifact_config(source)
     description = {
         "kind": "wrapped",
-        "model": model_spec,
+        "model": _absolute_spec(model_spec),
         "preprocessor": {
             "defense": "rae",
             "shape": config["shape"],
@@ -110,10 +110,27 @@ def write_wrapped(preprocessor: str | Path, model_spec: str, output: str | Path)
     return out
 
 
+def _absolute_spec(model_spec: str) -> str:
+    """The spec with its weight-file options made absolute, so OUT loads from any directory."""
+    from robustbench_cl.models import parse_spec
+
+    scheme, target, options = parse_spec(model_spec)
+    for key in ("weights", "checkpoint"):
+        if options.get(key):
+            options[key] = str(Path(options[key]).resolve())
+    query = "&".join(f"{key}={value}" for key, value in options.items())
+    return f"{scheme}:{target}" + (f"?{query}" if query else "")
+
+
 def wrapped_model(target: str, options: dict[str, str]) -> nn.Module:
     """The ``wrapped:OUT`` scheme: the preprocessor in front of the wrapped model spec."""
     from robustbench_cl.models import load_model
     from robustbench_cl.models.wrappers import Preprocessed
+
+    if options:
+        raise UserError(
+            "model", f"wrapped: specs take no options, got {sorted(options)}", "use wrapped:OUT"
+        )
 
     out = _prefix(target)
     if not with_extension(out, ".json").exists():
