@@ -31,6 +31,7 @@ class AutoAttack(Attack):
     """Standard AutoAttack: APGD-CE, APGD-T, FAB-T and Square (5,000 queries), cascaded."""
 
     name = "autoattack"
+    supports_bf16 = False  # torchattacks' components convert losses to NumPy
     norms = frozenset({"linf", "l2"})
 
     def __init__(

@@ -217,6 +217,9 @@ class Attack:
     tasks: ClassVar[frozenset[str]] = frozenset({"classification"})
     #: white-box attacks need gradients; the engine checks them for zeros and NaNs
     uses_gradients: ClassVar[bool] = True
+    #: whether the attack may run under bfloat16 autocast (external libraries convert to NumPy,
+    #: which has no bfloat16: they always run in fp32)
+    supports_bf16: ClassVar[bool] = True
     #: whether a randomized model needs EOT for this attack to be meaningful
     supports_eot: ClassVar[bool] = False
 

@@ -39,6 +39,8 @@ GRADIENT_FREE = frozenset(
 class TorchattacksAttack(Attack):
     """``torchattacks.<NAME>(model, eps=threat.eps, **params)`` as one of our attacks."""
 
+    supports_bf16 = False  # NumPy has no bfloat16
+
     norms = frozenset({"linf", "l2", "l1", "l0"})
 
     def __init__(self, attack_name: str, **params: Any) -> None:
@@ -82,6 +84,8 @@ class TorchattacksAttack(Attack):
 
 class ARTAttack(Attack):
     """``art.attacks.evasion.<NAME>(PyTorchClassifier(model), eps=..., norm=..., **params)``."""
+
+    supports_bf16 = False  # NumPy has no bfloat16
 
     norms = frozenset({"linf", "l2", "l1"})
 

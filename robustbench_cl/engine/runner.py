@@ -307,8 +307,8 @@ class Runner:
         size = self.config.engine.batch_size
         return self._auto_batch if size == "auto" else size
 
-    def _autocast(self):  # noqa: ANN202
-        if self.config.engine.precision == "bf16":
+    def _autocast(self, attack: Attack | None = None):  # noqa: ANN202
+        if self.config.engine.precision == "bf16" and getattr(attack, "supports_bf16", True):
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -397,7 +397,7 @@ class Runner:
             while start < len(todo):
                 batch = todo[start : start + size]
                 try:
-                    with self._autocast():
+                    with self._autocast(attack):
                         result = attack(source, self.x[batch], labels[batch], cell.threat)
                 except torch.OutOfMemoryError:
                     if not automatic or len(batch) == 1:
