@@ -77,6 +77,15 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
     help="Attack precision (bf16 autocast is opt-in; outcomes are judged in fp32).",
 )
 @click.option("--batch-size", default=None, help="Samples per attack call, or 'auto'.")
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Run cascade groups in this process, or as Ray tasks.",
+)
+@click.option("--address", default=None, help="Ray cluster address (default: a local Ray).")
+@click.option("--gpus-per-task", type=float, default=0.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the matrix as JSON on stdout.")
 def run(
     suite: str,
@@ -87,6 +96,9 @@ def run(
     seed: int | None,
     precision: str | None,
     batch_size: str | None,
+    executor: str,
+    address: str | None,
+    gpus_per_task: float,
     as_json: bool,
 ) -> None:
     """Run SUITE (a packaged suite name or a YAML config path)."""
@@ -106,6 +118,9 @@ def run(
             progress=progress,
             command=command,
             engine=_engine_overrides(precision, batch_size),
+            executor=executor,
+            address=address,
+            gpus_per_task=gpus_per_task,
         )
     summary = load_run(run_dir)
     _write_report(run_dir)

@@ -40,6 +40,7 @@ from robustbench_cl.engine.config import (
     ModelConfig,
     load_config,
 )
+from robustbench_cl.engine.executors import RayExecutor
 from robustbench_cl.engine.generative import GenerationAudit, sample_grid
 from robustbench_cl.engine.membership import (
     MembershipAudit,
@@ -520,7 +521,10 @@ class Runner:
         return relative
 
     # ------------------------------------------------------------------ the matrix
-    def execute(self, pairs: list[Pair], resume: bool) -> list[dict[str, Any]]:
+    def execute(
+        self, pairs: list[Pair], resume: bool, executor: RayExecutor | None = None
+    ) -> list[dict[str, Any]]:
+        """Run every missing record; cells locally, or their cascade groups as Ray tasks."""
         if resume:
             self.store.repair()
         else:
@@ -542,7 +546,10 @@ class Runner:
             clean = records[pair.id]
             correct = torch.tensor(clean["correct"], dtype=torch.bool, device=self.device)
             robust_in_group: dict[str, torch.Tensor] = {}
+            submitted: set[str] = set()
             for cell in pair.cells:
+                if cell.group_id in submitted:
+                    continue  # the rest of this group runs in a Ray task
                 alive = (
                     robust_in_group.get(cell.group_id, correct)
                     if self.config.engine.cascade
@@ -551,6 +558,24 @@ class Runner:
                 if cell.id in records:
                     record = records[cell.id]
                     self.progress.cell_done(record, skipped=True)
+                elif executor is not None:  # the group from here on, as one task
+                    remaining = [
+                        c.id
+                        for c in pair.cells
+                        if c.group_id == cell.group_id and c.id not in records
+                    ]
+                    executor.submit(
+                        self.config.model_dump(mode="json"),
+                        str(self.run_dir),
+                        str(self.device),
+                        torch.get_num_threads(),
+                        pairs.index(pair),
+                        remaining,
+                        clean,
+                        alive.tolist(),
+                    )
+                    submitted.add(cell.group_id)
+                    continue
                 else:
                     record = self.run_cell(cell, model, clean, alive)
                     self.store.append(record)
@@ -580,6 +605,11 @@ class Runner:
                     self.store.append(record)
                     records[pair.generation_id] = record
                     self.progress.cell_done(record, skipped=False)
+        if executor is not None:
+            for record in executor.completed():  # the driver alone writes the store
+                self.store.append(record)
+                records[record["id"]] = record
+                self.progress.cell_done(record, skipped=False)
         return [records[p.id] for p in pairs] + [records[i] for i in all_ids]
 
     def _release(self, pair: Pair) -> None:
@@ -667,11 +697,18 @@ def run(
     progress: Progress | None = None,
     command: str | None = None,
     engine: dict[str, Any] | None = None,
+    executor: str = "local",
+    address: str | None = None,
+    gpus_per_task: float = 0.0,
 ) -> Path:
     """Run a matrix (a packaged suite name, a YAML path or a dict) into a run directory.
 
     ``engine`` overrides keys of the config's ``engine`` section (``batch_size``, ``precision``).
+    ``executor="ray"`` runs the cascade groups as Ray tasks (``address`` of a cluster, or a local
+    one); outcomes are identical to the local executor's.
     """
+    if executor not in ("local", "ray"):
+        raise UserError("--executor", f"unknown executor {executor!r}", "use local or ray")
     config = load_config(source, profile=profile, seed=seed, engine=engine)
     resolved_device = resolve_device(device)
     progress = progress or Progress()
@@ -696,7 +733,9 @@ def run(
     write_json_atomic(run_dir / "meta.json", meta)
     meta["data"] = {**runner.data.describe(), "n_evaluated": runner.n}
     started = time.perf_counter()
-    runner.execute(pairs, resume)
+    ray_executor = RayExecutor(address, gpus_per_task) if executor == "ray" else None
+    runner.execute(pairs, resume, ray_executor)
+    meta["executor"] = executor
     meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     meta["wall_time"] = time.perf_counter() - started
     write_json_atomic(run_dir / "meta.json", meta)
