@@ -326,3 +326,22 @@ def test_bf16_attacks_are_judged_in_fp32_and_agree_with_fp32(tmp_path):
     assert (
         abs(accuracy["fp32"] - accuracy["bf16"]) <= 0.1
     )  # within about the Wilson interval at n=64
+
+
+@pytest.mark.slow
+def test_compiled_models_give_the_same_outcomes(tmp_path):
+    config = small_config(
+        defenses=[{"defense": "none"}],
+        attacks=[{"attack": "fgsm", "threat": {"norm": "linf", "eps": 0.1}}],
+        data={"name": "digits", "n": 16},
+    )
+    runs = [
+        rbcl.run(
+            dict(config, engine={"compile": flag, "sanity_checks": False}),
+            out=tmp_path / str(flag),
+            profile=None,
+        )
+        for flag in (False, True)
+    ]
+    cells = [[r["outcomes"] for r in _records(run) if r["type"] == "cell"] for run in runs]
+    assert cells[0] == cells[1]

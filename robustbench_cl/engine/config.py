@@ -118,6 +118,8 @@ class EngineConfig(_Strict):
     batch_size: int | Literal["auto"] = 256
     #: "bf16" runs attacks under bfloat16 autocast (opt-in); outcomes are re-judged in fp32
     precision: Literal["fp32", "bf16"] = "fp32"
+    #: torch.compile the defended model before attacking it (opt-in; the first call compiles)
+    compile: bool = False
 
     @field_validator("batch_size")
     @classmethod

@@ -276,6 +276,8 @@ class Runner:
         if not torch.isfinite(x).all():
             raise UserError("data", "the dataset contains NaN or Inf inputs", "clean the data")
         self.x, self.y = x.to(self.device), y.to(self.device)
+        if self.device.type == "cuda" and self.x.dim() == 4:
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
         self.n = len(self.y)
 
     def train_data(self) -> TensorData:
@@ -299,7 +301,17 @@ class Runner:
         else:
             self._bare[pair.id] = base.to(self.device).eval()
             self._defense_kind[pair.id] = defense.kind
-        return model.to(self.device).eval()
+        return self._accelerate(model.to(self.device).eval())
+
+    def _accelerate(self, model: nn.Module) -> nn.Module:
+        """GPU fast paths (cudnn autotuning, channels_last for images) and opt-in compile."""
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            if self.x.dim() == 4:
+                model = model.to(memory_format=torch.channels_last)
+        if self.config.engine.compile:
+            model = torch.compile(model)
+        return model
 
     # ------------------------------------------------------------------ batched helpers
     @property
