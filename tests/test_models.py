@@ -181,3 +181,17 @@ def test_artifact_names_may_contain_dots(tmp_path):
     assert (tmp_path / "rae-lam0.5.safetensors").exists() and artifact_exists(path)
     assert not (tmp_path / "rae-lam0.safetensors").exists()
     load_artifact_weights(path, nn.Linear(2, 2))
+
+
+def test_defense_cache_keys_follow_the_data_contents_and_canonical_numbers():
+    from robustbench_cl.data.base import TensorData
+    from robustbench_cl.defenses import make_defense
+
+    x = torch.rand(4, 1, 8, 8)
+    y = torch.zeros(4, dtype=torch.long)
+    same_name = TensorData("d", "train", x, y, 2), TensorData("d", "train", x + 0.1, y, 2)
+    rae = make_defense("rae", lam=1)
+    assert rae.cache_path("m", same_name[0]) != rae.cache_path("m", same_name[1])
+    assert rae.cache_path("m", same_name[0]) == make_defense("rae", lam=1.0).cache_path(
+        "m", same_name[0]
+    )

@@ -31,13 +31,18 @@ class Defense:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
     def cache_path(self, model_spec: str, data: TensorData) -> Path:
+        """Keyed by the defense, its version and settings, the model and the data's contents.
+
+        Numbers are canonical (``lam: 1`` and ``lam: 1.0`` are one setting), and the data is
+        hashed by value, so two datasets that share a name and shape never share an artifact.
+        """
         key = stable_hash(
             {
                 "defense": self.name,
                 "version": self.version,
-                "settings": self.settings(),
+                "settings": _canonical(self.settings()),
                 "model": model_spec,
-                "data": data.describe(),
+                "data": dict(data.describe(), sha256=content_digest(data)),
             }
         )
         return cache_home() / "defenses" / f"{self.name}-{key}"
@@ -56,6 +61,27 @@ class NoDefense(Defense):
 
     def build(self, model: Frozen, model_spec: str, data: TensorData) -> nn.Module:
         return model
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def content_digest(data: TensorData) -> str:
+    """SHA-256 of a dataset's inputs and labels (16 hex digits)."""
+    import hashlib
+
+    digest = hashlib.sha256(data.x.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(data.y.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def trainable_copy(model: Frozen, from_scratch: bool, seed: int) -> nn.Module:
