@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_cl.attacks.base import report_step
+from robustbench_cl.attacks.base import inputs_only_gradients, report_step
 
 SEED_KINDS = ("uniform", "blurred", "pixel_shuffle", "patch_shuffle")
 
@@ -83,10 +83,7 @@ def class_conditional_ascent(
     """
     low, high = bounds
     x = x0.detach().clone()
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    for p in parameters:
-        p.requires_grad_(False)
-    try:
+    with inputs_only_gradients(model):
         for step in range(steps):
             x.requires_grad_(True)
             objective = model(x).gather(1, target[:, None]).sum()
@@ -94,7 +91,4 @@ def class_conditional_ascent(
             norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
             x = (x.detach() + step_size * grad / norm).clamp_(low, high)
             report_step(step + 1, steps)
-    finally:
-        for p in parameters:
-            p.requires_grad_(True)
     return x.detach()

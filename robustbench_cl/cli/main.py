@@ -508,12 +508,11 @@ def generate(
 ) -> None:
     """Draw class-conditional samples from a classifier (a DAT model, or any other)."""
     import torch
-    from PIL import Image
 
     from robustbench_cl.attacks.generation import class_conditional_ascent, ood_seeds
     from robustbench_cl.data import load_dataset
     from robustbench_cl.defenses import make_defense
-    from robustbench_cl.engine.generative import sample_grid
+    from robustbench_cl.engine.generative import sample_grid, save_png
     from robustbench_cl.models import load_model
 
     if n < 1:
@@ -539,10 +538,7 @@ def generate(
     rows = -(-n // columns)
     padded = torch.cat([samples, torch.ones(rows * columns - n, *samples.shape[1:])])
     grid = sample_grid(padded, columns, rows, columns=columns)
-    array = (grid.clamp(0, 1) * 255).round().to(torch.uint8)
-    array = array[0] if array.shape[0] == 1 else array.permute(1, 2, 0)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array.numpy()).save(output)
+    save_png(grid, output)
     console.print(
         f"{n} samples of class {target_class} from {model_spec} + {defense_name} "
         f"({steps} steps of {step_size}); the model itself labels {100 * hit:.0f}% as the class"

@@ -18,7 +18,7 @@ from torch import nn
 from robustbench_cl.data.base import TensorData
 from robustbench_cl.models.wrappers import Frozen
 from robustbench_cl.registry import DEFENSES, register_defense
-from robustbench_cl.utils import cache_home, stable_hash
+from robustbench_cl.utils import cache_home, stable_hash, tensor_digest
 
 
 class Defense:
@@ -77,11 +77,7 @@ def _canonical(value: Any) -> Any:
 
 def content_digest(data: TensorData) -> str:
     """SHA-256 of a dataset's inputs and labels (16 hex digits)."""
-    import hashlib
-
-    digest = hashlib.sha256(data.x.detach().cpu().contiguous().numpy().tobytes())
-    digest.update(data.y.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return tensor_digest(data.x, data.y)
 
 
 def trainable_copy(model: Frozen, from_scratch: bool, seed: int) -> nn.Module:

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_cl.attacks.base import require_int, require_number
+from robustbench_cl.attacks.base import inputs_only_gradients, require_int, require_number
 from robustbench_cl.attacks.generation import class_conditional_ascent, ood_seeds
 from robustbench_cl.attacks.pgd import PGD
 from robustbench_cl.data.base import TensorData
@@ -251,11 +251,8 @@ class DualAdversarialTraining(Defense):
                 x_gen = class_conditional_ascent(
                     network, seeds, y_in, curriculum.steps, self.gen_step_size, data.bounds
                 )
-                for p in network.parameters():
-                    p.requires_grad_(False)
-                x_adv = attack.perturb(network, x_clf, y_clf, self._threat).adv.detach()
-                for p in network.parameters():
-                    p.requires_grad_(True)
+                with inputs_only_gradients(network):
+                    x_adv = attack.perturb(network, x_clf, y_clf, self._threat).adv.detach()
                 network.train()
                 if self.bn_mode == "eval":
                     freeze_batchnorm(network)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_cl.attacks.base import require_int, require_number
+from robustbench_cl.attacks.base import inputs_only_gradients, require_int, require_number
 from robustbench_cl.data.base import TensorData
 from robustbench_cl.defenses.base import Defense
 from robustbench_cl.errors import UserError
@@ -60,18 +60,12 @@ def contrastive_pgd(
 ) -> torch.Tensor:
     """Maximise the contrastive loss between g(enc(x')) and the clean anchors inside the ball."""
     x_adv = threat.clip(x + threat.random_init(x), x)
-    parameters = [p for p in autoencoder.parameters() if p.requires_grad]
-    for p in parameters:
-        p.requires_grad_(False)
-    try:
+    with inputs_only_gradients(autoencoder):
         for _ in range(steps):
             x_adv.requires_grad_(True)
             objective = loss(autoencoder.embed(x_adv), anchor, temperature)
             (grad,) = torch.autograd.grad(objective, x_adv)
             x_adv = threat.clip(x_adv.detach() + step_size * threat.ascent_direction(grad), x)
-    finally:
-        for p in parameters:
-            p.requires_grad_(True)
     return x_adv.detach()
 
 

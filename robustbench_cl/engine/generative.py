@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -153,6 +154,17 @@ def _training_summary(log: dict[str, Any] | None) -> dict[str, Any] | None:
         "auc_trace": aucs[::10],
         "gen_steps_trace": log.get("gen_steps", [])[::10],
     }
+
+
+def save_png(image: torch.Tensor, path: Path) -> Path:
+    """A C x H x W image in [0, 1] as a PNG (grayscale for one channel)."""
+    from PIL import Image
+
+    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    array = array[0] if array.shape[0] == 1 else array.permute(1, 2, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array.numpy()).save(path)
+    return path
 
 
 def sample_grid(samples: torch.Tensor, per_class: int, n_classes: int, columns: int = 8):  # noqa: ANN201

@@ -14,7 +14,6 @@ halves vs 0.569 with matched subsets, undefended digits-cnn, 180 + 180 examples)
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +35,7 @@ from robustbench_cl.privacy.membership import (
     reference_signals,
 )
 from robustbench_cl.privacy.metrics import membership_metrics
-from robustbench_cl.utils import stable_hash
+from robustbench_cl.utils import stable_hash, tensor_digest
 
 #: bump when the audit's protocol changes, so that resumed runs do not reuse stale records
 MEMBERSHIP_VERSION = 2
@@ -67,10 +66,8 @@ def reference_recipe(model: ModelConfig, defense: DefenseConfig) -> ReferenceRec
         base = train_base(x, y, seed)
         if built.kind == "none":
             return base
-        digest = hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes())
-        digest.update(y.detach().cpu().contiguous().numpy().tobytes())
         subset = TensorData(
-            f"reference-{seed}-{digest.hexdigest()[:16]}", "train", x, y, int(y.max()) + 1
+            f"reference-{seed}-{tensor_digest(x, y)}", "train", x, y, int(y.max()) + 1
         )
         return built.build(Frozen(base), f"{model.spec}#reference{seed}", subset)
 

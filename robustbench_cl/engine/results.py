@@ -42,6 +42,15 @@ def _threat_id(threat: dict[str, Any]) -> str:
     return json.dumps(threat, sort_keys=True)
 
 
+def _attack_entry(attack: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "attack": attack["attack"],
+        "label": attack.get("name") or attack["attack"],
+        "params": attack.get("params", {}),
+        "settings": attack.get("settings", {}),
+    }
+
+
 def _cell_entry(cell: dict[str, Any], pair_label: str) -> dict[str, Any]:
     attack = cell["attack"]
     entry = {
@@ -49,12 +58,7 @@ def _cell_entry(cell: dict[str, Any], pair_label: str) -> dict[str, Any]:
         "pair_id": cell["pair_id"],
         "group_id": cell["group_id"],
         "pair": pair_label,
-        "attack": {
-            "attack": attack["attack"],
-            "label": attack.get("name") or attack["attack"],
-            "params": attack.get("params", {}),
-            "settings": attack.get("settings", {}),
-        },
+        "attack": _attack_entry(attack),
         "column": column_label(cell),
         "threat": cell["threat"],
         "threat_label": threat_label(cell["threat"]),
@@ -192,12 +196,7 @@ def _membership_entry(record: dict[str, Any], pair_label: str) -> dict[str, Any]
         "id": record["id"],
         "pair_id": record["pair_id"],
         "pair": pair_label,
-        "attack": {
-            "attack": attack["attack"],
-            "label": attack.get("name") or attack["attack"],
-            "params": attack.get("params", {}),
-            "settings": attack.get("settings", {}),
-        },
+        "attack": _attack_entry(attack),
         **{key: record.get(key) for key in keys},
     }
 

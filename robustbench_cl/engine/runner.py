@@ -41,7 +41,7 @@ from robustbench_cl.engine.config import (
     load_config,
 )
 from robustbench_cl.engine.executors import RayExecutor
-from robustbench_cl.engine.generative import GenerationAudit, sample_grid
+from robustbench_cl.engine.generative import GenerationAudit, sample_grid, save_png
 from robustbench_cl.engine.membership import (
     MembershipAudit,
     MembershipCell,
@@ -631,8 +631,6 @@ class Runner:
             self._audit.release(pair.id)
 
     def generation_record(self, pair: Pair, model: nn.Module) -> dict[str, Any]:
-        from PIL import Image
-
         config = self.config.generation
         assert config is not None and pair.generation_id is not None
         if self._generation is None:
@@ -650,11 +648,7 @@ class Runner:
             metrics, samples = self._generation.run(model, log)
         grid = sample_grid(samples, config.n_per_class, self._generation.n_classes)
         relative = f"artifacts/generation/{pair.generation_id}.png"
-        path = self.run_dir / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        array = (grid.clamp(0, 1) * 255).round().to(torch.uint8)
-        array = array[0] if array.shape[0] == 1 else array.permute(1, 2, 0)
-        Image.fromarray(array.numpy()).save(path)
+        save_png(grid, self.run_dir / relative)
         self.progress.batch_done()
         return {
             "type": "generation",

@@ -8,6 +8,8 @@ call trains it (a few seconds on a CPU) from a fixed seed and caches it under
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,15 +28,47 @@ logger = logging.getLogger(__name__)
 DIGITS_CNN_RECIPE = {"arch": "digits-cnn-v1", "epochs": 30, "lr": 2e-3, "batch_size": 64, "seed": 0}
 
 
-def digits_cnn_architecture(width: int = 16) -> nn.Module:
-    """Conv(16)-Pool-Conv(32)-Pool-FC(64)-FC(10) on 1x16x16 inputs in [0, 1]."""
+def _recipe_trainer(
+    architecture: Callable[[], nn.Module], recipe: dict[str, Any]
+) -> Callable[[torch.Tensor, torch.Tensor, int], nn.Module]:
+    """``train(x, y, seed)``: a fresh ``architecture()`` trained with ``recipe`` on any (x, y).
+
+    The builtins are trained this way, and so are membership reference models.
+    """
+
+    def train(x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
+        from robustbench_cl.models.training import train_classifier
+
+        torch.manual_seed(seed)
+        model = architecture()
+        train_classifier(
+            model,
+            x,
+            y,
+            epochs=recipe["epochs"],
+            lr=recipe["lr"],
+            batch_size=recipe["batch_size"],
+            seed=seed,
+        )
+        return model.eval()
+
+    return train
+
+
+def digits_cnn_architecture(width: int = 16, batchnorm: bool = False) -> nn.Module:
+    """Conv(16)-Pool-Conv(32)-Pool-FC(64)-FC(10) on 1x16x16 inputs in [0, 1].
+
+    ``batchnorm`` adds BatchNorm after each conv: the architecture DAT's two stages are about.
+    """
+
+    def block(channels_in: int, channels_out: int) -> list[nn.Module]:
+        norm = [nn.BatchNorm2d(channels_out)] if batchnorm else []
+        conv = nn.Conv2d(channels_in, channels_out, 3, padding=1)
+        return [conv, *norm, nn.ReLU(), nn.MaxPool2d(2)]
+
     return nn.Sequential(
-        nn.Conv2d(1, width, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(width, 2 * width, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
+        *block(1, width),
+        *block(width, 2 * width),
         nn.Flatten(),
         nn.Linear(2 * width * 4 * 4, 64),
         nn.ReLU(),
@@ -42,60 +76,17 @@ def digits_cnn_architecture(width: int = 16) -> nn.Module:
     )
 
 
-def train_digits_cnn(x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
-    """The digits-cnn recipe on any (x, y): also how membership reference models are trained."""
-    from robustbench_cl.models.training import train_classifier
-
-    torch.manual_seed(seed)
-    model = digits_cnn_architecture()
-    train_classifier(
-        model,
-        x,
-        y,
-        epochs=DIGITS_CNN_RECIPE["epochs"],
-        lr=DIGITS_CNN_RECIPE["lr"],
-        batch_size=DIGITS_CNN_RECIPE["batch_size"],
-        seed=seed,
-    )
-    return model.eval()
+train_digits_cnn = _recipe_trainer(digits_cnn_architecture, DIGITS_CNN_RECIPE)
 
 
 def digits_cnn_bn_architecture(width: int = 16) -> nn.Module:
-    """digits-cnn with BatchNorm after each conv: the architecture DAT's two stages are about."""
-    return nn.Sequential(
-        nn.Conv2d(1, width, 3, padding=1),
-        nn.BatchNorm2d(width),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(width, 2 * width, 3, padding=1),
-        nn.BatchNorm2d(2 * width),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(2 * width * 4 * 4, 64),
-        nn.ReLU(),
-        nn.Linear(64, 10),
-    )
+    return digits_cnn_architecture(width, batchnorm=True)
 
 
 DIGITS_CNN_BN_RECIPE = dict(DIGITS_CNN_RECIPE, arch="digits-cnn-bn-v1")
 
 
-def train_digits_cnn_bn(x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
-    from robustbench_cl.models.training import train_classifier
-
-    torch.manual_seed(seed)
-    model = digits_cnn_bn_architecture()
-    train_classifier(
-        model,
-        x,
-        y,
-        epochs=DIGITS_CNN_BN_RECIPE["epochs"],
-        lr=DIGITS_CNN_BN_RECIPE["lr"],
-        batch_size=DIGITS_CNN_BN_RECIPE["batch_size"],
-        seed=seed,
-    )
-    return model.eval()
+train_digits_cnn_bn = _recipe_trainer(digits_cnn_bn_architecture, DIGITS_CNN_BN_RECIPE)
 
 
 def digits_judge_architecture() -> nn.Module:
@@ -119,21 +110,7 @@ DIGITS_JUDGE_RECIPE = {
 }
 
 
-def train_digits_judge(x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
-    from robustbench_cl.models.training import train_classifier
-
-    torch.manual_seed(seed)
-    model = digits_judge_architecture()
-    train_classifier(
-        model,
-        x,
-        y,
-        epochs=DIGITS_JUDGE_RECIPE["epochs"],
-        lr=DIGITS_JUDGE_RECIPE["lr"],
-        batch_size=DIGITS_JUDGE_RECIPE["batch_size"],
-        seed=seed,
-    )
-    return model.eval()
+train_digits_judge = _recipe_trainer(digits_judge_architecture, DIGITS_JUDGE_RECIPE)
 
 
 #: builtin name -> (architecture factory, trainer on (x, y, seed), recipe) for reference models

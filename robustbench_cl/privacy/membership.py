@@ -20,7 +20,6 @@ safetensors, so a second audit never retrains them. Everything is batched on the
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from robustbench_cl.models.artifacts import (
     save_artifact,
 )
 from robustbench_cl.registry import Registry
-from robustbench_cl.utils import cache_home, stable_hash
+from robustbench_cl.utils import cache_home, stable_hash, tensor_digest
 
 logger = logging.getLogger(__name__)
 
@@ -119,9 +118,7 @@ def reference_models(
     """Train (or load) k reference models on paired random subsets of the population (x, y)."""
     inside = paired_halves(len(y), k, seed, in_fraction)
     models, trained = [], 0
-    digest = hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes())
-    digest.update(y.detach().cpu().contiguous().numpy().tobytes())
-    population_key = digest.hexdigest()[:16]
+    population_key = tensor_digest(x, y)
     for index in range(k):
         key = stable_hash(
             {
