@@ -113,6 +113,38 @@ class GenerationConfig(_Strict):
     judge: str = "builtin:digits-judge"
 
 
+class RetrievalDataConfig(_Strict):
+    #: ``shapes`` (built in) or ``karpathy:DIR`` (COCO / Flickr30K in the Karpathy JSON layout)
+    name: str = "shapes"
+    #: test images evaluated (all their captions come with them); all when omitted
+    n: int | None = Field(default=None, ge=2)
+    #: training images the universal attacks are fitted on; all when omitted
+    train_n: int | None = Field(default=None, ge=2)
+
+
+class RetrievalConfig(_Strict):
+    """Image-text retrieval under universal perturbations.
+
+    Every attack is fitted once per source model and eps, on the training split; the one
+    perturbation is then evaluated on every model (source == target: white-box; otherwise
+    transfer). Metrics: TR/IR R@K and ASR@K over the previously-correct set.
+    """
+
+    data: RetrievalDataConfig = Field(default_factory=RetrievalDataConfig)
+    models: list[ModelConfig] = Field(min_length=1)
+    attacks: list[AttackConfig] = Field(min_length=1)
+    ks: list[int] = Field(default_factory=lambda: [1, 5, 10])
+    #: example retrievals kept per white-box cell for the report
+    examples: int = Field(default=3, ge=0, le=12)
+
+    @field_validator("ks")
+    @classmethod
+    def _positive_ks(cls, value: list[int]) -> list[int]:
+        if not value or any(k < 1 for k in value):
+            raise ValueError("ks must be a non-empty list of integers >= 1")
+        return sorted(set(value))
+
+
 class EngineConfig(_Strict):
     #: samples per attack call; "auto" starts large and halves on out-of-memory
     batch_size: int | Literal["auto"] = 256
@@ -138,20 +170,24 @@ class EngineConfig(_Strict):
 class MatrixConfig(_Strict):
     suite: str
     description: str = ""
-    task: Literal["classification"] = "classification"
+    task: Literal["classification", "retrieval"] = "classification"
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
-    models: list[ModelConfig] = Field(min_length=1)
+    models: list[ModelConfig] = Field(default_factory=list)
     defenses: list[DefenseConfig] = Field(default_factory=lambda: [DefenseConfig()])
     attacks: list[AttackConfig] = Field(default_factory=list)
     membership: list[MembershipConfig] = Field(default_factory=list)
     generation: GenerationConfig | None = None
+    retrieval: RetrievalConfig | None = None
     engine: EngineConfig = Field(default_factory=EngineConfig)
 
     @model_validator(mode="after")
     def _has_columns(self) -> MatrixConfig:
-        if not self.attacks and not self.membership and self.generation is None:
-            raise ValueError("a config needs attacks, membership or generation")
+        classification = bool(self.attacks or self.membership or self.generation is not None)
+        if not classification and self.retrieval is None:
+            raise ValueError("a config needs attacks, membership, generation or retrieval")
+        if classification and not self.models:
+            raise ValueError("models: list at least one model for the attacks to run on")
         return self
 
     def config_hash(self) -> str:

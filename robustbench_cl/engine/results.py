@@ -133,7 +133,13 @@ def build_results(summary: RunSummary) -> dict[str, Any]:
             "data": meta.get("data"),
             "complete": meta.get("finished") is not None,
         },
-        "threat_models": sorted(threats.values(), key=threat_sort_key),
+        "threat_models": sorted(
+            {
+                **threats,
+                **{_threat_id(r["threat"]): r["threat"] for r in summary.retrieval},
+            }.values(),
+            key=threat_sort_key,
+        ),
         "pairs": pairs,
         "cells": cells,
         "flag_count": sum(len(cell["flags"]) for cell in cells),
@@ -146,7 +152,44 @@ def build_results(summary: RunSummary) -> dict[str, Any]:
     ]
     if generations:
         results["generation"] = generations
+    if summary.retrieval_clean or summary.retrieval:
+        results["retrieval"] = _retrieval_section(summary)
     return results
+
+
+def _model_label(model: dict[str, Any]) -> str:
+    return model.get("name") or model["spec"]
+
+
+def _retrieval_section(summary: RunSummary) -> dict[str, Any]:
+    """Clean R@K per model and one entry per (source, attack, eps, target); the per-query
+    outcomes stay in cells.jsonl."""
+    clean = [
+        {
+            "id": r["id"],
+            "model": _model_label(r["model"]),
+            "model_spec": r["model"]["spec"],
+            "n_images": r["n_images"],
+            "n_captions": r["n_captions"],
+            "recall": r["recall"],
+        }
+        for r in summary.retrieval_clean
+    ]
+    keys = ("access", "recall", "asr", "delta_linf", "word", "fit", "perturbation", "examples", "example_images")
+    cells = [
+        {
+            "id": r["id"],
+            "fit_id": r["fit_id"],
+            "source": _model_label(r["source"]),
+            "target": _model_label(r["target"]),
+            "attack": _attack_entry(r["attack"]),
+            "threat": r["threat"],
+            "threat_label": threat_label(r["threat"]),
+        }
+        | {key: r[key] for key in keys}
+        for r in summary.retrieval
+    ]
+    return {"clean": clean, "cells": cells}
 
 
 def _generation_entry(record: dict[str, Any], pair_label: str) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from robustbench_cl.engine.membership import (
 )
 from robustbench_cl.engine.metrics import wilson_interval
 from robustbench_cl.engine.results import write_results
+from robustbench_cl.engine.retrieval import RetrievalAudit, expand_retrieval
 from robustbench_cl.engine.store import ResultsStore, write_json_atomic
 from robustbench_cl.engine.summary import threat_label
 from robustbench_cl.errors import UserError
@@ -534,15 +535,29 @@ class Runner:
 
     # ------------------------------------------------------------------ the matrix
     def execute(
-        self, pairs: list[Pair], resume: bool, executor: RayExecutor | None = None
+        self,
+        pairs: list[Pair],
+        resume: bool,
+        executor: RayExecutor | None = None,
+        retrieval_fits: list[dict[str, Any]] | None = None,
     ) -> list[dict[str, Any]]:
-        """Run every missing record; cells locally, or their cascade groups as Ray tasks."""
+        """Run every missing record; cells locally, or their cascade groups as Ray tasks.
+
+        ``retrieval_fits`` (from :func:`expand_retrieval`) run after the classification pairs,
+        always locally.
+        """
         if resume:
             self.store.repair()
         else:
             self.store.clear()
         records = {r["id"]: r for r in self.store.read()} if resume else {}
         all_ids = [record_id for pair in pairs for record_id in pair.record_ids()]
+        retrieval = None
+        if retrieval_fits:
+            retrieval = RetrievalAudit(
+                self.config, self.run_dir, self.device, self.progress, self.store
+            )
+            all_ids += retrieval.record_ids(retrieval_fits)
         todo = [i for i in all_ids if i not in records]
         self.progress.run_started(len(all_ids), len(todo))
         for pair in pairs:
@@ -622,6 +637,8 @@ class Runner:
                 self.store.append(record)
                 records[record["id"]] = record
                 self.progress.cell_done(record, skipped=False)
+        if retrieval is not None:
+            retrieval.execute(retrieval_fits, records)
         return [records[p.id] for p in pairs] + [records[i] for i in all_ids]
 
     def _release(self, pair: Pair) -> None:
@@ -719,6 +736,7 @@ def run(
     resolved_device = resolve_device(device)
     progress = progress or Progress()
     pairs = expand(config)  # validate every name and threat model before touching the disk
+    fits = expand_retrieval(config) if config.retrieval is not None else []
     run_dir = Path(out) if out is not None else default_run_dir(config.suite)
     config_path = run_dir / "config.yaml"
     resolved = config.model_dump(mode="json")
@@ -740,7 +758,7 @@ def run(
     meta["data"] = {**runner.data.describe(), "n_evaluated": runner.n}
     started = time.perf_counter()
     ray_executor = RayExecutor(address, gpus_per_task) if executor == "ray" else None
-    runner.execute(pairs, resume, ray_executor)
+    runner.execute(pairs, resume, ray_executor, fits)
     meta["executor"] = executor
     meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     meta["wall_time"] = time.perf_counter() - started

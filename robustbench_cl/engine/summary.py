@@ -68,6 +68,9 @@ class RunSummary:
     meta: dict[str, Any]
     pairs: list[PairSummary]
     columns: list[str]
+    #: image-text retrieval: clean records per model and the universal-attack cells
+    retrieval_clean: list[dict[str, Any]] = field(default_factory=list)
+    retrieval: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def has_membership(self) -> bool:
@@ -142,7 +145,14 @@ def summarize_records(
         for group in groups.values():
             summary.worst_case.append(_worst_case(group, clean))
         pairs.append(summary)
-    return RunSummary(run_dir=run_dir, meta=meta, pairs=pairs, columns=columns)
+    return RunSummary(
+        run_dir=run_dir,
+        meta=meta,
+        pairs=pairs,
+        columns=columns,
+        retrieval_clean=[r for r in records if r["type"] == "retrieval_clean"],
+        retrieval=[r for r in records if r["type"] == "retrieval"],
+    )
 
 
 def _worst_case(group: list[dict[str, Any]], clean: dict[str, Any]) -> ThreatSummary:

@@ -19,7 +19,7 @@ from markupsafe import Markup
 from robustbench_cl.engine.results import load_results
 from robustbench_cl.engine.summary import threat_sort_key
 from robustbench_cl.report import plots
-from robustbench_cl.report.media import example_rows, mask_pii, truncate
+from robustbench_cl.report.media import example_rows, mask_pii, png_data_uri, truncate
 
 #: example rows shown per cell, and in the whole report
 EXAMPLES_PER_CELL = 3
@@ -138,6 +138,83 @@ def _generation(results: dict[str, Any], run_dir: Path | None) -> dict[str, Any]
     return {"rows": rows, "trace": plots.training_traces(traces) if traces else None}
 
 
+def _run_file(run_dir: Path | None, relative: str | None) -> Path | None:
+    """A file inside the run directory (never outside it), if it exists."""
+    if run_dir is None or not relative:
+        return None
+    path = (run_dir / relative).resolve()
+    return path if path.is_relative_to(run_dir.resolve()) and path.exists() else None
+
+
+def _eps_label(threat: dict[str, Any]) -> str:
+    """``linf 12/255`` when eps is a whole number of 255ths, else ``linf 0.05``."""
+    eps = float(threat["eps"])
+    steps = eps * 255
+    text = f"{round(steps)}/255" if abs(steps - round(steps)) < 1e-6 else f"{eps:g}"
+    return f"{threat['norm']} {text}"
+
+
+def _retrieval(results: dict[str, Any], run_dir: Path | None) -> dict[str, Any] | None:
+    section = results.get("retrieval")
+    if not section:
+        return None
+    from safetensors.torch import load_file
+
+    order = {"tr": 0, "ir": 1}
+    first = section["clean"][0]["recall"] if section["clean"] else {}
+    recall_keys = sorted(first, key=lambda k: (order[k.split("@")[0]], int(k.split("@")[1])))
+    cells = section["cells"]
+    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    perturbations, examples, seen = [], [], set()
+    for cell in cells:
+        key = (cell["attack"]["label"], _eps_label(cell["threat"]), cell["source"])
+        row = rows.setdefault(
+            key, {"attack": key[0], "threat": key[1], "source": key[2], "by_target": {}}
+        )
+        row["by_target"][cell["target"]] = cell
+        path = _run_file(run_dir, cell["perturbation"])
+        if path is not None and cell["fit_id"] not in seen:
+            seen.add(cell["fit_id"])
+            delta = load_file(str(path))["delta"]
+            eps = float(cell["threat"]["eps"]) or 1.0
+            amplified = (delta / (2 * eps) + 0.5).clamp(0, 1)
+            label = f"{cell['attack']['label']} on {cell['source']}, {_eps_label(cell['threat'])}"
+            perturbations.append({"label": label, "image": png_data_uri(amplified)})
+        images = _run_file(run_dir, cell.get("example_images"))
+        if images is not None and len(examples) < EXAMPLES_TOTAL:
+            stacks = load_file(str(images))
+            for index, example in enumerate(cell["examples"][:EXAMPLES_PER_CELL]):
+                examples.append(
+                    dict(
+                        example,
+                        cell=f"{cell['source']} | {cell['attack']['label']} | {_eps_label(cell['threat'])}",
+                        clean_image=png_data_uri(stacks["clean"][index]),
+                        adversarial_image=png_data_uri(stacks["adversarial"][index]),
+                    )
+                )
+    asr_keys = sorted(
+        {k for c in cells for k in c["asr"]},
+        key=lambda k: (order[k.split("@")[0]], int(k.split("@")[1])),
+    )
+    train_n = cells[0]["fit"].get("train_images") if cells else None
+    return {
+        "clean": section["clean"],
+        "recall_keys": recall_keys,
+        "asr_keys": asr_keys,
+        "targets": [c["model"] for c in section["clean"]],
+        "rows": list(rows.values()),
+        "cells": [dict(c, eps_label=_eps_label(c["threat"])) for c in cells],
+        "perturbations": perturbations,
+        "examples": examples,
+        "train_note": f"{train_n} images" if train_n else "all of it",
+        "data_note": (
+            f"{section['clean'][0]['n_images']} test images, {section['clean'][0]['n_captions']} captions"
+            if section["clean"]
+            else "-"
+        ),
+    }
+
+
 def _llm(results: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         dict(example, cell=f"{cell['pair']} | {cell['attack']['label']}")
@@ -165,6 +242,7 @@ def render_results(results: dict[str, Any], run_dir: str | Path | None = None) -
         "examples": _examples(results, Path(run_dir)) if run_dir is not None else [],
         "privacy": _privacy(results),
         "generation": _generation(results, Path(run_dir) if run_dir is not None else None),
+        "retrieval": _retrieval(results, Path(run_dir) if run_dir is not None else None),
         "llm": _llm(results),
         "non_adaptive": [c for c in results["cells"] if not c["adaptive"]],
     }

@@ -1,0 +1,154 @@
+"""Universal perturbations for image-text retrieval: one delta for every input.
+
+A universal attack is *fitted* once on training data against a source model
+(``fit(model, data, threat, seed) -> UniversalPerturbation``); the engine then only adds the
+perturbation to every test image of every target model, so white-box (source == target) and
+transfer (source != target) are the same cell type. Baselines here:
+
+- ``uniform-noise``: one draw of U(-eps, eps), the floor any attack must beat;
+- ``pgd-uap``: a classic universal perturbation, signed gradient steps over the training set
+  that lower each image's cosine similarity to its own captions.
+
+C-PGC (the generator) lives in :mod:`robustbench_cl.attacks.cpgc`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from robustbench_cl.attacks.base import inputs_only_gradients, report_step, require_int, require_number
+from robustbench_cl.errors import ThreatModelViolation
+from robustbench_cl.registry import register_attack
+from robustbench_cl.threat import ThreatModel
+
+
+@dataclass
+class UniversalPerturbation:
+    """One image perturbation ``delta`` (C, H, W) with ``|delta|_inf <= eps``, an optional
+    adversarial ``word`` for the text side, and how it was found."""
+
+    delta: torch.Tensor
+    word: str | None = None
+    history: list[float] = field(default_factory=list)
+    fit_time: float = 0.0
+    forward: int = 0
+    backward: int = 0
+
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        return (images + self.delta.to(images.device)).clamp(0, 1)
+
+
+def caption_features(model: nn.Module, data, per_image: int = 5) -> torch.Tensor:  # noqa: ANN001
+    """(N, per_image, D) text features of each image's captions (cycled if it has fewer)."""
+    with torch.no_grad():
+        features = torch.cat(
+            [model.encode_text(list(data.captions[i : i + 512])) for i in range(0, len(data.captions), 512)]
+        )
+    owners = data.captions_of()
+    index = torch.tensor([[own[k % len(own)] for k in range(per_image)] for own in owners])
+    return features[index.to(features.device)]
+
+
+class UniversalAttack:
+    """Base class of attacks that fit one perturbation for all inputs."""
+
+    name: ClassVar[str] = "universal"
+    norms: ClassVar[frozenset[str]] = frozenset({"linf"})
+    spaces: ClassVar[frozenset[str]] = frozenset({"input"})
+    tasks: ClassVar[frozenset[str]] = frozenset({"retrieval"})
+    uses_gradients: ClassVar[bool] = True
+
+    def settings(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def supports(self, threat: ThreatModel, task: str = "retrieval") -> str | None:
+        if threat.norm not in self.norms:
+            return f"{self.name} supports norms {sorted(self.norms)}, not {threat.norm!r}"
+        if threat.space not in self.spaces:
+            return f"{self.name} supports spaces {sorted(self.spaces)}, not {threat.space!r}"
+        if task not in self.tasks:
+            return f"{self.name} is a universal retrieval attack; it does not support task {task!r}"
+        return None
+
+    def fit(self, model: nn.Module, data, threat: ThreatModel, seed: int = 0) -> UniversalPerturbation:  # noqa: ANN001
+        start = time.perf_counter()
+        generator = torch.Generator().manual_seed(seed)
+        with inputs_only_gradients(model):
+            result = self._fit(model, data, threat, generator)
+        delta = result.delta.detach().cpu()
+        largest = float(delta.abs().max()) if delta.numel() else 0.0
+        if largest > threat.eps + 1e-6 or not torch.isfinite(delta).all():
+            raise ThreatModelViolation(
+                f"{self.name} returned a perturbation of linf norm {largest:.4g} > eps {threat.eps:g}"
+            )
+        result.delta = delta
+        result.fit_time = time.perf_counter() - start
+        return result
+
+    def _fit(self, model: nn.Module, data, threat: ThreatModel, generator: torch.Generator) -> UniversalPerturbation:  # noqa: ANN001
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
+        return f"{type(self).__name__}({args})"
+
+
+@register_attack("uniform-noise")
+class UniformNoise(UniversalAttack):
+    """One draw of uniform noise in the eps ball: the baseline any universal attack must beat."""
+
+    name = "uniform-noise"
+    uses_gradients = False
+
+    def _fit(self, model, data, threat, generator):  # noqa: ANN001, ANN202
+        shape = data.images.shape[1:]
+        delta = (torch.rand(shape, generator=generator) * 2 - 1) * threat.eps
+        return UniversalPerturbation(delta)
+
+
+@register_attack("pgd-uap")
+class PGDUniversal(UniversalAttack):
+    """Classic universal perturbation: signed steps over training batches that lower each
+    image's mean cosine similarity to its own captions, projected to the eps ball."""
+
+    name = "pgd-uap"
+
+    def __init__(self, epochs: int = 5, batch_size: int = 32, step_size: float = 0.1) -> None:
+        require_int("pgd-uap.epochs", epochs)
+        require_int("pgd-uap.batch_size", batch_size)
+        require_number("pgd-uap.step_size", step_size)
+        self.epochs = epochs
+        self.batch_size = batch_size
+        #: the step, as a fraction of eps
+        self.step_size = step_size
+
+    def _fit(self, model, data, threat, generator):  # noqa: ANN001, ANN202
+        device = next(iter(model.buffers()), torch.zeros(0)).device
+        targets = caption_features(model, data).mean(1)
+        delta = torch.zeros(data.images.shape[1:], device=device)
+        history = []
+        n = len(data)
+        steps = self.epochs * (n // self.batch_size)
+        forward = 0
+        for epoch in range(self.epochs):
+            order = torch.randperm(n, generator=generator)
+            total = torch.zeros((), device=device)
+            for start in range(0, n - self.batch_size + 1, self.batch_size):
+                batch = order[start : start + self.batch_size]
+                x = data.images[batch].to(device)
+                delta.requires_grad_(True)
+                features = model.encode_image((x + delta).clamp(0, 1))
+                loss = (features * targets[batch.to(device)]).sum(1).mean()
+                (grad,) = torch.autograd.grad(loss, delta)
+                with torch.no_grad():
+                    delta = (delta - self.step_size * threat.eps * grad.sign()).clamp(-threat.eps, threat.eps)
+                total += loss.detach()
+                forward += len(batch)
+                report_step(epoch * (n // self.batch_size) + start // self.batch_size + 1, steps)
+            history.append(float(total) / max(1, n // self.batch_size))
+        return UniversalPerturbation(delta.detach(), history=history, forward=forward, backward=forward)

@@ -1,0 +1,380 @@
+"""Image-text retrieval under universal perturbations: fit once per source, evaluate on all.
+
+Records (appended to ``cells.jsonl`` like every other cell):
+
+- ``retrieval_clean``, once per model: clean TR/IR R@K and the per-query correct sets;
+- ``retrieval``, per (source model, attack, eps, target model): R@K under the perturbation and
+  ASR@K = |correct_clean@K minus correct_adv@K| / |correct_clean@K| (the C-PGC paper's
+  definition, counted over the previously-correct queries), with Wilson intervals.
+
+TR (image -> text) queries are images: one is correct at K when any of its captions ranks in
+the top K of all test captions. IR (text -> image) queries are captions: correct at K when
+their image ranks in the top K of all test images.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from robustbench_cl.attacks import make_attack
+from robustbench_cl.attacks.base import step_hook
+from robustbench_cl.attacks.universal import UniversalAttack, UniversalPerturbation
+from robustbench_cl.engine.config import MatrixConfig, ModelConfig, RetrievalConfig
+from robustbench_cl.engine.metrics import wilson_interval
+from robustbench_cl.errors import UserError
+from robustbench_cl.threat import ThreatModel
+from robustbench_cl.utils import derive_seed, stable_hash
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def retrieval_correct(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    caption_image: torch.Tensor,
+    ks: list[int],
+) -> dict[str, dict[int, torch.Tensor]]:
+    """Per-query correctness at each K: ``{"tr": {K: (N,) bool}, "ir": {K: (M,) bool}}``."""
+    similarity = image_features @ text_features.T  # (N images, M captions)
+    owners = caption_image.to(similarity.device)
+    n_images, n_texts = similarity.shape
+    k_max = max(ks)
+    top_texts = similarity.topk(min(k_max, n_texts), dim=1).indices  # (N, K)
+    text_hit = owners[top_texts] == torch.arange(n_images, device=owners.device).unsqueeze(1)
+    top_images = similarity.T.topk(min(k_max, n_images), dim=1).indices  # (M, K)
+    image_hit = top_images == owners.unsqueeze(1)
+    return {
+        "tr": {k: text_hit[:, :k].any(1) for k in ks},
+        "ir": {k: image_hit[:, :k].any(1) for k in ks},
+    }
+
+
+def attack_success_rate(clean: torch.Tensor, adversarial: torch.Tensor) -> tuple[int, int]:
+    """(broken, previously correct): ASR = broken / previously correct."""
+    return int((clean & ~adversarial).sum()), int(clean.sum())
+
+
+def _features(model: nn.Module, data, images: torch.Tensor, batch_size: int = 256):  # noqa: ANN001, ANN202
+    with torch.no_grad():
+        image_features = torch.cat([model.encode_image(x) for x in images.split(batch_size)])
+        text_features = torch.cat(
+            [model.encode_text(list(data.captions[i : i + 512])) for i in range(0, len(data.captions), 512)]
+        )
+    return image_features, text_features
+
+
+def _vlp(model: nn.Module, spec: str, field: str) -> nn.Module:
+    inner = getattr(model, "model", model)
+    if not (hasattr(inner, "encode_image") and hasattr(inner, "encode_text")):
+        raise UserError(
+            field,
+            f"{spec} is not an image-text model (it has no encode_image/encode_text)",
+            "use builtin:tinyclip, builtin:tinyclip-wide or open_clip:ARCH?checkpoint=PATH",
+        )
+    return inner
+
+
+def expand_retrieval(config: MatrixConfig) -> list[dict[str, Any]]:
+    """Validate the retrieval section; one entry per fitted perturbation (source, attack, eps)."""
+    from robustbench_cl.models import check_spec
+
+    section = config.retrieval
+    assert section is not None
+    for index, model in enumerate(section.models):
+        try:
+            check_spec(model.spec)
+        except UserError as error:
+            raise UserError(f"retrieval.models[{index}].spec", error.problem, error.fix) from None
+    labels = [m.label for m in section.models]
+    if len(set(labels)) != len(labels):
+        raise UserError("retrieval.models[].name", "two models share a name", "give each a distinct `name`")
+    fits = []
+    data_key = section.data.model_dump(mode="json")
+    for index, attack in enumerate(section.attacks):
+        try:
+            built = make_attack(attack.attack, **attack.params)
+        except UserError as error:
+            raise UserError(f"retrieval.attacks[{index}].{error.field}", error.problem, error.fix) from None
+        if not isinstance(built, UniversalAttack):
+            raise UserError(
+                f"retrieval.attacks[{index}]",
+                f"{attack.attack} is not a universal attack",
+                "use cpgc, pgd-uap or uniform-noise (see `robustbench-cl list attacks`)",
+            )
+        for eps in attack.threat.eps_values():
+            values = attack.threat.model_dump()
+            values.update(eps=eps, universal=True)
+            try:
+                threat = ThreatModel(**values)
+            except UserError as error:
+                raise UserError(
+                    f"retrieval.attacks[{index}].threat.{error.field}", error.problem, error.fix
+                ) from None
+            reason = built.supports(threat, "retrieval")
+            if reason is not None:
+                raise UserError(f"retrieval.attacks[{index}]", reason, "change the attack or its threat")
+            for source in section.models:
+                fit_id = stable_hash(
+                    {
+                        "source": source.spec,
+                        "attack": attack.attack,
+                        "params": attack.params,
+                        "threat": threat.to_dict(),
+                        "data": data_key,
+                        "seed": config.seed,
+                    }
+                )
+                fits.append({"id": fit_id, "source": source, "attack": attack, "threat": threat})
+    return fits
+
+
+class RetrievalAudit:
+    """Runs the retrieval section of a config into the run's store."""
+
+    def __init__(self, config: MatrixConfig, run_dir: Path, device: torch.device, progress, store) -> None:  # noqa: ANN001
+        assert config.retrieval is not None
+        self.config = config
+        self.section: RetrievalConfig = config.retrieval
+        self.run_dir = run_dir
+        self.device = device
+        self.progress = progress
+        self.store = store
+        self._models: dict[str, nn.Module] = {}
+        self._clean: dict[str, dict[str, Any]] = {}
+
+    def record_ids(self, fits: list[dict[str, Any]]) -> list[str]:
+        ids = [self._clean_id(m) for m in self.section.models]
+        for fit in fits:
+            ids += [self._cell_id(fit, target) for target in self.section.models]
+        return ids
+
+    def _clean_id(self, model: ModelConfig) -> str:
+        return stable_hash({"retrieval_clean": model.spec, "data": self.section.data.model_dump(mode="json"), "ks": self.section.ks})
+
+    def _cell_id(self, fit: dict[str, Any], target: ModelConfig) -> str:
+        return stable_hash({"fit": fit["id"], "target": target.spec, "ks": self.section.ks})
+
+    def model(self, config: ModelConfig) -> nn.Module:
+        if config.spec not in self._models:
+            from robustbench_cl.models import load_model
+
+            self.progress.message(f"loading {config.label}")
+            frozen = load_model(config.spec).to(self.device)
+            _vlp(frozen, config.spec, "retrieval.models[].spec")
+            self._models[config.spec] = frozen
+        return _vlp(self._models[config.spec], config.spec, "retrieval.models[].spec")
+
+    def execute(self, fits: list[dict[str, Any]], records: dict[str, dict[str, Any]]) -> None:
+        from robustbench_cl.data.captions import load_captions
+
+        data = self.section.data
+        self.test = load_captions(data.name, "test").subset(data.n)
+        needed = [i for i in self.record_ids(fits) if i not in records]
+        if not needed:
+            for record_id in self.record_ids(fits):
+                self.progress.cell_done(records[record_id], skipped=True)
+            return
+        self.train = load_captions(data.name, "train").subset(data.train_n)
+        for model_config in self.section.models:
+            record_id = self._clean_id(model_config)
+            if record_id in records:
+                self._clean[model_config.spec] = records[record_id]
+                self.progress.cell_done(records[record_id], skipped=True)
+                continue
+            record = self.clean_record(model_config, record_id)
+            self.store.append(record)
+            records[record_id] = self._clean[model_config.spec] = record
+            self.progress.cell_done(record, skipped=False)
+        for fit in fits:
+            todo = [t for t in self.section.models if self._cell_id(fit, t) not in records]
+            if not todo:
+                for target in self.section.models:
+                    self.progress.cell_done(records[self._cell_id(fit, target)], skipped=True)
+                continue
+            perturbation = self.fit(fit)
+            for target in self.section.models:
+                record_id = self._cell_id(fit, target)
+                if record_id in records:
+                    self.progress.cell_done(records[record_id], skipped=True)
+                    continue
+                record = self.cell_record(fit, target, perturbation, record_id)
+                self.store.append(record)
+                records[record_id] = record
+                self.progress.cell_done(record, skipped=False)
+
+    # ------------------------------------------------------------------ clean and attacked
+    def clean_record(self, config: ModelConfig, record_id: str) -> dict[str, Any]:
+        self.progress.cell_started(f"{config.label} | retrieval clean", 1)
+        start = time.perf_counter()
+        model = self.model(config)
+        images, texts = _features(model, self.test, self.test.images.to(self.device))
+        correct = retrieval_correct(images, texts, self.test.caption_image, self.section.ks)
+        self.progress.batch_done()
+        return {
+            "type": "retrieval_clean",
+            "id": record_id,
+            "model": config.model_dump(),
+            "n_images": len(self.test),
+            "n_captions": len(self.test.captions),
+            "recall": _recall(correct),
+            "correct": {side: {str(k): v.int().tolist() for k, v in ks.items()} for side, ks in correct.items()},
+            "wall_time": time.perf_counter() - start,
+        }
+
+    def fit(self, fit: dict[str, Any]) -> UniversalPerturbation:
+        """Fit the perturbation, or load it from this run's artifacts (a resumed run)."""
+        path = self.run_dir / "artifacts" / "uap" / f"{fit['id']}.safetensors"
+        if path.exists():
+            info = _read_fit_info(path)
+            return UniversalPerturbation(
+                load_file(str(path))["delta"],
+                word=info.get("word"),
+                history=info.get("history", []),
+                fit_time=info.get("fit_time", 0.0),
+                forward=info.get("forward", 0),
+                backward=info.get("backward", 0),
+            )
+        attack = make_attack(fit["attack"].attack, **fit["attack"].params)
+        source = self.model(fit["source"])
+        label = f"{fit['source'].label} | fit {fit['attack'].label} | {fit['threat'].describe()}"
+        self.progress.cell_started(label, 1)
+        seed = derive_seed(self.config.seed, fit["id"], "fit")
+        with step_hook(self.progress.step):
+            perturbation = attack.fit(source, self.train, fit["threat"], seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"delta": perturbation.delta.contiguous()}, str(path))
+        _write_fit_info(path, perturbation)
+        self.progress.batch_done()
+        return perturbation
+
+    def cell_record(
+        self, fit: dict[str, Any], target: ModelConfig, perturbation: UniversalPerturbation, record_id: str
+    ) -> dict[str, Any]:
+        threat: ThreatModel = fit["threat"]
+        white_box = fit["source"].spec == target.spec
+        access = "white-box" if white_box else "transfer"
+        label = f"{fit['source'].label} -> {target.label} | {fit['attack'].label} | {threat.describe()}"
+        self.progress.cell_started(label, 1)
+        start = time.perf_counter()
+        model = self.model(target)
+        clean_images = self.test.images.to(self.device)
+        adversarial = perturbation.apply(clean_images)
+        threat.check(adversarial, clean_images)  # every test image, every cell
+        images = torch.cat([model.encode_image(x) for x in adversarial.split(256)]).detach()
+        _, texts = _features(model, self.test, clean_images[:1])
+        correct = retrieval_correct(images, texts, self.test.caption_image, self.section.ks)
+        clean = self._clean[target.spec]["correct"]
+        asr: dict[str, dict[str, Any]] = {}
+        for side, by_k in correct.items():
+            for k, adv in by_k.items():
+                before = torch.tensor(clean[side][str(k)], dtype=torch.bool, device=adv.device)
+                broken, total = attack_success_rate(before, adv)
+                asr[f"{side}@{k}"] = {
+                    "asr": broken / total if total else None,
+                    "broken": broken,
+                    "previously_correct": total,
+                    "ci95": list(wilson_interval(broken, total)) if total else None,
+                }
+        examples = self._examples(model, images, texts, correct) if white_box else []
+        example_images = None
+        if examples:  # the report shows them; it never recomputes the data
+            chosen = torch.tensor([e["image"] for e in examples])
+            example_images = f"artifacts/retrieval/{record_id}.safetensors"
+            (self.run_dir / example_images).parent.mkdir(parents=True, exist_ok=True)
+            save_file(
+                {
+                    "clean": self.test.images[chosen].contiguous(),
+                    "adversarial": adversarial[chosen.to(adversarial.device)].cpu().contiguous(),
+                },
+                str(self.run_dir / example_images),
+            )
+        self.progress.batch_done()
+        relative = f"artifacts/uap/{fit['id']}.safetensors"
+        return {
+            "type": "retrieval",
+            "id": record_id,
+            "fit_id": fit["id"],
+            "source": fit["source"].model_dump(),
+            "target": target.model_dump(),
+            "access": access,
+            "attack": {
+                "attack": fit["attack"].attack,
+                "name": fit["attack"].name,
+                "params": fit["attack"].params,
+                "settings": make_attack(fit["attack"].attack, **fit["attack"].params).settings(),
+            },
+            "threat": dict(threat.to_dict(), access=access),
+            "recall": _recall(correct),
+            "asr": asr,
+            "outcomes": {side: {"1": by_k[min(by_k)].int().tolist()} for side, by_k in correct.items()},
+            "delta_linf": float(perturbation.delta.abs().max()),
+            "word": perturbation.word,
+            "fit": {
+                "wall_time": perturbation.fit_time,
+                "forward": perturbation.forward,
+                "backward": perturbation.backward,
+                "history": perturbation.history,
+                "train_images": len(self.train),
+                "test_images": len(self.test),
+            },
+            "perturbation": relative,
+            "examples": examples,
+            "example_images": example_images,
+            "wall_time": time.perf_counter() - start,
+        }
+
+    def _examples(self, model, adv_images, texts, correct) -> list[dict[str, Any]]:  # noqa: ANN001
+        """Test images whose clean top-1 caption was right and that the perturbation broke."""
+        wanted = self.section.examples
+        clean = self._clean_top1(model, texts)
+        broken = (torch.tensor(clean["ok"], device=adv_images.device) & ~correct["tr"][min(correct["tr"])])
+        chosen = broken.nonzero().flatten()[:wanted].tolist()
+        adv_top = (adv_images @ texts.T).argmax(1).tolist()
+        return [
+            {
+                "image": index,
+                "clean_caption": self.test.captions[clean["top"][index]],
+                "adversarial_caption": self.test.captions[adv_top[index]],
+                "true_caption": self.test.captions[self.test.captions_of()[index][0]],
+            }
+            for index in chosen
+        ]
+
+    def _clean_top1(self, model, texts) -> dict[str, list]:  # noqa: ANN001
+        with torch.no_grad():
+            images = torch.cat([model.encode_image(x) for x in self.test.images.to(self.device).split(256)])
+        top = (images @ texts.T).argmax(1)
+        owners = self.test.caption_image.to(top.device)
+        return {"top": top.tolist(), "ok": (owners[top] == torch.arange(len(top), device=top.device)).tolist()}
+
+
+def _recall(correct: dict[str, dict[int, torch.Tensor]]) -> dict[str, float]:
+    return {f"{side}@{k}": float(v.float().mean()) for side, by_k in correct.items() for k, v in by_k.items()}
+
+
+def _write_fit_info(path: Path, perturbation: UniversalPerturbation) -> None:
+    import json
+
+    info = {
+        "word": perturbation.word,
+        "history": perturbation.history,
+        "fit_time": perturbation.fit_time,
+        "forward": perturbation.forward,
+        "backward": perturbation.backward,
+    }
+    path.with_suffix(".json").write_text(json.dumps(info, indent=2))
+
+
+def _read_fit_info(path: Path) -> dict[str, Any]:
+    import json
+
+    info_path = path.with_suffix(".json")
+    return json.loads(info_path.read_text()) if info_path.exists() else {}
