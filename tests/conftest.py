@@ -64,3 +64,37 @@ def digits_batch() -> tuple[torch.Tensor, torch.Tensor]:
     from robustbench_cl.data import load_dataset
 
     return load_dataset("digits", split="test").tensors(n=64)
+
+
+class TinyVLP(nn.Module):
+    """A tiny image-text model for retrieval tests: a linear image tower, and a bag of hashed
+    words as the text encoder (no MiniLM, so it is instant). Deterministic from a seed."""
+
+    def __init__(self, seed: int = 0, dim: int = 16) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.image = nn.Sequential(nn.AvgPool2d(4), nn.Flatten(), nn.Linear(3 * 8 * 8, dim))
+        self.words = nn.Parameter(torch.randn(257, dim, generator=generator))
+        with torch.no_grad():
+            for parameter in self.image.parameters():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.image(x), dim=-1)
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        import zlib
+
+        rows = []
+        for text in texts:
+            index = torch.tensor([zlib.crc32(w.encode()) % 257 for w in text.split()] or [0])
+            rows.append(self.words[index].sum(0))
+        return nn.functional.normalize(torch.stack(rows), dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode_image(x)
+
+
+def tiny_vlp(seed: str = "0") -> nn.Module:
+    """Used by the retrieval engine tests (``python:tests.conftest:tiny_vlp``)."""
+    return TinyVLP(int(seed))

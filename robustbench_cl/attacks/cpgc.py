@@ -16,8 +16,10 @@ against Vision-Language Pre-training Models" (ICCV 2025). Following the official
   squared deviation of adversarial from clean image features; the generator minimises it.
 
 The perturbation after the last batch is the one evaluated, as in the official code.
+With ``text: true`` the text-side universal word is fitted too
+(:mod:`robustbench_cl.attacks.text_uap`) and evaluation perturbs both modalities at once.
 Deviations, all for a CPU budget: batch 16 (official 4), 5 epochs (official 40) on 3000
-training images; the text-side universal word is not implemented (image side only).
+training images.
 """
 
 from __future__ import annotations
@@ -118,6 +120,13 @@ class UniversalGenerator(nn.Module):
         self.to_image = nn.ConvTranspose2d(w3, image_shape[0], 4, 2, 1)  # 4 -> 8 -> 16 -> 32
         self.collapse = nn.Conv2d(n_inputs, 1, 3, padding=1)  # over the batch dimension
         self.image_shape = image_shape
+        # DCGAN initialisation, as in the official generator: N(0, 0.02) weights, zero biases.
+        # It matters: with PyTorch's default init the collapsed output starts far outside
+        # [-eps, eps], the clamp saturates and almost no gradient reaches the generator.
+        for module in (*self.block1, *self.block2, *self.block3, self.to_image, self.collapse):
+            if isinstance(module, nn.ConvTranspose2d | nn.Conv2d):
+                nn.init.normal_(module.weight, 0.0, 0.02)
+                nn.init.zeros_(module.bias)
 
     def forward(self, context: torch.Tensor, eps: float) -> torch.Tensor:
         """``context``: (n_inputs, D) conditions -> the universal perturbation (C, H, W)."""
@@ -163,6 +172,10 @@ class CPGC(UniversalAttack):
         alpha: float = 0.1,
         contrastive: bool = True,
         scales: list[float] | tuple[float, ...] = DEFAULT_SCALES,
+        text: bool = False,
+        text_epochs: int = 1,
+        text_images: int = 400,
+        text_lr: float = 0.01,
     ) -> None:
         require_int("cpgc.epochs", epochs)
         require_int("cpgc.batch_size", batch_size, 2)
@@ -170,8 +183,12 @@ class CPGC(UniversalAttack):
         require_number("cpgc.lr", lr)
         require_number("cpgc.temperature", temperature)
         require_number("cpgc.alpha", alpha, -1.0)
-        if not isinstance(contrastive, bool):
-            raise UserError("cpgc.contrastive", f"must be true or false, got {contrastive!r}")
+        for flag, value in (("contrastive", contrastive), ("text", text)):
+            if not isinstance(value, bool):
+                raise UserError(f"cpgc.{flag}", f"must be true or false, got {value!r}")
+        require_int("cpgc.text_epochs", text_epochs)
+        require_int("cpgc.text_images", text_images, 2)
+        require_number("cpgc.text_lr", text_lr)
         try:
             scales = tuple(float(s) for s in scales)
         except (TypeError, ValueError):
@@ -188,6 +205,11 @@ class CPGC(UniversalAttack):
         self.contrastive = contrastive
         #: () drops the multi-scale augmentation (the ablation)
         self.scales = list(scales)
+        #: also fit the text-side universal word (on ``text_images`` training images' captions)
+        self.text = text
+        self.text_epochs = text_epochs
+        self.text_images = text_images
+        self.text_lr = text_lr
 
     def _fit(self, model, data, threat, generator):  # noqa: ANN001, ANN202
         device = next(iter(model.buffers()), torch.zeros(0)).device
@@ -235,6 +257,30 @@ class CPGC(UniversalAttack):
                 forward += 2 * n_inputs
                 report_step(epoch * per_epoch + step + 1, self.epochs * per_epoch)
             history.append(float(total) / per_epoch)
+        word = None
+        if self.text:
+            word = self._fit_word(model, data, generator)
         return UniversalPerturbation(
-            delta.detach(), history=history, forward=forward, backward=forward // 2
+            delta.detach(), word=word, history=history, forward=forward, backward=forward // 2
         )
+
+    def _fit_word(self, model, data, generator) -> str:  # noqa: ANN001
+        from robustbench_cl.attacks.text_uap import fit_universal_word
+
+        subset = data.subset(self.text_images)
+        device = next(iter(model.buffers()), torch.zeros(0)).device
+        with torch.no_grad():
+            images = torch.cat([model.encode_image(x.to(device)) for x in subset.images.split(256)])
+        word, _ = fit_universal_word(
+            model,
+            subset,
+            images,
+            epochs=self.text_epochs,
+            batch_size=5 * self.batch_size,
+            target_batch_size=self.target_batch_size,
+            lr=self.text_lr,
+            temperature=self.temperature,
+            alpha=self.alpha,
+            generator=generator,
+        )
+        return word

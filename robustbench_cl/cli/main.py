@@ -157,10 +157,18 @@ def _print_summary(summary: Any) -> None:
         generation_table,
         matrix_table,
         membership_table,
+        retrieval_table,
     )
 
-    stdout.print(matrix_table(summary))
-    for extra in (membership_table(summary), generation_table(summary), flags_table(summary)):
+    if summary.pairs:
+        stdout.print(matrix_table(summary))
+    extras = (
+        membership_table(summary),
+        generation_table(summary),
+        retrieval_table(summary),
+        flags_table(summary),
+    )
+    for extra in extras:
         if extra is not None:
             stdout.print(extra)
 

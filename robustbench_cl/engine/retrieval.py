@@ -149,6 +149,7 @@ class RetrievalAudit:
         self.store = store
         self._models: dict[str, nn.Module] = {}
         self._clean: dict[str, dict[str, Any]] = {}
+        self._important: dict[str, list[int]] = {}
 
     def record_ids(self, fits: list[dict[str, Any]]) -> list[str]:
         ids = [self._clean_id(m) for m in self.section.models]
@@ -269,7 +270,11 @@ class RetrievalAudit:
         adversarial = perturbation.apply(clean_images)
         threat.check(adversarial, clean_images)  # every test image, every cell
         images = torch.cat([model.encode_image(x) for x in adversarial.split(256)]).detach()
-        _, texts = _features(model, self.test, clean_images[:1])
+        captions = self._adversarial_captions(fit, perturbation)
+        with torch.no_grad():
+            texts = torch.cat(
+                [model.encode_text(captions[i : i + 512]) for i in range(0, len(captions), 512)]
+            )
         correct = retrieval_correct(images, texts, self.test.caption_image, self.section.ks)
         clean = self._clean[target.spec]["correct"]
         asr: dict[str, dict[str, Any]] = {}
@@ -283,7 +288,10 @@ class RetrievalAudit:
                     "previously_correct": total,
                     "ci95": list(wilson_interval(broken, total)) if total else None,
                 }
-        examples = self._examples(model, images, texts, correct) if white_box else []
+        examples = []
+        if white_box and self.section.examples:
+            clean_texts = _features(model, self.test, clean_images[:1])[1] if perturbation.word else texts
+            examples = self._examples(model, images, texts, clean_texts, correct, captions)
         example_images = None
         if examples:  # the report shows them; it never recomputes the data
             chosen = torch.tensor([e["image"] for e in examples])
@@ -331,10 +339,24 @@ class RetrievalAudit:
             "wall_time": time.perf_counter() - start,
         }
 
-    def _examples(self, model, adv_images, texts, correct) -> list[dict[str, Any]]:  # noqa: ANN001
-        """Test images whose clean top-1 caption was right and that the perturbation broke."""
+    def _adversarial_captions(self, fit: dict[str, Any], perturbation: UniversalPerturbation) -> list[str]:
+        """The test captions, with the universal word in place of each caption's most important
+        word (for the *source* model: the attacker does not query the target)."""
+        captions = list(self.test.captions)
+        if not perturbation.word:
+            return captions
+        from robustbench_cl.attacks.text_uap import important_words, insert_word
+
+        source = fit["source"].spec
+        if source not in self._important:
+            self._important[source] = important_words(self.model(fit["source"]), captions)
+        return [insert_word(c, i, perturbation.word) for c, i in zip(captions, self._important[source])]
+
+    def _examples(self, model, adv_images, texts, clean_texts, correct, captions) -> list[dict[str, Any]]:  # noqa: ANN001
+        """Test images whose clean top-1 caption was right and that the perturbation broke.
+        With a universal word, the adversarial captions are the perturbed ones."""
         wanted = self.section.examples
-        clean = self._clean_top1(model, texts)
+        clean = self._clean_top1(model, clean_texts)
         broken = (torch.tensor(clean["ok"], device=adv_images.device) & ~correct["tr"][min(correct["tr"])])
         chosen = broken.nonzero().flatten()[:wanted].tolist()
         adv_top = (adv_images @ texts.T).argmax(1).tolist()
@@ -342,7 +364,7 @@ class RetrievalAudit:
             {
                 "image": index,
                 "clean_caption": self.test.captions[clean["top"][index]],
-                "adversarial_caption": self.test.captions[adv_top[index]],
+                "adversarial_caption": captions[adv_top[index]],
                 "true_caption": self.test.captions[self.test.captions_of()[index][0]],
             }
             for index in chosen

@@ -74,6 +74,10 @@ class MiniLMEncoder(nn.Module):
         self.bert.requires_grad_(False)
         self.max_length = max_length
         self._cache: dict[str, torch.Tensor] = {}
+        self.eval()
+
+    def train(self, mode: bool = True) -> MiniLMEncoder:  # noqa: ARG002 - frozen: eval only
+        return super().train(False)
 
     @property
     def word_embeddings(self) -> torch.Tensor:

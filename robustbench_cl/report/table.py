@@ -190,3 +190,36 @@ def generation_table(summary: RunSummary) -> Table | None:
             note,
         )
     return table
+
+
+def retrieval_table(summary: RunSummary) -> Table | None:
+    """ASR@1 (TR / IR, %) of each universal perturbation: source x target, plus clean R@1."""
+    if not summary.retrieval:
+        return None
+    targets = [r["model"].get("name") or r["model"]["spec"] for r in summary.retrieval_clean]
+    table = Table(
+        title="retrieval: ASR@1 % (TR / IR) over the previously-correct queries; * white-box",
+        title_justify="left",
+    )
+    table.add_column("attack", justify="left")
+    table.add_column("eps", justify="right")
+    table.add_column("source", justify="left")
+    for target in targets:
+        table.add_column(target, justify="right")
+    rows: dict[tuple[str, float, str], dict[str, str]] = {}
+    for record in summary.retrieval:
+        attack = record["attack"].get("name") or record["attack"]["attack"]
+        source = record["source"].get("name") or record["source"]["spec"]
+        target = record["target"].get("name") or record["target"]["spec"]
+        tr, ir = record["asr"].get("tr@1", {}).get("asr"), record["asr"].get("ir@1", {}).get("asr")
+        mark = "*" if record["access"] == "white-box" else ""
+        key = (attack, record["threat"]["eps"], source)
+        rows.setdefault(key, {})[target] = f"{_percent(tr)} / {_percent(ir)}{mark}"
+    for (attack, eps, source), cells in rows.items():
+        table.add_row(attack, f"{eps * 255:.3g}/255", source, *[cells.get(t, "-") for t in targets])
+    clean = "  ".join(
+        f"{t}: TR@1 {_percent(r['recall'].get('tr@1'))} IR@1 {_percent(r['recall'].get('ir@1'))}"
+        for t, r in zip(targets, summary.retrieval_clean)
+    )
+    table.caption = f"clean: {clean}"
+    return table
