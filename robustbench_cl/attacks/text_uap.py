@@ -29,7 +29,9 @@ MASK = "[MASK]"
 
 def _encode_texts(model: nn.Module, texts: list[str], chunk: int = 512) -> torch.Tensor:
     with torch.no_grad():
-        return torch.cat([model.encode_text(texts[i : i + chunk]) for i in range(0, len(texts), chunk)])
+        return torch.cat(
+            [model.encode_text(texts[i : i + chunk]) for i in range(0, len(texts), chunk)]
+        )
 
 
 def important_words(model: nn.Module, captions: list[str]) -> list[int]:
@@ -76,7 +78,10 @@ def nearest_word(encoder, embedding: torch.Tensor) -> str:  # noqa: ANN001 - Min
     vocabulary = encoder.tokenizer.convert_ids_to_tokens(list(range(len(encoder.word_embeddings))))
     allowed = torch.tensor(
         [
-            token.isalpha() and token.isascii() and len(token) >= 3 and token not in ENGLISH_STOP_WORDS
+            token.isalpha()
+            and token.isascii()
+            and len(token) >= 3
+            and token not in ENGLISH_STOP_WORDS
             for token in vocabulary
         ]
     )
@@ -128,16 +133,23 @@ def fit_universal_word(
             tokens = encoder.tokenize([masked[j] for j in batch])
             ids = tokens["input_ids"].to(table.device)
             embeds = torch.where((ids == mask_id).unsqueeze(-1), embedding, table[ids])
-            adversarial = model.encode_text_embeds(embeds, tokens["attention_mask"].to(table.device))
+            adversarial = model.encode_text_embeds(
+                embeds, tokens["attention_mask"].to(table.device)
+            )
             index = torch.tensor(batch, device=image_features.device)
             own = image_features[owners[index]]
             with torch.no_grad():  # the least similar target image, for the adversarial text
-                pick = torch.randint(0, len(image_features), (target_batch_size,), generator=generator)
+                pick = torch.randint(
+                    0, len(image_features), (target_batch_size,), generator=generator
+                )
                 targets = image_features[pick.to(image_features.device)]
                 far = targets[(adversarial.detach() @ targets.T).argmin(1)]
             pos = torch.exp((adversarial * own).sum(1) / temperature).mean()
             tgt = torch.exp((adversarial * far).sum(1) / temperature).mean()
-            loss = torch.log(pos / (pos + tgt)) - alpha * ((adversarial - clean_text[index]) ** 2).sum()
+            loss = (
+                torch.log(pos / (pos + tgt))
+                - alpha * ((adversarial - clean_text[index]) ** 2).sum()
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

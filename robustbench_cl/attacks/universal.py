@@ -21,7 +21,12 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from robustbench_cl.attacks.base import inputs_only_gradients, report_step, require_int, require_number
+from robustbench_cl.attacks.base import (
+    inputs_only_gradients,
+    report_step,
+    require_int,
+    require_number,
+)
 from robustbench_cl.errors import ThreatModelViolation
 from robustbench_cl.registry import register_attack
 from robustbench_cl.threat import ThreatModel
@@ -38,6 +43,7 @@ class UniversalPerturbation:
     fit_time: float = 0.0
     forward: int = 0
     backward: int = 0
+    diagnostics: dict[str, list[float]] = field(default_factory=dict)
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         return (images + self.delta.to(images.device)).clamp(0, 1)
@@ -47,7 +53,10 @@ def caption_features(model: nn.Module, data, per_image: int = 5) -> torch.Tensor
     """(N, per_image, D) text features of each image's captions (cycled if it has fewer)."""
     with torch.no_grad():
         features = torch.cat(
-            [model.encode_text(list(data.captions[i : i + 512])) for i in range(0, len(data.captions), 512)]
+            [
+                model.encode_text(list(data.captions[i : i + 512]))
+                for i in range(0, len(data.captions), 512)
+            ]
         )
     owners = data.captions_of()
     index = torch.tensor([[own[k % len(own)] for k in range(per_image)] for own in owners])
@@ -75,7 +84,9 @@ class UniversalAttack:
             return f"{self.name} is a universal retrieval attack; it does not support task {task!r}"
         return None
 
-    def fit(self, model: nn.Module, data, threat: ThreatModel, seed: int = 0) -> UniversalPerturbation:  # noqa: ANN001
+    def fit(
+        self, model: nn.Module, data, threat: ThreatModel, seed: int = 0
+    ) -> UniversalPerturbation:  # noqa: ANN001
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(seed)
         with inputs_only_gradients(model):
@@ -90,7 +101,9 @@ class UniversalAttack:
         result.fit_time = time.perf_counter() - start
         return result
 
-    def _fit(self, model: nn.Module, data, threat: ThreatModel, generator: torch.Generator) -> UniversalPerturbation:  # noqa: ANN001
+    def _fit(
+        self, model: nn.Module, data, threat: ThreatModel, generator: torch.Generator
+    ) -> UniversalPerturbation:  # noqa: ANN001
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -146,9 +159,13 @@ class PGDUniversal(UniversalAttack):
                 loss = (features * targets[batch.to(device)]).sum(1).mean()
                 (grad,) = torch.autograd.grad(loss, delta)
                 with torch.no_grad():
-                    delta = (delta - self.step_size * threat.eps * grad.sign()).clamp(-threat.eps, threat.eps)
+                    delta = (delta - self.step_size * threat.eps * grad.sign()).clamp(
+                        -threat.eps, threat.eps
+                    )
                 total += loss.detach()
                 forward += len(batch)
                 report_step(epoch * (n // self.batch_size) + start // self.batch_size + 1, steps)
             history.append(float(total) / max(1, n // self.batch_size))
-        return UniversalPerturbation(delta.detach(), history=history, forward=forward, backward=forward)
+        return UniversalPerturbation(
+            delta.detach(), history=history, forward=forward, backward=forward
+        )

@@ -138,7 +138,9 @@ def _render(attributes: dict[str, str], rng: np.random.Generator) -> np.ndarray:
     elif shape == "square":
         draw.rectangle(box, fill=fill)
     elif shape == "triangle":
-        draw.polygon([(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) / 2, box[1])], fill=fill)
+        draw.polygon(
+            [(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) / 2, box[1])], fill=fill
+        )
     else:
         mx, my = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
         draw.polygon([(mx, box[1]), (box[2], my), (mx, box[3]), (box[0], my)], fill=fill)

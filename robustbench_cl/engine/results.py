@@ -175,7 +175,17 @@ def _retrieval_section(summary: RunSummary) -> dict[str, Any]:
         }
         for r in summary.retrieval_clean
     ]
-    keys = ("access", "recall", "asr", "delta_linf", "word", "fit", "perturbation", "examples", "example_images")
+    keys = (
+        "access",
+        "recall",
+        "asr",
+        "delta_linf",
+        "word",
+        "fit",
+        "perturbation",
+        "examples",
+        "example_images",
+    )
     cells = [
         {
             "id": r["id"],

@@ -66,7 +66,10 @@ def _features(model: nn.Module, data, images: torch.Tensor, batch_size: int = 25
     with torch.no_grad():
         image_features = torch.cat([model.encode_image(x) for x in images.split(batch_size)])
         text_features = torch.cat(
-            [model.encode_text(list(data.captions[i : i + 512])) for i in range(0, len(data.captions), 512)]
+            [
+                model.encode_text(list(data.captions[i : i + 512]))
+                for i in range(0, len(data.captions), 512)
+            ]
         )
     return image_features, text_features
 
@@ -95,14 +98,18 @@ def expand_retrieval(config: MatrixConfig) -> list[dict[str, Any]]:
             raise UserError(f"retrieval.models[{index}].spec", error.problem, error.fix) from None
     labels = [m.label for m in section.models]
     if len(set(labels)) != len(labels):
-        raise UserError("retrieval.models[].name", "two models share a name", "give each a distinct `name`")
+        raise UserError(
+            "retrieval.models[].name", "two models share a name", "give each a distinct `name`"
+        )
     fits = []
     data_key = section.data.model_dump(mode="json")
     for index, attack in enumerate(section.attacks):
         try:
             built = make_attack(attack.attack, **attack.params)
         except UserError as error:
-            raise UserError(f"retrieval.attacks[{index}].{error.field}", error.problem, error.fix) from None
+            raise UserError(
+                f"retrieval.attacks[{index}].{error.field}", error.problem, error.fix
+            ) from None
         if not isinstance(built, UniversalAttack):
             raise UserError(
                 f"retrieval.attacks[{index}]",
@@ -120,7 +127,9 @@ def expand_retrieval(config: MatrixConfig) -> list[dict[str, Any]]:
                 ) from None
             reason = built.supports(threat, "retrieval")
             if reason is not None:
-                raise UserError(f"retrieval.attacks[{index}]", reason, "change the attack or its threat")
+                raise UserError(
+                    f"retrieval.attacks[{index}]", reason, "change the attack or its threat"
+                )
             for source in section.models:
                 fit_id = stable_hash(
                     {
@@ -139,7 +148,9 @@ def expand_retrieval(config: MatrixConfig) -> list[dict[str, Any]]:
 class RetrievalAudit:
     """Runs the retrieval section of a config into the run's store."""
 
-    def __init__(self, config: MatrixConfig, run_dir: Path, device: torch.device, progress, store) -> None:  # noqa: ANN001
+    def __init__(
+        self, config: MatrixConfig, run_dir: Path, device: torch.device, progress, store
+    ) -> None:  # noqa: ANN001
         assert config.retrieval is not None
         self.config = config
         self.section: RetrievalConfig = config.retrieval
@@ -158,7 +169,13 @@ class RetrievalAudit:
         return ids
 
     def _clean_id(self, model: ModelConfig) -> str:
-        return stable_hash({"retrieval_clean": model.spec, "data": self.section.data.model_dump(mode="json"), "ks": self.section.ks})
+        return stable_hash(
+            {
+                "retrieval_clean": model.spec,
+                "data": self.section.data.model_dump(mode="json"),
+                "ks": self.section.ks,
+            }
+        )
 
     def _cell_id(self, fit: dict[str, Any], target: ModelConfig) -> str:
         return stable_hash({"fit": fit["id"], "target": target.spec, "ks": self.section.ks})
@@ -226,7 +243,10 @@ class RetrievalAudit:
             "n_images": len(self.test),
             "n_captions": len(self.test.captions),
             "recall": _recall(correct),
-            "correct": {side: {str(k): v.int().tolist() for k, v in ks.items()} for side, ks in correct.items()},
+            "correct": {
+                side: {str(k): v.int().tolist() for k, v in ks.items()}
+                for side, ks in correct.items()
+            },
             "wall_time": time.perf_counter() - start,
         }
 
@@ -242,6 +262,7 @@ class RetrievalAudit:
                 fit_time=info.get("fit_time", 0.0),
                 forward=info.get("forward", 0),
                 backward=info.get("backward", 0),
+                diagnostics=info.get("diagnostics", {}),
             )
         attack = make_attack(fit["attack"].attack, **fit["attack"].params)
         source = self.model(fit["source"])
@@ -257,12 +278,18 @@ class RetrievalAudit:
         return perturbation
 
     def cell_record(
-        self, fit: dict[str, Any], target: ModelConfig, perturbation: UniversalPerturbation, record_id: str
+        self,
+        fit: dict[str, Any],
+        target: ModelConfig,
+        perturbation: UniversalPerturbation,
+        record_id: str,
     ) -> dict[str, Any]:
         threat: ThreatModel = fit["threat"]
         white_box = fit["source"].spec == target.spec
         access = "white-box" if white_box else "transfer"
-        label = f"{fit['source'].label} -> {target.label} | {fit['attack'].label} | {threat.describe()}"
+        label = (
+            f"{fit['source'].label} -> {target.label} | {fit['attack'].label} | {threat.describe()}"
+        )
         self.progress.cell_started(label, 1)
         start = time.perf_counter()
         model = self.model(target)
@@ -290,7 +317,9 @@ class RetrievalAudit:
                 }
         examples = []
         if white_box and self.section.examples:
-            clean_texts = _features(model, self.test, clean_images[:1])[1] if perturbation.word else texts
+            clean_texts = (
+                _features(model, self.test, clean_images[:1])[1] if perturbation.word else texts
+            )
             examples = self._examples(model, images, texts, clean_texts, correct, captions)
         example_images = None
         if examples:  # the report shows them; it never recomputes the data
@@ -322,7 +351,9 @@ class RetrievalAudit:
             "threat": dict(threat.to_dict(), access=access),
             "recall": _recall(correct),
             "asr": asr,
-            "outcomes": {side: {"1": by_k[min(by_k)].int().tolist()} for side, by_k in correct.items()},
+            "outcomes": {
+                side: {"1": by_k[min(by_k)].int().tolist()} for side, by_k in correct.items()
+            },
             "delta_linf": float(perturbation.delta.abs().max()),
             "word": perturbation.word,
             "fit": {
@@ -330,6 +361,7 @@ class RetrievalAudit:
                 "forward": perturbation.forward,
                 "backward": perturbation.backward,
                 "history": perturbation.history,
+                "diagnostics": perturbation.diagnostics,
                 "train_images": len(self.train),
                 "test_images": len(self.test),
             },
@@ -339,7 +371,9 @@ class RetrievalAudit:
             "wall_time": time.perf_counter() - start,
         }
 
-    def _adversarial_captions(self, fit: dict[str, Any], perturbation: UniversalPerturbation) -> list[str]:
+    def _adversarial_captions(
+        self, fit: dict[str, Any], perturbation: UniversalPerturbation
+    ) -> list[str]:
         """The test captions, with the universal word in place of each caption's most important
         word (for the *source* model: the attacker does not query the target)."""
         captions = list(self.test.captions)
@@ -350,14 +384,20 @@ class RetrievalAudit:
         source = fit["source"].spec
         if source not in self._important:
             self._important[source] = important_words(self.model(fit["source"]), captions)
-        return [insert_word(c, i, perturbation.word) for c, i in zip(captions, self._important[source])]
+        return [
+            insert_word(c, i, perturbation.word) for c, i in zip(captions, self._important[source])
+        ]
 
-    def _examples(self, model, adv_images, texts, clean_texts, correct, captions) -> list[dict[str, Any]]:  # noqa: ANN001
+    def _examples(
+        self, model, adv_images, texts, clean_texts, correct, captions
+    ) -> list[dict[str, Any]]:  # noqa: ANN001
         """Test images whose clean top-1 caption was right and that the perturbation broke.
         With a universal word, the adversarial captions are the perturbed ones."""
         wanted = self.section.examples
         clean = self._clean_top1(model, clean_texts)
-        broken = (torch.tensor(clean["ok"], device=adv_images.device) & ~correct["tr"][min(correct["tr"])])
+        broken = (
+            torch.tensor(clean["ok"], device=adv_images.device) & ~correct["tr"][min(correct["tr"])]
+        )
         chosen = broken.nonzero().flatten()[:wanted].tolist()
         adv_top = (adv_images @ texts.T).argmax(1).tolist()
         return [
@@ -372,14 +412,23 @@ class RetrievalAudit:
 
     def _clean_top1(self, model, texts) -> dict[str, list]:  # noqa: ANN001
         with torch.no_grad():
-            images = torch.cat([model.encode_image(x) for x in self.test.images.to(self.device).split(256)])
+            images = torch.cat(
+                [model.encode_image(x) for x in self.test.images.to(self.device).split(256)]
+            )
         top = (images @ texts.T).argmax(1)
         owners = self.test.caption_image.to(top.device)
-        return {"top": top.tolist(), "ok": (owners[top] == torch.arange(len(top), device=top.device)).tolist()}
+        return {
+            "top": top.tolist(),
+            "ok": (owners[top] == torch.arange(len(top), device=top.device)).tolist(),
+        }
 
 
 def _recall(correct: dict[str, dict[int, torch.Tensor]]) -> dict[str, float]:
-    return {f"{side}@{k}": float(v.float().mean()) for side, by_k in correct.items() for k, v in by_k.items()}
+    return {
+        f"{side}@{k}": float(v.float().mean())
+        for side, by_k in correct.items()
+        for k, v in by_k.items()
+    }
 
 
 def _write_fit_info(path: Path, perturbation: UniversalPerturbation) -> None:
@@ -391,6 +440,7 @@ def _write_fit_info(path: Path, perturbation: UniversalPerturbation) -> None:
         "fit_time": perturbation.fit_time,
         "forward": perturbation.forward,
         "backward": perturbation.backward,
+        "diagnostics": perturbation.diagnostics,
     }
     path.with_suffix(".json").write_text(json.dumps(info, indent=2))
 

@@ -93,7 +93,9 @@ class MiniLMEncoder(nn.Module):
             return_tensors="pt",
         )
 
-    def encode_embeds(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def encode_embeds(
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
         """Differentiable w.r.t. ``inputs_embeds`` (the parameters stay frozen)."""
         hidden = self.bert(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
         mask = attention_mask.unsqueeze(-1).to(hidden.last_hidden_state.dtype)
@@ -188,7 +190,9 @@ TINYCLIP_RECIPES = {
 }
 
 
-def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def clip_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
     """Symmetric InfoNCE over a batch of matched (image, text) pairs."""
     logits = scale.exp().clamp(max=100) * image_features @ text_features.T
     labels = torch.arange(len(logits), device=logits.device)
@@ -216,7 +220,10 @@ def train_tinyclip(recipe: dict, data=None) -> TinyCLIP:  # noqa: ANN001 - Capti
         for start in range(0, n - batch_size + 1, batch_size):
             batch = order[start : start + batch_size]
             caption_index = torch.tensor(
-                [owners[i][c % len(owners[i])] for i, c in zip(batch.tolist(), choice[batch].tolist())]
+                [
+                    owners[i][c % len(owners[i])]
+                    for i, c in zip(batch.tolist(), choice[batch].tolist())
+                ]
             )
             loss = clip_loss(
                 model.encode_image(data.images[batch]),
@@ -289,7 +296,9 @@ class OpenCLIP(nn.Module):
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+            x = F.interpolate(
+                x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
+            )
         return F.normalize(self.model.encode_image((x - self.mean) / self.std), dim=-1)
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
@@ -305,7 +314,9 @@ def open_clip_model(arch: str, options: dict[str, str]) -> nn.Module:
     try:
         import open_clip
     except ImportError:
-        raise UserError("model", "open_clip is not installed", "pip install open_clip_torch") from None
+        raise UserError(
+            "model", "open_clip is not installed", "pip install open_clip_torch"
+        ) from None
     from robustbench_cl.models.adapters import _load_weights, _refuse_leftovers
 
     checkpoint = options.pop("checkpoint", None)
