@@ -279,3 +279,13 @@ def test_cli_runs_a_retrieval_config_and_shows_the_asr_matrix(tmp_path) -> None:
     bad = invoke("run", str(path), "--out", str(tmp_path / "bad"))
     assert bad.exit_code == 2
     assert "fgsm is not a universal attack" in bad.output and "Traceback" not in bad.output
+
+
+def test_universal_attacks_are_refused_outside_retrieval() -> None:
+    from tests.test_cli import invoke
+
+    result = invoke(
+        "attack", "cpgc", "--model", "python:tests.conftest:tiny_factory", "--eps", "0.05"
+    )
+    assert result.exit_code == 2 and "retrieval" in result.output
+    assert "Traceback" not in result.output

@@ -175,8 +175,10 @@ def multiscale_copies(
 
 @register_attack("cpgc")
 class CPGC(UniversalAttack):
-    """C-PGC (Fang et al., ICCV 2025): a cross-attention generator of one universal image
-    perturbation, trained with the malicious contrastive loss; multi-scale augmentation."""
+    """C-PGC (Fang et al., ICCV 2025): one universal perturbation from a conditional generator.
+
+    A cross-attention generator trained with the malicious contrastive loss and multi-scale
+    augmentation; optionally also the text-side universal word."""
 
     name = "cpgc"
 

@@ -126,8 +126,10 @@ class UniformNoise(UniversalAttack):
 
 @register_attack("pgd-uap")
 class PGDUniversal(UniversalAttack):
-    """Classic universal perturbation: signed steps over training batches that lower each
-    image's mean cosine similarity to its own captions, projected to the eps ball."""
+    """Classic universal perturbation: signed gradient steps over the training set.
+
+    Each step lowers the batch's mean cosine similarity to its own captions; projected to the
+    eps ball."""
 
     name = "pgd-uap"
 

@@ -389,9 +389,12 @@ def attack(
     seed_everything(seed)
     threat = ThreatModel(norm=norm, eps=eps, targeted=targeted)
     chosen = make_attack(name, **_parse_param(params))
-    reason = chosen.supports(threat)
+    reason = chosen.supports(threat, "classification")
     if reason is not None:
-        raise UserError("attack", reason, "choose another attack or --norm")
+        fix = "choose another attack or --norm"
+        if "universal" in reason:
+            fix = "run it from a config's `retrieval:` section (see `robustbench-cl run vlp`)"
+        raise UserError("attack", reason, fix)
     torch_device = resolve_device(device)
     model = load_model(model_spec).to(torch_device)
     x, y = load_dataset(dataset, split="test").tensors(n)
