@@ -26,7 +26,7 @@ def test_cpgc_loss_matches_a_hand_computed_case() -> None:
     adversarial = torch.tensor([[1.0, 0.0]])
     clean = torch.tensor([[0.0, 1.0]])
     own = torch.tensor([[[1.0, 0.0]]])
-    target = torch.tensor([[[0.0, 1.0]]])
+    target = torch.tensor([[[0.0, 1.0]]])  # a pool of one target image
     expected = math.log(math.exp(10) / (math.exp(10) + 1)) - 0.1 * 2.0  # tau 0.1, alpha 0.1
     assert cpgc_loss(adversarial, clean, own, target).item() == pytest.approx(expected, abs=1e-6)
     # without the contrastive term only -alpha * deviation is left
@@ -35,18 +35,24 @@ def test_cpgc_loss_matches_a_hand_computed_case() -> None:
     )
 
 
-def test_cpgc_loss_means_over_images_inside_the_log_and_sums_over_scale_blocks() -> None:
-    # two images: pos = mean_i sum_c exp(cos/tau), one log per scale block (official code)
+def test_cpgc_loss_picks_targets_per_scale_block_and_means_inside_the_log() -> None:
+    # official code: pos = mean_i sum_c exp(cos/tau), one log per scale block, and each block
+    # picks image i's target as the pool image least similar to the block's CLEAN feature i
     a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    swapped = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
     own = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [0.0, 1.0]]])
-    target = torch.tensor([[[0.0, 1.0], [0.0, 1.0]], [[1.0, 0.0], [1.0, 0.0]]])
-    tau = 0.5
-    pos = ((math.exp(2) + math.exp(0)) + (math.exp(2) + math.exp(2))) / 2
-    tgt = ((math.exp(0) + math.exp(0)) + (math.exp(0) + math.exp(0))) / 2
-    block = math.log(pos / (pos + tgt))
-    adversarial = torch.cat([a, a])  # two scale blocks of the same features
-    loss = cpgc_loss(adversarial, adversarial, own, target, temperature=tau, alpha=0.1)
-    assert loss.item() == pytest.approx(2 * block, rel=1e-6)
+    pool = torch.tensor([[[0.0, 1.0], [0.0, 1.0]], [[1.0, 0.0], [1.0, 0.0]]])  # T0, T1
+    tau, alpha = 0.5, 0.1
+    e2 = math.exp(2)
+    pos = ((e2 + 1) + (e2 + e2)) / 2
+    # block 1 (clean = a): image 0 picks T0, image 1 picks T1 -> all target cosines 0
+    tgt_1 = (2 + 2) / 2
+    # block 2 (clean = swapped): image 0 picks T1, image 1 picks T0 -> all target cosines 1
+    tgt_2 = (2 * e2 + 2 * e2) / 2
+    deviation = ((a - swapped) ** 2).sum().item()  # block 1 has none
+    expected = math.log(pos / (pos + tgt_1)) + math.log(pos / (pos + tgt_2)) - alpha * deviation
+    loss = cpgc_loss(torch.cat([a, a]), torch.cat([a, swapped]), own, pool, tau, alpha)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_generator_output_stays_in_the_eps_ball_for_any_weights_and_condition() -> None:
@@ -71,6 +77,7 @@ def tiny_corpus() -> CaptionData:
     [
         ("cpgc", {"epochs": 1, "batch_size": 8, "target_batch_size": 4}),
         ("cpgc", {"epochs": 1, "batch_size": 8, "scales": [], "contrastive": False}),
+        ("cpgc", {"epochs": 1, "batch_size": 8, "bound": "tanh"}),
         ("pgd-uap", {"epochs": 1, "batch_size": 8}),
         ("uniform-noise", {}),
     ],

@@ -33,6 +33,7 @@ from robustbench_cl.attacks.universal import (
     UniversalAttack,
     UniversalPerturbation,
     caption_features,
+    model_device,
 )
 from robustbench_cl.errors import UserError
 from robustbench_cl.registry import register_attack
@@ -44,7 +45,7 @@ def cpgc_loss(
     adversarial: torch.Tensor,
     clean: torch.Tensor,
     own_captions: torch.Tensor,
-    target_captions: torch.Tensor,
+    target_pool: torch.Tensor,
     temperature: float = 0.1,
     alpha: float = 0.1,
     contrastive: bool = True,
@@ -52,23 +53,22 @@ def cpgc_loss(
     """The C-PGC image loss (to be minimised).
 
     ``adversarial`` and ``clean`` are (S*B, D) features of S scale blocks of B images;
-    ``own_captions`` and ``target_captions`` are (B, C, D) caption features. All features are
-    L2-normalised, so a dot product is a cosine.
+    ``own_captions`` is (B, C, D) and ``target_pool`` (T, C, D): the captions of a random target
+    batch. In each block, image i's target is the pool image whose captions are least similar
+    on average to the block's *clean* feature of image i (as in the official code). All
+    features are L2-normalised, so a dot product is a cosine.
     """
     n_images = own_captions.shape[0]
     loss = adversarial.new_zeros(())
     if contrastive:
-        for block in adversarial.split(n_images):
-            pos = (
-                torch.exp(torch.einsum("bd,bcd->bc", block, own_captions) / temperature)
-                .sum(1)
-                .mean()
-            )
-            tgt = (
-                torch.exp(torch.einsum("bd,bcd->bc", block, target_captions) / temperature)
-                .sum(1)
-                .mean()
-            )
+        for block, clean_block in zip(adversarial.split(n_images), clean.split(n_images)):
+            with torch.no_grad():
+                similarity = torch.einsum("bd,tcd->btc", clean_block, target_pool).mean(2)
+                far = target_pool[similarity.argmin(1)]  # (B, C, D)
+            own = torch.einsum("bd,bcd->bc", block, own_captions) / temperature
+            target = torch.einsum("bd,bcd->bc", block, far) / temperature
+            pos = torch.exp(own).sum(1).mean()
+            tgt = torch.exp(target).sum(1).mean()
             loss = loss + torch.log(pos / (pos + tgt))
     deviation = ((adversarial - clean) ** 2).sum()
     return loss - alpha * deviation
@@ -146,8 +146,12 @@ class UniversalGenerator(nn.Module):
                 nn.init.normal_(module.weight, 0.0, 0.02)
                 nn.init.zeros_(module.bias)
 
-    def forward(self, context: torch.Tensor, eps: float) -> torch.Tensor:
-        """``context``: (n_inputs, D) conditions -> the universal perturbation (C, H, W)."""
+    def forward(self, context: torch.Tensor, eps: float, bound: str = "clamp") -> torch.Tensor:
+        """``context``: (n_inputs, D) conditions -> the universal perturbation (C, H, W).
+
+        ``bound="clamp"`` is the official hard clamp to [-eps, eps]; ``"tanh"`` is
+        ``eps * tanh(out / eps)``, which never saturates to a zero gradient (not in the paper).
+        """
         context = context.unsqueeze(1)
         h = self.attend1(self.block1(self.z), context)
         h = self.attend2(self.block2(h), context)
@@ -155,21 +159,25 @@ class UniversalGenerator(nn.Module):
         if h.shape[-2:] != self.image_shape[1:]:
             h = F.interpolate(h, size=self.image_shape[1:], mode="bilinear", align_corners=False)
         delta = self.collapse(h.transpose(0, 1)).squeeze(1)  # (C, n, H, W) -> (C, H, W)
+        if bound == "tanh":
+            return eps * torch.tanh(delta / eps)
         return delta.clamp(-eps, eps)
 
 
 def multiscale_copies(
     x: torch.Tensor, scales: tuple[float, ...], generator: torch.Generator, sigma: float = 0.05
 ) -> torch.Tensor:
-    """[x, S_s1(x), ...]: each copy resized by s with N(0, sigma^2) noise, and back (kornia)."""
+    """[x, S_s1(x), ...]: each copy gets N(0, sigma^2) noise, is resized by s (bicubic),
+    clipped to [0, 1] and resized back, as in the official code (with kornia)."""
     from kornia.geometry.transform import resize
 
     size = x.shape[-2:]
     copies = [x]
     for scale in scales:
-        scaled = resize(x, (max(2, round(size[0] * scale)), max(2, round(size[1] * scale))))
-        noise = torch.randn(scaled.shape, generator=generator).to(x.device) * sigma
-        copies.append(resize((scaled + noise).clamp(0, 1), tuple(size)))
+        noise = torch.randn(x.shape, generator=generator).to(x.device) * sigma
+        shape = (max(2, int(size[0] * scale)), max(2, int(size[1] * scale)))
+        scaled = resize(x + noise, shape, interpolation="bicubic").clamp(0, 1)
+        copies.append(resize(scaled, tuple(size), interpolation="bicubic"))
     return torch.cat(copies)
 
 
@@ -196,6 +204,7 @@ class CPGC(UniversalAttack):
         text_epochs: int = 1,
         text_images: int = 400,
         text_lr: float = 0.01,
+        bound: str = "clamp",
     ) -> None:
         require_int("cpgc.epochs", epochs)
         require_int("cpgc.batch_size", batch_size, 2)
@@ -206,6 +215,10 @@ class CPGC(UniversalAttack):
         for flag, value in (("contrastive", contrastive), ("text", text)):
             if not isinstance(value, bool):
                 raise UserError(f"cpgc.{flag}", f"must be true or false, got {value!r}")
+        if bound not in ("clamp", "tanh"):
+            raise UserError(
+                "cpgc.bound", f"unknown bound {bound!r}", "use clamp (official) or tanh"
+            )
         require_int("cpgc.text_epochs", text_epochs)
         require_int("cpgc.text_images", text_images, 2)
         require_number("cpgc.text_lr", text_lr)
@@ -232,9 +245,11 @@ class CPGC(UniversalAttack):
         self.text_epochs = text_epochs
         self.text_images = text_images
         self.text_lr = text_lr
+        #: "clamp" (official) or "tanh" (eps * tanh(out / eps): no saturated zero gradient)
+        self.bound = bound
 
     def _fit(self, model, data, threat, generator):  # noqa: ANN001, ANN202
-        device = next(iter(model.buffers()), torch.zeros(0)).device
+        device = model_device(model)
         if len(data) < self.batch_size:
             raise UserError("cpgc.batch_size", f"larger than the {len(data)} training images")
         captions = caption_features(model, data)  # (N, 5, D), frozen text side: computed once
@@ -275,20 +290,17 @@ class CPGC(UniversalAttack):
                 )
                 own = captions[batch.to(device)]
                 condition = own.mean(1).repeat(copies, 1)
-                delta = net(condition, threat.eps)
+                delta = net(condition, threat.eps, self.bound)
                 with torch.no_grad():
                     clean = model.encode_image(augmented)
                     target_index = torch.randint(
                         0, n, (self.target_batch_size,), generator=generator
                     )
-                    target_captions = captions[target_index.to(device)]  # (T, 5, D)
-                    similarity = torch.einsum(
-                        "bd,tcd->btc", clean[: self.batch_size], target_captions
-                    ).mean(2)
-                    far = target_captions[similarity.argmin(1)]  # (B, 5, D)
-                adversarial = model.encode_image((augmented + delta).clamp(0, 1))
+                    pool = captions[target_index.to(device)]  # (T, 5, D)
+                # not clipped to [0, 1] while training, as in the official code (evaluation clips)
+                adversarial = model.encode_image(augmented + delta)
                 loss = cpgc_loss(
-                    adversarial, clean, own, far, self.temperature, self.alpha, self.contrastive
+                    adversarial, clean, own, pool, self.temperature, self.alpha, self.contrastive
                 )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -320,7 +332,7 @@ class CPGC(UniversalAttack):
         from robustbench_cl.attacks.text_uap import fit_universal_word
 
         subset = data.subset(self.text_images)
-        device = next(iter(model.buffers()), torch.zeros(0)).device
+        device = model_device(model)
         with torch.no_grad():
             images = torch.cat([model.encode_image(x.to(device)) for x in subset.images.split(256)])
         word, _ = fit_universal_word(

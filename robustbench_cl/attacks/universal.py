@@ -49,6 +49,13 @@ class UniversalPerturbation:
         return (images + self.delta.to(images.device)).clamp(0, 1)
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model lives (its first parameter, else its first buffer, else the CPU)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
 def caption_features(model: nn.Module, data, per_image: int = 5) -> torch.Tensor:  # noqa: ANN001
     """(N, per_image, D) text features of each image's captions (cycled if it has fewer)."""
     with torch.no_grad():
@@ -143,7 +150,7 @@ class PGDUniversal(UniversalAttack):
         self.step_size = step_size
 
     def _fit(self, model, data, threat, generator):  # noqa: ANN001, ANN202
-        device = next(iter(model.buffers()), torch.zeros(0)).device
+        device = model_device(model)
         targets = caption_features(model, data).mean(1)
         delta = torch.zeros(data.images.shape[1:], device=device)
         history = []

@@ -15,6 +15,7 @@ their image ranks in the top K of all test images.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,9 @@ from robustbench_cl.threat import ThreatModel
 from robustbench_cl.utils import derive_seed, stable_hash
 
 logger = logging.getLogger(__name__)
+
+#: bump when a universal attack's algorithm changes: fit ids (and so saved perturbations) change
+FIT_VERSION = 2
 
 
 @torch.no_grad()
@@ -135,7 +139,8 @@ def expand_retrieval(config: MatrixConfig) -> list[dict[str, Any]]:
                     {
                         "source": source.spec,
                         "attack": attack.attack,
-                        "params": attack.params,
+                        "settings": built.settings(),  # resolved defaults, not only the given
+                        "version": FIT_VERSION,
                         "threat": threat.to_dict(),
                         "data": data_key,
                         "seed": config.seed,
@@ -190,11 +195,22 @@ class RetrievalAudit:
             self._models[config.spec] = frozen
         return _vlp(self._models[config.spec], config.spec, "retrieval.models[].spec")
 
-    def execute(self, fits: list[dict[str, Any]], records: dict[str, dict[str, Any]]) -> None:
+    def execute(
+        self, fits: list[dict[str, Any]], records: dict[str, dict[str, Any]], resume: bool = True
+    ) -> None:
         from robustbench_cl.data.captions import load_captions
 
+        if not resume:  # --fresh: saved perturbations are not reused either
+            shutil.rmtree(self.run_dir / "artifacts" / "uap", ignore_errors=True)
         data = self.section.data
         self.test = load_captions(data.name, "test").subset(data.n)
+        if max(self.section.ks) >= len(self.test):
+            raise UserError(
+                "retrieval.ks",
+                f"K = {max(self.section.ks)} is not below the {len(self.test)} test images "
+                "(every query would be correct at K)",
+                "use smaller ks or more test images (retrieval.data.n)",
+            )
         needed = [i for i in self.record_ids(fits) if i not in records]
         if not needed:
             for record_id in self.record_ids(fits):
@@ -253,7 +269,7 @@ class RetrievalAudit:
     def fit(self, fit: dict[str, Any]) -> UniversalPerturbation:
         """Fit the perturbation, or load it from this run's artifacts (a resumed run)."""
         path = self.run_dir / "artifacts" / "uap" / f"{fit['id']}.safetensors"
-        if path.exists():
+        if path.exists() and path.with_suffix(".json").exists():  # the JSON is written first
             info = _read_fit_info(path)
             return UniversalPerturbation(
                 load_file(str(path))["delta"],
@@ -272,8 +288,8 @@ class RetrievalAudit:
         with step_hook(self.progress.step):
             perturbation = attack.fit(source, self.train, fit["threat"], seed)
         path.parent.mkdir(parents=True, exist_ok=True)
+        _write_fit_info(path, perturbation)  # first: a delta without its info is never reused
         save_file({"delta": perturbation.delta.contiguous()}, str(path))
-        _write_fit_info(path, perturbation)
         self.progress.batch_done()
         return perturbation
 

@@ -638,7 +638,7 @@ class Runner:
                 records[record["id"]] = record
                 self.progress.cell_done(record, skipped=False)
         if retrieval is not None:
-            retrieval.execute(retrieval_fits, records)
+            retrieval.execute(retrieval_fits, records, resume)
         return [records[p.id] for p in pairs] + [records[i] for i in all_ids]
 
     def _release(self, pair: Pair) -> None:
