@@ -71,20 +71,24 @@ def insert_word(caption: str, index: int, word: str) -> str:
     return " ".join(words)
 
 
-def nearest_word(encoder, embedding: torch.Tensor) -> str:  # noqa: ANN001 - MiniLMEncoder
-    """The vocabulary word closest (l2) to ``embedding``: alphabetic, whole, not a stop word."""
+def _allowed(token: str) -> bool:
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-    vocabulary = encoder.tokenizer.convert_ids_to_tokens(list(range(len(encoder.word_embeddings))))
-    allowed = torch.tensor(
-        [
-            token.isalpha()
-            and token.isascii()
-            and len(token) >= 3
-            and token not in ENGLISH_STOP_WORDS
-            for token in vocabulary
-        ]
+    return (
+        token.isalpha() and token.isascii() and len(token) >= 3 and token not in ENGLISH_STOP_WORDS
     )
+
+
+def candidate_words(encoder) -> list[str]:  # noqa: ANN001 - MiniLMEncoder
+    """Whole, alphabetic vocabulary words that are not stop words (the universal word's range)."""
+    vocabulary = encoder.tokenizer.convert_ids_to_tokens(list(range(len(encoder.word_embeddings))))
+    return [token for token in vocabulary if _allowed(token)]
+
+
+def nearest_word(encoder, embedding: torch.Tensor) -> str:  # noqa: ANN001 - MiniLMEncoder
+    """The vocabulary word closest (l2) to ``embedding``: alphabetic, whole, not a stop word."""
+    vocabulary = encoder.tokenizer.convert_ids_to_tokens(list(range(len(encoder.word_embeddings))))
+    allowed = torch.tensor([_allowed(token) for token in vocabulary])
     distance = (encoder.word_embeddings - embedding.to(encoder.word_embeddings.device)).norm(dim=1)
     distance[~allowed.to(distance.device)] = float("inf")
     return vocabulary[int(distance.argmin())]

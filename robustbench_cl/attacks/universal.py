@@ -27,7 +27,7 @@ from robustbench_cl.attacks.base import (
     require_int,
     require_number,
 )
-from robustbench_cl.errors import ThreatModelViolation
+from robustbench_cl.errors import ThreatModelViolation, UserError
 from robustbench_cl.registry import register_attack
 from robustbench_cl.threat import ThreatModel
 
@@ -178,3 +178,30 @@ class PGDUniversal(UniversalAttack):
         return UniversalPerturbation(
             delta.detach(), history=history, forward=forward, backward=forward
         )
+
+
+@register_attack("random-word")
+class RandomWord(UniversalAttack):
+    """Baseline for C-PGC's universal word: a random vocabulary word (and uniform image noise).
+
+    The word replaces each caption's most important word exactly as the optimised word does, so
+    the difference between the two is what optimising the word buys over deleting the word.
+    """
+
+    name = "random-word"
+    uses_gradients = False
+
+    def _fit(self, model, data, threat, generator):  # noqa: ANN001, ANN202
+        from robustbench_cl.attacks.text_uap import candidate_words
+
+        encoder = getattr(model, "text_encoder", None)
+        if encoder is None:
+            raise UserError(
+                "random-word",
+                "needs a model with a word-embedding text encoder",
+                "use a builtin:tinyclip model as the source",
+            )
+        words = candidate_words(encoder)
+        word = words[int(torch.randint(0, len(words), (1,), generator=generator))]
+        delta = (torch.rand(data.images.shape[1:], generator=generator) * 2 - 1) * threat.eps
+        return UniversalPerturbation(delta, word=word)
