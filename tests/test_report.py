@@ -190,6 +190,7 @@ def test_quickstart_report_has_every_section_with_data():
         "examples",
         "privacy",
         "generation",
+        "retrieval",
         "reproduce",
     ):
         assert section in sections, section
