@@ -53,7 +53,12 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
 
 @cli.command()
 @click.argument("suite", default="quickstart")
-@click.option("--profile", type=click.Choice(["quick", "full"]), default="quick", show_default=True)
+@click.option(
+    "--profile",
+    default="quick",
+    show_default=True,
+    help="a profile of the suite: quick, full, or one the suite defines (e.g. vlp's seeds)",
+)
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
