@@ -21,17 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustbench_cl.attacks.base import report_step
+from robustbench_cl.attacks.universal import encode_texts
 from robustbench_cl.errors import UserError
 
 UNKNOWN = "[UNK]"
 MASK = "[MASK]"
-
-
-def _encode_texts(model: nn.Module, texts: list[str], chunk: int = 512) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat(
-            [model.encode_text(texts[i : i + chunk]) for i in range(0, len(texts), chunk)]
-        )
 
 
 def important_words(model: nn.Module, captions: list[str]) -> list[int]:
@@ -44,8 +38,8 @@ def important_words(model: nn.Module, captions: list[str]) -> list[int]:
             owners.append(i)
     if not variants:
         return [0] * len(captions)
-    original = F.log_softmax(_encode_texts(model, list(captions)), dim=-1)
-    masked = F.log_softmax(_encode_texts(model, variants), dim=-1)
+    original = F.log_softmax(encode_texts(model, list(captions)), dim=-1)
+    masked = F.log_softmax(encode_texts(model, variants), dim=-1)
     index = torch.tensor(owners, device=original.device)
     p = original[index]
     divergence = (p.exp() * (p - masked)).sum(-1)  # KL(original || masked)
@@ -122,7 +116,7 @@ def fit_universal_word(
     captions = list(data.captions)
     chosen = important_words(model, captions)
     masked = [insert_word(c, i, MASK) for c, i in zip(captions, chosen)]
-    clean_text = _encode_texts(model, captions)
+    clean_text = encode_texts(model, captions)
     owners = data.caption_image.to(image_features.device)
     embedding = nn.Parameter(table.mean(0).detach().clone())
     optimizer = torch.optim.Adam([embedding], lr=lr)

@@ -56,15 +56,22 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+@torch.no_grad()
+def encode_texts(model: nn.Module, texts: list[str], chunk: int = 512) -> torch.Tensor:
+    """A VLP model's text features of ``texts``, in chunks, without gradients."""
+    texts = list(texts)
+    return torch.cat([model.encode_text(texts[i : i + chunk]) for i in range(0, len(texts), chunk)])
+
+
+@torch.no_grad()
+def encode_images(model: nn.Module, images: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """A VLP model's image features, in chunks, without gradients."""
+    return torch.cat([model.encode_image(x) for x in images.split(chunk)])
+
+
 def caption_features(model: nn.Module, data, per_image: int = 5) -> torch.Tensor:  # noqa: ANN001
     """(N, per_image, D) text features of each image's captions (cycled if it has fewer)."""
-    with torch.no_grad():
-        features = torch.cat(
-            [
-                model.encode_text(list(data.captions[i : i + 512]))
-                for i in range(0, len(data.captions), 512)
-            ]
-        )
+    features = encode_texts(model, data.captions)
     owners = data.captions_of()
     index = torch.tensor([[own[k % len(own)] for k in range(per_image)] for own in owners])
     return features[index.to(features.device)]

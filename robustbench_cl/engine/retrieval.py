@@ -26,7 +26,12 @@ from torch import nn
 
 from robustbench_cl.attacks import make_attack
 from robustbench_cl.attacks.base import step_hook
-from robustbench_cl.attacks.universal import UniversalAttack, UniversalPerturbation
+from robustbench_cl.attacks.universal import (
+    UniversalAttack,
+    UniversalPerturbation,
+    encode_images,
+    encode_texts,
+)
 from robustbench_cl.engine.config import MatrixConfig, ModelConfig, RetrievalConfig
 from robustbench_cl.engine.metrics import wilson_interval
 from robustbench_cl.errors import UserError
@@ -66,16 +71,8 @@ def attack_success_rate(clean: torch.Tensor, adversarial: torch.Tensor) -> tuple
     return int((clean & ~adversarial).sum()), int(clean.sum())
 
 
-def _features(model: nn.Module, data, images: torch.Tensor, batch_size: int = 256):  # noqa: ANN001, ANN202
-    with torch.no_grad():
-        image_features = torch.cat([model.encode_image(x) for x in images.split(batch_size)])
-        text_features = torch.cat(
-            [
-                model.encode_text(list(data.captions[i : i + 512]))
-                for i in range(0, len(data.captions), 512)
-            ]
-        )
-    return image_features, text_features
+def _features(model: nn.Module, data, images: torch.Tensor):  # noqa: ANN001, ANN202
+    return encode_images(model, images), encode_texts(model, data.captions)
 
 
 def _vlp(model: nn.Module, spec: str, field: str) -> nn.Module:
@@ -312,12 +309,9 @@ class RetrievalAudit:
         clean_images = self.test.images.to(self.device)
         adversarial = perturbation.apply(clean_images)
         threat.check(adversarial, clean_images)  # every test image, every cell
-        images = torch.cat([model.encode_image(x) for x in adversarial.split(256)]).detach()
+        images = encode_images(model, adversarial)
         captions = self._adversarial_captions(fit, perturbation)
-        with torch.no_grad():
-            texts = torch.cat(
-                [model.encode_text(captions[i : i + 512]) for i in range(0, len(captions), 512)]
-            )
+        texts = encode_texts(model, captions)
         correct = retrieval_correct(images, texts, self.test.caption_image, self.section.ks)
         clean = self._clean[target.spec]["correct"]
         asr: dict[str, dict[str, Any]] = {}
@@ -427,10 +421,7 @@ class RetrievalAudit:
         ]
 
     def _clean_top1(self, model, texts) -> dict[str, list]:  # noqa: ANN001
-        with torch.no_grad():
-            images = torch.cat(
-                [model.encode_image(x) for x in self.test.images.to(self.device).split(256)]
-            )
+        images = encode_images(model, self.test.images.to(self.device))
         top = (images @ texts.T).argmax(1)
         owners = self.test.caption_image.to(top.device)
         return {
