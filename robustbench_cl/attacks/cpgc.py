@@ -255,13 +255,14 @@ class CPGC(UniversalAttack):
         captions = caption_features(model, data)  # (N, 5, D), frozen text side: computed once
         copies = 1 + len(self.scales)
         n_inputs = copies * self.batch_size
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-        net = UniversalGenerator(
-            n_inputs,
-            captions.shape[-1],
-            tuple(data.images.shape[1:]),
-            seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)),
-        ).to(device)
+        with torch.random.fork_rng(devices=[]):  # seeded init, global RNG left untouched
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+            net = UniversalGenerator(
+                n_inputs,
+                captions.shape[-1],
+                tuple(data.images.shape[1:]),
+                seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)),
+            ).to(device)
         optimizer = torch.optim.Adam(net.parameters(), lr=self.lr, betas=(0.5, 0.999))
         n = len(data)
         per_epoch = n // self.batch_size
