@@ -208,6 +208,18 @@ def probe_model(model: nn.Module, x: torch.Tensor, n_classes: int | None = None)
     return logits
 
 
+def unsupported_reason(attack: Any, threat: ThreatModel, task: str) -> str | None:
+    """Why ``attack`` (with class-level ``name``, ``norms``, ``spaces``, ``tasks``) cannot honour
+    ``threat`` on ``task``, or ``None``. Shared by per-batch and universal attacks."""
+    if threat.norm not in attack.norms:
+        return f"{attack.name} supports norms {sorted(attack.norms)}, not {threat.norm!r}"
+    if threat.space not in attack.spaces:
+        return f"{attack.name} supports spaces {sorted(attack.spaces)}, not {threat.space!r}"
+    if task not in attack.tasks:
+        return f"{attack.name} supports tasks {sorted(attack.tasks)}, not {task!r}"
+    return None
+
+
 class Attack:
     """Base class. Subclasses implement :meth:`perturb` and set the class-level capabilities."""
 
@@ -233,13 +245,7 @@ class Attack:
 
     def supports(self, threat: ThreatModel, task: str = "classification") -> str | None:
         """``None`` if this attack can honour ``threat``; otherwise the reason it cannot."""
-        if threat.norm not in self.norms:
-            return f"{self.name} supports norms {sorted(self.norms)}, not {threat.norm!r}"
-        if threat.space not in self.spaces:
-            return f"{self.name} supports spaces {sorted(self.spaces)}, not {threat.space!r}"
-        if task not in self.tasks:
-            return f"{self.name} supports tasks {sorted(self.tasks)}, not {task!r}"
-        return None
+        return unsupported_reason(self, threat, task)
 
     def stronger(self) -> Attack | None:
         """A version with more steps/restarts, for the convergence sanity check (or None)."""

@@ -26,6 +26,7 @@ from robustbench_cl.attacks.base import (
     report_step,
     require_int,
     require_number,
+    unsupported_reason,
 )
 from robustbench_cl.errors import ThreatModelViolation, UserError
 from robustbench_cl.registry import register_attack
@@ -90,13 +91,7 @@ class UniversalAttack:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
     def supports(self, threat: ThreatModel, task: str = "retrieval") -> str | None:
-        if threat.norm not in self.norms:
-            return f"{self.name} supports norms {sorted(self.norms)}, not {threat.norm!r}"
-        if threat.space not in self.spaces:
-            return f"{self.name} supports spaces {sorted(self.spaces)}, not {threat.space!r}"
-        if task not in self.tasks:
-            return f"{self.name} is a universal retrieval attack; it does not support task {task!r}"
-        return None
+        return unsupported_reason(self, threat, task)
 
     def fit(
         self, model: nn.Module, data, threat: ThreatModel, seed: int = 0

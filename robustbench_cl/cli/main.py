@@ -397,7 +397,9 @@ def attack(
     reason = chosen.supports(threat, "classification")
     if reason is not None:
         fix = "choose another attack or --norm"
-        if "universal" in reason:
+        from robustbench_cl.attacks.universal import UniversalAttack
+
+        if isinstance(chosen, UniversalAttack):
             fix = "run it from a config's `retrieval:` section (see `robustbench-cl run vlp`)"
         raise UserError("attack", reason, fix)
     torch_device = resolve_device(device)

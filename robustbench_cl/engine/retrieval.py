@@ -143,7 +143,15 @@ def expand_retrieval(config: MatrixConfig) -> list[dict[str, Any]]:
                         "seed": config.seed,
                     }
                 )
-                fits.append({"id": fit_id, "source": source, "attack": attack, "threat": threat})
+                fits.append(
+                    {
+                        "id": fit_id,
+                        "source": source,
+                        "attack": attack,
+                        "built": built,  # fitting keeps no state: one instance serves every source
+                        "threat": threat,
+                    }
+                )
     return fits
 
 
@@ -277,13 +285,12 @@ class RetrievalAudit:
                 backward=info.get("backward", 0),
                 diagnostics=info.get("diagnostics", {}),
             )
-        attack = make_attack(fit["attack"].attack, **fit["attack"].params)
         source = self.model(fit["source"])
         label = f"{fit['source'].label} | fit {fit['attack'].label} | {fit['threat'].describe()}"
         self.progress.cell_started(label, 1)
         seed = derive_seed(self.config.seed, fit["id"], "fit")
         with step_hook(self.progress.step):
-            perturbation = attack.fit(source, self.train, fit["threat"], seed)
+            perturbation = fit["built"].fit(source, self.train, fit["threat"], seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_fit_info(path, perturbation)  # first: a delta without its info is never reused
         save_file({"delta": perturbation.delta.contiguous()}, str(path))
@@ -356,7 +363,7 @@ class RetrievalAudit:
                 "attack": fit["attack"].attack,
                 "name": fit["attack"].name,
                 "params": fit["attack"].params,
-                "settings": make_attack(fit["attack"].attack, **fit["attack"].params).settings(),
+                "settings": fit["built"].settings(),
             },
             "threat": dict(threat.to_dict(), access=access),
             "recall": _recall(correct),
