@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from robustbench_cl.attacks import autoattack, cpgc, fgsm, pgd, universal  # noqa: F401  (registry)
+from robustbench_cl.attacks import (  # noqa: F401  (registry)
+    autoattack,
+    cpgc,
+    embedding,
+    fgsm,
+    gcg,
+    jailbreak,
+    pgd,
+    universal,
+)
 from robustbench_cl.attacks.base import Attack, AttackResult, Cost
 from robustbench_cl.registry import ATTACKS
 

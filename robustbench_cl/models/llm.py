@@ -1,0 +1,494 @@
+"""Causal chat language models behind one interface, for embedding and token attacks.
+
+:class:`ChatLM` wraps a transformers causal LM and its tokenizer. It lays a batch out as
+``[left padding][chat prefix][instruction][suffix][chat suffix][target][right padding]``, so
+every prompt ends at the same column and the target starts there; masks mark the instruction,
+the suffix and the target tokens. Attacks work on ``inputs_embeds``; nothing here assumes a
+device (the model's own device is used, and ``device_map`` from ``hf:DIR`` is respected).
+
+Specs:
+
+- ``builtin:tiny-chat-lm``: a 4-layer Llama-architecture model from a transformers config, a
+  byte-level BPE tokenizer trained with ``tokenizers`` on the synthetic chat corpus
+  (:mod:`robustbench_cl.data.chat`), and a few minutes of supervised fine-tuning on a CPU.
+  Nothing is downloaded; the result is cached as safetensors.
+- ``hf:DIR[?device_map=auto&dtype=bfloat16]``: any local causal LM saved with
+  ``save_pretrained`` (weights must be safetensors), with its tokenizer's chat template.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustbench_cl.errors import UserError
+from robustbench_cl.registry import register_model
+from robustbench_cl.utils import cache_home, stable_hash
+
+logger = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"]
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>"
+    "{{ message['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+_PLACEHOLDER = "\x00INSTRUCTION\x00"
+
+
+@dataclass
+class ChatBatch:
+    """A laid-out batch. All tensors are (B, L) on the model's device."""
+
+    ids: torch.Tensor
+    attention: torch.Tensor  # 1 for real tokens, 0 for padding
+    instruction: torch.Tensor  # bool: the user's instruction tokens
+    suffix: torch.Tensor  # bool: the adversarial suffix tokens (empty without a suffix)
+    target: torch.Tensor  # bool: the target tokens
+    prompt_length: int  # the column where the target starts (= the assistant turn)
+
+    @property
+    def positions(self) -> torch.Tensor:
+        return (self.attention.cumsum(1) - 1).clamp_min(0)
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    def select(self, index: torch.Tensor) -> ChatBatch:
+        return ChatBatch(
+            self.ids[index],
+            self.attention[index],
+            self.instruction[index],
+            self.suffix[index],
+            self.target[index],
+            self.prompt_length,
+        )
+
+
+class ChatLM(nn.Module):
+    """A causal chat LM, its tokenizer and the layout used by the LLM attacks."""
+
+    def __init__(self, model: nn.Module, tokenizer, name: str = "chat-lm") -> None:  # noqa: ANN001
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self._template: tuple[list[int], list[int]] | None = None
+        self._scale: float | None = None
+
+    # ---------------------------------------------------------------- basic properties
+    @property
+    def device(self) -> torch.device:
+        return self.embedding_matrix.device
+
+    @property
+    def embedding_matrix(self) -> torch.Tensor:
+        return self.model.get_input_embeddings().weight
+
+    @property
+    def embedding_scale(self) -> float:
+        """The mean L2 norm of the token-embedding rows (eps is relative to it)."""
+        if self._scale is None:
+            self._scale = float(self.embedding_matrix.detach().float().norm(dim=1).mean())
+        return self._scale
+
+    def reset_scale(self) -> None:
+        """Forget the cached embedding scale (after training changed the embeddings)."""
+        self._scale = None
+
+    @property
+    def eos_id(self) -> int:
+        end = self.tokenizer.convert_tokens_to_ids("<|end|>")
+        if isinstance(end, int) and end != self.tokenizer.unk_token_id and end is not None:
+            return end
+        return self.tokenizer.eos_token_id
+
+    def allowed_tokens(self) -> torch.Tensor:
+        """(V,) bool: ordinary vocabulary tokens a suffix may use (no special tokens)."""
+        vocab = self.embedding_matrix.shape[0]
+        allowed = torch.zeros(vocab, dtype=torch.bool)
+        allowed[: len(self.tokenizer)] = True
+        for token_id in self.tokenizer.all_special_ids:
+            if token_id < vocab:
+                allowed[token_id] = False
+        return allowed.to(self.device)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(ids)
+
+    # ---------------------------------------------------------------- layout
+    def template_parts(self) -> tuple[list[int], list[int]]:
+        """Token ids before and after the user's instruction in the chat template."""
+        if self._template is None:
+            if getattr(self.tokenizer, "chat_template", None):
+                text = self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": _PLACEHOLDER}],
+                    tokenize=False,
+                    add_generation_prompt=True,
+                )
+            else:  # a plain LM without a chat template: "User: ...\nAssistant:"
+                text = f"User: {_PLACEHOLDER}\nAssistant:"
+            before, _, after = text.partition(_PLACEHOLDER)
+            self._template = (self._tokens(before), self._tokens(after))
+        return self._template
+
+    def _tokens(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def layout(
+        self,
+        instructions: list[str],
+        targets: list[str] | None = None,
+        suffix: torch.Tensor | None = None,
+    ) -> ChatBatch:
+        """Lay out a batch. ``suffix`` is (B, S) token ids placed after the instruction."""
+        before, after = self.template_parts()
+        prompts, spans = [], []
+        for instruction in instructions:
+            tokens = self._tokens(instruction)
+            prompts.append(before + tokens)
+            spans.append((len(before), len(before) + len(tokens)))
+        n_suffix = 0 if suffix is None else suffix.shape[1]
+        width = max(len(p) for p in prompts) + n_suffix + len(after)
+        target_tokens = [self._tokens(t) for t in targets] if targets is not None else []
+        target_width = max((len(t) for t in target_tokens), default=0)
+        pad = self.tokenizer.pad_token_id
+        rows, attention, instruction_mask, target_mask = [], [], [], []
+        for i, prompt in enumerate(prompts):
+            left = width - len(prompt) - n_suffix - len(after)
+            target = target_tokens[i] if target_tokens else []
+            right = target_width - len(target)
+            suffix_ids = [0] * n_suffix  # filled from the tensor below
+            rows.append([pad] * left + prompt + suffix_ids + after + target + [pad] * right)
+            attention.append([0] * left + [1] * (width - left) + [1] * len(target) + [0] * right)
+            mask = [False] * (width + target_width)
+            for column in range(left + spans[i][0], left + spans[i][1]):
+                mask[column] = True
+            instruction_mask.append(mask)
+            target_mask.append(
+                [False] * width + [True] * len(target) + [False] * right
+                if target_tokens
+                else [False] * width
+            )
+        device = self.device
+        ids = torch.tensor(rows, dtype=torch.long, device=device)
+        suffix_mask = torch.zeros_like(ids, dtype=torch.bool)
+        if suffix is not None:
+            start = width - len(after) - n_suffix
+            ids[:, start : start + n_suffix] = suffix.to(device)
+            suffix_mask[:, start : start + n_suffix] = True
+        return ChatBatch(
+            ids,
+            torch.tensor(attention, dtype=torch.long, device=device),
+            torch.tensor(instruction_mask, dtype=torch.bool, device=device),
+            suffix_mask,
+            torch.tensor(target_mask, dtype=torch.bool, device=device),
+            width,
+        )
+
+    def suffix_columns(self, batch: ChatBatch, length: int) -> slice:
+        after = len(self.template_parts()[1])
+        return slice(batch.prompt_length - after - length, batch.prompt_length - after)
+
+    # ---------------------------------------------------------------- forward
+    def logits(self, embeds: torch.Tensor, batch: ChatBatch) -> torch.Tensor:
+        out = self.model(
+            inputs_embeds=embeds,
+            attention_mask=batch.attention,
+            position_ids=batch.positions,
+            use_cache=False,
+        )
+        return out.logits
+
+    def forward(self, embeds: torch.Tensor, batch: ChatBatch) -> torch.Tensor:  # noqa: D102
+        return self.logits(embeds, batch)
+
+    @staticmethod
+    def token_logprobs(logits: torch.Tensor, batch: ChatBatch) -> torch.Tensor:
+        """(B, L) log-probability of each token given the ones before it (0 where not target)."""
+        predicted = logits[:, :-1].float().log_softmax(-1)
+        chosen = predicted.gather(-1, batch.ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        mask = batch.target[:, 1:]
+        out = torch.zeros_like(batch.ids, dtype=chosen.dtype)
+        out[:, 1:] = torch.where(mask, chosen, torch.zeros_like(chosen))
+        return out
+
+    @staticmethod
+    def target_loss(logits: torch.Tensor, batch: ChatBatch) -> torch.Tensor:
+        """(B,) mean cross-entropy of the target tokens under teacher forcing."""
+        logprobs = ChatLM.token_logprobs(logits, batch)
+        count = batch.target.sum(1).clamp_min(1)
+        return -logprobs.sum(1) / count
+
+    @staticmethod
+    def forced(logits: torch.Tensor, batch: ChatBatch) -> torch.Tensor:
+        """(B,) bool: the greedy teacher-forced prediction equals every target token."""
+        predicted = logits[:, :-1].argmax(-1)
+        match = (predicted == batch.ids[:, 1:]) | ~batch.target[:, 1:]
+        return match.all(1) & batch.target.any(1)
+
+    @torch.no_grad()
+    def generate(
+        self, embeds: torch.Tensor, batch: ChatBatch, max_new_tokens: int = 24
+    ) -> list[str]:
+        """Greedy continuation of the prompt part (columns before the target) of ``embeds``."""
+        prompt = embeds[:, : batch.prompt_length]
+        attention = batch.attention[:, : batch.prompt_length]
+        positions = (attention.cumsum(1) - 1).clamp_min(0)
+        out = self.model(
+            inputs_embeds=prompt, attention_mask=attention, position_ids=positions, use_cache=True
+        )
+        cache = out.cache
+        tokens = []
+        finished = torch.zeros(len(batch), dtype=torch.bool, device=embeds.device)
+        next_position = positions[:, -1:] + 1
+        for _ in range(max_new_tokens):
+            token = out.logits[:, -1].argmax(-1)
+            token = torch.where(finished, torch.full_like(token, self.eos_id), token)
+            tokens.append(token)
+            finished |= token == self.eos_id
+            attention = torch.cat([attention, torch.ones_like(attention[:, :1])], 1)
+            out = self.model(
+                inputs_embeds=self.embed(token[:, None]),
+                attention_mask=attention,
+                position_ids=next_position,
+                cache=cache,
+                use_cache=True,
+            )
+            cache = out.cache
+            next_position = next_position + 1
+        rows = torch.stack(tokens, 1).tolist() if tokens else [[] for _ in range(len(batch))]
+        texts = []
+        for row in rows:
+            if self.eos_id in row:
+                row = row[: row.index(self.eos_id)]
+            texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
+        return texts
+
+    def respond(self, instructions: list[str], max_new_tokens: int = 24) -> list[str]:
+        """Greedy answers to plain instructions (no attack)."""
+        batch = self.layout(instructions)
+        return self.generate(self.embed(batch.ids), batch, max_new_tokens)
+
+
+# -------------------------------------------------------------------- the built-in model
+TINY_CHAT_RECIPE = {
+    "hidden": 128,
+    "layers": 4,
+    "heads": 4,
+    "intermediate": 352,
+    "vocab": 640,
+    "corpus": 6000,
+    "steps": 1200,
+    "batch": 64,
+    "documents": 16,
+    "document_weight": 0.5,
+    "lr": 3e-3,
+    "seed": 0,
+}
+
+
+def build_tokenizer(texts: list[str], vocab_size: int):  # noqa: ANN201
+    """A byte-level BPE tokenizer trained on ``texts``, with the chat template and specials."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<|bos|>",
+        eos_token="<|end|>",
+        pad_token="<|pad|>",
+        additional_special_tokens=["<|user|>", "<|assistant|>", "<|system|>"],
+    )
+    wrapped.chat_template = CHAT_TEMPLATE
+    return wrapped
+
+
+def tiny_llama(vocab_size: int, recipe: dict[str, Any]) -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=recipe["hidden"],
+        intermediate_size=recipe["intermediate"],
+        num_hidden_layers=recipe["layers"],
+        num_attention_heads=recipe["heads"],
+        num_key_value_heads=recipe["heads"],
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    return LlamaForCausalLM(config)
+
+
+def sft_loss(lm: ChatLM, instructions: list[str], responses: list[str]) -> torch.Tensor:
+    """Mean cross-entropy of the responses (each followed by the end token)."""
+    end = lm.tokenizer.convert_ids_to_tokens(lm.eos_id)
+    batch = lm.layout(instructions, [r + end for r in responses])
+    return lm.target_loss(lm.logits(lm.embed(batch.ids), batch), batch).mean()
+
+
+def document_loss(lm: ChatLM, texts: list[str]) -> torch.Tensor:
+    """Mean next-token cross-entropy of plain documents (no chat template)."""
+    bos, end = lm.tokenizer.bos_token_id, lm.eos_id
+    rows = [[bos] + lm._tokens(t) + [end] for t in texts]
+    width = max(len(r) for r in rows)
+    pad = lm.tokenizer.pad_token_id
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=lm.device)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=lm.device)
+    logits = lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
+    loss = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
+    weights = mask[:, 1:].flatten().to(loss.dtype)
+    return (loss * weights).sum() / weights.sum()
+
+
+def train_tiny_chat_lm(recipe: dict[str, Any] = TINY_CHAT_RECIPE, progress=None) -> ChatLM:  # noqa: ANN001
+    """Tokenizer + Llama config + supervised fine-tuning on the synthetic chat corpus."""
+    from robustbench_cl.data.chat import pretraining_documents, sft_corpus
+
+    torch.manual_seed(recipe["seed"])
+    corpus = sft_corpus(recipe["corpus"], seed=recipe["seed"])
+    documents = pretraining_documents()
+    texts = [f"{e.instruction} {e.response}" for e in corpus.examples] + documents
+    tokenizer = build_tokenizer(texts, recipe["vocab"])
+    model = tiny_llama(len(tokenizer), recipe)
+    lm = ChatLM(model, tokenizer, "tiny-chat-lm")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=0.01)
+    steps = recipe["steps"]
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=recipe["lr"], total_steps=steps, pct_start=0.05
+    )
+    generator = torch.Generator().manual_seed(recipe["seed"])
+    examples = corpus.examples
+    model.train()
+    start = time.perf_counter()
+    for step in range(steps):
+        index = torch.randint(len(examples), (recipe["batch"],), generator=generator).tolist()
+        chosen = [examples[i] for i in index]
+        loss = sft_loss(lm, [e.instruction for e in chosen], [e.response for e in chosen])
+        index = torch.randint(len(documents), (recipe["documents"],), generator=generator)
+        loss = loss + recipe["document_weight"] * document_loss(
+            lm, [documents[i] for i in index.tolist()]
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        if step % 200 == 0:
+            logger.info("tiny-chat-lm step %d loss %.3f", step, float(loss.detach()))
+    logger.info("tiny-chat-lm trained in %.1f s", time.perf_counter() - start)
+    model.eval()
+    return lm
+
+
+def _cached_tiny_chat_lm() -> ChatLM:
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from robustbench_cl.models.artifacts import artifact_lock
+
+    path = cache_home() / "models" / f"tiny-chat-lm-{stable_hash(TINY_CHAT_RECIPE, 8)}"
+    with artifact_lock(path):
+        if not (path / "model.safetensors").exists():
+            logger.info("training builtin:tiny-chat-lm (first use; cached afterwards)")
+            lm = train_tiny_chat_lm()
+            save_chat_lm(lm, path)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
+    model = LlamaForCausalLM.from_pretrained(str(path), local_files_only=True)
+    return ChatLM(model.eval(), tokenizer, "tiny-chat-lm")
+
+
+def save_chat_lm(lm: ChatLM, path: Path) -> None:
+    """Save model (safetensors) and tokenizer so that ``hf:PATH`` loads them back."""
+    tmp = Path(f"{path}.{os.getpid()}.tmp")
+    lm.model.save_pretrained(str(tmp), safe_serialization=True)
+    lm.tokenizer.save_pretrained(str(tmp))
+    os.replace(tmp, path) if not path.exists() else _replace_dir(tmp, path)
+
+
+def _replace_dir(tmp: Path, path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+@register_model("tiny-chat-lm")
+def tiny_chat_lm() -> nn.Module:
+    """A 4-layer Llama chat model SFT-aligned to refuse harmful requests (trained on first use)."""
+    return _cached_tiny_chat_lm()
+
+
+def hf_model(directory: str, options: dict[str, str]) -> nn.Module:
+    """``hf:DIR``: a local causal LM and its tokenizer (safetensors weights, no download)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(directory).expanduser()
+    if not path.is_dir():
+        raise UserError("model", f"hf: directory {directory!r} does not exist", "check the path")
+    known = {"device_map", "dtype"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UserError("model", f"unknown hf option {unknown[0]!r}", f"allowed: {sorted(known)}")
+    kwargs: dict[str, Any] = {"local_files_only": True, "use_safetensors": True}
+    if "device_map" in options:
+        kwargs["device_map"] = options["device_map"]
+    if "dtype" in options:
+        dtype = getattr(torch, options["dtype"], None)
+        if not isinstance(dtype, torch.dtype):
+            raise UserError("model", f"unknown dtype {options['dtype']!r}", "use e.g. bfloat16")
+        kwargs["dtype"] = dtype
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(
+            "model", f"cannot load hf:{directory}: {first}", "save it with save_pretrained"
+        ) from None
+    return ChatLM(model.eval(), tokenizer, path.name)
+
+
+def is_chat_lm(model: nn.Module) -> bool:
+    return isinstance(getattr(model, "model", model), ChatLM)
+
+
+def unwrap_chat_lm(model: nn.Module) -> ChatLM:
+    inner = getattr(model, "model", model)
+    if not isinstance(inner, ChatLM):
+        raise UserError(
+            "model",
+            f"{type(inner).__name__} is not a chat language model",
+            "use builtin:tiny-chat-lm or hf:DIR",
+        )
+    return inner
+
+
+def cross_entropy_per_token(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.flatten(0, 1), ids.flatten(), reduction="none").view(ids.shape)
+
+
+__all__ = ["ChatBatch", "ChatLM", "hf_model", "math"]
