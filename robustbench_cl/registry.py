@@ -48,7 +48,7 @@ class Registry(Generic[T]):
     def create(self, name: str, **params: Any) -> Any:
         """Build ``name`` with keyword ``params``; unknown names and wrong types are one-line errors."""
         factory = self.get(name)
-        allowed = [p for p in inspect.signature(factory.__init__).parameters if p != "self"]
+        allowed = _parameters(factory)
         unknown = sorted(set(params) - set(allowed))
         if unknown:
             raise UserError(
@@ -75,6 +75,27 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
+
+
+def _parameters(factory: Any) -> list[str]:
+    """Keyword parameters of a factory; a subclass ``__init__(..., **kwargs)`` that forwards
+    to its parent also accepts the parent's parameters."""
+    allowed: list[str] = []
+    classes = factory.__mro__ if inspect.isclass(factory) else [factory]
+    for owner in classes:
+        function = owner.__init__ if inspect.isclass(owner) else owner
+        if inspect.isclass(owner) and "__init__" not in vars(owner):
+            continue
+        forwards = False
+        for name, parameter in inspect.signature(function).parameters.items():
+            if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+                forwards = True
+            elif name != "self" and parameter.kind is not inspect.Parameter.VAR_POSITIONAL:
+                if name not in allowed:
+                    allowed.append(name)
+        if not forwards:
+            break
+    return allowed
 
 
 ATTACKS: Registry[Any] = Registry("attack")

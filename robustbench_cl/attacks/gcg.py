@@ -66,10 +66,16 @@ class GCG(JailbreakAttack):
             out.append(lm.target_loss(lm.logits(lm.embed(expanded.ids), expanded), expanded))
         return torch.cat(out)
 
-    def _run(self, lm, instructions, targets, threat, generator) -> JailbreakResult:  # noqa: ANN001
+    def _run(
+        self, lm, instructions, targets, threat, generator, initial_suffix=None
+    ) -> JailbreakResult:  # noqa: ANN001
+        """``initial_suffix``: per prompt, a (suffix_length,) id tensor to start from, or None."""
         init = lm.tokenizer(self.init, add_special_tokens=False)["input_ids"][:1] or [0]
         n, length = len(instructions), self.suffix_length
         suffix = torch.full((n, length), init[0], dtype=torch.long, device=lm.device)
+        for row, start in enumerate(initial_suffix or []):
+            if start is not None:
+                suffix[row] = start.to(lm.device)
         batch = lm.layout(instructions, targets, suffix)
         columns = lm.suffix_columns(batch, length)
         weights = lm.embedding_matrix

@@ -61,7 +61,9 @@ class JailbreakAttack:
         targets: list[str],
         threat: ThreatModel,
         generator: torch.Generator | None = None,
+        **options: Any,
     ) -> JailbreakResult:
+        """``options`` are attack-specific (GCG's ``initial_suffix``)."""
         reason = self.supports(threat)
         if reason is not None:
             from robustbench_cl.errors import UserError
@@ -73,7 +75,7 @@ class JailbreakAttack:
         for parameter in parameters:  # gradients w.r.t. inputs only
             parameter.requires_grad_(False)
         try:
-            result = self._run(lm, instructions, targets, threat, generator)
+            result = self._run(lm, instructions, targets, threat, generator, **options)
         finally:
             for parameter in parameters:
                 parameter.requires_grad_(True)

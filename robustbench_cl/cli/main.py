@@ -160,6 +160,7 @@ def _print_summary(summary: Any) -> None:
     from robustbench_cl.report.table import (
         flags_table,
         generation_table,
+        jailbreak_table,
         matrix_table,
         membership_table,
         retrieval_table,
@@ -171,6 +172,7 @@ def _print_summary(summary: Any) -> None:
         membership_table(summary),
         generation_table(summary),
         retrieval_table(summary),
+        jailbreak_table(summary),
         flags_table(summary),
     )
     for extra in extras:

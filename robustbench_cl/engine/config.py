@@ -64,6 +64,8 @@ class ThreatConfig(_Strict):
     bounds: tuple[float, float] | None = (0.0, 1.0)
     targeted: bool = False
     access: Literal["white-box", "black-box", "transfer"] = "white-box"
+    #: embedding space only: eps is relative to the mean token-embedding norm
+    eps_relative: bool = False
 
     @field_validator("eps")
     @classmethod
@@ -145,6 +147,48 @@ class RetrievalConfig(_Strict):
         return sorted(set(value))
 
 
+class JailbreakDataConfig(_Strict):
+    """The synthetic chat data (:mod:`robustbench_cl.data.chat`). Test harmful prompts cycle
+    over the held-out test behaviours; the defenses train on the training behaviours."""
+
+    n_harmful: int = Field(default=24, ge=1)
+    n_benign: int = Field(default=60, ge=0)
+    n_borderline: int = Field(default=30, ge=0)
+    train_harmful: int = Field(default=200, ge=1)
+    train_benign: int = Field(default=200, ge=0)
+    train_borderline: int = Field(default=100, ge=0)
+
+
+class JailbreakAttackConfig(_Strict):
+    attack: str
+    name: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    #: omitted: the attack's own (direct and gcg: token space; embedding: l2, eps 0.3 relative)
+    threat: ThreatConfig | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.attack
+
+
+class JailbreakConfig(_Strict):
+    """Chat LLMs under jailbreak attacks, with and without adversarial training.
+
+    Every (model, defense) gets a clean record (benign utility, over-refusal on borderline
+    prompts, training compute) and one record per (attack, eps): forced and judged ASR.
+    """
+
+    data: JailbreakDataConfig = Field(default_factory=JailbreakDataConfig)
+    models: list[ModelConfig] = Field(min_length=1)
+    defenses: list[DefenseConfig] = Field(default_factory=lambda: [DefenseConfig()])
+    attacks: list[JailbreakAttackConfig] = Field(min_length=1)
+    #: greedy decoding; the judge reads this many new tokens
+    max_new_tokens: int = Field(default=24, ge=1, le=512)
+    batch_size: int = Field(default=24, ge=1)
+    #: example prompts and completions kept per attack cell for the report
+    examples: int = Field(default=3, ge=0, le=12)
+
+
 class EngineConfig(_Strict):
     #: samples per attack call; "auto" starts large and halves on out-of-memory
     batch_size: int | Literal["auto"] = 256
@@ -170,7 +214,7 @@ class EngineConfig(_Strict):
 class MatrixConfig(_Strict):
     suite: str
     description: str = ""
-    task: Literal["classification", "retrieval"] = "classification"
+    task: Literal["classification", "retrieval", "jailbreak"] = "classification"
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
     models: list[ModelConfig] = Field(default_factory=list)
@@ -179,13 +223,16 @@ class MatrixConfig(_Strict):
     membership: list[MembershipConfig] = Field(default_factory=list)
     generation: GenerationConfig | None = None
     retrieval: RetrievalConfig | None = None
+    jailbreak: JailbreakConfig | None = None
     engine: EngineConfig = Field(default_factory=EngineConfig)
 
     @model_validator(mode="after")
     def _has_columns(self) -> MatrixConfig:
         classification = bool(self.attacks or self.membership or self.generation is not None)
-        if not classification and self.retrieval is None:
-            raise ValueError("a config needs attacks, membership, generation or retrieval")
+        if not classification and self.retrieval is None and self.jailbreak is None:
+            raise ValueError(
+                "a config needs attacks, membership, generation, retrieval or jailbreak"
+            )
         if classification and not self.models:
             raise ValueError("models: list at least one model for the attacks to run on")
         return self

@@ -154,7 +154,104 @@ def build_results(summary: RunSummary) -> dict[str, Any]:
         results["generation"] = generations
     if summary.retrieval_clean or summary.retrieval:
         results["retrieval"] = _retrieval_section(summary)
+    if summary.jailbreak_clean or summary.jailbreak:
+        results["jailbreak"] = _jailbreak_section(summary)
     return results
+
+
+def jailbreak_label(threat: dict[str, Any], attack: str) -> str:
+    """``embedding l2 0.3 (relative)``, ``gcg``: the column header of a jailbreak cell."""
+    if threat["norm"] == "none":
+        return attack + (" (unbounded)" if threat.get("space") == "embedding" else "")
+    relative = " rel." if threat.get("eps_relative") else ""
+    return f"{attack} {threat['norm']} {threat['eps']:g}{relative}"
+
+
+def _jailbreak_section(summary: RunSummary) -> dict[str, Any]:
+    """Per (model, defense): utility, over-refusal and training compute; per attack cell: forced
+    and judged ASR. ``worst_case``: a prompt counts when any attack's judged outcome is 1. The
+    compute ratio of each defense is relative to C-AdvUL on the same model, when it ran."""
+
+    def pair_label(record: dict[str, Any]) -> str:
+        defense = record["defense"].get("name") or record["defense"]["defense"]
+        return f"{_model_label(record['model'])} / {defense}"
+
+    pairs = []
+    for r in summary.jailbreak_clean:
+        training = r["training"]
+        total = None
+        if training and training.get("cost"):
+            total = training["cost"]["forward"] + training["cost"]["backward"]
+        pairs.append(
+            {
+                "id": r["id"],
+                "label": pair_label(r),
+                "model": _model_label(r["model"]),
+                "defense": r["defense"].get("name") or r["defense"]["defense"],
+                "defense_kind": r["defense"]["defense"],
+                "utility": r["utility"],
+                "utility_by_task": r["utility_by_task"],
+                "over_refusal": r["over_refusal"],
+                "borderline_correct": r["borderline_correct"],
+                "training": training,
+                "training_passes": total,
+                "embedding_scale": r["embedding_scale"],
+                "examples": r["examples"],
+            }
+        )
+    reference = {
+        p["model"]: p["training_passes"]
+        for p in pairs
+        if p["defense_kind"] == "cadv-ul" and p["training_passes"]
+    }
+    for p in pairs:
+        base = reference.get(p["model"])
+        p["compute_vs_cadv_ul"] = (
+            p["training_passes"] / base if base and p["training_passes"] else None
+        )
+    labels = {p["id"]: p["label"] for p in pairs}
+    cells = []
+    worst: dict[str, list[int]] = {}
+    for r in summary.jailbreak:
+        label = jailbreak_label(r["threat"], r["attack"].get("name") or r["attack"]["attack"])
+        cells.append(
+            {
+                "id": r["id"],
+                "clean_id": r["clean_id"],
+                "pair": labels.get(r["clean_id"], pair_label(r)),
+                "attack": _attack_entry(r["attack"]),
+                "column": label,
+                "threat": r["threat"],
+                "n": r["n"],
+                "forced_asr": r["forced_asr"],
+                "judged_asr": r["judged_asr"],
+                "refused": r["refused"],
+                "undetermined": r["undetermined"],
+                "suffix_retokenizes": r["suffix_retokenizes"],
+                "generation": r["generation"],
+                "cost": r["cost"],
+                "examples": r["examples"],
+                "wall_time": r["wall_time"],
+            }
+        )
+        hits = [1 if j == 1 else 0 for j in r["judged"]]
+        previous = worst.get(r["clean_id"])
+        worst[r["clean_id"]] = (
+            hits if previous is None else [max(a, b) for a, b in zip(previous, hits)]
+        )
+    worst_case = [
+        {"pair": labels.get(clean_id, clean_id), "clean_id": clean_id}
+        | _jailbreak_rate(sum(hits), len(hits))
+        for clean_id, hits in worst.items()
+    ]
+    columns = list(dict.fromkeys(c["column"] for c in cells))
+    return {"pairs": pairs, "cells": cells, "columns": columns, "worst_case": worst_case}
+
+
+def _jailbreak_rate(k: int, n: int) -> dict[str, Any]:
+    from robustbench_cl.engine.metrics import wilson_interval
+
+    return {"rate": k / n if n else None, "k": k, "n": n, "ci95": list(wilson_interval(k, n))}
 
 
 def _model_label(model: dict[str, Any]) -> str:

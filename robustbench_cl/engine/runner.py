@@ -50,6 +50,7 @@ from robustbench_cl.engine.membership import (
 )
 from robustbench_cl.engine.metrics import wilson_interval
 from robustbench_cl.engine.results import write_results
+from robustbench_cl.engine.jailbreak import JailbreakAudit, expand_jailbreak
 from robustbench_cl.engine.retrieval import RetrievalAudit, expand_retrieval
 from robustbench_cl.engine.store import ResultsStore, write_json_atomic
 from robustbench_cl.engine.summary import threat_label
@@ -540,6 +541,7 @@ class Runner:
         resume: bool,
         executor: RayExecutor | None = None,
         retrieval_fits: list[dict[str, Any]] | None = None,
+        jailbreak_plan: dict[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
         """Run every missing record; cells locally, or their cascade groups as Ray tasks.
 
@@ -558,6 +560,12 @@ class Runner:
                 self.config, self.run_dir, self.device, self.progress, self.store
             )
             all_ids += retrieval.record_ids(retrieval_fits)
+        jailbreak = None
+        if jailbreak_plan:
+            jailbreak = JailbreakAudit(
+                self.config, self.run_dir, self.device, self.progress, self.store
+            )
+            all_ids += jailbreak.record_ids(jailbreak_plan)
         todo = [i for i in all_ids if i not in records]
         self.progress.run_started(len(all_ids), len(todo))
         for pair in pairs:
@@ -639,6 +647,8 @@ class Runner:
                 self.progress.cell_done(record, skipped=False)
         if retrieval is not None:
             retrieval.execute(retrieval_fits, records, resume)
+        if jailbreak is not None:
+            jailbreak.execute(jailbreak_plan, records)
         return [records[p.id] for p in pairs] + [records[i] for i in all_ids]
 
     def _release(self, pair: Pair) -> None:
@@ -737,6 +747,7 @@ def run(
     progress = progress or Progress()
     pairs = expand(config)  # validate every name and threat model before touching the disk
     fits = expand_retrieval(config) if config.retrieval is not None else []
+    jailbreak_plan = expand_jailbreak(config) if config.jailbreak is not None else None
     run_dir = Path(out) if out is not None else default_run_dir(config.suite)
     config_path = run_dir / "config.yaml"
     resolved = config.model_dump(mode="json")
@@ -758,7 +769,7 @@ def run(
     meta["data"] = {**runner.data.describe(), "n_evaluated": runner.n}
     started = time.perf_counter()
     ray_executor = RayExecutor(address, gpus_per_task) if executor == "ray" else None
-    runner.execute(pairs, resume, ray_executor, fits)
+    runner.execute(pairs, resume, ray_executor, fits, jailbreak_plan)
     meta["executor"] = executor
     meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     meta["wall_time"] = time.perf_counter() - started

@@ -71,6 +71,9 @@ class RunSummary:
     #: image-text retrieval: clean records per model and the universal-attack cells
     retrieval_clean: list[dict[str, Any]] = field(default_factory=list)
     retrieval: list[dict[str, Any]] = field(default_factory=list)
+    #: chat LLMs: clean records per (model, defense) and the attack cells
+    jailbreak_clean: list[dict[str, Any]] = field(default_factory=list)
+    jailbreak: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def has_membership(self) -> bool:
@@ -152,6 +155,8 @@ def summarize_records(
         columns=columns,
         retrieval_clean=[r for r in records if r["type"] == "retrieval_clean"],
         retrieval=[r for r in records if r["type"] == "retrieval"],
+        jailbreak_clean=[r for r in records if r["type"] == "jailbreak_clean"],
+        jailbreak=[r for r in records if r["type"] == "jailbreak"],
     )
 
 

@@ -1,7 +1,7 @@
 """Models: wrappers, adapters and the built-in zoo, behind one spec string.
 
 Specs: ``builtin:NAME``, ``torchvision:NAME?weights=PATH``, ``timm:NAME?checkpoint=PATH``,
-``python:package.module:factory``, ``open_clip:ARCH?checkpoint=PATH``, and ``wrapped:OUT`` (a preprocessor in front of a model,
+``python:package.module:factory``, ``open_clip:ARCH?checkpoint=PATH``, ``hf:DIR`` (a local causal LM), and ``wrapped:OUT`` (a preprocessor in front of a model,
 written by ``robustbench-cl wrap``).
 """
 
@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl
 import torch
 
 from robustbench_cl.errors import UserError
-from robustbench_cl.models import builtin, foundation, vlp  # noqa: F401  (registers the zoo)
+from robustbench_cl.models import builtin, foundation, llm, vlp  # noqa: F401  (registers the zoo)
 from robustbench_cl.models.adapters import python_model, timm_model, torchvision_model
 from robustbench_cl.models.autoencoder import wrapped_model
 from robustbench_cl.models.wrappers import Frozen, Normalize, Preprocessed
@@ -24,6 +24,7 @@ SCHEMES.register("timm")(timm_model)
 SCHEMES.register("python")(python_model)
 SCHEMES.register("wrapped")(wrapped_model)
 SCHEMES.register("open_clip")(vlp.open_clip_model)
+SCHEMES.register("hf")(llm.hf_model)
 
 
 def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:

@@ -19,7 +19,6 @@ Specs:
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -405,8 +404,18 @@ def train_tiny_chat_lm(recipe: dict[str, Any] = TINY_CHAT_RECIPE, progress=None)
     return lm
 
 
+def _quiet_transformers() -> None:
+    """No per-file progress bars or advice from transformers in our CLI output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def _cached_tiny_chat_lm() -> ChatLM:
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+    _quiet_transformers()
 
     from robustbench_cl.models.artifacts import artifact_lock
 
@@ -453,6 +462,7 @@ def hf_model(directory: str, options: dict[str, str]) -> nn.Module:
     unknown = sorted(set(options) - known)
     if unknown:
         raise UserError("model", f"unknown hf option {unknown[0]!r}", f"allowed: {sorted(known)}")
+    _quiet_transformers()
     kwargs: dict[str, Any] = {"local_files_only": True, "use_safetensors": True}
     if "device_map" in options:
         kwargs["device_map"] = options["device_map"]
@@ -487,8 +497,4 @@ def unwrap_chat_lm(model: nn.Module) -> ChatLM:
     return inner
 
 
-def cross_entropy_per_token(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.flatten(0, 1), ids.flatten(), reduction="none").view(ids.shape)
-
-
-__all__ = ["ChatBatch", "ChatLM", "hf_model", "math"]
+__all__ = ["ChatBatch", "ChatLM", "hf_model"]

@@ -216,11 +216,33 @@ def _retrieval(results: dict[str, Any], run_dir: Path | None) -> dict[str, Any] 
 
 
 def _llm(results: dict[str, Any]) -> list[dict[str, Any]]:
-    return [
+    examples = [
         dict(example, cell=f"{cell['pair']} | {cell['attack']['label']}")
         for cell in results["cells"]
         for example in cell.get("llm_examples", [])[:5]
     ]
+    for cell in results.get("jailbreak", {}).get("cells", []):
+        examples += [
+            dict(example, cell=f"{cell['pair']} | {cell['column']}")
+            for example in cell["examples"][:2]
+        ]
+    return examples[: 2 * EXAMPLES_TOTAL]
+
+
+def _jailbreak(results: dict[str, Any]) -> dict[str, Any] | None:
+    section = results.get("jailbreak")
+    if not section:
+        return None
+    by_pair: dict[str, dict[str, Any]] = {}
+    for cell in section["cells"]:
+        by_pair.setdefault(cell["clean_id"], {})[cell["column"]] = cell
+    worst = {w["clean_id"]: w for w in section["worst_case"]}
+    rows = [
+        dict(pair, by_column=by_pair.get(pair["id"], {}), worst=worst.get(pair["id"]))
+        for pair in section["pairs"]
+    ]
+    generation = section["cells"][0]["generation"] if section["cells"] else {}
+    return {"rows": rows, "columns": section["columns"], "generation": generation}
 
 
 def render_results(results: dict[str, Any], run_dir: str | Path | None = None) -> str:
@@ -244,6 +266,7 @@ def render_results(results: dict[str, Any], run_dir: str | Path | None = None) -
         "generation": _generation(results, Path(run_dir) if run_dir is not None else None),
         "retrieval": _retrieval(results, Path(run_dir) if run_dir is not None else None),
         "llm": _llm(results),
+        "jailbreak": _jailbreak(results),
         "non_adaptive": [c for c in results["cells"] if not c["adaptive"]],
     }
     return _environment().get_template("report.html.j2").render(**context)

@@ -18,6 +18,10 @@ def _percent(value: float) -> str:
     return f"{100 * value:.1f}"
 
 
+def _percent_or_dash(value: float | None) -> str:
+    return "-" if value is None else _percent(value)
+
+
 def matrix_table(summary: RunSummary) -> Table:
     """Clean and robust accuracy (%): rows = attack @ threat, columns = model / defense."""
     n = summary.pairs[0].n if summary.pairs else 0
@@ -222,4 +226,45 @@ def retrieval_table(summary: RunSummary) -> Table | None:
         for t, r in zip(targets, summary.retrieval_clean)
     )
     table.caption = f"clean: {clean}"
+    return table
+
+
+def jailbreak_table(summary: RunSummary) -> Table | None:
+    """Judged ASR % (forced ASR %) per (model, defense) and attack, with utility and compute."""
+    if not summary.jailbreak_clean:
+        return None
+    from robustbench_cl.engine.results import jailbreak_label
+
+    table = Table(
+        title="jailbreak: judged ASR % (forced ASR %) on held-out harmful behaviours",
+        title_justify="left",
+    )
+    table.add_column("model / defense", justify="left")
+    table.add_column("utility %", justify="right")
+    table.add_column("over-refusal %", justify="right")
+    columns: list[str] = []
+    cells: dict[tuple[str, str], str] = {}
+    for record in summary.jailbreak:
+        attack = record["attack"].get("name") or record["attack"]["attack"]
+        column = jailbreak_label(record["threat"], attack)
+        if column not in columns:
+            columns.append(column)
+        cells[(record["clean_id"], column)] = (
+            f"{_percent_or_dash(record['judged_asr']['rate'])} ({_percent_or_dash(record['forced_asr']['rate'])})"
+        )
+    for column in columns:
+        table.add_column(column, justify="right")
+    table.add_column("train passes", justify="right")
+    for record in summary.jailbreak_clean:
+        defense = record["defense"].get("name") or record["defense"]["defense"]
+        model = record["model"].get("name") or record["model"]["spec"]
+        cost = (record.get("training") or {}).get("cost")
+        passes = f"{cost['forward'] + cost['backward']:,}" if cost else "-"
+        table.add_row(
+            f"{model} / {defense}",
+            _percent_or_dash(record["utility"]["rate"]),
+            _percent_or_dash(record["over_refusal"]["rate"]),
+            *[cells.get((record["id"], c), "-") for c in columns],
+            passes,
+        )
     return table
