@@ -42,6 +42,7 @@ from robustbench_cl.engine.config import (
 )
 from robustbench_cl.engine.executors import RayExecutor
 from robustbench_cl.engine.generative import GenerationAudit, sample_grid, save_png
+from robustbench_cl.engine.jailbreak import JailbreakAudit, expand_jailbreak
 from robustbench_cl.engine.membership import (
     MembershipAudit,
     MembershipCell,
@@ -50,7 +51,6 @@ from robustbench_cl.engine.membership import (
 )
 from robustbench_cl.engine.metrics import wilson_interval
 from robustbench_cl.engine.results import write_results
-from robustbench_cl.engine.jailbreak import JailbreakAudit, expand_jailbreak
 from robustbench_cl.engine.retrieval import RetrievalAudit, expand_retrieval
 from robustbench_cl.engine.store import ResultsStore, write_json_atomic
 from robustbench_cl.engine.summary import threat_label
