@@ -16,10 +16,12 @@ SYNCING = ("item", "cpu", "tolist", "numpy", "nonzero", "__bool__", "__int__", "
 
 
 @contextlib.contextmanager
-def count_host_syncs(ignore_optimizer: bool = False):
+def count_host_syncs(ignore_optimizer: bool = False, ignore_library: str | None = None):
     """Record every syncing call. ``ignore_optimizer`` skips calls made inside ``torch.optim``:
     Adam keeps its step counter as a host tensor and reads it each step, which never waits for
-    the device (the generator-training attacks use Adam on the generator's weights)."""
+    the device (the generator-training attacks use Adam on the generator's weights).
+    ``ignore_library`` skips calls made inside that library's code (e.g. ``transformers/``:
+    its attention-mask preparation inspects the mask on the host, which is not our loop)."""
     import traceback
 
     calls: list[str] = []
@@ -32,7 +34,10 @@ def count_host_syncs(ignore_optimizer: bool = False):
             inside_optimizer = ignore_optimizer and any(
                 "torch/optim/" in frame.filename for frame in traceback.extract_stack(limit=8)
             )
-            if not inside_optimizer:
+            inside_library = ignore_library is not None and any(
+                ignore_library in frame.filename for frame in traceback.extract_stack(limit=12)
+            )
+            if not (inside_optimizer or inside_library):
                 calls.append(name)
             return original(self, *args, **kwargs)
 
@@ -89,5 +94,39 @@ def test_universal_attack_steps_make_no_host_sync(name):
             params["target_batch_size"] = 4
         with count_host_syncs(ignore_optimizer=True) as calls:
             rbcl.make_attack(name, **params).fit(model, data, threat, seed=0)
+        counts.append(len(calls))
+    assert counts[0] == counts[1]
+
+
+@pytest.mark.parametrize(
+    "name, params",
+    [("embedding", {}), ("embedding", {"init": "suffix"}), ("gcg", {"candidates": 8})],
+)
+def test_llm_attack_steps_make_no_host_sync(name, params):
+    """Twice the steps, the same number of host syncs outside transformers' own code: setup
+    (layout, scale) and the final scoring sync once per attack, the step loop never."""
+    from robustbench_cl.data.chat import make_chat
+    from robustbench_cl.models.llm import ChatLM, build_tokenizer, tiny_llama
+
+    corpus = make_chat("train", 20, 20, 10)
+    tokenizer = build_tokenizer([f"{e.instruction} {e.response}" for e in corpus.examples], 260)
+    torch.manual_seed(0)
+    recipe = {"hidden": 16, "intermediate": 32, "layers": 1, "heads": 2}
+    lm = ChatLM(tiny_llama(len(tokenizer), recipe).eval(), tokenizer).requires_grad_(False)
+    harmful = make_chat("test", 0, 3, 0).of("harmful")
+    if name == "embedding" and "init" not in params:
+        threat = ThreatModel(norm="l2", eps=0.3, space="embedding", bounds=None, eps_relative=True)
+    elif name == "embedding":
+        threat = ThreatModel(
+            norm="none", eps=0.0, space="embedding", bounds=None, eps_relative=True
+        )
+    else:
+        threat = ThreatModel(norm="none", eps=0.0, space="token", bounds=None)
+    assert lm.embedding_scale > 0  # computed once per model, then cached
+    counts = []
+    for steps in (3, 6):
+        attack = rbcl.make_attack(name, steps=steps, **params)
+        with count_host_syncs(ignore_library="transformers/") as calls:
+            attack.run(lm, [e.instruction for e in harmful], [e.target for e in harmful], threat)
         counts.append(len(calls))
     assert counts[0] == counts[1]

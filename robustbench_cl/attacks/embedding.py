@@ -123,5 +123,5 @@ class EmbeddingAttack(JailbreakAttack):
             forced,
             final,
             cost,
-            history=[float(h) for h in history],
+            history=torch.stack(history).tolist() if history else [],
         )

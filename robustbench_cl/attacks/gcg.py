@@ -144,5 +144,5 @@ class GCG(JailbreakAttack):
             cost,
             suffix=texts,
             suffix_retokenizes=retokenizes,
-            history=[float(h) for h in history],
+            history=torch.stack(history).tolist() if history else [],
         )
