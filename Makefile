@@ -35,6 +35,7 @@ screenshot: $(STAMP) chromium
 bench: $(STAMP)
 	$(BIN)/python benchmarks/attack_overhead.py
 	$(BIN)/python benchmarks/cascade.py
+	$(BIN)/python benchmarks/embedding_attack.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check robustbench_cl tests benchmarks

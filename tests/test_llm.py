@@ -340,3 +340,30 @@ def test_threat_check_catches_an_embedding_outside_the_ball():
 
 def test_harmful_verbs_are_never_in_the_refusal():
     assert not any(verb in REFUSAL.lower() for verb in HARMFUL_VERBS)
+
+
+def test_cli_runs_a_jailbreak_config_shows_the_table_and_refuses_bad_input(chat, tmp_path):
+    import yaml
+
+    from tests.test_cli import invoke
+
+    save_chat_lm(chat, tmp_path / "model")
+    config = _config(tmp_path / "model")
+    config["jailbreak"]["defenses"] = config["jailbreak"]["defenses"][:1]
+    config["jailbreak"]["attacks"] = config["jailbreak"]["attacks"][:1]
+    path = tmp_path / "jailbreak.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = invoke("run", str(path), "--out", str(tmp_path / "run"), "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "jailbreak: judged ASR" in result.output and "tiny / base" in result.output
+    shown = invoke("show", str(tmp_path / "run"))
+    assert shown.exit_code == 0 and "over-refusal" in shown.output
+    config["jailbreak"]["attacks"] = [{"attack": "fgsm", "threat": {"eps": 0.1}}]
+    path.write_text(yaml.safe_dump(config))
+    bad = invoke("run", str(path), "--out", str(tmp_path / "bad"))
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
+    assert "fgsm is not a jailbreak attack" in bad.output
+    refused = invoke(
+        "attack", "gcg", "--model", "python:tests.conftest:tiny_factory", "--eps", "0.1"
+    )
+    assert refused.exit_code == 2 and "jailbreak:" in refused.output

@@ -401,8 +401,12 @@ def attack(
         fix = "choose another attack or --norm"
         from robustbench_cl.attacks.universal import UniversalAttack
 
+        from robustbench_cl.attacks.jailbreak import JailbreakAttack
+
         if isinstance(chosen, UniversalAttack):
             fix = "run it from a config's `retrieval:` section (see `robustbench-cl run vlp`)"
+        if isinstance(chosen, JailbreakAttack):
+            fix = "run it from a config's `jailbreak:` section (see `robustbench-cl run llm`)"
         raise UserError("attack", reason, fix)
     torch_device = resolve_device(device)
     model = load_model(model_spec).to(torch_device)
