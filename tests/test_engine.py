@@ -149,19 +149,24 @@ def test_results_are_deterministic(small_run, tmp_path):
 
 
 def test_packaged_suites_validate_in_every_profile():
+    from robustbench_cl.engine.jailbreak import expand_jailbreak
     from robustbench_cl.engine.retrieval import expand_retrieval
     from robustbench_cl.engine.runner import expand
 
-    assert {"quickstart", "vision", "generative", "membership", "vlp"} <= set(list_suites())
+    assert {"quickstart", "vision", "generative", "membership", "vlp", "llm"} <= set(
+        list_suites()
+    )
     for profile in ("quick", "full"):
         config = load_config("quickstart", profile=profile)
         assert {a.attack for a in config.attacks} == {"fgsm", "pgd", "autoattack"}
         assert {d.defense for d in config.defenses} == {"none", "pgd-at", "rae"}
         for suite in list_suites():  # every name, parameter and threat model resolves
             config = load_config(suite, profile=profile)
-            assert expand(config) or config.retrieval is not None
+            assert expand(config) or config.retrieval or config.jailbreak
             if config.retrieval is not None:
                 assert expand_retrieval(config)
+            if config.jailbreak is not None:
+                assert expand_jailbreak(config)["columns"]
 
 
 @pytest.mark.parametrize(
