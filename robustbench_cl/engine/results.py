@@ -227,6 +227,8 @@ def _jailbreak_section(summary: RunSummary) -> dict[str, Any]:
                 "judged_asr": r["judged_asr"],
                 "refused": r["refused"],
                 "undetermined": r["undetermined"],
+                # the keyword-only judge of llm-attacks: jailbroken = no refusal prefix
+                "not_refused": _jailbreak_rate(r["n"] - r["refused"], r["n"]),
                 "suffix_retokenizes": r["suffix_retokenizes"],
                 "generation": r["generation"],
                 "cost": r["cost"],
