@@ -191,6 +191,8 @@ def test_quickstart_report_has_every_section_with_data():
         "privacy",
         "generation",
         "retrieval",
+        "jailbreak",
+        "llm",
         "reproduce",
     ):
         assert section in sections, section
