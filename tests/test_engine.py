@@ -153,9 +153,7 @@ def test_packaged_suites_validate_in_every_profile():
     from robustbench_cl.engine.retrieval import expand_retrieval
     from robustbench_cl.engine.runner import expand
 
-    assert {"quickstart", "vision", "generative", "membership", "vlp", "llm"} <= set(
-        list_suites()
-    )
+    assert {"quickstart", "vision", "generative", "membership", "vlp", "llm"} <= set(list_suites())
     for profile in ("quick", "full"):
         config = load_config("quickstart", profile=profile)
         assert {a.attack for a in config.attacks} == {"fgsm", "pgd", "autoattack"}

@@ -399,9 +399,8 @@ def attack(
     reason = chosen.supports(threat, "classification")
     if reason is not None:
         fix = "choose another attack or --norm"
-        from robustbench_cl.attacks.universal import UniversalAttack
-
         from robustbench_cl.attacks.jailbreak import JailbreakAttack
+        from robustbench_cl.attacks.universal import UniversalAttack
 
         if isinstance(chosen, UniversalAttack):
             fix = "run it from a config's `retrieval:` section (see `robustbench-cl run vlp`)"

@@ -292,15 +292,7 @@ class _ChatAdversarialTraining(Defense):
     def _attacked(self, lm: ChatLM, chosen: list, targets: list[str], adversarial) -> tuple:  # noqa: ANN001
         """Logits of ``targets`` after the attacked prompts (delta or suffix re-applied)."""
         batch = lm.layout([e.instruction for e in chosen], targets, adversarial["suffix"])
-        embeds = lm.embed(batch.ids)
-        if adversarial["delta"] is not None:
-            delta = adversarial["delta"]
-            pad = torch.zeros(
-                (len(batch), embeds.shape[1] - delta.shape[1], embeds.shape[2]),
-                dtype=embeds.dtype,
-                device=embeds.device,
-            )
-            embeds = embeds + torch.cat([delta, pad], 1)
+        embeds = _with_delta(lm.embed(batch.ids), adversarial["delta"])
         return lm.logits(embeds, batch), batch
 
     def _utility(self, lm: ChatLM, useful: list) -> torch.Tensor:  # noqa: ANN001
@@ -327,6 +319,15 @@ class _ChatAdversarialTraining(Defense):
             "utility": utility.detach(),
             "sequences": 2 * len(chosen) + used,
         }
+
+
+def _with_delta(embeds: torch.Tensor, delta: torch.Tensor | None) -> torch.Tensor:
+    """Add a prompt-columns perturbation (B, P, d) to embeddings of a longer layout (B, L, d):
+    the prompt part of a layout depends only on the instructions, so it lines up."""
+    if delta is None:
+        return embeds
+    pad = embeds.new_zeros(len(embeds), embeds.shape[1] - delta.shape[1], embeds.shape[2])
+    return embeds + torch.cat([delta, pad], 1)
 
 
 def _sample(items: list, n: int, generator: torch.Generator) -> list:  # noqa: ANN001
@@ -372,14 +373,7 @@ class CAdvIPO(_ChatAdversarialTraining):
         batch = lm.layout(instructions, targets, None)
         embeds = lm.embed(batch.ids)
         if adversarial is not None:
-            delta = adversarial["delta"]
-            embeds = embeds + torch.cat(
-                [
-                    delta,
-                    embeds.new_zeros(len(batch), embeds.shape[1] - delta.shape[1], embeds.shape[2]),
-                ],
-                1,
-            )
+            embeds = _with_delta(embeds, adversarial["delta"])
         logprobs = lm.token_logprobs(lm.logits(embeds, batch), batch)
         return average_logprob(logprobs, batch.target, cutoff)
 
