@@ -201,7 +201,8 @@ def test_quickstart_report_has_every_section_with_data():
     assert "robustbench-cl run quickstart" in html  # reproduce: the exact command
     assert load_results(QUICKSTART)["run"]["config_hash"] in html
     assert "privacy" in sections and "Membership inference" in html  # the LOSS/LiRA slice
-    assert "llm" not in sections  # no data, no section
+    # the jailbreak slice: prompts and completions, escaped (the apostrophe is an entity)
+    assert "Sorry, I can&#39;t do that." in html and "Sure, here is how to" in html
 
 
 def test_sections_without_data_are_left_out():
