@@ -210,6 +210,27 @@ def test_cadv_ul_training_runs_counts_compute_and_keeps_the_base_untouched(chat)
     assert info["cost"]["training"]["forward"] == 2 * (2 + 2 + 2)
 
 
+def test_discrete_at_keeps_a_gcg_suffix_per_behaviour_and_counts_candidate_passes(chat):
+    from robustbench_cl.defenses import make_defense
+
+    defense = make_defense(
+        "discrete-at",
+        steps=2,
+        adv_batch=2,
+        utility_batch=2,
+        gcg_steps=2,
+        suffix_length=3,
+        candidates=4,
+    )
+    data = make_chat("train", 4, 4, 4)
+    _, info = defense.train(chat, data, lora=False)
+    assert set(defense._suffixes) <= {e.behavior for e in data.of("harmful")}
+    assert all(s.shape == (3,) for s in defense._suffixes.values())
+    # per step: 2 GCG steps of (1 + 4 candidates) forwards + 2 scoring passes, on 2 prompts
+    assert info["cost"]["attack"]["forward"] == 2 * 2 * (2 * (1 + 4) + 2)
+    assert info["cost"]["attack"]["backward"] == 2 * 2 * 2
+
+
 # ------------------------------------------------------------------------------ hf adapter and engine
 def test_hf_directory_round_trip(chat, tmp_path):
     from robustbench_cl.models import load_model

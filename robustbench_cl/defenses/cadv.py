@@ -411,6 +411,9 @@ class DiscreteAT(_ChatAdversarialTraining):
         self.candidates = candidates
         self._suffixes: dict[str, torch.Tensor] = {}
 
+    def prepare(self, base: ChatLM, harmful: list) -> None:  # noqa: ANN001
+        self._suffixes = {}  # every training run starts from fresh suffixes
+
     def attack(self, lm: ChatLM, chosen: list, generator: torch.Generator) -> dict[str, Any]:  # noqa: ANN001
         gcg = GCG(
             steps=self.gcg_steps, suffix_length=self.suffix_length, candidates=self.candidates
