@@ -245,6 +245,13 @@ def test_hf_directory_round_trip(chat, tmp_path):
         atol=1e-5,
     )
     assert loaded.template_parts() == chat.template_parts()
+    placed = unwrap_chat_lm(load_model(f"hf:{tmp_path / 'tiny'}?device_map=cpu&dtype=float32"))
+    assert placed.device.type == "cpu" and placed.embedding_matrix.dtype == torch.float32
+    assert torch.allclose(
+        placed.logits(placed.embed(batch.ids), batch),
+        chat.logits(chat.embed(batch.ids), batch),
+        atol=1e-5,
+    )
     assert not any(p.requires_grad for p in loaded.parameters())
     with pytest.raises(UserError, match="does not exist"):
         load_model(f"hf:{tmp_path / 'missing'}")

@@ -204,7 +204,9 @@ class JailbreakAudit:
                     continue
                 if base is None:
                     self.progress.message(f"loading {model_config.label}")
-                    base = load_model(model_config.spec).to(self.device)
+                    base = load_model(model_config.spec)
+                    if "device_map=" not in model_config.spec:  # else accelerate placed it
+                        base = base.to(self.device)
                     unwrap_chat_lm(base)
                     if not _is_builtin(model_config.spec):
                         logger.info("hf model loaded; the built-in chat data is used as prompts")
