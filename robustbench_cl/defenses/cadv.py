@@ -138,13 +138,18 @@ class _ChatAdversarialTraining(Defense):
             norm="l2", eps=self.eps, space="embedding", bounds=None, eps_relative=True
         )
 
-    def chat_cache_path(self, model_spec: str, data: ChatData) -> Path:
+    def chat_cache_path(
+        self, model_spec: str, data: ChatData, weights_digest: str | None = None
+    ) -> Path:
+        """Keyed by the defense, its settings, the model spec *and its weights* (a retrained
+        builtin keeps its spec) and the training data."""
         key = stable_hash(
             {
                 "defense": self.name,
                 "version": self.version,
                 "settings": _canonical(self.settings()),
                 "model": model_spec,
+                "weights": weights_digest,
                 "data": stable_hash([vars(e) for e in data.examples]),
             }
         )
@@ -157,7 +162,7 @@ class _ChatAdversarialTraining(Defense):
         from robustbench_cl.models.artifacts import artifact_lock
 
         base = unwrap_chat_lm(model)
-        path = self.chat_cache_path(model_spec, data)
+        path = self.chat_cache_path(model_spec, data, getattr(model, "recorded_hash", None))
         weights = path / "weights.safetensors"
         with artifact_lock(path):
             if not (weights.exists() and (path / "info.json").exists()):
