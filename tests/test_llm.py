@@ -395,3 +395,30 @@ def test_cli_runs_a_jailbreak_config_shows_the_table_and_refuses_bad_input(chat,
         "attack", "gcg", "--model", "python:tests.conftest:tiny_factory", "--eps", "0.1"
     )
     assert refused.exit_code == 2 and "jailbreak:" in refused.output
+
+
+def test_embedding_attack_runs_on_a_bfloat16_model(chat, harmful, tmp_path):
+    """The perturbation is kept and projected in float32, so bf16 rounding cannot leave the ball."""
+    from robustbench_cl.models import load_model
+    from robustbench_cl.models.llm import unwrap_chat_lm
+
+    save_chat_lm(chat, tmp_path / "tiny")
+    half = unwrap_chat_lm(load_model(f"hf:{tmp_path / 'tiny'}?dtype=bfloat16"))
+    assert half.embedding_matrix.dtype == torch.bfloat16
+    instructions, targets = harmful
+    for eps in (0.1, 0.3):
+        result = make_attack("embedding", steps=5).run(
+            half, instructions, targets, embedding_threat(eps)
+        )
+        assert result.embeds.dtype == torch.bfloat16 and torch.isfinite(result.loss).all()
+
+
+def test_answers_must_match_exactly():
+    from robustbench_cl.data.chat import ChatExample, answer_correct
+
+    example = ChatExample("benign", "add", "what is 0 plus 1?", "The answer is 1.")
+    assert answer_correct(example, " The answer is 1. ")
+    assert answer_correct(example, "The answer is 1")
+    assert not answer_correct(example, "The answer is 10.")
+    copy = ChatExample("benign", "copy", "repeat: red blue", "red blue")
+    assert not answer_correct(copy, "red blue green")

@@ -85,14 +85,15 @@ class EmbeddingAttack(JailbreakAttack):
         scale, lr = resolved["embedding_scale"], resolved["lr"]
         with torch.no_grad():
             clean = lm.embed(batch.ids)
-        mask = region.unsqueeze(-1).to(clean.dtype)
-        delta = torch.zeros_like(clean, requires_grad=True)
+        # delta lives in float32 (projected there) even for a bf16/fp16 model: the ball is exact
+        mask = region.unsqueeze(-1).float()
+        delta = torch.zeros_like(clean, dtype=torch.float32, requires_grad=True)
         best_loss = torch.full((len(batch),), float("inf"), device=clean.device)
-        best_delta = torch.zeros_like(clean)
+        best_delta = torch.zeros_like(delta)
         history = []
         for step in range(self.steps):
             report_step(step, self.steps)
-            logits = lm.logits(clean + delta * mask, batch)
+            logits = lm.logits(clean + (delta * mask).to(clean.dtype), batch)
             loss = lm.target_loss(logits, batch)
             if self.keep_best:
                 with torch.no_grad():
@@ -105,16 +106,17 @@ class EmbeddingAttack(JailbreakAttack):
                 delta -= lr * grad.sign() * mask
                 delta.copy_(threat.project(delta, scale) * mask)
         with torch.no_grad():
-            logits = lm.logits(clean + delta * mask, batch)
+            logits = lm.logits(clean + (delta * mask).to(clean.dtype), batch)
             loss = lm.target_loss(logits, batch)
             if self.keep_best:
                 improved = loss < best_loss
                 delta = torch.where(improved[:, None, None], delta, best_delta)
-            adversarial = clean + delta * mask
+            # the ball is checked on the float32 perturbation; the model sees it in its dtype
+            threat.check(delta * mask, torch.zeros_like(delta), embedding_scale=scale)
+            adversarial = clean + (delta * mask).to(clean.dtype)
             logits = lm.logits(adversarial, batch)
             final = lm.target_loss(logits, batch)
             forced = lm.forced(logits, batch)
-        threat.check(adversarial, clean, embedding_scale=scale)
         n = len(batch)
         cost = Cost(forward=n * (self.steps + 2), backward=n * self.steps, queries=0)
         return JailbreakResult(

@@ -183,7 +183,8 @@ class _ChatAdversarialTraining(Defense):
             state = get_peft_model_state_dict(model)
         else:
             state = model.state_dict()
-        state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+        # clone: tied weights share memory, which safetensors refuses
+        state = {k: v.detach().to("cpu").clone().contiguous() for k, v in state.items()}
         tmp = path / "weights.safetensors.tmp"
         save_file(state, str(tmp))
         (path / "info.json").write_text(json.dumps(info, indent=2, sort_keys=True))

@@ -123,6 +123,16 @@ def expand_jailbreak(config: MatrixConfig) -> dict[str, Any]:
                     f"jailbreak.attacks[{index}].threat", reason, "change the attack or its threat"
                 )
             columns.append({"config": attack, "built": built, "threat": threat})
+    from robustbench_cl.engine.results import jailbreak_label
+
+    labels = [jailbreak_label(c["threat"].to_dict(), c["config"].label) for c in columns]
+    for label in labels:
+        if labels.count(label) > 1:
+            raise UserError(
+                "jailbreak.attacks[].name",
+                f"two attack columns are both labelled {label!r}",
+                "give each attack a distinct `name`",
+            )
     return {"models": section.models, "defenses": defenses, "columns": columns}
 
 

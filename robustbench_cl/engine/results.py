@@ -251,7 +251,11 @@ def _jailbreak_section(summary: RunSummary) -> dict[str, Any]:
     worst_case = [
         {"pair": labels.get(clean_id, clean_id), "clean_id": clean_id}
         | _jailbreak_rate(sum(hits), len(hits))
-        | {"bounded": _jailbreak_rate(sum(worst_bounded.get(clean_id, [])), len(hits))}
+        | {
+            "bounded": _jailbreak_rate(sum(worst_bounded[clean_id]), len(hits))
+            if clean_id in worst_bounded
+            else None  # only the unbounded suffix ran
+        }
         for clean_id, hits in worst.items()
     ]
     columns = list(dict.fromkeys(c["column"] for c in cells))
