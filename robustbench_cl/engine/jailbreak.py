@@ -322,7 +322,8 @@ class JailbreakAudit:
             settings = dict(settings, resolved=attack.resolved(lm, threat))
         examples = [
             {
-                "prompt": e.instruction + (f" {s}" if s else ""),
+                # the suffix tokens follow the instruction directly; its text keeps any space
+                "prompt": e.instruction + (s or ""),
                 "completion": c,
                 "target": e.target,
                 "label": "harmful" if j == 1 else "refused" if j == 0 else "undetermined",
