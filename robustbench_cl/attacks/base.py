@@ -220,32 +220,44 @@ def unsupported_reason(attack: Any, threat: ThreatModel, task: str) -> str | Non
     return None
 
 
-class Attack:
-    """Base class. Subclasses implement :meth:`perturb` and set the class-level capabilities."""
+class AttackBase:
+    """What every attack family shares (per-batch, universal, jailbreak): the class-level
+    capabilities, the recorded settings, the capability check and the repr."""
 
     name: ClassVar[str] = "attack"
     norms: ClassVar[frozenset[str]] = frozenset({"linf", "l2"})
     spaces: ClassVar[frozenset[str]] = frozenset({"input"})
     tasks: ClassVar[frozenset[str]] = frozenset({"classification"})
+    #: the task ``supports`` assumes when none is given
+    default_task: ClassVar[str] = "classification"
     #: white-box attacks need gradients; the engine checks them for zeros and NaNs
     uses_gradients: ClassVar[bool] = True
+
+    def settings(self) -> dict[str, Any]:
+        """The exact hyper-parameters, recorded with every result."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def supports(self, threat: ThreatModel, task: str | None = None) -> str | None:
+        """``None`` if this attack can honour ``threat``; otherwise the reason it cannot."""
+        return unsupported_reason(self, threat, task or self.default_task)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
+        return f"{type(self).__name__}({args})"
+
+
+class Attack(AttackBase):
+    """Base class. Subclasses implement :meth:`perturb` and set the class-level capabilities."""
+
     #: whether the attack may run under bfloat16 autocast (external libraries convert to NumPy,
     #: which has no bfloat16: they always run in fp32)
     supports_bf16: ClassVar[bool] = True
     #: whether a randomized model needs EOT for this attack to be meaningful
     supports_eot: ClassVar[bool] = False
 
-    def settings(self) -> dict[str, Any]:
-        """The exact hyper-parameters, recorded with every result."""
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
-
     def resolved_settings(self, n_classes: int) -> dict[str, Any]:
         """The settings as they apply to a model with ``n_classes`` outputs (for the record)."""
         return self.settings()
-
-    def supports(self, threat: ThreatModel, task: str = "classification") -> str | None:
-        """``None`` if this attack can honour ``threat``; otherwise the reason it cannot."""
-        return unsupported_reason(self, threat, task)
 
     def stronger(self) -> Attack | None:
         """A version with more steps/restarts, for the convergence sanity check (or None)."""
@@ -324,7 +336,3 @@ class Attack:
         """Return adversarial inputs (or a :class:`Perturbation`). ``y`` holds targets when
         ``threat.targeted``."""
         raise NotImplementedError
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
-        return f"{type(self).__name__}({args})"

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from robustbench_cl.attacks.base import Cost, unsupported_reason
+from robustbench_cl.attacks.base import AttackBase, Cost
 from robustbench_cl.data.chat import is_refusal
 from robustbench_cl.errors import ThreatModelViolation
 from robustbench_cl.models.llm import ChatBatch, ChatLM
@@ -39,20 +39,14 @@ class JailbreakResult:
     history: list[float] = field(default_factory=list)  # mean target loss per step
 
 
-class JailbreakAttack:
+class JailbreakAttack(AttackBase):
     """Base class: subclasses implement :meth:`_run`; ``run`` times it and checks the output."""
 
     name: ClassVar[str] = "jailbreak"
     norms: ClassVar[frozenset[str]] = frozenset({"none"})
     spaces: ClassVar[frozenset[str]] = frozenset({"token"})
     tasks: ClassVar[frozenset[str]] = frozenset({"jailbreak"})
-    uses_gradients: ClassVar[bool] = True
-
-    def settings(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
-
-    def supports(self, threat: ThreatModel, task: str = "jailbreak") -> str | None:
-        return unsupported_reason(self, threat, task)
+    default_task: ClassVar[str] = "jailbreak"
 
     def run(
         self,
@@ -86,10 +80,6 @@ class JailbreakAttack:
 
     def _run(self, lm, instructions, targets, threat, generator) -> JailbreakResult:  # noqa: ANN001
         raise NotImplementedError
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
-        return f"{type(self).__name__}({args})"
 
 
 @register_attack("direct")

@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from robustbench_cl.attacks.base import (
+    AttackBase,
     inputs_only_gradients,
     report_step,
     require_int,
     require_number,
-    unsupported_reason,
 )
 from robustbench_cl.errors import ThreatModelViolation, UserError
 from robustbench_cl.registry import register_attack
@@ -78,20 +78,14 @@ def caption_features(model: nn.Module, data, per_image: int = 5) -> torch.Tensor
     return features[index.to(features.device)]
 
 
-class UniversalAttack:
+class UniversalAttack(AttackBase):
     """Base class of attacks that fit one perturbation for all inputs."""
 
     name: ClassVar[str] = "universal"
     norms: ClassVar[frozenset[str]] = frozenset({"linf"})
     spaces: ClassVar[frozenset[str]] = frozenset({"input"})
     tasks: ClassVar[frozenset[str]] = frozenset({"retrieval"})
-    uses_gradients: ClassVar[bool] = True
-
-    def settings(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
-
-    def supports(self, threat: ThreatModel, task: str = "retrieval") -> str | None:
-        return unsupported_reason(self, threat, task)
+    default_task: ClassVar[str] = "retrieval"
 
     def fit(
         self, model: nn.Module, data, threat: ThreatModel, seed: int = 0
@@ -114,10 +108,6 @@ class UniversalAttack:
         self, model: nn.Module, data, threat: ThreatModel, generator: torch.Generator
     ) -> UniversalPerturbation:  # noqa: ANN001
         raise NotImplementedError
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
-        return f"{type(self).__name__}({args})"
 
 
 @register_attack("uniform-noise")

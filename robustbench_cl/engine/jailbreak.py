@@ -34,7 +34,7 @@ from robustbench_cl.engine.config import (
     MatrixConfig,
     ModelConfig,
 )
-from robustbench_cl.engine.metrics import wilson_interval
+from robustbench_cl.engine.metrics import rate_entry
 from robustbench_cl.errors import UserError
 from robustbench_cl.threat import ThreatModel
 from robustbench_cl.utils import derive_seed, stable_hash
@@ -134,15 +134,6 @@ def expand_jailbreak(config: MatrixConfig) -> dict[str, Any]:
                 "give each attack a distinct `name`",
             )
     return {"models": section.models, "defenses": defenses, "columns": columns}
-
-
-def _rate(hits: int, n: int) -> dict[str, Any]:
-    return {
-        "rate": hits / n if n else None,
-        "k": hits,
-        "n": n,
-        "ci95": list(wilson_interval(hits, n)) if n else None,
-    }
 
 
 class JailbreakAudit:
@@ -265,10 +256,10 @@ class JailbreakAudit:
             "id": record_id,
             "model": model.model_dump(),
             "defense": defense.model_dump(),
-            "utility": _rate(sum(benign_ok), len(benign)),
-            "utility_by_task": {t: _rate(sum(v), len(v)) for t, v in sorted(by_task.items())},
-            "over_refusal": _rate(sum(refused), len(borderline)),
-            "borderline_correct": _rate(sum(borderline_ok), len(borderline)),
+            "utility": rate_entry(sum(benign_ok), len(benign)),
+            "utility_by_task": {t: rate_entry(sum(v), len(v)) for t, v in sorted(by_task.items())},
+            "over_refusal": rate_entry(sum(refused), len(borderline)),
+            "borderline_correct": rate_entry(sum(borderline_ok), len(borderline)),
             "training": {
                 "wall_time": info.get("wall_time"),
                 "cost": info.get("cost"),
@@ -352,8 +343,8 @@ class JailbreakAudit:
             "judged": judged,
             "behaviors": [e.behavior for e in harmful],
             "target_loss": losses,
-            "forced_asr": _rate(sum(forced), n),
-            "judged_asr": _rate(sum(1 for j in judged if j == 1), n),
+            "forced_asr": rate_entry(sum(forced), n),
+            "judged_asr": rate_entry(sum(1 for j in judged if j == 1), n),
             "refused": sum(1 for j in judged if j == 0),
             "undetermined": sum(1 for j in judged if j == -1),
             "suffix_retokenizes": (sum(retokenize) / len(retokenize)) if retokenize else None,
@@ -369,9 +360,10 @@ class JailbreakAudit:
 
 
 def _respond(lm, instructions: list[str], tokens: int, section: JailbreakConfig) -> list[str]:  # noqa: ANN001
+    size = max(section.batch_size, 32)  # generation is cheap: larger batches than attacks
     out = []
-    for begin in range(0, len(instructions), max(section.batch_size, 32)):
-        out += lm.respond(instructions[begin : begin + max(section.batch_size, 32)], tokens)
+    for begin in range(0, len(instructions), size):
+        out += lm.respond(instructions[begin : begin + size], tokens)
     return out
 
 

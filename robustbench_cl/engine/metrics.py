@@ -18,3 +18,13 @@ def wilson_interval(
     low = 0.0 if successes == 0 else max(0.0, centre - half)
     high = 1.0 if successes == total else min(1.0, centre + half)
     return (low, high)
+
+
+def rate_entry(k: int, n: int) -> dict:
+    """``{"rate", "k", "n", "ci95"}`` for k of n (rate and interval null when n is 0)."""
+    return {
+        "rate": k / n if n else None,
+        "k": k,
+        "n": n,
+        "ci95": list(wilson_interval(k, n)) if n else None,
+    }

@@ -17,6 +17,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from robustbench_cl.engine.metrics import rate_entry
 from robustbench_cl.engine.store import write_json_atomic
 from robustbench_cl.engine.summary import (
     RunSummary,
@@ -231,7 +232,7 @@ def _jailbreak_section(summary: RunSummary) -> dict[str, Any]:
                 "refused": r["refused"],
                 "undetermined": r["undetermined"],
                 # the keyword-only judge of llm-attacks: jailbroken = no refusal prefix
-                "not_refused": _jailbreak_rate(r["n"] - r["refused"], r["n"]),
+                "not_refused": rate_entry(r["n"] - r["refused"], r["n"]),
                 "suffix_retokenizes": r["suffix_retokenizes"],
                 "generation": r["generation"],
                 "cost": r["cost"],
@@ -250,9 +251,9 @@ def _jailbreak_section(summary: RunSummary) -> dict[str, Any]:
             )
     worst_case = [
         {"pair": labels.get(clean_id, clean_id), "clean_id": clean_id}
-        | _jailbreak_rate(sum(hits), len(hits))
+        | rate_entry(sum(hits), len(hits))
         | {
-            "bounded": _jailbreak_rate(sum(worst_bounded[clean_id]), len(hits))
+            "bounded": rate_entry(sum(worst_bounded[clean_id]), len(hits))
             if clean_id in worst_bounded
             else None  # only the unbounded suffix ran
         }
@@ -260,12 +261,6 @@ def _jailbreak_section(summary: RunSummary) -> dict[str, Any]:
     ]
     columns = list(dict.fromkeys(c["column"] for c in cells))
     return {"pairs": pairs, "cells": cells, "columns": columns, "worst_case": worst_case}
-
-
-def _jailbreak_rate(k: int, n: int) -> dict[str, Any]:
-    from robustbench_cl.engine.metrics import wilson_interval
-
-    return {"rate": k / n if n else None, "k": k, "n": n, "ci95": list(wilson_interval(k, n))}
 
 
 def _model_label(model: dict[str, Any]) -> str:

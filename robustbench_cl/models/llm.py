@@ -482,10 +482,6 @@ def hf_model(directory: str, options: dict[str, str]) -> nn.Module:
     return ChatLM(model.eval(), tokenizer, path.name)
 
 
-def is_chat_lm(model: nn.Module) -> bool:
-    return isinstance(getattr(model, "model", model), ChatLM)
-
-
 def unwrap_chat_lm(model: nn.Module) -> ChatLM:
     inner = getattr(model, "model", model)
     if not isinstance(inner, ChatLM):
