@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test bench lint clean chromium screenshot
+.PHONY: demo test bench lint clean chromium tesseract screenshot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,15 +18,19 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]' -c constraints.txt
 	touch $(VENV)/.installed $@
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.installed tesseract
 	$(BIN)/robustbench-cl run quickstart
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium tesseract
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 # Debian's chromium for the real-browser report test (skipped, with a message, if impossible)
 chromium:
 	@scripts/ensure-chromium
+
+# Debian's tesseract-ocr: the black-box OCR router of the screens section (privacy suite)
+tesseract:
+	@scripts/ensure-tesseract
 
 # docs/report.png: the README's screenshot of the committed quickstart reference report
 screenshot: $(STAMP) chromium

@@ -67,3 +67,14 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
         raise UserError("device", "CUDA is not available on this machine", "use --device cpu")
     return torch.device(device)
+
+
+def parse_fraction(value: float | int | str) -> float:
+    """``0.125``, ``32/255`` or ``"32/255"``: an eps as a fraction of the pixel range."""
+    if isinstance(value, int | float):
+        return float(value)
+    top, slash, bottom = str(value).partition("/")
+    try:
+        return float(top) / float(bottom) if slash else float(top)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"eps {value!r} is not a number or a fraction like 32/255") from None

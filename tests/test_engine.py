@@ -152,19 +152,23 @@ def test_packaged_suites_validate_in_every_profile():
     from robustbench_cl.engine.jailbreak import expand_jailbreak
     from robustbench_cl.engine.retrieval import expand_retrieval
     from robustbench_cl.engine.runner import expand
+    from robustbench_cl.engine.screens import expand_screens
 
-    assert {"quickstart", "vision", "generative", "membership", "vlp", "llm"} <= set(list_suites())
+    suites = {"quickstart", "vision", "generative", "membership", "vlp", "llm", "privacy"}
+    assert suites <= set(list_suites())
     for profile in ("quick", "full"):
         config = load_config("quickstart", profile=profile)
         assert {a.attack for a in config.attacks} == {"fgsm", "pgd", "autoattack"}
         assert {d.defense for d in config.defenses} == {"none", "pgd-at", "rae"}
         for suite in list_suites():  # every name, parameter and threat model resolves
             config = load_config(suite, profile=profile)
-            assert expand(config) or config.retrieval or config.jailbreak
+            assert expand(config) or config.retrieval or config.jailbreak or config.screens
             if config.retrieval is not None:
                 assert expand_retrieval(config)
             if config.jailbreak is not None:
                 assert expand_jailbreak(config)["columns"]
+            if config.screens is not None:
+                assert expand_screens(config)
 
 
 @pytest.mark.parametrize(

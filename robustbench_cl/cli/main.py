@@ -164,6 +164,7 @@ def _print_summary(summary: Any) -> None:
         matrix_table,
         membership_table,
         retrieval_table,
+        screens_table,
     )
 
     if summary.pairs:
@@ -173,6 +174,7 @@ def _print_summary(summary: Any) -> None:
         generation_table(summary),
         retrieval_table(summary),
         jailbreak_table(summary),
+        screens_table(summary),
         flags_table(summary),
     )
     for extra in extras:
@@ -474,6 +476,9 @@ def defend(
     from robustbench_cl.models.artifacts import load_artifact_config, save_artifact
 
     defense = make_defense(defense_name, **_parse_param(params))
+    if hasattr(defense, "fit_screens"):
+        _defend_screens(defense, dataset, output)
+        return
     if not hasattr(defense, "fit"):
         raise UserError(
             "DEFENSE",
@@ -488,6 +493,69 @@ def defend(
     console.print(
         f"{defense_name} trained on {dataset} ({split}, n={len(data)}): {out}.safetensors"
     )
+
+
+def _defend_screens(defense: Any, dataset: str, output: Path) -> None:
+    """Train a screenshot protector (dualtap) on the training split of screen data."""
+    from robustbench_cl.data.privscreen import load_screens
+    from robustbench_cl.defenses.dualtap import screens_key
+    from robustbench_cl.models.artifacts import save_artifact
+
+    if dataset == "digits":  # the command's default is for image classifiers
+        dataset = "privscreen-mini"
+    data = load_screens(dataset)
+    train, _ = data.split()
+    from robustbench_cl.cli.progress import RichProgress
+
+    with RichProgress(console) as progress:
+        progress.cell_started(f"training {defense.name} ({defense.steps} steps)", 1)
+        protector = defense.fit_screens(train, screens_key(data.name, train), step=progress.step)
+    out = output.with_suffix("") if output.suffix in (".json", ".safetensors") else output
+    info = dict(protector.training_info, data=data.name)
+    save_artifact(
+        out, protector, {"defense": defense.name, "settings": defense.settings(), "training": info}
+    )
+    console.print(
+        f"{defense.name} trained on {data.name} ({len(train)} training screens, "
+        f"eps {defense.eps * 255:g}/255): {out}.safetensors\n"
+        f"protect screenshots with: robustbench-cl protect --protector {out} IMAGE... -o DIR"
+    )
+
+
+@cli.command()
+@click.option(
+    "--protector",
+    "protector_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="A `defend dualtap` artifact.",
+)
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Folder.")
+@click.option(
+    "--keep",
+    multiple=True,
+    help="Text the agent needs (a button label, repeatable); all other text is private.",
+)
+def protect(
+    protector_path: Path, images: tuple[Path, ...], output: Path, keep: tuple[str, ...]
+) -> None:
+    """Protect your own screenshots with a trained DualTAP protector.
+
+    EasyOCR finds the text on each screenshot; lines that match a --keep keyword are the task,
+    everything else is treated as private. The protected PNGs go to OUTPUT.
+    """
+    from robustbench_cl.privacy.screenshot import protect_files
+
+    rows = protect_files(protector_path, list(images), output, list(keep))
+    table = Table(title=f"protected screenshots in {output}", title_justify="left")
+    for name in ("image", "private lines", "kept lines", "|delta|inf (/255)", "output"):
+        table.add_column(name, justify="left")
+    for row in rows:
+        table.add_row(
+            row["image"], str(row["private"]), str(row["kept"]), f"{row['linf']:.1f}", row["output"]
+        )
+    stdout.print(table)
 
 
 @cli.command()

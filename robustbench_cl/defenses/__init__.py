@@ -1,6 +1,6 @@
 """Defenses: training defenses (new weights) and preprocessors (in front of a frozen model)."""
 
-from robustbench_cl.defenses import at, cadv, dat, rae  # noqa: F401  (fill the registry)
+from robustbench_cl.defenses import at, cadv, dat, dualtap, rae  # noqa: F401  (fill the registry)
 from robustbench_cl.defenses.base import Defense, NoDefense, make_defense
 
 __all__ = ["Defense", "NoDefense", "make_defense"]

@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from robustbench_cl.errors import UserError
-from robustbench_cl.utils import stable_hash
+from robustbench_cl.utils import parse_fraction, stable_hash
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 
@@ -189,6 +189,57 @@ class JailbreakConfig(_Strict):
     examples: int = Field(default=3, ge=0, le=12)
 
 
+class ScreensDataConfig(_Strict):
+    #: ``privscreen-mini[?n=160&seed=0]`` (rendered) or ``privscreen:DIR`` (PrivScreen's layout)
+    name: str = "privscreen-mini?n=160&seed=0"
+    #: per app, the first share of screens trains the protectors, the rest is evaluated
+    train_ratio: float = Field(default=0.8, gt=0, lt=1)
+    #: evaluate at most this many test screens (all when omitted)
+    n_test: int | None = Field(default=None, ge=1)
+
+
+class ScreenProtectorConfig(_Strict):
+    protector: str
+    name: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    #: l-inf budgets as fractions of the pixel range (``32/255`` is accepted); bounded
+    #: protectors (noise, pgd, dualtap) need one, clean and blackout take none
+    eps: float | str | list[float | str] | None = None
+
+    @field_validator("eps")
+    @classmethod
+    def _fractions(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        values = [parse_fraction(v) for v in (value if isinstance(value, list) else [value])]
+        if not values or any(not 0 < v <= 1 for v in values):
+            raise ValueError("eps must be in (0, 1], e.g. 32/255")
+        return values
+
+    def eps_values(self) -> list[float | None]:
+        return list(self.eps) if self.eps else [None]  # type: ignore[arg-type]
+
+    @property
+    def label(self) -> str:
+        return self.name or self.protector
+
+
+class ScreensConfig(_Strict):
+    """Screenshot privacy: PII routers (OCR engines) against screen protectors.
+
+    One record per (protector, eps): per router, which PII fields each protected screen leaks,
+    which task keywords stay readable, and the image quality.
+    """
+
+    data: ScreensDataConfig = Field(default_factory=ScreensDataConfig)
+    routers: list[Literal["easyocr", "tesseract"]] = Field(
+        default_factory=lambda: ["easyocr", "tesseract"], min_length=1
+    )
+    protectors: list[ScreenProtectorConfig] = Field(min_length=1)
+    #: example screens (PII masked) kept per protector for the report
+    examples: int = Field(default=2, ge=0, le=8)
+
+
 class EngineConfig(_Strict):
     #: samples per attack call; "auto" starts large and halves on out-of-memory
     batch_size: int | Literal["auto"] = 256
@@ -214,7 +265,7 @@ class EngineConfig(_Strict):
 class MatrixConfig(_Strict):
     suite: str
     description: str = ""
-    task: Literal["classification", "retrieval", "jailbreak"] = "classification"
+    task: Literal["classification", "retrieval", "jailbreak", "screens"] = "classification"
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
     models: list[ModelConfig] = Field(default_factory=list)
@@ -224,14 +275,16 @@ class MatrixConfig(_Strict):
     generation: GenerationConfig | None = None
     retrieval: RetrievalConfig | None = None
     jailbreak: JailbreakConfig | None = None
+    screens: ScreensConfig | None = None
     engine: EngineConfig = Field(default_factory=EngineConfig)
 
     @model_validator(mode="after")
     def _has_columns(self) -> MatrixConfig:
         classification = bool(self.attacks or self.membership or self.generation is not None)
-        if not classification and self.retrieval is None and self.jailbreak is None:
+        others = (self.retrieval, self.jailbreak, self.screens)
+        if not classification and all(section is None for section in others):
             raise ValueError(
-                "a config needs attacks, membership, generation, retrieval or jailbreak"
+                "a config needs attacks, membership, generation, retrieval, jailbreak or screens"
             )
         if classification and not self.models:
             raise ValueError("models: list at least one model for the attacks to run on")

@@ -157,7 +157,51 @@ def build_results(summary: RunSummary) -> dict[str, Any]:
         results["retrieval"] = _retrieval_section(summary)
     if summary.jailbreak_clean or summary.jailbreak:
         results["jailbreak"] = _jailbreak_section(summary)
+    if summary.screens:
+        results["screens"] = _screens_section(summary)
     return results
+
+
+def _screens_section(summary: RunSummary) -> dict[str, Any]:
+    """Rows per (protector, eps, router); per router the change of every row from clean."""
+    from robustbench_cl.engine.screens import screen_rows
+    from robustbench_cl.privacy.metrics import LEAK_RATIO
+
+    rows = screen_rows(summary.screens)
+    for row in rows:
+        clean = next(
+            (r for r in rows if r["protector"] == "clean" and r["router"] == row["router"]), None
+        )
+        row["plr_change"] = (
+            row["plr"]["rate"] - clean["plr"]["rate"]
+            if clean and row["plr"]["rate"] is not None and clean["plr"]["rate"] is not None
+            else None
+        )
+        row["tsr_change"] = (
+            row["tsr"]["rate"] - clean["tsr"]["rate"]
+            if clean and row["tsr"]["rate"] is not None and clean["tsr"]["rate"] is not None
+            else None
+        )
+    first = summary.screens[0]
+    return {
+        "data": first["data"],
+        "routers": {
+            name: {"access": entry["access"], "settings": entry["settings"]}
+            for name, entry in first["routers"].items()
+        },
+        "rules": {
+            "leaked": f"SequenceMatcher ratio > {LEAK_RATIO} between the true value and the "
+            "best-matching text the router read",
+            "exact": "the normalised true value appears in the normalised reading",
+            "task": "the normalised task keyword appears in the router's reading",
+        },
+        "rows": rows,
+        "examples": [
+            {"label": r["label"], "examples": r["examples"]}
+            for r in summary.screens
+            if r["examples"]
+        ],
+    }
 
 
 def jailbreak_label(threat: dict[str, Any], attack: str) -> str:

@@ -52,6 +52,7 @@ from robustbench_cl.engine.membership import (
 from robustbench_cl.engine.metrics import wilson_interval
 from robustbench_cl.engine.results import write_results
 from robustbench_cl.engine.retrieval import RetrievalAudit, expand_retrieval
+from robustbench_cl.engine.screens import ScreensAudit, expand_screens
 from robustbench_cl.engine.store import ResultsStore, write_json_atomic
 from robustbench_cl.engine.summary import threat_label
 from robustbench_cl.errors import UserError
@@ -542,6 +543,7 @@ class Runner:
         executor: RayExecutor | None = None,
         retrieval_fits: list[dict[str, Any]] | None = None,
         jailbreak_plan: dict[str, Any] | None = None,
+        screen_columns: list[dict[str, Any]] | None = None,
     ) -> list[dict[str, Any]]:
         """Run every missing record; cells locally, or their cascade groups as Ray tasks.
 
@@ -566,6 +568,12 @@ class Runner:
                 self.config, self.run_dir, self.device, self.progress, self.store
             )
             all_ids += jailbreak.record_ids(jailbreak_plan)
+        screens = None
+        if screen_columns:
+            screens = ScreensAudit(
+                self.config, self.run_dir, self.device, self.progress, self.store
+            )
+            all_ids += screens.record_ids(screen_columns)
         todo = [i for i in all_ids if i not in records]
         self.progress.run_started(len(all_ids), len(todo))
         for pair in pairs:
@@ -649,6 +657,8 @@ class Runner:
             retrieval.execute(retrieval_fits, records, resume)
         if jailbreak is not None:
             jailbreak.execute(jailbreak_plan, records)
+        if screens is not None:
+            screens.execute(screen_columns, records)
         return [records[p.id] for p in pairs] + [records[i] for i in all_ids]
 
     def _release(self, pair: Pair) -> None:
@@ -748,6 +758,7 @@ def run(
     pairs = expand(config)  # validate every name and threat model before touching the disk
     fits = expand_retrieval(config) if config.retrieval is not None else []
     jailbreak_plan = expand_jailbreak(config) if config.jailbreak is not None else None
+    screen_columns = expand_screens(config) if config.screens is not None else None
     run_dir = Path(out) if out is not None else default_run_dir(config.suite)
     config_path = run_dir / "config.yaml"
     resolved = config.model_dump(mode="json")
@@ -769,7 +780,7 @@ def run(
     meta["data"] = {**runner.data.describe(), "n_evaluated": runner.n}
     started = time.perf_counter()
     ray_executor = RayExecutor(address, gpus_per_task) if executor == "ray" else None
-    runner.execute(pairs, resume, ray_executor, fits, jailbreak_plan)
+    runner.execute(pairs, resume, ray_executor, fits, jailbreak_plan, screen_columns)
     meta["executor"] = executor
     meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     meta["wall_time"] = time.perf_counter() - started

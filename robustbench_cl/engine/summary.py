@@ -74,6 +74,8 @@ class RunSummary:
     #: chat LLMs: clean records per (model, defense) and the attack cells
     jailbreak_clean: list[dict[str, Any]] = field(default_factory=list)
     jailbreak: list[dict[str, Any]] = field(default_factory=list)
+    #: screenshot privacy: one record per (protector, eps)
+    screens: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def has_membership(self) -> bool:
@@ -157,6 +159,7 @@ def summarize_records(
         retrieval=[r for r in records if r["type"] == "retrieval"],
         jailbreak_clean=[r for r in records if r["type"] == "jailbreak_clean"],
         jailbreak=[r for r in records if r["type"] == "jailbreak"],
+        screens=[r for r in records if r["type"] == "screen"],
     )
 
 

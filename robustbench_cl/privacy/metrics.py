@@ -1,4 +1,17 @@
-"""Membership-inference metrics, with the conventions of Carlini et al. (2022), ML Privacy Meter
+"""Privacy metrics: screen leakage (PLR, TSR, image quality) and membership inference.
+
+Screen leakage, following DualTAP's ``eval.py``:
+
+- a PII field is *leaked* when ``difflib.SequenceMatcher(None, true.lower(), read.lower())``
+  has ratio > 0.6 (PLR = leaked fields / fields); *exactly leaked* when the normalised true value
+  (lower case, only letters, digits and ``@.+-_``) appears in the normalised whole reading;
+- the zero-leak rate: screens with no field leaked;
+- a task succeeds when the normalised keyword (lower case, punctuation to spaces, action words
+  like "tap" and suffixes like "button" removed) is in the normalised reading, with or without
+  spaces, or all its content words (3+ letters, not stop words) are;
+- PSNR and SSIM of the protected screen against the original.
+
+Membership inference, with the conventions of Carlini et al. (2022), ML Privacy Meter
 and ART, so that our numbers compare with theirs.
 
 - ROC from the scores (higher = member), ``roc_curve`` thresholds, no interpolation.
@@ -10,12 +23,74 @@ and ART, so that our numbers compare with theirs.
 
 from __future__ import annotations
 
+import re
+from difflib import SequenceMatcher
 from typing import Any
 
 import numpy as np
 import torch
 
 ALPHAS = (0.01, 0.001)
+LEAK_RATIO = 0.6
+ACTION_WORDS = ("tap", "click", "press", "select", "choose", "open", "the")
+SUFFIXES = ("button", "icon", "tab", "link", "option")
+STOP_WORDS = frozenset("a an the and or of to in on for with at by from".split())
+
+
+def field_ratio(true: str, read: str) -> float:
+    return SequenceMatcher(None, true.lower(), read.lower()).ratio()
+
+
+def field_leaked(true: str, read: str) -> bool:
+    """DualTAP's rule: a field is leaked when the match ratio exceeds 0.6."""
+    return field_ratio(true, read) > LEAK_RATIO
+
+
+def normalise_value(text: str) -> str:
+    return re.sub(r"[^a-z0-9@.+\-_]", "", text.lower())
+
+
+def field_exact(true: str, reading: str) -> bool:
+    """Exact leakage: the normalised true value appears in the normalised reading."""
+    value = normalise_value(true)
+    return bool(value) and value in normalise_value(reading)
+
+
+def normalise_text(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z0-9]+", " ", text.lower()).split())
+
+
+def normalise_keyword(keyword: str) -> str:
+    words = normalise_text(keyword).split()
+    while words and words[0] in ACTION_WORDS:
+        words = words[1:]
+    while len(words) > 1 and words[-1] in SUFFIXES:
+        words = words[:-1]
+    return " ".join(words)
+
+
+def task_success(keyword: str, answer: str) -> bool:
+    """DualTAP's keyword-containment rule for functional answers."""
+    wanted, text = normalise_keyword(keyword), normalise_text(answer)
+    if not wanted:
+        return False
+    if wanted in text or wanted.replace(" ", "") in text.replace(" ", ""):
+        return True
+    content = [w for w in wanted.split() if len(w) >= 3 and w not in STOP_WORDS]
+    return bool(content) and all(w in text.split() for w in content)
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per image, in dB, for images in [0, 1] (inf when identical)."""
+    mse = (x - y).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1 / mse)
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per image, the mean SSIM (11x11 Gaussian window, kornia)."""
+    import kornia
+
+    return kornia.metrics.ssim(x, y, 11).flatten(1).mean(1)
 
 
 def roc(scores: np.ndarray, members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

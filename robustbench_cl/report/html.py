@@ -245,6 +245,31 @@ def _jailbreak(results: dict[str, Any]) -> dict[str, Any] | None:
     return {"rows": rows, "columns": section["columns"], "generation": generation}
 
 
+def _screens(results: dict[str, Any], run_dir: Path | None) -> dict[str, Any] | None:
+    section = results.get("screens")
+    if not section:
+        return None
+    examples = []
+    for entry in section["examples"]:
+        for example in entry["examples"]:
+            path = _run_file(run_dir, example["image"])
+            image = (
+                "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+                if path is not None
+                else None
+            )
+            examples.append(dict(example, label=entry["label"], src=image))
+    routers = list(section["routers"])
+    return {
+        "rows": section["rows"],
+        "routers": section["routers"],
+        "rules": section["rules"],
+        "data": section["data"],
+        "plots": [(r, plots.screen_tradeoff(section["rows"], r)) for r in routers],
+        "examples": examples,
+    }
+
+
 def render_results(results: dict[str, Any], run_dir: str | Path | None = None) -> str:
     cells = {cell["id"]: cell for cell in results["cells"]}
     matrix = [
@@ -267,6 +292,7 @@ def render_results(results: dict[str, Any], run_dir: str | Path | None = None) -
         "retrieval": _retrieval(results, Path(run_dir) if run_dir is not None else None),
         "llm": _llm(results),
         "jailbreak": _jailbreak(results),
+        "screens": _screens(results, Path(run_dir) if run_dir is not None else None),
         "non_adaptive": [c for c in results["cells"] if not c["adaptive"]],
     }
     return _environment().get_template("report.html.j2").render(**context)

@@ -117,6 +117,40 @@ def privacy_utility(rows: list[dict[str, Any]]) -> str | None:
     return to_svg(fig)
 
 
+def screen_tradeoff(rows: list[dict[str, Any]], router: str) -> str | None:
+    """PLR against TSR for one router: one series per protector, its eps sweep as a line;
+    the top-left corner (little leakage, the task still done) is better."""
+    points = [r for r in rows if r["router"] == router and r["plr"]["rate"] is not None]
+    if not points:
+        return None
+    fig, ax = _figure(4.8, 3.4)
+    series: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in points:
+        series[row["name"]].append(row)
+    for color, (name, members) in zip(COLORS * 4, series.items()):
+        members.sort(key=lambda r: r["eps"] or 0)
+        xs = [100 * r["tsr"]["rate"] for r in members]
+        ys = [100 * r["plr"]["rate"] for r in members]
+        ax.plot(xs, ys, marker="o", color=color, label=name, linewidth=1 if len(xs) > 1 else 0)
+        for x, y, r in zip(xs, ys, members):
+            if r["eps"] is not None:
+                ax.annotate(
+                    f"{r['eps'] * 255:g}",
+                    (x, y),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                    color=color,
+                )
+    ax.set_xlabel("task success rate, TSR (%)")
+    ax.set_ylabel("PII leakage rate, PLR (%)")
+    ax.set_xlim(-3, 103)
+    ax.set_ylim(-3, 103)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, frameon=False, loc="upper left")
+    return to_svg(fig)
+
+
 def membership_roc(curves: list[dict[str, Any]]) -> str | None:
     """Membership-inference ROC on log-log axes, where the low-FPR regime is visible."""
     if not curves:

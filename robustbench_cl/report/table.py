@@ -268,3 +268,38 @@ def jailbreak_table(summary: RunSummary) -> Table | None:
             passes,
         )
     return table
+
+
+def screens_table(summary: RunSummary) -> Table | None:
+    """PLR, exact PLR, zero-leak and TSR % per protector and router, with image quality."""
+    if not summary.screens:
+        return None
+    from robustbench_cl.engine.screens import screen_rows
+
+    table = Table(
+        title="screens: PII leakage (PLR) and task success (TSR) per protector and router",
+        title_justify="left",
+    )
+    for name, justify in (
+        ("protector", "left"),
+        ("router", "left"),
+        ("PLR %", "right"),
+        ("exact %", "right"),
+        ("zero-leak %", "right"),
+        ("TSR %", "right"),
+        ("PSNR", "right"),
+        ("SSIM", "right"),
+    ):
+        table.add_column(name, justify=justify)
+    for row in screen_rows(summary.screens):
+        table.add_row(
+            row["label"],
+            f"{row['router']} ({row['access']})",
+            _percent_or_dash(row["plr"]["rate"]),
+            _percent_or_dash(row["plr_exact"]["rate"]),
+            _percent_or_dash(row["zero_leak"]["rate"]),
+            _percent_or_dash(row["tsr"]["rate"]),
+            f"{row['psnr']:.1f}",
+            f"{row['ssim']:.3f}",
+        )
+    return table

@@ -1,0 +1,369 @@
+"""Screenshot privacy: the ``screens:`` section of a config.
+
+Each protector (and each of its eps) protects the test screens once; every router then reads
+them. One ``screen`` record per (protector, eps) holds, per router and per screen, which PII
+fields leaked (ratio > 0.6, and exactly), which task keywords were still found, and per screen
+PSNR, SSIM and the l-inf distance of the 8-bit protected screenshot. DualTAP protectors are
+trained on the training screens first (cached). EasyOCR is the white-box router (DualTAP and the
+global PGD are optimised against its recognizer); Tesseract is black-box transfer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robustbench_cl.engine.config import MatrixConfig, ScreenProtectorConfig, ScreensConfig
+from robustbench_cl.engine.metrics import rate_entry
+from robustbench_cl.errors import ThreatModelViolation, UserError
+from robustbench_cl.utils import derive_seed, stable_hash
+
+logger = logging.getLogger(__name__)
+
+#: bump when the protocol changes (record ids change, so old records are not reused)
+PROTOCOL_VERSION = 1
+
+
+def expand_screens(config: MatrixConfig) -> list[dict[str, Any]]:
+    """Validate the section; one column per (protector, eps)."""
+    from robustbench_cl.defenses import make_defense
+    from robustbench_cl.privacy.protectors import BOUNDED, check_protector
+
+    section = config.screens
+    assert section is not None
+    columns = []
+    for index, protector in enumerate(section.protectors):
+        field = f"screens.protectors[{index}]"
+        check_protector(protector.protector, protector.params, field)
+        bounded = protector.protector in BOUNDED
+        if bounded and not protector.eps:
+            raise UserError(
+                f"{field}.eps", f"{protector.protector} needs an eps", "e.g. eps: [16/255, 32/255]"
+            )
+        if not bounded and protector.eps:
+            raise UserError(f"{field}.eps", f"{protector.protector} takes no eps", "remove eps")
+        for eps in protector.eps_values():
+            built = None
+            if protector.protector == "dualtap":
+                if "eps" in protector.params:
+                    raise UserError(f"{field}.params.eps", "eps is set outside params", "use eps:")
+                try:
+                    built = make_defense("dualtap", eps=eps, **protector.params)
+                except UserError as error:
+                    raise UserError(f"{field}.{error.field}", error.problem, error.fix) from None
+            columns.append({"config": protector, "eps": eps, "built": built})
+    labels = [column_label(c["config"].label, c["eps"]) for c in columns]
+    for label in labels:
+        if labels.count(label) > 1:
+            raise UserError(
+                "screens.protectors[].name",
+                f"two protectors are both labelled {label!r}",
+                "give each protector a distinct `name`",
+            )
+    return columns
+
+
+def column_label(name: str, eps: float | None) -> str:
+    return name if eps is None else f"{name} {eps * 255:g}/255"
+
+
+class ScreensAudit:
+    """Runs the screens section of a config into the run's store."""
+
+    def __init__(self, config: MatrixConfig, run_dir: Path, device, progress, store) -> None:  # noqa: ANN001
+        assert config.screens is not None
+        self.config = config
+        self.section: ScreensConfig = config.screens
+        self.run_dir = Path(run_dir)
+        self.device = torch.device("cpu")  # the OCR engines run on the CPU
+        self.progress = progress
+        self.store = store
+        self._data = None
+        self._surrogate = None
+        self._routers: dict[str, Any] = {}
+
+    # ---------------------------------------------------------------- ids
+    def record_id(self, column: dict[str, Any]) -> str:
+        protector: ScreenProtectorConfig = column["config"]
+        return stable_hash(
+            {
+                "screens": self.section.data.model_dump(),
+                "protector": protector.protector,
+                "params": protector.params,
+                "eps": column["eps"],
+                "routers": list(self.section.routers),
+                "seed": self.config.seed,
+                "version": PROTOCOL_VERSION,
+            }
+        )
+
+    def record_ids(self, columns: list[dict[str, Any]]) -> list[str]:
+        return [self.record_id(c) for c in columns]
+
+    # ---------------------------------------------------------------- shared parts
+    def data(self) -> tuple[Any, list, list]:
+        if self._data is None:
+            from robustbench_cl.data.privscreen import load_screens, locate_boxes
+
+            def locate(screen):  # noqa: ANN001, ANN202
+                detections = [(d.box, d.text) for d in self.router("easyocr").read(screen.image)]
+                locate_boxes(screen, detections)
+
+            data = load_screens(self.section.data.name, locate)
+            train, test = data.split(self.section.data.train_ratio)
+            if self.section.data.n_test is not None:
+                test = test[: self.section.data.n_test]
+            if not test:
+                raise UserError(
+                    "screens.data", "no test screens", "use more screens or a smaller train_ratio"
+                )
+            self._data = (data, train, test)
+        return self._data
+
+    def surrogate(self):  # noqa: ANN201
+        if self._surrogate is None:
+            from robustbench_cl.privacy.routers import RecognizerSurrogate
+
+            self._surrogate = RecognizerSurrogate(self.device)
+        return self._surrogate
+
+    def router(self, name: str):  # noqa: ANN201
+        if name not in self._routers:
+            from robustbench_cl.privacy.routers import make_router
+
+            self._routers[name] = make_router(name)
+        return self._routers[name]
+
+    # ---------------------------------------------------------------- run
+    def execute(self, columns: list[dict[str, Any]], records: dict[str, dict[str, Any]]) -> None:
+        for column in columns:
+            record_id = self.record_id(column)
+            if record_id in records:
+                self.progress.cell_done(records[record_id], skipped=True)
+                continue
+            record = self.cell_record(column, record_id)
+            self.store.append(record)
+            records[record_id] = record
+            self.progress.cell_done(record, skipped=False)
+
+    def protect(self, column: dict[str, Any], x: torch.Tensor, test: list, record_id: str):  # noqa: ANN201
+        """Protected test screens (quantised to 8 bits) and the training info, if any."""
+        from robustbench_cl.attacks.base import step_hook
+        from robustbench_cl.defenses.dualtap import screens_key
+        from robustbench_cl.privacy import protectors
+
+        config: ScreenProtectorConfig = column["config"]
+        eps = column["eps"]
+        generator = torch.Generator().manual_seed(derive_seed(self.config.seed, record_id))
+        info = None
+        if config.protector == "clean":
+            protected = x
+        elif config.protector == "noise":
+            protected = protectors.uniform_noise(x, eps, generator)
+        elif config.protector == "blackout":
+            protected = protectors.blackout(x, test)
+        elif config.protector == "pgd":
+            chunks = []
+            for begin in range(0, len(test), 8):
+                with step_hook(self.progress.step):
+                    chunks.append(
+                        protectors.global_pgd(
+                            self.surrogate(),
+                            x[begin : begin + 8],
+                            test[begin : begin + 8],
+                            eps,
+                            generator,
+                            **config.params,
+                        )
+                    )
+            protected = torch.cat(chunks)
+        else:  # dualtap
+            data, train, _ = self.data()
+            defense = column["built"]
+            self.progress.message(
+                f"training {column_label(config.label, eps)} ({defense.steps} steps)"
+            )
+            protector = defense.fit_screens(
+                train, screens_key(data.name, train), self.surrogate(), self.progress.step
+            )
+            info = getattr(protector, "training_info", None)
+            chunks = []
+            for begin in range(0, len(test), 8):
+                part, screens = x[begin : begin + 8], test[begin : begin + 8]
+                attention = defense.attention_for(self.surrogate(), part, screens)
+                with torch.no_grad():
+                    chunks.append(protector(part, attention))
+            protected = torch.cat(chunks)
+        protected = protectors.quantise(protected)
+        if eps is not None:
+            linf = (protected - x).abs().amax()
+            if linf > eps + 0.5 / 255 + 1e-6:  # 8-bit rounding may add half a level
+                raise ThreatModelViolation(
+                    f"{config.label}: |delta|inf {float(linf) * 255:.2f}/255 > eps {eps * 255:g}/255"
+                )
+        return protected, info
+
+    def cell_record(self, column: dict[str, Any], record_id: str) -> dict[str, Any]:
+        from robustbench_cl.defenses.dualtap import screen_tensor
+        from robustbench_cl.privacy.metrics import (
+            field_exact,
+            field_leaked,
+            field_ratio,
+            psnr,
+            ssim,
+            task_success,
+        )
+
+        data, train, test = self.data()
+        config: ScreenProtectorConfig = column["config"]
+        label = column_label(config.label, column["eps"])
+        self.progress.cell_started(f"screens | {label}", len(test) * len(self.section.routers))
+        start = time.perf_counter()
+        x = screen_tensor(test)
+        protected, info = self.protect(column, x, test, record_id)
+        images = (protected * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        routers: dict[str, Any] = {}
+        readings: dict[str, list] = {}
+        for name in self.section.routers:
+            router = self.router(name)
+            leaked, exact, ratios, tasks, answers = [], [], [], [], []
+            for screen, image in zip(test, images):
+                answer = router.answer(screen, image)
+                leaked.append([field_leaked(p.value, a) for p, a in zip(screen.pii, answer.fields)])
+                exact.append([field_exact(p.value, answer.text) for p in screen.pii])
+                ratios.append(
+                    [round(field_ratio(p.value, a), 4) for p, a in zip(screen.pii, answer.fields)]
+                )
+                tasks.append([task_success(t.keyword, answer.text) for t in screen.tasks])
+                answers.append(answer)
+                self.progress.batch_done()
+            fields = [p.field for s in test for p in s.pii]
+            flat = [v for row in leaked for v in row]
+            by_field = {
+                f: rate_entry(sum(v for v, g in zip(flat, fields) if g == f), fields.count(f))
+                for f in sorted(set(fields))
+            }
+            routers[name] = {
+                "access": router.access,
+                "settings": router.settings(),
+                "leaked": leaked,
+                "exact": exact,
+                "ratio": ratios,
+                "task": tasks,
+                "plr": rate_entry(sum(flat), len(flat)),
+                "plr_exact": rate_entry(sum(v for row in exact for v in row), len(flat)),
+                "zero_leak": rate_entry(sum(1 for row in leaked if not any(row)), len(test)),
+                "tsr": rate_entry(sum(v for row in tasks for v in row), sum(len(r) for r in tasks)),
+                "by_field": by_field,
+            }
+            readings[name] = answers
+        quality_psnr = psnr(protected, x)
+        quality_ssim = ssim(protected, x)
+        return {
+            "type": "screen",
+            "id": record_id,
+            "protector": {
+                "protector": config.protector,
+                "name": config.name,
+                "params": config.params,
+                "settings": column["built"].settings() if column["built"] is not None else {},
+            },
+            "label": label,
+            "eps": column["eps"],
+            "data": {**data.describe(), "n_train": len(train), "n_test": len(test)},
+            "screens": [s.key for s in test],
+            "routers": routers,
+            "psnr": [float(v) for v in quality_psnr.clamp(max=99.0)],
+            "ssim": [float(v) for v in quality_ssim],
+            "linf": float((protected - x).abs().amax()) * 255,
+            "training": info,
+            "examples": self.examples(record_id, test, x, protected, readings),
+            "wall_time": time.perf_counter() - start,
+        }
+
+    def examples(self, record_id, test, x, protected, readings) -> list[dict[str, Any]]:  # noqa: ANN001
+        """Example screens for the report, with every PII box pixelated and PII text masked."""
+        from robustbench_cl.engine.generative import save_png
+        from robustbench_cl.privacy.metrics import field_leaked
+        from robustbench_cl.report.media import mask_pii
+
+        out = []
+        for index in range(min(self.section.examples, len(test))):
+            screen = test[index]
+            shown = pixelate(protected[index], [p.box for p in screen.pii if p.box])
+            magnitude = (protected[index] - x[index]).abs().amax(0, keepdim=True)
+            magnitude = coarse(magnitude / max(float(magnitude.max()), 1e-12))
+            relative = f"artifacts/screens/{record_id}-{index}.png"
+            grid = torch.cat([shown, magnitude.expand(3, -1, -1)], 2)
+            save_png(grid, self.run_dir / relative)
+            fields = []
+            for position, item in enumerate(screen.pii):
+                entry = {"field": item.field, "true": mask_pii(item.value)}
+                for name, answers in readings.items():
+                    read = answers[index].fields[position]
+                    entry[name] = {"read": mask_pii(read), "leaked": field_leaked(item.value, read)}
+                fields.append(entry)
+            out.append(
+                {"screen": screen.key, "app": screen.app, "image": relative, "fields": fields}
+            )
+        return out
+
+
+def pixelate(image: torch.Tensor, boxes: list, block: int = 8) -> torch.Tensor:
+    """The image with each box replaced by coarse blocks: PII never appears in a report."""
+    import torch.nn.functional as F
+
+    out = image.clone()
+    for x0, y0, x1, y1 in boxes:
+        region = out[:, y0:y1, x0:x1]
+        if region.numel() == 0:
+            continue
+        h, w = region.shape[-2:]
+        small = F.adaptive_avg_pool2d(region[None], (max(1, h // block), max(1, w // block)))
+        out[:, y0:y1, x0:x1] = F.interpolate(small, size=(h, w), mode="nearest")[0]
+    return out
+
+
+def coarse(image: torch.Tensor, block: int = 6) -> torch.Tensor:
+    """Block averages: where the perturbation is, without the strokes of the text under it."""
+    import torch.nn.functional as F
+
+    h, w = image.shape[-2:]
+    small = F.avg_pool2d(image[None], block, ceil_mode=True)
+    return F.interpolate(small, size=(h, w), mode="nearest")[0]
+
+
+def screen_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (protector, eps, router): the table of the results and the report."""
+    rows = []
+    for record in records:
+        for name, entry in record["routers"].items():
+            rows.append(
+                {
+                    "id": record["id"],
+                    "label": record["label"],
+                    "protector": record["protector"]["protector"],
+                    "name": record["protector"]["name"] or record["protector"]["protector"],
+                    "eps": record["eps"],
+                    "router": name,
+                    "access": entry["access"],
+                    "plr": entry["plr"],
+                    "plr_exact": entry["plr_exact"],
+                    "zero_leak": entry["zero_leak"],
+                    "tsr": entry["tsr"],
+                    "by_field": entry["by_field"],
+                    "psnr": float(np.mean(record["psnr"])),
+                    "ssim": float(np.mean(record["ssim"])),
+                    "linf": record["linf"],
+                    "training_seconds": (record.get("training") or {}).get("wall_time"),
+                }
+            )
+    return rows
+
+
+__all__ = ["ScreensAudit", "column_label", "expand_screens", "screen_rows"]
