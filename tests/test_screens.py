@@ -109,6 +109,16 @@ def test_privscreen_layout_round_trip(screens: ScreenData, tmp_path: Path) -> No
         ]
 
 
+def test_malformed_boxes_file_is_a_one_line_error(screens: ScreenData, tmp_path: Path) -> None:
+    root = write_layout(screens, tmp_path / "broken")
+    boxes = next(root.glob("*/boxes.json"))
+    content = json.loads(boxes.read_text())
+    content[sorted(content)[0]] = {"privacy": [{"value": "x"}], "task": []}
+    boxes.write_text(json.dumps(content))
+    with pytest.raises(UserError, match="boxes.json.*lacks"):
+        load_layout(root)
+
+
 def test_real_layout_without_boxes_locates_them(screens: ScreenData, tmp_path: Path) -> None:
     """PrivScreen has no boxes: values and keywords are found among a reader's detections."""
     root = write_layout(screens, tmp_path / "real")
@@ -138,6 +148,8 @@ def test_bad_screen_data_names_are_one_line_errors(tmp_path: Path) -> None:
         load_screens("privscreen-maxi")
     with pytest.raises(UserError, match="unknown option"):
         load_screens("privscreen-mini?size=3")
+    with pytest.raises(UserError, match="must be integers"):
+        load_screens("privscreen-mini?n=abc")
     with pytest.raises(UserError, match="is not a folder"):
         load_screens(f"privscreen:{tmp_path / 'missing'}")
     with pytest.raises(UserError, match="privacy_qa.json"):
@@ -195,6 +207,14 @@ def test_attention_shaping_on_a_hand_made_map() -> None:
     # top-k 25% of 16 pixels = the 4 largest become 1, the rest 0
     top = shape_attention(a, 1.0, 1, 25.0, 0, 1.0)
     assert top.sum() == 4 and top[0, 0, 0, 1:].sum() == 3 and top[0, 0, 3, 3] == 1
+    # a sparse map: fewer than k % of pixels have attention; only those are kept (the official
+    # rule, a >= 0, would select the whole screen)
+    sparse = torch.zeros(1, 1, 4, 4)
+    sparse[0, 0, 1, 1] = 0.3
+    assert shape_attention(sparse, 1.0, 1, 50.0, 0, 1.0).sum() == 1
+    assert shape_attention(torch.zeros(1, 1, 4, 4), 1.0, 1, 50.0, 0, 0.9).max() == pytest.approx(
+        0.1
+    )
     # top-k takes precedence over the threshold
     assert torch.equal(shape_attention(a, 1.0, 1, 25.0, 0.9, 1.0), top)
     assert shape_attention(a, 1.0, 1, 0, 0.5, 1.0).sum() == 2  # 0.6 and 1.0
@@ -243,6 +263,13 @@ def test_dualtap_settings_are_validated() -> None:
         DualTAP(eps=2.0)
     with pytest.raises(UserError, match="eps"):
         DualTAP(eps="a/b")
+    with pytest.raises(UserError, match="mix 3.0 is out of range"):
+        DualTAP(mix=3)
+    with pytest.raises(UserError, match="'abc' is not a number"):
+        DualTAP(steps="abc")
+    for bad in ({"batch_size": 0}, {"eot_samples": 0}, {"topk_percent": 101}, {"gamma": 0}):
+        with pytest.raises(UserError, match="out of range"):
+            DualTAP(**bad)
 
 
 # ---------------------------------------------------------------------------- real OCR
@@ -320,6 +347,18 @@ def _config() -> dict:
                     "params": {"steps": 2, "width": 4, "depth": 2, "eot_samples": 1},
                     "eps": ["64/255"],
                 },
+                {
+                    "protector": "dualtap",
+                    "name": "from reading",
+                    "params": {
+                        "steps": 2,
+                        "width": 4,
+                        "depth": 2,
+                        "eot_samples": 1,
+                        "attention_from": "reading",
+                    },
+                    "eps": 64 / 255,
+                },
             ],
             "examples": 1,
         },
@@ -341,7 +380,10 @@ def test_screens_section_end_to_end_schema_report_without_pii_and_resume(tmp_pat
     )
     jsonschema.validate(results, schema)
     rows = {(r["label"], r["router"]): r for r in results["screens"]["rows"]}
-    assert len(rows) == 5 * len(_routers())
+    assert len(rows) == 6 * len(_routers())
+    # the same cached generator; the attention comes from EasyOCR's reading instead of the truth
+    reading = rows[("from reading 64/255", "easyocr")]
+    assert 0 < reading["linf"] <= 64.5 and reading["training_seconds"] is not None
     for router in _routers():
         clean, blackout = rows[("clean", router)], rows[("black-out", router)]
         assert clean["plr"]["rate"] >= 0.7 and clean["plr"]["n"] >= 12
@@ -386,6 +428,10 @@ def test_screens_config_errors_are_one_line() -> None:
         expand([{"protector": "jpeg"}])
     with pytest.raises(UserError, match="takes no parameter 'step'"):
         expand([{"protector": "pgd", "params": {"step": 3}, "eps": 0.1}])
+    with pytest.raises(UserError, match=r"params.steps: steps 0 is invalid"):
+        expand([{"protector": "pgd", "params": {"steps": 0}, "eps": 0.1}])
+    with pytest.raises(UserError, match="unknown attention source"):
+        expand([{"protector": "dualtap", "params": {"attention_from": "x"}, "eps": 0.1}])
     with pytest.raises(UserError, match="unknown attention"):
         expand([{"protector": "dualtap", "params": {"attention": "x"}, "eps": 0.1}])
     with pytest.raises(UserError, match="both labelled"):

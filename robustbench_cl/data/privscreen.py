@@ -313,6 +313,12 @@ def load_layout(root: str | Path, locate: Any = None) -> ScreenData:
                 continue  # PrivScreen lists a few keys whose image is missing; skip them
             image = np.asarray(Image.open(path).convert("RGB"), dtype=np.uint8).copy()
             known = boxes.get(key)
+            if known is not None and not _valid_boxes(known):
+                raise UserError(
+                    str(folder / "boxes.json"),
+                    f"the entry for {key} lacks privacy/task lists of field, value, keyword, box",
+                    "fix or delete boxes.json (boxes are then located by OCR)",
+                )
             if known is not None:
                 pii = [PiiField(b["field"], b["value"], _box(b["box"])) for b in known["privacy"]]
                 questions = {a: qa["question"] for qa in normal.get(key, []) for a in _answers(qa)}
@@ -341,6 +347,15 @@ def load_layout(root: str | Path, locate: Any = None) -> ScreenData:
             screens.append(screen)
     located = sum(1 for s in screens for i in [*s.pii, *s.tasks] if i.box is None)
     return ScreenData(f"privscreen:{root}", screens, {"unlocated_items": located})
+
+
+def _valid_boxes(entry: Any) -> bool:
+    try:
+        return all({"field", "value", "box"} <= set(b) for b in entry["privacy"]) and all(
+            {"keyword", "box"} <= set(b) for b in entry["task"]
+        )
+    except (KeyError, TypeError):
+        return False
 
 
 def _image_path(folder: Path, key: str) -> Path | None:
@@ -390,7 +405,13 @@ def load_screens(name: str, locate: Any = None) -> ScreenData:
         raise UserError(
             "screens.data.name", f"unknown option {sorted(unknown)[0]!r}", "use n and seed"
         )
-    return generate(int(options.get("n", 160)), int(options.get("seed", 0)))
+    try:
+        n, seed = int(options.get("n", 160)), int(options.get("seed", 0))
+    except ValueError:
+        raise UserError("screens.data.name", f"n and seed must be integers in {name!r}") from None
+    if n < 1:
+        raise UserError("screens.data.name", f"n must be >= 1 in {name!r}")
+    return generate(n, seed)
 
 
 def locate_boxes(screen: Screen, detections: list[tuple[tuple[int, int, int, int], str]]) -> None:

@@ -123,7 +123,10 @@ def shape_attention(
     """DualTAP's shaping: gamma, max-pool dilation, top-k% (or threshold) binarisation, mix.
 
     Top-k keeps the ``topk_percent`` % largest pixels of each map (ties at the cut included);
-    it takes precedence over ``threshold`` (0 disables either). The result is in [1 - mix, 1].
+    it takes precedence over ``threshold`` (0 disables either). Only pixels with some attention
+    are kept: where fewer than k % of the pixels have any, the official rule (``a >= cut`` with a
+    cut of 0) would select the whole screen and spend the full eps on the task text too. The
+    result is in [1 - mix, 1].
     """
     a = attention.clamp(0, 1)
     if gamma != 1.0:
@@ -134,7 +137,7 @@ def shape_attention(
         flat = a.flatten(1)
         k = max(1, int(flat.shape[1] * min(100.0, topk_percent) / 100.0))
         cut = flat.topk(k, dim=1).values[:, -1].view(-1, 1, 1, 1)
-        a = (a >= cut).to(a.dtype)
+        a = ((a >= cut) & (a > 0)).to(a.dtype)
     elif threshold > 0:
         a = (a >= threshold).to(a.dtype)
     return mix * a + (1 - mix)
@@ -248,7 +251,7 @@ class DualTAP(Defense):
     name = "dualtap"
     kind = "preprocessor"
     tasks = ("screens",)
-    version = 1
+    version = 2  # 2: top-k keeps only pixels with some attention
 
     def __init__(
         self,
@@ -285,14 +288,37 @@ class DualTAP(Defense):
                 "eps", f"eps {eps} is outside (0, 1]", "give eps as a fraction, e.g. 32/255"
             )
         self.eps = float(eps)
-        self.alpha, self.beta = float(alpha), float(beta)
         self.attention = attention
-        self.gamma, self.dilate, self.topk_percent = float(gamma), int(dilate), float(topk_percent)
-        self.threshold, self.mix = float(threshold), float(mix)
-        self.outside_weight, self.tv_weight = float(outside_weight), float(tv_weight)
-        self.eot_samples, self.box_jitter = int(eot_samples), float(box_jitter)
-        self.steps, self.batch_size, self.lr = int(steps), int(batch_size), float(lr)
-        self.width, self.depth, self.seed = int(width), int(depth), int(seed)
+        numbers = {
+            "alpha": (alpha, float, 0.0, None),
+            "beta": (beta, float, 0.0, None),
+            "gamma": (gamma, float, 1e-6, None),
+            "dilate": (dilate, int, 1, None),
+            "topk_percent": (topk_percent, float, 0.0, 100.0),
+            "threshold": (threshold, float, 0.0, 1.0),
+            "mix": (mix, float, 0.0, 1.0),
+            "outside_weight": (outside_weight, float, 0.0, None),
+            "tv_weight": (tv_weight, float, 0.0, None),
+            "eot_samples": (eot_samples, int, 1, None),
+            "box_jitter": (box_jitter, float, 0.0, None),
+            "steps": (steps, int, 1, None),
+            "batch_size": (batch_size, int, 1, None),
+            "lr": (lr, float, 1e-12, None),
+            "width": (width, int, 1, None),
+            "depth": (depth, int, 1, 6),
+            "seed": (seed, int, None, None),
+        }
+        for name, (value, kind, low, high) in numbers.items():
+            try:
+                number = kind(value)
+            except (TypeError, ValueError):
+                raise UserError(
+                    name, f"{value!r} is not a number", f"give {name} as a number"
+                ) from None
+            if (low is not None and number < low) or (high is not None and number > high):
+                bounds = f">= {low}" + (f" and <= {high}" if high is not None else "")
+                raise UserError(name, f"{name} {number} is out of range", f"use a value {bounds}")
+            setattr(self, name, number)
 
     def shaping(self) -> dict[str, float]:
         return {

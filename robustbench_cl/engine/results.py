@@ -193,7 +193,8 @@ def _screens_section(summary: RunSummary) -> dict[str, Any]:
             "leaked": f"SequenceMatcher ratio > {LEAK_RATIO} between the true value and the "
             "best-matching text the router read",
             "exact": "the normalised true value appears in the normalised reading",
-            "task": "the normalised task keyword appears in the router's reading",
+            "task": "the normalised task keyword appears in the router's reading (with or "
+            "without spaces), or all its content words do",
         },
         "rows": rows,
         "examples": [

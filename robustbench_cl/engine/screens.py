@@ -50,10 +50,19 @@ def expand_screens(config: MatrixConfig) -> list[dict[str, Any]]:
         for eps in protector.eps_values():
             built = None
             if protector.protector == "dualtap":
-                if "eps" in protector.params:
+                params = dict(protector.params)
+                if "eps" in params:
                     raise UserError(f"{field}.params.eps", "eps is set outside params", "use eps:")
+                source = params.pop("attention_from", "truth")
+                if source not in ("truth", "reading"):
+                    raise UserError(
+                        f"{field}.params.attention_from",
+                        f"unknown attention source {source!r}",
+                        "use truth (the screen's PII boxes) or reading (EasyOCR's reading)",
+                    )
+                params.setdefault("seed", config.seed)
                 try:
-                    built = make_defense("dualtap", eps=eps, **protector.params)
+                    built = make_defense("dualtap", eps=eps, **params)
                 except UserError as error:
                     raise UserError(f"{field}.{error.field}", error.problem, error.fix) from None
             columns.append({"config": protector, "eps": eps, "built": built})
@@ -89,12 +98,18 @@ class ScreensAudit:
 
     # ---------------------------------------------------------------- ids
     def record_id(self, column: dict[str, Any]) -> str:
+        from robustbench_cl.defenses.dualtap import screens_key
+
         protector: ScreenProtectorConfig = column["config"]
+        data, _, test = self.data()
         return stable_hash(
             {
                 "screens": self.section.data.model_dump(),
+                "test_screens": screens_key(data.name, test),
                 "protector": protector.protector,
+                "name": protector.name,
                 "params": protector.params,
+                "examples": self.section.examples,
                 "eps": column["eps"],
                 "routers": list(self.section.routers),
                 "seed": self.config.seed,
@@ -185,6 +200,7 @@ class ScreensAudit:
         else:  # dualtap
             data, train, _ = self.data()
             defense = column["built"]
+            from_reading = config.params.get("attention_from", "truth") == "reading"
             self.progress.message(
                 f"training {column_label(config.label, eps)} ({defense.steps} steps)"
             )
@@ -195,6 +211,8 @@ class ScreensAudit:
             chunks = []
             for begin in range(0, len(test), 8):
                 part, screens = x[begin : begin + 8], test[begin : begin + 8]
+                if from_reading:  # what `protect` can do: no ground truth, EasyOCR's reading
+                    screens = [self.reading_screen(screen) for screen in screens]
                 attention = defense.attention_for(self.surrogate(), part, screens)
                 with torch.no_grad():
                     chunks.append(protector(part, attention))
@@ -207,6 +225,16 @@ class ScreensAudit:
                     f"{config.label}: |delta|inf {float(linf) * 255:.2f}/255 > eps {eps * 255:g}/255"
                 )
         return protected, info
+
+    def reading_screen(self, screen):  # noqa: ANN001, ANN201
+        """The screen as ``protect`` sees it: EasyOCR's lines; those matching one of the screen's
+        task keywords are task text, every other line is private."""
+        from robustbench_cl.privacy.screenshot import screen_from_reading
+
+        detections = self.router("easyocr").read(screen.image)
+        return screen_from_reading(
+            screen.key, screen.image, detections, [t.keyword for t in screen.tasks]
+        )
 
     def cell_record(self, column: dict[str, Any], record_id: str) -> dict[str, Any]:
         from robustbench_cl.defenses.dualtap import screen_tensor
@@ -289,15 +317,16 @@ class ScreensAudit:
     def examples(self, record_id, test, x, protected, readings) -> list[dict[str, Any]]:  # noqa: ANN001
         """Example screens for the report, with every PII box pixelated and PII text masked."""
         from robustbench_cl.engine.generative import save_png
-        from robustbench_cl.privacy.metrics import field_leaked
-        from robustbench_cl.report.media import mask_pii
+        from robustbench_cl.privacy.metrics import field_leaked, mask_pii
 
         out = []
-        for index in range(min(self.section.examples, len(test))):
+        shown_screens = [s for s in range(len(test)) if all(p.box for p in test[s].pii)]
+        for index in shown_screens[: self.section.examples]:  # a PII without a box: not shown
             screen = test[index]
-            shown = pixelate(protected[index], [p.box for p in screen.pii if p.box])
+            boxes = [p.box for p in screen.pii]
+            shown = pixelate(protected[index], boxes)
             magnitude = (protected[index] - x[index]).abs().amax(0, keepdim=True)
-            magnitude = coarse(magnitude / max(float(magnitude.max()), 1e-12))
+            magnitude = pixelate(coarse(magnitude / max(float(magnitude.max()), 1e-12)), boxes)
             relative = f"artifacts/screens/{record_id}-{index}.png"
             grid = torch.cat([shown, magnitude.expand(3, -1, -1)], 2)
             save_png(grid, self.run_dir / relative)

@@ -32,6 +32,7 @@ import torch
 
 ALPHAS = (0.01, 0.001)
 LEAK_RATIO = 0.6
+MASK = "*"
 ACTION_WORDS = ("tap", "click", "press", "select", "choose", "open", "the")
 SUFFIXES = ("button", "icon", "tab", "link", "option")
 STOP_WORDS = frozenset("a an the and or of to in on for with at by from".split())
@@ -78,6 +79,22 @@ def task_success(keyword: str, answer: str) -> bool:
         return True
     content = [w for w in wanted.split() if len(w) >= 3 and w not in STOP_WORDS]
     return bool(content) and all(w in text.split() for w in content)
+
+
+def mask_pii(text: str) -> str:
+    """Mask personal data for display: keep the first character of each word and the shape.
+
+    ``"john.doe@example.com"`` -> ``"j***.d**@e******.c**"``; digits are always masked.
+    """
+
+    def word(match: re.Match[str]) -> str:
+        token = match.group(0)
+        if token.isdigit():
+            return MASK * len(token)
+        first = MASK if token[0].isdigit() else token[0]
+        return first + MASK * (len(token) - 1)
+
+    return re.sub(r"[^\W_]+", word, str(text))
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,16 @@ def check_protector(name: str, params: dict[str, Any], field: str) -> None:
                 f"{name} takes no parameter {sorted(unknown)[0]!r}",
                 f"use {', '.join(sorted(allowed[name])) or 'none'}",
             )
+    minimum = {"steps": 1, "eot_samples": 1, "step_size": 1e-9, "box_jitter": 0}
+    for key, value in params.items():
+        if key in minimum and (
+            not isinstance(value, int | float) or isinstance(value, bool) or value < minimum[key]
+        ):
+            raise UserError(
+                f"{field}.params.{key}",
+                f"{key} {value!r} is invalid",
+                f"use a number >= {minimum[key]}",
+            )
 
 
 def uniform_noise(x: torch.Tensor, eps: float, generator: torch.Generator) -> torch.Tensor:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import base64
 import io
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-PLACEHOLDER = "*"
+from robustbench_cl.privacy.metrics import mask_pii  # noqa: F401  (the report's filter)
 
 
 def png_data_uri(image: torch.Tensor, bounds: tuple[float, float] | None = (0.0, 1.0)) -> str:
@@ -80,22 +79,6 @@ def _norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
     if norm == "l0":
         return (flat != 0).sum()
     return flat.abs().max()
-
-
-def mask_pii(text: str) -> str:
-    """Mask personal data for display: keep the first character of each word and the shape.
-
-    ``"john.doe@example.com"`` -> ``"j***.d**@e******.c**"``; digits are always masked.
-    """
-
-    def word(match: re.Match[str]) -> str:
-        token = match.group(0)
-        if token.isdigit():
-            return PLACEHOLDER * len(token)
-        first = PLACEHOLDER if token[0].isdigit() else token[0]
-        return first + PLACEHOLDER * (len(token) - 1)
-
-    return re.sub(r"[^\W_]+", word, str(text))
 
 
 def truncate(text: str, limit: int = 400) -> str:
