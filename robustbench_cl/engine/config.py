@@ -189,6 +189,15 @@ class JailbreakConfig(_Strict):
     examples: int = Field(default=3, ge=0, le=12)
 
 
+def refuse_duplicate_labels(labels: list[str], field: str, noun: str) -> None:
+    """Columns are keyed by their labels: two columns may not share one."""
+    for label in labels:
+        if labels.count(label) > 1:
+            raise UserError(
+                field, f"two {noun} are both labelled {label!r}", "give each a distinct `name`"
+            )
+
+
 class ScreensDataConfig(_Strict):
     #: ``privscreen-mini[?n=160&seed=0]`` (rendered) or ``privscreen:DIR`` (PrivScreen's layout)
     name: str = "privscreen-mini?n=160&seed=0"

@@ -33,6 +33,7 @@ from robustbench_cl.engine.config import (
     JailbreakConfig,
     MatrixConfig,
     ModelConfig,
+    refuse_duplicate_labels,
 )
 from robustbench_cl.engine.metrics import rate_entry
 from robustbench_cl.errors import UserError
@@ -126,13 +127,7 @@ def expand_jailbreak(config: MatrixConfig) -> dict[str, Any]:
     from robustbench_cl.engine.results import jailbreak_label
 
     labels = [jailbreak_label(c["threat"].to_dict(), c["config"].label) for c in columns]
-    for label in labels:
-        if labels.count(label) > 1:
-            raise UserError(
-                "jailbreak.attacks[].name",
-                f"two attack columns are both labelled {label!r}",
-                "give each attack a distinct `name`",
-            )
+    refuse_duplicate_labels(labels, "jailbreak.attacks[].name", "attack columns")
     return {"models": section.models, "defenses": defenses, "columns": columns}
 
 

@@ -18,7 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from robustbench_cl.engine.config import MatrixConfig, ScreenProtectorConfig, ScreensConfig
+from robustbench_cl.engine.config import (
+    MatrixConfig,
+    ScreenProtectorConfig,
+    ScreensConfig,
+    refuse_duplicate_labels,
+)
 from robustbench_cl.engine.metrics import rate_entry
 from robustbench_cl.errors import ThreatModelViolation, UserError
 from robustbench_cl.utils import derive_seed, stable_hash
@@ -67,13 +72,7 @@ def expand_screens(config: MatrixConfig) -> list[dict[str, Any]]:
                     raise UserError(f"{field}.{error.field}", error.problem, error.fix) from None
             columns.append({"config": protector, "eps": eps, "built": built})
     labels = [column_label(c["config"].label, c["eps"]) for c in columns]
-    for label in labels:
-        if labels.count(label) > 1:
-            raise UserError(
-                "screens.protectors[].name",
-                f"two protectors are both labelled {label!r}",
-                "give each protector a distinct `name`",
-            )
+    refuse_duplicate_labels(labels, "screens.protectors[].name", "protectors")
     return columns
 
 
