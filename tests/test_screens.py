@@ -270,6 +270,23 @@ def test_dualtap_settings_are_validated() -> None:
     for bad in ({"batch_size": 0}, {"eot_samples": 0}, {"topk_percent": 101}, {"gamma": 0}):
         with pytest.raises(UserError, match="out of range"):
             DualTAP(**bad)
+    with pytest.raises(UserError, match="dilate 2 is even"):
+        DualTAP(dilate=2)
+
+
+def test_training_refuses_screens_without_boxes_or_of_mixed_sizes(screens: ScreenData) -> None:
+    import copy
+
+    unlocated = copy.deepcopy(screens.screens[:2])
+    for screen in unlocated:
+        for item in screen.pii:
+            item.box = None
+    with pytest.raises(UserError, match="no training screen has a located PII box"):
+        DualTAP(steps=1).fit_screens(unlocated, "unlocated")
+    mixed = copy.deepcopy(screens.screens[:2])
+    mixed[1].image = mixed[1].image[:200]
+    with pytest.raises(UserError, match="2 sizes"):
+        DualTAP(steps=1).fit_screens(mixed, "mixed")
 
 
 # ---------------------------------------------------------------------------- real OCR

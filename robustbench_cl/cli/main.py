@@ -503,7 +503,9 @@ def _defend_screens(defense: Any, dataset: str, output: Path) -> None:
 
     if dataset == "digits":  # the command's default is for image classifiers
         dataset = "privscreen-mini"
-    data = load_screens(dataset)
+    from robustbench_cl.privacy.routers import easyocr_locator
+
+    data = load_screens(dataset, easyocr_locator())
     train, _ = data.split()
     from robustbench_cl.cli.progress import RichProgress
 

@@ -170,6 +170,16 @@ class Protector(nn.Module):
         return (x + self.delta(x, attention)).clamp(0, 1)
 
 
+def check_same_size(screens: list) -> None:  # noqa: ANN001
+    sizes = sorted({f"{s.image.shape[1]}x{s.image.shape[0]}" for s in screens})
+    if len(sizes) > 1:
+        raise UserError(
+            "screens.data",
+            f"the screens have {len(sizes)} sizes ({', '.join(sizes[:3])}...); DualTAP batches screens",
+            "resize them to one size first",
+        )
+
+
 def screen_tensor(screens: list, device: torch.device | str = "cpu") -> torch.Tensor:  # noqa: ANN001
     import numpy as np
 
@@ -293,7 +303,7 @@ class DualTAP(Defense):
             "alpha": (alpha, float, 0.0, None),
             "beta": (beta, float, 0.0, None),
             "gamma": (gamma, float, 1e-6, None),
-            "dilate": (dilate, int, 1, None),
+            "dilate": (dilate, int, 1, 15),
             "topk_percent": (topk_percent, float, 0.0, 100.0),
             "threshold": (threshold, float, 0.0, 1.0),
             "mix": (mix, float, 0.0, 1.0),
@@ -319,6 +329,10 @@ class DualTAP(Defense):
                 bounds = f">= {low}" + (f" and <= {high}" if high is not None else "")
                 raise UserError(name, f"{name} {number} is out of range", f"use a value {bounds}")
             setattr(self, name, number)
+        if self.dilate % 2 == 0:
+            raise UserError(
+                "dilate", f"dilate {self.dilate} is even", "use an odd kernel: 1, 3, 5, ..."
+            )
 
     def shaping(self) -> dict[str, float]:
         return {
@@ -372,10 +386,14 @@ class DualTAP(Defense):
     def _train(self, screens: list, surrogate, step) -> tuple[Protector, dict[str, Any]]:  # noqa: ANN001
         from robustbench_cl.privacy.routers import RecognizerSurrogate, boxes_tensor
 
+        screens = [s for s in screens if any(p.box is not None for p in s.pii)]
         if not screens:
             raise UserError(
-                "screens.data", "no training screens", "use more screens or a larger train_ratio"
+                "screens.data",
+                "no training screen has a located PII box",
+                "use more screens, a larger train_ratio, or give boxes.json",
             )
+        check_same_size(screens)
         surrogate = surrogate or RecognizerSurrogate()
         start = time.perf_counter()
         x_all = screen_tensor(screens)
@@ -406,12 +424,16 @@ class DualTAP(Defense):
                 if task_items and self.alpha > 0
                 else x.new_zeros(())
             )
-            privacy_loss = torch.stack(
-                [
-                    eot(surrogate, x_prot, privacy_boxes, privacy_texts, generator).mean()
-                    for _ in range(self.eot_samples)
-                ]
-            ).mean()
+            privacy_loss = (
+                torch.stack(
+                    [
+                        eot(surrogate, x_prot, privacy_boxes, privacy_texts, generator).mean()
+                        for _ in range(self.eot_samples)
+                    ]
+                ).mean()
+                if privacy_items
+                else x.new_zeros(())
+            )
             shaped = shape_attention(attention, **self.shaping())
             outside = ((1 - shaped) * delta).pow(2).mean()
             loss = (

@@ -122,13 +122,12 @@ class ScreensAudit:
     # ---------------------------------------------------------------- shared parts
     def data(self) -> tuple[Any, list, list]:
         if self._data is None:
-            from robustbench_cl.data.privscreen import load_screens, locate_boxes
+            from robustbench_cl.data.privscreen import load_screens
+            from robustbench_cl.defenses.dualtap import check_same_size
+            from robustbench_cl.privacy.routers import easyocr_locator
 
-            def locate(screen):  # noqa: ANN001, ANN202
-                detections = [(d.box, d.text) for d in self.router("easyocr").read(screen.image)]
-                locate_boxes(screen, detections)
-
-            data = load_screens(self.section.data.name, locate)
+            data = load_screens(self.section.data.name, easyocr_locator())
+            check_same_size(data.screens)
             train, test = data.split(self.section.data.train_ratio)
             if self.section.data.n_test is not None:
                 test = test[: self.section.data.n_test]

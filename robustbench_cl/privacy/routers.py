@@ -217,6 +217,18 @@ def tesseract_version() -> str:
 ROUTERS = {"easyocr": EasyOCRRouter, "tesseract": TesseractRouter}
 
 
+def easyocr_locator():  # noqa: ANN201
+    """A ``locate(screen)`` for screens without boxes: EasyOCR's detections, best match > 0.6."""
+    from robustbench_cl.data.privscreen import locate_boxes
+
+    router = EasyOCRRouter()
+
+    def locate(screen: Screen) -> None:
+        locate_boxes(screen, [(d.box, d.text) for d in router.read(screen.image)])
+
+    return locate
+
+
 def make_router(name: str) -> Router:
     if name not in ROUTERS:
         raise UserError("screens.routers", f"unknown router {name!r}", "use easyocr or tesseract")
