@@ -414,18 +414,25 @@ def load_screens(name: str, locate: Any = None) -> ScreenData:
     return generate(n, seed)
 
 
-def locate_boxes(screen: Screen, detections: list[tuple[tuple[int, int, int, int], str]]) -> None:
-    """Give each value and keyword without a box the box of its best-matching detection."""
+def best_match(value: str, candidates: list[str]) -> tuple[int | None, float]:
+    """The index of the candidate most like ``value`` (case-insensitive SequenceMatcher ratio)
+    and its ratio; ``(None, 0.0)`` when nothing matches at all."""
     from difflib import SequenceMatcher
 
+    best, score = None, 0.0
+    for index, text in enumerate(candidates):
+        ratio = SequenceMatcher(None, value.lower(), text.lower()).ratio()
+        if ratio > score:
+            best, score = index, ratio
+    return best, score
+
+
+def locate_boxes(screen: Screen, detections: list[tuple[tuple[int, int, int, int], str]]) -> None:
+    """Give each value and keyword without a box the box of its best-matching detection."""
+    texts = [text for _, text in detections]
     for item in [*screen.pii, *screen.tasks]:
         if item.box is not None:
             continue
-        wanted = (item.value if isinstance(item, PiiField) else item.keyword).lower()
-        best, score = None, 0.0
-        for box, text in detections:
-            ratio = SequenceMatcher(None, wanted, text.lower()).ratio()
-            if ratio > score:
-                best, score = box, ratio
-        if best is not None and score > 0.6:
-            item.box = best
+        index, score = best_match(item.value if isinstance(item, PiiField) else item.keyword, texts)
+        if index is not None and score > 0.6:
+            item.box = detections[index][0]

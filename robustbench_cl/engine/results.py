@@ -172,16 +172,9 @@ def _screens_section(summary: RunSummary) -> dict[str, Any]:
         clean = next(
             (r for r in rows if r["protector"] == "clean" and r["router"] == row["router"]), None
         )
-        row["plr_change"] = (
-            row["plr"]["rate"] - clean["plr"]["rate"]
-            if clean and row["plr"]["rate"] is not None and clean["plr"]["rate"] is not None
-            else None
-        )
-        row["tsr_change"] = (
-            row["tsr"]["rate"] - clean["tsr"]["rate"]
-            if clean and row["tsr"]["rate"] is not None and clean["tsr"]["rate"] is not None
-            else None
-        )
+        for key in ("plr", "tsr"):
+            rates = (row[key]["rate"], clean[key]["rate"] if clean else None)
+            row[f"{key}_change"] = None if None in rates else rates[0] - rates[1]
     first = summary.screens[0]
     return {
         "data": first["data"],

@@ -97,14 +97,12 @@ class ScreensAudit:
 
     # ---------------------------------------------------------------- ids
     def record_id(self, column: dict[str, Any]) -> str:
-        from robustbench_cl.defenses.dualtap import screens_key
-
         protector: ScreenProtectorConfig = column["config"]
-        data, _, test = self.data()
+        self.data()
         return stable_hash(
             {
                 "screens": self.section.data.model_dump(),
-                "test_screens": screens_key(data.name, test),
+                "test_screens": self._test_key,
                 "protector": protector.protector,
                 "name": protector.name,
                 "params": protector.params,
@@ -123,7 +121,7 @@ class ScreensAudit:
     def data(self) -> tuple[Any, list, list]:
         if self._data is None:
             from robustbench_cl.data.privscreen import load_screens
-            from robustbench_cl.defenses.dualtap import check_same_size
+            from robustbench_cl.defenses.dualtap import check_same_size, screens_key
             from robustbench_cl.privacy.routers import easyocr_locator
 
             data = load_screens(self.section.data.name, easyocr_locator())
@@ -136,6 +134,7 @@ class ScreensAudit:
                     "screens.data", "no test screens", "use more screens or a smaller train_ratio"
                 )
             self._data = (data, train, test)
+            self._test_key = screens_key(data.name, test)  # in every record id
         return self._data
 
     def surrogate(self):  # noqa: ANN201

@@ -26,14 +26,13 @@ import functools
 import os
 import shutil
 from dataclasses import dataclass
-from difflib import SequenceMatcher
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from robustbench_cl.data.privscreen import PiiField, Screen
+from robustbench_cl.data.privscreen import PiiField, Screen, best_match
 from robustbench_cl.errors import UserError
 
 Box = tuple[int, int, int, int]
@@ -65,21 +64,13 @@ class Router:
         detections = self.read(image)
         lines = _lines(detections)
         candidates = [d.text for d in detections] + lines
+        read = [best_match(p.value, candidates)[0] for p in screen.pii]
         return Answer(
-            [best_match(p.value, candidates) for p in screen.pii], "\n".join(lines), detections
+            [candidates[i] if i is not None else "" for i in read], "\n".join(lines), detections
         )
 
     def settings(self) -> dict[str, Any]:
         return {"router": self.name, "access": self.access}
-
-
-def best_match(value: str, candidates: list[str]) -> str:
-    best, score = "", 0.0
-    for text in candidates:
-        ratio = SequenceMatcher(None, value.lower(), text.lower()).ratio()
-        if ratio > score:
-            best, score = text, ratio
-    return best
 
 
 def _lines(detections: list[Detection]) -> list[str]:

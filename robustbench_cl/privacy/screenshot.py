@@ -62,6 +62,7 @@ def protect_files(
 ) -> list[dict[str, Any]]:
     from PIL import Image
 
+    from robustbench_cl.defenses.dualtap import screen_tensor
     from robustbench_cl.privacy.protectors import quantise
     from robustbench_cl.privacy.routers import EasyOCRRouter, RecognizerSurrogate
 
@@ -82,7 +83,7 @@ def protect_files(
                 "IMAGES", f"{path} is not an image ({error})", "give PNG or JPEG files"
             ) from None
         screen = screen_from_reading(path.name, image, router.read(image), keep)
-        x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+        x = screen_tensor([screen])
         attention = defense.attention_for(surrogate, x, [screen])
         with torch.no_grad():
             protected = quantise(protector(x, attention))
