@@ -71,3 +71,22 @@ def test_a_worker_killed_mid_group_is_retried(local_ray, local_run, tmp_path, mo
     run = rbcl.run(_config(), out=tmp_path / "ray", profile=None, executor="ray")
     assert marker.exists()  # one worker did die
     assert _outcomes(run) == _outcomes(local_run)  # and the run is still complete and correct
+
+
+def test_sample_shards_run_as_tasks_and_merge_like_a_local_sharded_run(local_ray, tmp_path):
+    config = _config()
+    config["engine"]["shard_size"] = 12  # 32 samples: three shards per cascade group
+    local = rbcl.run(config, out=tmp_path / "local", profile=None)
+    run = rbcl.run(config, out=tmp_path / "ray", profile=None, executor="ray")
+    assert _outcomes(run) == _outcomes(local)
+
+    def without_time(run_dir: Path) -> dict[str, dict]:
+        lines = (run_dir / "cells.jsonl").read_text().splitlines()
+        records = [json.loads(line) for line in lines]
+        return {
+            r["id"]: {k: v for k, v in r.items() if k != "wall_time"}
+            for r in records
+            if r["type"] == "cell"
+        }
+
+    assert without_time(run) == without_time(local)  # costs, probes, flags, examples too

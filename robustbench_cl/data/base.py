@@ -32,6 +32,14 @@ class TensorData:
         end = len(self) if n is None else min(n, len(self))
         return self.x[:end], self.y[:end]
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    def rows(self, start: int, end: int) -> torch.Tensor:
+        """Inputs ``start:end`` (a view: this dataset is in memory)."""
+        return self.x[start:end]
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -47,7 +55,11 @@ def load_dataset(name: str, split: str = "test", **options: Any) -> TensorData:
     from robustbench_cl.registry import _load_builtins
 
     _load_builtins()
-    factory = DATASETS.get(name)
     if split not in ("train", "test"):
         raise UserError("split", f"unknown split {split!r}", "use 'train' or 'test'")
+    if name.startswith("safetensors:"):
+        from robustbench_cl.data.files import StreamedData
+
+        return StreamedData(name.removeprefix("safetensors:"), split)  # type: ignore[return-value]
+    factory = DATASETS.get(name)
     return factory(split=split, **options)

@@ -264,6 +264,9 @@ class EngineConfig(_Strict):
             raise ValueError("batch_size must be >= 1 or auto")
         return value
 
+    #: samples per shard: each contiguous range is attacked under its own seed, held in memory
+    #: alone (inputs are streamed), and is one Ray task; unset, the evaluation is one shard
+    shard_size: int | None = Field(default=None, ge=1)
     cascade: bool = True
     sanity_checks: bool = True
     sanity_probe_size: int = Field(default=64, ge=1)

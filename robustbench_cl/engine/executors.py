@@ -1,19 +1,20 @@
-"""The Ray executor: the cells of a matrix as Ray tasks, the driver the only writer of results.
+"""The Ray executor: cascade groups and sample shards as Ray tasks; the driver alone writes.
 
-The unit of work is a *cascade group*: the cells of one (model, defense) pair that share a
-threat model, run in order, each only on the samples the ones before it left robust. Groups do
-not depend on each other, so every group of every pair is a task, and they run in parallel.
-The driver trains and caches each defense once, computes the clean pass, submits the groups,
-and appends the records they return to ``cells.jsonl`` (append + fsync, as locally). Membership
-and generation columns run on the driver.
+The unit of work is one *shard* of one *cascade group*: the cells of a (model, defense) pair
+that share a threat model, run in order, each only on the samples the ones before it left
+robust, restricted to one contiguous range of samples (``engine.shard_size``; one shard when
+unset). Groups do not depend on each other, and within a group the cascade of one shard never
+looks at another shard's samples, so every (group, shard) is an independent task. The driver
+trains and caches each defense once, computes the clean pass, submits the tasks, merges the
+parts of a group's shards in shard order into one record per cell, and appends it to
+``cells.jsonl`` (append + fsync, as locally). Membership and generation columns run on the
+driver.
 
-A task rebuilds the same :class:`Runner` from the resolved config and runs ``run_cell`` exactly
-as the local executor does, with the same seeds, batch partition and thread count, so per-sample
-outcomes are identical to a local run. A task whose worker dies is retried by Ray
-(``max_retries``); a rerun of the command resumes from the records already written.
-
-Example images are written by the workers into the run directory, which must therefore be on
-storage the workers share (it is, on one machine); set ``engine.examples: 0`` otherwise.
+A task rebuilds the same :class:`Runner` from the resolved config and runs ``attack_shard``
+exactly as the local executor does, with the same per-shard seed, batch partition and thread
+count, so per-sample outcomes are identical to a local run of the same config. A task whose
+worker dies is retried by Ray (``max_retries``); a rerun of the command resumes from the
+records already written.
 """
 
 from __future__ import annotations
@@ -28,24 +29,29 @@ from typing import Any
 FAULT_ONCE = "ROBUSTBENCH_CL_FAULT_ONCE"
 
 
-def run_group(
+def run_group_shard(
     config: dict[str, Any],
-    run_dir: str,
     device: str,
     threads: int,
     pair_index: int,
     cell_ids: list[str],
     clean: dict[str, Any],
     alive: list[bool],
+    shard: int,
     home: str,
     fault_marker: str | None = None,
-) -> list[dict[str, Any]]:
-    """Run one cascade group (from its first unfinished cell) inside a Ray worker."""
+) -> list[Any]:
+    """Run one shard of one cascade group (from its first unfinished cell) in a Ray worker.
+
+    Returns one :class:`~robustbench_cl.engine.runner.ShardPart` per cell, in order.
+    """
     os.environ["ROBUSTBENCH_CL_HOME"] = home  # the driver's cache, even on a foreign ray.init
     if fault_marker and not Path(fault_marker).exists():
         marker = fault_marker
         Path(marker).write_text("crashed once\n")
         os._exit(1)  # a hard worker death, as an out-of-memory kill would be
+    import tempfile
+
     import torch
 
     from robustbench_cl.engine.config import MatrixConfig
@@ -53,26 +59,30 @@ def run_group(
 
     torch.set_num_threads(threads)
     matrix = MatrixConfig.model_validate(config)
-    runner = Runner(matrix, Path(run_dir), torch.device(device), Progress())
+    # a worker writes nothing: the driver saves examples and records
+    runner = Runner(matrix, Path(tempfile.gettempdir()), torch.device(device), Progress())
     runner.load_data()
     pair = expand(matrix)[pair_index]
     model = runner.build_model(pair)
     mask = torch.tensor(alive, dtype=torch.bool, device=runner.device)
     correct = torch.tensor(clean["correct"], dtype=torch.bool, device=runner.device)
     cells = {cell.id: cell for cell in pair.cells}
-    records = []
+    n_classes = clean["probes"]["n_classes"]
+    first, last = runner.shards[shard]
+    parts = []
     for cell_id in cell_ids:
-        record = runner.run_cell(
-            cells[cell_id], model, clean, mask if matrix.engine.cascade else correct
-        )
-        records.append(record)
-        outcomes = torch.tensor(record["outcomes"], device=runner.device)
-        mask = mask & (outcomes != BROKEN)
-    return records
+        cell = cells[cell_id]
+        attack = runner.build_attack(cell)
+        labels = runner.cell_labels(cell, n_classes)
+        alive_now = mask if matrix.engine.cascade else correct
+        part = runner.attack_shard(cell, attack, model, labels, alive_now, shard)
+        parts.append(part)
+        mask[first:last] &= part.outcomes.to(runner.device) != BROKEN
+    return parts
 
 
 class RayExecutor:
-    """Submits cascade groups as Ray tasks and hands their records back in completion order."""
+    """Submits (group, shard) tasks and hands their parts back in completion order."""
 
     def __init__(self, address: str | None = None, gpus_per_task: float = 0.0) -> None:
         try:
@@ -99,17 +109,18 @@ class RayExecutor:
                 ignore_reinit_error=True,
                 runtime_env={"env_vars": env},
             )
-        self._task = ray.remote(num_cpus=1, num_gpus=gpus_per_task, max_retries=3)(run_group)
-        self.pending: list[Any] = []
+        self._task = ray.remote(num_cpus=1, num_gpus=gpus_per_task, max_retries=3)(run_group_shard)
+        self.pending: dict[Any, Any] = {}  # object ref -> the caller's key
 
-    def submit(self, *args: Any) -> None:
+    def submit(self, key: Any, *args: Any) -> None:
         from robustbench_cl.utils import cache_home
 
         fault = os.environ.get(FAULT_ONCE)
-        self.pending.append(self._task.remote(*args, str(cache_home()), fault))
+        self.pending[self._task.remote(*args, str(cache_home()), fault)] = key
 
     def completed(self):  # noqa: ANN201
-        """Yield each finished group's records as soon as it is done."""
+        """Yield ``(key, parts)`` for each finished task as soon as it is done."""
         while self.pending:
-            ready, self.pending = self.ray.wait(self.pending, num_returns=1)
-            yield from self.ray.get(ready[0])
+            ready, _ = self.ray.wait(list(self.pending), num_returns=1)
+            key = self.pending.pop(ready[0])
+            yield key, self.ray.get(ready[0])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import platform
 import socket
 import subprocess
@@ -29,7 +30,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from robustbench_cl.attacks import Attack, make_attack
-from robustbench_cl.attacks.base import check_eps_fits, step_hook
+from robustbench_cl.attacks.base import Cost, check_eps_fits, step_hook
 from robustbench_cl.data import TensorData, load_dataset
 from robustbench_cl.defenses import make_defense
 from robustbench_cl.engine import sanity
@@ -90,6 +91,18 @@ class Cell:
     defense: DefenseConfig
     attack: AttackConfig
     threat: ThreatModel
+
+
+@dataclass
+class ShardPart:
+    """What one shard of one cell produced; the parts of all shards merge into its record."""
+
+    outcomes: torch.Tensor  # (shard length,) on the CPU: ROBUST, BROKEN or NOT_ATTACKED
+    attacked: int
+    cost: Cost
+    wall: float
+    examples: dict[str, torch.Tensor] | None
+    probe: dict[str, Any]  # the convergence probe, run on shard 0 only
 
 
 @dataclass
@@ -273,15 +286,36 @@ class Runner:
 
     # ------------------------------------------------------------------ data and models
     def load_data(self) -> None:
+        """Labels in memory; inputs are read per shard by :meth:`inputs` (streamed or not)."""
         data = load_dataset(self.config.data.name, split=self.config.data.split)
         self.data = data
-        x, y = data.tensors(self.config.data.n)
-        if not torch.isfinite(x).all():
+        n = self.config.data.n
+        self.n = len(data) if n is None else min(n, len(data))
+        self.y = data.y[: self.n].to(self.device)
+        self.sample_shape = tuple(data.sample_shape)
+        self.images = len(self.sample_shape) == 3
+        if isinstance(data, TensorData) and not torch.isfinite(data.x[: self.n]).all():
             raise UserError("data", "the dataset contains NaN or Inf inputs", "clean the data")
-        self.x, self.y = x.to(self.device), y.to(self.device)
-        if self.device.type == "cuda" and self.x.dim() == 4:
-            self.x = self.x.contiguous(memory_format=torch.channels_last)
-        self.n = len(self.y)
+        size = self.config.engine.shard_size or self.n
+        #: contiguous sample ranges; each is attacked with its own seed, and is one Ray task
+        self.shards = [(s, min(s + size, self.n)) for s in range(0, self.n, size)]
+        self._held: tuple[int, int, torch.Tensor] | None = None
+
+    def inputs(self, start: int, end: int) -> torch.Tensor:
+        """Inputs ``start:end`` on the device. Only the last range asked for is held, so a
+        sharded run keeps one shard of inputs in memory, never the whole evaluation set."""
+        if self._held is not None and self._held[:2] == (start, end):
+            return self._held[2]
+        self._held = None  # free the previous shard before reading the next one
+        x = self.data.rows(start, end).to(self.device)
+        if not isinstance(self.data, TensorData) and not torch.isfinite(x).all():
+            raise UserError(
+                "data", f"rows {start}..{end} contain NaN or Inf inputs", "clean the data"
+            )
+        if self.device.type == "cuda" and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        self._held = (start, end, x)
+        return x
 
     def train_data(self) -> TensorData:
         if self._train is None:
@@ -310,7 +344,7 @@ class Runner:
         """GPU fast paths (cudnn autotuning, channels_last for images) and opt-in compile."""
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-            if self.x.dim() == 4:
+            if self.images:
                 model = model.to(memory_format=torch.channels_last)
         if self.config.engine.compile:
             model = torch.compile(model)
@@ -336,15 +370,13 @@ class Runner:
     # ------------------------------------------------------------------ clean pass
     def clean_record(self, pair: Pair, model: nn.Module) -> dict[str, Any]:
         start = time.perf_counter()
-        logits = self._predict(model, self.x)
+        logits = torch.cat([self._predict(model, self.inputs(*shard)) for shard in self.shards])
         n_classes = logits.shape[1]
         correct = logits.argmax(1) == self.y
         probes: dict[str, Any] = {"n_classes": n_classes}
         if self.config.engine.sanity_checks:
-            probe_x, probe_y = (
-                self.x[: self.config.engine.sanity_probe_size],
-                self.y[: self.config.engine.sanity_probe_size],
-            )
+            size = min(self.config.engine.sanity_probe_size, self.n)
+            probe_x, probe_y = self.data.rows(0, size).to(self.device), self.y[:size]
             probes["gradients"] = sanity.gradient_health(model, probe_x, probe_y)
             probes["randomization"] = sanity.randomization(model, probe_x)
             if any(c.threat.norm == "linf" and c.threat.bounds is not None for c in pair.cells):
@@ -372,41 +404,77 @@ class Runner:
         }
 
     # ------------------------------------------------------------------ one cell
-    def run_cell(
-        self, cell: Cell, model: nn.Module, clean: dict[str, Any], alive: torch.Tensor
-    ) -> dict[str, Any]:
-        config = self.config
+    def build_attack(self, cell: Cell) -> Attack:
         attack: Attack = make_attack(cell.attack.attack, **cell.attack.params)
-        n_classes = clean["probes"]["n_classes"]
-        torch.manual_seed(derive_seed(config.seed, cell.id))
-        labels = self.y
-        if cell.threat.targeted:
-            # one target per sample for the whole group, so its worst case compares like with like
-            # one target per sample and threat, shared by white-box and transfer attacks alike
-            target_key = {
-                k: v for k, v in cell.threat.to_dict().items() if k not in ("access", "budget")
-            }
-            labels = _targets(
-                self.y, n_classes, derive_seed(config.seed, cell.pair_id, target_key, "targets")
-            ).to(self.device)
-        todo = alive.nonzero().flatten()
-        size = self.batch_size
-        automatic = config.engine.batch_size == "auto"
-        label = f"{cell.model.label} | {cell.defense.label} | {cell.attack.label} | {cell.threat.describe()}"
-        self.progress.cell_started(label, -(-len(todo) // size))
-        if attack.name == "autoattack":
-            self.progress.message(f"AutoAttack settings: {attack.resolved_settings(n_classes)}")
-        outcomes = torch.full((self.n,), NOT_ATTACKED, dtype=torch.long, device=self.device)
-        cost = None
-        wall = 0.0
-        wanted = config.engine.examples if self.x.dim() == 4 else 0
-        kept: list[tuple[torch.Tensor, torch.Tensor]] = []
-        transfer = cell.threat.access == "transfer"
-        source = self._bare.get(cell.pair_id, model) if transfer else model
-        if transfer and getattr(attack, "keep_best", False):
+        if cell.threat.access == "transfer" and getattr(attack, "keep_best", False):
             # keep-best returns the first iterate that fools the source: barely adversarial,
             # it transfers poorly. A transfer attack uses the final, highest-loss iterate.
             attack.keep_best = False
+        return attack
+
+    def cell_labels(self, cell: Cell, n_classes: int) -> torch.Tensor:
+        """The true labels, or for a targeted threat one target per sample, shared by every
+        attack (white-box and transfer) of the threat, so its worst case compares like with like."""
+        if not cell.threat.targeted:
+            return self.y
+        target_key = {
+            k: v for k, v in cell.threat.to_dict().items() if k not in ("access", "budget")
+        }
+        seed = derive_seed(self.config.seed, cell.pair_id, target_key, "targets")
+        return _targets(self.y, n_classes, seed).to(self.device)
+
+    def run_cell(
+        self, cell: Cell, model: nn.Module, clean: dict[str, Any], alive: torch.Tensor
+    ) -> dict[str, Any]:
+        """Attack the cell's ``alive`` samples shard by shard, then merge the shards' parts."""
+        attack = self.build_attack(cell)
+        n_classes = clean["probes"]["n_classes"]
+        labels = self.cell_labels(cell, n_classes)
+        per_shard = [int(alive[a:b].sum()) for a, b in self.shards]  # once, before the attack
+        size = self.batch_size
+        label = f"{cell.model.label} | {cell.defense.label} | {cell.attack.label} | {cell.threat.describe()}"
+        self.progress.cell_started(label, sum(-(-count // size) for count in per_shard))
+        if attack.name == "autoattack":
+            self.progress.message(f"AutoAttack settings: {attack.resolved_settings(n_classes)}")
+        parts = [
+            self.attack_shard(cell, attack, model, labels, alive, index)
+            for index in range(len(self.shards))
+        ]
+        return self.finish_cell(cell, attack, clean, parts)
+
+    def attack_shard(
+        self,
+        cell: Cell,
+        attack: Attack,
+        model: nn.Module,
+        labels: torch.Tensor,
+        alive: torch.Tensor,
+        index: int,
+    ) -> ShardPart:
+        """Attack the alive samples of shard ``index``, in batches, under the shard's own seed.
+
+        Shard 0 takes the cell's seed, so an unsharded run is seeded as it always was; the
+        seed of a shard depends only on the cell and the shard, so the same shard gives the
+        same outcomes in any process, in any order.
+        """
+        config = self.config
+        first, last = self.shards[index]
+        torch.manual_seed(
+            derive_seed(config.seed, cell.id)
+            if index == 0
+            else derive_seed(config.seed, cell.id, "shard", index)
+        )
+        x, y, target = self.inputs(first, last), self.y[first:last], labels[first:last]
+        todo = alive[first:last].nonzero().flatten()
+        size = self.batch_size
+        automatic = config.engine.batch_size == "auto"
+        outcomes = torch.full((last - first,), NOT_ATTACKED, dtype=torch.long, device=self.device)
+        cost = Cost()
+        wall = 0.0
+        wanted = config.engine.examples if self.images else 0
+        kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+        transfer = cell.threat.access == "transfer"
+        source = self._bare.get(cell.pair_id, model) if transfer else model
         rejudge = transfer or config.engine.precision == "bf16"
         with step_hook(self.progress.step):
             start = 0
@@ -414,7 +482,7 @@ class Runner:
                 batch = todo[start : start + size]
                 try:
                     with self._autocast(attack):
-                        result = attack(source, self.x[batch], labels[batch], cell.threat)
+                        result = attack(source, x[batch], target[batch], cell.threat)
                 except torch.OutOfMemoryError:
                     if not automatic or len(batch) == 1:
                         raise
@@ -429,21 +497,38 @@ class Runner:
                     with torch.no_grad():
                         predicted = model(result.adv).argmax(1)
                     if cell.threat.targeted:
-                        success = predicted == labels[batch]
+                        success = predicted == target[batch]
                     else:
-                        success = predicted != self.y[batch]
+                        success = predicted != y[batch]
                     result.cost.forward += len(batch)
                 outcomes[batch] = torch.where(success, BROKEN, ROBUST)
-                cost = result.cost if cost is None else cost + result.cost
+                cost = cost + result.cost
                 wall += result.wall_time
                 if wanted > 0:  # once per batch, outside the attack's step loop
                     hits = success.nonzero().flatten()[:wanted]
                     kept.append((batch[hits], result.adv[hits].detach()))
                     wanted -= len(hits)
                 self.progress.batch_done()
-        examples_path = self._save_examples(cell, model, kept, labels)
+        examples = self._examples(model, x, y, target, first, kept)
+        probe: dict[str, Any] = {}
+        if index == 0 and config.engine.sanity_checks and not transfer:
+            probed = (outcomes == ROBUST).nonzero().flatten()[: config.engine.sanity_probe_size]
+            probe = sanity.convergence_probe(attack, model, x[probed], target[probed], cell.threat)
+        return ShardPart(outcomes.cpu(), len(todo), cost, wall, examples, probe)
+
+    def finish_cell(
+        self, cell: Cell, attack: Attack, clean: dict[str, Any], parts: list[ShardPart]
+    ) -> dict[str, Any]:
+        """Merge the shards' parts (in shard order) into the cell's record."""
+        config = self.config
+        n_classes = clean["probes"]["n_classes"]
+        transfer = cell.threat.access == "transfer"
+        outcomes = torch.cat([part.outcomes for part in parts])
+        cost = sum((part.cost for part in parts), Cost())
+        examples_path = self._save_examples(cell, [p.examples for p in parts if p.examples])
         flags: list[dict[str, str]] = []
         probe: dict[str, Any] = {}
+        robust = int((outcomes == ROBUST).sum())
         if config.engine.sanity_checks:
             if attack.uses_gradients:
                 flags += sanity.pair_flags(clean["probes"], n_classes)
@@ -452,19 +537,8 @@ class Runner:
                     clean["probes"].get("full_range_accuracy"), n_classes
                 )
             if not transfer:  # a transfer attack is non-adaptive by design; it is flagged so
-                survivors = (outcomes == ROBUST).nonzero().flatten()
-                probed = survivors[: config.engine.sanity_probe_size]
-                more, probe = sanity.convergence_flag(
-                    attack,
-                    model,
-                    self.x[probed],
-                    labels[probed],
-                    cell.threat,
-                    self.n,
-                    len(survivors),
-                )
+                more, probe = sanity.convergence_verdict(parts[0].probe, self.n, robust)
                 flags += more
-        robust = int((outcomes == ROBUST).sum())
         clean_correct = sum(clean["correct"])
         broken_here = int((outcomes == BROKEN).sum())
         examples = (outcomes == BROKEN).nonzero().flatten()[:8].tolist()
@@ -484,7 +558,7 @@ class Runner:
             "uses_gradients": attack.uses_gradients,
             "cascade": config.engine.cascade,
             "n": self.n,
-            "attacked": len(todo),
+            "attacked": sum(part.attacked for part in parts),
             "broken": broken_here,
             "robust_count": robust,
             "clean_accuracy": clean["clean_accuracy"],
@@ -493,10 +567,8 @@ class Runner:
             "attack_success_rate": (clean_correct - robust) / clean_correct
             if clean_correct
             else 0.0,
-            "cost": (
-                cost.to_dict() if cost is not None else {"forward": 0, "backward": 0, "queries": 0}
-            ),
-            "wall_time": wall,
+            "cost": cost.to_dict(),
+            "wall_time": sum(part.wall for part in parts),
             "flags": flags,
             "sanity_probe": probe,
             "example_indices": examples,
@@ -504,35 +576,45 @@ class Runner:
             "outcomes": outcomes.tolist(),
         }
 
-    def _save_examples(
+    def _examples(
         self,
-        cell: Cell,
         model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        target: torch.Tensor,
+        first: int,
         kept: list[tuple[torch.Tensor, torch.Tensor]],
-        labels: torch.Tensor,
-    ) -> str | None:
-        """Keep a few successful adversarial examples for the report, under ``artifacts/``."""
+    ) -> dict[str, torch.Tensor] | None:
+        """A shard's kept adversarial examples with their predictions, on the CPU."""
         kept = [(index, adv) for index, adv in kept if len(index)]
         if not kept:
             return None
         index = torch.cat([i for i, _ in kept])
         adv = torch.cat([a for _, a in kept])
         with torch.no_grad():
-            clean_pred = model(self.x[index]).argmax(1)
+            clean_pred = model(x[index]).argmax(1)
             adv_pred = model(adv).argmax(1)
-        relative = f"artifacts/examples/{cell.id}.safetensors"
         tensors = {
-            "index": index,
-            "clean": self.x[index],
+            "index": index + first,
+            "clean": x[index],
             "adversarial": adv,
-            "label": self.y[index],
-            "target": labels[index],
+            "label": y[index],
+            "target": target[index],
             "clean_prediction": clean_pred,
             "adversarial_prediction": adv_pred,
         }
+        return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+    def _save_examples(self, cell: Cell, parts: list[dict[str, torch.Tensor]]) -> str | None:
+        """Keep a few successful adversarial examples for the report, under ``artifacts/``."""
+        if not parts:
+            return None
+        wanted = self.config.engine.examples
+        tensors = {k: torch.cat([p[k] for p in parts])[:wanted] for k in parts[0]}
+        relative = f"artifacts/examples/{cell.id}.safetensors"
         path = self.run_dir / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+        save_file(tensors, str(path))
         return relative
 
     # ------------------------------------------------------------------ the matrix
@@ -576,6 +658,8 @@ class Runner:
             all_ids += screens.record_ids(screen_columns)
         todo = [i for i in all_ids if i not in records]
         self.progress.run_started(len(all_ids), len(todo))
+        #: Ray: group id -> (its unfinished cells, the clean record, shard -> parts returned)
+        waiting: dict[str, tuple[list[Cell], dict[str, Any], dict[int, list[ShardPart]]]] = {}
         for pair in pairs:
             missing = [i for i in pair.record_ids() if i not in records]
             if not missing and pair.id in records:
@@ -601,22 +685,23 @@ class Runner:
                 if cell.id in records:
                     record = records[cell.id]
                     self.progress.cell_done(record, skipped=True)
-                elif executor is not None:  # the group from here on, as one task
+                elif executor is not None:  # the group from here on: one task per shard
                     remaining = [
-                        c.id
-                        for c in pair.cells
-                        if c.group_id == cell.group_id and c.id not in records
+                        c for c in pair.cells if c.group_id == cell.group_id and c.id not in records
                     ]
-                    executor.submit(
-                        self.config.model_dump(mode="json"),
-                        str(self.run_dir),
-                        str(self.device),
-                        torch.get_num_threads(),
-                        pairs.index(pair),
-                        remaining,
-                        clean,
-                        alive.tolist(),
-                    )
+                    waiting[cell.group_id] = (remaining, clean, {})
+                    for shard in range(len(self.shards)):
+                        executor.submit(
+                            (cell.group_id, shard),
+                            self.config.model_dump(mode="json"),
+                            str(self.device),
+                            torch.get_num_threads(),
+                            pairs.index(pair),
+                            [c.id for c in remaining],
+                            clean,
+                            alive.tolist(),
+                            shard,
+                        )
                     submitted.add(cell.group_id)
                     continue
                 else:
@@ -648,11 +733,19 @@ class Runner:
                     self.store.append(record)
                     records[pair.generation_id] = record
                     self.progress.cell_done(record, skipped=False)
-        if executor is not None:
-            for record in executor.completed():  # the driver alone writes the store
-                self.store.append(record)
-                records[record["id"]] = record
-                self.progress.cell_done(record, skipped=False)
+        if executor is not None:  # the driver alone merges the shards and writes the store
+            for (group_id, shard), parts in executor.completed():
+                cells, clean, done = waiting[group_id]
+                done[shard] = parts
+                if len(done) < len(self.shards):
+                    continue
+                for position, cell in enumerate(cells):
+                    shard_parts = [done[index][position] for index in range(len(self.shards))]
+                    attack = self.build_attack(cell)
+                    record = self.finish_cell(cell, attack, clean, shard_parts)
+                    self.store.append(record)
+                    records[record["id"]] = record
+                    self.progress.cell_done(record, skipped=False)
         if retrieval is not None:
             retrieval.execute(retrieval_fits, records, resume)
         if jailbreak is not None:
@@ -707,12 +800,12 @@ class Runner:
         return self._audit
 
 
-def _check_eps_against_data(pairs: list[Pair], x: torch.Tensor) -> None:
+def _check_eps_against_data(pairs: list[Pair], sample_shape: tuple[int, ...]) -> None:
     """Fail before any work when an l2/l1 eps exceeds the largest distance in the bounds."""
     for pair in pairs:
         for cell in pair.cells:
             try:
-                check_eps_fits(cell.threat, x[0].numel())
+                check_eps_fits(cell.threat, math.prod(sample_shape))
             except UserError as error:
                 raise UserError(
                     f"{cell.attack.label}.threat.eps", error.problem, error.fix
@@ -772,7 +865,7 @@ def run(
             )
     runner = Runner(config, run_dir, resolved_device, progress)
     runner.load_data()
-    _check_eps_against_data(pairs, runner.x)
+    _check_eps_against_data(pairs, runner.sample_shape)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path.write_text(yaml.safe_dump(resolved, sort_keys=False))
     meta = _meta(config, resolved_device, command, profile)

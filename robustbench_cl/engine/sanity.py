@@ -116,27 +116,58 @@ def convergence_flag(
     The fraction the stronger attack breaks on the probe, scaled to all ``n_survivors``,
     estimates how much the cell overstates robust accuracy; one point or more is flagged.
     """
+    probe = convergence_probe(attack, model, x_probe, y_probe, threat)
+    return convergence_verdict(probe, n_total, n_survivors)
+
+
+def convergence_probe(
+    attack: Attack,
+    model: nn.Module,
+    x_probe: torch.Tensor,
+    y_probe: torch.Tensor,
+    threat: ThreatModel,
+) -> dict[str, Any]:
+    """Run the stronger attack on the probe; ``{}`` when there is none or nothing to probe.
+
+    Split from :func:`convergence_verdict` so that a sample shard can run the probe and the
+    driver can judge it once the cell's survivors are counted over every shard.
+    """
     stronger = attack.stronger()
     if stronger is None or len(y_probe) == 0:
-        return [], {}
-    n_survivors = len(y_probe) if n_survivors is None else n_survivors
+        return {}
     result = stronger(model, x_probe, y_probe, threat)
-    newly_broken = int(result.success.sum())
-    overstated = newly_broken / len(y_probe) * n_survivors / n_total
-    probe = {
+    return {
         "probed": len(y_probe),
+        "newly_broken": int(result.success.sum()),
+        "stronger": stronger.settings(),
+        "stronger_class": type(stronger).__name__,
+        "cost": result.cost.to_dict(),
+    }
+
+
+def convergence_verdict(
+    probe: dict[str, Any], n_total: int, n_survivors: int | None = None
+) -> tuple[list[Flag], dict[str, Any]]:
+    """Scale a probe's newly broken fraction to the cell's survivors, and flag >= 1 point."""
+    if not probe:
+        return [], {}
+    probed, newly_broken, name = probe["probed"], probe["newly_broken"], probe["stronger_class"]
+    n_survivors = probed if n_survivors is None else n_survivors
+    overstated = newly_broken / probed * n_survivors / n_total
+    probe = {
+        "probed": probed,
         "survivors": n_survivors,
         "newly_broken": newly_broken,
         "estimated_overstatement": overstated,
-        "stronger": stronger.settings(),
-        "cost": result.cost.to_dict(),
+        "stronger": probe["stronger"],
+        "cost": probe["cost"],
     }
     if newly_broken >= 1 and overstated >= 0.01:
         return [
             flag(
                 "not_converged",
-                f"{type(stronger).__name__} with more steps and restarts broke {newly_broken} of "
-                f"{len(y_probe)} probed samples this attack left robust: robust accuracy is "
+                f"{name} with more steps and restarts broke {newly_broken} of "
+                f"{probed} probed samples this attack left robust: robust accuracy is "
                 f"likely overstated by about {100 * overstated:.1f} points",
             )
         ], probe

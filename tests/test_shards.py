@@ -1,0 +1,130 @@
+"""Sample shards and streamed inputs: a shard is seeded by itself, holds only its own inputs,
+and a safetensors dataset on disk gives the same outcomes as the same data in memory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import robustbench_cl as rbcl
+from robustbench_cl.data import load_dataset
+from robustbench_cl.data.files import StreamedData, write_tensors
+from robustbench_cl.errors import UserError
+
+
+def _config(data: str = "digits", **engine) -> dict:
+    return {
+        "suite": "shards",
+        "seed": 0,
+        "data": {"name": data, "n": 40},
+        "models": [{"spec": "builtin:digits-cnn", "name": "cnn"}],
+        "attacks": [
+            {"attack": "fgsm", "threat": {"norm": "linf", "eps": 0.1}},
+            {"attack": "pgd", "params": {"steps": 4}, "threat": {"norm": "linf", "eps": 0.1}},
+        ],
+        "engine": {"sanity_probe_size": 8, "batch_size": 8, **engine},
+    }
+
+
+def _cells(run_dir: Path) -> dict[str, dict]:
+    lines = (run_dir / "cells.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    return {r["attack"]["attack"]: r for r in records if r["type"] == "cell"}
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("digits-tensors")
+    for split in ("train", "test"):
+        data = load_dataset("digits", split=split)
+        write_tensors(directory, split, data.x, data.y, data.n_classes)
+    return directory
+
+
+def test_streamed_data_reads_the_rows_asked_for(digits_dir):
+    streamed = load_dataset(f"safetensors:{digits_dir}", split="test")
+    memory = load_dataset("digits", split="test")
+    assert isinstance(streamed, StreamedData)
+    assert len(streamed) == len(memory) and streamed.sample_shape == memory.sample_shape
+    assert torch.equal(streamed.rows(5, 17), memory.x[5:17])
+    assert torch.equal(streamed.y, memory.y) and streamed.n_classes == 10
+
+
+def test_uint8_inputs_are_scaled_to_the_unit_range(tmp_path):
+    x = torch.tensor([[[[0, 255], [51, 102]]]], dtype=torch.uint8)
+    write_tensors(tmp_path, "test", x, torch.tensor([1]), 2)
+    rows = load_dataset(f"safetensors:{tmp_path}").rows(0, 1)
+    assert rows.dtype == torch.float32
+    assert torch.allclose(rows, x.float() / 255)
+
+
+def test_a_streamed_dataset_gives_the_outcomes_of_the_same_data_in_memory(digits_dir, tmp_path):
+    memory = _cells(rbcl.run(_config(), out=tmp_path / "memory", profile=None))
+    streamed = _cells(
+        rbcl.run(_config(f"safetensors:{digits_dir}"), out=tmp_path / "streamed", profile=None)
+    )
+    # FGSM draws no random numbers (PGD's random start is seeded by the cell id, and the id
+    # names the dataset), so the same inputs must give the same outcomes
+    assert streamed["fgsm"]["outcomes"] == memory["fgsm"]["outcomes"]
+    assert streamed["fgsm"]["clean_accuracy"] == memory["fgsm"]["clean_accuracy"]
+
+
+def test_a_sharded_run_holds_one_shard_of_inputs_and_merges_every_sample(
+    digits_dir, tmp_path, monkeypatch
+):
+    asked: list[int] = []
+    rows = StreamedData.rows
+
+    def counting(self, start, end):
+        asked.append(end - start)
+        return rows(self, start, end)
+
+    monkeypatch.setattr(StreamedData, "rows", counting)
+    config = _config(f"safetensors:{digits_dir}", shard_size=16)
+    cells = _cells(rbcl.run(config, out=tmp_path / "sharded", profile=None))
+    assert max(asked) <= 16  # never the whole evaluation set at once
+    unsharded = _cells(rbcl.run(_config(), out=tmp_path / "whole", profile=None))
+    # FGSM draws no random numbers: sharding changes nothing, on all 40 samples
+    assert cells["fgsm"]["outcomes"] == unsharded["fgsm"]["outcomes"]
+    assert len(cells["pgd"]["outcomes"]) == 40
+    # the cascade holds across shards: PGD attacks exactly what FGSM left robust
+    robust_after_fgsm = [o == 1 for o in cells["fgsm"]["outcomes"]]
+    assert [o != -1 for o in cells["pgd"]["outcomes"]] == robust_after_fgsm
+    assert cells["pgd"]["attacked"] == sum(robust_after_fgsm)
+
+
+def test_sharded_runs_are_deterministic(tmp_path):
+    config = _config(shard_size=16)
+    first = _cells(rbcl.run(config, out=tmp_path / "a", profile=None))
+    second = _cells(rbcl.run(config, out=tmp_path / "b", profile=None))
+    assert {k: v["outcomes"] for k, v in first.items()} == {
+        k: v["outcomes"] for k, v in second.items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: None, "does not exist"),
+        (lambda d: _save(d, {"x": torch.zeros(2, 1, 2, 2)}), "store tensors x and y"),
+        (
+            lambda d: _save(d, {"x": torch.zeros(2, 1, 2, 2), "y": torch.zeros(3).long()}),
+            "y must be N integer labels",
+        ),
+        (lambda d: (d / "test.safetensors").write_text("not a file"), "not a readable"),
+    ],
+)
+def test_bad_tensor_folders_get_one_line_errors(tmp_path, make, message):
+    make(tmp_path)
+    with pytest.raises(UserError, match=message) as error:
+        load_dataset(f"safetensors:{tmp_path}")
+    assert error.value.field == "data.name"
+
+
+def _save(directory: Path, tensors: dict) -> None:
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(directory / "test.safetensors"))
