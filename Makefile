@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/attack_overhead.py
 	$(BIN)/python benchmarks/cascade.py
 	$(BIN)/python benchmarks/embedding_attack.py
+	$(BIN)/python benchmarks/streaming_memory.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check robustbench_cl tests benchmarks

@@ -5,13 +5,18 @@ Prints one table:
   forward+backward passes) on a randomly initialised ResNet-18 at 32x32, batch 512, fp32;
 - the same under bf16 autocast, and the fp32 vs bf16 agreement of PGD-10 robust accuracy
   on the quickstart (digits-cnn, PGD-AT) with the engine's --precision option;
-- the engine's automatic batch size on that GPU.
-The Ray executor is not implemented yet (issue 10); its row says so.
-No number is claimed until this has been run on a GPU.
+- the engine's automatic batch size on that GPU;
+- the Ray executor with one GPU: a PGD-10 cell on 4,000 samples in 4 shards as Ray tasks
+  sharing the GPU (0.25 each), its wall time against the same sharded run locally, and
+  how many per-sample outcomes differ (cuDNN's autotuned kernels are not bitwise
+  deterministic, so a few may).
+No number is claimed until this has been run on a GPU. ``--smoke`` runs every part on the CPU
+at a toy size, to check the script itself; its numbers mean nothing.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -24,26 +29,104 @@ import torchvision
 import robustbench_cl as rbcl
 
 
-def synced(fn, repeats: int = 5) -> float:
+def synced(fn, device: torch.device, repeats: int = 5) -> float:
     times = []
     for _ in range(repeats):
-        torch.cuda.synchronize()
+        sync(device)
         start = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        sync(device)
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
 
 
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def classification_only(profile: str) -> dict:
+    """The quickstart's classification matrix (its screens, LLM and retrieval slices do not
+    depend on the attack precision)."""
+    from robustbench_cl.engine.config import load_config
+
+    config = load_config("quickstart", profile=profile).model_dump(mode="json")
+    for section in ("retrieval", "jailbreak", "screens", "membership", "generation"):
+        config[section] = [] if section == "membership" else None
+    return config
+
+
+def ray_config(n: int, shard_size: int) -> dict:
+    return {
+        "suite": "gpu-check-ray",
+        "data": {"name": "digits", "n": n},
+        "models": [{"spec": "builtin:digits-cnn", "name": "cnn"}],
+        "attacks": [
+            {"attack": "pgd", "params": {"steps": 10}, "threat": {"norm": "linf", "eps": 0.1}}
+        ],
+        "engine": {"shard_size": shard_size, "batch_size": 512, "sanity_checks": False},
+    }
+
+
+def ray_row(device: torch.device, n: int, directory: Path) -> dict:
+    """Local vs Ray (4 shards, one GPU shared by the tasks) on one PGD-10 cell."""
+    import ray
+
+    config = ray_config(n, n // 4)
+    config["data"]["name"] = "safetensors:" + str(directory / "data")
+    from robustbench_cl.data import load_dataset
+    from robustbench_cl.data.files import write_tensors
+
+    digits = load_dataset("digits", split="test")
+    repeat = -(-n // len(digits))  # digits has 360 test images: tile them up to n
+    write_tensors(
+        directory / "data",
+        "test",
+        digits.x.repeat(repeat, 1, 1, 1)[:n],
+        digits.y.repeat(repeat)[:n],
+        10,
+    )
+    started = time.perf_counter()
+    local = rbcl.run(config, out=directory / "local", device=device, profile=None)
+    local_seconds = time.perf_counter() - started
+    ray.init(num_cpus=4, num_gpus=1 if device.type == "cuda" else 0, include_dashboard=False)
+    started = time.perf_counter()
+    remote = rbcl.run(
+        config,
+        out=directory / "ray",
+        device=device,
+        profile=None,
+        executor="ray",
+        gpus_per_task=0.25 if device.type == "cuda" else 0.0,
+    )
+    ray_seconds = time.perf_counter() - started
+    ray.shutdown()
+
+    def outcomes(run_dir: Path) -> list[int]:
+        lines = (run_dir / "cells.jsonl").read_text().splitlines()
+        return [o for r in map(json.loads, lines) if r["type"] == "cell" for o in r["outcomes"]]
+
+    differ = sum(a != b for a, b in zip(outcomes(local), outcomes(remote), strict=True))
+    return {"n": n, "local_seconds": local_seconds, "ray_seconds": ray_seconds, "differ": differ}
+
+
 def main() -> None:
-    if not torch.cuda.is_available():
-        sys.exit("gpu_check needs a CUDA device")
-    device = torch.device("cuda")
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="every part on the CPU, toy sizes")
+    args = parser.parse_args()
+    if not args.smoke and not torch.cuda.is_available():
+        sys.exit("gpu_check needs a CUDA device (or --smoke to check the script on the CPU)")
+    device = torch.device("cpu" if args.smoke else "cuda")
     torch.backends.cudnn.benchmark = True
+    batch = 16 if args.smoke else 512
     model = torchvision.models.resnet18(num_classes=10).to(device).eval()
-    model = model.to(memory_format=torch.channels_last).requires_grad_(False)
-    x = torch.rand(512, 3, 32, 32, device=device).to(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (512,), device=device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    model = model.requires_grad_(False)
+    x = torch.rand(batch, 3, 32, 32, device=device)
+    if device.type == "cuda":
+        x = x.to(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,), device=device)
     threat = rbcl.ThreatModel(norm="linf", eps=8 / 255)
     attack = rbcl.make_attack("pgd", steps=10, random_start=True)
 
@@ -54,23 +137,29 @@ def main() -> None:
     rows = {}
     for precision in ("fp32", "bf16"):
         context = (
-            torch.autocast("cuda", dtype=torch.bfloat16)
+            torch.autocast(device.type, dtype=torch.bfloat16)
             if precision == "bf16"
-            else torch.autocast("cuda", enabled=False)
+            else torch.autocast(device.type, enabled=False)
         )
         with context:
             attack(model, x, y, threat)  # warm-up
-            pgd = synced(lambda: attack(model, x, y, threat))
-            step = synced(bare)
+            pgd = synced(lambda: attack(model, x, y, threat), device)
+            step = synced(bare, device)
         rows[precision] = {"images_per_second": len(x) / pgd, "limit_ratio": pgd / (10 * step)}
 
     agreement = {}
     with tempfile.TemporaryDirectory() as directory:
+        quickstart = classification_only("quick")
+        if args.smoke:
+            quickstart["data"]["n"] = 16
+            quickstart["defenses"] = quickstart["defenses"][:1]
+            quickstart["attacks"] = quickstart["attacks"][:2]
         for precision in ("fp32", "bf16"):
             run_dir = rbcl.run(
-                "quickstart",
+                quickstart,
                 out=Path(directory) / precision,
-                device="cuda",
+                device=device,
+                profile=None,
                 engine={"precision": precision, "batch_size": "auto"},
             )
             results = rbcl.load_results(run_dir)
@@ -81,13 +170,15 @@ def main() -> None:
                 )
                 for cell in results["cells"]
             }
+        scaling = ray_row(device, 64 if args.smoke else 4000, Path(directory))
     disagreements = [
         key
         for key, (value, (low, high)) in agreement["fp32"].items()
         if not low <= agreement["bf16"][key][0] <= high
     ]
-    print(f"GPU: {torch.cuda.get_device_name(0)}")
-    print(f"{'ResNet-18 32x32, PGD-10, batch 512':40s}{'images/s':>12s}{'limit ratio':>14s}")
+    name = torch.cuda.get_device_name(0) if device.type == "cuda" else "CPU (smoke run)"
+    print(f"device: {name}")
+    print(f"{f'ResNet-18 32x32, PGD-10, batch {batch}':40s}{'images/s':>12s}{'limit ratio':>14s}")
     for precision, row in rows.items():
         print(f"{precision:40s}{row['images_per_second']:12.0f}{row['limit_ratio']:14.2f}")
     print(
@@ -98,10 +189,17 @@ def main() -> None:
         print(
             f"  differs: {key}: fp32 {agreement['fp32'][key][0]:.3f} bf16 {agreement['bf16'][key][0]:.3f}"
         )
-    print("Ray executor with one GPU: not implemented yet (issue 10)")
+    print(
+        f"Ray, one device, PGD-10 on {scaling['n']} samples in 4 shards: "
+        f"{scaling['ray_seconds']:.1f} s vs {scaling['local_seconds']:.1f} s locally; "
+        f"{scaling['differ']} of {scaling['n']} outcomes differ"
+    )
+    if args.smoke:
+        return  # toy sizes on the CPU: nothing to record
     out = Path("reports/bench/gpu_check.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": rows, "disagreements": disagreements}, indent=2) + "\n")
+    report = {"rows": rows, "disagreements": disagreements, "ray": scaling}
+    out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -84,8 +84,15 @@ def test_a_sharded_run_holds_one_shard_of_inputs_and_merges_every_sample(
 
     monkeypatch.setattr(StreamedData, "rows", counting)
     config = _config(f"safetensors:{digits_dir}", shard_size=16)
-    cells = _cells(rbcl.run(config, out=tmp_path / "sharded", profile=None))
+    run_dir = rbcl.run(config, out=tmp_path / "sharded", profile=None)
+    cells = _cells(run_dir)
     assert max(asked) <= 16  # never the whole evaluation set at once
+    from robustbench_cl.engine.results import validate_results
+
+    results = json.loads((run_dir / "results.json").read_text())
+    validate_results(results)
+    assert [len(c["outcomes"]) for c in cells.values()] == [40, 40]
+    assert (run_dir / "report.html").exists() or rbcl.write_report(run_dir).exists()
     unsharded = _cells(rbcl.run(_config(), out=tmp_path / "whole", profile=None))
     # FGSM draws no random numbers: sharding changes nothing, on all 40 samples
     assert cells["fgsm"]["outcomes"] == unsharded["fgsm"]["outcomes"]

@@ -83,11 +83,17 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
 )
 @click.option("--batch-size", default=None, help="Samples per attack call, or 'auto'.")
 @click.option(
+    "--shard-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Samples per shard: inputs are held one shard at a time, and each is one Ray task.",
+)
+@click.option(
     "--executor",
     type=click.Choice(["local", "ray"]),
     default="local",
     show_default=True,
-    help="Run cascade groups in this process, or as Ray tasks.",
+    help="Run cascade groups and shards in this process, or as Ray tasks.",
 )
 @click.option("--address", default=None, help="Ray cluster address (default: a local Ray).")
 @click.option("--gpus-per-task", type=float, default=0.0, show_default=True)
@@ -101,6 +107,7 @@ def run(
     seed: int | None,
     precision: str | None,
     batch_size: str | None,
+    shard_size: int | None,
     executor: str,
     address: str | None,
     gpus_per_task: float,
@@ -122,7 +129,7 @@ def run(
             seed=seed,
             progress=progress,
             command=command,
-            engine=_engine_overrides(precision, batch_size),
+            engine=_engine_overrides(precision, batch_size, shard_size),
             executor=executor,
             address=address,
             gpus_per_task=gpus_per_task,
@@ -136,8 +143,12 @@ def run(
         console.print(f"run directory: {run_dir}")
 
 
-def _engine_overrides(precision: str | None, batch_size: str | None) -> dict[str, Any]:
+def _engine_overrides(
+    precision: str | None, batch_size: str | None, shard_size: int | None = None
+) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
+    if shard_size is not None:
+        overrides["shard_size"] = shard_size
     if precision is not None:
         overrides["precision"] = precision
     if batch_size is not None:

@@ -94,7 +94,7 @@ class StreamedData:
             raise UserError(
                 "data.name", f"{self.path}: x has dtype {x.dtype}", "store float or uint8"
             )
-        return x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
 
     @property
     def x(self) -> torch.Tensor:

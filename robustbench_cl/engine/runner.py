@@ -326,7 +326,9 @@ class Runner:
         base = load_model(pair.model.spec)
         defense = make_defense(pair.defense.defense, **pair.defense.params)
         self.progress.message(f"preparing {pair.model.label} + {pair.defense.label}")
-        model = defense.build(base, pair.model.spec, self.train_data())
+        # no training data for an undefended model: a user's own test set may come without one
+        train = self.train_data() if defense.kind != "none" else None
+        model = defense.build(base, pair.model.spec, train)  # type: ignore[arg-type]
         if hasattr(base, "unchanged") and not base.unchanged():
             raise RuntimeError(f"defense {pair.defense.defense} modified the frozen base model")
         # the bare model: where non-adaptive (transfer) attacks are crafted. A `wrapped:` spec
