@@ -38,9 +38,11 @@ screenshot: $(STAMP) chromium
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/attack_overhead.py
+	$(BIN)/python benchmarks/attack_overhead.py --batch-size 32 --out reports/bench/attack_overhead_batch32.json
 	$(BIN)/python benchmarks/cascade.py
 	$(BIN)/python benchmarks/embedding_attack.py
 	$(BIN)/python benchmarks/streaming_memory.py
+	$(BIN)/python benchmarks/tables.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check robustbench_cl tests benchmarks

@@ -72,7 +72,7 @@ def measure(cascade: bool, n: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=360)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench" / "cascade.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
