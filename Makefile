@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/cascade.py
 	$(BIN)/python benchmarks/embedding_attack.py
 	$(BIN)/python benchmarks/streaming_memory.py
+	$(BIN)/python benchmarks/ray_shards.py
 	$(BIN)/python benchmarks/tables.py
 
 lint: $(STAMP)

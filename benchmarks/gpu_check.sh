@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export ROBUSTBENCH_CL_HOME="${ROBUSTBENCH_CL_HOME:-$PWD/.cache/robustbench_cl}"
 PYTHON="${PYTHON:-.venv/bin/python}"
-timeout 480 "$PYTHON" benchmarks/gpu_check.py
+timeout 480 "$PYTHON" benchmarks/gpu_check.py "$@"

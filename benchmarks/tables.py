@@ -105,11 +105,29 @@ def streaming() -> list[str] | None:
     return lines
 
 
+def ray_shards() -> list[str] | None:
+    run = _load("ray_shards")
+    if run is None:
+        return None
+    lines = [
+        f"{run['setup']} ({run['shards']} shards), {run['cores']} cores, medians of "
+        f"{run['repeats']} interleaved runs; identical outcomes, local vs Ray: "
+        f"{'yes' if run['identical_outcomes'] else 'NO'}.",
+        "",
+        "| executor | seconds | speed-up over 1 thread |",
+        "|---|---:|---:|",
+    ]
+    for mode, seconds in run["seconds"].items():
+        lines.append(f"| {mode} | {seconds:.1f} | {run['speedup_over_one_thread'][mode]:.2f}x |")
+    return lines
+
+
 TABLES: dict[str, Callable[[], list[str] | None]] = {
     "attack_overhead": overhead,
     "cascade": cascade,
     "embedding_attack": embedding,
     "streaming_memory": streaming,
+    "ray_shards": ray_shards,
 }
 
 

@@ -122,6 +122,21 @@ def test_sharded_runs_are_deterministic(tmp_path):
             "y must be N integer labels",
         ),
         (lambda d: (d / "test.safetensors").write_text("not a file"), "not a readable"),
+        (lambda d: _save(d, {"x": torch.zeros(0, 1), "y": torch.zeros(0).long()}), "N >= 1"),
+        (
+            lambda d: _save(d, {"x": torch.zeros(2, 2).int(), "y": torch.zeros(2).long()}),
+            "dtype",
+        ),
+        (
+            lambda d: write_tensors(d, "test", torch.zeros(2, 2), torch.tensor([0, 5]), 3),
+            "labels must lie in 0..2",
+        ),
+        (
+            lambda d: _save(
+                d, {"x": torch.zeros(2, 2), "y": torch.zeros(2).long()}, {"n_classes": "ten"}
+            ),
+            "metadata n_classes",
+        ),
     ],
 )
 def test_bad_tensor_folders_get_one_line_errors(tmp_path, make, message):
@@ -131,7 +146,42 @@ def test_bad_tensor_folders_get_one_line_errors(tmp_path, make, message):
     assert error.value.field == "data.name"
 
 
-def _save(directory: Path, tensors: dict) -> None:
+def _save(directory: Path, tensors: dict, metadata: dict | None = None) -> None:
     from safetensors.torch import save_file
 
-    save_file(tensors, str(directory / "test.safetensors"))
+    save_file(tensors, str(directory / "test.safetensors"), metadata=metadata)
+
+
+def test_every_shard_probes_its_share_of_the_convergence_probe(tmp_path):
+    config = _config(shard_size=10)
+    config["attacks"] = [
+        {"attack": "pgd", "params": {"steps": 2}, "threat": {"norm": "linf", "eps": 0.05}}
+    ]
+    config["engine"]["sanity_probe_size"] = 8  # 2 per shard of 10, over 4 shards
+    cell = _cells(rbcl.run(config, out=tmp_path / "run", profile=None))["pgd"]
+    robust = [i for i, outcome in enumerate(cell["outcomes"]) if outcome == 1]
+    quotas = [
+        min(2, sum(1 for i in robust if start <= i < start + 10)) for start in (0, 10, 20, 30)
+    ]
+    assert cell["sanity_probe"]["probed"] == sum(quotas)
+    assert cell["sanity_probe"]["survivors"] == len(robust)
+
+
+def test_a_relative_folder_is_recorded_as_an_absolute_path(digits_dir, monkeypatch):
+    from robustbench_cl.engine.config import DataConfig
+
+    monkeypatch.chdir(digits_dir.parent)
+    config = DataConfig(name=f"safetensors:{digits_dir.name}")
+    assert config.name == f"safetensors:{digits_dir.resolve()}"
+
+
+def test_a_run_from_before_shard_size_still_resumes(tmp_path):
+    import yaml
+
+    run_dir = rbcl.run(_config(), out=tmp_path / "run", profile=None)
+    old = yaml.safe_load((run_dir / "config.yaml").read_text())
+    del old["engine"]["shard_size"]  # what an older version wrote
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    before = (run_dir / "cells.jsonl").read_text()
+    rbcl.run(_config(), out=run_dir, profile=None)
+    assert (run_dir / "cells.jsonl").read_text() == before

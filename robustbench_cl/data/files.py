@@ -18,7 +18,8 @@ from safetensors.torch import save_file
 
 from robustbench_cl.errors import UserError
 
-INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.uint8)
+#: the dtypes of x that are read, as safetensors names them
+SAFETENSORS_DTYPES = ("F32", "F16", "BF16", "F64", "U8")
 
 
 def write_tensors(
@@ -41,12 +42,9 @@ class StreamedData:
         self.name = f"safetensors:{directory}"
         self.split = split
         self.path = Path(directory) / f"{split}.safetensors"
+        write = f"write it with robustbench_cl.data.files.write_tensors(DIR, {split!r}, x, y, k)"
         if not self.path.is_file():
-            raise UserError(
-                "data.name",
-                f"{self.path} does not exist",
-                f"write it with robustbench_cl.data.files.write_tensors(DIR, {split!r}, x, y, k)",
-            )
+            raise UserError("data.name", f"{self.path} does not exist", write)
         try:
             with safe_open(str(self.path), framework="pt") as handle:
                 keys = set(handle.keys())
@@ -54,30 +52,50 @@ class StreamedData:
                     raise UserError(
                         "data.name", f"{self.path} holds {sorted(keys)}", "store tensors x and y"
                     )
-                self.y = handle.get_tensor("y")
+                labels = handle.get_tensor("y")
                 inputs = handle.get_slice("x")
-                shape = tuple(inputs.get_shape())
+                shape, dtype = tuple(inputs.get_shape()), inputs.get_dtype()
                 metadata = handle.metadata() or {}
         except UserError:
             raise
         except Exception as error:  # noqa: BLE001 - a damaged file is the user's to fix
             raise UserError(
-                "data.name", f"{self.path} is not a readable safetensors file ({error})"
+                "data.name", f"{self.path} is not a readable safetensors file ({error})", write
             ) from None
-        if self.y.dim() != 1 or self.y.dtype.is_floating_point or len(self.y) != shape[0]:
+        if len(shape) < 2 or shape[0] == 0:
+            raise UserError(
+                "data.name",
+                f"{self.path}: x has shape {list(shape)}",
+                "store x as (N, ...), N >= 1",
+            )
+        if dtype not in SAFETENSORS_DTYPES:
+            raise UserError(
+                "data.name", f"{self.path}: x has dtype {dtype}", "store float32 in [0, 1] or uint8"
+            )
+        if labels.dim() != 1 or labels.dtype.is_floating_point or len(labels) != shape[0]:
             raise UserError(
                 "data.name",
                 f"{self.path}: y must be N integer labels for the {shape[0]} rows of x",
                 "store y as an int64 vector",
             )
-        self.y = self.y.long()
+        self.y = labels.long()
         self._shape = shape
         try:
-            self.n_classes = int(metadata.get("n_classes", int(self.y.max()) + 1))
+            n_classes = int(metadata["n_classes"]) if "n_classes" in metadata else None
         except ValueError:
             raise UserError(
-                "data.name", f"{self.path}: metadata n_classes is not an integer"
+                "data.name",
+                f"{self.path}: metadata n_classes is {metadata['n_classes']!r}",
+                "write it with write_tensors(..., n_classes=K)",
             ) from None
+        self.n_classes = int(self.y.max()) + 1 if n_classes is None else n_classes
+        if int(self.y.min()) < 0 or int(self.y.max()) >= self.n_classes:
+            raise UserError(
+                "data.name",
+                f"{self.path}: labels must lie in 0..{self.n_classes - 1}",
+                "fix y or the n_classes metadata",
+            )
+        self._all: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self._shape[0]
@@ -88,18 +106,24 @@ class StreamedData:
 
     def rows(self, start: int, end: int) -> torch.Tensor:
         """Inputs ``start:end`` as float32 in [0, 1], read from the file now."""
-        with safe_open(str(self.path), framework="pt") as handle:
-            x = handle.get_slice("x")[start:end]
-        if x.dtype not in INPUT_DTYPES:
+        try:
+            with safe_open(str(self.path), framework="pt") as handle:
+                x = handle.get_slice("x")[start:end]
+        except Exception as error:  # noqa: BLE001 - the file changed or vanished mid-run
             raise UserError(
-                "data.name", f"{self.path}: x has dtype {x.dtype}", "store float or uint8"
-            )
+                "data.name",
+                f"reading rows {start}..{end} of {self.path} failed ({error})",
+                "keep the file in place and unchanged while a run reads it",
+            ) from None
         return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
 
     @property
     def x(self) -> torch.Tensor:
-        """Every input at once (for the parts of the engine that do not stream)."""
-        return self.rows(0, len(self))
+        """Every input at once, read once and kept (for training defenses, membership and
+        generation columns, which do not stream; attack columns never ask for it)."""
+        if self._all is None:
+            self._all = self.rows(0, len(self))
+        return self._all
 
     def tensors(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         end = len(self) if n is None else min(n, len(self))

@@ -37,6 +37,16 @@ class DataConfig(_Strict):
     n: int | None = Field(default=None, ge=1)
     train_split: Literal["train", "test"] = "train"
 
+    @field_validator("name")
+    @classmethod
+    def _absolute_folder(cls, name: str) -> str:
+        """A ``safetensors:`` folder is recorded as an absolute path, so that Ray workers (which
+        do not share the driver's working directory) and later resumes read the same files."""
+        prefix = "safetensors:"
+        if name.startswith(prefix):
+            return prefix + str(Path(name.removeprefix(prefix)).expanduser().resolve())
+        return name
+
 
 class ModelConfig(_Strict):
     spec: str

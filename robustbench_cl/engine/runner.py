@@ -102,7 +102,7 @@ class ShardPart:
     cost: Cost
     wall: float
     examples: dict[str, torch.Tensor] | None
-    probe: dict[str, Any]  # the convergence probe, run on shard 0 only
+    probe: dict[str, Any]  # the convergence probe on this shard's share of the probe size
 
 
 @dataclass
@@ -513,8 +513,10 @@ class Runner:
                 self.progress.batch_done()
         examples = self._examples(model, x, y, target, first, kept)
         probe: dict[str, Any] = {}
-        if index == 0 and config.engine.sanity_checks and not transfer:
-            probed = (outcomes == ROBUST).nonzero().flatten()[: config.engine.sanity_probe_size]
+        if config.engine.sanity_checks and not transfer:
+            # each shard probes its share of the probe size (all of it when unsharded)
+            quota = -(-config.engine.sanity_probe_size * (last - first) // self.n)
+            probed = (outcomes == ROBUST).nonzero().flatten()[:quota]
             probe = sanity.convergence_probe(attack, model, x[probed], target[probed], cell.threat)
         return ShardPart(outcomes.cpu(), len(todo), cost, wall, examples, probe)
 
@@ -539,7 +541,8 @@ class Runner:
                     clean["probes"].get("full_range_accuracy"), n_classes
                 )
             if not transfer:  # a transfer attack is non-adaptive by design; it is flagged so
-                more, probe = sanity.convergence_verdict(parts[0].probe, self.n, robust)
+                merged = sanity.merge_probes([part.probe for part in parts])
+                more, probe = sanity.convergence_verdict(merged, self.n, robust)
                 flags += more
         clean_correct = sum(clean["correct"])
         broken_here = int((outcomes == BROKEN).sum())
@@ -859,6 +862,8 @@ def run(
     resolved = config.model_dump(mode="json")
     if resume and config_path.exists():
         previous = yaml.safe_load(config_path.read_text())
+        with contextlib.suppress(Exception):  # a run by an older version: compare like with like
+            previous = MatrixConfig.model_validate(previous).model_dump(mode="json")
         if previous != resolved:
             raise UserError(
                 "--out",

@@ -145,6 +145,19 @@ def convergence_probe(
     }
 
 
+def merge_probes(probes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The probes of a cell's shards as one probe (the one itself when there is one)."""
+    done = [probe for probe in probes if probe]
+    if len(done) <= 1:
+        return done[0] if done else {}
+    return {
+        **done[0],
+        "probed": sum(probe["probed"] for probe in done),
+        "newly_broken": sum(probe["newly_broken"] for probe in done),
+        "cost": {key: sum(probe["cost"][key] for probe in done) for key in done[0]["cost"]},
+    }
+
+
 def convergence_verdict(
     probe: dict[str, Any], n_total: int, n_survivors: int | None = None
 ) -> tuple[list[Flag], dict[str, Any]]:
