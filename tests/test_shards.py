@@ -185,3 +185,20 @@ def test_a_run_from_before_shard_size_still_resumes(tmp_path):
     before = (run_dir / "cells.jsonl").read_text()
     rbcl.run(_config(), out=run_dir, profile=None)
     assert (run_dir / "cells.jsonl").read_text() == before
+
+
+def test_the_cli_run_takes_a_shard_size(tmp_path):
+    import yaml
+    from click.testing import CliRunner
+
+    from robustbench_cl.cli.main import cli
+
+    config = tmp_path / "shards.yaml"
+    config.write_text(yaml.safe_dump(_config()))
+    out = tmp_path / "run"
+    args = ["run", str(config), "--out", str(out), "--shard-size", "16", "--json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((out / "config.yaml").read_text())["engine"]["shard_size"] == 16
+    bad = CliRunner().invoke(cli, ["run", str(config), "--out", str(out), "--shard-size", "0"])
+    assert bad.exit_code == 2 and "--shard-size" in bad.output
