@@ -56,43 +56,20 @@ def classification_only(profile: str) -> dict:
     return config
 
 
-def ray_config(n: int, shard_size: int) -> dict:
-    return {
-        "suite": "gpu-check-ray",
-        "data": {"name": "digits", "n": n},
-        "models": [{"spec": "builtin:digits-cnn", "name": "cnn"}],
-        "attacks": [
-            {"attack": "pgd", "params": {"steps": 10}, "threat": {"norm": "linf", "eps": 0.1}}
-        ],
-        "engine": {"shard_size": shard_size, "batch_size": 512, "sanity_checks": False},
-    }
-
-
 def ray_row(device: torch.device, n: int, directory: Path) -> dict:
     """Local vs Ray (4 shards, one GPU shared by the tasks) on one PGD-10 cell."""
     import ray
+    from ray_shards import config, outcomes, write_tiled_digits  # beside this script
 
-    config = ray_config(n, n // 4)
-    config["data"]["name"] = "safetensors:" + str(directory / "data")
-    from robustbench_cl.data import load_dataset
-    from robustbench_cl.data.files import write_tensors
-
-    digits = load_dataset("digits", split="test")
-    repeat = -(-n // len(digits))  # digits has 360 test images: tile them up to n
-    write_tensors(
-        directory / "data",
-        "test",
-        digits.x.repeat(repeat, 1, 1, 1)[:n],
-        digits.y.repeat(repeat)[:n],
-        10,
-    )
+    write_tiled_digits(directory / "data", n)
+    matrix = config(directory / "data", n, n // 4, steps=10, batch_size=512)
     started = time.perf_counter()
-    local = rbcl.run(config, out=directory / "local", device=device, profile=None)
+    local = rbcl.run(matrix, out=directory / "local", device=device, profile=None)
     local_seconds = time.perf_counter() - started
     ray.init(num_cpus=4, num_gpus=1 if device.type == "cuda" else 0, include_dashboard=False)
     started = time.perf_counter()
     remote = rbcl.run(
-        config,
+        matrix,
         out=directory / "ray",
         device=device,
         profile=None,
@@ -101,10 +78,6 @@ def ray_row(device: torch.device, n: int, directory: Path) -> dict:
     )
     ray_seconds = time.perf_counter() - started
     ray.shutdown()
-
-    def outcomes(run_dir: Path) -> list[int]:
-        lines = (run_dir / "cells.jsonl").read_text().splitlines()
-        return [o for r in map(json.loads, lines) if r["type"] == "cell" for o in r["outcomes"]]
 
     differ = sum(a != b for a, b in zip(outcomes(local), outcomes(remote), strict=True))
     return {"n": n, "local_seconds": local_seconds, "ray_seconds": ray_seconds, "differ": differ}

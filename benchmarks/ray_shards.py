@@ -29,16 +29,30 @@ from robustbench_cl.data.files import write_tensors
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def config(data: Path, n: int, shard: int) -> dict:
+def config(data: Path, n: int, shard: int, steps: int = 20, batch_size: int = 256) -> dict:
+    """One PGD cell on digits-cnn over the ``safetensors:`` folder ``data``, sharded."""
     return {
         "suite": "bench-ray-shards",
         "data": {"name": f"safetensors:{data}", "n": n},
         "models": [{"spec": "builtin:digits-cnn", "name": "cnn"}],
         "attacks": [
-            {"attack": "pgd", "params": {"steps": 20}, "threat": {"norm": "linf", "eps": 0.1}}
+            {"attack": "pgd", "params": {"steps": steps}, "threat": {"norm": "linf", "eps": 0.1}}
         ],
-        "engine": {"batch_size": 256, "shard_size": shard, "sanity_checks": False, "examples": 0},
+        "engine": {
+            "batch_size": batch_size,
+            "shard_size": shard,
+            "sanity_checks": False,
+            "examples": 0,
+        },
     }
+
+
+def write_tiled_digits(directory: Path, n: int) -> None:
+    """The 360 digits test images tiled up to ``n``, as a ``safetensors:`` folder."""
+    digits = load_dataset("digits", split="test")
+    tiles = -(-n // len(digits))
+    x, y = digits.x.repeat(tiles, 1, 1, 1)[:n], digits.y.repeat(tiles)[:n]
+    write_tensors(directory, "test", x, y, digits.n_classes)
 
 
 def outcomes(run_dir: Path) -> list[int]:
@@ -64,10 +78,7 @@ def main() -> None:
     identical = True
     with tempfile.TemporaryDirectory() as directory:
         root = Path(directory)
-        digits = load_dataset("digits", split="test")
-        tiles = -(-args.n // len(digits))
-        x, y = digits.x.repeat(tiles, 1, 1, 1)[: args.n], digits.y.repeat(tiles)[: args.n]
-        write_tensors(root / "data", "test", x, y, digits.n_classes)
+        write_tiled_digits(root / "data", args.n)
         matrix = config(root / "data", args.n, args.shard_size)
         for repeat in range(args.repeats):  # interleaved, so drifts in machine load hit all
             runs = {}
