@@ -361,3 +361,20 @@ def test_a_dollar_sign_in_a_name_is_text_not_mathtext():
     for pair in results["pairs"]:
         pair["label"] = "cnn $\\foo$ / 100$"
     assert "$\\foo$" in render_results(results)
+
+
+# ---------------------------------------------------------------------- plots
+def test_log_axis_ticks_are_numbers_and_dollar_names_stay_text():
+    """The log-log ROC's ticks read '0.01', not raw mathtext; a '$' in a label stays literal."""
+    from robustbench_cl.report.plots import membership_roc
+
+    curve = {"label": "cost $5 model", "auc": 0.6, "fpr": [0.0, 0.001, 0.1, 1.0]}
+    curve["tpr"] = [0.0, 0.01, 0.3, 1.0]
+    svg = membership_roc([curve])
+    assert "mathdefault" not in svg and "$" in svg and "cost $5 model" in svg
+    assert re.search(r">0\.01<", svg) and re.search(r">1<", svg)
+
+
+@pytest.mark.parametrize("report", sorted((ROOT / "reports").glob("*/report.html")), ids=str)
+def test_no_committed_report_shows_raw_mathtext(report):
+    assert "mathdefault" not in report.read_text()

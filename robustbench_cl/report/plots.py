@@ -53,6 +53,22 @@ def to_svg(fig: Any) -> str:
     return svg.strip()
 
 
+def _log_axes(ax: Any) -> None:
+    """Log-log axes whose tick labels are plain numbers (``0.001``).
+
+    matplotlib's default log formatter writes mathtext (``$\\mathdefault{10^{-3}}$``), which
+    ``text.parse_math: False`` (kept so a '$' in a display name stays text) would print raw.
+    """
+    from matplotlib import ticker
+
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(ticker.LogLocator(base=10))
+        axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        axis.set_minor_formatter(ticker.NullFormatter())
+
+
 def security_curves(results: dict[str, Any]) -> list[tuple[str, str]]:
     """Worst-case robust accuracy vs eps, one figure per norm, one line per (model, defense).
 
@@ -162,8 +178,7 @@ def membership_roc(curves: list[dict[str, Any]]) -> str | None:
         tpr = [max(v, floor) for v in curve["tpr"]]
         ax.plot(fpr, tpr, color=color, label=f"{curve['label']} (AUC {curve['auc']:.3f})")
     ax.plot([floor, 1], [floor, 1], color="#888", linestyle="--", linewidth=0.8, label="chance")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    _log_axes(ax)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.legend(fontsize=7, frameon=False)
