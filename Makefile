@@ -36,7 +36,12 @@ tesseract:
 screenshot: $(STAMP) chromium
 	$(BIN)/robustbench-cl report reports/quickstart --screenshot docs/report.png
 
-bench: $(STAMP)
+$(VENV)/.installed-bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]' -c constraints.txt
+	touch $@
+
+bench: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/autoattack_fidelity.py
 	$(BIN)/python benchmarks/attack_overhead.py
 	$(BIN)/python benchmarks/attack_overhead.py --batch-size 32 --out reports/bench/attack_overhead_batch32.json
 	$(BIN)/python benchmarks/cascade.py

@@ -20,6 +20,20 @@ def cache_home() -> Path:
     return path
 
 
+#: set to "1" by ``--trust-remote-code`` or the ``trust_remote_code`` config key; an environment
+#: variable so that Ray workers inherit it
+TRUST_REMOTE_CODE_ENV = "ROBUSTBENCH_CL_TRUST_REMOTE_CODE"
+
+
+def trust_remote_code() -> bool:
+    """Whether the user allowed pickled checkpoints (code that runs when loaded)."""
+    return os.environ.get(TRUST_REMOTE_CODE_ENV) == "1"
+
+
+def allow_remote_code() -> None:
+    os.environ[TRUST_REMOTE_CODE_ENV] = "1"
+
+
 def stable_hash(obj: Any, length: int = 16) -> str:
     """Hash of a JSON-serialisable object that does not depend on key order or the process."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)

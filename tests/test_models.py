@@ -115,7 +115,7 @@ def test_foreign_checkpoints_load_weights_only(tmp_path):
 
     path = tmp_path / "evil.pt"
     torch.save({"weight": Evil()}, path)
-    with pytest.raises(Exception, match="[Ww]eights only|weights_only|Unsupported"):
+    with pytest.raises(UserError, match="contains pickled Python objects"):
         load_model(f"torchvision:resnet18?weights={path}")
 
 
@@ -195,3 +195,75 @@ def test_defense_cache_keys_follow_the_data_contents_and_canonical_numbers():
     assert rae.cache_path("m", same_name[0]) == make_defense("rae", lam=1.0).cache_path(
         "m", same_name[0]
     )
+
+
+def _weights_by_suffix(model):
+    """A loaded model's weights keyed as in the bare torchvision model (wrappers add prefixes)."""
+    state = model.state_dict()
+    prefix = min((key[: -len("fc.weight")] for key in state if key.endswith("fc.weight")), key=len)
+    return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+
+
+def _numpy_checkpoint(path, model):
+    import numpy as np
+
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "epoch": 3, "best_acc": np.float64(0.91)}, path)
+
+
+def test_a_pickled_checkpoint_is_refused_in_one_line_and_loads_when_trusted(tmp_path, monkeypatch):
+    from robustbench_cl.utils import TRUST_REMOTE_CODE_ENV
+
+    monkeypatch.delenv(TRUST_REMOTE_CODE_ENV, raising=False)
+    torchvision = pytest.importorskip("torchvision")
+    reference = torchvision.models.resnet18(num_classes=3)
+    path = tmp_path / "published.pth.tar"
+    _numpy_checkpoint(path, reference)
+    spec = f"torchvision:resnet18?weights={path}&num_classes=3&normalize=none"
+    with pytest.raises(UserError, match="contains pickled Python objects") as caught:
+        load_model(spec)
+    assert "--trust-remote-code" in str(caught.value) and str(path) in str(caught.value)
+    assert "\n" not in str(caught.value)
+    monkeypatch.setenv(TRUST_REMOTE_CODE_ENV, "1")
+    loaded = _weights_by_suffix(load_model(spec))
+    for name, value in reference.state_dict().items():
+        assert torch.equal(loaded[name], value)
+
+
+def test_common_checkpoint_layouts_load_without_flags(tmp_path):
+    torchvision = pytest.importorskip("torchvision")
+    reference = torchvision.models.resnet18(num_classes=3)
+    state = reference.state_dict()
+    layouts = {
+        "model": {"model": state, "epoch": 1},
+        "net": {"net": {f"module.{k}": v for k, v in state.items()}},
+        "plain": state,
+    }
+    for name, content in layouts.items():
+        path = tmp_path / f"{name}.pt"
+        torch.save(content, path)
+        model = load_model(f"torchvision:resnet18?weights={path}&num_classes=3&normalize=none")
+        assert torch.equal(_weights_by_suffix(model)["fc.weight"], state["fc.weight"]), name
+
+
+def test_cli_refuses_a_code_running_pickle_with_exit_2_and_runs_nothing(tmp_path):
+    from click.testing import CliRunner
+
+    from robustbench_cl.cli.main import cli
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"weight": Evil()}}, path)
+    result = CliRunner().invoke(
+        cli, ["attack", "fgsm", "--model", f"torchvision:resnet18?weights={path}", "--eps", "0.1"]
+    )
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "contains pickled Python objects" in lines[0], result.output
+    assert "--trust-remote-code" in lines[0] and "Traceback" not in result.output
+    assert not marker.exists()

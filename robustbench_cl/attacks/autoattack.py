@@ -84,7 +84,7 @@ class AutoAttack(Attack):
             n_queries=self.square_queries,
             p_init=0.8,
             loss="margin",
-            resc_schedule=True,
+            resc_schedule=False,  # the original standard version's schedule (fra31/auto-attack)
             **common,
         )
         return [("apgd-ce", apgd_ce), ("apgd-t", apgd_t), ("fab-t", fab_t), ("square", square)]

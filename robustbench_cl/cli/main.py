@@ -36,11 +36,20 @@ class _Group(click.Group):
 @click.group(cls=_Group)
 @click.option("--debug", is_flag=True, help="Show full tracebacks and debug logs.")
 @click.option("-v", "--verbose", is_flag=True, help="Log what the engine does.")
+@click.option(
+    "--trust-remote-code",
+    is_flag=True,
+    help="Load pickled checkpoints (weights_only=False): only for files you trust.",
+)
 @click.version_option(package_name="robustbench-cl")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
+def cli(ctx: click.Context, debug: bool, verbose: bool, trust_remote_code: bool) -> None:
     """Attack x defense matrices under one threat model, with honest reports."""
     ctx.obj = {"debug": debug}
+    if trust_remote_code:
+        from robustbench_cl.utils import allow_remote_code
+
+        allow_remote_code()
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(
         level=level,

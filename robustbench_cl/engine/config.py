@@ -299,6 +299,9 @@ class MatrixConfig(_Strict):
     jailbreak: JailbreakConfig | None = None
     screens: ScreensConfig | None = None
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    #: load pickled checkpoints (code that runs when loaded) with weights_only=False; a
+    #: permission, not part of the experiment, so it is not recorded in config.yaml or the hash
+    trust_remote_code: bool = Field(default=False, exclude=True)
 
     @model_validator(mode="after")
     def _has_columns(self) -> MatrixConfig:

@@ -96,10 +96,11 @@ class RayExecutor:
         self.ray = ray
         self.gpus_per_task = gpus_per_task
         if not ray.is_initialized():
-            from robustbench_cl.utils import cache_home
+            from robustbench_cl.utils import TRUST_REMOTE_CODE_ENV, cache_home, trust_remote_code
 
             env = {
                 "ROBUSTBENCH_CL_HOME": str(cache_home()),
+                **({TRUST_REMOTE_CODE_ENV: "1"} if trust_remote_code() else {}),
                 "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path]),
             }
             ray.init(

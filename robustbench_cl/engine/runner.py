@@ -59,7 +59,13 @@ from robustbench_cl.engine.summary import threat_label
 from robustbench_cl.errors import UserError
 from robustbench_cl.models import Preprocessed, check_spec, load_model
 from robustbench_cl.threat import ThreatModel
-from robustbench_cl.utils import derive_seed, device_name, resolve_device, stable_hash
+from robustbench_cl.utils import (
+    allow_remote_code,
+    derive_seed,
+    device_name,
+    resolve_device,
+    stable_hash,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -851,6 +857,8 @@ def run(
     if executor not in ("local", "ray"):
         raise UserError("--executor", f"unknown executor {executor!r}", "use local or ray")
     config = load_config(source, profile=profile, seed=seed, engine=engine)
+    if config.trust_remote_code:
+        allow_remote_code()
     resolved_device = resolve_device(device)
     progress = progress or Progress()
     pairs = expand(config)  # validate every name and threat model before touching the disk

@@ -111,7 +111,7 @@ def python_model(target: str, options: dict[str, str]) -> nn.Module:
 
 def _load_weights(model: nn.Module, path: str, field: str) -> None:
     try:
-        model.load_state_dict(load_foreign_state_dict(path))
+        model.load_state_dict(load_foreign_state_dict(path, field))
     except RuntimeError as error:
         first_line = str(error).strip().splitlines()[0]
         raise UserError(

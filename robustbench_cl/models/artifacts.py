@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -14,6 +15,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 
 def with_extension(path: str | Path, extension: str) -> Path:
@@ -78,22 +81,79 @@ def load_artifact_config(path: Path) -> dict[str, Any]:
     return json.loads(with_extension(path, ".json").read_text())
 
 
-def load_foreign_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load someone else's checkpoint safely: safetensors, or ``torch.load(weights_only=True)``."""
+#: the keys under which published checkpoints keep their weights, tried in this order
+CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "state_dict_ema")
+
+
+def load_foreign_state_dict(path: str | Path, field: str = "weights") -> dict[str, torch.Tensor]:
+    """Load someone else's checkpoint safely: safetensors, or ``torch.load(weights_only=True)``.
+
+    A checkpoint that holds pickled Python objects (NumPy scalars, an optimizer, a class) is
+    refused with a one-line error unless remote code is trusted (``--trust-remote-code``, the
+    ``trust_remote_code`` config key): then it goes through ``weights_only=False``, with a
+    warning. Common layouts are unwrapped: the weights under ``state_dict``, ``model`` or
+    ``net``, and the ``module.`` prefix of ``DataParallel``.
+    """
+    import pickle
+
+    from robustbench_cl.errors import UserError
+    from robustbench_cl.utils import trust_remote_code
+
     path = Path(path)
     if not path.exists():
-        from robustbench_cl.errors import UserError
-
-        raise UserError("weights", f"checkpoint {str(path)!r} does not exist", "check the path")
+        raise UserError(field, f"checkpoint {str(path)!r} does not exist", "check the path")
     if path.suffix == ".safetensors":
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(path))
+        except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
+            raise UserError(field, f"{path} is not a readable safetensors file ({error})") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if not trust_remote_code():
+            raise UserError(
+                field,
+                f"{path} contains pickled Python objects, which could run code when loaded, "
+                "so it was not loaded",
+                "pass --trust-remote-code (or trust_remote_code: true in the config) if you "
+                "trust its source, or re-save its tensors as safetensors",
+            ) from None
+        logger.warning("loading %s with weights_only=False: it may run code (trusted)", path)
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(field, f"{path} is not a readable torch checkpoint ({first})") from None
+    return unwrap_state_dict(state, path, field)
+
+
+def unwrap_state_dict(state: Any, path: Path, field: str) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint in a common layout, without a ``module.`` prefix."""
+    from robustbench_cl.errors import UserError
+
+    if hasattr(state, "state_dict") and callable(state.state_dict):  # a whole pickled module
+        state = state.state_dict()
     if isinstance(state, dict):
-        for key in ("state_dict", "model", "model_state_dict"):
-            if key in state and isinstance(state[key], dict):
+        for key in CHECKPOINT_KEYS:
+            if isinstance(state.get(key), dict):
                 state = state[key]
                 break
-    return state
+            if hasattr(state.get(key), "state_dict"):
+                state = state[key].state_dict()
+                break
+    if not isinstance(state, dict):
+        raise UserError(field, f"{path} holds a {type(state).__name__}, not a state dict")
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise UserError(
+            field,
+            f"{path} holds no tensors at its top level",
+            f"keys: {', '.join(map(str, list(state)[:6]))}; weights are looked for under "
+            f"{', '.join(CHECKPOINT_KEYS)}",
+        )
+    for prefix in ("module.", "_orig_mod."):
+        if all(key.startswith(prefix) for key in tensors):
+            tensors = {key[len(prefix) :]: value for key, value in tensors.items()}
+    return tensors
 
 
 def _fsync(path: Path) -> None:

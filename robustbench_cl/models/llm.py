@@ -463,7 +463,11 @@ def hf_model(directory: str, options: dict[str, str]) -> nn.Module:
     if unknown:
         raise UserError("model", f"unknown hf option {unknown[0]!r}", f"allowed: {sorted(known)}")
     _quiet_transformers()
+    from robustbench_cl.utils import trust_remote_code
+
     kwargs: dict[str, Any] = {"local_files_only": True, "use_safetensors": True}
+    if trust_remote_code():  # a local model's own modeling code, as transformers means it
+        kwargs["trust_remote_code"] = True
     if "device_map" in options:
         kwargs["device_map"] = options["device_map"]
     if "dtype" in options:
@@ -472,7 +476,9 @@ def hf_model(directory: str, options: dict[str, str]) -> nn.Module:
             raise UserError("model", f"unknown dtype {options['dtype']!r}", "use e.g. bfloat16")
         kwargs["dtype"] = dtype
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(path), local_files_only=True, trust_remote_code=trust_remote_code()
+        )
         model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
