@@ -29,7 +29,7 @@ def original_robust(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ep
     from pyautoattack import AutoAttack
 
     adversary = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=0, device="cpu")
-    adv = adversary.run_standard_evaluation(x, y, batch_size=len(y))
+    adv, _ = adversary.run_standard_evaluation(x, y, batch_size=len(y))  # (x_adv, y_adv)
     with torch.no_grad():
         return model(adv).argmax(1) == y
 

@@ -139,3 +139,39 @@ def test_debug_shows_the_traceback():
 
     result = invoke("--debug", "attack", "pgdd", "--eps", "0.1")
     assert isinstance(result.exception, UserError)  # re-raised, so the traceback is shown
+
+
+# ---------------------------------------------------------------------- progress in a pipe
+def test_line_progress_prints_units_eta_and_a_heartbeat_without_a_tty():
+    import io
+
+    from rich.console import Console
+
+    from robustbench_cl.cli.progress import LineProgress
+
+    buffer = io.StringIO()
+    now = [0.0]
+    progress = LineProgress(Console(file=buffer, width=60), heartbeat=30, clock=lambda: now[0])
+    progress.run_started(n_cells=3, n_todo=2)
+    progress.cell_done({"id": "a"}, skipped=True)
+    progress.message("training DualTAP 128/255 (100 steps)")
+    now[0] = 20.0
+    progress.beat_if_quiet()  # quiet for 20 s only: no heartbeat yet
+    progress.step(40, 100)
+    now[0] = 31.0
+    progress.beat_if_quiet()
+    progress.cell_started("screens | DualTAP", 1)
+    now[0] = 40.0
+    progress.cell_done({"id": "b"}, skipped=False)
+    progress.cell_started("screens | noise", 1)
+    now[0] = 44.0
+    progress.cell_done({"id": "c"}, skipped=False)
+    lines = buffer.getvalue().splitlines()
+    assert lines[0].endswith("resuming: 1 of 3 cells already done")
+    assert any("training DualTAP" in line for line in lines)
+    assert [line for line in lines if "still running" in line] == [
+        "[   31s] still running: training DualTAP 128/255 (100 steps) (31s, step 40/100)"
+    ]
+    assert "[   40s] cell 2/3 done in 9s: screens | DualTAP, ETA ~40s" in lines
+    assert lines[-1] == "[   44s] cell 3/3 done in 4s: screens | noise"
+    assert all(len(line) < 100 for line in lines)

@@ -123,12 +123,14 @@ def run(
     as_json: bool,
 ) -> None:
     """Run SUITE (a packaged suite name or a YAML config path)."""
-    from robustbench_cl.cli.progress import RichProgress
+    from robustbench_cl.cli.progress import LineProgress, RichProgress
     from robustbench_cl.engine import load_run
     from robustbench_cl.engine import run as run_matrix
 
     command = "robustbench-cl " + " ".join(sys.argv[1:])
-    with RichProgress(console) as progress:
+    # bars on a terminal; in a pipe, a log or CI, lines with elapsed times and a heartbeat
+    drawn = RichProgress(console) if console.is_terminal else LineProgress(console)
+    with drawn as progress:
         run_dir = run_matrix(
             suite,
             out=out,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -59,3 +62,106 @@ class RichProgress(EngineProgress):
     def cell_done(self, record: dict[str, Any], skipped: bool) -> None:
         if self.cells_task is not None:
             self.bars.advance(self.cells_task)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+
+
+class LineProgress(EngineProgress):
+    """Progress as plain lines, for a log, a pipe or CI (no TTY, where bars never draw).
+
+    A line per unit started and finished, with its elapsed time and an ETA for the run, each
+    engine message, and a heartbeat at least every ``heartbeat`` seconds while a long step (a
+    training, a GCG cell) prints nothing else: what runs, for how long, and its step counter.
+    """
+
+    def __init__(
+        self,
+        console: Console,
+        heartbeat: float = 25.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.console = console
+        self.heartbeat = heartbeat
+        self.clock = clock
+        self.start = clock()
+        self.last_line = self.start
+        self.n_cells = 0
+        self.done = 0
+        self.done_this_run = 0
+        self.current: str | None = None
+        self.current_start = self.start
+        self.steps: tuple[int, int] | None = None
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def __enter__(self) -> LineProgress:
+        if self.heartbeat > 0:
+            self.thread = threading.Thread(target=self._beat, name="progress-heartbeat")
+            self.thread.daemon = True
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout=1.0)
+
+    def _print(self, text: str) -> None:
+        with self.lock:
+            now = self.clock()
+            self.last_line = now
+            line = f"[{_clock(now - self.start):>6}] {text}"
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(min(self.heartbeat, 5.0)):
+            self.beat_if_quiet()
+
+    def beat_if_quiet(self) -> None:
+        """Print a heartbeat if nothing was printed for ``heartbeat`` seconds."""
+        if self.clock() - self.last_line < self.heartbeat:
+            return
+        what = self.current or "preparing"
+        steps = f", step {self.steps[0]}/{self.steps[1]}" if self.steps else ""
+        self._print(f"still running: {what} ({_clock(self.clock() - self.current_start)}{steps})")
+
+    def run_started(self, n_cells: int, n_todo: int) -> None:
+        self.n_cells = n_cells  # cells already done arrive as cell_done(skipped=True)
+        if n_cells - n_todo:
+            self._print(f"resuming: {n_cells - n_todo} of {n_cells} cells already done")
+        self._print(f"{n_todo} of {n_cells} cells to run")
+
+    def message(self, text: str) -> None:
+        self.current, self.current_start, self.steps = text, self.clock(), None
+        self._print(text)
+
+    def cell_started(self, label: str, n_batches: int) -> None:
+        self.current, self.current_start, self.steps = label, self.clock(), None
+        self._print(f"cell {self.done + 1}/{self.n_cells} started: {label}")
+
+    def step(self, step: int, total: int) -> None:
+        self.steps = (step, total)
+
+    def cell_done(self, record: dict[str, Any], skipped: bool) -> None:
+        self.done += 1
+        if skipped:
+            return
+        self.done_this_run += 1
+        now = self.clock()
+        remaining = self.n_cells - self.done
+        per_cell = (now - self.start) / self.done_this_run
+        eta = f", ETA ~{_clock(per_cell * remaining)}" if remaining else ""
+        label = self.current or record.get("id", "cell")
+        self._print(
+            f"cell {self.done}/{self.n_cells} done in {_clock(now - self.current_start)}: "
+            f"{label}{eta}"
+        )
+        self.current, self.steps = None, None
