@@ -285,6 +285,14 @@ def list_command(kind: str, pattern: str) -> None:
         if kind == "attacks":
             table.add_row("torchattacks:NAME", "any torchattacks attack, under our threat model")
             table.add_row("art:NAME", "any ART evasion attack, under our threat model")
+        if kind == "datasets":
+            for scheme, summary in (
+                ("safetensors:DIR", "your own x/y tensors (test.safetensors), streamed"),
+                ("imagefolder:DIR[?size=N]", "a torchvision ImageFolder tree, class subfolders"),
+                ("cifar10:DIR", "CIFAR-10's binary batches (data_batch_*.bin, test_batch.bin)"),
+                ("cifar100:DIR", "CIFAR-100's binary files (train.bin, test.bin), fine labels"),
+            ):
+                table.add_row(scheme, summary)
         if kind == "models":
             for scheme in (
                 "torchvision:NAME?weights=PATH",

@@ -61,5 +61,9 @@ def load_dataset(name: str, split: str = "test", **options: Any) -> TensorData:
         from robustbench_cl.data.files import StreamedData
 
         return StreamedData(name.removeprefix("safetensors:"), split)  # type: ignore[return-value]
+    from robustbench_cl.data.folders import FOLDER_SCHEMES, load_folder_dataset
+
+    if name.startswith(FOLDER_SCHEMES):
+        return load_folder_dataset(name, split)
     factory = DATASETS.get(name)
     return factory(split=split, **options)

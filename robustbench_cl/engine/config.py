@@ -42,9 +42,10 @@ class DataConfig(_Strict):
     def _absolute_folder(cls, name: str) -> str:
         """A ``safetensors:`` folder is recorded as an absolute path, so that Ray workers (which
         do not share the driver's working directory) and later resumes read the same files."""
-        prefix = "safetensors:"
-        if name.startswith(prefix):
-            return prefix + str(Path(name.removeprefix(prefix)).expanduser().resolve())
+        for prefix in ("safetensors:", "imagefolder:", "cifar10:", "cifar100:"):
+            if name.startswith(prefix):
+                folder, mark, query = name.removeprefix(prefix).partition("?")
+                return prefix + str(Path(folder).expanduser().resolve()) + mark + query
         return name
 
 
