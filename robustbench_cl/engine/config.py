@@ -168,6 +168,16 @@ class JailbreakDataConfig(_Strict):
     train_harmful: int = Field(default=200, ge=1)
     train_benign: int = Field(default=200, ge=0)
     train_borderline: int = Field(default=100, ge=0)
+    #: ``behaviors:FILE.csv``: the test harmful prompts from a CSV (goal, target[, category]),
+    #: the first ``n_harmful`` rows; unset, the built-in held-out behaviours
+    behaviors: str | None = None
+
+    @field_validator("behaviors")
+    @classmethod
+    def _absolute_file(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return "behaviors:" + str(Path(value.removeprefix("behaviors:")).expanduser().resolve())
 
 
 class JailbreakAttackConfig(_Strict):

@@ -83,6 +83,10 @@ def expand_jailbreak(config: MatrixConfig) -> dict[str, Any]:
 
     section = config.jailbreak
     assert section is not None
+    if section.data.behaviors is not None:  # a bad file fails before anything runs
+        from robustbench_cl.data.behaviors import load_behaviors
+
+        load_behaviors(section.data.behaviors)
     for index, model in enumerate(section.models):
         try:
             check_spec(model.spec)
@@ -144,17 +148,28 @@ class JailbreakAudit:
         self.store = store
         data = self.section.data
         self.test = make_chat("test", data.n_benign, data.n_harmful, data.n_borderline, seed=1)
+        if data.behaviors is not None:
+            from robustbench_cl.data.behaviors import load_behaviors
+
+            own = load_behaviors(data.behaviors)[: data.n_harmful]
+            self.test.examples = [e for e in self.test.examples if e.kind != "harmful"] + own
         self.train = make_chat(
             "train", data.train_benign, data.train_harmful, data.train_borderline, seed=0
         )
 
     # ---------------------------------------------------------------- ids
     def _pair_key(self, model: ModelConfig, defense: DefenseConfig, built) -> dict[str, Any]:  # noqa: ANN001
+        key = self._base_key(model, defense, built)
+        if self.section.data.behaviors is not None:  # an edited file must not resume old cells
+            key["behaviors"] = stable_hash([vars(e) for e in self.test.of("harmful")])
+        return key
+
+    def _base_key(self, model: ModelConfig, defense: DefenseConfig, built) -> dict[str, Any]:  # noqa: ANN001
         return {
             "model": model.spec,
             "defense": defense.defense,
             "settings": built.settings() if hasattr(built, "settings") else {},
-            "data": self.section.data.model_dump(),
+            "data": self.section.data.model_dump(exclude_none=True),  # ids as before behaviors
             "version": PROTOCOL_VERSION,
         }
 

@@ -1,0 +1,63 @@
+"""Jailbreak behaviours from a user's CSV file: ``behaviors:FILE.csv``.
+
+One row per harmful behaviour: the request (``goal``; HarmBench's ``Behavior`` and ``prompt``
+are accepted too) and the affirmative ``target`` the attacker forces (AdvBench's column), with
+an optional category (``category``, HarmBench's ``SemanticCategory`` or ``FunctionalCategory``).
+The rows become the test split's harmful prompts; the built-in benign and borderline prompts
+stay, for the utility and over-refusal columns.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from robustbench_cl.data.chat import REFUSAL, ChatExample
+from robustbench_cl.errors import UserError
+
+GOAL_COLUMNS = ("goal", "behavior", "prompt")
+TARGET_COLUMNS = ("target",)
+CATEGORY_COLUMNS = ("category", "semanticcategory", "functionalcategory")
+
+
+def _column(header: dict[str, str], names: tuple[str, ...]) -> str | None:
+    return next((header[name] for name in names if name in header), None)
+
+
+def load_behaviors(spec: str, field: str = "jailbreak.data.behaviors") -> list[ChatExample]:
+    """The harmful test examples of ``behaviors:FILE.csv`` (or a bare path), in file order."""
+    path = Path(spec.removeprefix("behaviors:")).expanduser()
+    if not path.is_file():
+        raise UserError(field, f"{path} does not exist", "give a CSV file with goal,target columns")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            fields = list(reader.fieldnames or [])
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise UserError(field, f"{path} is not a readable CSV file ({error})") from None
+    header = {name.strip().lower(): name for name in fields if name}
+    goal, target = _column(header, GOAL_COLUMNS), _column(header, TARGET_COLUMNS)
+    category = _column(header, CATEGORY_COLUMNS)
+    if goal is None or target is None:
+        missing = "goal" if goal is None else "target"
+        raise UserError(
+            field,
+            f"{path} has no {missing} column (columns: {', '.join(fields)})",
+            "name the columns goal and target (AdvBench's); HarmBench keeps targets in a "
+            "separate file, so add them as a target column",
+        )
+    if not rows:
+        raise UserError(field, f"{path} has no rows", "one behaviour per row under a header")
+    examples = []
+    for line, row in enumerate(rows, start=2):
+        request, forced = (row.get(goal) or "").strip(), (row.get(target) or "").strip()
+        if not request or not forced:
+            raise UserError(field, f"{path} line {line}: an empty goal or target", "fill it in")
+        label = (row.get(category) or "").strip() if category else ""
+        examples.append(
+            ChatExample(
+                "harmful", "harmful", request, REFUSAL, target=forced, behavior=label or request
+            )
+        )
+    return examples
