@@ -13,11 +13,24 @@ import torch
 
 
 def cache_home() -> Path:
-    """Where built-in models and defense artifacts are cached (``ROBUSTBENCH_CL_HOME``)."""
+    """Where built-in models and defense artifacts are cached (``ROBUSTBENCH_CL_HOME``).
+
+    On first use in a process, the artifacts shipped with the package (``robustbench_cl/
+    seeds/``, made by our own recipes: see :mod:`robustbench_cl.models.seeds`) are copied into
+    it where missing, so a fresh machine starts from the same weights instead of retraining.
+    """
     root = os.environ.get("ROBUSTBENCH_CL_HOME")
     path = Path(root) if root else Path.home() / ".cache" / "robustbench_cl"
     path.mkdir(parents=True, exist_ok=True)
+    if str(path) not in _SEEDED:
+        _SEEDED.add(str(path))
+        from robustbench_cl.models.seeds import seed_cache
+
+        seed_cache(path)
     return path
+
+
+_SEEDED: set[str] = set()
 
 
 #: set to "1" by ``--trust-remote-code`` or the ``trust_remote_code`` config key; an environment

@@ -161,6 +161,7 @@ def test_line_progress_prints_units_eta_and_a_heartbeat_without_a_tty():
     now[0] = 31.0
     progress.beat_if_quiet()
     progress.cell_started("screens | DualTAP", 1)
+    progress.message("locating boxes")  # a message inside a cell keeps the cell's label
     now[0] = 40.0
     progress.cell_done({"id": "b"}, skipped=False)
     progress.cell_started("screens | noise", 1)

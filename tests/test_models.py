@@ -267,3 +267,48 @@ def test_cli_refuses_a_code_running_pickle_with_exit_2_and_runs_nothing(tmp_path
     assert len(lines) == 1 and "contains pickled Python objects" in lines[0], result.output
     assert "--trust-remote-code" in lines[0] and "Traceback" not in result.output
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------------- shipped artifacts
+def test_seed_cache_copies_only_what_the_cache_lacks(tmp_path, monkeypatch):
+    from robustbench_cl.models.seeds import NO_SEEDS_ENV, digest, seed_cache
+
+    monkeypatch.delenv(NO_SEEDS_ENV, raising=False)
+    root = tmp_path / "seeds"
+    (root / "models" / "lm-1").mkdir(parents=True)
+    (root / "models" / "lm-1" / "model.safetensors").write_bytes(b"weights")
+    (root / "models" / "cnn-1.safetensors").write_bytes(b"shipped")
+    (root / "models" / "cnn-1.lock").write_bytes(b"")
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)
+    (home / "models" / "cnn-1.safetensors").write_bytes(b"mine")  # never overwritten
+    assert seed_cache(home, root) == 1
+    assert (home / "models" / "cnn-1.safetensors").read_bytes() == b"mine"
+    assert digest(home / "models" / "lm-1") == digest(root / "models" / "lm-1")
+    assert not (home / "models" / "cnn-1.lock").exists()
+    assert seed_cache(home, root) == 0
+    monkeypatch.setenv(NO_SEEDS_ENV, "1")
+    assert seed_cache(tmp_path / "other", root) == 0
+
+
+def test_shipped_artifacts_load_without_training(tmp_path, monkeypatch):
+    """A fresh cache gets the shipped digits-cnn: loading it trains nothing."""
+    from robustbench_cl.models import builtin
+    from robustbench_cl.models.seeds import NO_SEEDS_ENV, shipped_entries
+    from robustbench_cl.utils import cache_home
+
+    if not any(e.name.startswith("digits-cnn-") for e in shipped_entries()):
+        pytest.skip("no shipped digits-cnn")
+    monkeypatch.delenv(NO_SEEDS_ENV, raising=False)
+    monkeypatch.setenv("ROBUSTBENCH_CL_HOME", str(tmp_path / "fresh"))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("trained although an artifact is shipped")
+
+    architecture, _, recipe = builtin.REFERENCE_RECIPES["digits-cnn"]
+    monkeypatch.setitem(builtin.REFERENCE_RECIPES, "digits-cnn", (architecture, refuse, recipe))
+    assert (cache_home() / "models").is_dir()
+    model = load_model("builtin:digits-cnn")
+    x, y = rbcl.load_dataset("digits", split="test").tensors(n=200)
+    with torch.no_grad():
+        assert (model(x).argmax(1) == y).float().mean() > 0.9

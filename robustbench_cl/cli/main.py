@@ -669,6 +669,94 @@ def generate(
     console.print(f"grid: {output}")
 
 
+@cli.group()
+def artifacts() -> None:
+    """The trained artifacts shipped with the package (copied into the cache on first use)."""
+
+
+@artifacts.command("list")
+def artifacts_list() -> None:
+    """Each shipped artifact, its content hash, and whether the cache holds the same bytes."""
+    from robustbench_cl.models.seeds import digest, shipped_entries
+    from robustbench_cl.utils import cache_home
+
+    home = cache_home()
+    table = Table(title="shipped artifacts", title_justify="left")
+    for column in ("artifact", "sha256", "in the cache"):
+        table.add_column(column)
+    for entry in shipped_entries():
+        cached = home / entry.parent.name / entry.name
+        state = (
+            "missing"
+            if not cached.exists()
+            else "same"
+            if digest(cached) == digest(entry)
+            else "differs"
+        )
+        table.add_row(f"{entry.parent.name}/{entry.name}", digest(entry), state)
+    stdout.print(table)
+
+
+@artifacts.command("verify")
+@click.option("--work", type=click.Path(path_type=Path), default=None, help="Scratch folder.")
+def artifacts_verify(work: Path | None) -> None:
+    """Retrain every shipped artifact from its recipe (the quickstart, cold) and compare.
+
+    Takes as long as a cold demo (about 20 minutes on 2 cores). Exit code 1 when an artifact
+    is not reproduced bit for bit: expected on another CPU, where training can round
+    differently; the run's numbers then move within their intervals.
+    """
+    import os
+    import tempfile
+
+    from robustbench_cl.models.seeds import NO_SEEDS_ENV, digest, shipped_entries
+
+    work = Path(work or tempfile.mkdtemp(prefix="rbcl-verify-"))
+    os.environ["ROBUSTBENCH_CL_HOME"] = str(work / "cache")
+    os.environ[NO_SEEDS_ENV] = "1"
+    from robustbench_cl.cli.progress import LineProgress, RichProgress
+    from robustbench_cl.engine import run as run_matrix
+
+    drawn = RichProgress(console) if console.is_terminal else LineProgress(console)
+    with drawn as progress:
+        run_matrix("quickstart", out=work / "run", progress=progress, resume=False)
+    table = Table(title="retrained vs shipped", title_justify="left")
+    for column in ("artifact", "shipped", "retrained", "verdict"):
+        table.add_column(column)
+    mismatches = 0
+    for entry in shipped_entries():
+        fresh = work / "cache" / entry.parent.name / entry.name
+        retrained = digest(fresh) if fresh.exists() else "not produced"
+        same = retrained == digest(entry)
+        mismatches += not same
+        verdict = "identical" if same else "differs"
+        table.add_row(f"{entry.parent.name}/{entry.name}", digest(entry), retrained, verdict)
+    stdout.print(table)
+    if mismatches:
+        console.print(
+            f"{mismatches} shipped artifacts were not reproduced bit for bit (on another CPU, "
+            "training can round differently); the retrained cache is in "
+            f"{work / 'cache'}; `artifacts export --from` it to ship those instead"
+        )
+        sys.exit(1)
+
+
+@artifacts.command("export")
+@click.option(
+    "--from",
+    "source",
+    type=click.Path(path_type=Path, exists=True),
+    required=True,
+    help="A cache folder (ROBUSTBENCH_CL_HOME) to ship the artifacts of.",
+)
+def artifacts_export(source: Path) -> None:
+    """Replace the shipped artifacts with those of a cache (for maintainers)."""
+    from robustbench_cl.models.seeds import SEEDS, export
+
+    written = export(source)
+    console.print(f"{len(written)} artifacts written to {SEEDS}")
+
+
 def main() -> None:
     cli(prog_name="robustbench-cl")
 

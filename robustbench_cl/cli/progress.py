@@ -95,8 +95,10 @@ class LineProgress(EngineProgress):
         self.n_cells = 0
         self.done = 0
         self.done_this_run = 0
-        self.current: str | None = None
+        self.current: str | None = None  # what runs now: a cell, or a message inside it
         self.current_start = self.start
+        self.cell: str | None = None
+        self.cell_start = self.start
         self.steps: tuple[int, int] | None = None
         self.lock = threading.Lock()
         self.stop = threading.Event()
@@ -145,6 +147,7 @@ class LineProgress(EngineProgress):
 
     def cell_started(self, label: str, n_batches: int) -> None:
         self.current, self.current_start, self.steps = label, self.clock(), None
+        self.cell, self.cell_start = label, self.current_start
         self._print(f"cell {self.done + 1}/{self.n_cells} started: {label}")
 
     def step(self, step: int, total: int) -> None:
@@ -159,9 +162,8 @@ class LineProgress(EngineProgress):
         remaining = self.n_cells - self.done
         per_cell = (now - self.start) / self.done_this_run
         eta = f", ETA ~{_clock(per_cell * remaining)}" if remaining else ""
-        label = self.current or record.get("id", "cell")
+        label = self.cell or record.get("id", "cell")
         self._print(
-            f"cell {self.done}/{self.n_cells} done in {_clock(now - self.current_start)}: "
-            f"{label}{eta}"
+            f"cell {self.done}/{self.n_cells} done in {_clock(now - self.cell_start)}: {label}{eta}"
         )
-        self.current, self.steps = None, None
+        self.current, self.cell, self.steps = None, None, None
