@@ -378,3 +378,38 @@ def test_log_axis_ticks_are_numbers_and_dollar_names_stay_text():
 @pytest.mark.parametrize("report", sorted((ROOT / "reports").glob("*/report.html")), ids=str)
 def test_no_committed_report_shows_raw_mathtext(report):
     assert "mathdefault" not in report.read_text()
+
+
+def test_compare_says_when_runs_used_other_weights(tmp_path):
+    from robustbench_cl.cli.main import weight_differences
+
+    runs = []
+    for index, digest in enumerate(("aaaa", "aaaa", "bbbb")):
+        run = tmp_path / f"run{index}"
+        shutil.copytree(GOLDEN_RUN, run)
+        meta = json.loads((run / "meta.json").read_text())
+        meta["artifacts"] = {"models/digits-cnn-1": digest, "defenses/rae-2": "cccc"}
+        (run / "meta.json").write_text(json.dumps(meta))
+        runs.append(run)
+    assert weight_differences(runs[:2]) == []
+    (line,) = weight_differences([runs[0], runs[2]])
+    assert "used other weights" in line and "models/digits-cnn-1" in line and "rae" not in line
+    result = CliRunner().invoke(
+        cli, ["compare", str(runs[0]), str(runs[2]), "-o", str(tmp_path / "c.html")]
+    )
+    assert result.exit_code == 0 and "used other weights" in result.output
+
+
+def test_a_run_records_the_content_hash_of_each_artifact_it_used(tmp_path):
+    from robustbench_cl.engine.runner import run
+
+    config = {
+        "suite": "tiny",
+        "data": {"name": "digits", "n": 16},
+        "models": [{"spec": "builtin:digits-cnn"}],
+        "attacks": [{"attack": "fgsm", "threat": {"norm": "linf", "eps": 0.1}}],
+    }
+    out = run(config, out=tmp_path / "run", device="cpu")
+    artifacts = json.loads((out / "meta.json").read_text())["artifacts"]
+    (name,) = [key for key in artifacts if key.startswith("models/digits-cnn-")]
+    assert re.fullmatch(r"[0-9a-f]{16}", artifacts[name])

@@ -367,11 +367,34 @@ def compare(run_dirs: tuple[Path, ...], output: Path, as_json: bool) -> None:
             "RUN_DIRS", "compare needs at least two run directories", "pass two or more"
         )
     path, comparison = write_comparison(list(run_dirs), output)
+    for line in weight_differences(list(run_dirs)):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     if as_json:
         stdout.print_json(json.dumps(comparison))
     else:
         stdout.print(comparison_table(comparison))
     console.print(f"comparison: {path}")
+
+
+def weight_differences(run_dirs: list[Path]) -> list[str]:
+    """One line per cached artifact that the first run and another used with other weights."""
+    metas = []
+    for run_dir in run_dirs:
+        try:
+            metas.append(json.loads((Path(run_dir) / "meta.json").read_text()).get("artifacts"))
+        except (OSError, ValueError):
+            metas.append(None)
+    lines = []
+    for run_dir, artifacts in zip(run_dirs[1:], metas[1:]):
+        if metas[0] is None or artifacts is None:
+            continue  # a run from before artifacts were recorded
+        differ = sorted(k for k in set(metas[0]) & set(artifacts) if metas[0][k] != artifacts[k])
+        if differ:
+            lines.append(
+                f"warning: {run_dir} used other weights than {run_dirs[0]} for "
+                f"{', '.join(differ)}: its numbers may differ for that reason alone"
+            )
+    return lines
 
 
 def _parse_param(values: tuple[str, ...]) -> dict[str, Any]:

@@ -890,6 +890,10 @@ def run(
     ray_executor = RayExecutor(address, gpus_per_task) if executor == "ray" else None
     runner.execute(pairs, resume, ray_executor, fits, jailbreak_plan, screen_columns)
     meta["executor"] = executor
+    from robustbench_cl.models.artifacts import USED_ARTIFACTS
+
+    # content hashes of the cached weights this process used (Ray workers' are not seen here)
+    meta["artifacts"] = dict(sorted(USED_ARTIFACTS.items()))
     meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     meta["wall_time"] = time.perf_counter() - started
     write_json_atomic(run_dir / "meta.json", meta)

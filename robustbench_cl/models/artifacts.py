@@ -41,8 +41,23 @@ def artifact_lock(path: Path) -> Iterator[None]:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield
+            record_use(path)
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+#: ``category/name`` -> content hash of every cached artifact this process used (built or
+#: loaded); a run records them in ``meta.json`` so that ``compare`` can tell runs on other weights
+USED_ARTIFACTS: dict[str, str] = {}
+
+
+def record_use(path: Path) -> None:
+    from robustbench_cl.models.seeds import digest
+
+    weights = with_extension(path, ".safetensors")
+    target = weights if weights.is_file() else path if path.is_dir() else None
+    if target is not None:
+        USED_ARTIFACTS[f"{path.parent.name}/{path.name}"] = digest(target)
 
 
 def save_artifact(path: Path, module: nn.Module, config: dict[str, Any]) -> Path:
