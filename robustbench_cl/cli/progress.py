@@ -131,7 +131,9 @@ class LineProgress(EngineProgress):
         """Print a heartbeat if nothing was printed for ``heartbeat`` seconds."""
         if self.clock() - self.last_line < self.heartbeat:
             return
-        what = self.current or "preparing"
+        what = self.cell or self.current or "preparing"
+        if self.cell and self.current and self.current != self.cell:
+            what += f", {self.current if len(self.current) <= 60 else self.current[:57] + '...'}"
         steps = f", step {self.steps[0]}/{self.steps[1]}" if self.steps else ""
         self._print(f"still running: {what} ({_clock(self.clock() - self.current_start)}{steps})")
 
