@@ -725,7 +725,7 @@ def artifacts_list() -> None:
 def artifacts_verify(work: Path | None) -> None:
     """Retrain every shipped artifact from its recipe (the quickstart, cold) and compare.
 
-    Takes as long as a cold demo (about 20 minutes on 2 cores). Exit code 1 when an artifact
+    Takes as long as a cold quickstart without them (about half an hour on 2 loaded cores). Exit code 1 when an artifact
     is not reproduced bit for bit: expected on another CPU, where training can round
     differently; the run's numbers then move within their intervals.
     """
