@@ -24,21 +24,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 FOLDER_SCHEMES = ("imagefolder:", "cifar10:", "cifar100:")
 
 
-def split_options(spec: str) -> tuple[str, dict[str, str]]:
-    """``/path?size=32`` -> ``("/path", {"size": "32"})``."""
-    path, _, query = spec.partition("?")
-    options = {}
-    for item in filter(None, query.split("&")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UserError("data.name", f"bad option {item!r}", "write options as ?key=value")
-        options[key] = value
-    return path, options
-
-
 def load_folder_dataset(name: str, split: str) -> TensorData:
-    scheme, _, rest = name.partition(":")
-    path, options = split_options(rest)
+    from robustbench_cl.models import parse_spec  # the same scheme:path?key=value syntax
+
+    scheme, path, options = parse_spec(name)
     if scheme == "imagefolder":
         size = options.pop("size", None)
         if options:
