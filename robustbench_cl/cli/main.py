@@ -291,6 +291,10 @@ def list_command(kind: str, pattern: str) -> None:
                 ("imagefolder:DIR[?size=N]", "a torchvision ImageFolder tree, class subfolders"),
                 ("cifar10:DIR", "CIFAR-10's binary batches (data_batch_*.bin, test_batch.bin)"),
                 ("cifar100:DIR", "CIFAR-100's binary files (train.bin, test.bin), fine labels"),
+                (
+                    "hf-disk:DIR[?image=COL&label=COL&size=N]",
+                    "a Hugging Face save_to_disk folder (extra: datasets)",
+                ),
             ):
                 table.add_row(scheme, summary)
         if kind == "models":

@@ -42,7 +42,7 @@ class DataConfig(_Strict):
     def _absolute_folder(cls, name: str) -> str:
         """A ``safetensors:`` folder is recorded as an absolute path, so that Ray workers (which
         do not share the driver's working directory) and later resumes read the same files."""
-        for prefix in ("safetensors:", "imagefolder:", "cifar10:", "cifar100:"):
+        for prefix in ("safetensors:", "imagefolder:", "cifar10:", "cifar100:", "hf-disk:"):
             if name.startswith(prefix):
                 folder, mark, query = name.removeprefix(prefix).partition("?")
                 return prefix + str(Path(folder).expanduser().resolve()) + mark + query
