@@ -42,6 +42,7 @@ $(VENV)/.installed-bench: $(STAMP)
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/demo_time.py
+	$(BIN)/python benchmarks/threads.py
 	$(BIN)/python benchmarks/autoattack_fidelity.py
 	$(BIN)/python benchmarks/attack_overhead.py
 	$(BIN)/python benchmarks/attack_overhead.py --batch-size 32 --out reports/bench/attack_overhead_batch32.json

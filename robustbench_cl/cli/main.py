@@ -41,11 +41,23 @@ class _Group(click.Group):
     is_flag=True,
     help="Load pickled checkpoints (weights_only=False): only for files you trust.",
 )
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="torch CPU threads (default: half the cores, which a busy machine runs fastest).",
+)
 @click.version_option(package_name="robustbench-cl")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool, verbose: bool, trust_remote_code: bool) -> None:
+def cli(
+    ctx: click.Context, debug: bool, verbose: bool, trust_remote_code: bool, threads: int | None
+) -> None:
     """Attack x defense matrices under one threat model, with honest reports."""
     ctx.obj = {"debug": debug}
+    if threads is not None:  # read by engine.threads.apply_threads in every command that computes
+        import os
+
+        os.environ["ROBUSTBENCH_CL_THREADS"] = str(threads)
     if trust_remote_code:
         from robustbench_cl.utils import allow_remote_code
 
@@ -448,10 +460,12 @@ def attack(
     from robustbench_cl.attacks.base import step_hook
     from robustbench_cl.data import load_dataset
     from robustbench_cl.engine.metrics import wilson_interval
+    from robustbench_cl.engine.threads import apply_threads
     from robustbench_cl.models import load_model
     from robustbench_cl.threat import ThreatModel
     from robustbench_cl.utils import resolve_device, seed_everything
 
+    apply_threads()
     seed_everything(seed)
     threat = ThreatModel(norm=norm, eps=eps, targeted=targeted)
     chosen = make_attack(name, **_parse_param(params))
@@ -663,8 +677,10 @@ def generate(
     from robustbench_cl.data import load_dataset
     from robustbench_cl.defenses import make_defense
     from robustbench_cl.engine.generative import sample_grid, save_png
+    from robustbench_cl.engine.threads import apply_threads
     from robustbench_cl.models import load_model
 
+    apply_threads()
     if n < 1:
         raise UserError("--n", f"must be >= 1, got {n}", "e.g. --n 16")
     if steps < 0 or step_size <= 0:
@@ -729,14 +745,18 @@ def artifacts_list() -> None:
 def artifacts_verify(work: Path | None) -> None:
     """Retrain every shipped artifact from its recipe (the quickstart, cold) and compare.
 
-    Takes as long as a cold quickstart without them (about half an hour on 2 loaded cores). Exit code 1 when an artifact
-    is not reproduced bit for bit: expected on another CPU, where training can round
-    differently; the run's numbers then move within their intervals.
+    Takes as long as a cold quickstart without them (about half an hour on 2 loaded cores).
+    Trains with the thread count the shipped set was made with (2) unless --threads is given.
+    Exit code 1 when an artifact is not reproduced bit for bit: expected on another CPU, where
+    training can round differently; the run's numbers then move within their intervals.
     """
     import os
     import tempfile
 
-    from robustbench_cl.models.seeds import NO_SEEDS_ENV, digest, shipped_entries
+    from robustbench_cl.engine.threads import resolve_threads
+    from robustbench_cl.models.seeds import NO_SEEDS_ENV, SEEDS_THREADS, digest, shipped_entries
+
+    threads = resolve_threads() if os.environ.get("ROBUSTBENCH_CL_THREADS") else SEEDS_THREADS
 
     work = Path(work or tempfile.mkdtemp(prefix="rbcl-verify-"))
     os.environ["ROBUSTBENCH_CL_HOME"] = str(work / "cache")
@@ -746,7 +766,7 @@ def artifacts_verify(work: Path | None) -> None:
 
     drawn = RichProgress(console) if console.is_terminal else LineProgress(console)
     with drawn as progress:
-        run_matrix("quickstart", out=work / "run", progress=progress, resume=False)
+        run_matrix("quickstart", out=work / "run", progress=progress, resume=False, threads=threads)
     table = Table(title="retrained vs shipped", title_justify="left")
     for column in ("artifact", "shipped", "retrained", "verdict"):
         table.add_column(column)

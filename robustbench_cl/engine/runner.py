@@ -56,6 +56,7 @@ from robustbench_cl.engine.retrieval import RetrievalAudit, expand_retrieval
 from robustbench_cl.engine.screens import ScreensAudit, expand_screens
 from robustbench_cl.engine.store import ResultsStore, write_json_atomic
 from robustbench_cl.engine.summary import threat_label
+from robustbench_cl.engine.threads import apply_threads
 from robustbench_cl.errors import UserError
 from robustbench_cl.models import Preprocessed, check_spec, load_model
 from robustbench_cl.threat import ThreatModel
@@ -847,15 +848,18 @@ def run(
     executor: str = "local",
     address: str | None = None,
     gpus_per_task: float = 0.0,
+    threads: int | None = None,
 ) -> Path:
     """Run a matrix (a packaged suite name, a YAML path or a dict) into a run directory.
 
     ``engine`` overrides keys of the config's ``engine`` section (``batch_size``, ``precision``).
     ``executor="ray"`` runs the cascade groups as Ray tasks (``address`` of a cluster, or a local
-    one); outcomes are identical to the local executor's.
+    one); outcomes are identical to the local executor's. ``threads`` is torch's CPU thread
+    count (default: half the cores, see :mod:`robustbench_cl.engine.threads`).
     """
     if executor not in ("local", "ray"):
         raise UserError("--executor", f"unknown executor {executor!r}", "use local or ray")
+    used_threads = apply_threads(threads)
     config = load_config(source, profile=profile, seed=seed, engine=engine)
     if config.trust_remote_code:
         allow_remote_code()
@@ -890,6 +894,7 @@ def run(
     ray_executor = RayExecutor(address, gpus_per_task) if executor == "ray" else None
     runner.execute(pairs, resume, ray_executor, fits, jailbreak_plan, screen_columns)
     meta["executor"] = executor
+    meta["threads"] = used_threads
     from robustbench_cl.models.artifacts import USED_ARTIFACTS
 
     # content hashes of the cached weights this process used (Ray workers' are not seen here)
