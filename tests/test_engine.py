@@ -169,6 +169,16 @@ def test_packaged_suites_validate_in_every_profile():
                 assert expand_jailbreak(config)["columns"]
             if config.screens is not None:
                 assert expand_screens(config)
+    quick = load_config("quickstart", profile="quick")
+    full = load_config("quickstart", profile="full")
+    for section in ("membership", "generation", "retrieval", "jailbreak", "screens"):
+        assert getattr(quick, section) and getattr(full, section)  # the demo keeps every slice
+    # the demo runs fewer samples, never weaker attacks or defenses
+    assert quick.attacks == full.attacks and quick.defenses == full.defenses
+    assert quick.retrieval.attacks == full.retrieval.attacks
+    assert quick.jailbreak.attacks == full.jailbreak.attacks
+    assert quick.jailbreak.defenses == full.jailbreak.defenses
+    assert quick.screens == full.screens
 
 
 @pytest.mark.parametrize(

@@ -214,7 +214,7 @@ class JailbreakAudit:
                         self.progress.cell_done(records[record_id], skipped=True)
                     continue
                 if base is None:
-                    self.progress.message(f"loading {model_config.label}")
+                    self.progress.message(_loading_message(model_config))
                     base = load_model(model_config.spec)
                     if "device_map=" not in model_config.spec:  # else accelerate placed it
                         base = base.to(self.device)
@@ -382,3 +382,13 @@ def _is_builtin(spec: str) -> bool:
 
 
 __all__ = ["ChatData", "JailbreakAudit", "expand_jailbreak"]
+
+
+def _loading_message(model_config: Any) -> str:
+    """ "loading", or "training" where the built-in chat model is not cached yet (minutes)."""
+    if model_config.spec == "builtin:tiny-chat-lm":
+        from robustbench_cl.models.llm import tiny_chat_lm_path
+
+        if not (tiny_chat_lm_path() / "model.safetensors").exists():
+            return f"training {model_config.label} (first use, a few minutes; cached afterwards)"
+    return f"loading {model_config.label}"

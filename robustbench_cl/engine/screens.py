@@ -198,8 +198,12 @@ class ScreensAudit:
             data, train, _ = self.data()
             defense = column["built"]
             from_reading = config.params.get("attention_from", "truth") == "reading"
+            from robustbench_cl.models.artifacts import artifact_exists
+
+            key = screens_key(data.name, train)
+            verb = "loading" if artifact_exists(defense.screens_cache_path(key)) else "training"
             self.progress.message(
-                f"training {column_label(config.label, eps)} ({defense.steps} steps)"
+                f"{verb} {column_label(config.label, eps)} ({defense.steps} steps)"
             )
             protector = defense.fit_screens(
                 train, screens_key(data.name, train), self.surrogate(), self.progress.step

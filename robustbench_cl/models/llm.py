@@ -412,6 +412,11 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
+def tiny_chat_lm_path() -> Path:
+    """Where the built-in chat model is cached (named by its recipe)."""
+    return cache_home() / "models" / f"tiny-chat-lm-{stable_hash(TINY_CHAT_RECIPE, 8)}"
+
+
 def _cached_tiny_chat_lm() -> ChatLM:
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -419,7 +424,7 @@ def _cached_tiny_chat_lm() -> ChatLM:
 
     from robustbench_cl.models.artifacts import artifact_lock
 
-    path = cache_home() / "models" / f"tiny-chat-lm-{stable_hash(TINY_CHAT_RECIPE, 8)}"
+    path = tiny_chat_lm_path()
     with artifact_lock(path):
         if not (path / "model.safetensors").exists():
             logger.info("training builtin:tiny-chat-lm (first use; cached afterwards)")
