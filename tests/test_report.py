@@ -121,8 +121,10 @@ def privacy_results() -> dict:
             "offline": False,
             "population_z": 0,
             "wall_time": 1.0,
+            "flags": [{"code": "auc_below_chance", "message": PAYLOAD}],
         }
     ]
+    results["flag_count"] += 1
     cell["llm_examples"] = [{"prompt": "Tell me " + "x" * 1000, "completion": PAYLOAD}]
     return results
 
@@ -148,7 +150,10 @@ def test_results_json_numbers_are_numbers_and_cells_carry_their_threat():
         assert all(isinstance(v, float) for v in cell["robust_ci95"])
         assert {"norm", "eps", "bounds", "space"} <= set(cell["threat"])
         assert set(cell["cost"]) == {"forward", "backward", "queries"}
-    assert results["flag_count"] == sum(len(c["flags"]) for c in results["cells"])
+    from robustbench_cl.engine.results import task_flag_rows
+
+    task_flags = len(task_flag_rows(results))
+    assert results["flag_count"] == sum(len(c["flags"]) for c in results["cells"]) + task_flags
 
 
 def test_the_schema_rejects_a_malformed_result():
@@ -237,6 +242,10 @@ def test_privacy_and_llm_sections_mask_and_truncate():
     assert html.count("<svg") >= 2  # privacy-utility scatter and the log-log ROC
     assert "x" * 500 not in html
     assert "&lt;script&gt;" in html
+    assert PAYLOAD not in html  # a flag message from a record is escaped too
+    assert "sanity" in sections
+    sanity = html[html.index('<section id="sanity">') :]
+    assert "auc_below_chance" in sanity[: sanity.index("</section>")]
 
 
 def test_mask_pii_keeps_shape_but_not_content():

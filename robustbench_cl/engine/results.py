@@ -17,6 +17,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from robustbench_cl.engine import sanity
 from robustbench_cl.engine.metrics import rate_entry
 from robustbench_cl.engine.store import write_json_atomic
 from robustbench_cl.engine.summary import (
@@ -27,7 +28,7 @@ from robustbench_cl.engine.summary import (
     threat_sort_key,
 )
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 SCHEMA_PATH = Path(__file__).with_name("results.schema.json")
 
 #: optional sections that tasks beyond classification attach to their cell records
@@ -159,7 +160,38 @@ def build_results(summary: RunSummary) -> dict[str, Any]:
         results["jailbreak"] = _jailbreak_section(summary)
     if summary.screens:
         results["screens"] = _screens_section(summary)
+    # every task's flags count: classification cells, and the flagged entries of the others
+    results["flag_count"] += sum(len(entry["flags"]) for entry in task_entries(results))
     return results
+
+
+def task_flag_rows(results: dict[str, Any]) -> list[dict[str, str]]:
+    """One row per flag of the non-classification tasks: ``task``, ``where``, ``code``,
+    ``message`` (the report's and the terminal's sanity tables). Schema 1.0 results have none."""
+    rows = []
+    for entry in results.get("membership", []):
+        where = f"{entry['pair']} | membership {entry['attack']['label']}"
+        rows += [{"task": "membership", "where": where, **f} for f in entry.get("flags", [])]
+    for cell in results.get("retrieval", {}).get("cells", []):
+        where = f"{cell['source']} -> {cell['target']} | {cell['attack']['label']}"
+        rows += [{"task": "retrieval", "where": where, **f} for f in cell.get("flags", [])]
+    for cell in results.get("jailbreak", {}).get("cells", []):
+        where = f"{cell['pair']} | {cell['column']}"
+        rows += [{"task": "jailbreak", "where": where, **f} for f in cell.get("flags", [])]
+    for row in results.get("screens", {}).get("rows", []):
+        where = f"{row['label']} | {row['router']}"
+        rows += [{"task": "screens", "where": where, **f} for f in row.get("flags", [])]
+    return rows
+
+
+def task_entries(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The entries of the non-classification tasks that carry ``flags``."""
+    return [
+        *results.get("membership", []),
+        *results.get("retrieval", {}).get("cells", []),
+        *results.get("jailbreak", {}).get("cells", []),
+        *results.get("screens", {}).get("rows", []),
+    ]
 
 
 def _screens_section(summary: RunSummary) -> dict[str, Any]:
@@ -175,6 +207,8 @@ def _screens_section(summary: RunSummary) -> dict[str, Any]:
         for key in ("plr", "tsr"):
             rates = (row[key]["rate"], clean[key]["rate"] if clean else None)
             row[f"{key}_change"] = None if None in rates else rates[0] - rates[1]
+    for row, flags in zip(rows, sanity.screens_flags(rows)):
+        row["flags"] = flags
     first = summary.screens[0]
     return {
         "data": first["data"],
@@ -278,6 +312,7 @@ def _jailbreak_section(summary: RunSummary) -> dict[str, Any]:
                 "wall_time": r["wall_time"],
             }
         )
+        cells[-1]["flags"] = sanity.jailbreak_flags(cells[-1])
         hits = [1 if j == 1 else 0 for j in r["judged"]]
         unbounded = r["threat"]["norm"] == "none" and r["threat"]["space"] == "embedding"
         for table, keep in ((worst, True), (worst_bounded, not unbounded)):
@@ -343,6 +378,9 @@ def _retrieval_section(summary: RunSummary) -> dict[str, Any]:
         | {key: r[key] for key in keys}
         for r in summary.retrieval
     ]
+    flags = sanity.retrieval_flags(cells)
+    for cell in cells:
+        cell["flags"] = flags[cell["id"]]
     return {"clean": clean, "cells": cells}
 
 
@@ -389,13 +427,15 @@ def _membership_entry(record: dict[str, Any], pair_label: str) -> dict[str, Any]
         "population_z",
         "wall_time",
     )
-    return {
+    entry = {
         "id": record["id"],
         "pair_id": record["pair_id"],
         "pair": pair_label,
         "attack": _attack_entry(attack),
         **{key: record.get(key) for key in keys},
     }
+    entry["flags"] = sanity.membership_flags(entry)
+    return entry
 
 
 def validate_results(results: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, Undefined, select_autoescape
 from markupsafe import Markup
 
-from robustbench_cl.engine.results import load_results
+from robustbench_cl.engine.results import load_results, task_flag_rows
 from robustbench_cl.engine.summary import threat_sort_key
 from robustbench_cl.report import plots
 from robustbench_cl.report.media import example_rows, mask_pii, png_data_uri, truncate
@@ -294,6 +294,7 @@ def render_results(results: dict[str, Any], run_dir: str | Path | None = None) -
         "jailbreak": _jailbreak(results),
         "screens": _screens(results, Path(run_dir) if run_dir is not None else None),
         "non_adaptive": [c for c in results["cells"] if not c["adaptive"]],
+        "task_flags": task_flag_rows(results),
     }
     return _environment().get_template("report.html.j2").render(**context)
 

@@ -28,6 +28,7 @@ def _figure(width: float = 5.0, height: float = 3.4):  # noqa: ANN202 - a matplo
         {
             "svg.fonttype": "none",  # text stays text: smaller, selectable, escaped by us
             "text.parse_math": False,  # a '$' in a model name is text, not mathtext
+            "svg.hashsalt": "robustbench_cl",  # element ids from content: a re-render is a no-op
             "font.size": 9,
             "axes.spines.top": False,
             "axes.spines.right": False,

@@ -81,18 +81,24 @@ def matrix_table(summary: RunSummary) -> Table:
 
 
 def flags_table(summary: RunSummary) -> Table | None:
+    from robustbench_cl.engine.results import build_results, task_flag_rows
+
     rows = [
         (f"{pair.defense}", column_label(cell), flag["code"], flag["message"])
         for pair in summary.pairs
         for cell in pair.cells
         for flag in cell["flags"]
     ]
+    rows += [  # membership, retrieval, jailbreak and screens flags
+        (row["task"], row["where"], row["code"], row["message"])
+        for row in task_flag_rows(build_results(summary))
+    ]
     if not rows:
         return None
     table = Table(
         title="! evaluation possibly unreliable (docs/sanity-checks.md)", title_justify="left"
     )
-    for name in ("defense", "cell", "flag", "reason"):
+    for name in ("defense / task", "cell", "flag", "reason"):
         table.add_column(name)
     for row in rows:
         table.add_row(*row)
