@@ -6,6 +6,9 @@ traceback unless ``--debug``. Library callers get an ordinary ``ValueError`` sub
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class UserError(ValueError):
     """Bad input from a user: a config, a name, a tensor. Always names the field and the fix."""
@@ -22,3 +25,15 @@ class UserError(ValueError):
 
 class ThreatModelViolation(RuntimeError):
     """An attack returned inputs outside its threat model: the cell fails loudly."""
+
+
+@contextmanager
+def under_field(field: str, *, replace: bool = False) -> Iterator[None]:
+    """Re-raise a :class:`UserError` from the block under the config path ``field``:
+    ``attacks[2]`` + ``steps`` gives ``attacks[2].steps`` (``replace``: just ``field``), so the
+    one-line message names where in the config the bad value is."""
+    try:
+        yield
+    except UserError as error:
+        where = field if replace else f"{field}.{error.field}"
+        raise UserError(where, error.problem, error.fix) from None

@@ -64,7 +64,43 @@ def test_one_off_attack_json():
     data = json.loads(result.stdout)
     assert data["settings"]["steps"] == 5
     assert 0 <= data["robust_accuracy"] <= data["clean_accuracy"] <= 1
-    assert data["cost"]["backward"] == 5 * 32
+    # the engine attacks the clean-correct samples only
+    assert data["attacked"] == round(32 * data["clean_accuracy"])
+    assert data["cost"]["backward"] == 5 * data["attacked"]
+
+
+def test_a_one_off_targeted_attack_is_the_engine_cell_of_the_same_config(tmp_path):
+    import yaml
+
+    args = ("attack", "pgd", "--eps", "0.1", "--n", "40", "--targeted", "--param", "steps=4")
+    result = invoke(*args, "--json", "--out", str(tmp_path / "one-off"))
+    assert result.exit_code == 0, result.output
+    one_off = json.loads(result.stdout)
+    config = {
+        "suite": "attack",
+        "seed": 0,
+        "data": {"name": "digits", "n": 40},
+        "models": [{"spec": "builtin:digits-cnn"}],
+        "attacks": [
+            {
+                "attack": "pgd",
+                "params": {"steps": 4},
+                "threat": {"norm": "linf", "eps": 0.1, "targeted": True},
+            }
+        ],
+        "engine": {"examples": 0},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert invoke("run", str(path), "--out", str(tmp_path / "run"), "--json").exit_code == 0
+
+    def outcomes(run_dir):
+        lines = (run_dir / "cells.jsonl").read_text().splitlines()
+        return [json.loads(line)["outcomes"] for line in lines if '"type": "cell"' in line]
+
+    # random targets drawn by the engine (not y + 1), identical outcomes per sample
+    assert outcomes(tmp_path / "one-off") == outcomes(tmp_path / "run")
+    assert one_off["threat"]["targeted"] is True
 
 
 def test_report_command_writes_html(tmp_path):
@@ -176,3 +212,31 @@ def test_line_progress_prints_units_eta_and_a_heartbeat_without_a_tty():
     assert "[   40s] cell 2/3 done in 9s: screens | DualTAP, ETA ~40s" in lines
     assert lines[-1] == "[   44s] cell 3/3 done in 4s: screens | noise"
     assert all(len(line) < 100 for line in lines)
+
+
+def test_list_covers_every_registry_and_every_data_source():
+    from robustbench_cl import registry
+    from robustbench_cl.models import SCHEMES
+    from robustbench_cl.privacy.membership import MEMBERSHIP_ATTACKS
+    from robustbench_cl.privacy.protectors import PROTECTORS
+    from robustbench_cl.privacy.routers import ROUTERS
+
+    registry._load_builtins()
+    expected = {
+        "attacks": registry.ATTACKS.names(),
+        "defenses": registry.DEFENSES.names(),
+        "membership": MEMBERSHIP_ATTACKS.names(),
+        "models": [f"builtin:{n}" for n in registry.MODELS.names()]
+        + [f"{n}:" for n in SCHEMES.names()],
+        "datasets": registry.DATASETS.names()
+        + ["shapes", "karpathy:", "behaviors:", "privscreen-mini", "privscreen:", "hf-disk:"],
+        "protectors": list(PROTECTORS),
+        "routers": list(ROUTERS),
+    }
+    for kind, names in expected.items():
+        result = CliRunner().invoke(cli, ["list", kind], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        missing = [name for name in names if name not in result.output]
+        assert not missing, f"list {kind} misses {missing}"
+    for section in ("classification", "retrieval", "jailbreak", "screens"):
+        assert section in CliRunner().invoke(cli, ["list", "datasets"]).output

@@ -214,3 +214,7 @@ def test_generation_columns_in_a_run_and_its_report(tmp_path):
     assert (run / entry["grid"]).exists()
     html = render_report(run)
     assert 'id="generation"' in html and 'class="grid" src="data:image/png;base64,' in html
+    from tests.conftest import assert_resumes_after_a_torn_line
+
+    # the last record is the generation: torn, it is recomputed identically
+    assert_resumes_after_a_torn_line(run, lambda: rbcl.run(config, out=run, profile=None))

@@ -329,6 +329,11 @@ def test_jailbreak_section_end_to_end_with_lora_schema_report_and_resume(chat, t
     # a rerun resumes: nothing is recomputed
     again = run(_config(tmp_path / "model"), out=tmp_path / "run", device="cpu")
     assert ResultsStore(again / "cells.jsonl").read() == records
+    from tests.conftest import assert_resumes_after_a_torn_line
+
+    assert_resumes_after_a_torn_line(
+        out, lambda: run(_config(tmp_path / "model"), out=out, device="cpu")
+    )
     html = write_report(out).read_text()
     assert 'id="jailbreak"' in html and "C-AdvUL" in html
 

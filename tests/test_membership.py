@@ -215,6 +215,12 @@ def test_membership_columns_in_a_run_and_its_report(tmp_path):
     lira = [json.loads(line) for line in lines if '"membership"' in line][1]
     assert lira["references_trained"] == 0  # the second run reuses the cached references
     assert lira["scores"] == audits[1]["scores"]
+    from tests.conftest import assert_resumes_after_a_torn_line
+
+    # the last record is the LiRA column: torn, it is recomputed identically
+    assert_resumes_after_a_torn_line(
+        again, lambda: rbcl.run(_membership_config(), out=again, profile=None)
+    )
 
 
 def test_reference_attacks_are_refused_without_a_recipe():

@@ -250,6 +250,9 @@ def test_engine_runs_source_by_target_cells_and_resumes(tmp_path) -> None:  # no
     before = (out / "cells.jsonl").read_bytes()
     run(_retrieval_config(), out=out, device="cpu")
     assert (out / "cells.jsonl").read_bytes() == before
+    from tests.conftest import assert_resumes_after_a_torn_line
+
+    assert_resumes_after_a_torn_line(out, lambda: run(_retrieval_config(), out=out, device="cpu"))
 
 
 def test_retrieval_config_errors_are_one_line(tmp_path) -> None:  # noqa: ANN001

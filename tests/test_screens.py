@@ -426,6 +426,9 @@ def test_screens_section_end_to_end_schema_report_without_pii_and_resume(tmp_pat
     records = ResultsStore(out / "cells.jsonl").read()
     again = run(_config(), out=tmp_path / "run", device="cpu")
     assert ResultsStore(again / "cells.jsonl").read() == records
+    from tests.conftest import assert_resumes_after_a_torn_line
+
+    assert_resumes_after_a_torn_line(out, lambda: run(_config(), out=out, device="cpu"))
 
 
 def test_screens_config_errors_are_one_line() -> None:

@@ -252,8 +252,6 @@ class Attack(AttackBase):
     #: whether the attack may run under bfloat16 autocast (external libraries convert to NumPy,
     #: which has no bfloat16: they always run in fp32)
     supports_bf16: ClassVar[bool] = True
-    #: whether a randomized model needs EOT for this attack to be meaningful
-    supports_eot: ClassVar[bool] = False
 
     def resolved_settings(self, n_classes: int) -> dict[str, Any]:
         """The settings as they apply to a model with ``n_classes`` outputs (for the record)."""

@@ -256,31 +256,87 @@ def _summary_json(summary: Any) -> dict[str, Any]:
     }
 
 
-@cli.command(name="list")
-@click.argument(
-    "kind",
-    type=click.Choice(["attacks", "defenses", "models", "datasets", "suites", "membership"]),
-    default="attacks",
+LIST_KINDS = (
+    "attacks",
+    "defenses",
+    "models",
+    "datasets",
+    "suites",
+    "membership",
+    "protectors",
+    "routers",
 )
+
+#: every data source a config can name, by the section (task) that reads it
+DATASET_SOURCES = (
+    ("safetensors:DIR", "classification", "your own x/y tensors (test.safetensors), streamed"),
+    ("imagefolder:DIR[?size=N]", "classification", "a torchvision ImageFolder tree, streamed"),
+    (
+        "cifar10:DIR",
+        "classification",
+        "CIFAR-10's binary batches (data_batch_*.bin, test_batch.bin)",
+    ),
+    (
+        "cifar100:DIR",
+        "classification",
+        "CIFAR-100's binary files (train.bin, test.bin), fine labels",
+    ),
+    (
+        "hf-disk:DIR[?image=COL&label=COL&size=N]",
+        "classification",
+        "a Hugging Face save_to_disk folder, streamed (extra: datasets)",
+    ),
+    ("shapes", "retrieval", "built-in captioned shapes (retrieval.data.name)"),
+    ("karpathy:DIR", "retrieval", "COCO / Flickr30K in the Karpathy JSON layout"),
+    ("(built in)", "jailbreak", "synthetic harmful, benign and borderline chat prompts"),
+    ("behaviors:FILE.csv", "jailbreak", "AdvBench / HarmBench-style goal,target CSV"),
+    ("privscreen-mini[?n=160&seed=0]", "screens", "rendered phone screens with PII boxes"),
+    ("privscreen:DIR", "screens", "PrivScreen's folder layout (images + annotations)"),
+)
+
+
+def _doc_line(obj: Any) -> str:
+    """The first sentence of a docstring."""
+    paragraph = (getattr(obj, "__doc__", None) or "").strip().split("\n\n")[0]
+    sentence = " ".join(paragraph.split()).replace("``", "").split(". ")[0]
+    return sentence.rstrip(".")
+
+
+@cli.command(name="list")
+@click.argument("kind", type=click.Choice(LIST_KINDS), default="attacks")
 @click.argument("pattern", default="*")
 def list_command(kind: str, pattern: str) -> None:
     """List registered names, optionally filtered by a wildcard PATTERN ('pgd*')."""
+    import fnmatch
+
     from robustbench_cl import registry
     from robustbench_cl.engine.config import list_suites
 
     registry._load_builtins()
     table = Table(title=kind, title_justify="left")
     table.add_column("name", style="bold")
-    table.add_column("summary")
+    rows: list[tuple[str, ...]] = []
     if kind == "suites":
-        import fnmatch
-
         from robustbench_cl.engine.config import read_yaml, resolve_suite_path
 
         for name in list_suites():
-            if fnmatch.fnmatch(name, pattern):
-                description = read_yaml(resolve_suite_path(name)).get("description", "")
-                table.add_row(name, description or "packaged suite")
+            description = read_yaml(resolve_suite_path(name)).get("description", "")
+            rows.append((name, description or "packaged suite"))
+    elif kind == "datasets":
+        table.add_column("section")
+        rows += [
+            (name, "classification", registry.DATASETS.summary(name))
+            for name in registry.DATASETS.names()
+        ]
+        rows += list(DATASET_SOURCES)
+    elif kind == "protectors":
+        from robustbench_cl.privacy.protectors import PROTECTOR_SUMMARIES
+
+        rows += list(PROTECTOR_SUMMARIES.items())
+    elif kind == "routers":
+        from robustbench_cl.privacy.routers import ROUTERS
+
+        rows += [(name, _doc_line(router)) for name, router in ROUTERS.items()]
     else:
         from robustbench_cl.privacy.membership import MEMBERSHIP_ATTACKS
 
@@ -289,33 +345,20 @@ def list_command(kind: str, pattern: str) -> None:
             "attacks": registry.ATTACKS,
             "defenses": registry.DEFENSES,
             "models": registry.MODELS,
-            "datasets": registry.DATASETS,
         }[kind]
-        for name in reg.names(pattern):
-            shown = f"builtin:{name}" if kind == "models" else name
-            table.add_row(shown, reg.summary(name))
+        for name in reg.names():
+            rows.append((f"builtin:{name}" if kind == "models" else name, reg.summary(name)))
         if kind == "attacks":
-            table.add_row("torchattacks:NAME", "any torchattacks attack, under our threat model")
-            table.add_row("art:NAME", "any ART evasion attack, under our threat model")
-        if kind == "datasets":
-            for scheme, summary in (
-                ("safetensors:DIR", "your own x/y tensors (test.safetensors), streamed"),
-                ("imagefolder:DIR[?size=N]", "a torchvision ImageFolder tree, class subfolders"),
-                ("cifar10:DIR", "CIFAR-10's binary batches (data_batch_*.bin, test_batch.bin)"),
-                ("cifar100:DIR", "CIFAR-100's binary files (train.bin, test.bin), fine labels"),
-                (
-                    "hf-disk:DIR[?image=COL&label=COL&size=N]",
-                    "a Hugging Face save_to_disk folder (extra: datasets)",
-                ),
-            ):
-                table.add_row(scheme, summary)
+            rows.append(("torchattacks:NAME", "any torchattacks attack, under our threat model"))
+            rows.append(("art:NAME", "any ART evasion attack, under our threat model"))
         if kind == "models":
-            for scheme in (
-                "torchvision:NAME?weights=PATH",
-                "timm:NAME?checkpoint=PATH",
-                "python:package.module:factory",
-            ):
-                table.add_row(scheme, "adapter for your own model")
+            from robustbench_cl.models import SCHEMES
+
+            rows += [(f"{name}:...", _doc_line(SCHEMES.get(name))) for name in SCHEMES.names()]
+    table.add_column("summary")
+    for row in rows:
+        if fnmatch.fnmatch(row[0], pattern):
+            table.add_row(*row)
     stdout.print(table)
 
 
@@ -439,6 +482,12 @@ def _parse_param(values: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--param", "params", multiple=True, help="Attack parameter KEY=VALUE (repeatable).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Keep the run directory here (cells.jsonl, report); default: a temporary one.",
+)
 @click.option("--json", "as_json", is_flag=True)
 def attack(
     name: str,
@@ -451,24 +500,26 @@ def attack(
     params: tuple[str, ...],
     device: str,
     seed: int,
+    out: Path | None,
     as_json: bool,
 ) -> None:
-    """Run one attack NAME against one model, e.g. `attack pgd --eps 0.1`."""
-    import torch
+    """Run one attack NAME against one model, e.g. `attack pgd --eps 0.1`.
+
+    A one-cell matrix through the engine: the same targets, seeds, sanity checks and record
+    as the cell would get in a config (no cascade: there is one attack).
+    """
+    import contextlib
+    import tempfile
 
     from robustbench_cl.attacks import make_attack
-    from robustbench_cl.attacks.base import step_hook
-    from robustbench_cl.data import load_dataset
-    from robustbench_cl.engine.metrics import wilson_interval
-    from robustbench_cl.engine.threads import apply_threads
-    from robustbench_cl.models import load_model
+    from robustbench_cl.cli.progress import RichProgress
+    from robustbench_cl.engine import load_run
+    from robustbench_cl.engine import run as run_matrix
     from robustbench_cl.threat import ThreatModel
-    from robustbench_cl.utils import resolve_device, seed_everything
 
-    apply_threads()
-    seed_everything(seed)
+    parsed = _parse_param(params)
     threat = ThreatModel(norm=norm, eps=eps, targeted=targeted)
-    chosen = make_attack(name, **_parse_param(params))
+    chosen = make_attack(name, **parsed)
     reason = chosen.supports(threat, "classification")
     if reason is not None:
         fix = "choose another attack or --norm"
@@ -480,38 +531,50 @@ def attack(
         if isinstance(chosen, JailbreakAttack):
             fix = "run it from a config's `jailbreak:` section (see `robustbench-cl run llm`)"
         raise UserError("attack", reason, fix)
-    torch_device = resolve_device(device)
-    model = load_model(model_spec).to(torch_device)
-    x, y = load_dataset(dataset, split="test").tensors(n)
-    x, y = x.to(torch_device), y.to(torch_device)
-    from rich.progress import Progress
-
-    from robustbench_cl.attacks.base import probe_model, validate_inputs
-
-    validate_inputs(x, y, threat)
-    n_classes = probe_model(model, x).shape[1]
-    labels = y
-    if targeted:
-        y = (labels + 1) % n_classes  # a fixed, reproducible target: the next class
-    console.print(f"{name} settings: {chosen.resolved_settings(n_classes)}", highlight=False)
-    with Progress(console=console, transient=True) as bars:
-        task = bars.add_task(f"{name} {threat.describe()}", total=1)
-        with step_hook(lambda step, total: bars.update(task, total=total, completed=step)):
-            result = chosen(model, x, y, threat)
-    with torch.no_grad():
-        clean = model(x).argmax(1) == labels  # correct on the true labels, targeted or not
-    robust = int((clean & ~result.success).sum())
+    if n < 1:
+        raise UserError("--n", f"must be >= 1, got {n}")
+    config = {
+        "suite": "attack",
+        "seed": seed,
+        "data": {"name": dataset, "n": n},
+        "models": [{"spec": model_spec}],
+        "attacks": [
+            {
+                "attack": name,
+                "params": parsed,
+                "threat": {"norm": norm, "eps": eps, "targeted": targeted},
+            }
+        ],
+        "engine": {"examples": 0},
+    }
+    with tempfile.TemporaryDirectory(prefix="rbcl-attack-") as scratch:
+        run_dir = out or Path(scratch) / "run"
+        # bars on a terminal; silent in a pipe, where stdout is the result (one cell: no ETA)
+        drawn = RichProgress(console) if console.is_terminal else contextlib.nullcontext(None)
+        with drawn as progress:
+            run_matrix(
+                config,
+                out=run_dir,
+                profile=None,
+                device=device,
+                resume=out is not None,
+                progress=progress,
+                command="robustbench-cl " + " ".join(sys.argv[1:]),
+            )
+        (cell,) = load_run(run_dir).pairs[0].cells
     output = {
         "attack": name,
-        "settings": chosen.resolved_settings(n_classes),
+        "settings": cell["attack"]["settings"],
         "model": model_spec,
-        "threat": threat.to_dict(),
-        "n": len(y),
-        "clean_accuracy": float(clean.float().mean()),
-        "robust_accuracy": robust / len(y),
-        "robust_ci95": list(wilson_interval(robust, len(y))),
-        "cost": result.cost.to_dict(),
-        "wall_time": result.wall_time,
+        "threat": cell["threat"],
+        "n": cell["n"],
+        "clean_accuracy": cell["clean_accuracy"],
+        "robust_accuracy": cell["robust_accuracy"],
+        "robust_ci95": cell["robust_ci95"],
+        "attacked": cell["attacked"],
+        "cost": cell["cost"],
+        "flags": cell["flags"],
+        "wall_time": cell["wall_time"],
     }
     if as_json:
         stdout.print_json(json.dumps(output))
@@ -520,16 +583,19 @@ def attack(
     for column in ("n", "clean %", "robust %", "95% CI", "forward", "backward", "seconds"):
         table.add_column(column, justify="right")
     low, high = output["robust_ci95"]
+    flagged = " !" if output["flags"] else ""
     table.add_row(
-        str(len(y)),
+        str(output["n"]),
         f"{100 * output['clean_accuracy']:.1f}",
-        f"{100 * output['robust_accuracy']:.1f}",
+        f"{100 * output['robust_accuracy']:.1f}{flagged}",
         f"{100 * low:.1f}-{100 * high:.1f}",
-        str(result.cost.forward),
-        str(result.cost.backward),
-        f"{result.wall_time:.2f}",
+        str(output["cost"]["forward"]),
+        str(output["cost"]["backward"]),
+        f"{output['wall_time']:.2f}",
     )
     stdout.print(table)
+    for item in output["flags"]:
+        console.print(f"! {item['code']}: {item['message']}", highlight=False)
 
 
 @cli.command()

@@ -36,7 +36,7 @@ from robustbench_cl.engine.config import (
     refuse_duplicate_labels,
 )
 from robustbench_cl.engine.metrics import rate_entry
-from robustbench_cl.errors import UserError
+from robustbench_cl.errors import UserError, under_field
 from robustbench_cl.threat import ThreatModel
 from robustbench_cl.utils import derive_seed, stable_hash
 
@@ -69,10 +69,8 @@ def _threats(attack: JailbreakAttackConfig, index: int) -> list[ThreatModel]:
         values = [dict(base, eps=eps) for eps in attack.threat.eps_values()]
     threats = []
     for value in values:
-        try:
+        with under_field(field):
             threats.append(ThreatModel(**value))
-        except UserError as error:
-            raise UserError(f"{field}.{error.field}", error.problem, error.fix) from None
     return threats
 
 
@@ -88,18 +86,12 @@ def expand_jailbreak(config: MatrixConfig) -> dict[str, Any]:
 
         load_behaviors(section.data.behaviors)
     for index, model in enumerate(section.models):
-        try:
+        with under_field(f"jailbreak.models[{index}].spec", replace=True):
             check_spec(model.spec)
-        except UserError as error:
-            raise UserError(f"jailbreak.models[{index}].spec", error.problem, error.fix) from None
     defenses = []
     for index, defense in enumerate(section.defenses):
-        try:
+        with under_field(f"jailbreak.defenses[{index}]"):
             built = make_defense(defense.defense, **defense.params)
-        except UserError as error:
-            raise UserError(
-                f"jailbreak.defenses[{index}].{error.field}", error.problem, error.fix
-            ) from None
         if built.kind != "none" and "jailbreak" not in getattr(built, "tasks", ()):
             raise UserError(
                 f"jailbreak.defenses[{index}]",
@@ -109,12 +101,8 @@ def expand_jailbreak(config: MatrixConfig) -> dict[str, Any]:
         defenses.append((defense, built))
     columns = []
     for index, attack in enumerate(section.attacks):
-        try:
+        with under_field(f"jailbreak.attacks[{index}]"):
             built = make_attack(attack.attack, **attack.params)
-        except UserError as error:
-            raise UserError(
-                f"jailbreak.attacks[{index}].{error.field}", error.problem, error.fix
-            ) from None
         if not isinstance(built, JailbreakAttack):
             raise UserError(
                 f"jailbreak.attacks[{index}]",

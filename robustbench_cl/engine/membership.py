@@ -24,7 +24,7 @@ from torch import nn
 from robustbench_cl.data import TensorData
 from robustbench_cl.defenses import make_defense
 from robustbench_cl.engine.config import DefenseConfig, MembershipConfig, ModelConfig
-from robustbench_cl.errors import UserError
+from robustbench_cl.errors import UserError, under_field
 from robustbench_cl.models import parse_spec
 from robustbench_cl.models.wrappers import Frozen
 from robustbench_cl.privacy.membership import (
@@ -97,12 +97,8 @@ def expand_membership(
     """
     cells, skipped = [], []
     for index, config in enumerate(configs):
-        try:
+        with under_field(f"membership[{index}]"):
             attack = make_membership_attack(config.attack, **config.params)
-        except UserError as error:
-            raise UserError(
-                f"membership[{index}].{error.field}", error.problem, error.fix
-            ) from None
         if attack.uses_references and reference_recipe(model, defense) is None:
             skipped.append(
                 {

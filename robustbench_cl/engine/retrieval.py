@@ -34,7 +34,7 @@ from robustbench_cl.attacks.universal import (
 )
 from robustbench_cl.engine.config import MatrixConfig, ModelConfig, RetrievalConfig
 from robustbench_cl.engine.metrics import wilson_interval
-from robustbench_cl.errors import UserError
+from robustbench_cl.errors import UserError, under_field
 from robustbench_cl.threat import ThreatModel
 from robustbench_cl.utils import derive_seed, stable_hash
 
@@ -93,10 +93,8 @@ def expand_retrieval(config: MatrixConfig) -> list[dict[str, Any]]:
     section = config.retrieval
     assert section is not None
     for index, model in enumerate(section.models):
-        try:
+        with under_field(f"retrieval.models[{index}].spec", replace=True):
             check_spec(model.spec)
-        except UserError as error:
-            raise UserError(f"retrieval.models[{index}].spec", error.problem, error.fix) from None
     labels = [m.label for m in section.models]
     if len(set(labels)) != len(labels):
         raise UserError(
@@ -105,12 +103,8 @@ def expand_retrieval(config: MatrixConfig) -> list[dict[str, Any]]:
     fits = []
     data_key = section.data.model_dump(mode="json")
     for index, attack in enumerate(section.attacks):
-        try:
+        with under_field(f"retrieval.attacks[{index}]"):
             built = make_attack(attack.attack, **attack.params)
-        except UserError as error:
-            raise UserError(
-                f"retrieval.attacks[{index}].{error.field}", error.problem, error.fix
-            ) from None
         if not isinstance(built, UniversalAttack):
             raise UserError(
                 f"retrieval.attacks[{index}]",
@@ -120,12 +114,8 @@ def expand_retrieval(config: MatrixConfig) -> list[dict[str, Any]]:
         for eps in attack.threat.eps_values():
             values = attack.threat.model_dump()
             values.update(eps=eps, universal=True)
-            try:
+            with under_field(f"retrieval.attacks[{index}].threat"):
                 threat = ThreatModel(**values)
-            except UserError as error:
-                raise UserError(
-                    f"retrieval.attacks[{index}].threat.{error.field}", error.problem, error.fix
-                ) from None
             reason = built.supports(threat, "retrieval")
             if reason is not None:
                 raise UserError(

@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from robustbench_cl.attacks import Attack, make_attack
-from robustbench_cl.attacks.base import Cost, check_eps_fits, step_hook
+from robustbench_cl.attacks.base import Cost, check_eps_fits, probe_model, step_hook
 from robustbench_cl.data import TensorData, load_dataset
 from robustbench_cl.defenses import make_defense
 from robustbench_cl.engine import sanity
@@ -57,7 +57,7 @@ from robustbench_cl.engine.screens import ScreensAudit, expand_screens
 from robustbench_cl.engine.store import ResultsStore, write_json_atomic
 from robustbench_cl.engine.summary import threat_label
 from robustbench_cl.engine.threads import apply_threads
-from robustbench_cl.errors import UserError
+from robustbench_cl.errors import UserError, under_field
 from robustbench_cl.models import Preprocessed, check_spec, load_model
 from robustbench_cl.threat import ThreatModel
 from robustbench_cl.utils import (
@@ -135,15 +135,11 @@ def expand(config: MatrixConfig) -> list[Pair]:
     pairs = []
     data_key = config.data.model_dump(mode="json")
     for index, model in enumerate(config.models):
-        try:
+        with under_field(f"models[{index}].spec", replace=True):
             check_spec(model.spec)
-        except UserError as error:
-            raise UserError(f"models[{index}].spec", error.problem, error.fix) from None
     for index, defense in enumerate(config.defenses):
-        try:
+        with under_field(f"defenses[{index}]"):
             make_defense(defense.defense, **defense.params)
-        except UserError as error:
-            raise UserError(f"defenses[{index}].{error.field}", error.problem, error.fix) from None
     for model in config.models:
         for defense in config.defenses:
             pair_id = stable_hash(
@@ -164,21 +160,13 @@ def expand(config: MatrixConfig) -> list[Pair]:
                     {"pair": pair_id, "generation": config.generation.model_dump()}
                 )
             for index, attack in enumerate(config.attacks):
-                try:
+                with under_field(f"attacks[{index}]"):
                     built = make_attack(attack.attack, **attack.params)
-                except UserError as error:
-                    raise UserError(
-                        f"attacks[{index}].{error.field}", error.problem, error.fix
-                    ) from None
                 for eps in attack.threat.eps_values():
                     threat_values = attack.threat.model_dump()
                     threat_values["eps"] = eps
-                    try:
+                    with under_field(f"attacks[{index}].threat"):
                         threat = ThreatModel(**threat_values)
-                    except UserError as error:
-                        raise UserError(
-                            f"attacks[{index}].threat.{error.field}", error.problem, error.fix
-                        ) from None
                     reason = built.supports(threat, config.task)
                     if reason is not None:
                         raise UserError(
@@ -379,6 +367,9 @@ class Runner:
     # ------------------------------------------------------------------ clean pass
     def clean_record(self, pair: Pair, model: nn.Module) -> dict[str, Any]:
         start = time.perf_counter()
+        # a model that does not take these inputs: one line naming both, not a torch traceback
+        with under_field(f"model {pair.model.label}", replace=True):
+            probe_model(model, self.inputs(*self.shards[0]))
         logits = torch.cat([self._predict(model, self.inputs(*shard)) for shard in self.shards])
         n_classes = logits.shape[1]
         correct = logits.argmax(1) == self.y
@@ -816,12 +807,8 @@ def _check_eps_against_data(pairs: list[Pair], sample_shape: tuple[int, ...]) ->
     """Fail before any work when an l2/l1 eps exceeds the largest distance in the bounds."""
     for pair in pairs:
         for cell in pair.cells:
-            try:
+            with under_field(f"{cell.attack.label}.threat.eps", replace=True):
                 check_eps_fits(cell.threat, math.prod(sample_shape))
-            except UserError as error:
-                raise UserError(
-                    f"{cell.attack.label}.threat.eps", error.problem, error.fix
-                ) from None
 
 
 def default_run_dir(suite: str) -> Path:

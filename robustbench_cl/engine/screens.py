@@ -25,7 +25,7 @@ from robustbench_cl.engine.config import (
     refuse_duplicate_labels,
 )
 from robustbench_cl.engine.metrics import rate_entry
-from robustbench_cl.errors import ThreatModelViolation, UserError
+from robustbench_cl.errors import ThreatModelViolation, UserError, under_field
 from robustbench_cl.utils import derive_seed, stable_hash
 
 logger = logging.getLogger(__name__)
@@ -66,10 +66,8 @@ def expand_screens(config: MatrixConfig) -> list[dict[str, Any]]:
                         "use truth (the screen's PII boxes) or reading (EasyOCR's reading)",
                     )
                 params.setdefault("seed", config.seed)
-                try:
+                with under_field(field):
                     built = make_defense("dualtap", eps=eps, **params)
-                except UserError as error:
-                    raise UserError(f"{field}.{error.field}", error.problem, error.fix) from None
             columns.append({"config": protector, "eps": eps, "built": built})
     labels = [column_label(c["config"].label, c["eps"]) for c in columns]
     refuse_duplicate_labels(labels, "screens.protectors[].name", "protectors")

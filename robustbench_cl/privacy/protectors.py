@@ -20,7 +20,14 @@ import torch
 
 from robustbench_cl.errors import UserError
 
-PROTECTORS = ("clean", "noise", "pgd", "blackout", "dualtap")
+PROTECTOR_SUMMARIES = {
+    "clean": "the screen as it is (the reference row)",
+    "noise": "uniform noise of l-inf size eps over the whole screen (the untrained baseline)",
+    "pgd": "a global PGD against the EasyOCR surrogate (eps, steps, EOT)",
+    "blackout": "the PII boxes painted black, knowing where they are (a privacy ceiling)",
+    "dualtap": "DualTAP: a trained generator, privacy and task losses (Wang et al.)",
+}
+PROTECTORS = tuple(PROTECTOR_SUMMARIES)
 BOUNDED = ("noise", "pgd", "dualtap")
 
 
