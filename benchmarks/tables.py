@@ -122,7 +122,41 @@ def ray_shards() -> list[str] | None:
     return lines
 
 
+def threads() -> list[str] | None:
+    run = _load("threads")
+    if run is None:
+        return None
+    lines = [
+        f"{run['attack']} on {run['n']} digits, {run['model']}, {run['cores']} cores; outcomes "
+        "identical in every setting.",
+        "",
+        "| busy loops beside | torch threads | seconds |",
+        "|---:|---:|---:|",
+    ]
+    for row in run["rows"]:
+        lines.append(f"| {row['busy_loops_beside']} | {row['threads']} | {row['seconds']:.1f} |")
+    return lines
+
+
+def demo_time() -> list[str] | None:
+    run = _load("demo_time")
+    if run is None:
+        return None
+    return [
+        f"`robustbench-cl run quickstart` (the quick profile), {run['cpus']} cores, "
+        f"{run['busy_loops_beside']} busy loop(s) beside it, shipped artifacts "
+        f"{'on' if run['shipped_artifacts'] else 'off'}; `make demo` adds the venv and install.",
+        "",
+        "| cache | seconds |",
+        "|---|---:|",
+        f"| cold (empty) | {run['cold_seconds']:.0f} |",
+        f"| warm | {run['warm_seconds']:.0f} |",
+    ]
+
+
 TABLES: dict[str, Callable[[], list[str] | None]] = {
+    "threads": threads,
+    "demo_time": demo_time,
     "attack_overhead": overhead,
     "cascade": cascade,
     "embedding_attack": embedding,

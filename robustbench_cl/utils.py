@@ -8,15 +8,18 @@ import os
 import random
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import torch
+
+from robustbench_cl.errors import UserError
 
 
 def cache_home() -> Path:
     """Where built-in models and defense artifacts are cached (``ROBUSTBENCH_CL_HOME``).
 
     On first use in a process, the artifacts shipped with the package (``robustbench_cl/
-    seeds/``, made by our own recipes: see :mod:`robustbench_cl.models.seeds`) are copied into
+    seeds/``, made by our own recipes: see :mod:`robustbench_cl.shipped`) are copied into
     it where missing, so a fresh machine starts from the same weights instead of retraining.
     """
     root = os.environ.get("ROBUSTBENCH_CL_HOME")
@@ -24,7 +27,7 @@ def cache_home() -> Path:
     path.mkdir(parents=True, exist_ok=True)
     if str(path) not in _SEEDED:
         _SEEDED.add(str(path))
-        from robustbench_cl.models.seeds import seed_cache
+        from robustbench_cl.shipped import seed_cache
 
         seed_cache(path)
     return path
@@ -90,8 +93,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        from robustbench_cl.errors import UserError
-
         raise UserError("device", "CUDA is not available on this machine", "use --device cpu")
     return torch.device(device)
 
@@ -105,3 +106,16 @@ def parse_fraction(value: float | int | str) -> float:
         return float(top) / float(bottom) if slash else float(top)
     except (ValueError, ZeroDivisionError):
         raise ValueError(f"eps {value!r} is not a number or a fraction like 32/255") from None
+
+
+def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
+    """``scheme:target?k=v`` -> (scheme, target, options)."""
+    if not isinstance(spec, str) or ":" not in spec:
+        raise UserError(
+            "model",
+            f"bad model spec {spec!r}",
+            "use e.g. builtin:digits-cnn or torchvision:resnet18",
+        )
+    scheme, _, rest = spec.partition(":")
+    target, _, query = rest.partition("?")
+    return scheme, target, dict(parse_qsl(query, keep_blank_values=True))

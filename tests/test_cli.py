@@ -216,9 +216,9 @@ def test_line_progress_prints_units_eta_and_a_heartbeat_without_a_tty():
 
 def test_list_covers_every_registry_and_every_data_source():
     from robustbench_cl import registry
+    from robustbench_cl.defenses.protectors import PROTECTORS
     from robustbench_cl.models import SCHEMES
     from robustbench_cl.privacy.membership import MEMBERSHIP_ATTACKS
-    from robustbench_cl.privacy.protectors import PROTECTORS
     from robustbench_cl.privacy.routers import ROUTERS
 
     registry._load_builtins()
@@ -230,7 +230,7 @@ def test_list_covers_every_registry_and_every_data_source():
         + [f"{n}:" for n in SCHEMES.names()],
         "datasets": registry.DATASETS.names()
         + ["shapes", "karpathy:", "behaviors:", "privscreen-mini", "privscreen:", "hf-disk:"],
-        "protectors": list(PROTECTORS),
+        "protectors": PROTECTORS.names(),
         "routers": list(ROUTERS),
     }
     for kind, names in expected.items():

@@ -275,7 +275,7 @@ def test_cli_refuses_a_code_running_pickle_with_exit_2_and_runs_nothing(tmp_path
 
 # ---------------------------------------------------------------------- shipped artifacts
 def test_seed_cache_copies_only_what_the_cache_lacks(tmp_path, monkeypatch):
-    from robustbench_cl.models.seeds import NO_SEEDS_ENV, digest, seed_cache
+    from robustbench_cl.shipped import NO_SEEDS_ENV, digest, seed_cache
 
     monkeypatch.delenv(NO_SEEDS_ENV, raising=False)
     root = tmp_path / "seeds"
@@ -298,7 +298,7 @@ def test_seed_cache_copies_only_what_the_cache_lacks(tmp_path, monkeypatch):
 def test_shipped_artifacts_load_without_training(tmp_path, monkeypatch):
     """A fresh cache gets the shipped digits-cnn: loading it trains nothing."""
     from robustbench_cl.models import builtin
-    from robustbench_cl.models.seeds import NO_SEEDS_ENV, shipped_entries
+    from robustbench_cl.shipped import NO_SEEDS_ENV, shipped_entries
     from robustbench_cl.utils import cache_home
 
     if not any(e.name.startswith("digits-cnn-") for e in shipped_entries()):

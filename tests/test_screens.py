@@ -18,6 +18,7 @@ from robustbench_cl.data.privscreen import (
     load_screens,
     locate_boxes,
     render_screen,
+    screen_tensor,
     write_layout,
 )
 from robustbench_cl.defenses.dualtap import (
@@ -25,7 +26,6 @@ from robustbench_cl.defenses.dualtap import (
     Protector,
     contrast,
     normalise01,
-    screen_tensor,
     shape_attention,
 )
 from robustbench_cl.errors import UserError
@@ -321,8 +321,8 @@ def test_tesseract_reads_a_rendered_phone_number(phone_screen) -> None:  # noqa:
 
 
 def test_surrogate_reads_the_boxes_and_its_gradient_stays_in_them(screens: ScreenData) -> None:
-    from robustbench_cl.defenses.dualtap import text_targets
-    from robustbench_cl.privacy.routers import RecognizerSurrogate, boxes_tensor
+    from robustbench_cl.data.privscreen import boxes_tensor, text_targets
+    from robustbench_cl.models.ocr import RecognizerSurrogate
 
     surrogate = RecognizerSurrogate()
     assert not any(p.requires_grad for p in surrogate.model.parameters())

@@ -52,6 +52,12 @@ def test_a_run_records_its_threads_and_the_cli_flag_sets_them(tmp_path, monkeypa
     }
     run_dir = rbcl.run(config, out=tmp_path / "a", profile=None, threads=2)
     assert json.loads((run_dir / "meta.json").read_text())["threads"] == 2
+    # results.json and the report say which threads and which weights the run used
+    run = json.loads((run_dir / "results.json").read_text())["run"]
+    assert run["threads"] == 2
+    (weights,) = [k for k in run["artifacts"] if "digits-cnn" in k]
+    html = rbcl.write_report(run_dir).read_text()
+    assert run["artifacts"][weights] in html and "2 CPU threads" in html
     import yaml
 
     path = tmp_path / "threads.yaml"

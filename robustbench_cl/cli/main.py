@@ -330,9 +330,9 @@ def list_command(kind: str, pattern: str) -> None:
         ]
         rows += list(DATASET_SOURCES)
     elif kind == "protectors":
-        from robustbench_cl.privacy.protectors import PROTECTOR_SUMMARIES
+        from robustbench_cl.defenses.protectors import PROTECTORS
 
-        rows += list(PROTECTOR_SUMMARIES.items())
+        rows += [(name, PROTECTORS.summary(name)) for name in PROTECTORS.names()]
     elif kind == "routers":
         from robustbench_cl.privacy.routers import ROUTERS
 
@@ -684,7 +684,7 @@ def protect(
     EasyOCR finds the text on each screenshot; lines that match a --keep keyword are the task,
     everything else is treated as private. The protected PNGs go to OUTPUT.
     """
-    from robustbench_cl.privacy.screenshot import protect_files
+    from robustbench_cl.defenses.screenshot import protect_files
 
     rows = protect_files(protector_path, list(images), output, list(keep))
     table = Table(title=f"protected screenshots in {output}", title_justify="left")
@@ -786,7 +786,7 @@ def artifacts() -> None:
 @artifacts.command("list")
 def artifacts_list() -> None:
     """Each shipped artifact, its content hash, and whether the cache holds the same bytes."""
-    from robustbench_cl.models.seeds import digest, shipped_entries
+    from robustbench_cl.shipped import digest, shipped_entries
     from robustbench_cl.utils import cache_home
 
     home = cache_home()
@@ -820,7 +820,7 @@ def artifacts_verify(work: Path | None) -> None:
     import tempfile
 
     from robustbench_cl.engine.threads import resolve_threads
-    from robustbench_cl.models.seeds import NO_SEEDS_ENV, SEEDS_THREADS, digest, shipped_entries
+    from robustbench_cl.shipped import NO_SEEDS_ENV, SEEDS_THREADS, digest, shipped_entries
 
     threads = resolve_threads() if os.environ.get("ROBUSTBENCH_CL_THREADS") else SEEDS_THREADS
 
@@ -864,7 +864,7 @@ def artifacts_verify(work: Path | None) -> None:
 )
 def artifacts_export(source: Path) -> None:
     """Replace the shipped artifacts with those of a cache (for maintainers)."""
-    from robustbench_cl.models.seeds import SEEDS, export
+    from robustbench_cl.shipped import SEEDS, export
 
     written = export(source)
     console.print(f"{len(written)} artifacts written to {SEEDS}")

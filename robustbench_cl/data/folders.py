@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from robustbench_cl.errors import UserError
+from robustbench_cl.utils import parse_spec  # the models' scheme:path?key=value syntax
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 FOLDER_SCHEMES = ("imagefolder:", "cifar10:", "cifar100:", "hf-disk:")
@@ -38,8 +39,6 @@ LABEL_COLUMNS = ("label", "labels", "fine_label", "class", "target")
 
 
 def load_folder_dataset(name: str, split: str) -> FolderData:
-    from robustbench_cl.models import parse_spec  # the same scheme:path?key=value syntax
-
     scheme, path, options = parse_spec(name)
     root = Path(path).expanduser()
     if scheme in ("cifar10", "cifar100"):

@@ -28,8 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from robustbench_cl.errors import UserError
+
+Box = tuple[int, int, int, int]
 
 WIDTH, HEIGHT = 256, 320
 MARGIN = 3  # pixels of background kept around a text box, as a text detector would
@@ -436,3 +439,43 @@ def locate_boxes(screen: Screen, detections: list[tuple[tuple[int, int, int, int
         index, score = best_match(item.value if isinstance(item, PiiField) else item.keyword, texts)
         if index is not None and score > 0.6:
             item.box = detections[index][0]
+
+
+# ---------------------------------------------------------------------- screens as tensors
+def check_same_size(screens: list) -> None:  # noqa: ANN001
+    sizes = sorted({f"{s.image.shape[1]}x{s.image.shape[0]}" for s in screens})
+    if len(sizes) > 1:
+        raise UserError(
+            "screens.data",
+            f"the screens have {len(sizes)} sizes ({', '.join(sizes[:3])}...); DualTAP batches screens",
+            "resize them to one size first",
+        )
+
+
+def screen_tensor(screens: list, device: torch.device | str = "cpu") -> torch.Tensor:  # noqa: ANN001
+    import numpy as np
+
+    return (
+        torch.from_numpy(np.stack([s.image for s in screens])).to(device).permute(0, 3, 1, 2)
+        / 255.0
+    )
+
+
+def text_targets(screens: list, kind: str) -> tuple[list[tuple[int, tuple]], list[str]]:  # noqa: ANN001
+    """(image index, box) pairs and texts of the privacy values or the task keywords."""
+    items, texts = [], []
+    for index, screen in enumerate(screens):
+        for item in screen.pii if kind == "privacy" else screen.tasks:
+            if item.box is not None:
+                items.append((index, item.box))
+                texts.append(item.value if kind == "privacy" else item.keyword)
+    return items, texts
+
+
+def boxes_tensor(
+    screens_items: list[tuple[int, Box]], device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """(image index, box) pairs as the (K, 5) float tensor ``roi_align`` takes."""
+    return torch.tensor(
+        [[float(i), *map(float, box)] for i, box in screens_items], device=device
+    ).reshape(-1, 5)

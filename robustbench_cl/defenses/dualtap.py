@@ -12,7 +12,7 @@ personal data is and where the agent's task is:
   per-pixel eps: ``|x_prot - x| <= eps * A_shaped <= eps`` everywhere.
 
 Only G is trained (Adam), against the frozen surrogate (EasyOCR's recognizer, CTC instead of the
-paper's MLLM cross-entropy; see :class:`~robustbench_cl.privacy.routers.RecognizerSurrogate`)::
+paper's MLLM cross-entropy; see :class:`~robustbench_cl.models.ocr.RecognizerSurrogate`)::
 
     L = alpha * CTC(task text | x_prot)
         - beta * mean_t CTC(PII text | T_t(x_prot))       # EOT, privacy branch only
@@ -35,8 +35,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustbench_cl.data.privscreen import (
+    boxes_tensor,
+    check_same_size,
+    screen_tensor,
+    text_targets,
+)
 from robustbench_cl.defenses.base import Defense, _canonical
 from robustbench_cl.errors import UserError
+from robustbench_cl.models.ocr import CropEOT, RecognizerSurrogate
 from robustbench_cl.registry import register_defense
 from robustbench_cl.utils import cache_home, parse_fraction, stable_hash
 
@@ -170,41 +177,9 @@ class Protector(nn.Module):
         return (x + self.delta(x, attention)).clamp(0, 1)
 
 
-def check_same_size(screens: list) -> None:  # noqa: ANN001
-    sizes = sorted({f"{s.image.shape[1]}x{s.image.shape[0]}" for s in screens})
-    if len(sizes) > 1:
-        raise UserError(
-            "screens.data",
-            f"the screens have {len(sizes)} sizes ({', '.join(sizes[:3])}...); DualTAP batches screens",
-            "resize them to one size first",
-        )
-
-
-def screen_tensor(screens: list, device: torch.device | str = "cpu") -> torch.Tensor:  # noqa: ANN001
-    import numpy as np
-
-    return (
-        torch.from_numpy(np.stack([s.image for s in screens])).to(device).permute(0, 3, 1, 2)
-        / 255.0
-    )
-
-
-def text_targets(screens: list, kind: str) -> tuple[list[tuple[int, tuple]], list[str]]:  # noqa: ANN001
-    """(image index, box) pairs and texts of the privacy values or the task keywords."""
-    items, texts = [], []
-    for index, screen in enumerate(screens):
-        for item in screen.pii if kind == "privacy" else screen.tasks:
-            if item.box is not None:
-                items.append((index, item.box))
-                texts.append(item.value if kind == "privacy" else item.keyword)
-    return items, texts
-
-
 def attention_maps(surrogate, x: torch.Tensor, screens: list, mode: str) -> torch.Tensor:  # noqa: ANN001
     """The attention DualTAP's generator sees: ``contrastive``, ``privacy`` (S_priv alone) or
     ``none`` (all ones: a global protector)."""
-    from robustbench_cl.privacy.routers import boxes_tensor
-
     if mode == "none":
         return torch.ones_like(x[:, :1])
     maps = {}
@@ -220,34 +195,6 @@ def attention_maps(surrogate, x: torch.Tensor, screens: list, mode: str) -> torc
     if mode == "privacy":
         return maps["privacy"]
     return contrast(maps["privacy"], maps["task"])
-
-
-class CropEOT:
-    """Expectation over what a reader does to a screenshot (see the module docstring)."""
-
-    def __init__(self, box_jitter: float = 2.0) -> None:
-        import kornia.augmentation as K
-
-        self.box_jitter = box_jitter
-        self.colour = K.ColorJitter(0.1, 0.1, 0.1, 0.02, p=0.6)
-        self.warp = K.RandomAffine(
-            degrees=3.0,
-            translate=(0.02, 0.04),
-            scale=(0.95, 1.05),
-            shear=5.0,
-            p=0.9,
-            padding_mode="border",
-        )
-        self.blur = K.RandomGaussianBlur((3, 3), (0.1, 1.0), p=0.3)
-
-    def __call__(
-        self, surrogate, x: torch.Tensor, boxes: torch.Tensor, texts: list[str], generator
-    ) -> torch.Tensor:  # noqa: ANN001
-        x = self.colour(x)
-        noise = (torch.rand(boxes.shape[0], 4, generator=generator) * 2 - 1) * self.box_jitter
-        jittered = boxes.clone()
-        jittered[:, 1:] = boxes[:, 1:] + noise.to(boxes)
-        return surrogate.loss(x, jittered, texts, transform=lambda c: self.blur(self.warp(c)))
 
 
 @register_defense("dualtap", "DualTAP screenshot protector (U-Net + contrastive attention)")
@@ -384,7 +331,6 @@ class DualTAP(Defense):
         return protector.eval()
 
     def _train(self, screens: list, surrogate, step) -> tuple[Protector, dict[str, Any]]:  # noqa: ANN001
-        from robustbench_cl.privacy.routers import RecognizerSurrogate, boxes_tensor
 
         screens = [s for s in screens if any(p.box is not None for p in s.pii)]
         if not screens:

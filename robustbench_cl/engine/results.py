@@ -134,6 +134,8 @@ def build_results(summary: RunSummary) -> dict[str, Any]:
             "versions": meta.get("versions", {}),
             "data": meta.get("data"),
             "complete": meta.get("finished") is not None,
+            "threads": meta.get("threads"),
+            "artifacts": meta.get("artifacts", {}),
         },
         "threat_models": sorted(
             {

@@ -25,7 +25,7 @@ from robustbench_cl.engine.config import (
     refuse_duplicate_labels,
 )
 from robustbench_cl.engine.metrics import rate_entry
-from robustbench_cl.errors import ThreatModelViolation, UserError, under_field
+from robustbench_cl.errors import ThreatModelViolation, UserError
 from robustbench_cl.utils import derive_seed, stable_hash
 
 logger = logging.getLogger(__name__)
@@ -36,39 +36,23 @@ PROTOCOL_VERSION = 1
 
 def expand_screens(config: MatrixConfig) -> list[dict[str, Any]]:
     """Validate the section; one column per (protector, eps)."""
-    from robustbench_cl.defenses import make_defense
-    from robustbench_cl.privacy.protectors import BOUNDED, check_protector
+    from robustbench_cl.defenses.protectors import make_protector
 
     section = config.screens
     assert section is not None
     columns = []
     for index, protector in enumerate(section.protectors):
         field = f"screens.protectors[{index}]"
-        check_protector(protector.protector, protector.params, field)
-        bounded = protector.protector in BOUNDED
-        if bounded and not protector.eps:
+        kind = make_protector(protector.protector, f"{field}.protector")
+        if kind.bounded and not protector.eps:
             raise UserError(
                 f"{field}.eps", f"{protector.protector} needs an eps", "e.g. eps: [16/255, 32/255]"
             )
-        if not bounded and protector.eps:
+        if not kind.bounded and protector.eps:
             raise UserError(f"{field}.eps", f"{protector.protector} takes no eps", "remove eps")
         for eps in protector.eps_values():
-            built = None
-            if protector.protector == "dualtap":
-                params = dict(protector.params)
-                if "eps" in params:
-                    raise UserError(f"{field}.params.eps", "eps is set outside params", "use eps:")
-                source = params.pop("attention_from", "truth")
-                if source not in ("truth", "reading"):
-                    raise UserError(
-                        f"{field}.params.attention_from",
-                        f"unknown attention source {source!r}",
-                        "use truth (the screen's PII boxes) or reading (EasyOCR's reading)",
-                    )
-                params.setdefault("seed", config.seed)
-                with under_field(field):
-                    built = make_defense("dualtap", eps=eps, **params)
-            columns.append({"config": protector, "eps": eps, "built": built})
+            built = kind.build(protector.params, eps, config.seed, field)
+            columns.append({"config": protector, "eps": eps, "kind": kind, "built": built})
     labels = [column_label(c["config"].label, c["eps"]) for c in columns]
     refuse_duplicate_labels(labels, "screens.protectors[].name", "protectors")
     return columns
@@ -118,8 +102,8 @@ class ScreensAudit:
     # ---------------------------------------------------------------- shared parts
     def data(self) -> tuple[Any, list, list]:
         if self._data is None:
-            from robustbench_cl.data.privscreen import load_screens
-            from robustbench_cl.defenses.dualtap import check_same_size, screens_key
+            from robustbench_cl.data.privscreen import check_same_size, load_screens
+            from robustbench_cl.defenses.dualtap import screens_key
             from robustbench_cl.privacy.routers import easyocr_locator
 
             data = load_screens(self.section.data.name, easyocr_locator())
@@ -137,7 +121,7 @@ class ScreensAudit:
 
     def surrogate(self):  # noqa: ANN201
         if self._surrogate is None:
-            from robustbench_cl.privacy.routers import RecognizerSurrogate
+            from robustbench_cl.models.ocr import RecognizerSurrogate
 
             self._surrogate = RecognizerSurrogate(self.device)
         return self._surrogate
@@ -163,60 +147,13 @@ class ScreensAudit:
 
     def protect(self, column: dict[str, Any], x: torch.Tensor, test: list, record_id: str):  # noqa: ANN201
         """Protected test screens (quantised to 8 bits) and the training info, if any."""
-        from robustbench_cl.attacks.base import step_hook
-        from robustbench_cl.defenses.dualtap import screens_key
-        from robustbench_cl.privacy import protectors
+        from robustbench_cl.defenses.protectors import quantise
 
         config: ScreenProtectorConfig = column["config"]
         eps = column["eps"]
         generator = torch.Generator().manual_seed(derive_seed(self.config.seed, record_id))
-        info = None
-        if config.protector == "clean":
-            protected = x
-        elif config.protector == "noise":
-            protected = protectors.uniform_noise(x, eps, generator)
-        elif config.protector == "blackout":
-            protected = protectors.blackout(x, test)
-        elif config.protector == "pgd":
-            chunks = []
-            for begin in range(0, len(test), 8):
-                with step_hook(self.progress.step):
-                    chunks.append(
-                        protectors.global_pgd(
-                            self.surrogate(),
-                            x[begin : begin + 8],
-                            test[begin : begin + 8],
-                            eps,
-                            generator,
-                            **config.params,
-                        )
-                    )
-            protected = torch.cat(chunks)
-        else:  # dualtap
-            data, train, _ = self.data()
-            defense = column["built"]
-            from_reading = config.params.get("attention_from", "truth") == "reading"
-            from robustbench_cl.models.artifacts import artifact_exists
-
-            key = screens_key(data.name, train)
-            verb = "loading" if artifact_exists(defense.screens_cache_path(key)) else "training"
-            self.progress.message(
-                f"{verb} {column_label(config.label, eps)} ({defense.steps} steps)"
-            )
-            protector = defense.fit_screens(
-                train, screens_key(data.name, train), self.surrogate(), self.progress.step
-            )
-            info = getattr(protector, "training_info", None)
-            chunks = []
-            for begin in range(0, len(test), 8):
-                part, screens = x[begin : begin + 8], test[begin : begin + 8]
-                if from_reading:  # what `protect` can do: no ground truth, EasyOCR's reading
-                    screens = [self.reading_screen(screen) for screen in screens]
-                attention = defense.attention_for(self.surrogate(), part, screens)
-                with torch.no_grad():
-                    chunks.append(protector(part, attention))
-            protected = torch.cat(chunks)
-        protected = protectors.quantise(protected)
+        protected, info = column["kind"].protect(x, test, eps, generator, column["built"], self)
+        protected = quantise(protected)
         if eps is not None:
             linf = (protected - x).abs().amax()
             if linf > eps + 0.5 / 255 + 1e-6:  # 8-bit rounding may add half a level
@@ -228,7 +165,7 @@ class ScreensAudit:
     def reading_screen(self, screen):  # noqa: ANN001, ANN201
         """The screen as ``protect`` sees it: EasyOCR's lines; those matching one of the screen's
         task keywords are task text, every other line is private."""
-        from robustbench_cl.privacy.screenshot import screen_from_reading
+        from robustbench_cl.defenses.screenshot import screen_from_reading
 
         detections = self.router("easyocr").read(screen.image)
         return screen_from_reading(
@@ -236,7 +173,7 @@ class ScreensAudit:
         )
 
     def cell_record(self, column: dict[str, Any], record_id: str) -> dict[str, Any]:
-        from robustbench_cl.defenses.dualtap import screen_tensor
+        from robustbench_cl.data.privscreen import screen_tensor
         from robustbench_cl.privacy.metrics import (
             field_exact,
             field_leaked,
@@ -298,7 +235,7 @@ class ScreensAudit:
                 "protector": config.protector,
                 "name": config.name,
                 "params": config.params,
-                "settings": column["built"].settings() if column["built"] is not None else {},
+                "settings": column["kind"].settings(column["built"]),
             },
             "label": label,
             "eps": column["eps"],

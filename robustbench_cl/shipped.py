@@ -21,7 +21,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-SEEDS = Path(__file__).resolve().parent.parent / "seeds"
+SEEDS = Path(__file__).resolve().parent / "seeds"
 NO_SEEDS_ENV = "ROBUSTBENCH_CL_NO_SEEDS"
 SKIPPED_SUFFIXES = (".lock", ".tmp")
 #: torch threads the shipped set was trained with (training rounds differently with another
