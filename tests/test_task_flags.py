@@ -31,6 +31,16 @@ def test_forced_and_judged_asr_that_disagree_beyond_their_intervals_are_flagged(
     assert sanity.jailbreak_flags(close) == []
 
 
+def test_a_jailbreak_attack_whose_loss_still_falls_at_the_end_is_flagged():
+    close = {"forced_asr": _rate(0.3, 0.15, 0.5), "judged_asr": _rate(0.2, 0.08, 0.4)}
+    falling = [3.0 - 0.1 * step for step in range(20)]  # 1.3 -> 1.1 over the last fifth
+    (flag,) = sanity.jailbreak_flags(close, falling)
+    assert flag["code"] == "attack_not_converged" and "20 steps" in flag["message"]
+    flat = [3.0 - 0.1 * min(step, 10) for step in range(20)]  # converged by step 10
+    assert sanity.jailbreak_flags(close, flat) == []
+    assert sanity.jailbreak_flags(close, falling[:5]) == []  # too short to judge
+
+
 def _retrieval_cell(cell_id, attack, asr, history=None, access="white-box", target="a"):
     return {
         "id": cell_id,

@@ -289,6 +289,7 @@ class JailbreakAudit:
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(derive_seed(self.config.seed, record_id))
         forced, judged, losses, completions, suffixes, retokenize = [], [], [], [], [], []
+        histories: list[tuple[int, list[float]]] = []
         forward = backward = 0
         for begin in range(0, len(harmful), size):
             chunk = harmful[begin : begin + size]
@@ -298,6 +299,7 @@ class JailbreakAudit:
             texts = lm.generate(result.embeds, result.batch, self.section.max_new_tokens)
             forced += result.forced.int().tolist()
             losses += result.loss.tolist()
+            histories.append((len(chunk), result.history))
             judged += [judge(t, target) for t, target in zip(texts, targets)]
             completions += texts
             suffixes += result.suffix or [None] * len(chunk)
@@ -306,6 +308,12 @@ class JailbreakAudit:
             backward += result.cost.backward
             self.progress.batch_done()
         n = len(harmful)
+        # the mean target loss per step over all prompts (chunks weighted by their size)
+        steps = min((len(h) for _, h in histories), default=0)
+        loss_history = [
+            sum(size * h[step] for size, h in histories) / sum(size for size, _ in histories)
+            for step in range(steps)
+        ]
         settings = attack.settings()
         if hasattr(attack, "resolved"):
             settings = dict(settings, resolved=attack.resolved(lm, threat))
@@ -341,6 +349,7 @@ class JailbreakAudit:
             "judged": judged,
             "behaviors": [e.behavior for e in harmful],
             "target_loss": losses,
+            "loss_history": loss_history,
             "forced_asr": rate_entry(sum(forced), n),
             "judged_asr": rate_entry(sum(1 for j in judged if j == 1), n),
             "refused": sum(1 for j in judged if j == 0),

@@ -314,7 +314,7 @@ def _jailbreak_section(summary: RunSummary) -> dict[str, Any]:
                 "wall_time": r["wall_time"],
             }
         )
-        cells[-1]["flags"] = sanity.jailbreak_flags(cells[-1])
+        cells[-1]["flags"] = sanity.jailbreak_flags(cells[-1], r.get("loss_history"))
         hits = [1 if j == 1 else 0 for j in r["judged"]]
         unbounded = r["threat"]["norm"] == "none" and r["threat"]["space"] == "embedding"
         for table, keep in ((worst, True), (worst_bounded, not unbounded)):
