@@ -90,42 +90,14 @@ def hostile_results() -> dict:
 
 
 def privacy_results() -> dict:
-    results = load_results(GOLDEN_RUN)
-    cell = results["cells"][0]
-    cell["privacy"] = {
-        "plr": 0.25,
-        "tsr": 0.9,
-        "utility": 0.8,
-        "pii_examples": [{"kind": "email", "text": "john.doe@example.com"}],
-    }
-    results["membership"] = [
-        {
-            "id": "m1",
-            "pair_id": results["pairs"][0]["id"],
-            "pair": results["pairs"][0]["label"],
-            "attack": {"attack": "lira", "label": "LiRA", "params": {}, "settings": {}},
-            "n_members": 100,
-            "n_nonmembers": 100,
-            "fpr_resolution": 0.01,
-            "auc": 0.61,
-            "auc_ci95": [0.55, 0.67],
-            "advantage": 0.2,
-            "advantage_ci95": [0.1, 0.3],
-            "tpr_at_fpr": {"0.01": 0.03, "0.001": 0.0},
-            "tpr_at_fpr_ci95": {"0.01": [0.0, 0.06], "0.001": [0.0, 0.02]},
-            "bootstrap": 200,
-            "fpr": [0.0, 0.01, 0.1, 1.0],
-            "tpr": [0.0, 0.03, 0.2, 1.0],
-            "reference_models": 8,
-            "reference_in_fraction": 0.5,
-            "offline": False,
-            "population_z": 0,
-            "wall_time": 1.0,
-            "flags": [{"code": "auc_below_chance", "message": PAYLOAD}],
-        }
-    ]
+    """The committed quickstart's results with hostile strings in records that reach the
+    privacy, LLM and sanity sections: a membership flag, a jailbreak prompt and completion."""
+    results = load_results(QUICKSTART)
+    results["membership"][0]["flags"] = [{"code": "auc_below_chance", "message": PAYLOAD}]
     results["flag_count"] += 1
-    cell["llm_examples"] = [{"prompt": "Tell me " + "x" * 1000, "completion": PAYLOAD}]
+    example = results["jailbreak"]["cells"][0]["examples"][0]
+    example["prompt"] = "Tell me " + "x" * 1000
+    example["completion"] = PAYLOAD
     return results
 
 
@@ -238,9 +210,8 @@ def test_privacy_and_llm_sections_mask_and_truncate():
     assert "Membership inference" in html and "TPR @ 1% FPR" in html
     sections = outline(html).sections
     assert "privacy" in sections and "llm" in sections
-    assert "john.doe@example.com" not in html and mask_pii("john.doe@example.com") in html
-    assert html.count("<svg") >= 2  # privacy-utility scatter and the log-log ROC
-    assert "x" * 500 not in html
+    assert html.count("<svg") >= 2  # the log-log ROCs
+    assert "x" * 500 not in html  # truncated
     assert "&lt;script&gt;" in html
     assert PAYLOAD not in html  # a flag message from a record is escaped too
     assert "sanity" in sections

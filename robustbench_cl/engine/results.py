@@ -32,7 +32,6 @@ SCHEMA_VERSION = "1.1"
 SCHEMA_PATH = Path(__file__).with_name("results.schema.json")
 
 #: optional sections that tasks beyond classification attach to their cell records
-EXTRA_SECTIONS = ("privacy", "llm_examples")
 
 
 @cache
@@ -79,9 +78,6 @@ def _cell_entry(cell: dict[str, Any], pair_label: str) -> dict[str, Any]:
         "flags": [{"code": f["code"], "message": f["message"]} for f in cell["flags"]],
         "examples": cell.get("examples"),
     }
-    for section in EXTRA_SECTIONS:
-        if section in cell:
-            entry[section] = cell[section]
     return entry
 
 

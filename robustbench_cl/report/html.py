@@ -101,21 +101,14 @@ def _examples(results: dict[str, Any], run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _privacy(results: dict[str, Any]) -> dict[str, Any] | None:
-    rows = [
-        dict(cell["privacy"], label=f"{cell['pair']} | {cell['attack']['label']}")
-        for cell in results["cells"]
-        if "privacy" in cell
-    ]
     audits = results.get("membership", [])
-    if not rows and not audits:
+    if not audits:
         return None
     by_pair: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for audit in audits:
         by_pair[audit["pair"]].append(dict(audit, label=audit["attack"]["label"]))
     alphas = sorted({a for audit in audits for a in audit["tpr_at_fpr"]}, key=float, reverse=True)
     return {
-        "rows": rows,
-        "scatter": plots.privacy_utility(rows),
         "membership": audits,
         "alphas": alphas,
         "rocs": [(pair, plots.membership_roc(curves)) for pair, curves in by_pair.items()],
@@ -216,11 +209,7 @@ def _retrieval(results: dict[str, Any], run_dir: Path | None) -> dict[str, Any] 
 
 
 def _llm(results: dict[str, Any]) -> list[dict[str, Any]]:
-    examples = [
-        dict(example, cell=f"{cell['pair']} | {cell['attack']['label']}")
-        for cell in results["cells"]
-        for example in cell.get("llm_examples", [])[:5]
-    ]
+    examples: list[dict[str, Any]] = []
     for cell in results.get("jailbreak", {}).get("cells", []):
         examples += [
             dict(example, cell=f"{cell['pair']} | {cell['column']}")

@@ -119,21 +119,6 @@ def security_curves(results: dict[str, Any]) -> list[tuple[str, str]]:
     return figures
 
 
-def privacy_utility(rows: list[dict[str, Any]]) -> str | None:
-    """Leakage (PLR) against utility, one point per defense; lower-right is better."""
-    points = [row for row in rows if row.get("utility") is not None]
-    if not points:
-        return None
-    fig, ax = _figure(4.5, 3.2)
-    for color, row in zip(COLORS * 4, points):
-        ax.scatter(100 * row["utility"], 100 * row["plr"], color=color, label=row["label"])
-    ax.set_xlabel("utility (%)")
-    ax.set_ylabel("PII leakage rate, PLR (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, frameon=False)
-    return to_svg(fig)
-
-
 def screen_tradeoff(rows: list[dict[str, Any]], router: str) -> str | None:
     """PLR against TSR for one router: one series per protector, its eps sweep as a line;
     the top-left corner (little leakage, the task still done) is better."""
