@@ -68,6 +68,9 @@ def test_retrieval_flags_a_still_falling_fit_once_and_an_attack_noise_beats():
     assert [f["code"] for f in flags["falling"]] == ["uap_not_converged"]
     assert "50%" in flags["falling"][0]["message"]
     assert flags["transfer"] == [] and flags["noise"] == []  # the fit is flagged once
+    # an ASR that is undefined (no query correct before the attack) is not compared
+    undefined = _retrieval_cell("undefined", "pgd-uap", None)
+    assert sanity.retrieval_flags([cells[0], undefined])["undefined"] == []
 
 
 def _screen_row(protector, router, plr, tsr=0.5, eps=0.5):

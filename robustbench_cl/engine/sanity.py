@@ -312,16 +312,16 @@ def retrieval_flags(cells: list[dict[str, Any]]) -> dict[str, list[Flag]]:
                         "cells) is a lower bound",
                     )
                 )
-        reference = noise.get((cell["source"], cell["target"], cell["threat_label"]))
-        at_one = [key for key in cell["asr"] if key.endswith("@1")]
-        if (
-            reference
-            and at_one
-            and all(
-                key in reference and reference[key]["asr"] >= cell["asr"][key]["asr"]
-                for key in at_one
-            )
-        ):
+        reference = noise.get((cell["source"], cell["target"], cell["threat_label"])) or {}
+        # ASR@1 per side where both are defined (null when no query was correct before)
+        pairs = [
+            (reference[key]["asr"], entry["asr"])
+            for key, entry in cell["asr"].items()
+            if key.endswith("@1")
+            and key in reference
+            and None not in (reference[key]["asr"], entry["asr"])
+        ]
+        if pairs and all(noise_asr >= attack_asr for noise_asr, attack_asr in pairs):
             flags[cell["id"]].append(
                 flag(
                     "noise_beats_attack",
@@ -344,7 +344,7 @@ def screens_flags(rows: list[dict[str, Any]]) -> list[list[Flag]]:
             continue
         plr, noise_plr = row["plr"]["rate"], reference["plr"]["rate"]
         if plr is not None and noise_plr is not None and plr > noise_plr:
-            tsr, noise_tsr = row["tsr"]["rate"], reference["tsr"]["rate"]
+            tsr, noise_tsr = (r["tsr"]["rate"] or 0.0 for r in (row, reference))
             flags.append(
                 [
                     flag(
