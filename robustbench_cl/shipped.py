@@ -16,6 +16,7 @@ cold cache then trains everything, as ``artifacts verify`` does).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import uuid
@@ -65,14 +66,38 @@ def seed_cache(home: Path, root: Path = SEEDS) -> int:
     return copied
 
 
+#: keys of an artifact's JSON metadata that time the training: not part of its content
+TIMING_KEYS = frozenset({"wall_time", "seconds", "training_seconds", "fit_time"})
+
+
+def _content(file: Path) -> bytes:
+    """A file's bytes; for JSON metadata, its canonical form without the timings (two trainings
+    to the same weights took different times, and are the same artifact)."""
+    if file.suffix != ".json":
+        return file.read_bytes()
+
+    def strip(value):  # noqa: ANN001, ANN202
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in TIMING_KEYS}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    try:
+        return json.dumps(strip(json.loads(file.read_text())), sort_keys=True).encode()
+    except ValueError:
+        return file.read_bytes()
+
+
 def digest(path: Path) -> str:
-    """SHA-256 (16 hex digits) of a file, or of a folder's files and their relative names."""
+    """SHA-256 (16 hex digits) of a file, or of a folder's files and their relative names; JSON
+    metadata counts without its timings (see :func:`_content`)."""
     sha = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for file in files:
         if path.is_dir():
             sha.update(str(file.relative_to(path)).encode())
-        sha.update(file.read_bytes())
+        sha.update(_content(file))
     return sha.hexdigest()[:16]
 
 

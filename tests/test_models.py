@@ -316,3 +316,22 @@ def test_shipped_artifacts_load_without_training(tmp_path, monkeypatch):
     x, y = rbcl.load_dataset("digits", split="test").tensors(n=200)
     with torch.no_grad():
         assert (model(x).argmax(1) == y).float().mean() > 0.9
+
+
+def test_an_artifact_digest_ignores_the_training_time(tmp_path):
+    import json
+
+    from robustbench_cl.shipped import digest
+
+    for name, seconds in (("a", 31.1), ("b", 29.7)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "weights.safetensors").write_bytes(b"same weights")
+        info = {"wall_time": seconds, "history": [{"loss": 0.5, "seconds": seconds}], "seed": 0}
+        (folder / "info.json").write_text(json.dumps(info))
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")  # two trainings, one artifact
+    (tmp_path / "b" / "weights.safetensors").write_bytes(b"other weights")
+    assert digest(tmp_path / "a") != digest(tmp_path / "b")
+    (tmp_path / "b" / "weights.safetensors").write_bytes(b"same weights")
+    (tmp_path / "b" / "info.json").write_text(json.dumps({"wall_time": 1.0, "seed": 1}))
+    assert digest(tmp_path / "a") != digest(tmp_path / "b")  # other settings: other artifact
