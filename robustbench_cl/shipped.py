@@ -21,6 +21,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any
 
 SEEDS = Path(__file__).resolve().parent / "seeds"
 NO_SEEDS_ENV = "ROBUSTBENCH_CL_NO_SEEDS"
@@ -70,21 +71,22 @@ def seed_cache(home: Path, root: Path = SEEDS) -> int:
 TIMING_KEYS = frozenset({"wall_time", "seconds", "training_seconds", "fit_time"})
 
 
+def without_timings(value: Any) -> Any:
+    """``value`` with every :data:`TIMING_KEYS` entry removed, recursively (JSON data)."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if k not in TIMING_KEYS}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
 def _content(file: Path) -> bytes:
     """A file's bytes; for JSON metadata, its canonical form without the timings (two trainings
     to the same weights took different times, and are the same artifact)."""
     if file.suffix != ".json":
         return file.read_bytes()
-
-    def strip(value):  # noqa: ANN001, ANN202
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k not in TIMING_KEYS}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return value
-
     try:
-        return json.dumps(strip(json.loads(file.read_text())), sort_keys=True).encode()
+        return json.dumps(without_timings(json.loads(file.read_text())), sort_keys=True).encode()
     except ValueError:
         return file.read_bytes()
 

@@ -100,16 +100,7 @@ def tiny_vlp(seed: str = "0") -> nn.Module:
     return TinyVLP(int(seed))
 
 
-TIMING_KEYS = ("wall_time", "seconds", "training_seconds", "fit_time")
-
-
-def without_timings(value):  # noqa: ANN001, ANN201
-    """A record with every timing field removed, recursively (they differ between runs)."""
-    if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if k not in TIMING_KEYS}
-    if isinstance(value, list):
-        return [without_timings(v) for v in value]
-    return value
+from robustbench_cl.shipped import without_timings  # noqa: E402 (records compare without timings)
 
 
 def assert_resumes_after_a_torn_line(run_dir: Path, rerun) -> None:  # noqa: ANN001

@@ -50,6 +50,63 @@ class TensorData:
         }
 
 
+class LazyData:
+    """:class:`TensorData`'s interface over files: labels in memory, inputs read per range on
+    demand (subclasses implement :meth:`_read`; ``safetensors:`` and the folder loaders)."""
+
+    bounds = (0.0, 1.0)
+
+    def __init__(
+        self, name: str, split: str, y: torch.Tensor, n_classes: int, shape: tuple[int, ...]
+    ) -> None:
+        self.name, self.split, self.y, self.n_classes = name, split, y, n_classes
+        self._shape = shape
+        self._all: torch.Tensor | None = None
+
+    def _read(self, start: int, end: int) -> torch.Tensor:
+        """(end - start, C, H, W): uint8 pixels, or floats already in [0, 1]."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    def rows(self, start: int, end: int) -> torch.Tensor:
+        """Inputs ``start:end`` as float32 in [0, 1], decoded now."""
+        end = min(end, len(self))
+        if start >= end:
+            return torch.empty((0, *self._shape))
+        x = self._read(start, end)
+        return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+
+    @property
+    def x(self) -> torch.Tensor:
+        """Every input at once, decoded once and kept (training defenses, membership and
+        generation use the whole split; attack columns read shards through :meth:`rows`)."""
+        if self._all is None:
+            self._all = self.rows(0, len(self))
+        return self._all
+
+    def tensors(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if n is not None and n < 1:
+            raise UserError("data.n", f"must be >= 1, got {n}")
+        end = len(self) if n is None else min(n, len(self))
+        return self.rows(0, end), self.y[:end]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "split": self.split,
+            "n": len(self),
+            "shape": list(self._shape),
+            "n_classes": self.n_classes,
+            "streamed": True,
+        }
+
+
 def load_dataset(name: str, split: str = "test", **options: Any) -> TensorData:
     """Load a registered dataset by name, e.g. ``load_dataset("digits", split="test")``."""
     from robustbench_cl.registry import _load_builtins

@@ -10,12 +10,12 @@ instead of holding every input. Write such a folder with :func:`write_tensors`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from robustbench_cl.data.base import LazyData
 from robustbench_cl.errors import UserError
 
 #: the dtypes of x that are read, as safetensors names them
@@ -33,10 +33,8 @@ def write_tensors(
     return path
 
 
-class StreamedData:
+class StreamedData(LazyData):
     """The same interface as :class:`TensorData`, with ``rows`` read from disk on demand."""
-
-    bounds = (0.0, 1.0)
 
     def __init__(self, directory: str | Path, split: str) -> None:
         self.name = f"safetensors:{directory}"
@@ -78,8 +76,7 @@ class StreamedData:
                 f"{self.path}: y must be N integer labels for the {shape[0]} rows of x",
                 "store y as an int64 vector",
             )
-        self.y = labels.long()
-        self._shape = shape
+        labels = labels.long()
         try:
             n_classes = int(metadata["n_classes"]) if "n_classes" in metadata else None
         except ValueError:
@@ -88,24 +85,17 @@ class StreamedData:
                 f"{self.path}: metadata n_classes is {metadata['n_classes']!r}",
                 "write it with write_tensors(..., n_classes=K)",
             ) from None
-        self.n_classes = int(self.y.max()) + 1 if n_classes is None else n_classes
-        if int(self.y.min()) < 0 or int(self.y.max()) >= self.n_classes:
+        n_classes = int(labels.max()) + 1 if n_classes is None else n_classes
+        if int(labels.min()) < 0 or int(labels.max()) >= n_classes:
             raise UserError(
                 "data.name",
-                f"{self.path}: labels must lie in 0..{self.n_classes - 1}",
+                f"{self.path}: labels must lie in 0..{n_classes - 1}",
                 "fix y or the n_classes metadata",
             )
-        self._all: torch.Tensor | None = None
+        super().__init__(self.name, split, labels, n_classes, shape[1:])
 
-    def __len__(self) -> int:
-        return self._shape[0]
-
-    @property
-    def sample_shape(self) -> tuple[int, ...]:
-        return self._shape[1:]
-
-    def rows(self, start: int, end: int) -> torch.Tensor:
-        """Inputs ``start:end`` as float32 in [0, 1], read from the file now."""
+    def _read(self, start: int, end: int) -> torch.Tensor:
+        """Inputs ``start:end`` as stored (uint8 or float), read from the file now."""
         try:
             with safe_open(str(self.path), framework="pt") as handle:
                 x = handle.get_slice("x")[start:end]
@@ -115,26 +105,4 @@ class StreamedData:
                 f"reading rows {start}..{end} of {self.path} failed ({error})",
                 "keep the file in place and unchanged while a run reads it",
             ) from None
-        return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
-
-    @property
-    def x(self) -> torch.Tensor:
-        """Every input at once, read once and kept (for training defenses, membership and
-        generation columns, which do not stream; attack columns never ask for it)."""
-        if self._all is None:
-            self._all = self.rows(0, len(self))
-        return self._all
-
-    def tensors(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        end = len(self) if n is None else min(n, len(self))
-        return self.rows(0, end), self.y[:end]
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "split": self.split,
-            "n": len(self),
-            "shape": list(self.sample_shape),
-            "n_classes": self.n_classes,
-            "streamed": True,
-        }
+        return x

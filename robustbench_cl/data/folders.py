@@ -13,7 +13,7 @@
   then the test split), with an image column and an integer label column (found by name or by
   feature type unless named). Needs the ``datasets`` extra.
 
-Each is a :class:`FolderData`: the labels are read when the dataset opens, and every image is
+Each is a :class:`LazyData`: the labels are read when the dataset opens, and every image is
 checked then for size and readability from its header, but pixels are decoded only for the rows
 the engine asks for (``rows(start, end)``), so ``engine.shard_size`` streams them as it streams
 ``safetensors:`` files. Inputs are float in [0, 1], (N, C, H, W).
@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from robustbench_cl.data.base import LazyData
 from robustbench_cl.errors import UserError
 from robustbench_cl.utils import parse_spec  # the models' scheme:path?key=value syntax
 
@@ -38,7 +39,7 @@ GREY_MODES = ("1", "L", "I", "I;16", "F")
 LABEL_COLUMNS = ("label", "labels", "fine_label", "class", "target")
 
 
-def load_folder_dataset(name: str, split: str) -> FolderData:
+def load_folder_dataset(name: str, split: str) -> LazyData:
     scheme, path, options = parse_spec(name)
     root = Path(path).expanduser()
     if scheme in ("cifar10", "cifar100"):
@@ -68,63 +69,6 @@ def _size_option(size: str | None) -> int | None:
     return resize
 
 
-class FolderData:
-    """:class:`~robustbench_cl.data.base.TensorData`'s interface over files: labels in memory,
-    pixels decoded per range on demand (subclasses implement :meth:`_read`)."""
-
-    bounds = (0.0, 1.0)
-
-    def __init__(
-        self, name: str, split: str, y: torch.Tensor, n_classes: int, shape: tuple[int, ...]
-    ) -> None:
-        self.name, self.split, self.y, self.n_classes = name, split, y, n_classes
-        self._shape = shape
-        self._all: torch.Tensor | None = None
-
-    def _read(self, start: int, end: int) -> torch.Tensor:
-        """(end - start, C, H, W): uint8 pixels, or floats already in [0, 1]."""
-        raise NotImplementedError
-
-    def __len__(self) -> int:
-        return int(self.y.shape[0])
-
-    @property
-    def sample_shape(self) -> tuple[int, ...]:
-        return self._shape
-
-    def rows(self, start: int, end: int) -> torch.Tensor:
-        """Inputs ``start:end`` as float32 in [0, 1], decoded now."""
-        end = min(end, len(self))
-        if start >= end:
-            return torch.empty((0, *self._shape))
-        x = self._read(start, end)
-        return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
-
-    @property
-    def x(self) -> torch.Tensor:
-        """Every input at once, decoded once and kept (training defenses, membership and
-        generation use the whole split; attack columns read shards through :meth:`rows`)."""
-        if self._all is None:
-            self._all = self.rows(0, len(self))
-        return self._all
-
-    def tensors(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        if n is not None and n < 1:
-            raise UserError("data.n", f"must be >= 1, got {n}")
-        end = len(self) if n is None else min(n, len(self))
-        return self.rows(0, end), self.y[:end]
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "split": self.split,
-            "n": len(self),
-            "shape": list(self._shape),
-            "n_classes": self.n_classes,
-            "streamed": True,
-        }
-
-
 def _pil_to_uint8(image: Any, size: int | None, mode: str) -> torch.Tensor:
     from PIL import Image
 
@@ -146,7 +90,7 @@ def _check_same_size(where: str, first: tuple[str, tuple[int, int]], size, name:
 
 
 # ---------------------------------------------------------------------- imagefolder
-class ImageFolder(FolderData):
+class ImageFolder(LazyData):
     def __init__(self, root: Path, split: str, size: int | None, name: str) -> None:
         from PIL import Image, UnidentifiedImageError
 
@@ -210,7 +154,7 @@ class ImageFolder(FolderData):
 
 
 # ---------------------------------------------------------------------- CIFAR binary
-class CifarBinary(FolderData):
+class CifarBinary(LazyData):
     def __init__(self, root: Path, split: str, n_classes: int, name: str) -> None:
         if not root.is_dir():
             raise UserError("data.name", f"{root} is not a folder", "check the path")
@@ -273,7 +217,7 @@ class CifarBinary(FolderData):
 
 
 # ---------------------------------------------------------------------- hf-disk
-class HFDisk(FolderData):
+class HFDisk(LazyData):
     def __init__(
         self,
         root: Path,
