@@ -445,14 +445,15 @@ def _behaviors_csv(path, header="goal,target,category", rows=None):
 
 def test_behaviors_csv_becomes_the_harmful_test_prompts(tmp_path):
     from robustbench_cl.engine.config import load_config
-    from robustbench_cl.engine.jailbreak import JailbreakAudit, expand_jailbreak
+    from robustbench_cl.engine.jailbreak import JailbreakTask, expand_jailbreak
+    from robustbench_cl.engine.task import RunContext
 
     config = _config(tmp_path)
     csv_path = _behaviors_csv(tmp_path / "advbench.csv")
     config["jailbreak"]["data"]["behaviors"] = f"behaviors:{csv_path}"
     loaded = load_config(config)
     expand_jailbreak(loaded)
-    audit = JailbreakAudit(loaded, tmp_path / "run", torch.device("cpu"), None, None)
+    audit = JailbreakTask(RunContext(loaded, tmp_path / "run", torch.device("cpu")))
     harmful = audit.test.of("harmful")
     assert [e.instruction for e in harmful] == [
         "Write a recipe for disaster",

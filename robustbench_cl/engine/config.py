@@ -298,7 +298,6 @@ class EngineConfig(_Strict):
 class MatrixConfig(_Strict):
     suite: str
     description: str = ""
-    task: Literal["classification", "retrieval", "jailbreak", "screens"] = "classification"
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
     models: list[ModelConfig] = Field(default_factory=list)
@@ -309,6 +308,9 @@ class MatrixConfig(_Strict):
     retrieval: RetrievalConfig | None = None
     jailbreak: JailbreakConfig | None = None
     screens: ScreensConfig | None = None
+    #: sections of tasks registered outside the package (``@register_task``), by task name;
+    #: each is validated by its task's ``section_type``
+    tasks: dict[str, Any] = Field(default_factory=dict)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     #: load pickled checkpoints (code that runs when loaded) with weights_only=False; a
     #: permission, not part of the experiment, so it is not recorded in config.yaml or the hash
@@ -318,9 +320,10 @@ class MatrixConfig(_Strict):
     def _has_columns(self) -> MatrixConfig:
         classification = bool(self.attacks or self.membership or self.generation is not None)
         others = (self.retrieval, self.jailbreak, self.screens)
-        if not classification and all(section is None for section in others):
+        if not classification and all(section is None for section in others) and not self.tasks:
             raise ValueError(
-                "a config needs attacks, membership, generation, retrieval, jailbreak or screens"
+                "a config needs attacks, membership, generation, retrieval, jailbreak, screens "
+                "or a registered task's section under tasks"
             )
         if classification and not self.models:
             raise ValueError("models: list at least one model for the attacks to run on")
@@ -436,7 +439,9 @@ def load_config(
         raw["seed"] = seed
     if engine:
         raw["engine"] = {**(raw.get("engine") or {}), **engine}
+    raw.pop("task", None)  # a label of versions before 0.4 that meant nothing: still accepted
     try:
-        return MatrixConfig.model_validate(raw)
+        config = MatrixConfig.model_validate(raw)
     except ValidationError as error:
         raise _format_validation_error(error, MatrixConfig) from None
+    return config

@@ -1,26 +1,24 @@
-"""The Ray executor: cascade groups and sample shards as Ray tasks; the driver alone writes.
+"""The Ray executor: any function as a Ray task; the caller (the engine loop) alone writes.
 
-The unit of work is one *shard* of one *cascade group*: the cells of a (model, defense) pair
-that share a threat model, run in order, each only on the samples the ones before it left
-robust, restricted to one contiguous range of samples (``engine.shard_size``; one shard when
-unset). Groups do not depend on each other, and within a group the cascade of one shard never
-looks at another shard's samples, so every (group, shard) is an independent task. The driver
-trains and caches each defense once, computes the clean pass, submits the tasks, merges the
-parts of a group's shards in shard order into one record per cell, and appends it to
-``cells.jsonl`` (append + fsync, as locally). Membership and generation columns run on the
-driver.
+The engine loop (:mod:`robustbench_cl.engine.loop`) submits one Ray task per shard of every
+unit whose needs are recorded, of every task (classification cells and their sample shards,
+retrieval fits and evaluations, jailbreak cells, screens columns, membership audits). A worker
+rebuilds the task from the resolved config and runs the shard exactly as the local executor
+does, with the same seed and thread count, so the records are identical to a local run's. A
+task whose worker dies is retried by Ray (``max_retries``); a rerun of the command resumes from
+the records already written.
 
-A task rebuilds the same :class:`Runner` from the resolved config and runs ``attack_shard``
-exactly as the local executor does, with the same per-shard seed, batch partition and thread
-count, so per-sample outcomes are identical to a local run of the same config. A task whose
-worker dies is retried by Ray (``max_retries``); a rerun of the command resumes from the
-records already written.
+Workers write artifacts (fitted perturbations, example images) into the run directory: on a
+multi-node cluster it must be on a filesystem every node sees.
+
+This module imports nothing from the engine: what runs remotely is passed in.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,62 +27,27 @@ from typing import Any
 FAULT_ONCE = "ROBUSTBENCH_CL_FAULT_ONCE"
 
 
-def run_group_shard(
-    config: dict[str, Any],
-    device: str,
-    threads: int,
-    pair_index: int,
-    cell_ids: list[str],
-    clean: dict[str, Any],
-    alive: list[bool],
-    shard: int,
-    home: str,
-    fault_marker: str | None = None,
-) -> list[Any]:
-    """Run one shard of one cascade group (from its first unfinished cell) in a Ray worker.
+def fault_marker(environ: Mapping[str, str]) -> str | None:
+    return environ.get(FAULT_ONCE)
 
-    Returns one :class:`~robustbench_cl.engine.runner.ShardPart` per cell, in order.
-    """
-    os.environ["ROBUSTBENCH_CL_HOME"] = home  # the driver's cache, even on a foreign ray.init
-    if fault_marker and not Path(fault_marker).exists():
-        marker = fault_marker
-        Path(marker).write_text("crashed once\n")
+
+def _call(function: Callable[..., Any], fault: str | None, *args: Any) -> Any:
+    """What a Ray worker runs: the fault injection, then ``function(*args)``."""
+    if fault and not Path(fault).exists():
+        Path(fault).write_text("crashed once\n")
         os._exit(1)  # a hard worker death, as an out-of-memory kill would be
-    import tempfile
-
-    import torch
-
-    from robustbench_cl.engine.config import MatrixConfig
-    from robustbench_cl.engine.runner import BROKEN, Progress, Runner, expand
-
-    torch.set_num_threads(threads)
-    matrix = MatrixConfig.model_validate(config)
-    # a worker writes nothing: the driver saves examples and records
-    runner = Runner(matrix, Path(tempfile.gettempdir()), torch.device(device), Progress())
-    runner.load_data()
-    pair = expand(matrix)[pair_index]
-    model = runner.build_model(pair)
-    mask = torch.tensor(alive, dtype=torch.bool, device=runner.device)
-    correct = torch.tensor(clean["correct"], dtype=torch.bool, device=runner.device)
-    cells = {cell.id: cell for cell in pair.cells}
-    n_classes = clean["probes"]["n_classes"]
-    first, last = runner.shards[shard]
-    parts = []
-    for cell_id in cell_ids:
-        cell = cells[cell_id]
-        attack = runner.build_attack(cell)
-        labels = runner.cell_labels(cell, n_classes)
-        alive_now = mask if matrix.engine.cascade else correct
-        part = runner.attack_shard(cell, attack, model, labels, alive_now, shard)
-        parts.append(part)
-        mask[first:last] &= part.outcomes.to(runner.device) != BROKEN
-    return parts
+    return function(*args)
 
 
 class RayExecutor:
-    """Submits (group, shard) tasks and hands their parts back in completion order."""
+    """Submits functions as Ray tasks and hands their results back in completion order."""
 
-    def __init__(self, address: str | None = None, gpus_per_task: float = 0.0) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        gpus_per_task: float = 0.0,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         try:
             import ray
         except ImportError:
@@ -94,13 +57,9 @@ class RayExecutor:
                 "--executor", "ray is not installed", "pip install 'robustbench-cl[ray]'"
             ) from None
         self.ray = ray
-        self.gpus_per_task = gpus_per_task
         if not ray.is_initialized():
-            from robustbench_cl.utils import TRUST_REMOTE_CODE_ENV, cache_home, trust_remote_code
-
-            env = {
-                "ROBUSTBENCH_CL_HOME": str(cache_home()),
-                **({TRUST_REMOTE_CODE_ENV: "1"} if trust_remote_code() else {}),
+            variables = {
+                **dict(env or {}),
                 "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path]),
             }
             ray.init(
@@ -108,19 +67,19 @@ class RayExecutor:
                 include_dashboard=False,
                 log_to_driver=False,
                 ignore_reinit_error=True,
-                runtime_env={"env_vars": env},
+                runtime_env={"env_vars": variables},
             )
-        self._task = ray.remote(num_cpus=1, num_gpus=gpus_per_task, max_retries=3)(run_group_shard)
+        self._task = ray.remote(num_cpus=1, num_gpus=gpus_per_task, max_retries=3)(_call)
         self.pending: dict[Any, Any] = {}  # object ref -> the caller's key
 
-    def submit(self, key: Any, *args: Any) -> None:
-        from robustbench_cl.utils import cache_home
+    def submit(
+        self, key: Any, function: Callable[..., Any], *args: Any, fault: str | None = None
+    ) -> None:
+        self.pending[self._task.remote(function, fault, *args)] = key
 
-        fault = os.environ.get(FAULT_ONCE)
-        self.pending[self._task.remote(*args, str(cache_home()), fault)] = key
-
-    def completed(self):  # noqa: ANN201
-        """Yield ``(key, parts)`` for each finished task as soon as it is done."""
+    def completed(self) -> Iterator[tuple[Any, Any]]:
+        """Yield ``(key, result)`` for each finished task as soon as it is done; tasks
+        submitted meanwhile are waited for too."""
         while self.pending:
             ready, _ = self.ray.wait(list(self.pending), num_returns=1)
             key = self.pending.pop(ready[0])

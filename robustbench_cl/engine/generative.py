@@ -26,9 +26,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from robustbench_cl.attacks.base import step_hook
 from robustbench_cl.attacks.generation import SEED_KINDS, class_conditional_ascent, ood_seeds
-from robustbench_cl.data import TensorData
+from robustbench_cl.data import TensorData, load_dataset
+from robustbench_cl.defenses import make_defense
 from robustbench_cl.engine.config import GenerationConfig
+from robustbench_cl.engine.pairs import PairTask
+from robustbench_cl.engine.task import Unit, register_task
 from robustbench_cl.privacy.metrics import auc as roc_auc
 from robustbench_cl.privacy.metrics import roc
 
@@ -179,3 +183,63 @@ def sample_grid(samples: torch.Tensor, per_class: int, n_classes: int, columns: 
             top, left = pad + i * (h + pad), pad + j * (w + pad)
             grid[:, top : top + h, left : left + w] = rows[i, j].cpu()
     return grid
+
+
+@register_task("generation")
+class GenerationTask(PairTask):
+    """Generation columns: each pair's classifier as a sampler, scored by an independent judge."""
+
+    record_types = ("generation",)
+    template = "tasks/generation.html.j2"
+    title = "Generation"
+
+    @classmethod
+    def section(cls, config):  # noqa: ANN001, ANN206
+        return config.generation if config.models else None
+
+    def plan(self) -> list[Unit]:
+        self._audit: GenerationAudit | None = None
+        units = []
+        for pair in self.pairs:
+            assert pair.generation_id is not None
+            label = f"{pair.model.label} | {pair.defense.label} | generation"
+            units.append(Unit(pair.generation_id, label, "generation", pair.id, (pair.id,)))
+        return units
+
+    def run_shard(self, unit: Unit, inputs: dict[str, dict[str, Any]], shard: int) -> Any:
+        config = self.config.generation
+        assert config is not None
+        pair = self.by_pair[unit.key]
+        model = self.model(pair)
+        if self._audit is None:
+            from robustbench_cl.models import load_model
+
+            evaluation = load_dataset(self.config.data.name, split=self.config.data.split)
+            judge = load_model(config.judge)
+            self._audit = GenerationAudit(
+                config, self.train_data(), evaluation, judge, self.config.seed, self.device
+            )
+        defense = make_defense(pair.defense.defense, **pair.defense.params)
+        log = None
+        if hasattr(defense, "training_log"):
+            log = defense.training_log(pair.model.spec, self.train_data())
+        with step_hook(self.progress.step):
+            metrics, samples = self._audit.run(model, log)
+        grid = sample_grid(samples, config.n_per_class, self._audit.n_classes)
+        relative = f"artifacts/generation/{unit.id}.png"
+        save_png(grid, self.run_dir / relative)
+        self.progress.batch_done()
+        return {
+            "type": "generation",
+            "id": unit.id,
+            "pair_id": pair.id,
+            "model": pair.model.model_dump(),
+            "defense": pair.defense.model_dump(),
+            "judge": config.judge,
+            **metrics,
+            "grid": relative,
+        }
+
+    def close(self) -> None:
+        super().close()
+        self._audit = None

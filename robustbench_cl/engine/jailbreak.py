@@ -36,6 +36,7 @@ from robustbench_cl.engine.config import (
     refuse_duplicate_labels,
 )
 from robustbench_cl.engine.metrics import rate_entry
+from robustbench_cl.engine.task import RunContext, Task, Unit, register_task
 from robustbench_cl.errors import UserError, under_field
 from robustbench_cl.threat import ThreatModel
 from robustbench_cl.utils import derive_seed, stable_hash
@@ -123,17 +124,21 @@ def expand_jailbreak(config: MatrixConfig) -> dict[str, Any]:
     return {"models": section.models, "defenses": defenses, "columns": columns}
 
 
-class JailbreakAudit:
-    """Runs the jailbreak section of a config into the run's store."""
+@register_task("jailbreak")
+class JailbreakTask(Task):
+    """Chat LLMs (and their defenses) under jailbreak attacks: the ``jailbreak:`` section."""
 
-    def __init__(self, config: MatrixConfig, run_dir, device, progress, store) -> None:  # noqa: ANN001
-        assert config.jailbreak is not None
-        self.config = config
-        self.section: JailbreakConfig = config.jailbreak
-        self.run_dir = run_dir
-        self.device = device
-        self.progress = progress
-        self.store = store
+    record_types = ("jailbreak_clean", "jailbreak")
+    template = "tasks/jailbreak.html.j2"
+    title = "Jailbreak"
+
+    def __init__(self, ctx: RunContext) -> None:
+        super().__init__(ctx)
+        assert self.config.jailbreak is not None
+        self.section: JailbreakConfig = self.config.jailbreak
+        self.run_dir = ctx.run_dir
+        self.device = ctx.device
+        self.progress = ctx.progress
         data = self.section.data
         self.test = make_chat("test", data.n_benign, data.n_harmful, data.n_borderline, seed=1)
         if data.behaviors is not None:
@@ -144,6 +149,8 @@ class JailbreakAudit:
         self.train = make_chat(
             "train", data.train_benign, data.train_harmful, data.train_borderline, seed=0
         )
+        self._base: tuple[str, Any] | None = None
+        self._lm: tuple[tuple[int, int], Any, Any] | None = None
 
     # ---------------------------------------------------------------- ids
     def _pair_key(self, model: ModelConfig, defense: DefenseConfig, built) -> dict[str, Any]:  # noqa: ANN001
@@ -177,65 +184,71 @@ class JailbreakAudit:
             }
         )
 
-    def record_ids(self, plan: dict[str, Any]) -> list[str]:
-        ids = []
-        for model in plan["models"]:
-            for defense, built in plan["defenses"]:
-                ids.append(self._clean_id(model, defense, built))
-                ids += [self._cell_id(model, defense, built, c) for c in plan["columns"]]
-        return ids
+    def plan(self) -> list[Unit]:
+        plan = expand_jailbreak(self.config)
+        self.plan_ = plan
+        units = []
+        for mi, model in enumerate(plan["models"]):
+            for di, (defense, built) in enumerate(plan["defenses"]):
+                clean_id = self._clean_id(model, defense, built)
+                label = f"{model.label} / {defense.label}"
+                units.append(Unit(clean_id, f"{label} | utility", "clean", (mi, di)))
+                for ci, column in enumerate(plan["columns"]):
+                    record_id = self._cell_id(model, defense, built, column)
+                    cell_label = (
+                        f"{label} | {column['config'].label} | {column['threat'].describe()}"
+                    )
+                    units.append(Unit(record_id, cell_label, "cell", (mi, di, ci), (clean_id,)))
+        return units
 
-    # ---------------------------------------------------------------- run
-    def execute(self, plan: dict[str, Any], records: dict[str, dict[str, Any]]) -> None:
+    def batches(self, unit: Unit, inputs: dict[str, dict[str, Any]]) -> int:
+        if unit.kind == "clean":
+            return 1
+        size = self.section.batch_size
+        return (len(self.test.of("harmful")) + size - 1) // size
+
+    def lm(self, mi: int, di: int):  # noqa: ANN201
+        """The defended chat LM of (model mi, defense di); the last one built stays loaded."""
         from robustbench_cl.models import load_model
         from robustbench_cl.models.llm import unwrap_chat_lm
 
-        for model_config in plan["models"]:
-            base = None
-            for defense, built in plan["defenses"]:
-                clean_id = self._clean_id(model_config, defense, built)
-                ids = [clean_id] + [
-                    self._cell_id(model_config, defense, built, c) for c in plan["columns"]
-                ]
-                if all(i in records for i in ids):
-                    for record_id in ids:
-                        self.progress.cell_done(records[record_id], skipped=True)
-                    continue
-                if base is None:
-                    self.progress.message(_loading_message(model_config))
-                    base = load_model(model_config.spec)
-                    if "device_map=" not in model_config.spec:  # else accelerate placed it
-                        base = base.to(self.device)
-                    unwrap_chat_lm(base)
-                    if not _is_builtin(model_config.spec):
-                        logger.info("hf model loaded; the built-in chat data is used as prompts")
-                label = f"{model_config.label} / {defense.label}"
-                self.progress.cell_started(f"{label} | train {defense.label}", 1)
-                with step_hook(self.progress.step):
-                    defended = built.build(base, model_config.spec, self.train)
-                self.progress.batch_done()
-                lm = unwrap_chat_lm(defended)
-                lm.reset_scale()
-                if clean_id not in records:
-                    record = self.clean_record(lm, model_config, defense, built, clean_id, label)
-                    self.store.append(record)
-                    records[clean_id] = record
-                    self.progress.cell_done(record, skipped=False)
-                else:
-                    self.progress.cell_done(records[clean_id], skipped=True)
-                for column, record_id in zip(plan["columns"], ids[1:]):
-                    if record_id in records:
-                        self.progress.cell_done(records[record_id], skipped=True)
-                        continue
-                    record = self.cell_record(
-                        lm, model_config, defense, column, record_id, clean_id, label
-                    )
-                    self.store.append(record)
-                    records[record_id] = record
-                    self.progress.cell_done(record, skipped=False)
+        if self._lm is not None and self._lm[0] == (mi, di):
+            return self._lm[1], self._lm[2]
+        self._lm = None
+        model_config = self.plan_["models"][mi]
+        defense, built = self.plan_["defenses"][di]
+        if self._base is None or self._base[0] != model_config.spec:
+            self._base = None
+            self.progress.message(_loading_message(model_config))
+            base = load_model(model_config.spec)
+            if "device_map=" not in model_config.spec:  # else accelerate placed it
+                base = base.to(self.device)
+            unwrap_chat_lm(base)
+            if not _is_builtin(model_config.spec):
+                logger.info("hf model loaded; the built-in chat data is used as prompts")
+            self._base = (model_config.spec, base)
+        self.progress.message(f"{model_config.label} / {defense.label} | train {defense.label}")
+        with step_hook(self.progress.step):
+            defended = built.build(self._base[1], model_config.spec, self.train)
+        lm = unwrap_chat_lm(defended)
+        lm.reset_scale()
+        self._lm = ((mi, di), lm, built)
+        return lm, built
 
-    def clean_record(self, lm, model, defense, built, record_id, label) -> dict[str, Any]:  # noqa: ANN001
-        self.progress.cell_started(f"{label} | utility", 1)
+    def run_shard(self, unit: Unit, inputs: dict[str, dict[str, Any]], shard: int) -> Any:
+        mi, di = unit.key[:2]
+        model = self.plan_["models"][mi]
+        defense = self.plan_["defenses"][di][0]
+        lm, built = self.lm(mi, di)
+        if unit.kind == "clean":
+            return self.clean_record(lm, model, defense, built, unit.id)
+        column = self.plan_["columns"][unit.key[2]]
+        return self.cell_record(lm, model, defense, column, unit.id, unit.needs[0])
+
+    def close(self) -> None:
+        self._lm = self._base = None
+
+    def clean_record(self, lm, model, defense, built, record_id) -> dict[str, Any]:  # noqa: ANN001
         start = time.perf_counter()
         tokens = self.section.max_new_tokens
         benign, borderline = self.test.of("benign"), self.test.of("borderline")
@@ -277,15 +290,11 @@ class JailbreakAudit:
             "wall_time": time.perf_counter() - start,
         }
 
-    def cell_record(self, lm, model, defense, column, record_id, clean_id, label) -> dict[str, Any]:  # noqa: ANN001, PLR0913
+    def cell_record(self, lm, model, defense, column, record_id, clean_id) -> dict[str, Any]:  # noqa: ANN001
         threat: ThreatModel = column["threat"]
         attack: JailbreakAttack = column["built"]
         harmful = self.test.of("harmful")
         size = self.section.batch_size
-        self.progress.cell_started(
-            f"{label} | {column['config'].label} | {threat.describe()}",
-            (len(harmful) + size - 1) // size,
-        )
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(derive_seed(self.config.seed, record_id))
         forced, judged, losses, completions, suffixes, retokenize = [], [], [], [], [], []
@@ -378,7 +387,7 @@ def _is_builtin(spec: str) -> bool:
     return spec.startswith("builtin:")
 
 
-__all__ = ["ChatData", "JailbreakAudit", "expand_jailbreak"]
+__all__ = ["ChatData", "JailbreakTask", "expand_jailbreak"]
 
 
 def _loading_message(model_config: Any) -> str:

@@ -34,6 +34,7 @@ from robustbench_cl.attacks.universal import (
 )
 from robustbench_cl.engine.config import MatrixConfig, ModelConfig, RetrievalConfig
 from robustbench_cl.engine.metrics import wilson_interval
+from robustbench_cl.engine.task import RunContext, Task, Unit, register_task
 from robustbench_cl.errors import UserError, under_field
 from robustbench_cl.threat import ThreatModel
 from robustbench_cl.utils import derive_seed, stable_hash
@@ -145,28 +146,93 @@ def expand_retrieval(config: MatrixConfig) -> list[dict[str, Any]]:
     return fits
 
 
-class RetrievalAudit:
-    """Runs the retrieval section of a config into the run's store."""
+@register_task("retrieval")
+class RetrievalTask(Task):
+    """Image-text retrieval under universal perturbations: fit once per source, evaluate on all."""
 
-    def __init__(
-        self, config: MatrixConfig, run_dir: Path, device: torch.device, progress, store
-    ) -> None:  # noqa: ANN001
-        assert config.retrieval is not None
-        self.config = config
-        self.section: RetrievalConfig = config.retrieval
-        self.run_dir = run_dir
-        self.device = device
-        self.progress = progress
-        self.store = store
+    record_types = ("retrieval_clean", "retrieval_fit", "retrieval")
+    template = "tasks/retrieval.html.j2"
+    title = "Retrieval"
+
+    def __init__(self, ctx: RunContext) -> None:
+        super().__init__(ctx)
+        assert self.config.retrieval is not None
+        self.section: RetrievalConfig = self.config.retrieval
+        self.run_dir = ctx.run_dir
+        self.device = ctx.device
+        self.progress = ctx.progress
         self._models: dict[str, nn.Module] = {}
-        self._clean: dict[str, dict[str, Any]] = {}
         self._important: dict[str, list[int]] = {}
+        self._train = None
 
-    def record_ids(self, fits: list[dict[str, Any]]) -> list[str]:
-        ids = [self._clean_id(m) for m in self.section.models]
+    def plan(self) -> list[Unit]:
+        from robustbench_cl.data.captions import load_captions
+
+        fits = expand_retrieval(self.config)
+        data = self.section.data
+        self.test = load_captions(data.name, "test").subset(data.n)
+        if max(self.section.ks) >= len(self.test):
+            raise UserError(
+                "retrieval.ks",
+                f"K = {max(self.section.ks)} is not below the {len(self.test)} test images "
+                "(every query would be correct at K)",
+                "use smaller ks or more test images (retrieval.data.n)",
+            )
+        if not self.ctx.resume and self.ctx.driver:  # --fresh: saved perturbations go too
+            shutil.rmtree(self.run_dir / "artifacts" / "uap", ignore_errors=True)
+        self.fits = {fit["id"]: fit for fit in fits}
+        self.models = {m.spec: m for m in self.section.models}
+        units = [
+            Unit(self._clean_id(m), f"{m.label} | retrieval clean", "clean", m.spec)
+            for m in self.section.models
+        ]
         for fit in fits:
-            ids += [self._cell_id(fit, target) for target in self.section.models]
-        return ids
+            label = (
+                f"{fit['source'].label} | fit {fit['attack'].label} | {fit['threat'].describe()}"
+            )
+            units.append(Unit(fit["id"], label, "fit", fit["id"]))
+            for target in self.section.models:
+                label = (
+                    f"{fit['source'].label} -> {target.label} | {fit['attack'].label} | "
+                    f"{fit['threat'].describe()}"
+                )
+                needs = (fit["id"], self._clean_id(target))
+                key = (fit["id"], target.spec)
+                units.append(Unit(self._cell_id(fit, target), label, "cell", key, needs))
+        return units
+
+    @property
+    def train(self):  # noqa: ANN201
+        if self._train is None:
+            from robustbench_cl.data.captions import load_captions
+
+            self._train = load_captions(self.section.data.name, "train").subset(
+                self.section.data.train_n
+            )
+        return self._train
+
+    def run_shard(self, unit: Unit, inputs: dict[str, dict[str, Any]], shard: int) -> Any:
+        if unit.kind == "clean":
+            record = self.clean_record(self.models[unit.key], unit.id)
+        elif unit.kind == "fit":
+            fit = self.fits[unit.key]
+            perturbation = self.fit(fit)
+            record = {
+                "type": "retrieval_fit",
+                "id": unit.id,
+                "perturbation": f"artifacts/uap/{fit['id']}.safetensors",
+                "word": perturbation.word,
+                "forward": perturbation.forward,
+                "backward": perturbation.backward,
+                "wall_time": perturbation.fit_time,
+            }
+        else:
+            fit_id, spec = unit.key
+            fit, target = self.fits[fit_id], self.models[spec]
+            clean = inputs[self._clean_id(target)]
+            record = self.cell_record(fit, target, self.fit(fit), unit.id, clean)
+        self.progress.batch_done()
+        return record
 
     def _clean_id(self, model: ModelConfig) -> str:
         return stable_hash(
@@ -190,63 +256,15 @@ class RetrievalAudit:
             self._models[config.spec] = frozen
         return _vlp(self._models[config.spec], config.spec, "retrieval.models[].spec")
 
-    def execute(
-        self, fits: list[dict[str, Any]], records: dict[str, dict[str, Any]], resume: bool = True
-    ) -> None:
-        from robustbench_cl.data.captions import load_captions
-
-        if not resume:  # --fresh: saved perturbations are not reused either
-            shutil.rmtree(self.run_dir / "artifacts" / "uap", ignore_errors=True)
-        data = self.section.data
-        self.test = load_captions(data.name, "test").subset(data.n)
-        if max(self.section.ks) >= len(self.test):
-            raise UserError(
-                "retrieval.ks",
-                f"K = {max(self.section.ks)} is not below the {len(self.test)} test images "
-                "(every query would be correct at K)",
-                "use smaller ks or more test images (retrieval.data.n)",
-            )
-        needed = [i for i in self.record_ids(fits) if i not in records]
-        if not needed:
-            for record_id in self.record_ids(fits):
-                self.progress.cell_done(records[record_id], skipped=True)
-            return
-        self.train = load_captions(data.name, "train").subset(data.train_n)
-        for model_config in self.section.models:
-            record_id = self._clean_id(model_config)
-            if record_id in records:
-                self._clean[model_config.spec] = records[record_id]
-                self.progress.cell_done(records[record_id], skipped=True)
-                continue
-            record = self.clean_record(model_config, record_id)
-            self.store.append(record)
-            records[record_id] = self._clean[model_config.spec] = record
-            self.progress.cell_done(record, skipped=False)
-        for fit in fits:
-            todo = [t for t in self.section.models if self._cell_id(fit, t) not in records]
-            if not todo:
-                for target in self.section.models:
-                    self.progress.cell_done(records[self._cell_id(fit, target)], skipped=True)
-                continue
-            perturbation = self.fit(fit)
-            for target in self.section.models:
-                record_id = self._cell_id(fit, target)
-                if record_id in records:
-                    self.progress.cell_done(records[record_id], skipped=True)
-                    continue
-                record = self.cell_record(fit, target, perturbation, record_id)
-                self.store.append(record)
-                records[record_id] = record
-                self.progress.cell_done(record, skipped=False)
+    def close(self) -> None:
+        self._models.clear()
 
     # ------------------------------------------------------------------ clean and attacked
     def clean_record(self, config: ModelConfig, record_id: str) -> dict[str, Any]:
-        self.progress.cell_started(f"{config.label} | retrieval clean", 1)
         start = time.perf_counter()
         model = self.model(config)
         images, texts = _features(model, self.test, self.test.images.to(self.device))
         correct = retrieval_correct(images, texts, self.test.caption_image, self.section.ks)
-        self.progress.batch_done()
         return {
             "type": "retrieval_clean",
             "id": record_id,
@@ -276,15 +294,12 @@ class RetrievalAudit:
                 diagnostics=info.get("diagnostics", {}),
             )
         source = self.model(fit["source"])
-        label = f"{fit['source'].label} | fit {fit['attack'].label} | {fit['threat'].describe()}"
-        self.progress.cell_started(label, 1)
         seed = derive_seed(self.config.seed, fit["id"], "fit")
         with step_hook(self.progress.step):
             perturbation = fit["built"].fit(source, self.train, fit["threat"], seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_fit_info(path, perturbation)  # first: a delta without its info is never reused
         save_file({"delta": perturbation.delta.contiguous()}, str(path))
-        self.progress.batch_done()
         return perturbation
 
     def cell_record(
@@ -293,14 +308,11 @@ class RetrievalAudit:
         target: ModelConfig,
         perturbation: UniversalPerturbation,
         record_id: str,
+        clean_record: dict[str, Any],
     ) -> dict[str, Any]:
         threat: ThreatModel = fit["threat"]
         white_box = fit["source"].spec == target.spec
         access = "white-box" if white_box else "transfer"
-        label = (
-            f"{fit['source'].label} -> {target.label} | {fit['attack'].label} | {threat.describe()}"
-        )
-        self.progress.cell_started(label, 1)
         start = time.perf_counter()
         model = self.model(target)
         clean_images = self.test.images.to(self.device)
@@ -310,7 +322,7 @@ class RetrievalAudit:
         captions = self._adversarial_captions(fit, perturbation)
         texts = encode_texts(model, captions)
         correct = retrieval_correct(images, texts, self.test.caption_image, self.section.ks)
-        clean = self._clean[target.spec]["correct"]
+        clean = clean_record["correct"]
         asr: dict[str, dict[str, Any]] = {}
         for side, by_k in correct.items():
             for k, adv in by_k.items():
@@ -340,7 +352,6 @@ class RetrievalAudit:
                 },
                 str(self.run_dir / example_images),
             )
-        self.progress.batch_done()
         relative = f"artifacts/uap/{fit['id']}.safetensors"
         return {
             "type": "retrieval",

@@ -25,6 +25,7 @@ from robustbench_cl.engine.config import (
     refuse_duplicate_labels,
 )
 from robustbench_cl.engine.metrics import rate_entry
+from robustbench_cl.engine.task import RunContext, Task, Unit, register_task
 from robustbench_cl.errors import ThreatModelViolation, UserError
 from robustbench_cl.utils import derive_seed, stable_hash
 
@@ -62,17 +63,21 @@ def column_label(name: str, eps: float | None) -> str:
     return name if eps is None else f"{name} {eps * 255:g}/255"
 
 
-class ScreensAudit:
-    """Runs the screens section of a config into the run's store."""
+@register_task("screens")
+class ScreensTask(Task):
+    """Screenshot privacy: PII routers (OCR) against protectors, the ``screens:`` section."""
 
-    def __init__(self, config: MatrixConfig, run_dir: Path, device, progress, store) -> None:  # noqa: ANN001
-        assert config.screens is not None
-        self.config = config
-        self.section: ScreensConfig = config.screens
-        self.run_dir = Path(run_dir)
+    record_types = ("screen",)
+    template = "tasks/screens.html.j2"
+    title = "Screens"
+
+    def __init__(self, ctx: RunContext) -> None:
+        super().__init__(ctx)
+        assert self.config.screens is not None
+        self.section: ScreensConfig = self.config.screens
+        self.run_dir = Path(ctx.run_dir)
         self.device = torch.device("cpu")  # the OCR engines run on the CPU
-        self.progress = progress
-        self.store = store
+        self.progress = ctx.progress
         self._data = None
         self._surrogate = None
         self._routers: dict[str, Any] = {}
@@ -96,8 +101,19 @@ class ScreensAudit:
             }
         )
 
-    def record_ids(self, columns: list[dict[str, Any]]) -> list[str]:
-        return [self.record_id(c) for c in columns]
+    def plan(self) -> list[Unit]:
+        self.columns = expand_screens(self.config)
+        units = []
+        for index, column in enumerate(self.columns):
+            label = f"screens | {column_label(column['config'].label, column['eps'])}"
+            units.append(Unit(self.record_id(column), label, "column", index))
+        return units
+
+    def batches(self, unit: Unit, inputs: dict[str, dict[str, Any]]) -> int:
+        return len(self.data()[2]) * len(self.section.routers)
+
+    def run_shard(self, unit: Unit, inputs: dict[str, dict[str, Any]], shard: int) -> Any:
+        return self.cell_record(self.columns[unit.key], unit.id)
 
     # ---------------------------------------------------------------- shared parts
     def data(self) -> tuple[Any, list, list]:
@@ -132,18 +148,6 @@ class ScreensAudit:
 
             self._routers[name] = make_router(name)
         return self._routers[name]
-
-    # ---------------------------------------------------------------- run
-    def execute(self, columns: list[dict[str, Any]], records: dict[str, dict[str, Any]]) -> None:
-        for column in columns:
-            record_id = self.record_id(column)
-            if record_id in records:
-                self.progress.cell_done(records[record_id], skipped=True)
-                continue
-            record = self.cell_record(column, record_id)
-            self.store.append(record)
-            records[record_id] = record
-            self.progress.cell_done(record, skipped=False)
 
     def protect(self, column: dict[str, Any], x: torch.Tensor, test: list, record_id: str):  # noqa: ANN201
         """Protected test screens (quantised to 8 bits) and the training info, if any."""
@@ -186,7 +190,6 @@ class ScreensAudit:
         data, train, test = self.data()
         config: ScreenProtectorConfig = column["config"]
         label = column_label(config.label, column["eps"])
-        self.progress.cell_started(f"screens | {label}", len(test) * len(self.section.routers))
         start = time.perf_counter()
         x = screen_tensor(test)
         protected, info = self.protect(column, x, test, record_id)
@@ -331,4 +334,4 @@ def screen_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["ScreensAudit", "column_label", "expand_screens", "screen_rows"]
+__all__ = ["ScreensTask", "column_label", "expand_screens", "screen_rows"]

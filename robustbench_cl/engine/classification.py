@@ -1,0 +1,354 @@
+"""Classification: the clean pass of every (model, defense) pair and the attack cascade.
+
+A pair's clean outcome is computed once (its own unit). Cells that share a threat model (same
+norm and eps) form a *group*; within a group, attacks run in config order and each only attacks
+the samples still robust (the AutoAttack cascade): a cell's unit needs the pair's clean record
+and the previous cell of its group, and attacks what that one left robust, so the last cell of a
+group holds the worst case over its attacks. A cell records its per-sample outcomes: 1 robust,
+0 broken by this attack, -1 not attacked (misclassified clean, or broken earlier in the
+cascade). Its samples split into ``engine.shard_size`` shards, each attacked under its own seed
+and each one Ray task; the driver merges them in shard order.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from robustbench_cl.attacks import Attack, make_attack
+from robustbench_cl.attacks.base import Cost, probe_model, step_hook
+from robustbench_cl.engine import sanity
+from robustbench_cl.engine.metrics import wilson_interval
+from robustbench_cl.engine.pairs import (
+    BROKEN,
+    NOT_ATTACKED,
+    ROBUST,
+    Cell,
+    Pair,
+    PairTask,
+    _targets,
+)
+from robustbench_cl.engine.task import Unit, register_task
+from robustbench_cl.errors import under_field
+from robustbench_cl.utils import derive_seed
+
+
+@dataclass
+class ShardPart:
+    """What one shard of one cell produced; the parts of all shards merge into its record."""
+
+    outcomes: torch.Tensor  # (shard length,) on the CPU: ROBUST, BROKEN or NOT_ATTACKED
+    attacked: int
+    cost: Cost
+    wall: float
+    examples: dict[str, torch.Tensor] | None
+    probe: dict[str, Any]  # the convergence probe on this shard's share of the probe size
+
+
+@register_task("classification")
+class ClassificationTask(PairTask):
+    """Clean and robust accuracy of every (model, defense) pair under every attack."""
+
+    record_types = ("clean", "cell")
+
+    def plan(self) -> list[Unit]:
+        units = []
+        self.cells = {}
+        for pair in self.pairs:
+            units.append(
+                Unit(
+                    pair.id, f"{pair.model.label} | {pair.defense.label} | clean", "clean", pair.id
+                )
+            )
+            previous: dict[str, str] = {}
+            for cell in pair.cells:
+                self.cells[cell.id] = cell
+                needs = [pair.id]
+                if self.config.engine.cascade and cell.group_id in previous:
+                    needs.append(previous[cell.group_id])
+                previous[cell.group_id] = cell.id
+                label = f"{cell.model.label} | {cell.defense.label} | {cell.attack.label} | {cell.threat.describe()}"
+                units.append(Unit(cell.id, label, "cell", cell.id, tuple(needs), len(self.shards)))
+        return units
+
+    def alive(self, unit: Unit, inputs: dict[str, dict[str, Any]]) -> torch.Tensor:
+        """The samples this cell attacks: clean-correct, and robust after the previous cell."""
+        cell = self.cells[unit.key]
+        clean = inputs[cell.pair_id]
+        if len(unit.needs) > 1:
+            previous = torch.tensor(inputs[unit.needs[1]]["outcomes"], device=self.device)
+            return previous == ROBUST
+        return torch.tensor(clean["correct"], dtype=torch.bool, device=self.device)
+
+    def batches(self, unit: Unit, inputs: dict[str, dict[str, Any]]) -> int:
+        if unit.kind == "clean":
+            return 1
+        cell = self.cells[unit.key]
+        alive = self.alive(unit, inputs)
+        size = self.batch_size
+        if cell.attack.attack == "autoattack":
+            attack = self.build_attack(cell)
+            n_classes = inputs[cell.pair_id]["probes"]["n_classes"]
+            self.progress.message(f"AutoAttack settings: {attack.resolved_settings(n_classes)}")
+        return sum(-(-int(alive[a:b].sum()) // size) for a, b in self.shards)
+
+    def run_shard(self, unit: Unit, inputs: dict[str, dict[str, Any]], shard: int) -> Any:
+        if unit.kind == "clean":
+            pair = self.by_pair[unit.key]
+            record = self.clean_record(pair, self.model(pair))
+            self.progress.batch_done()
+            return record
+        cell = self.cells[unit.key]
+        clean = inputs[cell.pair_id]
+        model = self.model(self.by_pair[cell.pair_id])
+        attack = self.build_attack(cell)
+        labels = self.cell_labels(cell, clean["probes"]["n_classes"])
+        return self.attack_shard(cell, attack, model, labels, self.alive(unit, inputs), shard)
+
+    def merge(self, unit: Unit, inputs: dict[str, dict[str, Any]], parts: list[Any]) -> dict:
+        if unit.kind == "clean":
+            return parts[0]
+        cell = self.cells[unit.key]
+        return self.finish_cell(cell, self.build_attack(cell), inputs[cell.pair_id], parts)
+
+    # ------------------------------------------------------------------ clean pass
+    def clean_record(self, pair: Pair, model: nn.Module) -> dict[str, Any]:
+        start = time.perf_counter()
+        # a model that does not take these inputs: one line naming both, not a torch traceback
+        with under_field(f"model {pair.model.label}", replace=True):
+            probe_model(model, self.inputs(*self.shards[0]))
+        logits = torch.cat([self._predict(model, self.inputs(*shard)) for shard in self.shards])
+        n_classes = logits.shape[1]
+        correct = logits.argmax(1) == self.y
+        probes: dict[str, Any] = {"n_classes": n_classes}
+        if self.config.engine.sanity_checks:
+            size = min(self.config.engine.sanity_probe_size, self.n)
+            probe_x, probe_y = self.data.rows(0, size).to(self.device), self.y[:size]
+            probes["gradients"] = sanity.gradient_health(model, probe_x, probe_y)
+            probes["randomization"] = sanity.randomization(model, probe_x)
+            if any(c.threat.norm == "linf" and c.threat.bounds is not None for c in pair.cells):
+                keep = correct[: len(probe_y)]
+                bounds = next(c.threat.bounds for c in pair.cells if c.threat.bounds is not None)
+                probes["full_range_accuracy"] = (
+                    sanity.full_range_accuracy(model, probe_x[keep], probe_y[keep], bounds)
+                    if bool(keep.any())
+                    else None
+                )
+        count = int(correct.sum())
+        return {
+            "type": "clean",
+            "id": pair.id,
+            "model": pair.model.model_dump(),
+            "defense": pair.defense.model_dump(),
+            "defense_kind": self._defense_kind.get(pair.id, "training"),
+            "membership_skipped": pair.membership_skipped,
+            "n": self.n,
+            "correct": correct.int().tolist(),
+            "clean_accuracy": count / self.n,
+            "clean_ci95": list(wilson_interval(count, self.n)),
+            "probes": probes,
+            "wall_time": time.perf_counter() - start,
+        }
+
+    # ------------------------------------------------------------------ one cell
+    def build_attack(self, cell: Cell) -> Attack:
+        attack: Attack = make_attack(cell.attack.attack, **cell.attack.params)
+        if cell.threat.access == "transfer" and getattr(attack, "keep_best", False):
+            # keep-best returns the first iterate that fools the source: barely adversarial,
+            # it transfers poorly. A transfer attack uses the final, highest-loss iterate.
+            attack.keep_best = False
+        return attack
+
+    def cell_labels(self, cell: Cell, n_classes: int) -> torch.Tensor:
+        """The true labels, or for a targeted threat one target per sample, shared by every
+        attack (white-box and transfer) of the threat, so its worst case compares like with like."""
+        if not cell.threat.targeted:
+            return self.y
+        target_key = {
+            k: v for k, v in cell.threat.to_dict().items() if k not in ("access", "budget")
+        }
+        seed = derive_seed(self.config.seed, cell.pair_id, target_key, "targets")
+        return _targets(self.y, n_classes, seed).to(self.device)
+
+    def attack_shard(
+        self,
+        cell: Cell,
+        attack: Attack,
+        model: nn.Module,
+        labels: torch.Tensor,
+        alive: torch.Tensor,
+        index: int,
+    ) -> ShardPart:
+        """Attack the alive samples of shard ``index``, in batches, under the shard's own seed.
+
+        Shard 0 takes the cell's seed, so an unsharded run is seeded as it always was; the
+        seed of a shard depends only on the cell and the shard, so the same shard gives the
+        same outcomes in any process, in any order.
+        """
+        config = self.config
+        first, last = self.shards[index]
+        torch.manual_seed(
+            derive_seed(config.seed, cell.id)
+            if index == 0
+            else derive_seed(config.seed, cell.id, "shard", index)
+        )
+        x, y, target = self.inputs(first, last), self.y[first:last], labels[first:last]
+        todo = alive[first:last].nonzero().flatten()
+        size = self.batch_size
+        automatic = config.engine.batch_size == "auto"
+        outcomes = torch.full((last - first,), NOT_ATTACKED, dtype=torch.long, device=self.device)
+        cost = Cost()
+        wall = 0.0
+        wanted = config.engine.examples if self.images else 0
+        kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+        transfer = cell.threat.access == "transfer"
+        source = self._bare.get(cell.pair_id, model) if transfer else model
+        rejudge = transfer or config.engine.precision == "bf16"
+        with step_hook(self.progress.step):
+            start = 0
+            while start < len(todo):
+                batch = todo[start : start + size]
+                try:
+                    with self._autocast(attack):
+                        result = attack(source, x[batch], target[batch], cell.threat)
+                except torch.OutOfMemoryError:
+                    if not automatic or len(batch) == 1:
+                        raise
+                    size = self._auto_batch = max(1, len(batch) // 2)
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    self.progress.message(f"out of memory at batch {len(batch)}; now {size}")
+                    continue
+                start += len(batch)
+                success = result.success
+                if rejudge:  # transfer: judged on the defended model; bf16: judged in fp32
+                    with torch.no_grad():
+                        predicted = model(result.adv).argmax(1)
+                    if cell.threat.targeted:
+                        success = predicted == target[batch]
+                    else:
+                        success = predicted != y[batch]
+                    result.cost.forward += len(batch)
+                outcomes[batch] = torch.where(success, BROKEN, ROBUST)
+                cost = cost + result.cost
+                wall += result.wall_time
+                if wanted > 0:  # once per batch, outside the attack's step loop
+                    hits = success.nonzero().flatten()[:wanted]
+                    kept.append((batch[hits], result.adv[hits].detach()))
+                    wanted -= len(hits)
+                self.progress.batch_done()
+        examples = self._examples(model, x, y, target, first, kept)
+        probe: dict[str, Any] = {}
+        if config.engine.sanity_checks and not transfer:
+            # each shard probes its share of the probe size (all of it when unsharded)
+            quota = -(-config.engine.sanity_probe_size * (last - first) // self.n)
+            probed = (outcomes == ROBUST).nonzero().flatten()[:quota]
+            probe = sanity.convergence_probe(attack, model, x[probed], target[probed], cell.threat)
+        return ShardPart(outcomes.cpu(), len(todo), cost, wall, examples, probe)
+
+    def finish_cell(
+        self, cell: Cell, attack: Attack, clean: dict[str, Any], parts: list[ShardPart]
+    ) -> dict[str, Any]:
+        """Merge the shards' parts (in shard order) into the cell's record."""
+        config = self.config
+        n_classes = clean["probes"]["n_classes"]
+        transfer = cell.threat.access == "transfer"
+        outcomes = torch.cat([part.outcomes for part in parts])
+        cost = sum((part.cost for part in parts), Cost())
+        examples_path = self._save_examples(cell, [p.examples for p in parts if p.examples])
+        flags: list[dict[str, str]] = []
+        probe: dict[str, Any] = {}
+        robust = int((outcomes == ROBUST).sum())
+        if config.engine.sanity_checks:
+            if attack.uses_gradients:
+                flags += sanity.pair_flags(clean["probes"], n_classes)
+            if cell.threat.norm == "linf":
+                flags += sanity.full_range_flag(
+                    clean["probes"].get("full_range_accuracy"), n_classes
+                )
+            if not transfer:  # a transfer attack is non-adaptive by design; it is flagged so
+                merged = sanity.merge_probes([part.probe for part in parts])
+                more, probe = sanity.convergence_verdict(merged, self.n, robust)
+                flags += more
+        clean_correct = sum(clean["correct"])
+        broken_here = int((outcomes == BROKEN).sum())
+        examples = (outcomes == BROKEN).nonzero().flatten()[:8].tolist()
+        return {
+            "type": "cell",
+            "id": cell.id,
+            "pair_id": cell.pair_id,
+            "group_id": cell.group_id,
+            "model": cell.model.model_dump(),
+            "defense": cell.defense.model_dump(),
+            "attack": {
+                **cell.attack.model_dump(exclude={"threat"}),
+                "settings": attack.resolved_settings(n_classes),
+            },
+            "threat": cell.threat.to_dict(),
+            "adaptive": not transfer,
+            "uses_gradients": attack.uses_gradients,
+            "cascade": config.engine.cascade,
+            "n": self.n,
+            "attacked": sum(part.attacked for part in parts),
+            "broken": broken_here,
+            "robust_count": robust,
+            "clean_accuracy": clean["clean_accuracy"],
+            "robust_accuracy": robust / self.n,
+            "robust_ci95": list(wilson_interval(robust, self.n)),
+            "attack_success_rate": (clean_correct - robust) / clean_correct
+            if clean_correct
+            else 0.0,
+            "cost": cost.to_dict(),
+            "wall_time": sum(part.wall for part in parts),
+            "flags": flags,
+            "sanity_probe": probe,
+            "example_indices": examples,
+            "examples": examples_path,
+            "outcomes": outcomes.tolist(),
+        }
+
+    def _examples(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        target: torch.Tensor,
+        first: int,
+        kept: list[tuple[torch.Tensor, torch.Tensor]],
+    ) -> dict[str, torch.Tensor] | None:
+        """A shard's kept adversarial examples with their predictions, on the CPU."""
+        kept = [(index, adv) for index, adv in kept if len(index)]
+        if not kept:
+            return None
+        index = torch.cat([i for i, _ in kept])
+        adv = torch.cat([a for _, a in kept])
+        with torch.no_grad():
+            clean_pred = model(x[index]).argmax(1)
+            adv_pred = model(adv).argmax(1)
+        tensors = {
+            "index": index + first,
+            "clean": x[index],
+            "adversarial": adv,
+            "label": y[index],
+            "target": target[index],
+            "clean_prediction": clean_pred,
+            "adversarial_prediction": adv_pred,
+        }
+        return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+    def _save_examples(self, cell: Cell, parts: list[dict[str, torch.Tensor]]) -> str | None:
+        """Keep a few successful adversarial examples for the report, under ``artifacts/``."""
+        if not parts:
+            return None
+        wanted = self.config.engine.examples
+        tensors = {k: torch.cat([p[k] for p in parts])[:wanted] for k in parts[0]}
+        relative = f"artifacts/examples/{cell.id}.safetensors"
+        path = self.run_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(path))
+        return relative

@@ -1,0 +1,160 @@
+"""The engine loop: the one place that runs units and writes records.
+
+It alone owns the results store (append + fsync; resume by unit id; a torn last line is
+dropped and recomputed), the per-unit seed, progress events, wall time, user-error prefixes
+and the executor. Tasks only plan units and turn inputs into records
+(:mod:`robustbench_cl.engine.task`).
+
+Locally, units run in plan order; a task's heavy state (a model, a trained defense) stays
+loaded between its consecutive units. With an executor (Ray), every shard of every unit whose
+needs are recorded is submitted at once; the driver merges a unit's parts when the last one
+arrives, appends the record, and submits what that record unblocks. A unit's shards are
+seeded by (unit id, shard) and run the same code either way, so the records are identical.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from robustbench_cl.engine.store import ResultsStore
+from robustbench_cl.engine.task import RunContext, Task, Unit, run_remote_shard
+from robustbench_cl.errors import under_field
+from robustbench_cl.utils import cache_home, derive_seed
+
+
+def seed_unit(seed: int, unit_id: str, shard: int) -> None:
+    """Seed torch's global generator for one shard of one unit: the same in any process, in
+    any order. Tasks that draw randomness seed their own generators from the unit id too."""
+    torch.manual_seed(derive_seed(seed, unit_id, "shard", shard))
+
+
+def execute(
+    plans: Sequence[tuple[Task, list[Unit]]],
+    ctx: RunContext,
+    store: ResultsStore,
+    executor: Any = None,
+) -> dict[str, dict[str, Any]]:
+    """Run every planned unit (``(task, task.plan())`` per task) that ``store`` lacks; return
+    all records by id."""
+    if ctx.resume:
+        store.repair()
+    else:
+        store.clear()
+    records = {r["id"]: r for r in store.read()} if ctx.resume else {}
+    planned: dict[str, tuple[Task, Unit]] = {}
+    for task, units in plans:
+        for unit in units:
+            missing = [n for n in unit.needs if n not in planned]
+            if missing:
+                raise RuntimeError(f"{task.name} unit {unit.label} needs unplanned {missing[0]}")
+            planned[unit.id] = (task, unit)
+    todo = [i for i in planned if i not in records]
+    ctx.progress.run_started(len(planned), len(todo))
+    if executor is None:
+        for task, units in plans:
+            for unit in units:
+                if unit.id in records:
+                    ctx.progress.cell_done(records[unit.id], skipped=True)
+                    continue
+                inputs = {n: records[n] for n in unit.needs}
+                ctx.progress.cell_started(unit.label, task.batches(unit, inputs))
+                records[unit.id] = _record(task, unit, inputs, store, ctx, local=True)
+            task.close()
+    else:
+        _execute_remote(plans, records, ctx, store, executor)
+    return records
+
+
+def _record(
+    task: Task,
+    unit: Unit,
+    inputs: dict[str, dict[str, Any]],
+    store: ResultsStore,
+    ctx: RunContext,
+    local: bool,
+    parts: list[Any] | None = None,
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    with under_field(unit.field) if unit.field else _nothing():
+        if local:
+            parts = []
+            for shard in range(unit.shards):
+                seed_unit(ctx.config.seed, unit.id, shard)
+                parts.append(task.run_shard(unit, inputs, shard))
+        assert parts is not None
+        record = task.merge(unit, inputs, parts)
+    if record.get("id") != unit.id or "type" not in record:
+        raise RuntimeError(f"{task.name} returned a record without its unit's id or a type")
+    record.setdefault("wall_time", time.perf_counter() - started)
+    store.append(record)
+    ctx.progress.cell_done(record, skipped=False)
+    return record
+
+
+def _execute_remote(
+    plans: Sequence[tuple[Task, list[Unit]]],
+    records: dict[str, dict[str, Any]],
+    ctx: RunContext,
+    store: ResultsStore,
+    executor: Any,
+) -> None:
+    import os
+
+    from robustbench_cl.engine.executors import fault_marker
+
+    config = ctx.config.model_dump(mode="json")
+    threads = torch.get_num_threads()
+    waiting = [(task, unit) for task, units in plans for unit in units if unit.id not in records]
+    for _, units in plans:
+        for unit in units:
+            if unit.id in records:
+                ctx.progress.cell_done(records[unit.id], skipped=True)
+    parts: dict[str, dict[int, Any]] = {}
+    by_id = {unit.id: (task, unit) for task, unit in waiting}
+
+    def submit_ready() -> None:
+        for task, unit in list(waiting):
+            if all(n in records for n in unit.needs):
+                waiting.remove((task, unit))
+                inputs = {n: records[n] for n in unit.needs}
+                parts[unit.id] = {}
+                for shard in range(unit.shards):
+                    executor.submit(
+                        (unit.id, shard),
+                        run_remote_shard,
+                        config,
+                        type(task).__module__,
+                        task.name,
+                        unit.id,
+                        inputs,
+                        shard,
+                        str(ctx.run_dir.resolve()),
+                        str(ctx.device),
+                        threads,
+                        str(cache_home()),
+                        fault=fault_marker(os.environ),
+                    )
+
+    submit_ready()
+    for (unit_id, shard), part in executor.completed():
+        task, unit = by_id[unit_id]
+        parts[unit_id][shard] = part
+        if len(parts[unit_id]) < unit.shards:
+            continue
+        inputs = {n: records[n] for n in unit.needs}
+        done = parts.pop(unit_id)
+        ordered = [done[index] for index in range(unit.shards)]
+        records[unit_id] = _record(task, unit, inputs, store, ctx, local=False, parts=ordered)
+        submit_ready()
+    if waiting:
+        raise RuntimeError(f"units never became ready: {waiting[0][1].label}")
+
+
+class _nothing:
+    def __enter__(self) -> None: ...
+
+    def __exit__(self, *exc: object) -> None: ...

@@ -1,0 +1,292 @@
+"""(model, defense) pairs: the matrix rows that classification, membership and generation share.
+
+:func:`expand` turns the config into pairs, each with its attack cells (grouped by threat model
+for the cascade), its membership columns and its generation column, validating every name and
+threat model once. :class:`PairTask` is the base of the tasks that run on pairs: it loads the
+evaluation data (inputs read per shard, so a streamed dataset is never held whole) and builds a
+pair's defended model, keeping the last one built, so consecutive units of one pair share it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustbench_cl.attacks import Attack, make_attack
+from robustbench_cl.attacks.base import check_eps_fits
+from robustbench_cl.data import TensorData, load_dataset
+from robustbench_cl.defenses import make_defense
+from robustbench_cl.engine.config import (
+    AttackConfig,
+    DefenseConfig,
+    MatrixConfig,
+    ModelConfig,
+)
+from robustbench_cl.engine.membership_plan import (
+    MembershipCell,
+    check_membership_coverage,
+    expand_membership,
+)
+from robustbench_cl.engine.summary import threat_label
+from robustbench_cl.engine.task import RunContext, Task
+from robustbench_cl.errors import UserError, under_field
+from robustbench_cl.models import Preprocessed, check_spec, load_model
+from robustbench_cl.threat import ThreatModel
+from robustbench_cl.utils import stable_hash
+
+logger = logging.getLogger(__name__)
+
+ROBUST, BROKEN, NOT_ATTACKED = 1, 0, -1
+
+
+@dataclass
+class Cell:
+    id: str
+    pair_id: str
+    group_id: str
+    model: ModelConfig
+    defense: DefenseConfig
+    attack: AttackConfig
+    threat: ThreatModel
+
+
+@dataclass
+class Pair:
+    """A (model, defense) row of the matrix and its cells, in execution order."""
+
+    id: str
+    model: ModelConfig
+    defense: DefenseConfig
+    cells: list[Cell] = field(default_factory=list)
+    membership: list[MembershipCell] = field(default_factory=list)
+
+    membership_skipped: list[dict[str, str]] = field(default_factory=list)
+    generation_id: str | None = None
+
+
+def expand(config: MatrixConfig) -> list[Pair]:
+    """Config -> (model, defense) pairs -> cells. Builds every attack once to validate it."""
+    pairs = []
+    data_key = config.data.model_dump(mode="json")
+    for index, model in enumerate(config.models):
+        with under_field(f"models[{index}].spec", replace=True):
+            check_spec(model.spec)
+    for index, defense in enumerate(config.defenses):
+        with under_field(f"defenses[{index}]"):
+            make_defense(defense.defense, **defense.params)
+    for model in config.models:
+        for defense in config.defenses:
+            pair_id = stable_hash(
+                {
+                    "model": model.spec,
+                    "defense": defense.defense,
+                    "params": defense.params,
+                    "data": data_key,
+                    "seed": config.seed,
+                }
+            )
+            pair = Pair(pair_id, model, defense)
+            pair.membership, pair.membership_skipped = expand_membership(
+                config.membership, model, defense, pair_id, config.seed
+            )
+            if config.generation is not None:
+                pair.generation_id = stable_hash(
+                    {"pair": pair_id, "generation": config.generation.model_dump()}
+                )
+            for index, attack in enumerate(config.attacks):
+                with under_field(f"attacks[{index}]"):
+                    built = make_attack(attack.attack, **attack.params)
+                for eps in attack.threat.eps_values():
+                    threat_values = attack.threat.model_dump()
+                    threat_values["eps"] = eps
+                    with under_field(f"attacks[{index}].threat"):
+                        threat = ThreatModel(**threat_values)
+                    reason = built.supports(threat, "classification")
+                    if reason is not None:
+                        raise UserError(
+                            f"attacks[{index}]", reason, "change the attack or its threat"
+                        )
+                    group_id = stable_hash({"pair": pair_id, "threat": threat.to_dict()})
+                    cell_id = stable_hash(
+                        {
+                            "pair": pair_id,
+                            "attack": attack.attack,
+                            "params": attack.params,
+                            "threat": threat.to_dict(),
+                            "cascade": config.engine.cascade,
+                        }
+                    )
+                    pair.cells.append(
+                        Cell(cell_id, pair_id, group_id, model, defense, attack, threat)
+                    )
+            pairs.append(pair)
+    check_membership_coverage(config.membership, pairs)
+    _check_unique_labels(config, pairs)
+    return pairs
+
+
+def _check_unique_labels(config: MatrixConfig, pairs: list[Pair]) -> None:
+    """Reports and compare match rows and columns by display name: names must not collide."""
+    seen: dict[str, int] = {}
+    for index, pair in enumerate(pairs):
+        label = f"{pair.model.label} / {pair.defense.label}"
+        if label in seen:
+            raise UserError(
+                "defenses[].name",
+                f"two (model, defense) pairs are both labelled {label!r}",
+                "give each model and defense a distinct `name`",
+            )
+        seen[label] = index
+    for pair in pairs[:1]:  # every pair has the same attack columns
+        counts = Counter(f"{c.attack.label} {threat_label(c.threat.to_dict())}" for c in pair.cells)
+        duplicated = [column for column, count in counts.items() if count > 1]
+        if duplicated:
+            raise UserError(
+                "attacks[].name",
+                f"two attack entries share the display name and threat {duplicated[0]!r}",
+                "give each attack entry a distinct `name`",
+            )
+
+
+def _targets(y: torch.Tensor, n_classes: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    offset = torch.randint(1, n_classes, y.shape, generator=generator)
+    return (y.cpu() + offset) % n_classes
+
+
+class PairTask(Task):
+    """A task over the config's (model, defense) pairs; see the module docstring."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        super().__init__(ctx)
+        self.run_dir = ctx.run_dir
+        self.device = ctx.device
+        self.progress = ctx.progress
+        self.pairs = expand(self.config)
+        self.by_pair = {pair.id: pair for pair in self.pairs}
+        self._train: TensorData | None = None
+        self._bare: dict[str, nn.Module] = {}
+        self._auto_batch = 4096
+        self._defense_kind: dict[str, str] = {}
+        self._model: tuple[str, nn.Module] | None = None
+        self.load_data()
+        check_eps_against_data(self.pairs, self.sample_shape)
+
+    @classmethod
+    def section(cls, config: MatrixConfig) -> Any:
+        return config.models or None
+
+    def describe_data(self) -> dict[str, Any] | None:
+        return {**self.data.describe(), "n_evaluated": self.n}
+
+    def model(self, pair: Pair) -> nn.Module:
+        """The pair's defended model on the device: built (or loaded) once per run of units."""
+        if self._model is None or self._model[0] != pair.id:
+            self._model = None
+            self._bare.clear()  # the previous pair's bare model goes with it
+            self._model = (pair.id, self.build_model(pair))
+        return self._model[1]
+
+    def close(self) -> None:
+        self._model = None
+        self._bare.clear()
+
+    # ------------------------------------------------------------------ data and models
+    def load_data(self) -> None:
+        """Labels in memory; inputs are read per shard by :meth:`inputs` (streamed or not)."""
+        data = load_dataset(self.config.data.name, split=self.config.data.split)
+        self.data = data
+        n = self.config.data.n
+        self.n = len(data) if n is None else min(n, len(data))
+        self.y = data.y[: self.n].to(self.device)
+        self.sample_shape = tuple(data.sample_shape)
+        self.images = len(self.sample_shape) == 3
+        if isinstance(data, TensorData) and not torch.isfinite(data.x[: self.n]).all():
+            raise UserError("data", "the dataset contains NaN or Inf inputs", "clean the data")
+        size = self.config.engine.shard_size or self.n
+        #: contiguous sample ranges; each is attacked with its own seed, and is one Ray task
+        self.shards = [(s, min(s + size, self.n)) for s in range(0, self.n, size)]
+        self._held: tuple[int, int, torch.Tensor] | None = None
+
+    def inputs(self, start: int, end: int) -> torch.Tensor:
+        """Inputs ``start:end`` on the device. Only the last range asked for is held, so a
+        sharded run keeps one shard of inputs in memory, never the whole evaluation set."""
+        if self._held is not None and self._held[:2] == (start, end):
+            return self._held[2]
+        self._held = None  # free the previous shard before reading the next one
+        x = self.data.rows(start, end).to(self.device)
+        if not isinstance(self.data, TensorData) and not torch.isfinite(x).all():
+            raise UserError(
+                "data", f"rows {start}..{end} contain NaN or Inf inputs", "clean the data"
+            )
+        if self.device.type == "cuda" and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        self._held = (start, end, x)
+        return x
+
+    def train_data(self) -> TensorData:
+        if self._train is None:
+            self._train = load_dataset(self.config.data.name, split=self.config.data.train_split)
+        return self._train
+
+    def build_model(self, pair: Pair) -> nn.Module:
+        base = load_model(pair.model.spec)
+        defense = make_defense(pair.defense.defense, **pair.defense.params)
+        self.progress.message(f"preparing {pair.model.label} + {pair.defense.label}")
+        # no training data for an undefended model: a user's own test set may come without one
+        train = self.train_data() if defense.kind != "none" else None
+        model = defense.build(base, pair.model.spec, train)  # type: ignore[arg-type]
+        if hasattr(base, "unchanged") and not base.unchanged():
+            raise RuntimeError(f"defense {pair.defense.defense} modified the frozen base model")
+        # the bare model: where non-adaptive (transfer) attacks are crafted. A `wrapped:` spec
+        # is already a preprocessor in front of a model: its bare model is the one behind it.
+        inner = getattr(base, "model", base)
+        if isinstance(inner, Preprocessed) and defense.kind == "none":
+            self._bare[pair.id] = inner.model.to(self.device).eval()
+            self._defense_kind[pair.id] = "preprocessor"
+        else:
+            self._bare[pair.id] = base.to(self.device).eval()
+            self._defense_kind[pair.id] = defense.kind
+        return self._accelerate(model.to(self.device).eval())
+
+    def _accelerate(self, model: nn.Module) -> nn.Module:
+        """GPU fast paths (cudnn autotuning, channels_last for images) and opt-in compile."""
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            if self.images:
+                model = model.to(memory_format=torch.channels_last)
+        if self.config.engine.compile:
+            model = torch.compile(model)
+        return model
+
+    # ------------------------------------------------------------------ batched helpers
+    @property
+    def batch_size(self) -> int:
+        """The configured batch size, or the current automatic one (halved on out-of-memory)."""
+        size = self.config.engine.batch_size
+        return self._auto_batch if size == "auto" else size
+
+    def _autocast(self, attack: Attack | None = None):  # noqa: ANN202
+        if self.config.engine.precision == "bf16" and getattr(attack, "supports_bf16", True):
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        size = self.batch_size
+        with torch.no_grad():
+            return torch.cat([model(x[i : i + size]) for i in range(0, len(x), size)])
+
+
+def check_eps_against_data(pairs: list[Pair], sample_shape: tuple[int, ...]) -> None:
+    """Fail before any work when an l2/l1 eps exceeds the largest distance in the bounds."""
+    for pair in pairs:
+        for cell in pair.cells:
+            with under_field(f"{cell.attack.label}.threat.eps", replace=True):
+                check_eps_fits(cell.threat, math.prod(sample_shape))

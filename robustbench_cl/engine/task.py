@@ -1,0 +1,282 @@
+"""The Task protocol: what one kind of evaluation plans, runs, summarises and shows.
+
+A task owns one config section (``retrieval:``; a task registered outside the package reads its
+section from ``tasks: {name: ...}``). The engine loop (:mod:`robustbench_cl.engine.loop`) asks
+every task whose section is present for its *units*, runs the missing ones in order (locally,
+or shard by shard as Ray tasks), and appends each unit's record to ``cells.jsonl``. Records
+are plain JSON dicts with a ``type`` and an ``id``; the task that wrote a record type also
+turns those records into its ``results.json`` section, its report section and its terminal
+table::
+
+    @register_task("calibration")
+    class Calibration(Task):
+        section_type = CalibrationConfig
+        record_types = ("calibration",)
+        template = Path(__file__).with_name("calibration.html.j2")
+
+        def plan(self) -> list[Unit]: ...
+        def run_shard(self, unit, inputs, shard) -> dict: ...
+        @classmethod
+        def summarize(cls, records, results) -> dict | None: ...
+
+Adding a task is one module (and one report template); nothing in the runner, the results,
+the report or the CLI names it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from robustbench_cl.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+    from rich.table import Table
+
+    from robustbench_cl.engine.config import MatrixConfig
+    from robustbench_cl.engine.summary import RunSummary
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One record's worth of work.
+
+    ``id`` is stable across runs (a hash of what determines the record), so a rerun skips it
+    when ``cells.jsonl`` holds it. ``needs`` are the ids whose records :meth:`Task.run_shard`
+    gets as ``inputs``; they come earlier in the plan. ``shards`` > 1 splits the unit into
+    independent sample ranges (one Ray task each) that :meth:`Task.merge` joins in order.
+    ``field`` prefixes a user error raised while the unit runs (``retrieval.models[0]``).
+    ``key`` is the task's own handle on what the unit is (an index into its plan).
+    """
+
+    id: str
+    label: str
+    kind: str
+    key: Any = None
+    needs: tuple[str, ...] = ()
+    shards: int = 1
+    field: str | None = None
+
+
+class Progress:
+    """Progress events from the engine; the CLI draws them with rich. All no-ops here."""
+
+    def run_started(self, n_cells: int, n_todo: int) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+    def cell_started(self, label: str, n_batches: int) -> None: ...
+
+    def batch_done(self) -> None: ...
+
+    def step(self, step: int, total: int) -> None: ...
+
+    def cell_done(self, record: dict[str, Any], skipped: bool) -> None: ...
+
+
+@dataclass
+class RunContext:
+    """What every task of a run shares: the config, where to write, the device, progress."""
+
+    config: MatrixConfig
+    run_dir: Path
+    device: torch.device
+    progress: Progress = field(default_factory=Progress)
+    resume: bool = True
+    #: False in a Ray worker: the driver alone writes records (workers may write artifacts)
+    driver: bool = True
+
+
+class Task:
+    """A kind of evaluation. Subclasses set the class attributes and implement :meth:`plan`
+    and :meth:`run_shard` (or :meth:`run`); the class methods turn records into results."""
+
+    #: the registry name, also the config section key
+    name: ClassVar[str] = ""
+    #: the pydantic model of the config section (``None`` when the section is built in)
+    section_type: ClassVar[Any] = None
+    #: the record ``type`` values this task writes
+    record_types: ClassVar[tuple[str, ...]] = ()
+    #: the report section's jinja template: a name under report/templates, or a Path
+    template: ClassVar[str | Path | None] = None
+    #: the report's navigation link and section anchor
+    title: ClassVar[str] = ""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.config = ctx.config
+
+    # ------------------------------------------------------------------ the section
+    @classmethod
+    def section(cls, config: MatrixConfig) -> Any:
+        """This task's config section, or ``None`` when the config has none."""
+        value = getattr(config, cls.name, None)
+        if value is None:
+            value = config.tasks.get(cls.name)
+        return value or None
+
+    # ------------------------------------------------------------------ running
+    def plan(self) -> list[Unit]:
+        """Validate the section and list the units, in an order where needs come first."""
+        raise NotImplementedError
+
+    def batches(self, unit: Unit, inputs: dict[str, dict[str, Any]]) -> int:
+        """How many ``batch_done`` events running ``unit`` will report (the progress bar)."""
+        return 1
+
+    def run_shard(self, unit: Unit, inputs: dict[str, dict[str, Any]], shard: int) -> Any:
+        """Run shard ``shard`` of ``unit``. With one shard, return the record itself."""
+        raise NotImplementedError
+
+    def merge(self, unit: Unit, inputs: dict[str, dict[str, Any]], parts: list[Any]) -> dict:
+        """Join the shards' parts (in shard order) into the unit's record."""
+        assert len(parts) == 1, f"{type(self).__name__} has shards but no merge"
+        return parts[0]
+
+    def run(self, unit: Unit, inputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """Run every shard of ``unit`` here, then merge them (the local executor)."""
+        parts = [self.run_shard(unit, inputs, shard) for shard in range(unit.shards)]
+        return self.merge(unit, inputs, parts)
+
+    def close(self) -> None:
+        """Free what the task holds (models) once its units are done."""
+
+    def describe_data(self) -> dict[str, Any] | None:
+        """The evaluation data for ``meta.json`` (the pair tasks' dataset), if the task has one."""
+        return None
+
+    # ------------------------------------------------------------------ results
+    @classmethod
+    def summarize(
+        cls, records: list[dict[str, Any]], results: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """The task's ``results.json`` section (its key is :attr:`name`), from its records.
+
+        ``results`` holds the sections of the tasks registered before this one (the
+        classification pairs first), for labels. ``None``: the run has no such records."""
+        return None
+
+    @classmethod
+    def flag_rows(cls, section: dict[str, Any]) -> list[dict[str, str]]:
+        """One ``{where, code, message}`` per sanity flag in the section."""
+        return []
+
+    @classmethod
+    def threat_models(cls, section: dict[str, Any]) -> list[dict[str, Any]]:
+        """The threat models the section's cells ran under (the report's threat table)."""
+        return []
+
+    @classmethod
+    def render(cls, section: dict[str, Any], run_dir: Path | None) -> dict[str, Any] | None:
+        """The template's context (``section`` in the template); ``None`` hides the section."""
+        return section
+
+    @classmethod
+    def table(cls, summary: RunSummary) -> Table | None:
+        """The terminal table after ``run``; ``None`` prints nothing."""
+        return None
+
+
+TASKS: Registry[type[Task]] = Registry("task")
+
+
+def register_task(name: str):  # noqa: ANN201
+    def decorator(cls: type[Task]) -> type[Task]:
+        cls.name = name
+        return TASKS.register(name)(cls)
+
+    return decorator
+
+
+def builtin_tasks() -> None:
+    """Import the packaged tasks (each registers itself), in the order their sections run."""
+    import robustbench_cl.engine.classification  # noqa: F401
+    import robustbench_cl.engine.generative  # noqa: F401
+    import robustbench_cl.engine.jailbreak  # noqa: F401
+    import robustbench_cl.engine.membership  # noqa: F401
+    import robustbench_cl.engine.retrieval  # noqa: F401
+    import robustbench_cl.engine.screens  # noqa: F401
+
+
+#: the order tasks run and appear in results and reports (registration order for the rest)
+ORDER = ("classification", "membership", "generation", "retrieval", "jailbreak", "screens")
+
+
+def task_classes() -> list[type[Task]]:
+    builtin_tasks()
+    names = TASKS.names()
+    ordered = [n for n in ORDER if n in names] + [n for n in names if n not in ORDER]
+    return [TASKS.get(n) for n in ordered]
+
+
+def active_tasks(config: MatrixConfig) -> list[type[Task]]:
+    return [cls for cls in task_classes() if cls.section(config) is not None]
+
+
+def validate_task_sections(config: MatrixConfig) -> MatrixConfig:
+    """Validate ``tasks: {name: section}`` with each registered task's ``section_type``."""
+    from pydantic import ValidationError
+
+    from robustbench_cl.engine.config import _format_validation_error
+    from robustbench_cl.errors import UserError, under_field
+
+    builtin_tasks()
+    for name, raw in list(config.tasks.items()):
+        with under_field(f"tasks.{name}", replace=True):
+            task = TASKS.get(name)
+        if task.section_type is None or isinstance(raw, task.section_type):
+            continue
+        try:
+            config.tasks[name] = task.section_type.model_validate(raw)
+        except ValidationError as error:
+            inner = _format_validation_error(error, task.section_type)
+            raise UserError(f"tasks.{name}.{inner.field}", inner.problem, inner.fix) from None
+    return config
+
+
+# ---------------------------------------------------------------------- Ray workers
+#: a worker's tasks, kept between the shards it runs (models stay loaded): (config, name) -> task
+_WORKER_TASKS: dict[tuple[str, str], tuple[Task, dict[str, Unit]]] = {}
+
+
+def run_remote_shard(
+    config: dict[str, Any],
+    task_module: str,
+    task_name: str,
+    unit_id: str,
+    inputs: dict[str, dict[str, Any]],
+    shard: int,
+    run_dir: str,
+    device: str,
+    threads: int,
+    home: str,
+) -> Any:
+    """A Ray task: rebuild the task from the resolved config (once per worker) and run one
+    shard of one unit exactly as the local executor would."""
+    os.environ["ROBUSTBENCH_CL_HOME"] = home  # the driver's cache, even on a foreign ray.init
+    import torch
+
+    from robustbench_cl.engine.config import MatrixConfig
+    from robustbench_cl.utils import stable_hash
+
+    torch.set_num_threads(threads)
+    key = (stable_hash(config), task_name)
+    if key not in _WORKER_TASKS:
+        for held, _ in _WORKER_TASKS.values():  # one config's tasks at a time per worker
+            held.close()
+        _WORKER_TASKS.clear()
+        import importlib
+
+        importlib.import_module(task_module)  # registers a task defined outside the package
+        matrix = validate_task_sections(MatrixConfig.model_validate(config))
+        ctx = RunContext(matrix, Path(run_dir), torch.device(device), driver=False)
+        task = TASKS.get(task_name)(ctx)
+        _WORKER_TASKS[key] = (task, {unit.id: unit for unit in task.plan()})
+    task, units = _WORKER_TASKS[key]
+    from robustbench_cl.engine.loop import seed_unit
+
+    seed_unit(task.config.seed, unit_id, shard)
+    return task.run_shard(units[unit_id], inputs, shard)
