@@ -25,6 +25,9 @@ from robustbench_cl.registry import list_attacks, list_datasets, list_defenses, 
 from robustbench_cl.report.html import write_report
 from robustbench_cl.threat import Budget, ThreatModel
 
+# last: the packaged tasks build on everything above, and register themselves
+import robustbench_cl.tasks  # noqa: E402, F401  isort: skip
+
 __all__ = [
     "Attack",
     "AttackResult",

@@ -20,8 +20,8 @@ from robustbench_cl.defenses.dat import (
     energy_logit,
     freeze_batchnorm,
 )
-from robustbench_cl.engine.generative import frechet_distance, sample_grid
 from robustbench_cl.errors import UserError
+from robustbench_cl.tasks.generation import frechet_distance, sample_grid
 
 
 def test_energy_logit_is_logsumexp():

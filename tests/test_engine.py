@@ -149,10 +149,10 @@ def test_results_are_deterministic(small_run, tmp_path):
 
 
 def test_packaged_suites_validate_in_every_profile():
-    from robustbench_cl.engine.jailbreak import expand_jailbreak
-    from robustbench_cl.engine.pairs import expand
-    from robustbench_cl.engine.retrieval import expand_retrieval
-    from robustbench_cl.engine.screens import expand_screens
+    from robustbench_cl.tasks.jailbreak import expand_jailbreak
+    from robustbench_cl.tasks.pairs import expand
+    from robustbench_cl.tasks.retrieval import expand_retrieval
+    from robustbench_cl.tasks.screens import expand_screens
 
     suites = {"quickstart", "vision", "generative", "membership", "vlp", "llm", "privacy"}
     assert suites <= set(list_suites())

@@ -340,7 +340,7 @@ def test_jailbreak_section_end_to_end_with_lora_schema_report_and_resume(chat, t
 
 def test_jailbreak_config_errors_are_one_line(tmp_path):
     from robustbench_cl.engine.config import load_config
-    from robustbench_cl.engine.jailbreak import expand_jailbreak
+    from robustbench_cl.tasks.jailbreak import expand_jailbreak
 
     config = _config(tmp_path)
     config["jailbreak"]["attacks"] = [{"attack": "pgd", "threat": {"norm": "linf", "eps": 0.1}}]
@@ -445,8 +445,8 @@ def _behaviors_csv(path, header="goal,target,category", rows=None):
 
 def test_behaviors_csv_becomes_the_harmful_test_prompts(tmp_path):
     from robustbench_cl.engine.config import load_config
-    from robustbench_cl.engine.jailbreak import JailbreakTask, expand_jailbreak
     from robustbench_cl.engine.task import RunContext
+    from robustbench_cl.tasks.jailbreak import JailbreakTask, expand_jailbreak
 
     config = _config(tmp_path)
     csv_path = _behaviors_csv(tmp_path / "advbench.csv")

@@ -230,7 +230,7 @@ def test_reference_attacks_are_refused_without_a_recipe():
 
 
 def test_pairs_without_a_recipe_show_reference_attacks_as_not_applicable():
-    from robustbench_cl.engine.pairs import expand
+    from robustbench_cl.tasks.pairs import expand
 
     config = rbcl.load_config(
         _membership_config(

@@ -13,8 +13,8 @@ from robustbench_cl.attacks import make_attack
 from robustbench_cl.attacks.cpgc import UniversalGenerator, cpgc_loss
 from robustbench_cl.attacks.universal import UniversalAttack, UniversalPerturbation
 from robustbench_cl.data.captions import CaptionData, make_shapes
-from robustbench_cl.engine.retrieval import attack_success_rate, retrieval_correct
 from robustbench_cl.errors import ThreatModelViolation, UserError
+from robustbench_cl.tasks.retrieval import attack_success_rate, retrieval_correct
 from robustbench_cl.threat import ThreatModel
 from tests.conftest import TinyVLP
 

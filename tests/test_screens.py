@@ -433,7 +433,7 @@ def test_screens_section_end_to_end_schema_report_without_pii_and_resume(tmp_pat
 
 def test_screens_config_errors_are_one_line() -> None:
     from robustbench_cl.engine.config import load_config
-    from robustbench_cl.engine.screens import expand_screens
+    from robustbench_cl.tasks.screens import expand_screens
 
     def expand(protectors: list) -> None:
         config = _config()

@@ -191,29 +191,13 @@ def _write_report(run_dir: Path) -> None:
 
 
 def _print_summary(summary: Any) -> None:
-    from robustbench_cl.report.table import (
-        flags_table,
-        generation_table,
-        jailbreak_table,
-        matrix_table,
-        membership_table,
-        retrieval_table,
-        screens_table,
-    )
+    """Every task's terminal table (the matrix first), then the sanity flags."""
+    from robustbench_cl.engine.task import task_classes
+    from robustbench_cl.report.table import flags_table
 
-    if summary.pairs:
-        stdout.print(matrix_table(summary))
-    extras = (
-        membership_table(summary),
-        generation_table(summary),
-        retrieval_table(summary),
-        jailbreak_table(summary),
-        screens_table(summary),
-        flags_table(summary),
-    )
-    for extra in extras:
-        if extra is not None:
-            stdout.print(extra)
+    for table in [*(task.table(summary) for task in task_classes()), flags_table(summary)]:
+        if table is not None:
+            stdout.print(table)
 
 
 def _summary_json(summary: Any) -> dict[str, Any]:
@@ -742,9 +726,9 @@ def generate(
     from robustbench_cl.attacks.generation import class_conditional_ascent, ood_seeds
     from robustbench_cl.data import load_dataset
     from robustbench_cl.defenses import make_defense
-    from robustbench_cl.engine.generative import sample_grid, save_png
     from robustbench_cl.engine.threads import apply_threads
     from robustbench_cl.models import load_model
+    from robustbench_cl.tasks.generation import sample_grid, save_png
 
     apply_threads()
     if n < 1:

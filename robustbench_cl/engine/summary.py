@@ -76,6 +76,12 @@ class RunSummary:
     jailbreak: list[dict[str, Any]] = field(default_factory=list)
     #: screenshot privacy: one record per (protector, eps)
     screens: list[dict[str, Any]] = field(default_factory=list)
+    #: every record of the run, for tasks that read their own record types
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def of(self, *types: str) -> list[dict[str, Any]]:
+        """The run's records of these types, in the order they were written."""
+        return [r for r in self.records if r["type"] in types]
 
     @property
     def has_membership(self) -> bool:
@@ -160,6 +166,7 @@ def summarize_records(
         jailbreak_clean=[r for r in records if r["type"] == "jailbreak_clean"],
         jailbreak=[r for r in records if r["type"] == "jailbreak"],
         screens=[r for r in records if r["type"] == "screen"],
+        records=list(records),
     )
 
 

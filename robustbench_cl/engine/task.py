@@ -102,8 +102,11 @@ class Task:
     record_types: ClassVar[tuple[str, ...]] = ()
     #: the report section's jinja template: a name under report/templates, or a Path
     template: ClassVar[str | Path | None] = None
-    #: the report's navigation link and section anchor
+    #: the report's navigation link and section anchor (default: the name)
     title: ClassVar[str] = ""
+    anchor: ClassVar[str] = ""
+    #: the JSON Schema of the task's results section (packaged tasks: in results.schema.json)
+    schema: ClassVar[dict[str, Any] | None] = None
 
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
@@ -150,29 +153,27 @@ class Task:
 
     # ------------------------------------------------------------------ results
     @classmethod
-    def summarize(
-        cls, records: list[dict[str, Any]], results: dict[str, Any]
-    ) -> dict[str, Any] | None:
-        """The task's ``results.json`` section (its key is :attr:`name`), from its records.
-
-        ``results`` holds the sections of the tasks registered before this one (the
-        classification pairs first), for labels. ``None``: the run has no such records."""
+    def summarize(cls, summary: RunSummary, results: dict[str, Any]) -> dict[str, Any] | None:
+        """The task's ``results.json`` keys (normally one: :attr:`name`) from its records,
+        ``summary.of(*cls.record_types)``. ``results`` holds what the tasks before this one
+        added (the classification pairs first), for labels. ``None``: nothing to add."""
         return None
 
     @classmethod
-    def flag_rows(cls, section: dict[str, Any]) -> list[dict[str, str]]:
-        """One ``{where, code, message}`` per sanity flag in the section."""
+    def flag_rows(cls, section: Any) -> list[dict[str, str]]:
+        """One ``{where, code, message}`` per sanity flag in ``results[name]``."""
         return []
 
     @classmethod
-    def threat_models(cls, section: dict[str, Any]) -> list[dict[str, Any]]:
-        """The threat models the section's cells ran under (the report's threat table)."""
+    def threat_models(cls, results: dict[str, Any]) -> list[dict[str, Any]]:
+        """The threat models the task's cells ran under (the report's threat table)."""
         return []
 
     @classmethod
-    def render(cls, section: dict[str, Any], run_dir: Path | None) -> dict[str, Any] | None:
-        """The template's context (``section`` in the template); ``None`` hides the section."""
-        return section
+    def render(cls, results: dict[str, Any], run_dir: Path | None) -> dict[str, Any] | None:
+        """The template's context (``section`` in it; a ``data_note`` also shows in the run
+        table); ``None`` hides the section. The default: ``results[name]``."""
+        return results.get(cls.name)
 
     @classmethod
     def table(cls, summary: RunSummary) -> Table | None:
@@ -192,13 +193,9 @@ def register_task(name: str):  # noqa: ANN201
 
 
 def builtin_tasks() -> None:
-    """Import the packaged tasks (each registers itself), in the order their sections run."""
-    import robustbench_cl.engine.classification  # noqa: F401
-    import robustbench_cl.engine.generative  # noqa: F401
-    import robustbench_cl.engine.jailbreak  # noqa: F401
-    import robustbench_cl.engine.membership  # noqa: F401
-    import robustbench_cl.engine.retrieval  # noqa: F401
-    import robustbench_cl.engine.screens  # noqa: F401
+    """The packaged tasks register when :mod:`robustbench_cl.tasks` is imported, which
+    ``import robustbench_cl`` does (the engine does not import the tasks that build on it)."""
+    import robustbench_cl  # noqa: F401
 
 
 #: the order tasks run and appear in results and reports (registration order for the rest)

@@ -8,7 +8,6 @@ Each section appears only when the run has data for it.
 
 from __future__ import annotations
 
-import base64
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,13 @@ from markupsafe import Markup
 from robustbench_cl.engine.results import load_results, task_flag_rows
 from robustbench_cl.engine.summary import threat_sort_key
 from robustbench_cl.report import plots
-from robustbench_cl.report.media import example_rows, mask_pii, png_data_uri, truncate
-
-#: example rows shown per cell, and in the whole report
-EXAMPLES_PER_CELL = 3
-EXAMPLES_TOTAL = 24
+from robustbench_cl.report.media import (
+    EXAMPLES_PER_CELL,
+    EXAMPLES_TOTAL,
+    example_rows,
+    mask_pii,
+    truncate,
+)
 
 
 def _percent(value: Any) -> str:
@@ -100,167 +101,36 @@ def _examples(results: dict[str, Any], run_dir: Path) -> list[dict[str, Any]]:
     return blocks
 
 
-def _privacy(results: dict[str, Any]) -> dict[str, Any] | None:
-    audits = results.get("membership", [])
-    if not audits:
-        return None
-    by_pair: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for audit in audits:
-        by_pair[audit["pair"]].append(dict(audit, label=audit["attack"]["label"]))
-    alphas = sorted({a for audit in audits for a in audit["tpr_at_fpr"]}, key=float, reverse=True)
-    return {
-        "membership": audits,
-        "alphas": alphas,
-        "rocs": [(pair, plots.membership_roc(curves)) for pair, curves in by_pair.items()],
-    }
+def task_sections(results: dict[str, Any], run_dir: Path | None) -> list[dict[str, Any]]:
+    """Every task's report section, rendered from its own template, in task order."""
+    from robustbench_cl.engine.task import task_classes
 
-
-def _generation(results: dict[str, Any], run_dir: Path | None) -> dict[str, Any] | None:
-    entries = results.get("generation")
-    if not entries:
-        return None
-    rows = []
-    for entry in entries:
-        grid = None
-        if run_dir is not None:
-            path = (run_dir / entry["grid"]).resolve()
-            if path.is_relative_to(run_dir.resolve()) and path.exists():
-                grid = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
-        rows.append(dict(entry, image=grid))
-    traces = [(e["pair"], e["training"]) for e in entries if e.get("training")]
-    return {"rows": rows, "trace": plots.training_traces(traces) if traces else None}
-
-
-def _run_file(run_dir: Path | None, relative: str | None) -> Path | None:
-    """A file inside the run directory (never outside it), if it exists."""
-    if run_dir is None or not relative:
-        return None
-    path = (run_dir / relative).resolve()
-    return path if path.is_relative_to(run_dir.resolve()) and path.exists() else None
-
-
-def _eps_label(threat: dict[str, Any]) -> str:
-    """``linf 12/255`` when eps is a whole number of 255ths, else ``linf 0.05``."""
-    eps = float(threat["eps"])
-    steps = eps * 255
-    text = f"{round(steps)}/255" if abs(steps - round(steps)) < 1e-6 else f"{eps:g}"
-    return f"{threat['norm']} {text}"
-
-
-def _retrieval(results: dict[str, Any], run_dir: Path | None) -> dict[str, Any] | None:
-    section = results.get("retrieval")
-    if not section:
-        return None
-    from safetensors.torch import load_file
-
-    order = {"tr": 0, "ir": 1}
-    first = section["clean"][0]["recall"] if section["clean"] else {}
-    recall_keys = sorted(first, key=lambda k: (order[k.split("@")[0]], int(k.split("@")[1])))
-    cells = section["cells"]
-    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
-    perturbations, examples, seen = [], [], set()
-    for cell in cells:
-        key = (cell["attack"]["label"], _eps_label(cell["threat"]), cell["source"])
-        row = rows.setdefault(
-            key, {"attack": key[0], "threat": key[1], "source": key[2], "by_target": {}}
+    env = _environment()
+    sections = []
+    for task in task_classes():
+        if task.template is None:
+            continue
+        context = task.render(results, run_dir)
+        if not context:
+            continue
+        template = Path(task.template)
+        source = template.read_text(encoding="utf-8")
+        html = env.from_string(source).render(results=results, run=results["run"], section=context)
+        sections.append(
+            {
+                "name": task.name,
+                "title": task.title or task.name.capitalize(),
+                "anchor": task.anchor or task.name,
+                "data_note": context.get("data_note") if isinstance(context, dict) else None,
+                "html": Markup(html),  # rendered with autoescape on, like the page
+            }
         )
-        row["by_target"][cell["target"]] = cell
-        path = _run_file(run_dir, cell["perturbation"])
-        if path is not None and cell["fit_id"] not in seen:
-            seen.add(cell["fit_id"])
-            delta = load_file(str(path))["delta"]
-            eps = float(cell["threat"]["eps"]) or 1.0
-            amplified = (delta / (2 * eps) + 0.5).clamp(0, 1)
-            label = f"{cell['attack']['label']} on {cell['source']}, {_eps_label(cell['threat'])}"
-            perturbations.append({"label": label, "image": png_data_uri(amplified)})
-        images = _run_file(run_dir, cell.get("example_images"))
-        if images is not None and len(examples) < EXAMPLES_TOTAL:
-            stacks = load_file(str(images))
-            for index, example in enumerate(cell["examples"][:EXAMPLES_PER_CELL]):
-                examples.append(
-                    dict(
-                        example,
-                        cell=f"{cell['source']} | {cell['attack']['label']} | {_eps_label(cell['threat'])}",
-                        clean_image=png_data_uri(stacks["clean"][index]),
-                        adversarial_image=png_data_uri(stacks["adversarial"][index]),
-                    )
-                )
-    asr_keys = sorted(
-        {k for c in cells for k in c["asr"]},
-        key=lambda k: (order[k.split("@")[0]], int(k.split("@")[1])),
-    )
-    train_n = cells[0]["fit"].get("train_images") if cells else None
-    return {
-        "clean": section["clean"],
-        "recall_keys": recall_keys,
-        "asr_keys": asr_keys,
-        "targets": [c["model"] for c in section["clean"]],
-        "rows": list(rows.values()),
-        "cells": [dict(c, eps_label=_eps_label(c["threat"])) for c in cells],
-        "perturbations": perturbations,
-        "examples": examples,
-        "train_note": f"{train_n} images" if train_n else "all of it",
-        "data_note": (
-            f"{section['clean'][0]['n_images']} test images, {section['clean'][0]['n_captions']} captions"
-            if section["clean"]
-            else "-"
-        ),
-    }
-
-
-def _llm(results: dict[str, Any]) -> list[dict[str, Any]]:
-    examples: list[dict[str, Any]] = []
-    for cell in results.get("jailbreak", {}).get("cells", []):
-        examples += [
-            dict(example, cell=f"{cell['pair']} | {cell['column']}")
-            for example in cell["examples"][:2]
-        ]
-    return examples[: 2 * EXAMPLES_TOTAL]
-
-
-def _jailbreak(results: dict[str, Any]) -> dict[str, Any] | None:
-    section = results.get("jailbreak")
-    if not section:
-        return None
-    by_pair: dict[str, dict[str, Any]] = {}
-    for cell in section["cells"]:
-        by_pair.setdefault(cell["clean_id"], {})[cell["column"]] = cell
-    worst = {w["clean_id"]: w for w in section["worst_case"]}
-    rows = [
-        dict(pair, by_column=by_pair.get(pair["id"], {}), worst=worst.get(pair["id"]))
-        for pair in section["pairs"]
-    ]
-    generation = section["cells"][0]["generation"] if section["cells"] else {}
-    return {"rows": rows, "columns": section["columns"], "generation": generation}
-
-
-def _screens(results: dict[str, Any], run_dir: Path | None) -> dict[str, Any] | None:
-    section = results.get("screens")
-    if not section:
-        return None
-    examples = []
-    for entry in section["examples"]:
-        for example in entry["examples"]:
-            path = _run_file(run_dir, example["image"])
-            image = (
-                "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
-                if path is not None
-                else None
-            )
-            examples.append(dict(example, label=entry["label"], src=image))
-    routers = list(section["routers"])
-    return {
-        "rows": section["rows"],
-        "routers": section["routers"],
-        "rules": section["rules"],
-        "data": section["data"],
-        "plots": [(r, plots.screen_tradeoff(section["rows"], r)) for r in routers],
-        "examples": examples,
-    }
+    return sections
 
 
 def render_results(results: dict[str, Any], run_dir: str | Path | None = None) -> str:
     cells = {cell["id"]: cell for cell in results["cells"]}
+    directory = Path(run_dir) if run_dir is not None else None
     matrix = [
         {
             "pair": pair,
@@ -275,13 +145,8 @@ def render_results(results: dict[str, Any], run_dir: str | Path | None = None) -
         "columns": _columns(results),
         "matrix": matrix,
         "curves": plots.security_curves(results),
-        "examples": _examples(results, Path(run_dir)) if run_dir is not None else [],
-        "privacy": _privacy(results),
-        "generation": _generation(results, Path(run_dir) if run_dir is not None else None),
-        "retrieval": _retrieval(results, Path(run_dir) if run_dir is not None else None),
-        "llm": _llm(results),
-        "jailbreak": _jailbreak(results),
-        "screens": _screens(results, Path(run_dir) if run_dir is not None else None),
+        "examples": _examples(results, directory) if directory is not None else [],
+        "task_sections": task_sections(results, directory),
         "non_adaptive": [c for c in results["cells"] if not c["adaptive"]],
         "task_flags": task_flag_rows(results),
     }

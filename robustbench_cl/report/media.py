@@ -11,6 +11,10 @@ import torch
 
 from robustbench_cl.privacy.metrics import mask_pii  # noqa: F401  (the report's filter)
 
+#: example rows shown per cell, and in the whole report
+EXAMPLES_PER_CELL = 3
+EXAMPLES_TOTAL = 24
+
 
 def png_data_uri(image: torch.Tensor, bounds: tuple[float, float] | None = (0.0, 1.0)) -> str:
     """A C x H x W tensor as a ``data:image/png`` URI (grayscale for one channel)."""
@@ -84,3 +88,19 @@ def _norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
 def truncate(text: str, limit: int = 400) -> str:
     text = str(text)
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def run_file(run_dir: Path | None, relative: str | None) -> Path | None:
+    """A file inside the run directory (never outside it), if it exists."""
+    if run_dir is None or not relative:
+        return None
+    path = (run_dir / relative).resolve()
+    return path if path.is_relative_to(run_dir.resolve()) and path.exists() else None
+
+
+def eps_label(threat: dict[str, Any]) -> str:
+    """``linf 12/255`` when eps is a whole number of 255ths, else ``linf 0.05``."""
+    eps = float(threat["eps"])
+    steps = eps * 255
+    text = f"{round(steps)}/255" if abs(steps - round(steps)) < 1e-6 else f"{eps:g}"
+    return f"{threat['norm']} {text}"

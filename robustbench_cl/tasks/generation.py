@@ -17,6 +17,7 @@ curriculum T and the number of NaN batches.
 
 from __future__ import annotations
 
+import base64
 import time
 import warnings
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.table import Table
 from torch import nn
 
 from robustbench_cl.attacks.base import step_hook
@@ -31,10 +33,13 @@ from robustbench_cl.attacks.generation import SEED_KINDS, class_conditional_asce
 from robustbench_cl.data import TensorData, load_dataset
 from robustbench_cl.defenses import make_defense
 from robustbench_cl.engine.config import GenerationConfig
-from robustbench_cl.engine.pairs import PairTask
+from robustbench_cl.engine.summary import RunSummary
 from robustbench_cl.engine.task import Unit, register_task
 from robustbench_cl.privacy.metrics import auc as roc_auc
 from robustbench_cl.privacy.metrics import roc
+from robustbench_cl.report import plots
+from robustbench_cl.report.table import percent
+from robustbench_cl.tasks.pairs import PairTask
 
 
 @torch.no_grad()
@@ -190,7 +195,7 @@ class GenerationTask(PairTask):
     """Generation columns: each pair's classifier as a sampler, scored by an independent judge."""
 
     record_types = ("generation",)
-    template = "tasks/generation.html.j2"
+    template = Path(__file__).parent / "templates" / "generation.html.j2"
     title = "Generation"
 
     @classmethod
@@ -243,3 +248,87 @@ class GenerationTask(PairTask):
     def close(self) -> None:
         super().close()
         self._audit = None
+
+    # ------------------------------------------------------------------ results
+    @classmethod
+    def summarize(cls, summary: RunSummary, results: dict[str, Any]) -> dict[str, Any] | None:
+        entries = [_generation_entry(p.generation, p.label) for p in summary.pairs if p.generation]
+        return {"generation": entries} if entries else None
+
+    @classmethod
+    def render(cls, results: dict[str, Any], run_dir: Path | None) -> dict[str, Any] | None:
+        return _generation(results, run_dir)
+
+    @classmethod
+    def table(cls, summary: RunSummary):  # noqa: ANN206
+        return generation_table(summary)
+
+
+def _generation_entry(record: dict[str, Any], pair_label: str) -> dict[str, Any]:
+    keys = (
+        "judge",
+        "n_samples",
+        "steps",
+        "step_size",
+        "intended_class_accuracy",
+        "mini_fid",
+        "fid_train_vs_eval",
+        "fid_seeds_vs_eval",
+        "ood_auroc",
+        "ood_auroc_by_kind",
+        "samples_in_bounds",
+        "training",
+        "grid",
+        "wall_time",
+    )
+    return {"id": record["id"], "pair_id": record["pair_id"], "pair": pair_label} | {
+        key: record[key] for key in keys
+    }
+
+
+def _generation(results: dict[str, Any], run_dir: Path | None) -> dict[str, Any] | None:
+    entries = results.get("generation")
+    if not entries:
+        return None
+    rows = []
+    for entry in entries:
+        grid = None
+        if run_dir is not None:
+            path = (run_dir / entry["grid"]).resolve()
+            if path.is_relative_to(run_dir.resolve()) and path.exists():
+                grid = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+        rows.append(dict(entry, image=grid))
+    traces = [(e["pair"], e["training"]) for e in entries if e.get("training")]
+    return {"rows": rows, "trace": plots.training_traces(traces) if traces else None}
+
+
+def generation_table(summary: RunSummary) -> Table | None:
+    """Generation quality per (model, defense), scored by the independent judge."""
+    rows = [(pair, pair.generation) for pair in summary.pairs if pair.generation]
+    if not rows:
+        return None
+    first = rows[0][1]
+    table = Table(
+        title=f"generation ({first['n_samples']} samples, {first['steps']} ascent steps; judge "
+        f"{first['judge']}; mini-FID floor {first['fid_train_vs_eval']:.1f}, "
+        f"seeds {first['fid_seeds_vs_eval']:.1f})",
+        title_justify="left",
+    )
+    for name in ("model / defense", "intended class %", "mini-FID", "OOD AUROC", "training"):
+        table.add_column(name, justify="left" if name == "model / defense" else "right")
+    for pair, record in rows:
+        training = record.get("training")
+        note = (
+            f"T={training['final_gen_steps']} NaN={training['nan_batches']} "
+            f"AUC sd={training['auc_std_last_100']:.3f}"
+            if training
+            else "-"
+        )
+        table.add_row(
+            pair.label,
+            percent(record["intended_class_accuracy"]),
+            f"{record['mini_fid']:.1f}",
+            f"{record['ood_auroc']:.3f}",
+            note,
+        )
+    return table

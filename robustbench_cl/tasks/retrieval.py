@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.table import Table
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -32,10 +33,21 @@ from robustbench_cl.attacks.universal import (
     encode_images,
     encode_texts,
 )
+from robustbench_cl.engine import sanity
 from robustbench_cl.engine.config import MatrixConfig, ModelConfig, RetrievalConfig
 from robustbench_cl.engine.metrics import wilson_interval
+from robustbench_cl.engine.results import attack_entry, model_label
+from robustbench_cl.engine.summary import RunSummary, threat_label
 from robustbench_cl.engine.task import RunContext, Task, Unit, register_task
 from robustbench_cl.errors import UserError, under_field
+from robustbench_cl.report.media import (
+    EXAMPLES_PER_CELL,
+    EXAMPLES_TOTAL,
+    eps_label,
+    png_data_uri,
+    run_file,
+)
+from robustbench_cl.report.table import percent
 from robustbench_cl.threat import ThreatModel
 from robustbench_cl.utils import derive_seed, stable_hash
 
@@ -151,7 +163,7 @@ class RetrievalTask(Task):
     """Image-text retrieval under universal perturbations: fit once per source, evaluate on all."""
 
     record_types = ("retrieval_clean", "retrieval_fit", "retrieval")
-    template = "tasks/retrieval.html.j2"
+    template = Path(__file__).parent / "templates" / "retrieval.html.j2"
     title = "Retrieval"
 
     def __init__(self, ctx: RunContext) -> None:
@@ -258,6 +270,33 @@ class RetrievalTask(Task):
 
     def close(self) -> None:
         self._models.clear()
+
+    # ------------------------------------------------------------------ results
+    @classmethod
+    def summarize(cls, summary: RunSummary, results: dict[str, Any]) -> dict[str, Any] | None:
+        if not (summary.retrieval_clean or summary.retrieval):
+            return None
+        return {"retrieval": _retrieval_section(summary)}
+
+    @classmethod
+    def flag_rows(cls, section: dict[str, Any]) -> list[dict[str, str]]:
+        rows = []
+        for cell in section.get("cells", []):
+            where = f"{cell['source']} -> {cell['target']} | {cell['attack']['label']}"
+            rows += [{"where": where, **f} for f in cell.get("flags", [])]
+        return rows
+
+    @classmethod
+    def threat_models(cls, results: dict[str, Any]) -> list[dict[str, Any]]:
+        return [cell["threat"] for cell in results.get("retrieval", {}).get("cells", [])]
+
+    @classmethod
+    def render(cls, results: dict[str, Any], run_dir: Path | None) -> dict[str, Any] | None:
+        return _retrieval(results, run_dir)
+
+    @classmethod
+    def table(cls, summary: RunSummary):  # noqa: ANN206
+        return retrieval_table(summary)
 
     # ------------------------------------------------------------------ clean and attacked
     def clean_record(self, config: ModelConfig, record_id: str) -> dict[str, Any]:
@@ -465,3 +504,141 @@ def _read_fit_info(path: Path) -> dict[str, Any]:
 
     info_path = path.with_suffix(".json")
     return json.loads(info_path.read_text()) if info_path.exists() else {}
+
+
+def _retrieval_section(summary: RunSummary) -> dict[str, Any]:
+    """Clean R@K per model and one entry per (source, attack, eps, target); the per-query
+    outcomes stay in cells.jsonl."""
+    clean = [
+        {
+            "id": r["id"],
+            "model": model_label(r["model"]),
+            "model_spec": r["model"]["spec"],
+            "n_images": r["n_images"],
+            "n_captions": r["n_captions"],
+            "recall": r["recall"],
+        }
+        for r in summary.retrieval_clean
+    ]
+    keys = (
+        "access",
+        "recall",
+        "asr",
+        "delta_linf",
+        "word",
+        "fit",
+        "perturbation",
+        "examples",
+        "example_images",
+    )
+    cells = [
+        {
+            "id": r["id"],
+            "fit_id": r["fit_id"],
+            "source": model_label(r["source"]),
+            "target": model_label(r["target"]),
+            "attack": attack_entry(r["attack"]),
+            "threat": r["threat"],
+            "threat_label": threat_label(r["threat"]),
+        }
+        | {key: r[key] for key in keys}
+        for r in summary.retrieval
+    ]
+    flags = sanity.retrieval_flags(cells)
+    for cell in cells:
+        cell["flags"] = flags[cell["id"]]
+    return {"clean": clean, "cells": cells}
+
+
+def _retrieval(results: dict[str, Any], run_dir: Path | None) -> dict[str, Any] | None:
+    section = results.get("retrieval")
+    if not section:
+        return None
+    from safetensors.torch import load_file
+
+    order = {"tr": 0, "ir": 1}
+    first = section["clean"][0]["recall"] if section["clean"] else {}
+    recall_keys = sorted(first, key=lambda k: (order[k.split("@")[0]], int(k.split("@")[1])))
+    cells = section["cells"]
+    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    perturbations, examples, seen = [], [], set()
+    for cell in cells:
+        key = (cell["attack"]["label"], eps_label(cell["threat"]), cell["source"])
+        row = rows.setdefault(
+            key, {"attack": key[0], "threat": key[1], "source": key[2], "by_target": {}}
+        )
+        row["by_target"][cell["target"]] = cell
+        path = run_file(run_dir, cell["perturbation"])
+        if path is not None and cell["fit_id"] not in seen:
+            seen.add(cell["fit_id"])
+            delta = load_file(str(path))["delta"]
+            eps = float(cell["threat"]["eps"]) or 1.0
+            amplified = (delta / (2 * eps) + 0.5).clamp(0, 1)
+            label = f"{cell['attack']['label']} on {cell['source']}, {eps_label(cell['threat'])}"
+            perturbations.append({"label": label, "image": png_data_uri(amplified)})
+        images = run_file(run_dir, cell.get("example_images"))
+        if images is not None and len(examples) < EXAMPLES_TOTAL:
+            stacks = load_file(str(images))
+            for index, example in enumerate(cell["examples"][:EXAMPLES_PER_CELL]):
+                examples.append(
+                    dict(
+                        example,
+                        cell=f"{cell['source']} | {cell['attack']['label']} | {eps_label(cell['threat'])}",
+                        clean_image=png_data_uri(stacks["clean"][index]),
+                        adversarial_image=png_data_uri(stacks["adversarial"][index]),
+                    )
+                )
+    asr_keys = sorted(
+        {k for c in cells for k in c["asr"]},
+        key=lambda k: (order[k.split("@")[0]], int(k.split("@")[1])),
+    )
+    train_n = cells[0]["fit"].get("train_images") if cells else None
+    return {
+        "clean": section["clean"],
+        "recall_keys": recall_keys,
+        "asr_keys": asr_keys,
+        "targets": [c["model"] for c in section["clean"]],
+        "rows": list(rows.values()),
+        "cells": [dict(c, eps_label=eps_label(c["threat"])) for c in cells],
+        "perturbations": perturbations,
+        "examples": examples,
+        "train_note": f"{train_n} images" if train_n else "all of it",
+        "data_note": (
+            f"{section['clean'][0]['n_images']} test images, {section['clean'][0]['n_captions']} captions"
+            if section["clean"]
+            else "-"
+        ),
+    }
+
+
+def retrieval_table(summary: RunSummary) -> Table | None:
+    """ASR@1 (TR / IR, %) of each universal perturbation: source x target, plus clean R@1."""
+    if not summary.retrieval:
+        return None
+    targets = [r["model"].get("name") or r["model"]["spec"] for r in summary.retrieval_clean]
+    table = Table(
+        title="retrieval: ASR@1 % (TR / IR) over the previously-correct queries; * white-box",
+        title_justify="left",
+    )
+    table.add_column("attack", justify="left")
+    table.add_column("eps", justify="right")
+    table.add_column("source", justify="left")
+    for target in targets:
+        table.add_column(target, justify="right")
+    rows: dict[tuple[str, float, str], dict[str, str]] = {}
+    for record in summary.retrieval:
+        attack = record["attack"].get("name") or record["attack"]["attack"]
+        source = record["source"].get("name") or record["source"]["spec"]
+        target = record["target"].get("name") or record["target"]["spec"]
+        tr, ir = record["asr"].get("tr@1", {}).get("asr"), record["asr"].get("ir@1", {}).get("asr")
+        mark = "*" if record["access"] == "white-box" else ""
+        key = (attack, record["threat"]["eps"], source)
+        rows.setdefault(key, {})[target] = f"{percent(tr)} / {percent(ir)}{mark}"
+    for (attack, eps, source), cells in rows.items():
+        table.add_row(attack, f"{eps * 255:.3g}/255", source, *[cells.get(t, "-") for t in targets])
+    clean = "  ".join(
+        f"{t}: TR@1 {percent(r['recall'].get('tr@1'))} IR@1 {percent(r['recall'].get('ir@1'))}"
+        for t, r in zip(targets, summary.retrieval_clean)
+    )
+    table.caption = f"clean: {clean}"
+    return table

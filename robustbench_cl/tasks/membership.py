@@ -15,14 +15,18 @@ halves vs 0.569 with matched subsets, undefended digits-cnn, 180 + 180 examples)
 from __future__ import annotations
 
 import time
+from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import torch
+from rich.table import Table
 from torch import nn
 
 from robustbench_cl.data import TensorData, load_dataset
-from robustbench_cl.engine.membership_plan import MembershipCell, reference_recipe
-from robustbench_cl.engine.pairs import PairTask
+from robustbench_cl.engine import sanity
+from robustbench_cl.engine.results import attack_entry
+from robustbench_cl.engine.summary import RunSummary
 from robustbench_cl.engine.task import Unit, register_task
 from robustbench_cl.errors import UserError
 from robustbench_cl.privacy.membership import (
@@ -32,6 +36,10 @@ from robustbench_cl.privacy.membership import (
     reference_signals,
 )
 from robustbench_cl.privacy.metrics import membership_metrics
+from robustbench_cl.report import plots
+from robustbench_cl.report.table import percent
+from robustbench_cl.tasks.membership_plan import MembershipCell, reference_recipe
+from robustbench_cl.tasks.pairs import PairTask
 
 
 class MembershipAudit:
@@ -140,7 +148,8 @@ class MembershipTask(PairTask):
     """Membership-inference columns: does each (model, defense) leak its training set?"""
 
     record_types = ("membership",)
-    template = "tasks/membership.html.j2"
+    template = Path(__file__).parent / "templates" / "membership.html.j2"
+    anchor = "privacy"
     title = "Privacy"
 
     @classmethod
@@ -181,3 +190,110 @@ class MembershipTask(PairTask):
     def close(self) -> None:
         super().close()
         self._audit = None
+
+    # ------------------------------------------------------------------ results
+    @classmethod
+    def summarize(cls, summary: RunSummary, results: dict[str, Any]) -> dict[str, Any] | None:
+        audits = [_membership_entry(r, p.label) for p in summary.pairs for r in p.membership]
+        return {"membership": audits} if audits else None
+
+    @classmethod
+    def flag_rows(cls, section: list[dict[str, Any]]) -> list[dict[str, str]]:
+        rows = []
+        for entry in section:
+            where = f"{entry['pair']} | membership {entry['attack']['label']}"
+            rows += [{"where": where, **f} for f in entry.get("flags", [])]
+        return rows
+
+    @classmethod
+    def render(cls, results: dict[str, Any], run_dir: Path | None) -> dict[str, Any] | None:
+        return _privacy(results)
+
+    @classmethod
+    def table(cls, summary: RunSummary):  # noqa: ANN206
+        return membership_table(summary)
+
+
+def _membership_entry(record: dict[str, Any], pair_label: str) -> dict[str, Any]:
+    attack = record["attack"]
+    keys = (
+        "n_members",
+        "n_nonmembers",
+        "fpr_resolution",
+        "auc",
+        "auc_ci95",
+        "advantage",
+        "advantage_ci95",
+        "tpr_at_fpr",
+        "tpr_at_fpr_ci95",
+        "bootstrap",
+        "fpr",
+        "tpr",
+        "reference_models",
+        "reference_in_fraction",
+        "offline",
+        "population_z",
+        "wall_time",
+    )
+    entry = {
+        "id": record["id"],
+        "pair_id": record["pair_id"],
+        "pair": pair_label,
+        "attack": attack_entry(attack),
+        **{key: record.get(key) for key in keys},
+    }
+    entry["flags"] = sanity.membership_flags(entry)
+    return entry
+
+
+def _privacy(results: dict[str, Any]) -> dict[str, Any] | None:
+    audits = results.get("membership", [])
+    if not audits:
+        return None
+    by_pair: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for audit in audits:
+        by_pair[audit["pair"]].append(dict(audit, label=audit["attack"]["label"]))
+    alphas = sorted({a for audit in audits for a in audit["tpr_at_fpr"]}, key=float, reverse=True)
+    return {
+        "membership": audits,
+        "alphas": alphas,
+        "rocs": [(pair, plots.membership_roc(curves)) for pair, curves in by_pair.items()],
+    }
+
+
+def membership_table(summary: RunSummary) -> Table | None:
+    """Membership inference per (model, defense): AUC, TPR at low FPR, advantage."""
+    rows = [(pair, record) for pair in summary.pairs for record in pair.membership]
+    if not rows:
+        return None
+    alphas = sorted({a for _, r in rows for a in r["tpr_at_fpr"]}, key=float, reverse=True)
+    n_out = rows[0][1]["n_nonmembers"]
+    table = Table(
+        title=f"membership inference ({rows[0][1]['n_members']} members / {n_out} non-members; "
+        f"FPR resolution {100 / max(n_out, 1):.2g}%)",
+        title_justify="left",
+    )
+    for name in ("model / defense", "attack", "AUC", "95% CI"):
+        table.add_column(name, justify="left" if name in ("model / defense", "attack") else "right")
+    for alpha in alphas:
+        table.add_column(f"TPR@{100 * float(alpha):g}%FPR", justify="right")
+    table.add_column("advantage", justify="right")
+    table.add_column("refs", justify="right")
+    for pair, record in rows:
+        low, high = record["auc_ci95"]
+        refs = record["reference_models"]
+        table.add_row(
+            pair.label,
+            record["attack"].get("name") or record["attack"]["attack"],
+            f"{record['auc']:.3f}",
+            f"{low:.3f}-{high:.3f}",
+            *[percent(record["tpr_at_fpr"][a]) for a in alphas],
+            f"{record['advantage']:.3f}",
+            f"{refs}{' off' if record['offline'] else ''}" if refs else "-",
+        )
+    for pair in summary.pairs:
+        for skipped in pair.membership_skipped:
+            table.add_row(
+                pair.label, skipped["attack"], "n/a", "no recipe", *[""] * (len(alphas) + 2)
+            )
+    return table

@@ -10,6 +10,7 @@ global PGD are optimised against its recognizer); Tesseract is black-box transfe
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from pathlib import Path
@@ -17,7 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.table import Table
 
+from robustbench_cl.engine import sanity
 from robustbench_cl.engine.config import (
     MatrixConfig,
     ScreenProtectorConfig,
@@ -25,8 +28,12 @@ from robustbench_cl.engine.config import (
     refuse_duplicate_labels,
 )
 from robustbench_cl.engine.metrics import rate_entry
+from robustbench_cl.engine.summary import RunSummary
 from robustbench_cl.engine.task import RunContext, Task, Unit, register_task
 from robustbench_cl.errors import ThreatModelViolation, UserError
+from robustbench_cl.report import plots
+from robustbench_cl.report.media import run_file
+from robustbench_cl.report.table import percent_or_dash
 from robustbench_cl.utils import derive_seed, stable_hash
 
 logger = logging.getLogger(__name__)
@@ -68,7 +75,7 @@ class ScreensTask(Task):
     """Screenshot privacy: PII routers (OCR) against protectors, the ``screens:`` section."""
 
     record_types = ("screen",)
-    template = "tasks/screens.html.j2"
+    template = Path(__file__).parent / "templates" / "screens.html.j2"
     title = "Screens"
 
     def __init__(self, ctx: RunContext) -> None:
@@ -114,6 +121,27 @@ class ScreensTask(Task):
 
     def run_shard(self, unit: Unit, inputs: dict[str, dict[str, Any]], shard: int) -> Any:
         return self.cell_record(self.columns[unit.key], unit.id)
+
+    # ------------------------------------------------------------------ results
+    @classmethod
+    def summarize(cls, summary: RunSummary, results: dict[str, Any]) -> dict[str, Any] | None:
+        return {"screens": _screens_section(summary)} if summary.screens else None
+
+    @classmethod
+    def flag_rows(cls, section: dict[str, Any]) -> list[dict[str, str]]:
+        rows = []
+        for row in section.get("rows", []):
+            where = f"{row['label']} | {row['router']}"
+            rows += [{"where": where, **f} for f in row.get("flags", [])]
+        return rows
+
+    @classmethod
+    def render(cls, results: dict[str, Any], run_dir: Path | None) -> dict[str, Any] | None:
+        return _screens(results, run_dir)
+
+    @classmethod
+    def table(cls, summary: RunSummary):  # noqa: ANN206
+        return screens_table(summary)
 
     # ---------------------------------------------------------------- shared parts
     def data(self) -> tuple[Any, list, list]:
@@ -255,8 +283,8 @@ class ScreensTask(Task):
 
     def examples(self, record_id, test, x, protected, readings) -> list[dict[str, Any]]:  # noqa: ANN001
         """Example screens for the report, with every PII box pixelated and PII text masked."""
-        from robustbench_cl.engine.generative import save_png
         from robustbench_cl.privacy.metrics import field_leaked, mask_pii
+        from robustbench_cl.tasks.generation import save_png
 
         out = []
         shown_screens = [s for s in range(len(test)) if all(p.box for p in test[s].pii)]
@@ -332,6 +360,101 @@ def screen_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 }
             )
     return rows
+
+
+def _screens_section(summary: RunSummary) -> dict[str, Any]:
+    """Rows per (protector, eps, router); per router the change of every row from clean."""
+    from robustbench_cl.privacy.metrics import LEAK_RATIO
+
+    rows = screen_rows(summary.screens)
+    for row in rows:
+        clean = next(
+            (r for r in rows if r["protector"] == "clean" and r["router"] == row["router"]), None
+        )
+        for key in ("plr", "tsr"):
+            rates = (row[key]["rate"], clean[key]["rate"] if clean else None)
+            row[f"{key}_change"] = None if None in rates else rates[0] - rates[1]
+    for row, flags in zip(rows, sanity.screens_flags(rows)):
+        row["flags"] = flags
+    first = summary.screens[0]
+    return {
+        "data": first["data"],
+        "routers": {
+            name: {"access": entry["access"], "settings": entry["settings"]}
+            for name, entry in first["routers"].items()
+        },
+        "rules": {
+            "leaked": f"SequenceMatcher ratio > {LEAK_RATIO} between the true value and the "
+            "best-matching text the router read",
+            "exact": "the normalised true value appears in the normalised reading",
+            "task": "the normalised task keyword appears in the router's reading (with or "
+            "without spaces), or all its content words do",
+        },
+        "rows": rows,
+        "examples": [
+            {"label": r["label"], "examples": r["examples"]}
+            for r in summary.screens
+            if r["examples"]
+        ],
+    }
+
+
+def _screens(results: dict[str, Any], run_dir: Path | None) -> dict[str, Any] | None:
+    section = results.get("screens")
+    if not section:
+        return None
+    examples = []
+    for entry in section["examples"]:
+        for example in entry["examples"]:
+            path = run_file(run_dir, example["image"])
+            image = (
+                "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+                if path is not None
+                else None
+            )
+            examples.append(dict(example, label=entry["label"], src=image))
+    routers = list(section["routers"])
+    return {
+        "rows": section["rows"],
+        "routers": section["routers"],
+        "rules": section["rules"],
+        "data": section["data"],
+        "plots": [(r, plots.screen_tradeoff(section["rows"], r)) for r in routers],
+        "examples": examples,
+    }
+
+
+def screens_table(summary: RunSummary) -> Table | None:
+    """PLR, exact PLR, zero-leak and TSR % per protector and router, with image quality."""
+    if not summary.screens:
+        return None
+    table = Table(
+        title="screens: PII leakage (PLR) and task success (TSR) per protector and router",
+        title_justify="left",
+    )
+    for name, justify in (
+        ("protector", "left"),
+        ("router", "left"),
+        ("PLR %", "right"),
+        ("exact %", "right"),
+        ("zero-leak %", "right"),
+        ("TSR %", "right"),
+        ("PSNR", "right"),
+        ("SSIM", "right"),
+    ):
+        table.add_column(name, justify=justify)
+    for row in screen_rows(summary.screens):
+        table.add_row(
+            row["label"],
+            f"{row['router']} ({row['access']})",
+            percent_or_dash(row["plr"]["rate"]),
+            percent_or_dash(row["plr_exact"]["rate"]),
+            percent_or_dash(row["zero_leak"]["rate"]),
+            percent_or_dash(row["tsr"]["rate"]),
+            f"{row['psnr']:.1f}",
+            f"{row['ssim']:.3f}",
+        )
+    return table
 
 
 __all__ = ["ScreensTask", "column_label", "expand_screens", "screen_rows"]

@@ -13,7 +13,7 @@ and each one Ray task; the driver merges them in shard order.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -24,7 +24,11 @@ from robustbench_cl.attacks import Attack, make_attack
 from robustbench_cl.attacks.base import Cost, probe_model, step_hook
 from robustbench_cl.engine import sanity
 from robustbench_cl.engine.metrics import wilson_interval
-from robustbench_cl.engine.pairs import (
+from robustbench_cl.engine.results import attack_entry
+from robustbench_cl.engine.summary import RunSummary, column_label, threat_label, threat_sort_key
+from robustbench_cl.engine.task import Unit, register_task
+from robustbench_cl.errors import under_field
+from robustbench_cl.tasks.pairs import (
     BROKEN,
     NOT_ATTACKED,
     ROBUST,
@@ -33,8 +37,6 @@ from robustbench_cl.engine.pairs import (
     PairTask,
     _targets,
 )
-from robustbench_cl.engine.task import Unit, register_task
-from robustbench_cl.errors import under_field
 from robustbench_cl.utils import derive_seed
 
 
@@ -109,6 +111,47 @@ class ClassificationTask(PairTask):
         attack = self.build_attack(cell)
         labels = self.cell_labels(cell, clean["probes"]["n_classes"])
         return self.attack_shard(cell, attack, model, labels, self.alive(unit, inputs), shard)
+
+    # ------------------------------------------------------------------ results
+    @classmethod
+    def summarize(cls, summary: RunSummary, results: dict[str, Any]) -> dict[str, Any]:
+        """``pairs`` (clean accuracy and worst case per threat) and ``cells``; always present."""
+        pairs, cells = [], []
+        for pair in summary.pairs:
+            label = pair.label
+            pair_cells = [_cell_entry(cell, label) for cell in pair.cells]
+            cells.extend(pair_cells)
+            pairs.append(
+                {
+                    "id": pair.id,
+                    "label": label,
+                    "model": pair.model,
+                    "model_spec": pair.model_spec,
+                    "defense": pair.defense,
+                    "defense_id": pair.defense_id,
+                    "defense_params": pair.defense_params,
+                    "n": pair.n,
+                    "clean_accuracy": pair.clean_accuracy,
+                    "clean_ci95": list(pair.clean_ci95),
+                    "cell_ids": [cell["id"] for cell in pair_cells],
+                    "membership_skipped": pair.membership_skipped,
+                    "worst_case": [
+                        dict(asdict(w), ci95=list(w.ci95), label=w.label)
+                        for w in sorted(pair.worst_case, key=lambda w: threat_sort_key(w.threat))
+                    ],
+                }
+            )
+        return {"pairs": pairs, "cells": cells}
+
+    @classmethod
+    def threat_models(cls, results: dict[str, Any]) -> list[dict[str, Any]]:
+        return [cell["threat"] for cell in results.get("cells", [])]
+
+    @classmethod
+    def table(cls, summary: RunSummary):  # noqa: ANN206
+        from robustbench_cl.report.table import matrix_table
+
+        return matrix_table(summary) if summary.pairs else None
 
     def merge(self, unit: Unit, inputs: dict[str, dict[str, Any]], parts: list[Any]) -> dict:
         if unit.kind == "clean":
@@ -352,3 +395,32 @@ class ClassificationTask(PairTask):
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(path))
         return relative
+
+
+def _cell_entry(cell: dict[str, Any], pair_label: str) -> dict[str, Any]:
+    attack = cell["attack"]
+    entry = {
+        "id": cell["id"],
+        "pair_id": cell["pair_id"],
+        "group_id": cell["group_id"],
+        "pair": pair_label,
+        "attack": attack_entry(attack),
+        "column": column_label(cell),
+        "threat": cell["threat"],
+        "threat_label": threat_label(cell["threat"]),
+        "adaptive": cell.get("adaptive", cell["threat"].get("access") != "transfer"),
+        "cascade": bool(cell.get("cascade", True)),
+        "n": cell["n"],
+        "attacked": cell["attacked"],
+        "broken": cell["broken"],
+        "robust_count": cell["robust_count"],
+        "clean_accuracy": cell["clean_accuracy"],
+        "robust_accuracy": cell["robust_accuracy"],
+        "robust_ci95": list(cell["robust_ci95"]),
+        "attack_success_rate": cell["attack_success_rate"],
+        "cost": {key: int(cell["cost"].get(key, 0)) for key in ("forward", "backward", "queries")},
+        "wall_time": float(cell["wall_time"]),
+        "flags": [{"code": f["code"], "message": f["message"]} for f in cell["flags"]],
+        "examples": cell.get("examples"),
+    }
+    return entry

@@ -29,15 +29,15 @@ from robustbench_cl.engine.config import (
     MatrixConfig,
     ModelConfig,
 )
-from robustbench_cl.engine.membership_plan import (
-    MembershipCell,
-    check_membership_coverage,
-    expand_membership,
-)
 from robustbench_cl.engine.summary import threat_label
 from robustbench_cl.engine.task import RunContext, Task
 from robustbench_cl.errors import UserError, under_field
 from robustbench_cl.models import Preprocessed, check_spec, load_model
+from robustbench_cl.tasks.membership_plan import (
+    MembershipCell,
+    check_membership_coverage,
+    expand_membership,
+)
 from robustbench_cl.threat import ThreatModel
 from robustbench_cl.utils import stable_hash
 

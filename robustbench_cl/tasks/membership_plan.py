@@ -1,7 +1,7 @@
 """Planning the membership columns of a (model, defense) pair: which attacks apply, their ids.
 
-Kept apart from the audit (:mod:`robustbench_cl.engine.membership`) so that the pair
-expansion (:mod:`robustbench_cl.engine.pairs`) can use it without importing the audit.
+Kept apart from the audit (:mod:`robustbench_cl.tasks.membership`) so that the pair
+expansion (:mod:`robustbench_cl.tasks.pairs`) can use it without importing the audit.
 """
 
 from __future__ import annotations
