@@ -18,7 +18,7 @@ from robustbench_cl.cli.main import cli
 from robustbench_cl.engine.results import (
     SCHEMA_VERSION,
     load_results,
-    results_schema,
+    packaged_schema,
     validate_results,
 )
 from robustbench_cl.report.html import compare_results, render_report, render_results
@@ -144,7 +144,7 @@ def test_the_schema_rejects_a_malformed_result():
 
 def test_the_schema_doc_describes_every_field():
     doc = (ROOT / "docs" / "results-schema.md").read_text()
-    schema = results_schema()
+    schema = packaged_schema()  # a task registered by a test adds its own section
     assert f"`{SCHEMA_VERSION}`" in doc
     names = set(schema["properties"])
     for definition in ("cell", "pair", "worst_case", "membership", "generation"):

@@ -21,15 +21,9 @@ from typing import Any
 import torch
 
 from robustbench_cl.engine.store import ResultsStore
-from robustbench_cl.engine.task import RunContext, Task, Unit, run_remote_shard
+from robustbench_cl.engine.task import RunContext, Task, Unit, run_remote_shard, seed_unit
 from robustbench_cl.errors import under_field
-from robustbench_cl.utils import cache_home, derive_seed
-
-
-def seed_unit(seed: int, unit_id: str, shard: int) -> None:
-    """Seed torch's global generator for one shard of one unit: the same in any process, in
-    any order. Tasks that draw randomness seed their own generators from the unit id too."""
-    torch.manual_seed(derive_seed(seed, unit_id, "shard", shard))
+from robustbench_cl.utils import cache_home
 
 
 def execute(

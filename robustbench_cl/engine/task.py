@@ -234,6 +234,16 @@ def validate_task_sections(config: MatrixConfig) -> MatrixConfig:
     return config
 
 
+def seed_unit(seed: int, unit_id: str, shard: int) -> None:
+    """Seed torch's global generator for one shard of one unit: the same in any process, in
+    any order. Tasks that draw randomness seed their own generators from the unit id too."""
+    import torch
+
+    from robustbench_cl.utils import derive_seed
+
+    torch.manual_seed(derive_seed(seed, unit_id, "shard", shard))
+
+
 # ---------------------------------------------------------------------- Ray workers
 #: a worker's tasks, kept between the shards it runs (models stay loaded): (config, name) -> task
 _WORKER_TASKS: dict[tuple[str, str], tuple[Task, dict[str, Unit]]] = {}
@@ -273,7 +283,5 @@ def run_remote_shard(
         task = TASKS.get(task_name)(ctx)
         _WORKER_TASKS[key] = (task, {unit.id: unit for unit in task.plan()})
     task, units = _WORKER_TASKS[key]
-    from robustbench_cl.engine.loop import seed_unit
-
     seed_unit(task.config.seed, unit_id, shard)
     return task.run_shard(units[unit_id], inputs, shard)
