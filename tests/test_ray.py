@@ -90,3 +90,76 @@ def test_sample_shards_run_as_tasks_and_merge_like_a_local_sharded_run(local_ray
         }
 
     assert without_time(run) == without_time(local)  # costs, probes, flags, examples too
+
+
+# ---------------------------------------------------------------------- every task on Ray
+def _without_paths(value):  # noqa: ANN001, ANN202
+    from robustbench_cl.shipped import without_timings
+
+    return without_timings(value)
+
+
+def _records_by_id(run_dir: Path) -> dict[str, dict]:
+    from robustbench_cl.shipped import without_timings
+
+    lines = (run_dir / "cells.jsonl").read_text().splitlines()
+    return {r["id"]: without_timings(r) for r in map(json.loads, lines)}
+
+
+def _jailbreak_config() -> dict:
+    return {
+        "suite": "ray-jailbreak",
+        "jailbreak": {
+            "data": {"n_harmful": 4, "n_benign": 4, "n_borderline": 4},
+            "models": [{"spec": "builtin:tiny-chat-lm", "name": "tiny"}],
+            "defenses": [{"defense": "none", "name": "base"}],
+            "attacks": [
+                {"attack": "direct"},
+                {"attack": "gcg", "params": {"steps": 2, "candidates": 4, "suffix_length": 3}},
+            ],
+            "max_new_tokens": 8,
+            "batch_size": 2,
+            "shard_size": 2,  # two shards of two behaviours per attack cell
+        },
+    }
+
+
+def _retrieval() -> dict:
+    from tests.test_retrieval import _retrieval_config
+
+    return _retrieval_config()
+
+
+def _screens_config() -> dict:
+    from tests.test_screens import _config as screens
+
+    config = screens()
+    config["screens"]["protectors"] = config["screens"]["protectors"][:4]  # no DualTAP training
+    return config
+
+
+def _calibration_config() -> dict:
+    from tests.test_task_protocol import _config as calibration
+
+    return calibration()
+
+
+@pytest.mark.parametrize(
+    "make_config",
+    [_retrieval, _jailbreak_config, _screens_config, _calibration_config],
+    ids=["retrieval", "jailbreak", "screens", "calibration"],
+)
+def test_every_task_gives_identical_records_on_ray_and_locally(local_ray, tmp_path, make_config):
+    """Retrieval fits and evaluations, jailbreak cells, screens columns and a task from outside
+    the package (sharded) run as Ray tasks; the driver's records equal a local run's."""
+    config = make_config()
+    local = rbcl.run(config, out=tmp_path / "local", profile=None, device="cpu")
+    remote = rbcl.run(config, out=tmp_path / "ray", profile=None, device="cpu", executor="ray")
+    assert _records_by_id(remote) == _records_by_id(local)
+    assert all(
+        r.get("n", 4) == 4 for r in _records_by_id(local).values() if r["type"] == "jailbreak"
+    )
+    local_results = json.loads((local / "results.json").read_text())
+    remote_results = json.loads((remote / "results.json").read_text())
+    for key in set(local_results) - {"run"}:
+        assert _without_paths(remote_results[key]) == _without_paths(local_results[key]), key

@@ -206,6 +206,9 @@ class JailbreakConfig(_Strict):
     #: greedy decoding; the judge reads this many new tokens
     max_new_tokens: int = Field(default=24, ge=1, le=512)
     batch_size: int = Field(default=24, ge=1)
+    #: harmful behaviours per shard: each attacks its behaviours under its own seed, and is one
+    #: Ray task (GCG is ~60 forward and backward passes per step); unset, a cell is one shard
+    shard_size: int | None = Field(default=None, ge=1)
     #: example prompts and completions kept per attack cell for the report
     examples: int = Field(default=3, ge=0, le=12)
 

@@ -60,6 +60,11 @@ def execute(
             task.close()
     else:
         _execute_remote(plans, records, ctx, store, executor)
+        # records were appended as shards finished; in plan order, the file (and results.json,
+        # which lists records in file order) is the same as a local run's
+        order = [unit.id for _, units in plans for unit in units]
+        rest = [r for i, r in records.items() if i not in planned]
+        store.rewrite([records[i] for i in order] + rest)
     return records
 
 

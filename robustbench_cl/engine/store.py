@@ -51,6 +51,16 @@ class ResultsStore:
             handle.flush()
             os.fsync(handle.fileno())
 
+    def rewrite(self, records: list[dict[str, Any]]) -> None:
+        """Replace the file by ``records`` in this order, atomically (a crash keeps the old)."""
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps(record, sort_keys=True, allow_nan=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.path)
+
     def clear(self) -> None:
         if self.path.exists():
             self.path.unlink()

@@ -186,6 +186,8 @@ class JailbreakTask(Task):
                 "threat": column["threat"].to_dict(),
                 "tokens": self.section.max_new_tokens,
                 "seed": self.config.seed,
+                # shards beyond the first draw their own seeds: other outcomes, another id
+                **({"shard_size": self.section.shard_size} if self.section.shard_size else {}),
             }
         )
 
@@ -193,6 +195,8 @@ class JailbreakTask(Task):
         plan = expand_jailbreak(self.config)
         self.plan_ = plan
         units = []
+        self.unit_pairs: dict[str, tuple[int, int]] = {}
+        shards = len(self.shard_ranges())
         for mi, model in enumerate(plan["models"]):
             for di, (defense, built) in enumerate(plan["defenses"]):
                 clean_id = self._clean_id(model, defense, built)
@@ -203,14 +207,16 @@ class JailbreakTask(Task):
                     cell_label = (
                         f"{label} | {column['config'].label} | {column['threat'].describe()}"
                     )
-                    units.append(Unit(record_id, cell_label, "cell", (mi, di, ci), (clean_id,)))
+                    self.unit_pairs[record_id] = (mi, di)
+                    key = (mi, di, ci)
+                    units.append(Unit(record_id, cell_label, "cell", key, (clean_id,), shards))
         return units
 
     def batches(self, unit: Unit, inputs: dict[str, dict[str, Any]]) -> int:
         if unit.kind == "clean":
             return 1
         size = self.section.batch_size
-        return (len(self.test.of("harmful")) + size - 1) // size
+        return sum(-(-(last - first) // size) for first, last in self.shard_ranges())
 
     def lm(self, mi: int, di: int):  # noqa: ANN201
         """The defended chat LM of (model mi, defense di); the last one built stays loaded."""
@@ -248,7 +254,13 @@ class JailbreakTask(Task):
         if unit.kind == "clean":
             return self.clean_record(lm, model, defense, built, unit.id)
         column = self.plan_["columns"][unit.key[2]]
-        return self.cell_record(lm, model, defense, column, unit.id, unit.needs[0])
+        return self.attack_shard(lm, column, unit.id, shard)
+
+    def merge(self, unit: Unit, inputs: dict[str, dict[str, Any]], parts: list[Any]) -> dict:
+        if unit.kind == "clean":
+            return parts[0]
+        column = self.plan_["columns"][unit.key[2]]
+        return self.cell_record(column, unit.id, unit.needs[0], parts)
 
     def close(self) -> None:
         self._lm = self._base = None
@@ -319,32 +331,70 @@ class JailbreakTask(Task):
             "wall_time": time.perf_counter() - start,
         }
 
-    def cell_record(self, lm, model, defense, column, record_id, clean_id) -> dict[str, Any]:  # noqa: ANN001
+    def shard_ranges(self) -> list[tuple[int, int]]:
+        """Contiguous ranges of the harmful behaviours, one per shard of an attack cell."""
+        n = len(self.test.of("harmful"))
+        size = self.section.shard_size or n or 1
+        return [(start, min(start + size, n)) for start in range(0, n, size)] or [(0, 0)]
+
+    def attack_shard(self, lm, column, record_id: str, shard: int) -> dict[str, Any]:  # noqa: ANN001
+        """Attack the harmful behaviours of one shard, batch by batch. Shard 0 takes the cell's
+        seed, so an unsharded cell is seeded as it always was."""
         threat: ThreatModel = column["threat"]
         attack: JailbreakAttack = column["built"]
-        harmful = self.test.of("harmful")
+        first, last = self.shard_ranges()[shard]
+        harmful = self.test.of("harmful")[first:last]
         size = self.section.batch_size
         start = time.perf_counter()
-        generator = torch.Generator().manual_seed(derive_seed(self.config.seed, record_id))
-        forced, judged, losses, completions, suffixes, retokenize = [], [], [], [], [], []
-        histories: list[tuple[int, list[float]]] = []
-        forward = backward = 0
+        key = (record_id,) if shard == 0 else (record_id, "shard", shard)
+        generator = torch.Generator().manual_seed(derive_seed(self.config.seed, *key))
+        part: dict[str, Any] = {
+            key: []
+            for key in ("forced", "judged", "losses", "completions", "suffixes", "retokenize")
+        }
+        part.update(histories=[], forward=0, backward=0)
         for begin in range(0, len(harmful), size):
             chunk = harmful[begin : begin + size]
             targets = [e.target for e in chunk]
             with step_hook(self.progress.step):
                 result = attack.run(lm, [e.instruction for e in chunk], targets, threat, generator)
             texts = lm.generate(result.embeds, result.batch, self.section.max_new_tokens)
-            forced += result.forced.int().tolist()
-            losses += result.loss.tolist()
-            histories.append((len(chunk), result.history))
-            judged += [judge(t, target) for t, target in zip(texts, targets)]
-            completions += texts
-            suffixes += result.suffix or [None] * len(chunk)
-            retokenize += result.suffix_retokenizes or []
-            forward += result.cost.forward
-            backward += result.cost.backward
+            part["forced"] += result.forced.int().tolist()
+            part["losses"] += result.loss.tolist()
+            part["histories"].append((len(chunk), list(result.history)))
+            part["judged"] += [judge(t, target) for t, target in zip(texts, targets)]
+            part["completions"] += texts
+            part["suffixes"] += result.suffix or [None] * len(chunk)
+            part["retokenize"] += result.suffix_retokenizes or []
+            part["forward"] += result.cost.forward
+            part["backward"] += result.cost.backward
             self.progress.batch_done()
+        settings = attack.settings()
+        if hasattr(attack, "resolved"):
+            settings = dict(settings, resolved=attack.resolved(lm, threat))
+        part.update(settings=settings, wall=time.perf_counter() - start)
+        return part
+
+    def cell_record(self, column, record_id, clean_id, parts) -> dict[str, Any]:  # noqa: ANN001
+        """Merge the shards' parts (in shard order) into the cell's record."""
+        threat: ThreatModel = column["threat"]
+        mi, di = self.unit_pairs[record_id]
+        model = self.plan_["models"][mi]
+        defense = self.plan_["defenses"][di][0]
+        harmful = self.test.of("harmful")
+
+        def joined(key: str) -> list[Any]:
+            return [value for part in parts for value in part[key]]
+
+        forced, judged, losses = joined("forced"), joined("judged"), joined("losses")
+        completions, suffixes, retokenize = (
+            joined("completions"),
+            joined("suffixes"),
+            joined("retokenize"),
+        )
+        histories = joined("histories")
+        forward = sum(part["forward"] for part in parts)
+        backward = sum(part["backward"] for part in parts)
         n = len(harmful)
         # the mean target loss per step over all prompts (chunks weighted by their size)
         steps = min((len(h) for _, h in histories), default=0)
@@ -352,9 +402,6 @@ class JailbreakTask(Task):
             sum(size * h[step] for size, h in histories) / sum(size for size, _ in histories)
             for step in range(steps)
         ]
-        settings = attack.settings()
-        if hasattr(attack, "resolved"):
-            settings = dict(settings, resolved=attack.resolved(lm, threat))
         examples = [
             {
                 # the suffix tokens follow the instruction directly; its text keeps any space
@@ -379,7 +426,7 @@ class JailbreakTask(Task):
                 "attack": column["config"].attack,
                 "name": column["config"].name,
                 "params": column["config"].params,
-                "settings": settings,
+                "settings": parts[0]["settings"],
             },
             "threat": threat.to_dict(),
             "n": n,
@@ -400,7 +447,7 @@ class JailbreakTask(Task):
             },
             "cost": {"forward": forward, "backward": backward, "per_prompt_forward": forward / n},
             "examples": examples[: self.section.examples],
-            "wall_time": time.perf_counter() - start,
+            "wall_time": sum(part["wall"] for part in parts),
         }
 
 
