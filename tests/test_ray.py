@@ -138,6 +138,22 @@ def _screens_config() -> dict:
     return config
 
 
+def _pair_columns_config() -> dict:
+    """Membership (its reference models a unit of their own) and generation columns."""
+    return {
+        "suite": "ray-pairs",
+        "data": {"name": "digits", "split": "test", "n": 32},
+        "models": [{"spec": "builtin:digits-cnn", "name": "cnn"}],
+        "defenses": [{"defense": "none"}],
+        "membership": [
+            {"attack": "loss", "n": 40},
+            {"attack": "lira", "params": {"reference_models": 2}, "n": 40},
+        ],
+        "generation": {"n_per_class": 2, "steps": 3},
+        "engine": {"sanity_probe_size": 8},
+    }
+
+
 def _calibration_config() -> dict:
     from tests.test_task_protocol import _config as calibration
 
@@ -146,11 +162,12 @@ def _calibration_config() -> dict:
 
 @pytest.mark.parametrize(
     "make_config",
-    [_retrieval, _jailbreak_config, _screens_config, _calibration_config],
-    ids=["retrieval", "jailbreak", "screens", "calibration"],
+    [_retrieval, _jailbreak_config, _screens_config, _pair_columns_config, _calibration_config],
+    ids=["retrieval", "jailbreak", "screens", "membership-generation", "calibration"],
 )
 def test_every_task_gives_identical_records_on_ray_and_locally(local_ray, tmp_path, make_config):
-    """Retrieval fits and evaluations, jailbreak cells, screens columns and a task from outside
+    """Retrieval fits and evaluations, jailbreak cells (sharded over behaviours), screens
+    columns, membership reference models and audits, generation columns and a task from outside
     the package (sharded) run as Ray tasks; the driver's records equal a local run's."""
     config = make_config()
     local = rbcl.run(config, out=tmp_path / "local", profile=None, device="cpu")

@@ -40,6 +40,7 @@ from robustbench_cl.report import plots
 from robustbench_cl.report.table import percent
 from robustbench_cl.tasks.membership_plan import MembershipCell, reference_recipe
 from robustbench_cl.tasks.pairs import PairTask
+from robustbench_cl.utils import stable_hash
 
 
 class MembershipAudit:
@@ -67,6 +68,10 @@ class MembershipAudit:
         audited = torch.cat([members[:n], outsiders[:n]])
         is_member = torch.cat([torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)])
         return audited, is_member, outsiders[n:]
+
+    def release_all_but(self, pair_id: str) -> None:
+        for held in {key[0] for key in self._references} - {pair_id}:
+            self.release(held)
 
     def release(self, pair_id: str) -> None:
         for key in [k for k in self._references if k[0] == pair_id]:
@@ -157,20 +162,47 @@ class MembershipTask(PairTask):
         return config.membership if config.models else None
 
     def plan(self) -> list[Unit]:
+        """Per pair: one unit per set of reference models its attacks share (trained and
+        cached once; a Ray task of its own), then one unit per membership attack."""
         self._audit: MembershipAudit | None = None
         self.cells = {}
+        self.reference_sets: dict[str, tuple[MembershipCell, int, float]] = {}
         units = []
         for pair in self.pairs:
+            pending: dict[tuple[int, float], str] = {}
+            audits = []
             for cell in pair.membership:
                 self.cells[cell.id] = cell
                 label = (
                     f"{cell.model.label} | {cell.defense.label} | membership {cell.config.label}"
                 )
-                units.append(Unit(cell.id, label, "membership", cell.id, (pair.id,)))
+                needs = [pair.id]
+                k, fraction = self.reference_plan(cell)
+                if k:
+                    if (k, fraction) not in pending:
+                        ref_id = stable_hash({"references": pair.id, "k": k, "fraction": fraction})
+                        pending[(k, fraction)] = ref_id
+                        self.reference_sets[ref_id] = (cell, k, fraction)
+                        ref_label = (
+                            f"{cell.model.label} | {cell.defense.label} | {k} reference models"
+                        )
+                        units.append(Unit(ref_id, ref_label, "references", ref_id))
+                    needs.append(pending[(k, fraction)])
+                audits.append(Unit(cell.id, label, "membership", cell.id, tuple(needs)))
+            units += audits
         return units
 
+    def reference_plan(self, cell: MembershipCell) -> tuple[int, float]:
+        """How many reference models the cell's attack needs, and their IN fraction."""
+        attack = make_membership_attack(cell.config.attack, **cell.config.params)
+        if not attack.uses_references:
+            return 0, 0.0
+        k = int(getattr(attack, "reference_models", 0))
+        fraction = getattr(attack, "in_fraction", None) or self.audit().target_fraction
+        return k, float(fraction)
+
     def audit(self) -> MembershipAudit:
-        if self._audit is None:
+        if getattr(self, "_audit", None) is None:
             evaluation = load_dataset(self.config.data.name, split=self.config.data.split)
             self._audit = MembershipAudit(
                 self.train_data(), evaluation, self.config.seed, self.device
@@ -178,14 +210,33 @@ class MembershipTask(PairTask):
         return self._audit
 
     def run_shard(self, unit: Unit, inputs: dict[str, dict[str, Any]], shard: int) -> Any:
+        audit = self.audit()
+        if unit.kind == "references":
+            cell, k, fraction = self.reference_sets[unit.key]
+            self._release_other_pairs(cell.pair_id)
+            _, _, trained = audit.references(cell, k, fraction, self.progress)
+            self.progress.batch_done()
+            return {
+                "type": "membership_references",
+                "id": unit.id,
+                "pair_id": cell.pair_id,
+                "k": k,
+                "in_fraction": fraction,
+                "trained": trained,
+            }
         cell = self.cells[unit.key]
         pair = self.by_pair[cell.pair_id]
-        audit = self.audit()
-        if self._model is not None and self._model[0] != pair.id:
-            audit.release(self._model[0])  # the previous pair's reference models
+        self._release_other_pairs(pair.id)
         record = audit.run(cell, self.model(pair), self.progress)
+        if len(unit.needs) > 1:  # trained by the references unit, loaded here
+            record["references_trained"] = inputs[unit.needs[1]]["trained"]
         self.progress.batch_done()
         return record
+
+    def _release_other_pairs(self, pair_id: str) -> None:
+        """Reference models of the pairs before this one are no longer needed."""
+        if self._audit is not None:
+            self._audit.release_all_but(pair_id)
 
     def close(self) -> None:
         super().close()
