@@ -50,6 +50,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/embedding_attack.py
 	$(BIN)/python benchmarks/streaming_memory.py
 	$(BIN)/python benchmarks/ray_shards.py
+	$(BIN)/python benchmarks/ray_gcg.py
 	$(BIN)/python benchmarks/tables.py
 
 lint: $(STAMP)
