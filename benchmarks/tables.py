@@ -122,6 +122,22 @@ def ray_shards() -> list[str] | None:
     return lines
 
 
+def ray_gcg() -> list[str] | None:
+    run = _load("ray_gcg")
+    if run is None:
+        return None
+    lines = [
+        f"{run['setup']}, {run['cores']} cores, medians of {run['repeats']} run(s); identical "
+        f"records, local vs Ray: {'yes' if run['identical_records'] else 'NO'}.",
+        "",
+        "| executor | seconds | speed-up over 1 thread |",
+        "|---|---:|---:|",
+    ]
+    for mode, seconds in run["seconds"].items():
+        lines.append(f"| {mode} | {seconds:.1f} | {run['speedup_over_one_thread'][mode]:.2f}x |")
+    return lines
+
+
 def threads() -> list[str] | None:
     run = _load("threads")
     if run is None:
@@ -162,6 +178,7 @@ TABLES: dict[str, Callable[[], list[str] | None]] = {
     "embedding_attack": embedding,
     "streaming_memory": streaming,
     "ray_shards": ray_shards,
+    "ray_gcg": ray_gcg,
 }
 
 

@@ -366,3 +366,30 @@ def test_compiled_models_give_the_same_outcomes(tmp_path):
     ]
     cells = [[r["outcomes"] for r in _records(run) if r["type"] == "cell"] for run in runs]
     assert cells[0] == cells[1]
+
+
+def test_a_threat_budget_sets_the_attacks_steps_and_is_part_of_the_cell_id(tmp_path):
+    from robustbench_cl.tasks.pairs import expand
+
+    def config(budget: dict) -> dict:
+        threat = {"norm": "linf", "eps": 0.1, "budget": budget}
+        return {
+            "suite": "budget",
+            "data": {"name": "digits", "n": 16},
+            "models": [{"spec": "builtin:digits-cnn"}],
+            "attacks": [{"attack": "pgd", "params": {"steps": 20}, "threat": threat}],
+            "engine": {"sanity_checks": False, "examples": 0},
+        }
+
+    run_dir = rbcl.run(config({"steps": 3}), out=tmp_path / "run", profile=None)
+    cell = next(r for r in map(json.loads, open(run_dir / "cells.jsonl")) if r["type"] == "cell")
+    assert cell["attack"]["settings"]["steps"] == 3  # the budget, not the params' 20
+    assert cell["threat"]["budget"]["steps"] == 3
+    assert cell["cost"]["backward"] <= 3 * 16
+    plain = expand(load_config(config({}), profile=None))[0].cells[0]
+    budgeted = expand(load_config(config({"steps": 3}), profile=None))[0].cells[0]
+    assert plain.id != budgeted.id
+    with pytest.raises(UserError, match=r"attacks\[0\]\.threat\.budget\.queries: pgd has no"):
+        expand(load_config(config({"queries": 100}), profile=None))
+    with pytest.raises(UserError, match=r"attacks\[0\]\.threat\.budget\.stepz: unknown key"):
+        expand(load_config(config({"stepz": 3}), profile=None))

@@ -1,6 +1,6 @@
 """A real kill -9 mid-run, then a rerun: the run resumes from its last whole record, recomputes
 only what was lost, and ends with the records an uninterrupted run writes (timings aside). For a
-classification matrix and for a retrieval section (a task with its own loop)."""
+classification matrix, a retrieval section, a jailbreak section and membership columns."""
 
 from __future__ import annotations
 
@@ -32,6 +32,36 @@ CLASSIFICATION = {
         }
     ],
     "engine": {"sanity_probe_size": 8, "examples": 0, "cascade": False},
+}
+
+
+JAILBREAK = {
+    "suite": "kill-jailbreak",
+    "jailbreak": {
+        "data": {"n_harmful": 4, "n_benign": 4, "n_borderline": 4},
+        "models": [{"spec": "builtin:tiny-chat-lm", "name": "tiny"}],
+        "defenses": [{"defense": "none", "name": "base"}],
+        "attacks": [
+            {"attack": "direct"},
+            {"attack": "gcg", "params": {"steps": 3, "candidates": 4, "suffix_length": 3}},
+            {"attack": "gcg", "name": "gcg-6", "params": {"steps": 6, "candidates": 4}},
+        ],
+        "max_new_tokens": 8,
+        "batch_size": 2,
+    },
+}
+
+MEMBERSHIP = {
+    "suite": "kill-membership",
+    "data": {"name": "digits", "split": "test"},
+    "models": [{"spec": "builtin:digits-cnn"}],
+    "defenses": [{"defense": "none"}],
+    "membership": [
+        {"attack": "loss", "n": 60},
+        {"attack": "lira", "params": {"reference_models": 2}, "n": 60},
+        {"attack": "rmia", "params": {"reference_models": 2}, "n": 60},
+    ],
+    "engine": {"sanity_probe_size": 8},
 }
 
 
@@ -70,7 +100,12 @@ def _kill_mid_run(config: dict, out: Path, tmp_path: Path, after: int) -> int:
 
 @pytest.mark.parametrize(
     ("name", "config", "after"),
-    [("classification", CLASSIFICATION, 3), ("retrieval", _retrieval_config(), 3)],
+    [
+        ("classification", CLASSIFICATION, 3),
+        ("retrieval", _retrieval_config(), 3),
+        ("jailbreak", JAILBREAK, 2),
+        ("membership", MEMBERSHIP, 2),
+    ],
 )
 def test_a_killed_run_resumes_to_the_records_of_an_uninterrupted_one(name, config, after, tmp_path):
     whole = rbcl.run(config, out=tmp_path / "whole", profile=None, device="cpu")

@@ -174,6 +174,33 @@ def validate_inputs(x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> No
             )
 
 
+#: a threat model's budget field -> the attack attributes it sets (the first one it has)
+BUDGET_ATTRIBUTES = {
+    "steps": ("steps",),
+    "restarts": ("restarts", "n_restarts"),
+    "queries": ("n_queries", "queries"),
+    "eot_samples": ("eot_samples", "eot_iter"),
+}
+
+
+def apply_budget(attack: Any, threat: Any) -> Any:
+    """Set the attack's step, restart, query and EOT counts from ``threat.budget`` (a field left
+    unset keeps the attack's own value). A budget the attack cannot spend is a user error."""
+    for name, attributes in BUDGET_ATTRIBUTES.items():
+        value = getattr(threat.budget, name)
+        if value is None:
+            continue
+        own = next((a for a in attributes if hasattr(attack, a)), None)
+        if own is None:
+            raise UserError(
+                f"budget.{name}",
+                f"{getattr(attack, 'name', type(attack).__name__)} has no {name} to budget",
+                "remove it from the threat's budget",
+            )
+        setattr(attack, own, value)
+    return attack
+
+
 def check_eps_fits(threat: ThreatModel, dimension: int) -> None:
     """An l2 or l1 eps beyond the largest distance inside the bounds is a mistake, not a threat."""
     if threat.bounds is None or threat.space != "input" or threat.norm not in ("l2", "l1"):

@@ -77,6 +77,9 @@ class ThreatConfig(_Strict):
     access: Literal["white-box", "black-box", "transfer"] = "white-box"
     #: embedding space only: eps is relative to the mean token-embedding norm
     eps_relative: bool = False
+    #: what the attack may spend: ``steps``, ``restarts``, ``queries``, ``eot_samples``; each
+    #: overrides the attack's own parameter (and is part of the threat model's id)
+    budget: dict[str, int] = Field(default_factory=dict)
 
     @field_validator("eps")
     @classmethod

@@ -162,7 +162,7 @@ def run(
     meta["threads"] = used_threads
     from robustbench_cl.models.artifacts import USED_ARTIFACTS
 
-    # content hashes of the cached weights this process used (Ray workers' are not seen here)
+    # content hashes of the cached weights this process and its Ray workers used
     meta["artifacts"] = dict(sorted(USED_ARTIFACTS.items()))
     meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     meta["wall_time"] = time.perf_counter() - started

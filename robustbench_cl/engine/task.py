@@ -284,4 +284,8 @@ def run_remote_shard(
         _WORKER_TASKS[key] = (task, {unit.id: unit for unit in task.plan()})
     task, units = _WORKER_TASKS[key]
     seed_unit(task.config.seed, unit_id, shard)
-    return task.run_shard(units[unit_id], inputs, shard)
+    from robustbench_cl.models.artifacts import USED_ARTIFACTS
+
+    part = task.run_shard(units[unit_id], inputs, shard)
+    # the cached artifacts this worker used, for the driver's meta.json
+    return {"part": part, "artifacts": dict(USED_ARTIFACTS)}

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from robustbench_cl.attacks import Attack, make_attack
-from robustbench_cl.attacks.base import Cost, probe_model, step_hook
+from robustbench_cl.attacks.base import Cost, apply_budget, probe_model, step_hook
 from robustbench_cl.engine import sanity
 from robustbench_cl.engine.metrics import wilson_interval
 from robustbench_cl.engine.results import attack_entry
@@ -200,7 +200,9 @@ class ClassificationTask(PairTask):
 
     # ------------------------------------------------------------------ one cell
     def build_attack(self, cell: Cell) -> Attack:
-        attack: Attack = make_attack(cell.attack.attack, **cell.attack.params)
+        attack: Attack = apply_budget(
+            make_attack(cell.attack.attack, **cell.attack.params), cell.threat
+        )
         if cell.threat.access == "transfer" and getattr(attack, "keep_best", False):
             # keep-best returns the first iterate that fools the source: barely adversarial,
             # it transfers poorly. A transfer attack uses the final, highest-loss iterate.

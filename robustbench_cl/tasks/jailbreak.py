@@ -26,7 +26,7 @@ import torch
 from rich.table import Table
 
 from robustbench_cl.attacks import make_attack
-from robustbench_cl.attacks.base import step_hook
+from robustbench_cl.attacks.base import apply_budget, step_hook
 from robustbench_cl.attacks.jailbreak import JailbreakAttack, judge, judge_settings
 from robustbench_cl.data.chat import ChatData, answer_correct, is_refusal, make_chat
 from robustbench_cl.engine import sanity
@@ -123,6 +123,8 @@ def expand_jailbreak(config: MatrixConfig) -> dict[str, Any]:
                 raise UserError(
                     f"jailbreak.attacks[{index}].threat", reason, "change the attack or its threat"
                 )
+            with under_field(f"jailbreak.attacks[{index}].threat"):
+                apply_budget(built, threat)  # the same budget for every eps of the entry
             columns.append({"config": attack, "built": built, "threat": threat})
     labels = [jailbreak_label(c["threat"].to_dict(), c["config"].label) for c in columns]
     refuse_duplicate_labels(labels, "jailbreak.attacks[].name", "attack columns")

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from robustbench_cl.attacks import Attack, make_attack
-from robustbench_cl.attacks.base import check_eps_fits
+from robustbench_cl.attacks.base import apply_budget, check_eps_fits
 from robustbench_cl.data import TensorData, load_dataset
 from robustbench_cl.defenses import make_defense
 from robustbench_cl.engine.config import (
@@ -113,6 +113,8 @@ def expand(config: MatrixConfig) -> list[Pair]:
                         raise UserError(
                             f"attacks[{index}]", reason, "change the attack or its threat"
                         )
+                    with under_field(f"attacks[{index}].threat"):
+                        apply_budget(make_attack(attack.attack, **attack.params), threat)
                     group_id = stable_hash({"pair": pair_id, "threat": threat.to_dict()})
                     cell_id = stable_hash(
                         {

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from robustbench_cl.attacks import make_attack
-from robustbench_cl.attacks.base import step_hook
+from robustbench_cl.attacks.base import apply_budget, step_hook
 from robustbench_cl.attacks.universal import (
     UniversalAttack,
     UniversalPerturbation,
@@ -134,6 +134,8 @@ def expand_retrieval(config: MatrixConfig) -> list[dict[str, Any]]:
                 raise UserError(
                     f"retrieval.attacks[{index}]", reason, "change the attack or its threat"
                 )
+            with under_field(f"retrieval.attacks[{index}].threat"):
+                apply_budget(built, threat)  # the same budget for every eps of the entry
             for source in section.models:
                 fit_id = stable_hash(
                     {
