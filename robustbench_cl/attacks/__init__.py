@@ -12,6 +12,7 @@ from robustbench_cl.attacks import (  # noqa: F401  (registry)
     gcg,
     jailbreak,
     pgd,
+    textret,
     universal,
 )
 from robustbench_cl.attacks.base import Attack, AttackResult, Cost

@@ -251,7 +251,7 @@ LIST_KINDS = (
     "routers",
 )
 
-#: every data source a config can name, by the section (task) that reads it
+#: the classification data sources; every task lists its own (``Task.data_sources``)
 DATASET_SOURCES = (
     ("safetensors:DIR", "classification", "your own x/y tensors (test.safetensors), streamed"),
     ("imagefolder:DIR[?size=N]", "classification", "a torchvision ImageFolder tree, streamed"),
@@ -270,12 +270,6 @@ DATASET_SOURCES = (
         "classification",
         "a Hugging Face save_to_disk folder, streamed (extra: datasets)",
     ),
-    ("shapes", "retrieval", "built-in captioned shapes (retrieval.data.name)"),
-    ("karpathy:DIR", "retrieval", "COCO / Flickr30K in the Karpathy JSON layout"),
-    ("(built in)", "jailbreak", "synthetic harmful, benign and borderline chat prompts"),
-    ("behaviors:FILE.csv", "jailbreak", "AdvBench / HarmBench-style goal,target CSV"),
-    ("privscreen-mini[?n=160&seed=0]", "screens", "rendered phone screens with PII boxes"),
-    ("privscreen:DIR", "screens", "PrivScreen's folder layout (images + annotations)"),
 )
 
 
@@ -312,7 +306,10 @@ def list_command(kind: str, pattern: str) -> None:
             (name, "classification", registry.DATASETS.summary(name))
             for name in registry.DATASETS.names()
         ]
+        from robustbench_cl.engine.task import task_classes
+
         rows += list(DATASET_SOURCES)
+        rows += [(spec, t.name, text) for t in task_classes() for spec, text in t.data_sources]
     elif kind == "protectors":
         from robustbench_cl.defenses.protectors import PROTECTORS
 

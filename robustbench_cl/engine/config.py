@@ -301,6 +301,11 @@ class EngineConfig(_Strict):
     examples: int = Field(default=3, ge=0, le=16)
 
 
+#: top-level config keys of tasks registered with a section type (``@register_task`` adds
+#: them): ``textret: {...}`` is read as ``tasks: {textret: {...}}``
+TASK_SECTIONS: set[str] = set()
+
+
 class MatrixConfig(_Strict):
     suite: str
     description: str = ""
@@ -321,6 +326,17 @@ class MatrixConfig(_Strict):
     #: load pickled checkpoints (code that runs when loaded) with weights_only=False; a
     #: permission, not part of the experiment, so it is not recorded in config.yaml or the hash
     trust_remote_code: bool = Field(default=False, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_sections(cls, data: Any) -> Any:
+        if isinstance(data, dict) and TASK_SECTIONS & set(data):
+            data = dict(data)
+            tasks = dict(data.get("tasks") or {})
+            for name in sorted(TASK_SECTIONS & set(data)):
+                tasks[name] = data.pop(name)
+            data["tasks"] = tasks
+        return data
 
     @model_validator(mode="after")
     def _has_columns(self) -> MatrixConfig:

@@ -107,6 +107,8 @@ class Task:
     anchor: ClassVar[str] = ""
     #: the JSON Schema of the task's results section (packaged tasks: in results.schema.json)
     schema: ClassVar[dict[str, Any] | None] = None
+    #: ``(spec, description)`` of each data source its section can name (``list datasets``)
+    data_sources: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
@@ -186,7 +188,11 @@ TASKS: Registry[type[Task]] = Registry("task")
 
 def register_task(name: str):  # noqa: ANN201
     def decorator(cls: type[Task]) -> type[Task]:
+        from robustbench_cl.engine.config import TASK_SECTIONS, MatrixConfig
+
         cls.name = name
+        if cls.section_type is not None and name not in MatrixConfig.model_fields:
+            TASK_SECTIONS.add(name)  # its section may be written at the top level of a config
         return TASKS.register(name)(cls)
 
     return decorator

@@ -10,7 +10,13 @@ from __future__ import annotations
 import torch
 
 from robustbench_cl.errors import UserError
-from robustbench_cl.models import builtin, foundation, llm, vlp  # noqa: F401  (registers the zoo)
+from robustbench_cl.models import (  # noqa: F401  (registers the zoo)
+    biencoder,
+    builtin,
+    foundation,
+    llm,
+    vlp,
+)
 from robustbench_cl.models.adapters import python_model, timm_model, torchvision_model
 from robustbench_cl.models.autoencoder import wrapped_model
 from robustbench_cl.models.wrappers import Frozen, Normalize, Preprocessed
@@ -24,6 +30,7 @@ SCHEMES.register("python")(python_model)
 SCHEMES.register("wrapped")(wrapped_model)
 SCHEMES.register("open_clip")(vlp.open_clip_model)
 SCHEMES.register("hf")(llm.hf_model)
+SCHEMES.register("sentence-transformers")(biencoder.sentence_transformers_model)
 
 
 def check_spec(spec: str) -> None:

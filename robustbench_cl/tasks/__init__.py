@@ -12,4 +12,5 @@ from robustbench_cl.tasks import (  # noqa: F401  (each registers itself)
     membership,
     retrieval,
     screens,
+    textret,
 )

@@ -136,6 +136,10 @@ class JailbreakTask(Task):
     """Chat LLMs (and their defenses) under jailbreak attacks: the ``jailbreak:`` section."""
 
     record_types = ("jailbreak_clean", "jailbreak")
+    data_sources = (
+        ("(built in)", "synthetic harmful, benign and borderline chat prompts"),
+        ("behaviors:FILE.csv", "AdvBench / HarmBench-style goal,target CSV"),
+    )
     template = Path(__file__).parent / "templates" / "jailbreak.html.j2"
     title = "Jailbreak"
 

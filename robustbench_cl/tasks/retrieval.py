@@ -165,6 +165,10 @@ class RetrievalTask(Task):
     """Image-text retrieval under universal perturbations: fit once per source, evaluate on all."""
 
     record_types = ("retrieval_clean", "retrieval_fit", "retrieval")
+    data_sources = (
+        ("shapes", "built-in captioned shapes (retrieval.data.name)"),
+        ("karpathy:DIR", "COCO / Flickr30K in the Karpathy JSON layout"),
+    )
     template = Path(__file__).parent / "templates" / "retrieval.html.j2"
     title = "Retrieval"
 

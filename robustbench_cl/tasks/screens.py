@@ -75,6 +75,10 @@ class ScreensTask(Task):
     """Screenshot privacy: PII routers (OCR) against protectors, the ``screens:`` section."""
 
     record_types = ("screen",)
+    data_sources = (
+        ("privscreen-mini[?n=160&seed=0]", "rendered phone screens with PII boxes"),
+        ("privscreen:DIR", "PrivScreen's folder layout (images + annotations)"),
+    )
     template = Path(__file__).parent / "templates" / "screens.html.j2"
     title = "Screens"
 

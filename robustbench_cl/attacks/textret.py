@@ -1,0 +1,352 @@
+"""Attacks on dense text retrievers (a :class:`~robustbench_cl.models.biencoder.BiEncoder`).
+
+Every attack is white-box on the retriever it is given (a defended retriever's head included:
+adaptive) and returns, per query, the perturbed text's features, so the task ranks the whole
+corpus with them.
+
+- ``hotflip`` (token space, l0: ``eps`` = k tokens): HotFlip-style greedy substitutions in the
+  *query* (``side: query``) or in its relevant *passage* (``side: passage``). Each of k steps
+  ranks every (position, token) swap by the first-order change of the margin ``s(q, d+) -
+  max_{d != d+} s(q, d)`` (the gradient w.r.t. the one-hot tokens, through the input
+  embeddings), evaluates the ``candidates`` best swaps exactly, and keeps the best one. [CLS],
+  [SEP] and padding are never swapped, and a position is swapped at most once.
+- ``embedding-query`` (embedding space, per-token l2, ``eps_relative``: eps times the mean
+  token-embedding norm): PGD on the query's input embeddings, the same margin; an upper bound
+  on what token swaps can do (no real text has these embeddings).
+- ``corpus-poison`` (Zhong et al., EMNLP 2023): inject ``passages`` adversarial passages of
+  ``length`` tokens, each optimised by HotFlip to be close to a k-means cluster of the
+  attacker's training queries; success is a poison passage in the top k of an unseen query.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from robustbench_cl.attacks.base import AttackBase, Cost, report_step
+from robustbench_cl.registry import register_attack
+from robustbench_cl.threat import ThreatModel
+
+
+@dataclass
+class TextAttackResult:
+    """Per query: the attacked query features (or, for a passage attack, the attacked relevant
+    passage features and which passage they replace), the texts and the cost."""
+
+    query_features: torch.Tensor  # (Q, d)
+    passage_features: torch.Tensor | None = None  # (Q, d): the attacked relevant passage
+    texts: list[str] = field(default_factory=list)
+    poison_features: torch.Tensor | None = None  # (m, d): injected passages
+    cost: Cost = field(default_factory=Cost)
+    wall_time: float = 0.0
+    history: list[float] = field(default_factory=list)  # mean margin per step
+
+
+class TextRetrievalAttack(AttackBase):
+    tasks: ClassVar[frozenset[str]] = frozenset({"textret"})
+    default_task: ClassVar[str] = "textret"
+
+
+def _special_mask(retriever: Any, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """True where a token may be swapped (not [CLS], [SEP], padding)."""
+    tokenizer = retriever.encoder.tokenizer
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids)), device=ids.device)
+    return mask.bool() & ~torch.isin(ids, special)
+
+
+def _allowed_vocabulary(retriever: Any) -> torch.Tensor:
+    """Token ids a swap may insert: not special, not [unused], not subword-only junk."""
+    tokenizer = retriever.encoder.tokenizer
+    vocabulary = tokenizer.get_vocab()
+    special = set(tokenizer.all_special_ids)
+    keep = [
+        i
+        for token, i in vocabulary.items()
+        if i not in special and not token.startswith("[") and token.isascii()
+    ]
+    return torch.tensor(sorted(keep), device=retriever.word_embeddings.device)
+
+
+def _margin(features: torch.Tensor, positive: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
+    """s(x, d+) - max_d s(x, d) per row: below 0 means some other passage outranks d+."""
+    return (features * positive).sum(-1) - (features @ others.T).max(-1).values
+
+
+@register_attack("hotflip")
+class HotFlip(TextRetrievalAttack):
+    """HotFlip token swaps (k = eps tokens) in the query or its relevant passage. Distance: l0."""
+
+    name = "hotflip"
+    norms = frozenset({"l0"})
+    spaces = frozenset({"token"})
+
+    def __init__(self, side: str = "query", candidates: int = 32, negatives: int = 64) -> None:
+        from robustbench_cl.errors import UserError
+
+        if side not in ("query", "passage"):
+            raise UserError("side", f"must be query or passage, got {side!r}", "side: query")
+        if candidates < 1 or negatives < 1:
+            raise UserError("candidates", "candidates and negatives must be >= 1")
+        self.side = side
+        self.candidates = candidates
+        self.negatives = negatives
+
+    def run(
+        self,
+        retriever: Any,
+        queries: list[str],
+        positives: list[str],
+        corpus: torch.Tensor,
+        positive_index: torch.Tensor,
+        threat: ThreatModel,
+        generator: torch.Generator | None = None,
+    ) -> TextAttackResult:
+        """``corpus``: the retriever's passage features; ``positive_index``: each query's
+        relevant passage row in it."""
+        start = time.perf_counter()
+        k = int(threat.eps)
+        cost = Cost()
+        query_features = retriever.encode(queries)
+        positive_features = corpus[positive_index]
+        attacked_texts = queries if self.side == "query" else positives
+        tokens = retriever.tokenize(attacked_texts)
+        ids, mask = tokens["input_ids"].clone(), tokens["attention_mask"]
+        allowed = _allowed_vocabulary(retriever)
+        table = retriever.word_embeddings
+        # the hardest negatives of each query (excluding its relevant passage), fixed per run
+        scores = query_features @ corpus.T
+        scores[torch.arange(len(queries)), positive_index] = -float("inf")
+        hard = scores.topk(min(self.negatives, corpus.shape[0] - 1), dim=1).indices
+        swappable = _special_mask(retriever, ids, mask)
+        history = []
+        for step in range(k):
+            embeds = table[ids].detach().requires_grad_(True)
+            features = retriever.encode_embeds(embeds, mask)
+            margin = self._margins(features, query_features, positive_features, corpus, hard)
+            (grad,) = torch.autograd.grad(margin.sum(), embeds)
+            cost.forward += len(ids)
+            cost.backward += len(ids)
+            # first-order change of the margin for every (position, token) swap
+            change = grad @ table[allowed].T - (grad * embeds.detach()).sum(-1, keepdim=True)
+            change = change.masked_fill(~swappable.unsqueeze(-1), float("inf"))
+            flat = change.flatten(1)
+            best = flat.topk(min(self.candidates, flat.shape[1]), dim=1, largest=False).indices
+            position = best // len(allowed)
+            token = allowed[best % len(allowed)]
+            trial = ids.unsqueeze(1).repeat(1, best.shape[1], 1)  # (Q, C, L)
+            trial.scatter_(2, position.unsqueeze(-1), token.unsqueeze(-1))
+            with torch.no_grad():
+                flat_ids = trial.flatten(0, 1)
+                flat_mask = mask.repeat_interleave(best.shape[1], 0)
+                tried = retriever.encode_ids(flat_ids, flat_mask).view(*best.shape, -1)
+                cost.forward += flat_ids.shape[0]
+                margins = torch.stack(
+                    [
+                        self._margins(tried[:, c], query_features, positive_features, corpus, hard)
+                        for c in range(best.shape[1])
+                    ],
+                    dim=1,
+                )
+            chosen = margins.argmin(1)
+            improve = margins.gather(1, chosen[:, None]).squeeze(1) < margin.detach()
+            rows = torch.arange(len(ids), device=ids.device)
+            new_ids = trial[rows, chosen]
+            ids = torch.where(improve[:, None], new_ids, ids)
+            swapped = position[rows, chosen]
+            swappable[rows[improve], swapped[improve]] = False  # each position at most once
+            history.append(margins.gather(1, chosen[:, None]).mean().detach())
+            report_step(step + 1, k)
+        with torch.no_grad():
+            final = retriever.encode_ids(ids, mask)
+        texts = retriever.encoder.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        result = TextAttackResult(
+            query_features=final if self.side == "query" else query_features,
+            passage_features=final if self.side == "passage" else None,
+            texts=texts,
+            cost=cost,
+            history=[float(h) for h in history],
+        )
+        result.wall_time = time.perf_counter() - start
+        return result
+
+    def _margins(self, features, queries, positives, corpus, hard):  # noqa: ANN001, ANN202
+        """The margin to lower: for a query swap, of the attacked query; for a passage swap,
+        of the original query against the attacked passage."""
+        negatives = corpus[hard]  # (Q, n, d)
+        if self.side == "query":
+            positive = (features * positives).sum(-1)
+            negative = torch.einsum("qd,qnd->qn", features, negatives).max(-1).values
+        else:
+            positive = (queries * features).sum(-1)
+            negative = torch.einsum("qd,qnd->qn", queries, negatives).max(-1).values
+        return positive - negative
+
+
+@register_attack("embedding-query")
+class EmbeddingQuery(TextRetrievalAttack):
+    """PGD on the query's token embeddings (per-token l2, relative eps): a continuous bound."""
+
+    name = "embedding-query"
+    norms = frozenset({"l2"})
+    spaces = frozenset({"embedding"})
+
+    def __init__(self, steps: int = 20, step_size: float = 0.25, negatives: int = 64) -> None:
+        self.steps = steps
+        self.step_size = step_size
+        self.negatives = negatives
+
+    def run(self, retriever, queries, positives, corpus, positive_index, threat, generator=None):  # noqa: ANN001, ANN201, ARG002
+        start = time.perf_counter()
+        cost = Cost()
+        query_features = retriever.encode(queries)
+        tokens = retriever.tokenize(queries)
+        ids, mask = tokens["input_ids"], tokens["attention_mask"]
+        table = retriever.word_embeddings
+        radius = (
+            float(threat.eps) * float(table.norm(dim=-1).mean())
+            if threat.eps_relative
+            else float(threat.eps)
+        )
+        clean = table[ids].detach()
+        swappable = _special_mask(retriever, ids, mask).unsqueeze(-1)
+        scores = query_features @ corpus.T
+        scores[torch.arange(len(queries)), positive_index] = -float("inf")
+        hard = corpus[scores.topk(min(self.negatives, corpus.shape[0] - 1), dim=1).indices]
+        positive = corpus[positive_index]
+        delta = torch.zeros_like(clean)
+        history = []
+        for step in range(self.steps):
+            delta.requires_grad_(True)
+            features = retriever.encode_embeds(clean + delta * swappable, mask)
+            margin = (features * positive).sum(-1) - torch.einsum("qd,qnd->qn", features, hard).max(
+                -1
+            ).values
+            (grad,) = torch.autograd.grad(margin.sum(), delta)
+            cost.forward += len(ids)
+            cost.backward += len(ids)
+            with torch.no_grad():
+                direction = grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                delta = delta - self.step_size * radius * direction
+                norms = delta.norm(dim=-1, keepdim=True)
+                delta = delta * (radius / norms.clamp_min(1e-12)).clamp(max=1.0)  # per token
+            history.append(margin.detach().mean())
+            report_step(step + 1, self.steps)
+        with torch.no_grad():
+            final = retriever.encode_embeds(clean + delta * swappable, mask)
+            assert bool((delta.norm(dim=-1) <= radius * (1 + 1e-4)).all()), "left the l2 ball"
+        return TextAttackResult(
+            query_features=final,
+            texts=list(queries),
+            cost=cost,
+            wall_time=time.perf_counter() - start,
+            history=[float(h) for h in history],
+        )
+
+
+@register_attack("corpus-poison")
+class CorpusPoison(TextRetrievalAttack):
+    """Inject adversarial passages near clusters of the attacker's queries (HotFlip)."""
+
+    name = "corpus-poison"
+    norms = frozenset({"none"})
+    spaces = frozenset({"token"})
+
+    def __init__(
+        self, passages: int = 5, length: int = 24, steps: int = 40, candidates: int = 32
+    ) -> None:
+        self.passages = passages
+        self.length = length
+        self.steps = steps
+        self.candidates = candidates
+
+    def fit(self, retriever, train_queries: list[str], generator: torch.Generator):  # noqa: ANN001, ANN201
+        """The poison passages' token ids (m, L+2) and mask, and the fit's cost and history."""
+        start = time.perf_counter()
+        cost = Cost()
+        with torch.no_grad():
+            targets = retriever.encode(train_queries)
+        centroids = _kmeans(targets, self.passages, generator)  # (m, d), normalised
+        allowed = _allowed_vocabulary(retriever)
+        table = retriever.word_embeddings
+        tokenizer = retriever.encoder.tokenizer
+        device = table.device
+        picks = torch.randint(len(allowed), (self.passages, self.length), generator=generator)
+        body = allowed[picks.to(device)]
+        cls = torch.full((self.passages, 1), tokenizer.cls_token_id, device=device)
+        sep = torch.full((self.passages, 1), tokenizer.sep_token_id, device=device)
+        ids = torch.cat([cls, body, sep], dim=1)
+        mask = torch.ones_like(ids)
+        history = []
+        for step in range(self.steps):
+            embeds = table[ids].detach().requires_grad_(True)
+            features = retriever.encode_embeds(embeds, mask)
+            similarity = (features * centroids).sum(-1)
+            (grad,) = torch.autograd.grad(similarity.sum(), embeds)
+            cost.forward += len(ids)
+            cost.backward += len(ids)
+            change = grad @ table[allowed].T  # raise the similarity: the largest gains
+            change[:, 0] = change[:, -1] = -float("inf")  # keep [CLS] and [SEP]
+            best = change.flatten(1).topk(self.candidates, dim=1).indices
+            position, token = best // len(allowed), allowed[best % len(allowed)]
+            trial = ids.unsqueeze(1).repeat(1, self.candidates, 1)
+            trial.scatter_(2, position.unsqueeze(-1), token.unsqueeze(-1))
+            with torch.no_grad():
+                tried = retriever.encode_ids(
+                    trial.flatten(0, 1), mask.repeat_interleave(self.candidates, 0)
+                ).view(self.passages, self.candidates, -1)
+                cost.forward += self.passages * self.candidates
+                gains = (tried * centroids[:, None]).sum(-1)
+            chosen = gains.argmax(1)
+            better = gains.gather(1, chosen[:, None]).squeeze(1) > similarity.detach()
+            rows = torch.arange(self.passages, device=device)
+            ids = torch.where(better[:, None], trial[rows, chosen], ids)
+            history.append(torch.maximum(gains.max(1).values, similarity.detach()).mean())
+            report_step(step + 1, self.steps)
+        texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return ids, mask, texts, cost, time.perf_counter() - start, [float(h) for h in history]
+
+    def run(
+        self,
+        retriever,
+        queries,
+        positives,
+        corpus,
+        positive_index,
+        threat,
+        generator=None,
+        train_queries=None,
+    ):  # noqa: ANN001, ANN201, ARG002, PLR0913
+        ids, mask, texts, cost, wall, history = self.fit(
+            retriever, list(train_queries or []), generator or torch.Generator().manual_seed(0)
+        )
+        with torch.no_grad():
+            poison = retriever.encode_ids(ids, mask)
+        return TextAttackResult(
+            query_features=retriever.encode(queries),
+            texts=texts,
+            poison_features=poison,
+            cost=cost,
+            wall_time=wall,
+            history=history,
+        )
+
+
+def _kmeans(
+    x: torch.Tensor, k: int, generator: torch.Generator, iterations: int = 20
+) -> torch.Tensor:
+    """Spherical k-means on normalised rows; ``k`` normalised centroids."""
+    k = max(1, min(k, len(x)))
+    start = torch.randperm(len(x), generator=generator)[:k].to(x.device)
+    centroids = x[start].clone()
+    for _ in range(iterations):
+        assign = (x @ centroids.T).argmax(1)
+        for c in range(k):
+            members = x[assign == c]
+            if len(members):
+                centroids[c] = members.mean(0)
+        centroids = F.normalize(centroids, dim=-1)
+    return centroids

@@ -1,0 +1,690 @@
+"""Dense text retrieval under attack: the ``textret:`` section of a config.
+
+The first task written against the Task protocol after it existed: this module and its
+template are all of it (nothing in the runner, the results, the report or the CLI names it).
+
+Per (retriever, defense): a ``textret_clean`` record (the defense is trained or loaded first:
+InfoNCE, MW or AR2 fine-tuning of a head on the frozen encoder) with MRR@10, R@1/5/10/20 and
+nDCG@10 over the test queries, ranking the whole corpus. Per (retriever, defense, attack, eps):
+a ``textret`` record with the same metrics under attack and ASR@k, the share of the queries
+whose relevant passage was in the top k before the attack and is not after it (Wilson
+intervals). For corpus poisoning, ASR@k is the share of test queries with an injected passage
+in their top k. Every attack is white-box on the defended retriever (adaptive), and each cell's
+attacked queries are also scored with uniformly random token swaps of the same budget (the
+``noise`` column), so a flag says when the attack does no better than chance.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from rich.table import Table
+
+from robustbench_cl.attacks import make_attack
+from robustbench_cl.attacks.base import apply_budget, step_hook
+from robustbench_cl.attacks.textret import TextRetrievalAttack
+from robustbench_cl.engine.config import DefenseConfig, ModelConfig, ThreatConfig
+from robustbench_cl.engine.metrics import rate_entry
+from robustbench_cl.engine.results import attack_entry, model_label
+from robustbench_cl.engine.summary import RunSummary
+from robustbench_cl.engine.task import RunContext, Task, Unit, register_task
+from robustbench_cl.errors import UserError, under_field
+from robustbench_cl.report.table import percent_or_dash
+from robustbench_cl.threat import ThreatModel
+from robustbench_cl.utils import derive_seed, stable_hash
+
+#: bump when the protocol changes (record ids change, so old records are not reused)
+PROTOCOL_VERSION = 1
+KS = (1, 5, 10, 20)
+
+DEFAULT_THREATS = {
+    "hotflip": {"norm": "l0", "eps": 3, "space": "token", "bounds": None},
+    "embedding-query": {
+        "norm": "l2",
+        "eps": 0.5,
+        "space": "embedding",
+        "bounds": None,
+        "eps_relative": True,
+    },
+    "corpus-poison": {"norm": "none", "eps": 0, "space": "token", "bounds": None},
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TextRetDataConfig(_Strict):
+    #: ``facts[?n=600&seed=0]`` (built in) or ``beir:DIR`` (a local BEIR folder)
+    name: str = "facts"
+    #: test queries evaluated (the first ones); all when unset
+    n_test: int | None = Field(default=None, ge=1)
+
+
+class TextRetAttackConfig(_Strict):
+    attack: str
+    name: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    threat: ThreatConfig | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.attack
+
+
+class TextRetConfig(_Strict):
+    data: TextRetDataConfig = Field(default_factory=TextRetDataConfig)
+    models: list[ModelConfig] = Field(min_length=1)
+    defenses: list[DefenseConfig] = Field(default_factory=lambda: [DefenseConfig()])
+    attacks: list[TextRetAttackConfig] = Field(default_factory=list)
+    #: queries attacked per batch
+    batch_size: int = Field(default=32, ge=1)
+    #: attacked examples kept per cell for the report
+    examples: int = Field(default=3, ge=0, le=12)
+
+
+def _threats(attack: TextRetAttackConfig, index: int) -> list[ThreatModel]:
+    field = f"textret.attacks[{index}].threat"
+    if attack.threat is None:
+        if attack.attack not in DEFAULT_THREATS:
+            raise UserError(field, f"{attack.attack} has no default threat", "give a threat")
+        values = [DEFAULT_THREATS[attack.attack]]
+    else:
+        base = attack.threat.model_dump()
+        values = [dict(base, eps=eps) for eps in attack.threat.eps_values()]
+    threats = []
+    for value in values:
+        with under_field(field):
+            threats.append(ThreatModel(**value))
+    return threats
+
+
+def ranks(
+    query: torch.Tensor, passages: torch.Tensor, relevant: list[torch.Tensor]
+) -> torch.Tensor:
+    """1-based rank of each query's best-ranked relevant passage among all passages."""
+    scores = query @ passages.T
+    best = torch.stack([scores[i, rel].max() for i, rel in enumerate(relevant)])
+    return (scores > best[:, None]).sum(1) + 1
+
+
+def ndcg10(
+    query: torch.Tensor, passages: torch.Tensor, relevant: list[torch.Tensor]
+) -> torch.Tensor:
+    """nDCG@10 with binary relevance, per query."""
+    top = (query @ passages.T).topk(min(10, passages.shape[0]), dim=1).indices
+    gains = []
+    for row, rel in enumerate(relevant):
+        hit = torch.isin(top[row], rel.to(top.device)).float()
+        discount = 1 / torch.log2(torch.arange(2, len(hit) + 2, device=hit.device).float())
+        ideal = discount[: min(len(rel), len(hit))].sum()
+        gains.append((hit * discount).sum() / ideal)
+    return torch.stack(gains)
+
+
+def metrics(rank: torch.Tensor, ndcg: torch.Tensor) -> dict[str, float]:
+    out = {
+        "mrr@10": float(((1 / rank.float()) * (rank <= 10)).mean()),
+        "ndcg@10": float(ndcg.mean()),
+    }
+    out.update({f"r@{k}": float((rank <= k).float().mean()) for k in KS})
+    return out
+
+
+@register_task("textret")
+class TextRetrievalTask(Task):
+    """Dense text retrievers (and their defenses) under query, passage and poisoning attacks."""
+
+    section_type = TextRetConfig
+    record_types = ("textret_clean", "textret")
+    template = Path(__file__).parent / "templates" / "textret.html.j2"
+    title = "Text retrieval"
+    data_sources: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("facts[?n=600&seed=0]", "built-in people-and-facts passages with paraphrased questions"),
+        ("beir:DIR", "a local BEIR folder: corpus.jsonl, queries.jsonl, qrels/test.tsv"),
+    )
+    schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "required": ["pairs", "cells", "columns"],
+        "properties": {
+            "pairs": {
+                "type": "array",
+                "items": {"type": "object", "required": ["id", "label", "metrics"]},
+            },
+            "cells": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["id", "clean_id", "metrics", "asr", "flags"],
+                },
+            },
+            "columns": {"type": "array", "items": {"type": "string"}},
+        },
+    }
+
+    def __init__(self, ctx: RunContext) -> None:
+        super().__init__(ctx)
+        self.section: TextRetConfig = self.section(self.config)
+        self.device = ctx.device
+        self.progress = ctx.progress
+        self._corpus = None
+        self._pair: tuple[int, int] | None = None
+        self._retriever = None
+        self._passages: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ plan
+    def plan(self) -> list[Unit]:
+        from robustbench_cl.defenses import make_defense
+        from robustbench_cl.models import check_spec
+
+        section = self.section
+        for index, model in enumerate(section.models):
+            with under_field(f"textret.models[{index}].spec", replace=True):
+                check_spec(model.spec)
+        self.defenses = []
+        for index, defense in enumerate(section.defenses):
+            with under_field(f"textret.defenses[{index}]"):
+                built = make_defense(defense.defense, **defense.params)
+            if built.kind != "none" and "textret" not in getattr(built, "tasks", ()):
+                raise UserError(
+                    f"textret.defenses[{index}]",
+                    f"{defense.defense} does not train retrievers",
+                    "use none, infonce-ft, mw-ft or ar2",
+                )
+            self.defenses.append((defense, built))
+        self.columns = []
+        for index, attack in enumerate(section.attacks):
+            with under_field(f"textret.attacks[{index}]"):
+                built = make_attack(attack.attack, **attack.params)
+            if not isinstance(built, TextRetrievalAttack):
+                raise UserError(
+                    f"textret.attacks[{index}]",
+                    f"{attack.attack} is not a text-retrieval attack",
+                    "use hotflip, embedding-query or corpus-poison",
+                )
+            for threat in _threats(attack, index):
+                reason = built.supports(threat, "textret")
+                if reason is not None:
+                    raise UserError(f"textret.attacks[{index}].threat", reason, "change the threat")
+                with under_field(f"textret.attacks[{index}].threat"):
+                    apply_budget(built, threat)
+                self.columns.append({"config": attack, "built": built, "threat": threat})
+        labels = [column_label(c) for c in self.columns]
+        if len(set(labels)) != len(labels):
+            raise UserError(
+                "textret.attacks[].name", "two attack columns share a label", "name them"
+            )
+        data_key = self.section.data.model_dump()
+        units = []
+        for mi, model in enumerate(section.models):
+            for di, (defense, built) in enumerate(self.defenses):
+                pair_key = {
+                    "model": model.spec,
+                    "defense": defense.defense,
+                    "settings": built.settings(),
+                    "data": data_key,
+                    "version": PROTOCOL_VERSION,
+                }
+                clean_id = stable_hash({"textret_clean": pair_key})
+                label = f"{model.label} / {defense.label}"
+                units.append(Unit(clean_id, f"{label} | text retrieval clean", "clean", (mi, di)))
+                for ci, column in enumerate(self.columns):
+                    cell_id = stable_hash(
+                        {
+                            "textret": pair_key,
+                            "attack": column["config"].attack,
+                            "settings": column["built"].settings(),
+                            "threat": column["threat"].to_dict(),
+                            "seed": self.config.seed,
+                        }
+                    )
+                    cell_label = f"{label} | {column_label(column)}"
+                    units.append(Unit(cell_id, cell_label, "cell", (mi, di, ci), (clean_id,)))
+        return units
+
+    # ------------------------------------------------------------------ shared parts
+    @property
+    def corpus(self):  # noqa: ANN201
+        if self._corpus is None:
+            from robustbench_cl.data.qa import load_qa
+
+            with under_field("textret.data.name", replace=True):
+                corpus = load_qa(self.section.data.name, seed=self.config.seed)
+            if self.section.data.n_test is not None:
+                corpus.test = corpus.test[: self.section.data.n_test]
+            self._corpus = corpus
+            index = corpus.index()
+            self._relevant = [
+                torch.tensor([index[p] for p in q.relevant], device=self.device)
+                for q in corpus.test
+            ]
+            self._positive = torch.tensor(
+                [index[q.relevant[0]] for q in corpus.test], device=self.device
+            )
+        return self._corpus
+
+    def retriever(self, mi: int, di: int):  # noqa: ANN201
+        """The defended retriever of (model mi, defense di) and its passage features; the last
+        one built stays loaded."""
+        from robustbench_cl.models import load_model
+
+        if self._pair != (mi, di):
+            self._pair = self._retriever = self._passages = None
+            model = self.section.models[mi]
+            defense, built = self.defenses[di]
+            self.progress.message(f"loading {model.label} / {defense.label}")
+            base = load_model(model.spec).to(self.device)
+            inner = getattr(base, "model", base)
+            if not hasattr(inner, "encode_embeds"):
+                raise UserError(
+                    f"textret.models[{mi}].spec",
+                    f"{model.spec} is not a text retriever",
+                    "use builtin:minilm-retriever or sentence-transformers:DIR",
+                )
+            with step_hook(self.progress.step):
+                defended = built.build(base, model.spec, self.corpus)
+            self._retriever = getattr(defended, "model", defended)
+            self._passages = self._retriever.encode(self.corpus.texts())
+            self._pair = (mi, di)
+        return self._retriever, self._passages
+
+    def batches(self, unit: Unit, inputs: dict[str, dict[str, Any]]) -> int:
+        if unit.kind == "clean":
+            return 1
+        return -(-len(self.corpus.test) // self.section.batch_size)
+
+    # ------------------------------------------------------------------ run
+    def run_shard(self, unit: Unit, inputs: dict[str, dict[str, Any]], shard: int) -> Any:
+        mi, di = unit.key[:2]
+        retriever, passages = self.retriever(mi, di)
+        model, (defense, built) = self.section.models[mi], self.defenses[di]
+        corpus = self.corpus
+        if unit.kind == "clean":
+            start = time.perf_counter()
+            query = retriever.encode([q.text for q in corpus.test])
+            rank = ranks(query, passages, self._relevant)
+            self.progress.batch_done()
+            info = getattr(built, "training_info", None)
+            return {
+                "type": "textret_clean",
+                "id": unit.id,
+                "model": model.model_dump(),
+                "defense": defense.model_dump(),
+                "data": corpus.describe(),
+                "metrics": metrics(rank, ndcg10(query, passages, self._relevant)),
+                "ranks": rank.tolist(),
+                "training": None
+                if not info
+                else {
+                    "wall_time": info.get("wall_time"),
+                    "loss_history": info.get("loss_history", []),
+                    "ranker_loss_history": info.get("ranker_loss_history"),
+                },
+                "wall_time": time.perf_counter() - start,
+            }
+        column = self.columns[unit.key[2]]
+        return self.attack_cell(unit, inputs[unit.needs[0]], column, retriever, passages)
+
+    def attack_cell(self, unit, clean, column, retriever, passages) -> dict[str, Any]:  # noqa: ANN001
+        corpus = self.corpus
+        threat: ThreatModel = column["threat"]
+        attack = column["built"]
+        generator = torch.Generator().manual_seed(derive_seed(self.config.seed, unit.id))
+        queries = [q.text for q in corpus.test]
+        positives = [corpus.passages[int(i)].text for i in self._positive]
+        size = self.section.batch_size
+        start = time.perf_counter()
+        features, attacked_passages, texts, history = [], [], [], []
+        forward = backward = 0
+        poison = None
+        if attack.name == "corpus-poison":
+            with step_hook(self.progress.step):
+                result = attack.run(
+                    retriever,
+                    queries,
+                    positives,
+                    passages,
+                    self._positive,
+                    threat,
+                    generator,
+                    train_queries=[q.text for q in corpus.train],
+                )
+            features, poison, texts, history = (
+                [result.query_features],
+                result.poison_features,
+                result.texts,
+                result.history,
+            )
+            forward, backward = result.cost.forward, result.cost.backward
+            self.progress.batch_done()
+        else:
+            for begin in range(0, len(queries), size):
+                chunk = slice(begin, begin + size)
+                with step_hook(self.progress.step):
+                    result = attack.run(
+                        retriever,
+                        queries[chunk],
+                        positives[chunk],
+                        passages,
+                        self._positive[chunk],
+                        threat,
+                        generator,
+                    )
+                features.append(result.query_features)
+                if result.passage_features is not None:
+                    attacked_passages.append(result.passage_features)
+                texts += result.texts
+                history.append(result.history)
+                forward += result.cost.forward
+                backward += result.cost.backward
+                self.progress.batch_done()
+        query = torch.cat(features)
+        if poison is not None:  # the poisoned corpus: the real passages and the injected ones
+            rank = ranks(query, passages, self._relevant)
+            poisoned = ranks_with_poison(query, passages, poison, self._relevant)
+            top = (query @ torch.cat([passages, poison]).T).topk(max(KS), dim=1).indices
+            hit = top >= len(passages)  # an injected passage in the top k
+            asr = {f"@{k}": rate_entry(int(hit[:, :k].any(1).sum()), len(query)) for k in KS}
+            rank = poisoned
+            ndcg = ndcg10(query, torch.cat([passages, poison]), self._relevant)
+        else:
+            if attacked_passages:  # each query's relevant passage replaced by its attacked text
+                rank = ranks_with_replaced(
+                    query, passages, torch.cat(attacked_passages), self._positive, self._relevant
+                )
+                ndcg = ndcg10_replaced(
+                    query, passages, torch.cat(attacked_passages), self._positive, self._relevant
+                )
+            else:
+                rank = ranks(query, passages, self._relevant)
+                ndcg = ndcg10(query, passages, self._relevant)
+            before = torch.tensor(clean["ranks"], device=rank.device)
+            asr = {}
+            for k in KS:
+                correct = before <= k
+                broken = correct & (rank > k)
+                asr[f"@{k}"] = rate_entry(int(broken.sum()), int(correct.sum()))
+        steps = (
+            min((len(h) for h in history if h), default=0)
+            if history and isinstance(history[0], list)
+            else len(history)
+        )
+        curve = (
+            [sum(h[s] for h in history) / len(history) for s in range(steps)]
+            if history and isinstance(history[0], list)
+            else list(history)
+        )
+        examples = []
+        for i in range(min(self.section.examples, len(texts))):
+            if poison is not None:
+                examples.append({"original": "", "attacked": texts[i], "kind": "injected passage"})
+            else:
+                original = (
+                    positives[i] if getattr(attack, "side", "query") == "passage" else queries[i]
+                )
+                examples.append(
+                    {
+                        "original": original,
+                        "attacked": texts[i],
+                        "kind": getattr(attack, "side", "query"),
+                    }
+                )
+        noise = (
+            self.noise_baseline(column, retriever, passages, queries, clean, generator)
+            if attack.name == "hotflip"
+            else None
+        )
+        return {
+            "type": "textret",
+            "id": unit.id,
+            "clean_id": unit.needs[0],
+            "model": clean["model"],
+            "defense": clean["defense"],
+            "attack": {
+                "attack": column["config"].attack,
+                "name": column["config"].name,
+                "params": column["config"].params,
+                "settings": attack.settings(),
+            },
+            "threat": threat.to_dict(),
+            "n": len(query),
+            "metrics": metrics(rank, ndcg),
+            "asr": asr,
+            "ranks": rank.tolist(),
+            "noise_asr": noise,
+            "margin_history": curve,
+            "cost": {"forward": forward, "backward": backward},
+            "examples": examples,
+            "wall_time": time.perf_counter() - start,
+        }
+
+    def noise_baseline(
+        self, column, retriever, passages, queries, clean, generator
+    ) -> dict[str, Any] | None:  # noqa: ANN001
+        """ASR@k of k uniformly random token swaps in the queries (same budget as the attack)."""
+        from robustbench_cl.attacks.textret import _allowed_vocabulary, _special_mask
+
+        attack = column["built"]
+        if attack.side != "query":
+            return None
+        k = int(column["threat"].eps)
+        tokens = retriever.tokenize(queries)
+        ids, mask = tokens["input_ids"].clone(), tokens["attention_mask"]
+        allowed = _allowed_vocabulary(retriever)
+        swappable = _special_mask(retriever, ids, mask)
+        for row in range(len(ids)):
+            positions = swappable[row].nonzero().flatten()
+            order = torch.randperm(len(positions), generator=generator)[:k]
+            picks = torch.randint(len(allowed), (len(order),), generator=generator)
+            ids[row, positions[order]] = allowed[picks.to(allowed.device)]
+        with torch.no_grad():
+            query = torch.cat(
+                [
+                    retriever.encode_ids(ids[b : b + 256], mask[b : b + 256])
+                    for b in range(0, len(ids), 256)
+                ]
+            )
+        rank = ranks(query, passages, self._relevant)
+        before = torch.tensor(clean["ranks"], device=rank.device)
+        return {
+            f"@{k_}": rate_entry(
+                int(((before <= k_) & (rank > k_)).sum()), int((before <= k_).sum())
+            )
+            for k_ in KS
+        }
+
+    def close(self) -> None:
+        self._pair = self._retriever = self._passages = None
+
+    # ------------------------------------------------------------------ results
+    @classmethod
+    def summarize(cls, summary: RunSummary, results: dict[str, Any]) -> dict[str, Any] | None:
+        cleans = summary.of("textret_clean")
+        cells = summary.of("textret")
+        if not cleans and not cells:
+            return None
+        pairs = [
+            {
+                "id": r["id"],
+                "label": _pair_label(r),
+                "model": model_label(r["model"]),
+                "defense": r["defense"].get("name") or r["defense"]["defense"],
+                "defense_kind": r["defense"]["defense"],
+                "data": r["data"],
+                "metrics": r["metrics"],
+                "training_seconds": (r.get("training") or {}).get("wall_time"),
+            }
+            for r in cleans
+        ]
+        labels = {p["id"]: p["label"] for p in pairs}
+        entries = []
+        for r in cells:
+            entry = {
+                "id": r["id"],
+                "clean_id": r["clean_id"],
+                "pair": labels.get(r["clean_id"], _pair_label(r)),
+                "attack": attack_entry(r["attack"]),
+                "column": _column_text(r["attack"], r["threat"]),
+                "threat": r["threat"],
+                "n": r["n"],
+                "metrics": r["metrics"],
+                "asr": r["asr"],
+                "noise_asr": r.get("noise_asr"),
+                "cost": r["cost"],
+                "examples": r["examples"],
+                "wall_time": r["wall_time"],
+            }
+            entry["flags"] = _flags(entry, r.get("margin_history", []))
+            entries.append(entry)
+        columns = list(dict.fromkeys(e["column"] for e in entries))
+        return {"textret": {"pairs": pairs, "cells": entries, "columns": columns}}
+
+    @classmethod
+    def flag_rows(cls, section: dict[str, Any]) -> list[dict[str, str]]:
+        rows = []
+        for cell in section.get("cells", []):
+            where = f"{cell['pair']} | {cell['column']}"
+            rows += [{"where": where, **f} for f in cell.get("flags", [])]
+        return rows
+
+    @classmethod
+    def threat_models(cls, results: dict[str, Any]) -> list[dict[str, Any]]:
+        return [c["threat"] for c in results.get("textret", {}).get("cells", [])]
+
+    @classmethod
+    def render(cls, results: dict[str, Any], run_dir: Path | None) -> dict[str, Any] | None:
+        section = results.get("textret")
+        if not section:
+            return None
+        by_pair: dict[str, dict[str, Any]] = {}
+        for cell in section["cells"]:
+            by_pair.setdefault(cell["clean_id"], {})[cell["column"]] = cell
+        rows = [dict(p, by_column=by_pair.get(p["id"], {})) for p in section["pairs"]]
+        data = section["pairs"][0]["data"] if section["pairs"] else {}
+        note = (
+            f"{data.get('name')}: {data.get('passages')} passages, {data.get('test_queries')} test queries"
+            if data
+            else None
+        )
+        return {
+            "rows": rows,
+            "columns": section["columns"],
+            "cells": section["cells"],
+            "data_note": note,
+        }
+
+    @classmethod
+    def table(cls, summary: RunSummary) -> Table | None:
+        results = cls.summarize(summary, {})
+        if not results:
+            return None
+        section = results["textret"]
+        table = Table(
+            title="text retrieval: MRR@10 % clean, and ASR@10 % per attack (previously-correct queries)",
+            title_justify="left",
+        )
+        table.add_column("retriever / defense", justify="left")
+        table.add_column("MRR@10", justify="right")
+        table.add_column("R@1", justify="right")
+        for column in section["columns"]:
+            table.add_column(column, justify="right")
+        cells = {(c["clean_id"], c["column"]): c for c in section["cells"]}
+        for pair in section["pairs"]:
+            values = []
+            for column in section["columns"]:
+                cell = cells.get((pair["id"], column))
+                values.append(percent_or_dash(cell["asr"]["@10"]["rate"]) if cell else "-")
+            table.add_row(
+                pair["label"],
+                percent_or_dash(pair["metrics"]["mrr@10"]),
+                percent_or_dash(pair["metrics"]["r@1"]),
+                *values,
+            )
+        return table
+
+
+def column_label(column: dict[str, Any]) -> str:
+    return _column_text(
+        {"attack": column["config"].attack, "name": column["config"].name},
+        column["threat"].to_dict(),
+    )
+
+
+def _column_text(attack: dict[str, Any], threat: dict[str, Any]) -> str:
+    name = attack.get("name") or attack["attack"]
+    if threat["norm"] == "l0":
+        return f"{name} {int(threat['eps'])} tok"
+    if threat["norm"] == "none":
+        return name
+    relative = " rel." if threat.get("eps_relative") else ""
+    return f"{name} {threat['norm']} {threat['eps']:g}{relative}"
+
+
+def _pair_label(record: dict[str, Any]) -> str:
+    defense = record["defense"].get("name") or record["defense"]["defense"]
+    return f"{model_label(record['model'])} / {defense}"
+
+
+def _flags(cell: dict[str, Any], history: list[float]) -> list[dict[str, str]]:
+    """noise_beats_attack: random swaps of the same budget break as many queries (the attack
+    is not working); attack_not_converged: the margin still fell over the last fifth."""
+    flags = []
+    noise = cell.get("noise_asr")
+    attack = cell["asr"].get("@10", {})
+    if noise and attack.get("rate") is not None and noise["@10"]["rate"] is not None:
+        if attack["rate"] <= noise["@10"]["rate"] and attack.get("n", 0):
+            flags.append(
+                {
+                    "code": "noise_beats_attack",
+                    "message": f"random token swaps of the same budget break {100 * noise['@10']['rate']:.1f}% "
+                    f"of the queries at k=10, the attack {100 * attack['rate']:.1f}%",
+                }
+            )
+    if len(history) >= 5:
+        tail = max(1, len(history) // 5)
+        drop = history[-tail - 1] - history[-1]
+        scale = abs(history[0] - history[-1]) or 1.0
+        if drop > 0.1 * scale:
+            flags.append(
+                {
+                    "code": "attack_not_converged",
+                    "message": f"the attack's margin fell by {drop:.3f} over its last {tail} steps "
+                    "(more steps or swaps would break more)",
+                }
+            )
+    return flags
+
+
+def ranks_with_poison(query, passages, poison, relevant) -> torch.Tensor:  # noqa: ANN001
+    """Ranks of the relevant passages once the poison passages are in the corpus."""
+    return ranks(query, torch.cat([passages, poison]), relevant)
+
+
+def ranks_with_replaced(query, passages, attacked, positive, relevant) -> torch.Tensor:  # noqa: ANN001
+    """Rank of each query's relevant passage when (only) its own relevant passage is replaced by
+    the attacked version (the passage attack: one edited passage per query)."""
+    scores = query @ passages.T
+    rows = torch.arange(len(query), device=query.device)
+    scores[rows, positive] = (query * attacked).sum(-1)
+    best = torch.stack([scores[i, rel].max() for i, rel in enumerate(relevant)])
+    return (scores > best[:, None]).sum(1) + 1
+
+
+def ndcg10_replaced(query, passages, attacked, positive, relevant) -> torch.Tensor:  # noqa: ANN001
+    scores = query @ passages.T
+    rows = torch.arange(len(query), device=query.device)
+    scores[rows, positive] = (query * attacked).sum(-1)
+    top = scores.topk(min(10, passages.shape[0]), dim=1).indices
+    gains = []
+    for row, rel in enumerate(relevant):
+        hit = torch.isin(top[row], rel.to(top.device)).float()
+        discount = 1 / torch.log2(torch.arange(2, len(hit) + 2, device=hit.device).float())
+        gains.append((hit * discount).sum() / discount[: min(len(rel), len(hit))].sum())
+    return torch.stack(gains)
+
+
+__all__ = ["TextRetrievalTask"]

