@@ -149,12 +149,22 @@ def test_results_are_deterministic(small_run, tmp_path):
 
 
 def test_packaged_suites_validate_in_every_profile():
+    from robustbench_cl.engine.task import RunContext
     from robustbench_cl.tasks.jailbreak import expand_jailbreak
     from robustbench_cl.tasks.pairs import expand
     from robustbench_cl.tasks.retrieval import expand_retrieval
     from robustbench_cl.tasks.screens import expand_screens
 
-    suites = {"quickstart", "vision", "generative", "membership", "vlp", "llm", "privacy"}
+    suites = {
+        "quickstart",
+        "vision",
+        "generative",
+        "membership",
+        "vlp",
+        "llm",
+        "privacy",
+        "textret",
+    }
     assert suites <= set(list_suites())
     for profile in ("quick", "full"):
         config = load_config("quickstart", profile=profile)
@@ -162,7 +172,19 @@ def test_packaged_suites_validate_in_every_profile():
         assert {d.defense for d in config.defenses} == {"none", "pgd-at", "rae"}
         for suite in list_suites():  # every name, parameter and threat model resolves
             config = load_config(suite, profile=profile)
-            assert expand(config) or config.retrieval or config.jailbreak or config.screens
+            from robustbench_cl.engine.task import active_tasks, validate_task_sections
+
+            config = validate_task_sections(config)
+            assert (
+                expand(config)
+                or config.retrieval
+                or config.jailbreak
+                or config.screens
+                or config.tasks
+            )
+            for task in active_tasks(config):  # every task validates its section and plans
+                if task.name not in ("classification", "membership", "generation"):
+                    assert task(RunContext(config, Path("unused"), torch.device("cpu"))).plan()
             if config.retrieval is not None:
                 assert expand_retrieval(config)
             if config.jailbreak is not None:

@@ -538,7 +538,10 @@ class TextRetrievalTask(Task):
                 "examples": r["examples"],
                 "wall_time": r["wall_time"],
             }
-            entry["flags"] = _flags(entry, r.get("margin_history", []))
+            history = r.get("margin_history", [])
+            if r["attack"]["attack"] == "corpus-poison":  # its similarity rises: flip it
+                history = [-value for value in history]
+            entry["flags"] = _flags(entry, history)
             entries.append(entry)
         columns = list(dict.fromkeys(e["column"] for e in entries))
         return {"textret": {"pairs": pairs, "cells": entries, "columns": columns}}
@@ -630,8 +633,9 @@ def _pair_label(record: dict[str, Any]) -> str:
 
 
 def _flags(cell: dict[str, Any], history: list[float]) -> list[dict[str, str]]:
-    """noise_beats_attack: random swaps of the same budget break as many queries (the attack
-    is not working); attack_not_converged: the margin still fell over the last fifth."""
+    """noise_beats_attack: random swaps of the same budget break as many queries at k = 10
+    (the attack is not working); attack_not_converged: over 10 steps or more, the objective
+    (falling) still moved by more than 5% of its whole change over the last fifth of them."""
     flags = []
     noise = cell.get("noise_asr")
     attack = cell["asr"].get("@10", {})
@@ -644,16 +648,16 @@ def _flags(cell: dict[str, Any], history: list[float]) -> list[dict[str, str]]:
                     f"of the queries at k=10, the attack {100 * attack['rate']:.1f}%",
                 }
             )
-    if len(history) >= 5:
+    if len(history) >= 10:
         tail = max(1, len(history) // 5)
         drop = history[-tail - 1] - history[-1]
         scale = abs(history[0] - history[-1]) or 1.0
-        if drop > 0.1 * scale:
+        if drop > 0.05 * scale:
             flags.append(
                 {
                     "code": "attack_not_converged",
-                    "message": f"the attack's margin fell by {drop:.3f} over its last {tail} steps "
-                    "(more steps or swaps would break more)",
+                    "message": f"the attack's objective still moved by {drop:.3f} over its last "
+                    f"{tail} steps (more steps would likely break more)",
                 }
             )
     return flags
