@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from robustbench_cl.errors import UserError
+from robustbench_cl.errors import UserError, under_field
 from robustbench_cl.utils import parse_fraction, stable_hash
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
@@ -183,16 +183,36 @@ class JailbreakDataConfig(_Strict):
         return "behaviors:" + str(Path(value.removeprefix("behaviors:")).expanduser().resolve())
 
 
-class JailbreakAttackConfig(_Strict):
+class SectionAttackConfig(_Strict):
+    """An attack entry whose threat may be omitted: the task then gives the attack's own."""
+
     attack: str
     name: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
-    #: omitted: the attack's own (direct and gcg: token space; embedding: l2, eps 0.3 relative)
+    #: omitted: the attack's own (jailbreak: direct and gcg in token space, embedding l2 0.3
+    #: relative; textret: hotflip 3 tokens, embedding-query l2 0.5 relative)
     threat: ThreatConfig | None = None
 
     @property
     def label(self) -> str:
         return self.name or self.attack
+
+    def threat_models(self, field: str, defaults: dict[str, dict[str, Any]]) -> list[Any]:
+        """One ThreatModel per eps of the entry's threat, or the attack's default threat."""
+        from robustbench_cl.threat import ThreatModel
+
+        if self.threat is None:
+            if self.attack not in defaults:
+                raise UserError(field, f"{self.attack} has no default threat", "give a threat")
+            values = [defaults[self.attack]]
+        else:
+            base = self.threat.model_dump()
+            values = [dict(base, eps=eps) for eps in self.threat.eps_values()]
+        threats = []
+        for value in values:
+            with under_field(field):
+                threats.append(ThreatModel(**value))
+        return threats
 
 
 class JailbreakConfig(_Strict):
@@ -205,7 +225,7 @@ class JailbreakConfig(_Strict):
     data: JailbreakDataConfig = Field(default_factory=JailbreakDataConfig)
     models: list[ModelConfig] = Field(min_length=1)
     defenses: list[DefenseConfig] = Field(default_factory=lambda: [DefenseConfig()])
-    attacks: list[JailbreakAttackConfig] = Field(min_length=1)
+    attacks: list[SectionAttackConfig] = Field(min_length=1)
     #: greedy decoding; the judge reads this many new tokens
     max_new_tokens: int = Field(default=24, ge=1, le=512)
     batch_size: int = Field(default=24, ge=1)

@@ -166,6 +166,11 @@ class Task:
         """One ``{where, code, message}`` per sanity flag in ``results[name]``."""
         return []
 
+    @staticmethod
+    def rows_of(entries: list[dict[str, Any]], where: Any) -> list[dict[str, str]]:
+        """``flag_rows`` of entries that carry ``flags``; ``where(entry)`` names the entry."""
+        return [{"where": where(e), **flag} for e in entries for flag in e.get("flags", [])]
+
     @classmethod
     def threat_models(cls, results: dict[str, Any]) -> list[dict[str, Any]]:
         """The threat models the task's cells ran under (the report's threat table)."""

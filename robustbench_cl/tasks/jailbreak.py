@@ -32,7 +32,6 @@ from robustbench_cl.data.chat import ChatData, answer_correct, is_refusal, make_
 from robustbench_cl.engine import sanity
 from robustbench_cl.engine.config import (
     DefenseConfig,
-    JailbreakAttackConfig,
     JailbreakConfig,
     MatrixConfig,
     ModelConfig,
@@ -64,22 +63,6 @@ DEFAULT_THREATS = {
         "eps_relative": True,
     },
 }
-
-
-def _threats(attack: JailbreakAttackConfig, index: int) -> list[ThreatModel]:
-    field = f"jailbreak.attacks[{index}].threat"
-    if attack.threat is None:
-        if attack.attack not in DEFAULT_THREATS:
-            raise UserError(field, f"{attack.attack} has no default threat", "give a threat")
-        values = [DEFAULT_THREATS[attack.attack]]
-    else:
-        base = attack.threat.model_dump()
-        values = [dict(base, eps=eps) for eps in attack.threat.eps_values()]
-    threats = []
-    for value in values:
-        with under_field(field):
-            threats.append(ThreatModel(**value))
-    return threats
 
 
 def expand_jailbreak(config: MatrixConfig) -> dict[str, Any]:
@@ -117,7 +100,7 @@ def expand_jailbreak(config: MatrixConfig) -> dict[str, Any]:
                 f"{attack.attack} is not a jailbreak attack",
                 "use direct, embedding or gcg (see `robustbench-cl list attacks`)",
             )
-        for threat in _threats(attack, index):
+        for threat in attack.threat_models(f"jailbreak.attacks[{index}].threat", DEFAULT_THREATS):
             reason = built.supports(threat, "jailbreak")
             if reason is not None:
                 raise UserError(
@@ -280,11 +263,9 @@ class JailbreakTask(Task):
 
     @classmethod
     def flag_rows(cls, section: dict[str, Any]) -> list[dict[str, str]]:
-        rows = []
-        for cell in section.get("cells", []):
-            where = f"{cell['pair']} | {cell['column']}"
-            rows += [{"where": where, **f} for f in cell.get("flags", [])]
-        return rows
+        return cls.rows_of(
+            section.get("cells", []), lambda cell: f"{cell['pair']} | {cell['column']}"
+        )
 
     @classmethod
     def render(cls, results: dict[str, Any], run_dir: Path | None) -> dict[str, Any] | None:

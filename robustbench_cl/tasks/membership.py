@@ -250,11 +250,9 @@ class MembershipTask(PairTask):
 
     @classmethod
     def flag_rows(cls, section: list[dict[str, Any]]) -> list[dict[str, str]]:
-        rows = []
-        for entry in section:
-            where = f"{entry['pair']} | membership {entry['attack']['label']}"
-            rows += [{"where": where, **f} for f in entry.get("flags", [])]
-        return rows
+        return cls.rows_of(
+            section, lambda entry: f"{entry['pair']} | membership {entry['attack']['label']}"
+        )
 
     @classmethod
     def render(cls, results: dict[str, Any], run_dir: Path | None) -> dict[str, Any] | None:

@@ -286,11 +286,10 @@ class RetrievalTask(Task):
 
     @classmethod
     def flag_rows(cls, section: dict[str, Any]) -> list[dict[str, str]]:
-        rows = []
-        for cell in section.get("cells", []):
-            where = f"{cell['source']} -> {cell['target']} | {cell['attack']['label']}"
-            rows += [{"where": where, **f} for f in cell.get("flags", [])]
-        return rows
+        return cls.rows_of(
+            section.get("cells", []),
+            lambda cell: f"{cell['source']} -> {cell['target']} | {cell['attack']['label']}",
+        )
 
     @classmethod
     def threat_models(cls, results: dict[str, Any]) -> list[dict[str, Any]]:

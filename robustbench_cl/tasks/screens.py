@@ -133,11 +133,7 @@ class ScreensTask(Task):
 
     @classmethod
     def flag_rows(cls, section: dict[str, Any]) -> list[dict[str, str]]:
-        rows = []
-        for row in section.get("rows", []):
-            where = f"{row['label']} | {row['router']}"
-            rows += [{"where": where, **f} for f in row.get("flags", [])]
-        return rows
+        return cls.rows_of(section.get("rows", []), lambda row: f"{row['label']} | {row['router']}")
 
     @classmethod
     def render(cls, results: dict[str, Any], run_dir: Path | None) -> dict[str, Any] | None:

@@ -27,7 +27,7 @@ from rich.table import Table
 from robustbench_cl.attacks import make_attack
 from robustbench_cl.attacks.base import apply_budget, step_hook
 from robustbench_cl.attacks.textret import TextRetrievalAttack
-from robustbench_cl.engine.config import DefenseConfig, ModelConfig, ThreatConfig
+from robustbench_cl.engine.config import DefenseConfig, ModelConfig, SectionAttackConfig
 from robustbench_cl.engine.metrics import rate_entry
 from robustbench_cl.engine.results import attack_entry, model_label
 from robustbench_cl.engine.summary import RunSummary
@@ -65,42 +65,15 @@ class TextRetDataConfig(_Strict):
     n_test: int | None = Field(default=None, ge=1)
 
 
-class TextRetAttackConfig(_Strict):
-    attack: str
-    name: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
-    threat: ThreatConfig | None = None
-
-    @property
-    def label(self) -> str:
-        return self.name or self.attack
-
-
 class TextRetConfig(_Strict):
     data: TextRetDataConfig = Field(default_factory=TextRetDataConfig)
     models: list[ModelConfig] = Field(min_length=1)
     defenses: list[DefenseConfig] = Field(default_factory=lambda: [DefenseConfig()])
-    attacks: list[TextRetAttackConfig] = Field(default_factory=list)
+    attacks: list[SectionAttackConfig] = Field(default_factory=list)
     #: queries attacked per batch
     batch_size: int = Field(default=32, ge=1)
     #: attacked examples kept per cell for the report
     examples: int = Field(default=3, ge=0, le=12)
-
-
-def _threats(attack: TextRetAttackConfig, index: int) -> list[ThreatModel]:
-    field = f"textret.attacks[{index}].threat"
-    if attack.threat is None:
-        if attack.attack not in DEFAULT_THREATS:
-            raise UserError(field, f"{attack.attack} has no default threat", "give a threat")
-        values = [DEFAULT_THREATS[attack.attack]]
-    else:
-        base = attack.threat.model_dump()
-        values = [dict(base, eps=eps) for eps in attack.threat.eps_values()]
-    threats = []
-    for value in values:
-        with under_field(field):
-            threats.append(ThreatModel(**value))
-    return threats
 
 
 def ranks(
@@ -206,7 +179,7 @@ class TextRetrievalTask(Task):
                     f"{attack.attack} is not a text-retrieval attack",
                     "use hotflip, embedding-query or corpus-poison",
                 )
-            for threat in _threats(attack, index):
+            for threat in attack.threat_models(f"textret.attacks[{index}].threat", DEFAULT_THREATS):
                 reason = built.supports(threat, "textret")
                 if reason is not None:
                     raise UserError(f"textret.attacks[{index}].threat", reason, "change the threat")
@@ -548,11 +521,9 @@ class TextRetrievalTask(Task):
 
     @classmethod
     def flag_rows(cls, section: dict[str, Any]) -> list[dict[str, str]]:
-        rows = []
-        for cell in section.get("cells", []):
-            where = f"{cell['pair']} | {cell['column']}"
-            rows += [{"where": where, **f} for f in cell.get("flags", [])]
-        return rows
+        return cls.rows_of(
+            section.get("cells", []), lambda cell: f"{cell['pair']} | {cell['column']}"
+        )
 
     @classmethod
     def threat_models(cls, results: dict[str, Any]) -> list[dict[str, Any]]:
