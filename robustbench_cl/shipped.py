@@ -67,8 +67,11 @@ def seed_cache(home: Path, root: Path = SEEDS) -> int:
     return copied
 
 
-#: keys of an artifact's JSON metadata that time the training: not part of its content
-TIMING_KEYS = frozenset({"wall_time", "seconds", "training_seconds", "fit_time"})
+#: keys that time the work (or count what this run trained, which depends on the cache):
+#: not part of an artifact's content, nor of a record's result
+TIMING_KEYS = frozenset(
+    {"wall_time", "seconds", "training_seconds", "fit_time", "references_trained"}
+)
 
 
 def without_timings(value: Any) -> Any:

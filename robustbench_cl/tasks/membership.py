@@ -222,14 +222,14 @@ class MembershipTask(PairTask):
                 "pair_id": cell.pair_id,
                 "k": k,
                 "in_fraction": fraction,
-                "trained": trained,
+                "references_trained": trained,
             }
         cell = self.cells[unit.key]
         pair = self.by_pair[cell.pair_id]
         self._release_other_pairs(pair.id)
         record = audit.run(cell, self.model(pair), self.progress)
         if len(unit.needs) > 1:  # trained by the references unit, loaded here
-            record["references_trained"] = inputs[unit.needs[1]]["trained"]
+            record["references_trained"] = inputs[unit.needs[1]]["references_trained"]
         self.progress.batch_done()
         return record
 
