@@ -192,6 +192,8 @@ def test_the_textret_task_end_to_end_with_schema_report_table_and_resume(tmp_pat
     records = [json.loads(line) for line in (run_dir / "cells.jsonl").read_text().splitlines()]
     assert [r["type"] for r in records].count("textret_clean") == 3
     assert [r["type"] for r in records].count("textret") == 6
+    for auc in (r for r in records if r["type"] == "textret_auc"):
+        assert 0.5 < auc["global_auc"] <= 1 and 0.5 < auc["per_query_auc"] <= 1
     cells = [r for r in records if r["type"] == "textret"]
     for cell in cells:
         for entry in cell["asr"].values():

@@ -99,6 +99,26 @@ def ndcg10(
     return torch.stack(gains)
 
 
+def score_auc(scores: torch.Tensor, relevant: list[torch.Tensor]) -> dict[str, float]:
+    """ROC-AUC of the query-passage scores, relevant pairs against the rest: ``global_auc``
+    pools every pair of every query (one threshold for all queries: what the MW loss targets),
+    ``per_query_auc`` averages each query's own AUC (the ordering InfoNCE optimises)."""
+    positive = torch.zeros_like(scores, dtype=torch.bool)
+    for row, rel in enumerate(relevant):
+        positive[row, rel] = True
+    flat, labels = scores.flatten(), positive.flatten()
+    order = flat.argsort()
+    ranks_ = torch.empty_like(order, dtype=torch.float64)
+    ranks_[order] = torch.arange(1, len(flat) + 1, dtype=torch.float64, device=flat.device)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    global_auc = (ranks_[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    per_query = []
+    for row in range(scores.shape[0]):
+        pos, neg = scores[row][positive[row]], scores[row][~positive[row]]
+        per_query.append((pos[:, None] > neg[None, :]).double().mean())
+    return {"global_auc": float(global_auc), "per_query_auc": float(torch.stack(per_query).mean())}
+
+
 def metrics(rank: torch.Tensor, ndcg: torch.Tensor) -> dict[str, float]:
     out = {
         "mrr@10": float(((1 / rank.float()) * (rank <= 10)).mean()),
@@ -113,7 +133,7 @@ class TextRetrievalTask(Task):
     """Dense text retrievers (and their defenses) under query, passage and poisoning attacks."""
 
     section_type = TextRetConfig
-    record_types = ("textret_clean", "textret")
+    record_types = ("textret_clean", "textret_auc", "textret")
     template = Path(__file__).parent / "templates" / "textret.html.j2"
     title = "Text retrieval"
     data_sources: ClassVar[tuple[tuple[str, str], ...]] = (
@@ -205,6 +225,8 @@ class TextRetrievalTask(Task):
                 clean_id = stable_hash({"textret_clean": pair_key})
                 label = f"{model.label} / {defense.label}"
                 units.append(Unit(clean_id, f"{label} | text retrieval clean", "clean", (mi, di)))
+                auc_id = stable_hash({"textret_auc": pair_key})
+                units.append(Unit(auc_id, f"{label} | score AUC", "auc", (mi, di), (clean_id,)))
                 for ci, column in enumerate(self.columns):
                     cell_id = stable_hash(
                         {
@@ -266,7 +288,7 @@ class TextRetrievalTask(Task):
         return self._retriever, self._passages
 
     def batches(self, unit: Unit, inputs: dict[str, dict[str, Any]]) -> int:
-        if unit.kind == "clean":
+        if unit.kind in ("clean", "auc"):
             return 1
         return -(-len(self.corpus.test) // self.section.batch_size)
 
@@ -298,6 +320,15 @@ class TextRetrievalTask(Task):
                     "ranker_loss_history": info.get("ranker_loss_history"),
                 },
                 "wall_time": time.perf_counter() - start,
+            }
+        if unit.kind == "auc":
+            query = retriever.encode([q.text for q in corpus.test])
+            self.progress.batch_done()
+            return {
+                "type": "textret_auc",
+                "id": unit.id,
+                "clean_id": unit.needs[0],
+                **score_auc(query @ passages.T, self._relevant),
             }
         column = self.columns[unit.key[2]]
         return self.attack_cell(unit, inputs[unit.needs[0]], column, retriever, passages)
@@ -478,6 +509,7 @@ class TextRetrievalTask(Task):
     def summarize(cls, summary: RunSummary, results: dict[str, Any]) -> dict[str, Any] | None:
         cleans = summary.of("textret_clean")
         cells = summary.of("textret")
+        aucs = {r["clean_id"]: r for r in summary.of("textret_auc")}
         if not cleans and not cells:
             return None
         pairs = [
@@ -490,6 +522,8 @@ class TextRetrievalTask(Task):
                 "data": r["data"],
                 "metrics": r["metrics"],
                 "training_seconds": (r.get("training") or {}).get("wall_time"),
+                "global_auc": aucs.get(r["id"], {}).get("global_auc"),
+                "per_query_auc": aucs.get(r["id"], {}).get("per_query_auc"),
             }
             for r in cleans
         ]
