@@ -312,10 +312,9 @@ def test_jailbreak_section_end_to_end_with_lora_schema_report_and_resume(chat, t
     save_chat_lm(chat, tmp_path / "model")
     out = run(_config(tmp_path / "model"), out=tmp_path / "run", device="cpu")
     results = json.loads((out / "results.json").read_text())
-    schema = json.loads(
-        (Path(__file__).parents[1] / "robustbench_cl/engine/results.schema.json").read_text()
-    )
-    jsonschema.validate(results, schema)
+    from robustbench_cl.engine.results import results_schema
+
+    jsonschema.validate(results, results_schema())
     section = results["jailbreak"]
     assert [p["label"] for p in section["pairs"]] == ["tiny / base", "tiny / C-AdvUL"]
     assert section["pairs"][1]["training"]["lora"] is True  # hf: models train LoRA adapters

@@ -392,10 +392,9 @@ def test_screens_section_end_to_end_schema_report_without_pii_and_resume(tmp_pat
 
     out = run(_config(), out=tmp_path / "run", device="cpu")
     results = json.loads((out / "results.json").read_text())
-    schema = json.loads(
-        (Path(__file__).parents[1] / "robustbench_cl/engine/results.schema.json").read_text()
-    )
-    jsonschema.validate(results, schema)
+    from robustbench_cl.engine.results import results_schema
+
+    jsonschema.validate(results, results_schema())
     rows = {(r["label"], r["router"]): r for r in results["screens"]["rows"]}
     assert len(rows) == 6 * len(_routers())
     # the same cached generator; the attention comes from EasyOCR's reading instead of the truth

@@ -1,19 +1,18 @@
 """``results.json``: the versioned, machine-readable result of a run.
 
 Derived from ``cells.jsonl`` and ``meta.json`` (never by running a model), validated against
-``results.schema.json`` beside this file and documented in ``docs/results-schema.md``. The HTML
+the JSON Schema generated from the typed models (:mod:`robustbench_cl.engine.results_models`
+and each task's ``section_model``) and documented in ``docs/results-schema.md``. The HTML
 report and ``compare`` read this dict, so anything a report shows is in the JSON too.
 
 Per-sample outcomes stay in ``cells.jsonl``; ``results.json`` carries the aggregates.
 Bump ``SCHEMA_VERSION`` (major for a removed or renamed field, minor for an added one) whenever
-the shape changes, and update the schema file and the doc with it.
+the shape changes, and update the models and the doc with it.
 """
 
 from __future__ import annotations
 
-import copy
 import json
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -21,25 +20,39 @@ from robustbench_cl.engine.store import write_json_atomic
 from robustbench_cl.engine.summary import RunSummary, load_run, threat_sort_key
 
 SCHEMA_VERSION = "1.1"
-SCHEMA_PATH = Path(__file__).with_name("results.schema.json")
 
 
-@cache
-def packaged_schema() -> dict[str, Any]:
-    return json.loads(SCHEMA_PATH.read_text())
+def results_model() -> type:
+    """The ``results.json`` model: the core (run, threat models, pairs, cells) and one optional
+    field per registered task with a section (its ``section_model``, or any JSON value)."""
+    from pydantic import create_model
+
+    from robustbench_cl.engine.results_models import CoreResults
+    from robustbench_cl.engine.task import task_classes
+
+    fields: dict[str, Any] = {}
+    for task in task_classes():
+        if task.name == "classification":
+            continue
+        kind = task.section_model if task.section_model is not None else Any
+        fields[task.name] = (kind | None, None)
+    return create_model("Results", __base__=CoreResults, **fields)
 
 
 def results_schema() -> dict[str, Any]:
-    """The packaged schema, plus the section of every task registered outside the package
-    (its ``Task.schema``, or any JSON value when it declares none)."""
+    """The JSON Schema of ``results.json``, generated from :func:`results_model` (a task that
+    gives a JSON Schema dict instead of a model gets it as its section's schema)."""
     from robustbench_cl.engine.task import task_classes
 
-    schema = copy.deepcopy(packaged_schema())
+    schema = results_model().model_json_schema(by_alias=True)
     for task in task_classes():
-        if task.name not in schema["properties"] and task.name != "classification":
+        if task.section_model is None and task.name in schema["properties"]:
             schema["properties"][task.name] = task.schema or {
                 "description": f"the {task.name} task's section (it declares no schema)"
             }
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://robustbench-cl.invalid/results.schema.json"
+    schema["title"] = "robustbench_cl results.json"
     return schema
 
 

@@ -105,7 +105,9 @@ class Task:
     #: the report's navigation link and section anchor (default: the name)
     title: ClassVar[str] = ""
     anchor: ClassVar[str] = ""
-    #: the JSON Schema of the task's results section (packaged tasks: in results.schema.json)
+    #: the type of the task's ``results.json`` section (pydantic models): the results schema is
+    #: generated from it; a task may give a JSON Schema dict (``schema``) instead
+    section_model: ClassVar[Any] = None
     schema: ClassVar[dict[str, Any] | None] = None
     #: ``(spec, description)`` of each data source its section can name (``list datasets``)
     data_sources: ClassVar[tuple[tuple[str, str], ...]] = ()

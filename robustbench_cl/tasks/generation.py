@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel, Field
 from rich.table import Table
 from torch import nn
 
@@ -33,6 +34,7 @@ from robustbench_cl.attacks.generation import SEED_KINDS, class_conditional_asce
 from robustbench_cl.data import TensorData, load_dataset
 from robustbench_cl.defenses import make_defense
 from robustbench_cl.engine.config import GenerationConfig
+from robustbench_cl.engine.results_models import STRICT, Probability
 from robustbench_cl.engine.summary import RunSummary
 from robustbench_cl.engine.task import Unit, register_task
 from robustbench_cl.privacy.metrics import auc as roc_auc
@@ -332,3 +334,42 @@ def generation_table(summary: RunSummary) -> Table | None:
             note,
         )
     return table
+
+
+# ---------------------------------------------------------------------- results.json
+class GenerationTraining(BaseModel):
+    final_gen_steps: int | None = None
+    nan_batches: int | None = Field(None, ge=0)
+    auc_std_last_100: float | None = None
+    auc_mean_last_100: float | None = None
+    batches: int | None = Field(None, ge=0)
+    auc_trace: list[float] | None = None
+    gen_steps_trace: list[int] | None = None
+
+
+class GenerationEntry(BaseModel):
+    """
+    class-conditional samples of one (model, defense), scored by an independent judge
+    """
+
+    model_config = STRICT
+    id: str
+    pair_id: str
+    pair: str
+    judge: str
+    n_samples: int = Field(..., ge=0)
+    steps: int = Field(..., ge=0)
+    step_size: float = Field(..., ge=0.0)
+    intended_class_accuracy: float = Field(..., ge=0.0, le=1.0)
+    mini_fid: float = Field(..., ge=0.0)
+    fid_train_vs_eval: float = Field(..., ge=0.0)
+    fid_seeds_vs_eval: float = Field(..., ge=0.0)
+    ood_auroc: float = Field(..., ge=0.0, le=1.0)
+    ood_auroc_by_kind: dict[str, Probability]
+    samples_in_bounds: bool
+    training: GenerationTraining | None
+    grid: str
+    wall_time: float = Field(..., ge=0.0)
+
+
+GenerationTask.section_model = list[GenerationEntry]

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel
 from rich.table import Table
 
 from robustbench_cl.attacks import make_attack
@@ -39,6 +40,7 @@ from robustbench_cl.engine.config import (
 )
 from robustbench_cl.engine.metrics import rate_entry
 from robustbench_cl.engine.results import attack_entry, model_label
+from robustbench_cl.engine.results_models import STRICT, Flag, Rate
 from robustbench_cl.engine.summary import RunSummary
 from robustbench_cl.engine.task import RunContext, Task, Unit, register_task
 from robustbench_cl.errors import UserError, under_field
@@ -630,3 +632,69 @@ def jailbreak_table(summary: RunSummary) -> Table | None:
             passes,
         )
     return table
+
+
+# ---------------------------------------------------------------------- results.json
+class JailbreakPair(BaseModel):
+    model_config = STRICT
+    id: str
+    label: str
+    model: str
+    defense: str
+    defense_kind: str
+    utility: Rate
+    utility_by_task: dict[str, Rate]
+    over_refusal: Rate
+    borderline_correct: Rate
+    training: dict[str, Any] | None
+    training_passes: int | None
+    compute_vs_cadv_ul: float | None
+    embedding_scale: float
+    examples: list[dict[str, Any]]
+
+
+class LlmExample(BaseModel):
+    prompt: str
+    completion: str
+    label: str | None = None
+    success: bool | None = None
+
+
+class JailbreakCell(BaseModel):
+    model_config = STRICT
+    id: str
+    clean_id: str
+    pair: str
+    attack: dict[str, Any]
+    column: str
+    threat: dict[str, Any]
+    n: int
+    forced_asr: Rate
+    judged_asr: Rate
+    refused: int
+    undetermined: int
+    suffix_retokenizes: float | None
+    generation: dict[str, Any]
+    cost: dict[str, Any]
+    examples: list[LlmExample]
+    wall_time: float
+    not_refused: Rate
+    flags: list[Flag]
+    """
+    sanity flags (docs/sanity-checks.md)
+    """
+
+
+class JailbreakSection(BaseModel):
+    """
+    Chat LLMs under jailbreak attacks: per (model, defense) benign utility, over-refusal and training compute; per (attack, eps) forced and judged ASR with Wilson intervals.
+    """
+
+    model_config = STRICT
+    pairs: list[JailbreakPair]
+    cells: list[JailbreakCell]
+    columns: list[str]
+    worst_case: list[Rate]
+
+
+JailbreakTask.section_model = JailbreakSection

@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, Field
 from rich.table import Table
 from torch import nn
 
 from robustbench_cl.data import TensorData, load_dataset
 from robustbench_cl.engine import sanity
 from robustbench_cl.engine.results import attack_entry
+from robustbench_cl.engine.results_models import STRICT, Attack, Flag, Interval, Probability
 from robustbench_cl.engine.summary import RunSummary
 from robustbench_cl.engine.task import Unit, register_task
 from robustbench_cl.errors import UserError
@@ -346,3 +348,40 @@ def membership_table(summary: RunSummary) -> Table | None:
                 pair.label, skipped["attack"], "n/a", "no recipe", *[""] * (len(alphas) + 2)
             )
     return table
+
+
+# ---------------------------------------------------------------------- results.json
+class MembershipEntry(BaseModel):
+    """
+    one membership-inference column for one (model, defense)
+    """
+
+    model_config = STRICT
+    id: str
+    pair_id: str
+    pair: str
+    attack: Attack
+    n_members: int = Field(..., ge=0)
+    n_nonmembers: int = Field(..., ge=0)
+    fpr_resolution: float = Field(..., ge=0.0, le=1.0)
+    auc: float = Field(..., ge=0.0, le=1.0)
+    auc_ci95: Interval
+    advantage: float = Field(..., ge=0.0, le=1.0)
+    advantage_ci95: Interval
+    tpr_at_fpr: dict[str, Probability]
+    tpr_at_fpr_ci95: dict[str, Interval]
+    bootstrap: int = Field(..., ge=0)
+    fpr: list[Probability]
+    tpr: list[Probability]
+    reference_models: int = Field(..., ge=0)
+    offline: bool
+    population_z: int = Field(..., ge=0)
+    wall_time: float = Field(..., ge=0.0)
+    reference_in_fraction: float | None = Field(None, gt=0.0, lt=1.0)
+    flags: list[Flag]
+    """
+    sanity flags (docs/sanity-checks.md)
+    """
+
+
+MembershipTask.section_model = list[MembershipEntry]

@@ -17,10 +17,12 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel
 from rich.table import Table
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -37,6 +39,7 @@ from robustbench_cl.engine import sanity
 from robustbench_cl.engine.config import MatrixConfig, ModelConfig, RetrievalConfig
 from robustbench_cl.engine.metrics import wilson_interval
 from robustbench_cl.engine.results import attack_entry, model_label
+from robustbench_cl.engine.results_models import STRICT, Flag
 from robustbench_cl.engine.summary import RunSummary, threat_label
 from robustbench_cl.engine.task import RunContext, Task, Unit, register_task
 from robustbench_cl.errors import UserError, under_field
@@ -647,3 +650,63 @@ def retrieval_table(summary: RunSummary) -> Table | None:
     )
     table.caption = f"clean: {clean}"
     return table
+
+
+# ---------------------------------------------------------------------- results.json
+class RetrievalClean(BaseModel):
+    model_config = STRICT
+    id: str
+    model: str
+    model_spec: str
+    n_images: int
+    n_captions: int
+    recall: dict[str, float]
+
+
+class RetrievalAccess(Enum):
+    WHITE_BOX = "white-box"
+    TRANSFER = "transfer"
+
+
+class RetrievalAsr(BaseModel):
+    asr: float | None
+    broken: int
+    previously_correct: int
+    ci95: list[Any] | None
+
+
+class RetrievalCell(BaseModel):
+    model_config = STRICT
+    id: str
+    fit_id: str
+    source: str
+    target: str
+    attack: dict[str, Any]
+    threat: dict[str, Any]
+    threat_label: str
+    access: RetrievalAccess
+    recall: dict[str, float]
+    asr: dict[str, RetrievalAsr]
+    delta_linf: float
+    word: str | None
+    fit: dict[str, Any]
+    perturbation: str
+    examples: list[dict[str, Any]]
+    example_images: str | None
+    flags: list[Flag]
+    """
+    sanity flags (docs/sanity-checks.md)
+    """
+
+
+class RetrievalSection(BaseModel):
+    """
+    Image-text retrieval under universal perturbations: clean R@K per model, and per (source, attack, eps, target) R@K and ASR@K over the previously-correct queries.
+    """
+
+    model_config = STRICT
+    clean: list[RetrievalClean]
+    cells: list[RetrievalCell]
+
+
+RetrievalTask.section_model = RetrievalSection

@@ -13,11 +13,13 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel, Field
 from rich.table import Table
 
 from robustbench_cl.engine import sanity
@@ -28,6 +30,7 @@ from robustbench_cl.engine.config import (
     refuse_duplicate_labels,
 )
 from robustbench_cl.engine.metrics import rate_entry
+from robustbench_cl.engine.results_models import STRICT, Flag, Rate
 from robustbench_cl.engine.summary import RunSummary
 from robustbench_cl.engine.task import RunContext, Task, Unit, register_task
 from robustbench_cl.errors import ThreatModelViolation, UserError
@@ -458,3 +461,60 @@ def screens_table(summary: RunSummary) -> Table | None:
 
 
 __all__ = ["ScreensTask", "column_label", "expand_screens", "screen_rows"]
+
+
+# ---------------------------------------------------------------------- results.json
+class RouterAccess(Enum):
+    WHITE_BOX = "white-box"
+    BLACK_BOX = "black-box"
+
+
+class ScreensRouter(BaseModel):
+    access: RouterAccess
+    settings: dict[str, Any]
+
+
+class ProtectorKind(Enum):
+    CLEAN = "clean"
+    NOISE = "noise"
+    PGD = "pgd"
+    BLACKOUT = "blackout"
+    DUALTAP = "dualtap"
+
+
+class ScreensRow(BaseModel):
+    model_config = STRICT
+    id: str
+    label: str
+    protector: ProtectorKind
+    name: str
+    eps: float | None
+    router: str
+    access: RouterAccess
+    plr: Rate
+    plr_exact: Rate
+    zero_leak: Rate
+    tsr: Rate
+    by_field: dict[str, Rate]
+    psnr: float
+    ssim: float
+    linf: float = Field(..., ge=0.0)
+    training_seconds: float | None
+    plr_change: float | None
+    tsr_change: float | None
+    flags: list[Flag]
+    """
+    sanity flags (docs/sanity-checks.md)
+    """
+
+
+class ScreensSection(BaseModel):
+    model_config = STRICT
+    data: dict[str, Any]
+    routers: dict[str, ScreensRouter]
+    rules: dict[str, str]
+    rows: list[ScreensRow]
+    examples: list[dict[str, Any]]
+
+
+ScreensTask.section_model = ScreensSection
