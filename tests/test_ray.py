@@ -180,3 +180,13 @@ def test_every_task_gives_identical_records_on_ray_and_locally(local_ray, tmp_pa
     remote_results = json.loads((remote / "results.json").read_text())
     for key in set(local_results) - {"run"}:
         assert _without_paths(remote_results[key]) == _without_paths(local_results[key]), key
+
+
+def test_a_second_ray_run_of_the_same_config_writes_its_own_artifacts(local_ray, tmp_path):
+    """Workers keep their tasks between shards; a run into another directory must not reuse
+    the first run's task (its fitted perturbations would land in the first directory)."""
+    config = _retrieval()
+    for name in ("first", "second"):
+        run = rbcl.run(config, out=tmp_path / name, profile=None, device="cpu", executor="ray")
+        cells = json.loads((run / "results.json").read_text())["retrieval"]["cells"]
+        assert cells and all((run / cell["perturbation"]).exists() for cell in cells), name

@@ -258,7 +258,8 @@ def seed_unit(seed: int, unit_id: str, shard: int) -> None:
 
 
 # ---------------------------------------------------------------------- Ray workers
-#: a worker's tasks, kept between the shards it runs (models stay loaded): (config, name) -> task
+#: a worker's tasks, kept between the shards it runs (models stay loaded): keyed by the config,
+#: the run directory (workers write artifacts there) and the device, and the task's name
 _WORKER_TASKS: dict[tuple[str, str], tuple[Task, dict[str, Unit]]] = {}
 
 
@@ -283,11 +284,13 @@ def run_remote_shard(
     from robustbench_cl.utils import stable_hash
 
     torch.set_num_threads(threads)
-    key = (stable_hash(config), task_name)
+    run = stable_hash({"config": config, "run_dir": run_dir, "device": device})
+    key = (run, task_name)
     if key not in _WORKER_TASKS:
-        for held, _ in _WORKER_TASKS.values():  # one config's tasks at a time per worker
-            held.close()
-        _WORKER_TASKS.clear()
+        if any(held_run != run for held_run, _ in _WORKER_TASKS):  # one run at a time
+            for held, _ in _WORKER_TASKS.values():
+                held.close()
+            _WORKER_TASKS.clear()
         import importlib
 
         importlib.import_module(task_module)  # registers a task defined outside the package
