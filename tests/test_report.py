@@ -175,7 +175,7 @@ def test_quickstart_report_has_every_section_with_data():
         assert section in sections, section
     assert ("sanity" in sections) == (load_results(QUICKSTART)["flag_count"] > 0)
     assert "<svg" in html and "data:image/png;base64," in html
-    assert "robustbench-cl run quickstart" in html  # reproduce: the exact command
+    assert re.search(r"robustbench-cl( --\S+ \S+)* run quickstart", html)  # reproduce: the command
     assert load_results(QUICKSTART)["run"]["config_hash"] in html
     assert "privacy" in sections and "Membership inference" in html  # the LOSS/LiRA slice
     # the jailbreak slice: prompts and completions, escaped (the apostrophe is an entity)
@@ -393,3 +393,13 @@ def test_a_run_records_the_content_hash_of_each_artifact_it_used(tmp_path):
     artifacts = json.loads((out / "meta.json").read_text())["artifacts"]
     (name,) = [key for key in artifacts if key.startswith("models/digits-cnn-")]
     assert re.fullmatch(r"[0-9a-f]{16}", artifacts[name])
+    # a resumed run keeps the artifacts its earlier invocation used (it loads nothing new here)
+    from robustbench_cl.models.artifacts import USED_ARTIFACTS
+
+    meta = json.loads((out / "meta.json").read_text())
+    meta["artifacts"]["defenses/earlier-run"] = "0123456789abcdef"
+    (out / "meta.json").write_text(json.dumps(meta))
+    USED_ARTIFACTS.pop("defenses/earlier-run", None)
+    run(config, out=out, device="cpu")
+    resumed = json.loads((out / "meta.json").read_text())["artifacts"]
+    assert resumed["defenses/earlier-run"] == "0123456789abcdef" and name in resumed

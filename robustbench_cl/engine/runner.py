@@ -8,6 +8,7 @@ and ``meta.json``, runs the units of every task whose section the config has
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import platform
 import socket
@@ -138,6 +139,12 @@ def run(
                 f"{run_dir} holds a run of a different config",
                 "use --fresh to overwrite it, or another --out",
             )
+    # a resumed run's records came from several invocations: keep the artifacts the earlier
+    # ones used (an artifact used again, under whatever hash it has now, is replaced below)
+    earlier: dict[str, str] = {}
+    if resume and (run_dir / "meta.json").exists():
+        with contextlib.suppress(ValueError, OSError):
+            earlier = dict(json.loads((run_dir / "meta.json").read_text()).get("artifacts") or {})
     ctx = RunContext(config, run_dir, resolved_device, progress, resume=resume)
     # every task validates its section and plans its units before anything is written
     tasks = [task_class(ctx) for task_class in active_tasks(config)]
@@ -163,7 +170,7 @@ def run(
     from robustbench_cl.models.artifacts import USED_ARTIFACTS
 
     # content hashes of the cached weights this process and its Ray workers used
-    meta["artifacts"] = dict(sorted(USED_ARTIFACTS.items()))
+    meta["artifacts"] = dict(sorted({**earlier, **USED_ARTIFACTS}.items()))
     meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     meta["wall_time"] = time.perf_counter() - started
     write_json_atomic(run_dir / "meta.json", meta)
