@@ -102,6 +102,8 @@ class Task:
     record_types: ClassVar[tuple[str, ...]] = ()
     #: the report section's jinja template: a name under report/templates, or a Path
     template: ClassVar[str | Path | None] = None
+    #: where the task runs and appears among the others (then by name)
+    order: ClassVar[int] = 100
     #: the report's navigation link and section anchor (default: the name)
     title: ClassVar[str] = ""
     anchor: ClassVar[str] = ""
@@ -211,15 +213,10 @@ def builtin_tasks() -> None:
     import robustbench_cl  # noqa: F401
 
 
-#: the order tasks run and appear in results and reports (registration order for the rest)
-ORDER = ("classification", "membership", "generation", "retrieval", "jailbreak", "screens")
-
-
 def task_classes() -> list[type[Task]]:
+    """Every registered task, in the order they run and appear in results and reports."""
     builtin_tasks()
-    names = TASKS.names()
-    ordered = [n for n in ORDER if n in names] + [n for n in names if n not in ORDER]
-    return [TASKS.get(n) for n in ordered]
+    return sorted((TASKS.get(n) for n in TASKS.names()), key=lambda t: (t.order, t.name))
 
 
 def active_tasks(config: MatrixConfig) -> list[type[Task]]:

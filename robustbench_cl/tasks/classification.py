@@ -56,6 +56,8 @@ class ShardPart:
 class ClassificationTask(PairTask):
     """Clean and robust accuracy of every (model, defense) pair under every attack."""
 
+    order = 0
+
     record_types = ("clean", "cell")
 
     def plan(self) -> list[Unit]:

@@ -196,6 +196,8 @@ def sample_grid(samples: torch.Tensor, per_class: int, n_classes: int, columns: 
 class GenerationTask(PairTask):
     """Generation columns: each pair's classifier as a sampler, scored by an independent judge."""
 
+    order = 20
+
     record_types = ("generation",)
     template = Path(__file__).parent / "templates" / "generation.html.j2"
     title = "Generation"

@@ -120,6 +120,8 @@ def expand_jailbreak(config: MatrixConfig) -> dict[str, Any]:
 class JailbreakTask(Task):
     """Chat LLMs (and their defenses) under jailbreak attacks: the ``jailbreak:`` section."""
 
+    order = 40
+
     record_types = ("jailbreak_clean", "jailbreak")
     data_sources = (
         ("(built in)", "synthetic harmful, benign and borderline chat prompts"),

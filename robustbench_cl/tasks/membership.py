@@ -154,6 +154,8 @@ class MembershipAudit:
 class MembershipTask(PairTask):
     """Membership-inference columns: does each (model, defense) leak its training set?"""
 
+    order = 10
+
     record_types = ("membership",)
     template = Path(__file__).parent / "templates" / "membership.html.j2"
     anchor = "privacy"

@@ -167,6 +167,8 @@ def expand_retrieval(config: MatrixConfig) -> list[dict[str, Any]]:
 class RetrievalTask(Task):
     """Image-text retrieval under universal perturbations: fit once per source, evaluate on all."""
 
+    order = 30
+
     record_types = ("retrieval_clean", "retrieval_fit", "retrieval")
     data_sources = (
         ("shapes", "built-in captioned shapes (retrieval.data.name)"),

@@ -77,6 +77,8 @@ def column_label(name: str, eps: float | None) -> str:
 class ScreensTask(Task):
     """Screenshot privacy: PII routers (OCR) against protectors, the ``screens:`` section."""
 
+    order = 50
+
     record_types = ("screen",)
     data_sources = (
         ("privscreen-mini[?n=160&seed=0]", "rendered phone screens with PII boxes"),

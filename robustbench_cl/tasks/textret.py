@@ -132,6 +132,8 @@ def metrics(rank: torch.Tensor, ndcg: torch.Tensor) -> dict[str, float]:
 class TextRetrievalTask(Task):
     """Dense text retrievers (and their defenses) under query, passage and poisoning attacks."""
 
+    order = 60
+
     section_type = TextRetConfig
     record_types = ("textret_clean", "textret_auc", "textret")
     template = Path(__file__).parent / "templates" / "textret.html.j2"
