@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -228,8 +228,6 @@ class AR2(RetrieverFineTune):
     """AR2: retriever-ranker minimax game with ranker-to-retriever distillation."""
 
     name = "ar2"
-    version = 1
-    tasks: ClassVar[frozenset[str]] = frozenset({"textret"})
 
     def __init__(
         self,

@@ -14,6 +14,7 @@ seeded by (unit id, shard) and run the same code either way, so the records are 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -78,7 +79,7 @@ def _record(
     parts: list[Any] | None = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    with under_field(unit.field) if unit.field else _nothing():
+    with under_field(unit.field) if unit.field else contextlib.nullcontext():
         if local:
             parts = []
             for shard in range(unit.shards):
@@ -154,9 +155,3 @@ def _execute_remote(
         submit_ready()
     if waiting:
         raise RuntimeError(f"units never became ready: {waiting[0][1].label}")
-
-
-class _nothing:
-    def __enter__(self) -> None: ...
-
-    def __exit__(self, *exc: object) -> None: ...

@@ -26,8 +26,7 @@ import torch
 from pydantic import BaseModel
 from rich.table import Table
 
-from robustbench_cl.attacks import make_attack
-from robustbench_cl.attacks.base import apply_budget, step_hook
+from robustbench_cl.attacks.base import step_hook
 from robustbench_cl.attacks.jailbreak import JailbreakAttack, judge, judge_settings
 from robustbench_cl.data.chat import ChatData, answer_correct, is_refusal, make_chat
 from robustbench_cl.engine import sanity
@@ -43,9 +42,9 @@ from robustbench_cl.engine.results import attack_entry, model_label
 from robustbench_cl.engine.results_models import STRICT, Flag, Rate
 from robustbench_cl.engine.summary import RunSummary
 from robustbench_cl.engine.task import RunContext, Task, Unit, register_task
-from robustbench_cl.errors import UserError, under_field
 from robustbench_cl.report.media import EXAMPLES_TOTAL
 from robustbench_cl.report.table import percent_or_dash
+from robustbench_cl.tasks.sections import build_columns, build_defenses, check_models
 from robustbench_cl.threat import ThreatModel
 from robustbench_cl.utils import derive_seed, stable_hash
 
@@ -69,8 +68,6 @@ DEFAULT_THREATS = {
 
 def expand_jailbreak(config: MatrixConfig) -> dict[str, Any]:
     """Validate the section; the (model, defense) pairs and the (attack, threat) columns."""
-    from robustbench_cl.defenses import make_defense
-    from robustbench_cl.models import check_spec
 
     section = config.jailbreak
     assert section is not None
@@ -78,39 +75,21 @@ def expand_jailbreak(config: MatrixConfig) -> dict[str, Any]:
         from robustbench_cl.data.behaviors import load_behaviors
 
         load_behaviors(section.data.behaviors)
-    for index, model in enumerate(section.models):
-        with under_field(f"jailbreak.models[{index}].spec", replace=True):
-            check_spec(model.spec)
-    defenses = []
-    for index, defense in enumerate(section.defenses):
-        with under_field(f"jailbreak.defenses[{index}]"):
-            built = make_defense(defense.defense, **defense.params)
-        if built.kind != "none" and "jailbreak" not in getattr(built, "tasks", ()):
-            raise UserError(
-                f"jailbreak.defenses[{index}]",
-                f"{defense.defense} does not train chat models",
-                "use none, cadv-ul, cadv-ipo or discrete-at",
-            )
-        defenses.append((defense, built))
-    columns = []
-    for index, attack in enumerate(section.attacks):
-        with under_field(f"jailbreak.attacks[{index}]"):
-            built = make_attack(attack.attack, **attack.params)
-        if not isinstance(built, JailbreakAttack):
-            raise UserError(
-                f"jailbreak.attacks[{index}]",
-                f"{attack.attack} is not a jailbreak attack",
-                "use direct, embedding or gcg (see `robustbench-cl list attacks`)",
-            )
-        for threat in attack.threat_models(f"jailbreak.attacks[{index}].threat", DEFAULT_THREATS):
-            reason = built.supports(threat, "jailbreak")
-            if reason is not None:
-                raise UserError(
-                    f"jailbreak.attacks[{index}].threat", reason, "change the attack or its threat"
-                )
-            with under_field(f"jailbreak.attacks[{index}].threat"):
-                apply_budget(built, threat)  # the same budget for every eps of the entry
-            columns.append({"config": attack, "built": built, "threat": threat})
+    check_models("jailbreak", section.models)
+    defenses = build_defenses(
+        "jailbreak",
+        section.defenses,
+        "does not train chat models",
+        "use none, cadv-ul, cadv-ipo or discrete-at",
+    )
+    columns = build_columns(
+        "jailbreak",
+        section.attacks,
+        JailbreakAttack,
+        "is not a jailbreak attack",
+        "use direct, embedding or gcg (see `robustbench-cl list attacks`)",
+        DEFAULT_THREATS,
+    )
     labels = [jailbreak_label(c["threat"].to_dict(), c["config"].label) for c in columns]
     refuse_duplicate_labels(labels, "jailbreak.attacks[].name", "attack columns")
     return {"models": section.models, "defenses": defenses, "columns": columns}

@@ -24,8 +24,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rich.table import Table
 
-from robustbench_cl.attacks import make_attack
-from robustbench_cl.attacks.base import apply_budget, step_hook
+from robustbench_cl.attacks.base import step_hook
 from robustbench_cl.attacks.textret import TextRetrievalAttack
 from robustbench_cl.engine.config import DefenseConfig, ModelConfig, SectionAttackConfig
 from robustbench_cl.engine.metrics import rate_entry
@@ -34,6 +33,7 @@ from robustbench_cl.engine.summary import RunSummary
 from robustbench_cl.engine.task import RunContext, Task, Unit, register_task
 from robustbench_cl.errors import UserError, under_field
 from robustbench_cl.report.table import percent_or_dash
+from robustbench_cl.tasks.sections import build_columns, build_defenses, check_models
 from robustbench_cl.threat import ThreatModel
 from robustbench_cl.utils import derive_seed, stable_hash
 
@@ -80,16 +80,23 @@ def ranks(
     query: torch.Tensor, passages: torch.Tensor, relevant: list[torch.Tensor]
 ) -> torch.Tensor:
     """1-based rank of each query's best-ranked relevant passage among all passages."""
-    scores = query @ passages.T
-    best = torch.stack([scores[i, rel].max() for i, rel in enumerate(relevant)])
-    return (scores > best[:, None]).sum(1) + 1
+    return _ranks(query @ passages.T, relevant)
 
 
 def ndcg10(
     query: torch.Tensor, passages: torch.Tensor, relevant: list[torch.Tensor]
 ) -> torch.Tensor:
     """nDCG@10 with binary relevance, per query."""
-    top = (query @ passages.T).topk(min(10, passages.shape[0]), dim=1).indices
+    return _ndcg10(query @ passages.T, relevant)
+
+
+def _ranks(scores: torch.Tensor, relevant: list[torch.Tensor]) -> torch.Tensor:
+    best = torch.stack([scores[i, rel].max() for i, rel in enumerate(relevant)])
+    return (scores > best[:, None]).sum(1) + 1
+
+
+def _ndcg10(scores: torch.Tensor, relevant: list[torch.Tensor]) -> torch.Tensor:
+    top = scores.topk(min(10, scores.shape[1]), dim=1).indices
     gains = []
     for row, rel in enumerate(relevant):
         hit = torch.isin(top[row], rel.to(top.device)).float()
@@ -97,6 +104,14 @@ def ndcg10(
         ideal = discount[: min(len(rel), len(hit))].sum()
         gains.append((hit * discount).sum() / ideal)
     return torch.stack(gains)
+
+
+def replaced_scores(query, passages, attacked, positive) -> torch.Tensor:  # noqa: ANN001
+    """Query-passage scores when (only) each query's own relevant passage is replaced by its
+    attacked version (the passage attack: one edited passage per query)."""
+    scores = query @ passages.T
+    scores[torch.arange(len(query), device=query.device), positive] = (query * attacked).sum(-1)
+    return scores
 
 
 def score_auc(scores: torch.Tensor, relevant: list[torch.Tensor]) -> dict[str, float]:
@@ -173,41 +188,22 @@ class TextRetrievalTask(Task):
 
     # ------------------------------------------------------------------ plan
     def plan(self) -> list[Unit]:
-        from robustbench_cl.defenses import make_defense
-        from robustbench_cl.models import check_spec
-
         section = self.section
-        for index, model in enumerate(section.models):
-            with under_field(f"textret.models[{index}].spec", replace=True):
-                check_spec(model.spec)
-        self.defenses = []
-        for index, defense in enumerate(section.defenses):
-            with under_field(f"textret.defenses[{index}]"):
-                built = make_defense(defense.defense, **defense.params)
-            if built.kind != "none" and "textret" not in getattr(built, "tasks", ()):
-                raise UserError(
-                    f"textret.defenses[{index}]",
-                    f"{defense.defense} does not train retrievers",
-                    "use none, infonce-ft, mw-ft or ar2",
-                )
-            self.defenses.append((defense, built))
-        self.columns = []
-        for index, attack in enumerate(section.attacks):
-            with under_field(f"textret.attacks[{index}]"):
-                built = make_attack(attack.attack, **attack.params)
-            if not isinstance(built, TextRetrievalAttack):
-                raise UserError(
-                    f"textret.attacks[{index}]",
-                    f"{attack.attack} is not a text-retrieval attack",
-                    "use hotflip, embedding-query or corpus-poison",
-                )
-            for threat in attack.threat_models(f"textret.attacks[{index}].threat", DEFAULT_THREATS):
-                reason = built.supports(threat, "textret")
-                if reason is not None:
-                    raise UserError(f"textret.attacks[{index}].threat", reason, "change the threat")
-                with under_field(f"textret.attacks[{index}].threat"):
-                    apply_budget(built, threat)
-                self.columns.append({"config": attack, "built": built, "threat": threat})
+        check_models("textret", section.models)
+        self.defenses = build_defenses(
+            "textret",
+            section.defenses,
+            "does not train retrievers",
+            "use none, infonce-ft, mw-ft or ar2",
+        )
+        self.columns = build_columns(
+            "textret",
+            section.attacks,
+            TextRetrievalAttack,
+            "is not a text-retrieval attack",
+            "use hotflip, embedding-query or corpus-poison",
+            DEFAULT_THREATS,
+        )
         labels = [column_label(c) for c in self.columns]
         if len(set(labels)) != len(labels):
             raise UserError(
@@ -390,24 +386,17 @@ class TextRetrievalTask(Task):
                 self.progress.batch_done()
         query = torch.cat(features)
         if poison is not None:  # the poisoned corpus: the real passages and the injected ones
-            rank = ranks(query, passages, self._relevant)
-            poisoned = ranks_with_poison(query, passages, poison, self._relevant)
-            top = (query @ torch.cat([passages, poison]).T).topk(max(KS), dim=1).indices
-            hit = top >= len(passages)  # an injected passage in the top k
+            scores = query @ torch.cat([passages, poison]).T
+            hit = scores.topk(max(KS), dim=1).indices >= len(passages)  # an injected one in top k
             asr = {f"@{k}": rate_entry(int(hit[:, :k].any(1).sum()), len(query)) for k in KS}
-            rank = poisoned
-            ndcg = ndcg10(query, torch.cat([passages, poison]), self._relevant)
+            rank, ndcg = _ranks(scores, self._relevant), _ndcg10(scores, self._relevant)
         else:
             if attacked_passages:  # each query's relevant passage replaced by its attacked text
-                rank = ranks_with_replaced(
-                    query, passages, torch.cat(attacked_passages), self._positive, self._relevant
-                )
-                ndcg = ndcg10_replaced(
-                    query, passages, torch.cat(attacked_passages), self._positive, self._relevant
-                )
+                attacked = torch.cat(attacked_passages)
+                scores = replaced_scores(query, passages, attacked, self._positive)
             else:
-                rank = ranks(query, passages, self._relevant)
-                ndcg = ndcg10(query, passages, self._relevant)
+                scores = query @ passages.T
+            rank, ndcg = _ranks(scores, self._relevant), _ndcg10(scores, self._relevant)
             before = torch.tensor(clean["ranks"], device=rank.device)
             asr = {}
             for k in KS:
@@ -668,34 +657,6 @@ def _flags(cell: dict[str, Any], history: list[float]) -> list[dict[str, str]]:
                 }
             )
     return flags
-
-
-def ranks_with_poison(query, passages, poison, relevant) -> torch.Tensor:  # noqa: ANN001
-    """Ranks of the relevant passages once the poison passages are in the corpus."""
-    return ranks(query, torch.cat([passages, poison]), relevant)
-
-
-def ranks_with_replaced(query, passages, attacked, positive, relevant) -> torch.Tensor:  # noqa: ANN001
-    """Rank of each query's relevant passage when (only) its own relevant passage is replaced by
-    the attacked version (the passage attack: one edited passage per query)."""
-    scores = query @ passages.T
-    rows = torch.arange(len(query), device=query.device)
-    scores[rows, positive] = (query * attacked).sum(-1)
-    best = torch.stack([scores[i, rel].max() for i, rel in enumerate(relevant)])
-    return (scores > best[:, None]).sum(1) + 1
-
-
-def ndcg10_replaced(query, passages, attacked, positive, relevant) -> torch.Tensor:  # noqa: ANN001
-    scores = query @ passages.T
-    rows = torch.arange(len(query), device=query.device)
-    scores[rows, positive] = (query * attacked).sum(-1)
-    top = scores.topk(min(10, passages.shape[0]), dim=1).indices
-    gains = []
-    for row, rel in enumerate(relevant):
-        hit = torch.isin(top[row], rel.to(top.device)).float()
-        discount = 1 / torch.log2(torch.arange(2, len(hit) + 2, device=hit.device).float())
-        gains.append((hit * discount).sum() / discount[: min(len(rel), len(hit))].sum())
-    return torch.stack(gains)
 
 
 __all__ = ["TextRetrievalTask"]
