@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from robustbench_cl.engine.records import check_record
 from robustbench_cl.engine.store import ResultsStore
 from robustbench_cl.engine.task import RunContext, Task, Unit, run_remote_shard, seed_unit
 from robustbench_cl.errors import under_field
@@ -90,6 +91,7 @@ def _record(
     if record.get("id") != unit.id or "type" not in record:
         raise RuntimeError(f"{task.name} returned a record without its unit's id or a type")
     record.setdefault("wall_time", time.perf_counter() - started)
+    check_record(task.record_models, task.name, record)
     store.append(record)
     ctx.progress.cell_done(record, skipped=False)
     return record

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from robustbench_cl.engine.store import write_json_atomic
 from robustbench_cl.engine.summary import RunSummary, load_run, threat_sort_key
@@ -53,6 +53,27 @@ def results_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = "https://robustbench-cl.invalid/results.schema.json"
     schema["title"] = "robustbench_cl results.json"
+    return schema
+
+
+def records_schema() -> dict[str, Any]:
+    """The JSON Schema of one ``cells.jsonl`` line: any registered task's record model, chosen
+    by its ``type`` (a task that declares no record models admits any object of its types)."""
+    from pydantic import TypeAdapter
+
+    from robustbench_cl.engine.task import task_classes
+
+    models = [m for task in task_classes() for m in task.record_models.values()]
+    untyped = sorted(
+        t for task in task_classes() if not task.record_models for t in task.record_types
+    )
+    schema: dict[str, Any] = TypeAdapter(Union[tuple(models)]).json_schema()  # noqa: UP007
+    if untyped:
+        schema.setdefault("anyOf", []).append(
+            {"type": "object", "properties": {"type": {"enum": untyped}}, "required": ["type"]}
+        )
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "robustbench_cl cells.jsonl record"
     return schema
 
 

@@ -100,6 +100,9 @@ class Task:
     section_type: ClassVar[Any] = None
     #: the record ``type`` values this task writes
     record_types: ClassVar[tuple[str, ...]] = ()
+    #: the typed model of each record type (:class:`robustbench_cl.engine.records.Record`
+    #: subclasses): the loop validates every record against its model before the append
+    record_models: ClassVar[dict[str, Any]] = {}
     #: the report section's jinja template: a name under report/templates, or a Path
     template: ClassVar[str | Path | None] = None
     #: where the task runs and appears among the others (then by name)

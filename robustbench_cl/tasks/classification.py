@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import Field
 from safetensors.torch import save_file
 from torch import nn
 
@@ -24,7 +25,9 @@ from robustbench_cl.attacks import Attack, make_attack
 from robustbench_cl.attacks.base import Cost, apply_budget, probe_model, step_hook
 from robustbench_cl.engine import sanity
 from robustbench_cl.engine.metrics import wilson_interval
+from robustbench_cl.engine.records import AttackRef, DefenseRef, ModelRef, Record, ThreatRef
 from robustbench_cl.engine.results import attack_entry
+from robustbench_cl.engine.results_models import Flag
 from robustbench_cl.engine.summary import RunSummary, column_label, threat_label, threat_sort_key
 from robustbench_cl.engine.task import Unit, register_task
 from robustbench_cl.errors import under_field
@@ -428,3 +431,52 @@ def _cell_entry(cell: dict[str, Any], pair_label: str) -> dict[str, Any]:
         "examples": cell.get("examples"),
     }
     return entry
+
+
+# ---------------------------------------------------------------------- cells.jsonl
+class CleanRecord(Record):
+    """A pair's clean pass: per-sample correctness and the gradient/randomisation probes."""
+
+    type: Literal["clean"]
+    model: ModelRef
+    defense: DefenseRef
+    defense_kind: str | None = None
+    membership_skipped: list[dict[str, Any]] | None = None
+    n: int = Field(..., ge=0)
+    correct: list[int]
+    clean_accuracy: float = Field(..., ge=0.0, le=1.0)
+    clean_ci95: list[float]
+    probes: dict[str, Any]
+
+
+class CellRecord(Record):
+    """One attack cell: per-sample outcomes (1 robust, 0 broken here, -1 not attacked: wrong
+    when clean or broken earlier in the cascade)."""
+
+    type: Literal["cell"]
+    pair_id: str
+    group_id: str
+    model: ModelRef
+    defense: DefenseRef
+    attack: AttackRef
+    threat: ThreatRef
+    adaptive: bool | None = None
+    uses_gradients: bool | None = None
+    cascade: bool
+    n: int = Field(..., ge=0)
+    attacked: int = Field(..., ge=0)
+    broken: int = Field(..., ge=0)
+    robust_count: int = Field(..., ge=0)
+    clean_accuracy: float = Field(..., ge=0.0, le=1.0)
+    robust_accuracy: float = Field(..., ge=0.0, le=1.0)
+    robust_ci95: list[float]
+    attack_success_rate: float
+    cost: dict[str, int]
+    flags: list[Flag]
+    sanity_probe: dict[str, Any]
+    example_indices: list[int]
+    examples: str | None
+    outcomes: list[Annotated[int, Field(ge=-1, le=1)]]
+
+
+ClassificationTask.record_models = {"clean": CleanRecord, "cell": CellRecord}

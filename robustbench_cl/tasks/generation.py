@@ -21,7 +21,7 @@ import base64
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from robustbench_cl.attacks.generation import SEED_KINDS, class_conditional_asce
 from robustbench_cl.data import TensorData, load_dataset
 from robustbench_cl.defenses import make_defense
 from robustbench_cl.engine.config import GenerationConfig
+from robustbench_cl.engine.records import DefenseRef, ModelRef, Record
 from robustbench_cl.engine.results_models import STRICT, Probability
 from robustbench_cl.engine.summary import RunSummary
 from robustbench_cl.engine.task import Unit, register_task
@@ -375,3 +376,29 @@ class GenerationEntry(BaseModel):
 
 
 GenerationTask.section_model = list[GenerationEntry]
+
+
+# ---------------------------------------------------------------------- cells.jsonl
+class GenerationRecord(Record):
+    """A pair's sampler audit: SGLD samples judged by a classifier, mini-FID and OOD AUROC."""
+
+    type: Literal["generation"]
+    pair_id: str
+    model: ModelRef
+    defense: DefenseRef
+    judge: str
+    n_samples: int = Field(..., ge=0)
+    steps: int = Field(..., ge=0)
+    step_size: float
+    intended_class_accuracy: float | None
+    samples_in_bounds: bool
+    mini_fid: float | None
+    fid_train_vs_eval: float | None
+    fid_seeds_vs_eval: float | None
+    ood_auroc: float | None
+    ood_auroc_by_kind: dict[str, float | None]
+    training: dict[str, Any] | None
+    grid: str
+
+
+GenerationTask.record_models = {"generation": GenerationRecord}

@@ -20,10 +20,10 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from rich.table import Table
 
 from robustbench_cl.attacks.base import step_hook
@@ -38,6 +38,14 @@ from robustbench_cl.engine.config import (
     refuse_duplicate_labels,
 )
 from robustbench_cl.engine.metrics import rate_entry
+from robustbench_cl.engine.records import (
+    AttackRef,
+    DefenseRef,
+    ModelRef,
+    RateRef,
+    Record,
+    ThreatRef,
+)
 from robustbench_cl.engine.results import attack_entry, model_label
 from robustbench_cl.engine.results_models import STRICT, Flag, Rate
 from robustbench_cl.engine.summary import RunSummary
@@ -679,3 +687,51 @@ class JailbreakSection(BaseModel):
 
 
 JailbreakTask.section_model = JailbreakSection
+
+
+# ---------------------------------------------------------------------- cells.jsonl
+class JailbreakCleanRecord(Record):
+    """A (model, defense)'s clean pass: utility, over-refusal and the defense's training."""
+
+    type: Literal["jailbreak_clean"]
+    model: ModelRef
+    defense: DefenseRef
+    utility: RateRef
+    utility_by_task: dict[str, RateRef]
+    over_refusal: RateRef
+    borderline_correct: RateRef
+    training: dict[str, Any] | None
+    embedding_scale: float
+    examples: list[dict[str, Any]]
+
+
+class JailbreakRecord(Record):
+    """One attack column on one (model, defense): per-behaviour forced and judged outcomes."""
+
+    type: Literal["jailbreak"]
+    clean_id: str
+    model: ModelRef
+    defense: DefenseRef
+    attack: AttackRef
+    threat: ThreatRef
+    n: int = Field(..., ge=0)
+    forced: list[int]
+    judged: list[Annotated[int, Field(ge=-1, le=1)]]
+    """1 complied, 0 refused, -1 undetermined"""
+    behaviors: list[str]
+    target_loss: list[float]
+    loss_history: list[float] | None = None
+    forced_asr: RateRef
+    judged_asr: RateRef
+    refused: int = Field(..., ge=0)
+    undetermined: int = Field(..., ge=0)
+    suffix_retokenizes: float | None
+    generation: dict[str, Any]
+    cost: dict[str, float]
+    examples: list[dict[str, Any]]
+
+
+JailbreakTask.record_models = {
+    "jailbreak_clean": JailbreakCleanRecord,
+    "jailbreak": JailbreakRecord,
+}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, Field
@@ -26,6 +26,7 @@ from torch import nn
 
 from robustbench_cl.data import TensorData, load_dataset
 from robustbench_cl.engine import sanity
+from robustbench_cl.engine.records import AttackRef, DefenseRef, ModelRef, Record
 from robustbench_cl.engine.results import attack_entry
 from robustbench_cl.engine.results_models import STRICT, Attack, Flag, Interval, Probability
 from robustbench_cl.engine.summary import RunSummary
@@ -156,7 +157,7 @@ class MembershipTask(PairTask):
 
     order = 10
 
-    record_types = ("membership",)
+    record_types = ("membership_references", "membership")
     template = Path(__file__).parent / "templates" / "membership.html.j2"
     anchor = "privacy"
     title = "Privacy"
@@ -387,3 +388,49 @@ class MembershipEntry(BaseModel):
 
 
 MembershipTask.section_model = list[MembershipEntry]
+
+
+# ---------------------------------------------------------------------- cells.jsonl
+class MembershipReferencesRecord(Record):
+    """The reference models of one (pair, k, IN fraction), trained or found in the cache."""
+
+    type: Literal["membership_references"]
+    pair_id: str
+    k: int = Field(..., ge=0)
+    in_fraction: float | None
+    references_trained: int = Field(..., ge=0)
+
+
+class MembershipRecord(Record):
+    """One membership-inference audit: per-sample scores and membership, ROC and intervals."""
+
+    type: Literal["membership"]
+    pair_id: str
+    model: ModelRef
+    defense: DefenseRef
+    attack: AttackRef
+    reference_models: int = Field(..., ge=0)
+    reference_in_fraction: float | None
+    offline: bool
+    references_trained: int = Field(..., ge=0)
+    population_z: int = Field(..., ge=0)
+    n_members: int = Field(..., ge=0)
+    n_nonmembers: int = Field(..., ge=0)
+    auc: float
+    auc_ci95: list[float]
+    advantage: float
+    advantage_ci95: list[float]
+    tpr_at_fpr: dict[str, float]
+    tpr_at_fpr_ci95: dict[str, list[float]]
+    fpr_resolution: float
+    bootstrap: int
+    fpr: list[float]
+    tpr: list[float]
+    scores: list[float]
+    members: list[int]
+
+
+MembershipTask.record_models = {
+    "membership_references": MembershipReferencesRecord,
+    "membership": MembershipRecord,
+}

@@ -19,10 +19,10 @@ import shutil
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from rich.table import Table
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -38,6 +38,7 @@ from robustbench_cl.attacks.universal import (
 from robustbench_cl.engine import sanity
 from robustbench_cl.engine.config import MatrixConfig, ModelConfig, RetrievalConfig
 from robustbench_cl.engine.metrics import wilson_interval
+from robustbench_cl.engine.records import AttackRef, ModelRef, Record, ThreatRef
 from robustbench_cl.engine.results import attack_entry, model_label
 from robustbench_cl.engine.results_models import STRICT, Flag
 from robustbench_cl.engine.summary import RunSummary, threat_label
@@ -712,3 +713,54 @@ class RetrievalSection(BaseModel):
 
 
 RetrievalTask.section_model = RetrievalSection
+
+
+# ---------------------------------------------------------------------- cells.jsonl
+class RetrievalCleanRecord(Record):
+    """A target model's clean image-text retrieval: R@K and per-query correctness."""
+
+    type: Literal["retrieval_clean"]
+    model: ModelRef
+    n_images: int = Field(..., ge=0)
+    n_captions: int = Field(..., ge=0)
+    recall: dict[str, float]
+    correct: dict[str, dict[str, list[int]]]
+    """per direction (``tr``, ``ir``) and k: 1 where the query retrieves a match in its top k"""
+
+
+class RetrievalFitRecord(Record):
+    """A universal perturbation fitted on one source model, saved in the run directory."""
+
+    type: Literal["retrieval_fit"]
+    perturbation: str
+    word: str | None
+    forward: int = Field(..., ge=0)
+    backward: int = Field(..., ge=0)
+
+
+class RetrievalRecord(Record):
+    """One fitted perturbation judged on one target: R@K and ASR@K over the correct queries."""
+
+    type: Literal["retrieval"]
+    fit_id: str
+    source: ModelRef
+    target: ModelRef
+    attack: AttackRef
+    threat: ThreatRef
+    access: Literal["white-box", "transfer"]
+    recall: dict[str, float]
+    asr: dict[str, dict[str, Any]]
+    outcomes: dict[str, dict[str, list[int]]]
+    delta_linf: float
+    word: str | None
+    fit: dict[str, Any]
+    perturbation: str
+    examples: list[dict[str, Any]]
+    example_images: str | None
+
+
+RetrievalTask.record_models = {
+    "retrieval_clean": RetrievalCleanRecord,
+    "retrieval_fit": RetrievalFitRecord,
+    "retrieval": RetrievalRecord,
+}

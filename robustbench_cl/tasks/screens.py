@@ -15,7 +15,7 @@ import logging
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from robustbench_cl.engine.config import (
     refuse_duplicate_labels,
 )
 from robustbench_cl.engine.metrics import rate_entry
+from robustbench_cl.engine.records import Record
 from robustbench_cl.engine.results_models import STRICT, Flag, Rate
 from robustbench_cl.engine.summary import RunSummary
 from robustbench_cl.engine.task import RunContext, Task, Unit, register_task
@@ -520,3 +521,25 @@ class ScreensSection(BaseModel):
 
 
 ScreensTask.section_model = ScreensSection
+
+
+# ---------------------------------------------------------------------- cells.jsonl
+class ScreenRecord(Record):
+    """One protector at one eps over the test screens: per-router, per-screen, per-field
+    outcomes and the image quality of the protected screens."""
+
+    type: Literal["screen"]
+    protector: dict[str, Any]
+    label: str
+    eps: float | None
+    data: dict[str, Any]
+    screens: list[str]
+    routers: dict[str, Any]
+    psnr: list[float]
+    ssim: list[float]
+    linf: float
+    training: dict[str, Any] | None
+    examples: list[dict[str, Any]]
+
+
+ScreensTask.record_models = {"screen": ScreenRecord}

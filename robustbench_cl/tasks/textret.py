@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,7 +28,16 @@ from robustbench_cl.attacks.base import step_hook
 from robustbench_cl.attacks.textret import TextRetrievalAttack
 from robustbench_cl.engine.config import DefenseConfig, ModelConfig, SectionAttackConfig
 from robustbench_cl.engine.metrics import rate_entry
+from robustbench_cl.engine.records import (
+    AttackRef,
+    DefenseRef,
+    ModelRef,
+    RateRef,
+    Record,
+    ThreatRef,
+)
 from robustbench_cl.engine.results import attack_entry, model_label
+from robustbench_cl.engine.results_models import STRICT, Attack, Flag, Rate, Threat
 from robustbench_cl.engine.summary import RunSummary
 from robustbench_cl.engine.task import RunContext, Task, Unit, register_task
 from robustbench_cl.errors import UserError, under_field
@@ -157,24 +166,6 @@ class TextRetrievalTask(Task):
         ("facts[?n=600&seed=0]", "built-in people-and-facts passages with paraphrased questions"),
         ("beir:DIR", "a local BEIR folder: corpus.jsonl, queries.jsonl, qrels/test.tsv"),
     )
-    schema: ClassVar[dict[str, Any]] = {
-        "type": "object",
-        "required": ["pairs", "cells", "columns"],
-        "properties": {
-            "pairs": {
-                "type": "array",
-                "items": {"type": "object", "required": ["id", "label", "metrics"]},
-            },
-            "cells": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["id", "clean_id", "metrics", "asr", "flags"],
-                },
-            },
-            "columns": {"type": "array", "items": {"type": "string"}},
-        },
-    }
 
     def __init__(self, ctx: RunContext) -> None:
         super().__init__(ctx)
@@ -657,6 +648,110 @@ def _flags(cell: dict[str, Any], history: list[float]) -> list[dict[str, str]]:
                 }
             )
     return flags
+
+
+# ---------------------------------------------------------------------- results.json
+class TextRetPair(BaseModel):
+    model_config = STRICT
+    id: str
+    label: str
+    model: str
+    defense: str
+    defense_kind: str
+    data: dict[str, Any]
+    metrics: dict[str, float]
+    """MRR@10, R@1/5/10/20 and nDCG@10 over the test queries, clean"""
+    training_seconds: float | None
+    global_auc: float | None
+    """the AUC of relevant against irrelevant scores, pooled over the test queries"""
+    per_query_auc: float | None
+
+
+class TextRetExample(BaseModel):
+    model_config = STRICT
+    kind: str
+    original: str
+    attacked: str
+
+
+class TextRetCell(BaseModel):
+    model_config = STRICT
+    id: str
+    clean_id: str
+    pair: str
+    attack: Attack
+    column: str
+    threat: Threat
+    n: int = Field(..., ge=0)
+    metrics: dict[str, float]
+    asr: dict[str, Rate]
+    """ASR@k over the queries whose relevant passage was in the top k before the attack"""
+    noise_asr: dict[str, Rate] | None
+    """the same, for uniformly random token swaps of the same budget"""
+    cost: dict[str, int]
+    examples: list[TextRetExample]
+    wall_time: float = Field(..., ge=0.0)
+    flags: list[Flag]
+    """sanity flags (docs/sanity-checks.md)"""
+
+
+class TextRetSection(BaseModel):
+    """Dense text retrieval: clean ranking metrics per (retriever, defense), and per attack cell
+    the metrics under attack, ASR@k and the random-swap baseline."""
+
+    model_config = STRICT
+    pairs: list[TextRetPair]
+    cells: list[TextRetCell]
+    columns: list[str]
+
+
+TextRetrievalTask.section_model = TextRetSection
+
+
+# ---------------------------------------------------------------------- cells.jsonl
+class TextRetCleanRecord(Record):
+    """A (retriever, defense)'s clean ranking: metrics and the relevant passage's rank per query."""
+
+    type: Literal["textret_clean"]
+    model: ModelRef
+    defense: DefenseRef
+    data: dict[str, Any]
+    metrics: dict[str, float]
+    ranks: list[int]
+    training: dict[str, Any] | None
+
+
+class TextRetAucRecord(Record):
+    type: Literal["textret_auc"]
+    clean_id: str
+    global_auc: float
+    per_query_auc: float
+
+
+class TextRetRecord(Record):
+    """One attack cell: metrics and ranks under attack, ASR@k, the random-swap baseline."""
+
+    type: Literal["textret"]
+    clean_id: str
+    model: ModelRef
+    defense: DefenseRef
+    attack: AttackRef
+    threat: ThreatRef
+    n: int = Field(..., ge=0)
+    metrics: dict[str, float]
+    ranks: list[int]
+    asr: dict[str, RateRef]
+    noise_asr: dict[str, RateRef] | None
+    margin_history: list[float]
+    cost: dict[str, int]
+    examples: list[dict[str, Any]]
+
+
+TextRetrievalTask.record_models = {
+    "textret_clean": TextRetCleanRecord,
+    "textret_auc": TextRetAucRecord,
+    "textret": TextRetRecord,
+}
 
 
 __all__ = ["TextRetrievalTask"]

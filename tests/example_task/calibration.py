@@ -10,13 +10,14 @@ under ``--executor ray``) that the driver merges.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rich.table import Table
 
 from robustbench_cl.data import load_dataset
+from robustbench_cl.engine.records import Record
 from robustbench_cl.engine.task import Task, Unit, register_task
 from robustbench_cl.models import load_model
 from robustbench_cl.utils import stable_hash
@@ -32,12 +33,24 @@ class CalibrationConfig(BaseModel):
     shard_size: int = Field(default=50, ge=1)
 
 
+class CalibrationRecord(Record):
+    """One model's calibration: checked by the engine loop before it is appended."""
+
+    type: Literal["calibration"]
+    model: str
+    n: int = Field(ge=1)
+    ece: float = Field(ge=0.0, le=1.0)
+    accuracy: float = Field(ge=0.0, le=1.0)
+    bins: list[int]
+
+
 @register_task("calibration")
 class CalibrationTask(Task):
     """Expected calibration error of each model (an example task from the tests)."""
 
     section_type = CalibrationConfig
     record_types = ("calibration",)
+    record_models = {"calibration": CalibrationRecord}
     template = Path(__file__).with_name("calibration.html.j2")
     title = "Calibration"
     schema = {

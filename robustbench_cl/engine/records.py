@@ -1,0 +1,105 @@
+"""Typed ``cells.jsonl`` records: the base model, the references every task's records share,
+and the check the engine loop runs before it appends a record.
+
+Each task declares its record models (``Task.record_models``, one per record ``type``); the loop
+validates every record against its model before the append, so a record with a missing,
+misspelt or mistyped field fails the unit that made it instead of a later report. The records
+stay JSON objects on disk; :func:`records_schema` is the JSON Schema of one line of
+``cells.jsonl``, generated from the models of every registered task.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from robustbench_cl.engine.results_models import Access, Norm, Space
+
+
+class Record(BaseModel):
+    """One line of ``cells.jsonl``: a unit's result, keyed by the unit id."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    #: seconds the unit took (set by the loop when the task does not)
+    wall_time: float = Field(..., ge=0.0)
+
+
+class ModelRef(BaseModel):
+    """A model as the config names it."""
+
+    model_config = ConfigDict(extra="forbid")
+    spec: str
+    name: str | None
+
+
+class DefenseRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    defense: str
+    name: str | None
+    params: dict[str, Any]
+
+
+class AttackRef(BaseModel):
+    """An attack as configured (``params``) and as it ran (``settings``, defaults filled in)."""
+
+    model_config = ConfigDict(extra="forbid")
+    attack: str
+    name: str | None
+    params: dict[str, Any]
+    settings: dict[str, Any]
+
+
+class ThreatRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    norm: Norm
+    eps: float
+    space: Space
+    bounds: list[float] | None
+    targeted: bool
+    universal: bool
+    access: Access
+    budget: dict[str, Any]
+    eps_relative: bool
+
+
+class RateRef(BaseModel):
+    """A rate with its count, its denominator and a 95% interval."""
+
+    model_config = ConfigDict(extra="forbid")
+    rate: float | None
+    k: int = Field(..., ge=0)
+    n: int = Field(..., ge=0)
+    ci95: list[float] | None
+
+
+def check_record(models: dict[str, type[Record]], task: str, record: dict[str, Any]) -> None:
+    """Raise ``RuntimeError`` naming the task, the record type and the first bad field when
+    ``record`` does not follow its model (a bug in the task, not in the user's input)."""
+    model = models.get(record.get("type", ""))
+    if model is None:
+        if models:
+            raise RuntimeError(f"{task} wrote a record of undeclared type {record.get('type')!r}")
+        return
+    try:  # strict, as JSON: no "12" for 12, and the record must be what the store can write
+        model.model_validate_json(json.dumps(record), strict=True)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise RuntimeError(
+            f"{task} wrote a {record['type']} record that does not follow "
+            f"{model.__name__}: {where}: {first['msg']}"
+        ) from None
+
+
+__all__ = [
+    "AttackRef",
+    "DefenseRef",
+    "ModelRef",
+    "RateRef",
+    "Record",
+    "ThreatRef",
+    "check_record",
+]
