@@ -180,14 +180,48 @@ def test_generate_command_writes_a_grid(tmp_path):
             "10",
             "--steps",
             "5",
+            "--out",
+            str(tmp_path / "run"),
             "-o",
             str(output),
         ],
     )
     assert result.exit_code == 0, result.output
     assert Image.open(output).size == (8 * 17 + 1, 2 * 17 + 1)
+    assert "the judge (builtin:digits-judge) labels" in " ".join(result.output.split())
     bad = CliRunner().invoke(cli, ["generate", "--class", "12", "-o", str(output)])
-    assert bad.exit_code == 2 and "--class" in bad.output
+    assert bad.exit_code == 2 and bad.output.startswith("error: --class: 12 is not a class")
+    assert len(bad.output.strip().splitlines()) == 1
+
+
+def test_generate_runs_through_the_engine_as_a_config_generation_section_would(tmp_path):
+    """The command's run directory holds the same record and samples as a config's
+    ``generation: {classes: [3]}`` section gives for that pair."""
+    from safetensors.torch import load_file
+
+    import robustbench_cl as rbcl
+    from robustbench_cl.cli.main import cli
+    from robustbench_cl.engine import load_run
+
+    args = ["generate", "--model", "builtin:digits-cnn", "--class", "3", "--n", "6"]
+    args += ["--steps", "4", "--out", str(tmp_path / "cli"), "-o", str(tmp_path / "g.png")]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    config = {
+        "suite": "generate",
+        "data": {"name": "digits"},
+        "models": [{"spec": "builtin:digits-cnn"}],
+        "defenses": [{"defense": "none", "params": {}}],
+        "generation": {"n_per_class": 6, "steps": 4, "classes": [3]},
+        "engine": {"examples": 0},
+    }
+    rbcl.run(config, out=tmp_path / "config", profile=None)
+    ours, theirs = (load_run(tmp_path / d).pairs[0].generation for d in ("cli", "config"))
+    assert ours["id"] == theirs["id"]
+    keys = ("intended_class_accuracy", "mini_fid", "ood_auroc", "n_samples")
+    assert {k: ours[k] for k in keys} == {k: theirs[k] for k in keys}
+    a, b = (load_file(tmp_path / d / ours["samples"]) for d in ("cli", "config"))
+    assert torch.equal(a["samples"], b["samples"])
+    assert a["targets"].tolist() == [3] * 6
 
 
 def test_generation_columns_in_a_run_and_its_report(tmp_path):

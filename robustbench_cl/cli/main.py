@@ -702,8 +702,18 @@ def wrap(preprocessor: Path, model_spec: str, output: Path) -> None:
 @click.option("--n", type=int, default=16, show_default=True, help="Number of samples.")
 @click.option("--steps", type=int, default=40, show_default=True)
 @click.option("--step-size", type=float, default=0.2, show_default=True)
-@click.option("--data", "dataset", default="digits", show_default=True, help="For OOD seeds.")
+@click.option("--data", "dataset", default="digits", show_default=True, help="Seeds and FID.")
+@click.option(
+    "--judge", default="builtin:digits-judge", show_default=True, help="Scores the samples."
+)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Keep the run directory here (cells.jsonl, samples); default: a temporary one.",
+)
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="PNG grid.")
 def generate(
     model_spec: str,
@@ -714,49 +724,98 @@ def generate(
     steps: int,
     step_size: float,
     dataset: str,
+    judge: str,
     seed: int,
+    device: str,
+    out: Path | None,
     output: Path,
 ) -> None:
-    """Draw class-conditional samples from a classifier (a DAT model, or any other)."""
-    import torch
+    """Draw class-conditional samples from a classifier (a DAT model, or any other).
 
-    from robustbench_cl.attacks.generation import class_conditional_ascent, ood_seeds
-    from robustbench_cl.data import load_dataset
-    from robustbench_cl.defenses import make_defense
-    from robustbench_cl.engine.threads import apply_threads
-    from robustbench_cl.models import load_model
+    A one-pair generation section through the engine: the same seeds, sampler, judge and
+    record as the `generation:` section of a config would give, for one class.
+    """
+    import contextlib
+    import tempfile
+
+    import torch
+    from safetensors.torch import load_file
+
+    from robustbench_cl.cli.progress import RichProgress
+    from robustbench_cl.engine import load_run
+    from robustbench_cl.engine import run as run_matrix
     from robustbench_cl.tasks.generation import sample_grid, save_png
 
-    apply_threads()
-    if n < 1:
-        raise UserError("--n", f"must be >= 1, got {n}", "e.g. --n 16")
+    if n < 2:
+        raise UserError("--n", f"must be >= 2 (the FID needs two samples), got {n}", "e.g. --n 16")
     if steps < 0 or step_size <= 0:
         raise UserError("--steps/--step-size", "must be >= 0 and > 0", "e.g. --steps 40")
-    train = load_dataset(dataset, split="train")
-    if not 0 <= target_class < train.n_classes:
-        raise UserError(
-            "--class",
-            f"{target_class} is not a class of {dataset}",
-            f"use 0..{train.n_classes - 1}",
-        )
-    model = load_model(model_spec)
-    defense = make_defense(defense_name, **_parse_param(params))
-    model = defense.build(model, model_spec, train).eval()
-    seeds = ood_seeds(n, train.x, torch.Generator().manual_seed(seed))
-    target = torch.full((n,), target_class, dtype=torch.long)
-    samples = class_conditional_ascent(model, seeds, target, steps, step_size, train.bounds)
-    with torch.no_grad():
-        hit = float((model(samples).argmax(1) == target).float().mean())
+    config = {
+        "suite": "generate",
+        "seed": seed,
+        "data": {"name": dataset},
+        "models": [{"spec": model_spec}],
+        "defenses": [{"defense": defense_name, "params": _parse_param(params)}],
+        "generation": {
+            "n_per_class": n,
+            "steps": steps,
+            "step_size": step_size,
+            "judge": judge,
+            "classes": [target_class],
+        },
+        "engine": {"examples": 0},
+    }
+    with tempfile.TemporaryDirectory(prefix="rbcl-generate-") as scratch:
+        run_dir = out or Path(scratch) / "run"
+        drawn = RichProgress(console) if console.is_terminal else contextlib.nullcontext(None)
+        with drawn as progress:
+            try:
+                run_matrix(
+                    config,
+                    out=run_dir,
+                    profile=None,
+                    device=device,
+                    resume=out is not None,
+                    progress=progress,
+                    command="robustbench-cl " + " ".join(sys.argv[1:]),
+                )
+            except UserError as error:  # name the flag, not the config field it became
+                raise _as_flag(error, GENERATE_FLAGS) from None
+        record = load_run(run_dir).pairs[0].generation
+        samples = load_file(run_dir / record["samples"])["samples"]
     columns = min(n, 8)
     rows = -(-n // columns)
     padded = torch.cat([samples, torch.ones(rows * columns - n, *samples.shape[1:])])
-    grid = sample_grid(padded, columns, rows, columns=columns)
-    save_png(grid, output)
+    save_png(sample_grid(padded, columns, rows, columns=columns), output)
     console.print(
         f"{n} samples of class {target_class} from {model_spec} + {defense_name} "
-        f"({steps} steps of {step_size}); the model itself labels {100 * hit:.0f}% as the class"
+        f"({steps} steps of {step_size}): the judge ({judge}) labels "
+        f"{100 * record['intended_class_accuracy']:.0f}% as the class; mini-FID "
+        f"{record['mini_fid']:.2f} (training data: {record['fid_train_vs_eval']:.2f})"
     )
     console.print(f"grid: {output}")
+
+
+#: config fields of `generate`'s one-pair config -> the flags they came from
+GENERATE_FLAGS = {
+    "generation.classes": "--class",
+    "generation.judge": "--judge",
+    "generation.n_per_class": "--n",
+    "generation.steps": "--steps",
+    "generation.step_size": "--step-size",
+    "models[0]": "--model",
+    "defenses[0].params": "--param",
+    "defenses[0]": "--defense",
+    "data": "--data",
+}
+
+
+def _as_flag(error: UserError, flags: dict[str, str]) -> UserError:
+    """The same error, naming the command-line flag whose value made the config field."""
+    for field, flag in flags.items():
+        if error.field == field or error.field.startswith((f"{field}.", f"{field}[")):
+            return UserError(flag, error.problem, error.fix)
+    return error
 
 
 @cli.group()

@@ -127,6 +127,8 @@ class GenerationConfig(_Strict):
     steps: int = Field(default=40, ge=0)
     step_size: float = Field(default=0.2, gt=0)
     judge: str = "builtin:digits-judge"
+    #: the classes to draw (``robustbench-cl generate --class K``); every class when omitted
+    classes: list[int] | None = Field(default=None, min_length=1)
 
 
 class RetrievalDataConfig(_Strict):

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 from rich.table import Table
+from safetensors.torch import save_file
 from torch import nn
 
 from robustbench_cl.attacks.base import step_hook
@@ -38,6 +39,7 @@ from robustbench_cl.engine.records import DefenseRef, ModelRef, Record
 from robustbench_cl.engine.results_models import STRICT, Probability
 from robustbench_cl.engine.summary import RunSummary
 from robustbench_cl.engine.task import Unit, register_task
+from robustbench_cl.errors import UserError
 from robustbench_cl.privacy.metrics import auc as roc_auc
 from robustbench_cl.privacy.metrics import roc
 from robustbench_cl.report import plots
@@ -100,7 +102,10 @@ class GenerationAudit:
         self.n_classes = evaluation.n_classes
         per_class = config.n_per_class
         generator = torch.Generator().manual_seed(seed)
-        self.targets = torch.arange(self.n_classes).repeat_interleave(per_class).to(device)
+        self.classes = (
+            list(config.classes) if config.classes is not None else list(range(self.n_classes))
+        )
+        self.targets = torch.tensor(self.classes).repeat_interleave(per_class).to(device)
         self.seeds = ood_seeds(len(self.targets), train.x.to(device), generator)
         # OOD detection: one batch per seed kind, shaped like the evaluation set
         self.ood = {
@@ -209,6 +214,16 @@ class GenerationTask(PairTask):
 
     def plan(self) -> list[Unit]:
         self._audit: GenerationAudit | None = None
+        classes = self.config.generation.classes if self.config.generation else None
+        if classes is not None:  # before any work, not when the first generation unit runs
+            n_classes = self.train_data().n_classes
+            bad = [c for c in classes if not 0 <= c < n_classes]
+            if bad:
+                raise UserError(
+                    "generation.classes",
+                    f"{bad[0]} is not a class of {self.config.data.name}",
+                    f"use 0..{n_classes - 1}",
+                )
         units = []
         for pair in self.pairs:
             assert pair.generation_id is not None
@@ -235,9 +250,14 @@ class GenerationTask(PairTask):
             log = defense.training_log(pair.model.spec, self.train_data())
         with step_hook(self.progress.step):
             metrics, samples = self._audit.run(model, log)
-        grid = sample_grid(samples, config.n_per_class, self._audit.n_classes)
+        grid = sample_grid(samples, config.n_per_class, len(self._audit.classes))
         relative = f"artifacts/generation/{unit.id}.png"
         save_png(grid, self.run_dir / relative)
+        kept = f"artifacts/generation/{unit.id}.safetensors"
+        save_file(
+            {"samples": samples.detach().cpu().contiguous(), "targets": self._audit.targets.cpu()},
+            self.run_dir / kept,
+        )
         self.progress.batch_done()
         return {
             "type": "generation",
@@ -248,6 +268,7 @@ class GenerationTask(PairTask):
             "judge": config.judge,
             **metrics,
             "grid": relative,
+            "samples": kept,
         }
 
     def close(self) -> None:
@@ -399,6 +420,8 @@ class GenerationRecord(Record):
     ood_auroc_by_kind: dict[str, float | None]
     training: dict[str, Any] | None
     grid: str
+    samples: str | None = None
+    """the samples and their intended classes (a safetensors file in the run directory)"""
 
 
 GenerationTask.record_models = {"generation": GenerationRecord}

@@ -98,7 +98,7 @@ def expand(config: MatrixConfig) -> list[Pair]:
             )
             if config.generation is not None:
                 pair.generation_id = stable_hash(
-                    {"pair": pair_id, "generation": config.generation.model_dump()}
+                    {"pair": pair_id, "generation": config.generation.model_dump(exclude_none=True)}
                 )
             for index, attack in enumerate(config.attacks):
                 with under_field(f"attacks[{index}]"):
