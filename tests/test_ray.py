@@ -135,6 +135,7 @@ def _screens_config() -> dict:
 
     config = screens()
     config["screens"]["protectors"] = config["screens"]["protectors"][:4]  # no DualTAP training
+    config["screens"]["shard_size"] = 3  # 4 test screens: shards of 3 and 1
     return config
 
 

@@ -382,6 +382,35 @@ def _config() -> dict:
     }
 
 
+def test_sharded_screens_give_the_unsharded_outcomes_of_deterministic_protectors(
+    tmp_path: Path,
+) -> None:
+    """Shards of test screens (one Ray task each) merge into the record one shard gives: the
+    same per-screen outcomes, rates and examples for clean and black-out; noise draws per
+    shard, so ``shard_size`` is in the ids."""
+    from robustbench_cl.engine.runner import run
+    from robustbench_cl.engine.store import ResultsStore
+
+    config = _config()
+    config["screens"]["routers"] = ["easyocr"]
+    config["screens"]["protectors"] = config["screens"]["protectors"][:3]
+    config["screens"]["examples"] = 2
+    whole = ResultsStore(run(config, out=tmp_path / "whole", device="cpu") / "cells.jsonl").read()
+    config["screens"]["shard_size"] = 1
+    sharded = run(config, out=tmp_path / "sharded", device="cpu")
+    parts = ResultsStore(sharded / "cells.jsonl").read()
+    assert [r["id"] for r in parts] != [r["id"] for r in whole]
+    for one, many in zip(whole[:2], parts[:2]):  # clean, black-out
+        drop = ("id", "wall_time", "examples")
+        assert {k: v for k, v in one.items() if k not in drop} == {
+            k: v for k, v in many.items() if k not in drop
+        }
+        assert [e["fields"] for e in one["examples"]] == [e["fields"] for e in many["examples"]]
+        assert len(many["examples"]) == 2
+        assert all((sharded / e["image"]).exists() for e in many["examples"])
+    assert parts[2]["label"] == "noise 32/255" and parts[2]["linf"] <= 32.5
+
+
 @pytest.mark.slow
 def test_screens_section_end_to_end_schema_report_without_pii_and_resume(tmp_path: Path) -> None:
     import jsonschema

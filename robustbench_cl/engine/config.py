@@ -296,6 +296,9 @@ class ScreensConfig(_Strict):
     protectors: list[ScreenProtectorConfig] = Field(min_length=1)
     #: example screens (PII masked) kept per protector for the report
     examples: int = Field(default=2, ge=0, le=8)
+    #: test screens per shard (each one Ray task under ``--executor ray``); one shard when
+    #: omitted. Random protectors (noise, PGD's start) draw per shard, so it is in the ids
+    shard_size: int | None = Field(default=None, ge=1)
 
 
 class EngineConfig(_Strict):

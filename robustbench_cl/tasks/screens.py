@@ -115,22 +115,33 @@ class ScreensTask(Task):
                 "routers": list(self.section.routers),
                 "seed": self.config.seed,
                 "version": PROTOCOL_VERSION,
+                # only when set: the ids of unsharded runs stay what they were
+                **({"shard_size": self.section.shard_size} if self.section.shard_size else {}),
             }
         )
+
+    def shard_range(self, shard: int) -> tuple[int, int]:
+        n = len(self.data()[2])
+        size = self.section.shard_size or n
+        return shard * size, min(n, (shard + 1) * size)
 
     def plan(self) -> list[Unit]:
         self.columns = expand_screens(self.config)
         units = []
         for index, column in enumerate(self.columns):
             label = f"screens | {column_label(column['config'].label, column['eps'])}"
-            units.append(Unit(self.record_id(column), label, "column", index))
+            shards = -(-len(self.data()[2]) // (self.section.shard_size or len(self.data()[2])))
+            units.append(Unit(self.record_id(column), label, "column", index, shards=shards))
         return units
 
     def batches(self, unit: Unit, inputs: dict[str, dict[str, Any]]) -> int:
         return len(self.data()[2]) * len(self.section.routers)
 
     def run_shard(self, unit: Unit, inputs: dict[str, dict[str, Any]], shard: int) -> Any:
-        return self.cell_record(self.columns[unit.key], unit.id)
+        return self.shard_part(self.columns[unit.key], unit.id, shard)
+
+    def merge(self, unit: Unit, inputs: dict[str, dict[str, Any]], parts: list[Any]) -> dict:
+        return self.cell_record(self.columns[unit.key], unit.id, parts)
 
     # ------------------------------------------------------------------ results
     @classmethod
@@ -183,13 +194,16 @@ class ScreensTask(Task):
             self._routers[name] = make_router(name)
         return self._routers[name]
 
-    def protect(self, column: dict[str, Any], x: torch.Tensor, test: list, record_id: str):  # noqa: ANN201
+    def protect(
+        self, column: dict[str, Any], x: torch.Tensor, test: list, record_id: str, shard: int = 0
+    ):  # noqa: ANN201
         """Protected test screens (quantised to 8 bits) and the training info, if any."""
         from robustbench_cl.defenses.protectors import quantise
 
         config: ScreenProtectorConfig = column["config"]
         eps = column["eps"]
-        generator = torch.Generator().manual_seed(derive_seed(self.config.seed, record_id))
+        key = record_id if shard == 0 else f"{record_id}/{shard}"
+        generator = torch.Generator().manual_seed(derive_seed(self.config.seed, key))
         protected, info = column["kind"].protect(x, test, eps, generator, column["built"], self)
         protected = quantise(protected)
         if eps is not None:
@@ -210,7 +224,9 @@ class ScreensTask(Task):
             screen.key, screen.image, detections, [t.keyword for t in screen.tasks]
         )
 
-    def cell_record(self, column: dict[str, Any], record_id: str) -> dict[str, Any]:
+    def shard_part(self, column: dict[str, Any], record_id: str, shard: int) -> dict[str, Any]:
+        """Protect and read the test screens of one shard: per router and screen, the raw
+        outcomes; per screen, the image quality; the shard's example screens."""
         from robustbench_cl.data.privscreen import screen_tensor
         from robustbench_cl.privacy.metrics import (
             field_exact,
@@ -221,28 +237,54 @@ class ScreensTask(Task):
             task_success,
         )
 
-        data, train, test = self.data()
-        config: ScreenProtectorConfig = column["config"]
-        label = column_label(config.label, column["eps"])
+        begin, end = self.shard_range(shard)
+        test = self.data()[2][begin:end]
         start = time.perf_counter()
         x = screen_tensor(test)
-        protected, info = self.protect(column, x, test, record_id)
+        protected, info = self.protect(column, x, test, record_id, shard)
         images = (protected * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         routers: dict[str, Any] = {}
         readings: dict[str, list] = {}
         for name in self.section.routers:
             router = self.router(name)
-            leaked, exact, ratios, tasks, answers = [], [], [], [], []
+            outcome: dict[str, list] = {"leaked": [], "exact": [], "ratio": [], "task": []}
+            answers = []
             for screen, image in zip(test, images):
                 answer = router.answer(screen, image)
-                leaked.append([field_leaked(p.value, a) for p, a in zip(screen.pii, answer.fields)])
-                exact.append([field_exact(p.value, answer.text) for p in screen.pii])
-                ratios.append(
-                    [round(field_ratio(p.value, a), 4) for p, a in zip(screen.pii, answer.fields)]
-                )
-                tasks.append([task_success(t.keyword, answer.text) for t in screen.tasks])
+                pairs = list(zip(screen.pii, answer.fields))
+                outcome["leaked"].append([field_leaked(p.value, a) for p, a in pairs])
+                outcome["exact"].append([field_exact(p.value, answer.text) for p in screen.pii])
+                outcome["ratio"].append([round(field_ratio(p.value, a), 4) for p, a in pairs])
+                outcome["task"].append([task_success(t.keyword, answer.text) for t in screen.tasks])
                 answers.append(answer)
                 self.progress.batch_done()
+            routers[name] = outcome
+            readings[name] = answers
+        return {
+            "settings": column["kind"].settings(column["built"]),
+            "routers": routers,
+            "psnr": [float(v) for v in psnr(protected, x).clamp(max=99.0)],
+            "ssim": [float(v) for v in ssim(protected, x)],
+            "linf": float((protected - x).abs().amax()) * 255,
+            "training": info,
+            "examples": self.examples(record_id, test, x, protected, readings, begin),
+            "wall": time.perf_counter() - start,
+        }
+
+    def cell_record(
+        self, column: dict[str, Any], record_id: str, parts: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """The record of one (protector, eps) from its shards' parts, in shard order."""
+        data, train, test = self.data()
+        config: ScreenProtectorConfig = column["config"]
+        routers: dict[str, Any] = {}
+        for name in self.section.routers:
+            router = self.router(name)
+            outcome = {
+                k: [row for p in parts for row in p["routers"][name][k]]
+                for k in ("leaked", "exact", "ratio", "task")
+            }
+            leaked, exact, tasks = outcome["leaked"], outcome["exact"], outcome["task"]
             fields = [p.field for s in test for p in s.pii]
             flat = [v for row in leaked for v in row]
             by_field = {
@@ -252,19 +294,13 @@ class ScreensTask(Task):
             routers[name] = {
                 "access": router.access,
                 "settings": router.settings(),
-                "leaked": leaked,
-                "exact": exact,
-                "ratio": ratios,
-                "task": tasks,
+                **outcome,
                 "plr": rate_entry(sum(flat), len(flat)),
                 "plr_exact": rate_entry(sum(v for row in exact for v in row), len(flat)),
                 "zero_leak": rate_entry(sum(1 for row in leaked if not any(row)), len(test)),
                 "tsr": rate_entry(sum(v for row in tasks for v in row), sum(len(r) for r in tasks)),
                 "by_field": by_field,
             }
-            readings[name] = answers
-        quality_psnr = psnr(protected, x)
-        quality_ssim = ssim(protected, x)
         return {
             "type": "screen",
             "id": record_id,
@@ -272,23 +308,25 @@ class ScreensTask(Task):
                 "protector": config.protector,
                 "name": config.name,
                 "params": config.params,
-                "settings": column["kind"].settings(column["built"]),
+                "settings": parts[0]["settings"],
             },
-            "label": label,
+            "label": column_label(config.label, column["eps"]),
             "eps": column["eps"],
             "data": {**data.describe(), "n_train": len(train), "n_test": len(test)},
             "screens": [s.key for s in test],
             "routers": routers,
-            "psnr": [float(v) for v in quality_psnr.clamp(max=99.0)],
-            "ssim": [float(v) for v in quality_ssim],
-            "linf": float((protected - x).abs().amax()) * 255,
-            "training": info,
-            "examples": self.examples(record_id, test, x, protected, readings),
-            "wall_time": time.perf_counter() - start,
+            "psnr": [v for p in parts for v in p["psnr"]],
+            "ssim": [v for p in parts for v in p["ssim"]],
+            "linf": max(p["linf"] for p in parts),
+            "training": parts[0]["training"],
+            "examples": [e for p in parts for e in p["examples"]][: self.section.examples],
+            "wall_time": sum(p["wall"] for p in parts),
         }
 
-    def examples(self, record_id, test, x, protected, readings) -> list[dict[str, Any]]:  # noqa: ANN001
-        """Example screens for the report, with every PII box pixelated and PII text masked."""
+    def examples(self, record_id, test, x, protected, readings, begin=0) -> list[dict[str, Any]]:  # noqa: ANN001
+        """Example screens for the report, with every PII box pixelated and PII text masked
+        (``test`` is a shard starting at test screen ``begin``; files are named by the index
+        in the whole test set)."""
         from robustbench_cl.privacy.metrics import field_leaked, mask_pii
         from robustbench_cl.tasks.generation import save_png
 
@@ -300,7 +338,7 @@ class ScreensTask(Task):
             shown = pixelate(protected[index], boxes)
             magnitude = (protected[index] - x[index]).abs().amax(0, keepdim=True)
             magnitude = pixelate(coarse(magnitude / max(float(magnitude.max()), 1e-12)), boxes)
-            relative = f"artifacts/screens/{record_id}-{index}.png"
+            relative = f"artifacts/screens/{record_id}-{begin + index}.png"
             grid = torch.cat([shown, magnitude.expand(3, -1, -1)], 2)
             save_png(grid, self.run_dir / relative)
             fields = []
