@@ -127,7 +127,7 @@ def _jailbreak_config() -> dict:
 def _retrieval() -> dict:
     from tests.test_retrieval import _retrieval_config
 
-    return _retrieval_config()
+    return _retrieval_config(shard_size=10)  # 24 test images: evaluations in shards of 10
 
 
 def _screens_config() -> dict:

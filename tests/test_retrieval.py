@@ -224,6 +224,27 @@ def _retrieval_config(**overrides) -> dict:  # noqa: ANN003
     return {"suite": "retrieval-test", "task": "retrieval", "retrieval": section}
 
 
+def test_sharded_evaluations_give_the_unsharded_outcomes(tmp_path) -> None:  # noqa: ANN001
+    """Evaluations in shards of test images (each one Ray task) merge into the outcomes one
+    shard gives; the fits are not sharded (one perturbation per source)."""
+    from robustbench_cl.engine.runner import run
+    from robustbench_cl.engine.store import ResultsStore
+
+    def cells(records):  # noqa: ANN001, ANN202
+        return [r for r in records if r["type"] == "retrieval"]
+
+    whole = ResultsStore(run(_retrieval_config(), out=tmp_path / "a") / "cells.jsonl").read()
+    sharded = run(_retrieval_config(shard_size=7), out=tmp_path / "b")
+    parts = ResultsStore(sharded / "cells.jsonl").read()
+    assert [r["id"] for r in cells(parts)] != [r["id"] for r in cells(whole)]
+    for one, many in zip(cells(whole), cells(parts), strict=True):
+        for key in ("outcomes", "asr", "examples", "delta_linf", "fit_id", "access"):
+            assert many[key] == one[key], key
+        assert many["recall"] == pytest.approx(one["recall"])
+        if many["example_images"]:
+            assert (sharded / many["example_images"]).exists()
+
+
 def test_engine_runs_source_by_target_cells_and_resumes(tmp_path) -> None:  # noqa: ANN001
     from robustbench_cl.engine.results import load_results, validate_results
     from robustbench_cl.engine.runner import run

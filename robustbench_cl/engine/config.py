@@ -154,6 +154,9 @@ class RetrievalConfig(_Strict):
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10])
     #: example retrievals kept per white-box cell for the report
     examples: int = Field(default=3, ge=0, le=12)
+    #: test images per shard of an evaluation (each one Ray task under ``--executor ray``:
+    #: the shard perturbs and encodes its images and their captions); one shard when omitted
+    shard_size: int | None = Field(default=None, ge=1)
 
     @field_validator("ks")
     @classmethod

@@ -222,8 +222,17 @@ class RetrievalTask(Task):
                 )
                 needs = (fit["id"], self._clean_id(target))
                 key = (fit["id"], target.spec)
-                units.append(Unit(self._cell_id(fit, target), label, "cell", key, needs))
+                units.append(
+                    Unit(self._cell_id(fit, target), label, "cell", key, needs, self._shards())
+                )
         return units
+
+    def _shards(self) -> int:
+        size = self.section.shard_size or len(self.test)
+        return -(-len(self.test) // size)
+
+    def batches(self, unit: Unit, inputs: dict[str, dict[str, Any]]) -> int:
+        return unit.shards
 
     @property
     def train(self):  # noqa: ANN201
@@ -252,11 +261,17 @@ class RetrievalTask(Task):
             }
         else:
             fit_id, spec = unit.key
-            fit, target = self.fits[fit_id], self.models[spec]
-            clean = inputs[self._clean_id(target)]
-            record = self.cell_record(fit, target, self.fit(fit), unit.id, clean)
+            record = self.cell_part(self.fits[fit_id], self.models[spec], shard)
         self.progress.batch_done()
         return record
+
+    def merge(self, unit: Unit, inputs: dict[str, dict[str, Any]], parts: list[Any]) -> dict:
+        if unit.kind != "cell":
+            return super().merge(unit, inputs, parts)
+        fit_id, spec = unit.key
+        fit, target = self.fits[fit_id], self.models[spec]
+        clean = inputs[self._clean_id(target)]
+        return self.cell_record(fit, target, self.fit(fit), unit.id, clean, parts)
 
     def _clean_id(self, model: ModelConfig) -> str:
         return stable_hash(
@@ -268,7 +283,10 @@ class RetrievalTask(Task):
         )
 
     def _cell_id(self, fit: dict[str, Any], target: ModelConfig) -> str:
-        return stable_hash({"fit": fit["id"], "target": target.spec, "ks": self.section.ks})
+        shards = {"shard_size": self.section.shard_size} if self.section.shard_size else {}
+        return stable_hash(
+            {"fit": fit["id"], "target": target.spec, "ks": self.section.ks, **shards}
+        )
 
     def model(self, config: ModelConfig) -> nn.Module:
         if config.spec not in self._models:
@@ -352,6 +370,27 @@ class RetrievalTask(Task):
         save_file({"delta": perturbation.delta.contiguous()}, str(path))
         return perturbation
 
+    def cell_part(self, fit: dict[str, Any], target: ModelConfig, shard: int) -> dict[str, Any]:
+        """One shard of an evaluation: the target's features of its perturbed test images and
+        of their (perturbed) captions."""
+        start = time.perf_counter()
+        perturbation = self.fit(fit)
+        model = self.model(target)
+        size = self.section.shard_size or len(self.test)
+        begin, end = shard * size, min(len(self.test), (shard + 1) * size)
+        clean_images = self.test.images[begin:end].to(self.device)
+        adversarial = perturbation.apply(clean_images)
+        fit["threat"].check(adversarial, clean_images)  # every test image, every cell
+        owner = self.test.caption_image
+        index = ((owner >= begin) & (owner < end)).nonzero().flatten()
+        captions = self._adversarial_captions(fit, perturbation)
+        return {
+            "images": encode_images(model, adversarial).cpu(),
+            "caption_index": index,
+            "texts": encode_texts(model, [captions[i] for i in index.tolist()]).cpu(),
+            "wall": time.perf_counter() - start,
+        }
+
     def cell_record(
         self,
         fit: dict[str, Any],
@@ -359,18 +398,20 @@ class RetrievalTask(Task):
         perturbation: UniversalPerturbation,
         record_id: str,
         clean_record: dict[str, Any],
+        parts: list[dict[str, Any]],
     ) -> dict[str, Any]:
+        """An evaluation's record from its shards' features, in shard order."""
         threat: ThreatModel = fit["threat"]
         white_box = fit["source"].spec == target.spec
         access = "white-box" if white_box else "transfer"
         start = time.perf_counter()
         model = self.model(target)
-        clean_images = self.test.images.to(self.device)
-        adversarial = perturbation.apply(clean_images)
-        threat.check(adversarial, clean_images)  # every test image, every cell
-        images = encode_images(model, adversarial)
+        images = torch.cat([p["images"] for p in parts]).to(self.device)
+        texts = parts[0]["texts"].new_empty(len(self.test.captions), parts[0]["texts"].shape[1])
+        for part in parts:
+            texts[part["caption_index"]] = part["texts"]
+        texts = texts.to(self.device)
         captions = self._adversarial_captions(fit, perturbation)
-        texts = encode_texts(model, captions)
         correct = retrieval_correct(images, texts, self.test.caption_image, self.section.ks)
         clean = clean_record["correct"]
         asr: dict[str, dict[str, Any]] = {}
@@ -385,6 +426,7 @@ class RetrievalTask(Task):
                     "ci95": list(wilson_interval(broken, total)) if total else None,
                 }
         examples = []
+        clean_images = self.test.images.to(self.device)
         if white_box and self.section.examples:
             clean_texts = (
                 _features(model, self.test, clean_images[:1])[1] if perturbation.word else texts
@@ -398,7 +440,9 @@ class RetrievalTask(Task):
             save_file(
                 {
                     "clean": self.test.images[chosen].contiguous(),
-                    "adversarial": adversarial[chosen.to(adversarial.device)].cpu().contiguous(),
+                    "adversarial": perturbation.apply(clean_images[chosen.to(self.device)])
+                    .cpu()
+                    .contiguous(),
                 },
                 str(self.run_dir / example_images),
             )
@@ -436,7 +480,7 @@ class RetrievalTask(Task):
             "perturbation": relative,
             "examples": examples,
             "example_images": example_images,
-            "wall_time": time.perf_counter() - start,
+            "wall_time": sum(p["wall"] for p in parts) + time.perf_counter() - start,
         }
 
     def _adversarial_captions(
