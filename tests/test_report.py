@@ -394,12 +394,13 @@ def test_a_run_records_the_content_hash_of_each_artifact_it_used(tmp_path):
     (name,) = [key for key in artifacts if key.startswith("models/digits-cnn-")]
     assert re.fullmatch(r"[0-9a-f]{16}", artifacts[name])
     # a resumed run keeps the artifacts its earlier invocation used (it loads nothing new here)
-    from robustbench_cl.models.artifacts import USED_ARTIFACTS
-
     meta = json.loads((out / "meta.json").read_text())
     meta["artifacts"]["defenses/earlier-run"] = "0123456789abcdef"
     (out / "meta.json").write_text(json.dumps(meta))
-    USED_ARTIFACTS.pop("defenses/earlier-run", None)
     run(config, out=out, device="cpu")
     resumed = json.loads((out / "meta.json").read_text())["artifacts"]
     assert resumed["defenses/earlier-run"] == "0123456789abcdef" and name in resumed
+    # another run in the same process lists only what it used itself
+    other = run({**config, "models": [{"spec": "builtin:digits-judge"}]}, out=tmp_path / "other")
+    listed = json.loads((other / "meta.json").read_text())["artifacts"]
+    assert name not in listed and any(k.startswith("models/digits-judge-") for k in listed)

@@ -141,13 +141,13 @@ def _execute_remote(
                         fault=fault_marker(os.environ),
                     )
 
-    from robustbench_cl.models.artifacts import USED_ARTIFACTS
+    from robustbench_cl.models.artifacts import add_artifact_uses
 
     submit_ready()
     for (unit_id, shard), returned in executor.completed():
         task, unit = by_id[unit_id]
         parts[unit_id][shard] = returned["part"]
-        USED_ARTIFACTS.update(returned["artifacts"])
+        add_artifact_uses(returned["artifacts"])
         if len(parts[unit_id]) < unit.shards:
             continue
         inputs = {n: records[n] for n in unit.needs}

@@ -34,6 +34,7 @@ from robustbench_cl.engine.task import (
 )
 from robustbench_cl.engine.threads import apply_threads
 from robustbench_cl.errors import UserError
+from robustbench_cl.models.artifacts import collect_artifact_uses
 from robustbench_cl.utils import allow_remote_code, device_name, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -146,31 +147,31 @@ def run(
         with contextlib.suppress(ValueError, OSError):
             earlier = dict(json.loads((run_dir / "meta.json").read_text()).get("artifacts") or {})
     ctx = RunContext(config, run_dir, resolved_device, progress, resume=resume)
-    # every task validates its section and plans its units before anything is written
-    tasks = [task_class(ctx) for task_class in active_tasks(config)]
-    plans = [(task, task.plan()) for task in tasks]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path.write_text(yaml.safe_dump(resolved, sort_keys=False))
-    meta = _meta(config, resolved_device, command, profile)
-    write_json_atomic(run_dir / "meta.json", meta)
-    meta["data"] = next((d for t in tasks if (d := t.describe_data()) is not None), None)
-    started = time.perf_counter()
-    ray_executor = None
-    if executor == "ray":
-        from robustbench_cl.engine.executors import RayExecutor
-        from robustbench_cl.utils import TRUST_REMOTE_CODE_ENV, cache_home, trust_remote_code
+    # the cached artifacts this run (planning included) and its Ray workers use
+    with collect_artifact_uses() as used:
+        # every task validates its section and plans its units before anything is written
+        tasks = [task_class(ctx) for task_class in active_tasks(config)]
+        plans = [(task, task.plan()) for task in tasks]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(yaml.safe_dump(resolved, sort_keys=False))
+        meta = _meta(config, resolved_device, command, profile)
+        write_json_atomic(run_dir / "meta.json", meta)
+        meta["data"] = next((d for t in tasks if (d := t.describe_data()) is not None), None)
+        started = time.perf_counter()
+        ray_executor = None
+        if executor == "ray":
+            from robustbench_cl.engine.executors import RayExecutor
+            from robustbench_cl.utils import TRUST_REMOTE_CODE_ENV, cache_home, trust_remote_code
 
-        env = {"ROBUSTBENCH_CL_HOME": str(cache_home())}
-        if trust_remote_code():
-            env[TRUST_REMOTE_CODE_ENV] = "1"
-        ray_executor = RayExecutor(address, gpus_per_task, env)
-    execute(plans, ctx, ResultsStore(run_dir / "cells.jsonl"), ray_executor)
+            env = {"ROBUSTBENCH_CL_HOME": str(cache_home())}
+            if trust_remote_code():
+                env[TRUST_REMOTE_CODE_ENV] = "1"
+            ray_executor = RayExecutor(address, gpus_per_task, env)
+        execute(plans, ctx, ResultsStore(run_dir / "cells.jsonl"), ray_executor)
     meta["executor"] = executor
     meta["threads"] = used_threads
-    from robustbench_cl.models.artifacts import USED_ARTIFACTS
-
-    # content hashes of the cached weights this process and its Ray workers used
-    meta["artifacts"] = dict(sorted({**earlier, **USED_ARTIFACTS}.items()))
+    # content hashes of the cached weights this run and its Ray workers used
+    meta["artifacts"] = dict(sorted({**earlier, **used}.items()))
     meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     meta["wall_time"] = time.perf_counter() - started
     write_json_atomic(run_dir / "meta.json", meta)

@@ -300,8 +300,10 @@ def run_remote_shard(
         _WORKER_TASKS[key] = (task, {unit.id: unit for unit in task.plan()})
     task, units = _WORKER_TASKS[key]
     seed_unit(task.config.seed, unit_id, shard)
-    from robustbench_cl.models.artifacts import USED_ARTIFACTS
+    from robustbench_cl.models.artifacts import collect_artifact_uses
 
-    part = task.run_shard(units[unit_id], inputs, shard)
-    # the cached artifacts this worker used, for the driver's meta.json
-    return {"part": part, "artifacts": dict(USED_ARTIFACTS)}
+    # the cached artifacts this shard loaded, for the driver's meta.json (a worker that keeps a
+    # model loaded reported it with the shard that loaded it)
+    with collect_artifact_uses() as used:
+        part = task.run_shard(units[unit_id], inputs, shard)
+    return {"part": part, "artifacts": used}

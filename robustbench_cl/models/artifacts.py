@@ -9,6 +9,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -46,18 +47,41 @@ def artifact_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-#: ``category/name`` -> content hash of every cached artifact this process used (built or
-#: loaded); a run records them in ``meta.json`` so that ``compare`` can tell runs on other weights
-USED_ARTIFACTS: dict[str, str] = {}
+#: the collector of the run (or Ray shard) in progress: ``category/name`` -> content hash of
+#: every cached artifact it used (built or loaded); a run records them in ``meta.json`` so that
+#: ``compare`` can tell runs on other weights. Scoped, so two runs in one process (the Python
+#: API, the tests) never list each other's artifacts.
+_USES: ContextVar[dict[str, str] | None] = ContextVar("artifact_uses", default=None)
+
+
+@contextmanager
+def collect_artifact_uses() -> Iterator[dict[str, str]]:
+    """Collect the artifacts used inside the block (what ``record_use`` sees) into a dict."""
+    used: dict[str, str] = {}
+    token = _USES.set(used)
+    try:
+        yield used
+    finally:
+        _USES.reset(token)
 
 
 def record_use(path: Path) -> None:
     from robustbench_cl.shipped import digest
 
+    used = _USES.get()
+    if used is None:  # outside a run: nobody asks
+        return
     weights = with_extension(path, ".safetensors")
     target = weights if weights.is_file() else path if path.is_dir() else None
     if target is not None:
-        USED_ARTIFACTS[f"{path.parent.name}/{path.name}"] = digest(target)
+        used[f"{path.parent.name}/{path.name}"] = digest(target)
+
+
+def add_artifact_uses(uses: dict[str, str]) -> None:
+    """Add what a Ray worker reported to the run's collector."""
+    used = _USES.get()
+    if used is not None:
+        used.update(uses)
 
 
 def save_artifact(path: Path, module: nn.Module, config: dict[str, Any]) -> Path:
