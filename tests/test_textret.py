@@ -198,6 +198,10 @@ def test_the_textret_task_end_to_end_with_schema_report_table_and_resume(tmp_pat
     for cell in cells:
         for entry in cell["asr"].values():
             assert entry["n"] == 0 or 0 <= entry["rate"] <= 1
+    (rerank,) = [r for r in records if r["type"] == "textret_rerank"]  # AR2 only
+    assert set(rerank["rankers"]) == {"warmup", "final"} and rerank["candidates"] == 20
+    for entry in rerank["rankers"].values():
+        assert len(entry["ranks"]) == 12 and 0 <= entry["metrics"]["mrr@10"] <= 1
     hotflip = next(c for c in cells if c["attack"]["attack"] == "hotflip")
     assert hotflip["noise_asr"] is not None and hotflip["threat"]["eps"] == 1
     results = load_results(run_dir)
@@ -207,13 +211,33 @@ def test_the_textret_task_end_to_end_with_schema_report_table_and_resume(tmp_pat
         "MiniLM / InfoNCE",
         "MiniLM / AR2",
     }
+    ar2 = next(p for p in results["textret"]["pairs"] if p["label"] == "MiniLM / AR2")
+    assert ar2["rerank"]["final"]["mrr@10"] == rerank["rankers"]["final"]["metrics"]["mrr@10"]
     html = render_report(run_dir)
     assert '<section id="textret">' in html and "Dense text retrieval under attack" in html
+    assert "re-ranked MRR@10" in html
     shown = CliRunner().invoke(cli, ["show", str(run_dir)], env={"COLUMNS": "200"})
     assert shown.exit_code == 0 and "text retrieval" in shown.output
     assert_resumes_after_a_torn_line(
         run_dir, lambda: rbcl.run(CONFIG, out=run_dir, profile=None, device="cpu")
     )
+
+
+def test_the_cross_ranker_starts_as_the_frozen_retriever():
+    """At initialisation the ranker's logit is its prior, the frozen encoder's scaled cosine
+    (the joint layers' readout starts at zero), one logit per candidate."""
+    from robustbench_cl.models.biencoder import minilm_retriever
+    from robustbench_cl.models.ranker import CrossRanker, TokenStates
+
+    retriever = minilm_retriever()
+    texts = ["Where was Ada born?", "Ada was born in Paris.", "Paris was born in Ada."]
+    states = TokenStates(retriever.encoder, texts)
+    ranker = CrossRanker(retriever.dim)
+    index = torch.tensor([[1, 2]])
+    logits = ranker(states[torch.tensor([0])], states[index])
+    features = retriever.encode(texts)
+    assert torch.allclose(logits[0], 20 * features[0] @ features[1:].T, atol=1e-4)
+    assert logits.shape == (1, 2)
 
 
 def test_textret_config_errors_are_one_line(tmp_path):

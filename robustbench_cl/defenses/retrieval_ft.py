@@ -10,14 +10,18 @@ never touched. They differ only in the loss, so each is a controlled comparison:
 - ``mw-ft`` ("Optimizing What Matters", the MW loss): the same score matrix, but every positive
   against every negative of the batch, pooled across queries: mean softplus((s_n - s_p) / T),
   which bounds 1 - AUC (``losses.contrastive.mw_loss`` on the square part).
-- ``ar2`` (Zhang et al., ICLR 2022): a retriever-ranker minimax game. A ranker (an MLP on
-  [q, d, q*d, |q - d|] of the frozen features: the cross-encoder of the paper, scaled down) is
-  trained with cross-entropy over [d+, ``negatives`` hard negatives from the current retriever];
-  the retriever, ranker frozen, minimises lambda * L_adv + (1 - lambda) * L_distill with
+- ``ar2`` (Zhang et al., ICLR 2022): a retriever-ranker minimax game. The ranker is a small
+  cross-encoder (:class:`~robustbench_cl.models.ranker.CrossRanker`: two trainable transformer
+  layers over the frozen encoder's token states of the query and the passage joined, PreTTR
+  style: the paper's full cross-encoder, scaled down to a CPU), trained with cross-entropy over
+  [d+, ``negatives`` hard negatives from the current retriever], first for ``ranker_warmup``
+  epochs on the initial retriever's negatives (that ranker is kept: the control), then in the
+  game. The retriever, ranker frozen, minimises lambda * L_adv + (1 - lambda) * L_distill with
   reward(d) = log sigmoid(r(q, d+) - r(q, d)), L_adv = sum_d reward(d) log p_theta(d | q) and
-  L_distill = -sum_d p_phi(d | q) log p_theta(d | q). Negatives are re-mined every round. The
-  paper's schedule, scaled down: ``rounds`` rounds of ``ranker_steps`` ranker then
-  ``retriever_steps`` retriever steps (the official 500 / 1500 per 2000-step iteration).
+  L_distill = -sum_d p_phi(d | q) log p_theta(d | q); each retriever step follows
+  ``ranker_steps`` ranker steps on the same candidates, and negatives are re-mined every epoch
+  (the official schedule alternates 500 ranker and 1500 retriever steps). Both rankers are
+  cached beside the head; the textret task re-ranks each query's top candidates with them.
 """
 
 from __future__ import annotations
@@ -43,18 +47,6 @@ from robustbench_cl.registry import register_defense
 from robustbench_cl.utils import cache_home, stable_hash
 
 logger = logging.getLogger(__name__)
-
-
-class Ranker(nn.Module):
-    """Relevance logit r(q, d) from the frozen features: MLP on [q, d, q*d, |q - d|]."""
-
-    def __init__(self, dim: int, hidden: int = 256) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(4 * dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-
-    def forward(self, q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        q = q.unsqueeze(-2).expand_as(d) if q.dim() == d.dim() - 1 else q
-        return self.net(torch.cat([q, d, q * d, (q - d).abs()], dim=-1)).squeeze(-1)
 
 
 class RetrieverFineTune(Defense):
@@ -109,8 +101,9 @@ class RetrieverFineTune(Defense):
         path = cache_home() / "defenses" / f"{self.name}-{self.cache_key(model_spec, corpus)}"
         head = ProjectionHead(base.dim, self.hidden)
         with artifact_lock(path):
-            if artifact_exists(path):
+            if artifact_exists(path) and self.extras_exist(path):
                 load_artifact_weights(path, head)
+                self.load_extras(path, base)
                 self.training_info = _read_info(path)
             else:
                 logger.info(
@@ -120,9 +113,21 @@ class RetrieverFineTune(Defense):
                 head, info = self.train(base, head, corpus)
                 info["wall_time"] = time.perf_counter() - start
                 self.training_info = info
+                self.save_extras(path)  # first: a head without its extras is never reused
                 save_artifact(path, head, {"settings": self.settings(), **info})
         head.eval().requires_grad_(False)
         return BiEncoder(base.encoder, head.to(base.encoder.device))
+
+    # ------------------------------------------------------------------ extra modules
+    def extras_exist(self, path) -> bool:  # noqa: ANN001, ARG002
+        """Whether the modules trained beside the head (AR2's rankers) are cached too."""
+        return True
+
+    def save_extras(self, path) -> None:  # noqa: ANN001
+        pass
+
+    def load_extras(self, path, base: BiEncoder) -> None:  # noqa: ANN001
+        pass
 
     # ------------------------------------------------------------------ training
     def train(self, base: BiEncoder, head: nn.Module, corpus: Any) -> tuple[nn.Module, dict]:
@@ -136,13 +141,14 @@ class RetrieverFineTune(Defense):
         head = head.cpu().train()
         optimizer = torch.optim.Adam(head.parameters(), lr=self.lr)
         history: list[float] = []
-        state = self.start(base, head, passages, queries, positive)
+        state = self.start(base, head, passages, queries, positive, corpus)
         steps_per_epoch = -(-len(queries) // self.batch_size)
         for epoch in range(self.epochs):
             negatives = _mine(head, queries, passages, relevant, 1 + self.extra_negatives())
             order = torch.randperm(len(queries), generator=generator)
             for step in range(steps_per_epoch):
                 batch = order[step * self.batch_size : (step + 1) * self.batch_size]
+                state["batch"] = batch  # the training queries' indices (AR2's ranker)
                 loss = self.loss(
                     head, queries[batch], passages, positive[batch], negatives[batch], state
                 )
@@ -159,7 +165,7 @@ class RetrieverFineTune(Defense):
     def extra_negatives(self) -> int:
         return 0
 
-    def start(self, base, head, passages, queries, positive) -> dict[str, Any]:  # noqa: ANN001, ARG002
+    def start(self, base, head, passages, queries, positive, corpus) -> dict[str, Any]:  # noqa: ANN001, ARG002
         return {}
 
     def info(self, state: dict[str, Any]) -> dict[str, Any]:  # noqa: ARG002
@@ -225,9 +231,13 @@ class MWFineTune(RetrieverFineTune):
 
 @register_defense("ar2")
 class AR2(RetrieverFineTune):
-    """AR2: retriever-ranker minimax game with ranker-to-retriever distillation."""
+    """AR2: retriever-ranker minimax game with ranker-to-retriever distillation; the ranker is
+    a small cross-encoder (:class:`~robustbench_cl.models.ranker.CrossRanker`)."""
 
     name = "ar2"
+    version = 2  # 1: an MLP ranker on pooled features; 2: the cross-encoder ranker
+    #: the textret task re-ranks each query's top candidates with the rankers (``rankers``)
+    has_ranker = True
 
     def __init__(
         self,
@@ -241,7 +251,9 @@ class AR2(RetrieverFineTune):
         adv_lambda: float = 0.5,
         ranker_lr: float = 1e-3,
         ranker_steps: int = 1,
-        ranker_warmup: int = 20,
+        ranker_warmup: int = 4,
+        ranker_width: int = 128,
+        ranker_layers: int = 2,
     ) -> None:
         super().__init__(epochs, batch_size, lr, temperature, hidden, seed)
         self.negatives = negatives
@@ -249,50 +261,108 @@ class AR2(RetrieverFineTune):
         self.ranker_lr = ranker_lr
         self.ranker_steps = ranker_steps
         #: epochs of ranker training on the initial retriever's negatives before the game (the
-        #: paper warms the ranker up for 10k steps first)
+        #: paper warms the ranker up for 10k steps first); this ranker is kept as the control
         self.ranker_warmup = ranker_warmup
+        self.ranker_width = ranker_width
+        self.ranker_layers = ranker_layers
+        self._rankers: dict[str, nn.Module] = {}
+
+    @property
+    def rankers(self) -> dict[str, nn.Module]:
+        """``warmup`` (trained on the initial retriever's hard negatives only: the control)
+        and ``final`` (after the game), frozen; empty before ``build``."""
+        return self._rankers
 
     def extra_negatives(self) -> int:
         return self.negatives - 1
 
-    def start(self, base, head, passages, queries, positive) -> dict[str, Any]:  # noqa: ANN001, ARG002
-        ranker = Ranker(passages.shape[1])
+    def _new_ranker(self, dim: int) -> nn.Module:
+        from robustbench_cl.models.ranker import CrossRanker
+
+        return CrossRanker(dim, self.ranker_width, self.ranker_layers)
+
+    @staticmethod
+    def _rankers_path(path):  # noqa: ANN001, ANN205
+        return path.with_name(path.name + "-rankers")
+
+    def extras_exist(self, path) -> bool:  # noqa: ANN001
+        return artifact_exists(self._rankers_path(path))
+
+    def save_extras(self, path) -> None:  # noqa: ANN001
+        save_artifact(
+            self._rankers_path(path),
+            nn.ModuleDict(self._rankers),
+            {"width": self.ranker_width, "layers": self.ranker_layers},
+        )
+
+    def load_extras(self, path, base: BiEncoder) -> None:  # noqa: ANN001
+        rankers = nn.ModuleDict({k: self._new_ranker(base.dim) for k in ("warmup", "final")})
+        load_artifact_weights(self._rankers_path(path), rankers)
+        self._rankers = dict(rankers.items())
+        self._freeze()
+
+    def _freeze(self) -> None:
+        for ranker in self._rankers.values():
+            ranker.eval().requires_grad_(False)
+
+    def start(self, base, head, passages, queries, positive, corpus) -> dict[str, Any]:  # noqa: ANN001, ARG002
+        from robustbench_cl.models.ranker import TokenStates
+
+        ranker = self._new_ranker(base.dim)
         optimizer = torch.optim.Adam(ranker.parameters(), lr=self.ranker_lr)
-        state = {"ranker": ranker, "optimizer": optimizer, "ranker_loss": []}
+        state = {
+            "ranker": ranker,
+            "optimizer": optimizer,
+            "ranker_loss": [],
+            # the frozen encoder's token states, once per text (the ranker's input)
+            "query_states": TokenStates(base.encoder, [q.text for q in corpus.train]),
+            "passage_states": TokenStates(base.encoder, corpus.texts()),
+        }
         relevant = [positive[i : i + 1] for i in range(len(positive))]
         negatives = _mine(head, queries, passages, relevant, self.negatives)
         generator = torch.Generator().manual_seed(self.seed + 1)
-        for _ in range(self.ranker_warmup):
+        for epoch in range(self.ranker_warmup):
             order = torch.randperm(len(queries), generator=generator)
             for start in range(0, len(order), self.batch_size):
                 batch = order[start : start + self.batch_size]
-                self._ranker_step(
-                    state, queries[batch], passages, positive[batch], negatives[batch]
-                )
-        state["warmup_accuracy"] = self._ranker_accuracy(
-            state, queries, passages, positive, negatives
-        )
+                self._ranker_step(state, batch, self._candidates(positive[batch], negatives[batch]))
+            report_step(epoch + 1, self.ranker_warmup)
+        state["warmup_accuracy"] = self._ranker_accuracy(state, positive, negatives)
+        warmup = self._new_ranker(base.dim)
+        warmup.load_state_dict(ranker.state_dict())
+        state["warmup_ranker"] = warmup
         return state
 
-    def _ranker_step(self, state, queries, passages, positive, negatives) -> torch.Tensor:  # noqa: ANN001
-        candidates = torch.cat([positive[:, None], negatives[:, : self.negatives]], dim=1)
-        logits = state["ranker"](queries, passages[candidates])
-        loss = F.cross_entropy(logits, torch.zeros(len(queries), dtype=torch.long))
+    def _candidates(self, positive, negatives) -> torch.Tensor:  # noqa: ANN001
+        """[d+, n hard negatives] per query: index 0 is the relevant passage."""
+        return torch.cat([positive[:, None], negatives[:, : self.negatives]], dim=1)
+
+    def _ranker_logits(self, state, batch, candidates) -> torch.Tensor:  # noqa: ANN001
+        return state["ranker"](state["query_states"][batch], state["passage_states"][candidates])
+
+    def _ranker_step(self, state, batch, candidates) -> torch.Tensor:  # noqa: ANN001
+        state["ranker"].train()
+        logits = self._ranker_logits(state, batch, candidates)
+        loss = F.cross_entropy(logits, torch.zeros(len(batch), dtype=torch.long))
         state["optimizer"].zero_grad()
         loss.backward()
         state["optimizer"].step()
         state["ranker_loss"].append(loss.detach())
         return loss
 
-    @staticmethod
-    def _ranker_accuracy(state, queries, passages, positive, negatives) -> float:  # noqa: ANN001
+    def _ranker_accuracy(self, state, positive, negatives) -> float:  # noqa: ANN001
+        state["ranker"].eval()
+        hits = []
         with torch.no_grad():
-            candidates = torch.cat([positive[:, None], negatives], dim=1)
-            return float(
-                (state["ranker"](queries, passages[candidates]).argmax(1) == 0).float().mean()
-            )
+            for start in range(0, len(positive), 256):
+                batch = torch.arange(start, min(len(positive), start + 256))
+                candidates = self._candidates(positive[batch], negatives[batch])
+                hits.append(self._ranker_logits(state, batch, candidates).argmax(1) == 0)
+        return float(torch.cat(hits).float().mean())
 
     def info(self, state: dict[str, Any]) -> dict[str, Any]:
+        self._rankers = {"warmup": state["warmup_ranker"], "final": state["ranker"]}
+        self._freeze()
         losses = state["ranker_loss"]
         return {
             "ranker_loss_history": [float(v) for v in losses[:: max(1, len(losses) // 50)]],
@@ -300,13 +370,14 @@ class AR2(RetrieverFineTune):
         }
 
     def loss(self, head, queries, passages, positive, negatives, state):  # noqa: ANN001, ANN201
-        ranker: Ranker = state["ranker"]
-        candidates = torch.cat([positive[:, None], negatives[:, : self.negatives]], dim=1)
+        batch = state["batch"]
+        candidates = self._candidates(positive, negatives)
         docs = passages[candidates]  # (B, 1 + n, d) frozen features; index 0 is d+
         for _ in range(self.ranker_steps):  # the ranker's step, retriever fixed
-            self._ranker_step(state, queries, passages, positive, negatives)
+            self._ranker_step(state, batch, candidates)
+        state["ranker"].eval()
         with torch.no_grad():  # the retriever's step, ranker fixed
-            relevance = ranker(queries, docs)
+            relevance = self._ranker_logits(state, batch, candidates)
             reward = F.logsigmoid(relevance[:, :1] - relevance)  # <= 0; 0 for d+
             teacher = relevance.softmax(-1)
         q = head(queries)

@@ -49,6 +49,8 @@ from robustbench_cl.utils import derive_seed, stable_hash
 #: bump when the protocol changes (record ids change, so old records are not reused)
 PROTOCOL_VERSION = 1
 KS = (1, 5, 10, 20)
+#: candidates per query that a ranker re-orders (the retriever's top K)
+RERANK_K = 20
 
 DEFAULT_THREATS = {
     "hotflip": {"norm": "l0", "eps": 3, "space": "token", "bounds": None},
@@ -159,7 +161,7 @@ class TextRetrievalTask(Task):
     order = 60
 
     section_type = TextRetConfig
-    record_types = ("textret_clean", "textret_auc", "textret")
+    record_types = ("textret_clean", "textret_auc", "textret_rerank", "textret")
     template = Path(__file__).parent / "templates" / "textret.html.j2"
     title = "Text retrieval"
     data_sources: ClassVar[tuple[tuple[str, str], ...]] = (
@@ -216,6 +218,11 @@ class TextRetrievalTask(Task):
                 units.append(Unit(clean_id, f"{label} | text retrieval clean", "clean", (mi, di)))
                 auc_id = stable_hash({"textret_auc": pair_key})
                 units.append(Unit(auc_id, f"{label} | score AUC", "auc", (mi, di), (clean_id,)))
+                if getattr(built, "has_ranker", False):  # AR2: re-rank with its rankers
+                    rerank_id = stable_hash({"textret_rerank": pair_key, "k": RERANK_K})
+                    units.append(
+                        Unit(rerank_id, f"{label} | re-ranking", "rerank", (mi, di), (clean_id,))
+                    )
                 for ci, column in enumerate(self.columns):
                     cell_id = stable_hash(
                         {
@@ -279,6 +286,8 @@ class TextRetrievalTask(Task):
     def batches(self, unit: Unit, inputs: dict[str, dict[str, Any]]) -> int:
         if unit.kind in ("clean", "auc"):
             return 1
+        if unit.kind == "rerank":
+            return 2
         return -(-len(self.corpus.test) // self.section.batch_size)
 
     # ------------------------------------------------------------------ run
@@ -307,9 +316,12 @@ class TextRetrievalTask(Task):
                     "wall_time": info.get("wall_time"),
                     "loss_history": info.get("loss_history", []),
                     "ranker_loss_history": info.get("ranker_loss_history"),
+                    "ranker_warmup_accuracy": info.get("ranker_warmup_accuracy"),
                 },
                 "wall_time": time.perf_counter() - start,
             }
+        if unit.kind == "rerank":
+            return self.rerank_record(unit, retriever, passages, built)
         if unit.kind == "auc":
             query = retriever.encode([q.text for q in corpus.test])
             self.progress.batch_done()
@@ -321,6 +333,51 @@ class TextRetrievalTask(Task):
             }
         column = self.columns[unit.key[2]]
         return self.attack_cell(unit, inputs[unit.needs[0]], column, retriever, passages)
+
+    def rerank_record(self, unit, retriever, passages, built) -> dict[str, Any]:  # noqa: ANN001
+        """Each test query's top ``RERANK_K`` passages under the retriever, re-ordered by each
+        of the defense's rankers (AR2: the warm-up ranker, trained on the initial retriever's
+        negatives only, and the ranker after the game); passages below the top K keep their
+        retriever order."""
+        from robustbench_cl.models.ranker import TokenStates
+
+        start = time.perf_counter()
+        corpus = self.corpus
+        query = retriever.encode([q.text for q in corpus.test])
+        scores = query @ passages.T
+        top = scores.topk(min(RERANK_K, scores.shape[1]), dim=1).indices.cpu()
+        shown = top.flatten().unique()
+        where = torch.full((scores.shape[1],), -1, dtype=torch.long)
+        where[shown] = torch.arange(len(shown))
+        encoder = retriever.encoder
+        query_states = TokenStates(encoder, [q.text for q in corpus.test])
+        passage_states = TokenStates(encoder, [corpus.passages[int(i)].text for i in shown])
+        rows = torch.arange(len(top))[:, None]
+        out: dict[str, Any] = {}
+        for name, ranker in built.rankers.items():
+            logits = []
+            with torch.no_grad():
+                for begin in range(0, len(top), 32):
+                    batch = torch.arange(begin, min(len(top), begin + 32))
+                    logits.append(ranker(query_states[batch], passage_states[where[top[batch]]]))
+            reranked = scores.detach().cpu().clone()
+            # above every passage outside the top K, in the ranker's order
+            reranked[rows, top] = reranked.max() + 1 + torch.cat(logits).sigmoid()
+            relevant = [r.cpu() for r in self._relevant]
+            rank = _ranks(reranked, relevant)
+            out[name] = {
+                "metrics": metrics(rank, _ndcg10(reranked, relevant)),
+                "ranks": rank.tolist(),
+            }
+            self.progress.batch_done()
+        return {
+            "type": "textret_rerank",
+            "id": unit.id,
+            "clean_id": unit.needs[0],
+            "candidates": int(top.shape[1]),
+            "rankers": out,
+            "wall_time": time.perf_counter() - start,
+        }
 
     def attack_cell(self, unit, clean, column, retriever, passages) -> dict[str, Any]:  # noqa: ANN001
         corpus = self.corpus
@@ -492,6 +549,7 @@ class TextRetrievalTask(Task):
         cleans = summary.of("textret_clean")
         cells = summary.of("textret")
         aucs = {r["clean_id"]: r for r in summary.of("textret_auc")}
+        reranks = {r["clean_id"]: r for r in summary.of("textret_rerank")}
         if not cleans and not cells:
             return None
         pairs = [
@@ -506,6 +564,8 @@ class TextRetrievalTask(Task):
                 "training_seconds": (r.get("training") or {}).get("wall_time"),
                 "global_auc": aucs.get(r["id"], {}).get("global_auc"),
                 "per_query_auc": aucs.get(r["id"], {}).get("per_query_auc"),
+                "rerank": _rerank_entry(reranks.get(r["id"])),
+                "ranker_warmup_accuracy": (r.get("training") or {}).get("ranker_warmup_accuracy"),
             }
             for r in cleans
         ]
@@ -597,6 +657,15 @@ class TextRetrievalTask(Task):
         return table
 
 
+def _rerank_entry(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    return {
+        "candidates": record["candidates"],
+        **{name: entry["metrics"] for name, entry in record["rankers"].items()},
+    }
+
+
 def column_label(column: dict[str, Any]) -> str:
     return _column_text(
         {"attack": column["config"].attack, "name": column["config"].name},
@@ -665,6 +734,13 @@ class TextRetPair(BaseModel):
     global_auc: float | None
     """the AUC of relevant against irrelevant scores, pooled over the test queries"""
     per_query_auc: float | None
+    rerank: dict[str, Any] | None = None
+    """AR2 only: ``candidates`` (the retriever's top K re-ordered) and per ranker (``warmup``:
+    trained on the initial retriever's negatives; ``final``: after the game) the clean metrics
+    after re-ranking"""
+    ranker_warmup_accuracy: float | None = None
+    """AR2 only: the warm-up ranker's top-1 accuracy among [d+, hard negatives] on the training
+    queries"""
 
 
 class TextRetExample(BaseModel):
@@ -728,6 +804,16 @@ class TextRetAucRecord(Record):
     per_query_auc: float
 
 
+class TextRetRerankRecord(Record):
+    """A (retriever, defense)'s rankers re-ordering each test query's top candidates."""
+
+    type: Literal["textret_rerank"]
+    clean_id: str
+    candidates: int = Field(..., ge=1)
+    rankers: dict[str, dict[str, Any]]
+    """per ranker (``warmup``, ``final``): ``metrics`` and per-query ``ranks`` after re-ranking"""
+
+
 class TextRetRecord(Record):
     """One attack cell: metrics and ranks under attack, ASR@k, the random-swap baseline."""
 
@@ -750,6 +836,7 @@ class TextRetRecord(Record):
 TextRetrievalTask.record_models = {
     "textret_clean": TextRetCleanRecord,
     "textret_auc": TextRetAucRecord,
+    "textret_rerank": TextRetRerankRecord,
     "textret": TextRetRecord,
 }
 
