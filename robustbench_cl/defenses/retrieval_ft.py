@@ -90,6 +90,11 @@ class RetrieverFineTune(Defense):
             }
         )
 
+    def cached(self, model_spec: str, corpus: Any) -> bool:
+        """Whether ``build`` will load the head (and its extras) instead of training them."""
+        path = cache_home() / "defenses" / f"{self.name}-{self.cache_key(model_spec, corpus)}"
+        return artifact_exists(path) and self.extras_exist(path)
+
     def build(self, model: nn.Module, model_spec: str, corpus: Any) -> nn.Module:  # type: ignore[override]
         base: BiEncoder = getattr(model, "model", model)
         if base.head is not None:

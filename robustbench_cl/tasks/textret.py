@@ -267,7 +267,9 @@ class TextRetrievalTask(Task):
             self._pair = self._retriever = self._passages = None
             model = self.section.models[mi]
             defense, built = self.defenses[di]
-            self.progress.message(f"loading {model.label} / {defense.label}")
+            cached = getattr(built, "cached", None)
+            verb = "training" if cached and not cached(model.spec, self.corpus) else "loading"
+            self.progress.message(f"{verb} {model.label} / {defense.label}")
             base = load_model(model.spec).to(self.device)
             inner = getattr(base, "model", base)
             if not hasattr(inner, "encode_embeds"):
