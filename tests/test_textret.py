@@ -5,6 +5,7 @@ defenses and the textret task end to end (schema, report, resume, one-line error
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -202,6 +203,9 @@ def test_the_textret_task_end_to_end_with_schema_report_table_and_resume(tmp_pat
     assert set(rerank["rankers"]) == {"warmup", "final"} and rerank["candidates"] == 20
     for entry in rerank["rankers"].values():
         assert len(entry["ranks"]) == 12 and 0 <= entry["metrics"]["mrr@10"] <= 1
+        # one relevant passage per query: nDCG@10 follows from the ranks (no ties hide a miss)
+        gains = [1 / math.log2(1 + r) if r <= 10 else 0.0 for r in entry["ranks"]]
+        assert entry["metrics"]["ndcg@10"] == pytest.approx(sum(gains) / len(gains), abs=1e-5)
     hotflip = next(c for c in cells if c["attack"]["attack"] == "hotflip")
     assert hotflip["noise_asr"] is not None and hotflip["threat"]["eps"] == 1
     results = load_results(run_dir)
@@ -221,6 +225,20 @@ def test_the_textret_task_end_to_end_with_schema_report_table_and_resume(tmp_pat
     assert_resumes_after_a_torn_line(
         run_dir, lambda: rbcl.run(CONFIG, out=run_dir, profile=None, device="cpu")
     )
+
+
+def test_reranking_follows_the_ranker_without_ties():
+    from robustbench_cl.tasks.textret import _ranks, rerank_scores
+
+    scores = torch.tensor([[0.9, 0.8, 0.7, 0.1], [0.2, 0.9, 0.8, 0.7]])
+    top = torch.tensor([[0, 1, 2], [1, 2, 3]])
+    # large logits that sigmoid would squash to one value: the order must still hold
+    logits = torch.tensor([[30.0, 31.0, 32.0], [40.0, 40.0, 45.0]])
+    reranked = rerank_scores(scores, top, logits)
+    assert reranked[0].argsort(descending=True).tolist() == [2, 1, 0, 3]
+    assert reranked[1].argsort(descending=True).tolist() == [3, 1, 2, 0]  # a tie: 1 before 2
+    ranks = _ranks(reranked, [torch.tensor([0]), torch.tensor([0])])
+    assert ranks.tolist() == [3, 4]  # passage 0 of query 1 was outside the top 3: last
 
 
 def test_the_cross_ranker_starts_as_the_frozen_retriever():

@@ -125,6 +125,19 @@ def replaced_scores(query, passages, attacked, positive) -> torch.Tensor:  # noq
     return scores
 
 
+def rerank_scores(scores: torch.Tensor, top: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """``scores`` with each query's candidates ``top`` (N, K) moved above every other passage,
+    in the order of the ranker's ``logits`` (N, K); ties, if any, keep the retriever's order.
+    Positions, not the logits themselves: squashed or large logits would tie, and a tie counts
+    in the relevant passage's favour."""
+    reranked = scores.clone()
+    order = logits.argsort(dim=1, descending=True, stable=True)
+    rows = torch.arange(len(top))[:, None]
+    above = reranked.max() + 1 + torch.arange(top.shape[1], 0, -1, dtype=reranked.dtype)
+    reranked[rows, top[rows, order]] = above
+    return reranked
+
+
 def score_auc(scores: torch.Tensor, relevant: list[torch.Tensor]) -> dict[str, float]:
     """ROC-AUC of the query-passage scores, relevant pairs against the rest: ``global_auc``
     pools every pair of every query (one threshold for all queries: what the MW loss targets),
@@ -354,7 +367,6 @@ class TextRetrievalTask(Task):
         encoder = retriever.encoder
         query_states = TokenStates(encoder, [q.text for q in corpus.test])
         passage_states = TokenStates(encoder, [corpus.passages[int(i)].text for i in shown])
-        rows = torch.arange(len(top))[:, None]
         out: dict[str, Any] = {}
         for name, ranker in built.rankers.items():
             logits = []
@@ -362,9 +374,7 @@ class TextRetrievalTask(Task):
                 for begin in range(0, len(top), 32):
                     batch = torch.arange(begin, min(len(top), begin + 32))
                     logits.append(ranker(query_states[batch], passage_states[where[top[batch]]]))
-            reranked = scores.detach().cpu().clone()
-            # above every passage outside the top K, in the ranker's order
-            reranked[rows, top] = reranked.max() + 1 + torch.cat(logits).sigmoid()
+            reranked = rerank_scores(scores.detach().cpu(), top, torch.cat(logits))
             relevant = [r.cpu() for r in self._relevant]
             rank = _ranks(reranked, relevant)
             out[name] = {
