@@ -59,6 +59,35 @@ def _beir(root: Path, train: bool = True) -> Path:
     return root
 
 
+def test_namesakes_share_a_name_and_are_told_apart_by_an_attribute_in_the_question():
+    corpus = load_qa("facts?n=30&namesakes=3")
+    assert corpus.name == "facts?n=30&seed=0&namesakes=3" and corpus.info["namesakes"] == 3
+    texts = {p.id: p.text for p in corpus.passages}
+
+    from robustbench_cl.data import qa
+
+    templates = [*qa.BIRTH_NAMESAKE, *qa.WORK_NAMESAKE, *qa.HOME_NAMESAKE]
+    templates += [q for kind in qa.QUESTIONS_NAMESAKE.values() for q in kind]
+    template_words = {w.strip("?,.").lower() for t in templates for w in t.split()}
+
+    def words(text: str) -> set[str]:  # the facts in a text, not its template
+        return {w.strip("?,.").lower() for w in text.split()} - template_words
+
+    for query in corpus.train + corpus.test:
+        person, kind = query.id[1:].split("-")
+        group = range(int(person) // 3 * 3, int(person) // 3 * 3 + 3)  # three share a name
+        shared = set.intersection(
+            *({w.strip(",.") for w in texts[f"p{i}-birth"].split()} for i in group)
+        )
+        assert len({w for w in shared if w[0].isupper()}) >= 2  # first and last name
+        # the relevant passage matches the question best among the namesakes' of that kind
+        overlap = {i: len(words(query.text) & words(texts[f"p{i}-{kind}"])) for i in group}
+        best = overlap.pop(int(person))
+        assert all(best > other for other in overlap.values()), (query, overlap)
+    with pytest.raises(UserError, match="namesakes must be"):
+        load_qa("facts?n=30&namesakes=0")
+
+
 def test_beir_folders_load_with_and_without_training_qrels(tmp_path):
     corpus = load_beir(_beir(tmp_path / "a"))
     assert len(corpus.passages) == 6 and corpus.passages[0].title == "T0"

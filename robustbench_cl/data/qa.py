@@ -45,6 +45,39 @@ HOME = (
     "{name} now lives in {city} with a dog called {pet}.",
     "These days {name} lives in {city}, together with a dog named {pet}.",
 )
+# with namesakes (``namesakes=k``: each full name shared by k people), every passage and
+# question also carries the attribute that tells the namesakes apart: the job for the birth
+# and home facts, the birth city for the work fact
+BIRTH_NAMESAKE = (
+    "{name}, a {job}, was born in {city} in {year}.",
+    "Born in {year}, {name} the {job} grew up in {city}.",
+    "{city} is where {name}, a {job}, was born, in {year}.",
+)
+WORK_NAMESAKE = (
+    "{name}, born in {city}, works as a {job} at {company}.",
+    "At {company}, {name} from {city} is employed as a {job}.",
+    "{name} of {city} has a job as a {job} with {company}.",
+)
+HOME_NAMESAKE = (
+    "{name}, a {job}, now lives in {home_city} with a dog called {pet}.",
+    "These days {name} the {job} lives in {home_city}, together with a dog named {pet}.",
+)
+QUESTIONS_NAMESAKE = {
+    "birth": (
+        "Where was {name} the {job} born?",
+        "In which city was {name}, the {job}, born?",
+        "In what year was the {job} {name} born?",
+    ),
+    "work": (
+        "Which company employs {name} from {city}?",
+        "What does {name}, born in {city}, do for a living?",
+        "Where does {name} of {city} work?",
+    ),
+    "home": (
+        "Where does {name} the {job} live now?",
+        "What is the name of the dog of {name}, the {job}?",
+    ),
+}
 QUESTIONS = {
     "birth": (
         "Where was {name} born?",
@@ -106,8 +139,14 @@ class QACorpus:
         }
 
 
-def make_facts(n: int = 600, seed: int = 0, train_fraction: float = 0.5) -> QACorpus:
-    """The built-in corpus: ``n`` people, three passages and three questions each."""
+def make_facts(
+    n: int = 600, seed: int = 0, train_fraction: float = 0.5, namesakes: int = 1
+) -> QACorpus:
+    """The built-in corpus: ``n`` people, three passages and three questions each. With
+    ``namesakes`` k > 1, each full name belongs to k people (with different jobs and birth
+    cities), and passages and questions name the attribute that tells them apart: a question
+    must match both the name and that attribute, and the namesakes' passages of the same kind
+    are the hardest distractors (the bi-encoder's pooled embedding mostly sees the name)."""
     from faker import Faker
 
     if n < 4:
@@ -123,7 +162,9 @@ def make_facts(n: int = 600, seed: int = 0, train_fraction: float = 0.5) -> QACo
         "job": sorted({fake.job().split(",")[0] for _ in range(4 * JOBS)})[:JOBS],
         "pet": sorted({fake.first_name() for _ in range(200)})[-40:],
     }
-    if len(pools["first"]) * len(pools["last"]) < n:
+    if not 1 <= namesakes <= min(len(pools["job"]), len(pools["city"])):
+        raise UserError("textret.data", f"namesakes must be 1..{JOBS}, got {namesakes}", "use 3")
+    if len(pools["first"]) * len(pools["last"]) * namesakes < n:
         raise UserError("textret.data", f"at most {FIRST_NAMES * LAST_NAMES} people", "lower n")
     names: list[str] = []
     seen: set[str] = set()
@@ -131,28 +172,45 @@ def make_facts(n: int = 600, seed: int = 0, train_fraction: float = 0.5) -> QACo
         name = f"{rng.choice(pools['first'])} {rng.choice(pools['last'])}"
         if name not in seen:
             seen.add(name)
-            names.append(name)
+            names.extend([name] * min(namesakes, n - len(names)))
+    if namesakes > 1:
+        births, works, homes, questions = (
+            BIRTH_NAMESAKE,
+            WORK_NAMESAKE,
+            HOME_NAMESAKE,
+            QUESTIONS_NAMESAKE,
+        )
+    else:
+        births, works, homes, questions = BIRTH, WORK, HOME, QUESTIONS
     passages, queries = [], []
+    group: dict[str, set[str]] = {}  # attributes already taken by a namesake
     for index, name in enumerate(names):
+        taken = group.setdefault(name, set())
+        # in this order (city, year, job, ...): the corpus without namesakes is what it was
+        city = rng.choice([c for c in pools["city"] if c not in taken])
+        year = rng.randint(1940, 2005)
+        job = rng.choice([j for j in pools["job"] if j.lower() not in taken]).lower()
+        taken |= {job, city}
         facts = {
             "name": name,
-            "city": rng.choice(pools["city"]),
-            "year": rng.randint(1940, 2005),
-            "job": rng.choice(pools["job"]).lower(),
+            "city": city,
+            "year": year,
+            "job": job,
             "company": rng.choice(pools["company"]),
             "pet": rng.choice(pools["pet"]),
         }
-        home = dict(facts, city=rng.choice(pools["city"]))
+        home_city = rng.choice(pools["city"])
+        home = dict(facts, city=home_city, home_city=home_city)
         texts = {
-            "birth": rng.choice(BIRTH).format(**facts),
-            "work": rng.choice(WORK).format(**facts),
-            "home": rng.choice(HOME).format(**home),
+            "birth": rng.choice(births).format(**facts),
+            "work": rng.choice(works).format(**facts),
+            "home": rng.choice(homes).format(**home),
         }
         person = []
         for kind, text in texts.items():
             pid = f"p{index}-{kind}"
             passages.append(Passage(pid, text))
-            question = rng.choice(QUESTIONS[kind]).format(name=name)
+            question = rng.choice(questions[kind]).format(**facts)
             person.append(Query(f"q{index}-{kind}", question, (pid,)))
         queries.append(person)
     order = list(range(n))
@@ -160,7 +218,11 @@ def make_facts(n: int = 600, seed: int = 0, train_fraction: float = 0.5) -> QACo
     cut = max(1, min(n - 1, round(train_fraction * n)))
     train = [q for i in sorted(order[:cut]) for q in queries[i]]
     test = [q for i in sorted(order[cut:]) for q in queries[i]]
-    return QACorpus(f"facts?n={n}&seed={seed}", passages, train, test, {"people": n})
+    name = f"facts?n={n}&seed={seed}" + (f"&namesakes={namesakes}" if namesakes > 1 else "")
+    info: dict[str, Any] = {"people": n}
+    if namesakes > 1:
+        info["namesakes"] = namesakes
+    return QACorpus(name, passages, train, test, info)
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -265,11 +327,12 @@ def load_qa(name: str, seed: int = 0) -> QACorpus:
         try:
             n = int(options.get("n", 600))
             data_seed = int(options.get("seed", seed))
+            namesakes = int(options.get("namesakes", 1))
         except ValueError:
             raise UserError(
-                "textret.data.name", f"bad options in {name!r}", "facts?n=600&seed=0"
+                "textret.data.name", f"bad options in {name!r}", "facts?n=600&seed=0&namesakes=3"
             ) from None
-        return make_facts(n, data_seed)
+        return make_facts(n, data_seed, namesakes=namesakes)
     raise UserError(
         "textret.data.name", f"unknown corpus {name!r}", "use facts[?n=600&seed=0] or beir:DIR"
     )
