@@ -178,7 +178,11 @@ class TextRetrievalTask(Task):
     template = Path(__file__).parent / "templates" / "textret.html.j2"
     title = "Text retrieval"
     data_sources: ClassVar[tuple[tuple[str, str], ...]] = (
-        ("facts[?n=600&seed=0]", "built-in people-and-facts passages with paraphrased questions"),
+        (
+            "facts[?n=600&seed=0&namesakes=1]",
+            "built-in people-and-facts passages with paraphrased questions (namesakes=3: each "
+            "name shared by three people, told apart by a job or a birth city)",
+        ),
         ("beir:DIR", "a local BEIR folder: corpus.jsonl, queries.jsonl, qrels/test.tsv"),
     )
 
