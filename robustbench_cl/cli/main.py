@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -489,13 +491,9 @@ def attack(
     A one-cell matrix through the engine: the same targets, seeds, sanity checks and record
     as the cell would get in a config (no cascade: there is one attack).
     """
-    import contextlib
-    import tempfile
 
     from robustbench_cl.attacks import make_attack
-    from robustbench_cl.cli.progress import RichProgress
     from robustbench_cl.engine import load_run
-    from robustbench_cl.engine import run as run_matrix
     from robustbench_cl.threat import ThreatModel
 
     parsed = _parse_param(params)
@@ -528,20 +526,7 @@ def attack(
         ],
         "engine": {"examples": 0},
     }
-    with tempfile.TemporaryDirectory(prefix="rbcl-attack-") as scratch:
-        run_dir = out or Path(scratch) / "run"
-        # bars on a terminal; silent in a pipe, where stdout is the result (one cell: no ETA)
-        drawn = RichProgress(console) if console.is_terminal else contextlib.nullcontext(None)
-        with drawn as progress:
-            run_matrix(
-                config,
-                out=run_dir,
-                profile=None,
-                device=device,
-                resume=out is not None,
-                progress=progress,
-                command="robustbench-cl " + " ".join(sys.argv[1:]),
-            )
+    with _one_run(config, out, device, "rbcl-attack-") as run_dir:
         (cell,) = load_run(run_dir).pairs[0].cells
     output = {
         "attack": name,
@@ -735,15 +720,11 @@ def generate(
     A one-pair generation section through the engine: the same seeds, sampler, judge and
     record as the `generation:` section of a config would give, for one class.
     """
-    import contextlib
-    import tempfile
 
     import torch
     from safetensors.torch import load_file
 
-    from robustbench_cl.cli.progress import RichProgress
     from robustbench_cl.engine import load_run
-    from robustbench_cl.engine import run as run_matrix
     from robustbench_cl.tasks.generation import sample_grid, save_png
 
     if n < 2:
@@ -765,22 +746,7 @@ def generate(
         },
         "engine": {"examples": 0},
     }
-    with tempfile.TemporaryDirectory(prefix="rbcl-generate-") as scratch:
-        run_dir = out or Path(scratch) / "run"
-        drawn = RichProgress(console) if console.is_terminal else contextlib.nullcontext(None)
-        with drawn as progress:
-            try:
-                run_matrix(
-                    config,
-                    out=run_dir,
-                    profile=None,
-                    device=device,
-                    resume=out is not None,
-                    progress=progress,
-                    command="robustbench-cl " + " ".join(sys.argv[1:]),
-                )
-            except UserError as error:  # name the flag, not the config field it became
-                raise _as_flag(error, GENERATE_FLAGS) from None
+    with _one_run(config, out, device, "rbcl-generate-", GENERATE_FLAGS) as run_dir:
         record = load_run(run_dir).pairs[0].generation
         samples = load_file(run_dir / record["samples"])["samples"]
     columns = min(n, 8)
@@ -794,6 +760,37 @@ def generate(
         f"{record['mini_fid']:.2f} (training data: {record['fid_train_vs_eval']:.2f})"
     )
     console.print(f"grid: {output}")
+
+
+@contextlib.contextmanager
+def _one_run(
+    config: dict, out: Path | None, device: str, prefix: str, flags: dict[str, str] | None = None
+) -> Iterator[Path]:
+    """Run a command's one-section config through the engine; yield its run directory (``out``,
+    resumed, or a temporary one). Errors in the config name the flags it came from."""
+    import tempfile
+
+    from robustbench_cl.cli.progress import RichProgress
+    from robustbench_cl.engine import run as run_matrix
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as scratch:
+        run_dir = out or Path(scratch) / "run"
+        # bars on a terminal; silent in a pipe, where stdout is the result (one unit: no ETA)
+        drawn = RichProgress(console) if console.is_terminal else contextlib.nullcontext(None)
+        with drawn as progress:
+            try:
+                run_matrix(
+                    config,
+                    out=run_dir,
+                    profile=None,
+                    device=device,
+                    resume=out is not None,
+                    progress=progress,
+                    command="robustbench-cl " + " ".join(sys.argv[1:]),
+                )
+            except UserError as error:  # name the flag, not the config field it became
+                raise _as_flag(error, flags or {}) from None
+        yield run_dir
 
 
 #: config fields of `generate`'s one-pair config -> the flags they came from
