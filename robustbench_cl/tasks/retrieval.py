@@ -387,7 +387,10 @@ class RetrievalTask(Task):
         return {
             "images": encode_images(model, adversarial).cpu(),
             "caption_index": index,
-            "texts": encode_texts(model, [captions[i] for i in index.tolist()]).cpu(),
+            # None for a shard whose images have no captions (they are image queries only)
+            "texts": encode_texts(model, [captions[i] for i in index.tolist()]).cpu()
+            if len(index)
+            else None,
             "wall": time.perf_counter() - start,
         }
 
@@ -407,8 +410,9 @@ class RetrievalTask(Task):
         start = time.perf_counter()
         model = self.model(target)
         images = torch.cat([p["images"] for p in parts]).to(self.device)
-        texts = parts[0]["texts"].new_empty(len(self.test.captions), parts[0]["texts"].shape[1])
-        for part in parts:
+        encoded = [p for p in parts if p["texts"] is not None]
+        texts = encoded[0]["texts"].new_empty(len(self.test.captions), encoded[0]["texts"].shape[1])
+        for part in encoded:
             texts[part["caption_index"]] = part["texts"]
         texts = texts.to(self.device)
         captions = self._adversarial_captions(fit, perturbation)
