@@ -1,6 +1,7 @@
 """A real kill -9 mid-run, then a rerun: the run resumes from its last whole record, recomputes
-only what was lost, and ends with the records an uninterrupted run writes (timings aside). For a
-classification matrix, a retrieval section, a jailbreak section and membership columns."""
+only what was lost, and ends with the records an uninterrupted run writes (timings aside). For
+every task: a classification matrix, a retrieval section, a jailbreak section, membership and
+generation columns, a screens section and a textret section."""
 
 from __future__ import annotations
 
@@ -65,6 +66,33 @@ MEMBERSHIP = {
 }
 
 
+GENERATION = {
+    "suite": "kill-generation",
+    "data": {"name": "digits", "split": "test", "n": 40},
+    "models": [{"spec": "builtin:digits-cnn"}, {"spec": "builtin:digits-judge"}],
+    "defenses": [{"defense": "none"}],
+    "generation": {"n_per_class": 2, "steps": 20},
+    "engine": {"sanity_probe_size": 8},
+}
+
+
+def _screens() -> dict:
+    from tests.test_screens import _config
+
+    config = _config()
+    config["screens"]["protectors"] = config["screens"]["protectors"][:4]  # no DualTAP
+    config["screens"]["routers"] = ["easyocr"]
+    return config
+
+
+def _textret() -> dict:
+    from tests.test_textret import CONFIG
+
+    config = json.loads(json.dumps(CONFIG))
+    config["textret"]["defenses"] = config["textret"]["defenses"][:2]  # frozen, InfoNCE
+    return config
+
+
 def _records(run_dir: Path) -> list[dict]:
     path = run_dir / "cells.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -105,6 +133,9 @@ def _kill_mid_run(config: dict, out: Path, tmp_path: Path, after: int) -> int:
         ("retrieval", _retrieval_config(), 3),
         ("jailbreak", JAILBREAK, 2),
         ("membership", MEMBERSHIP, 2),
+        ("generation", GENERATION, 2),
+        ("screens", _screens(), 2),
+        ("textret", _textret(), 3),
     ],
 )
 def test_a_killed_run_resumes_to_the_records_of_an_uninterrupted_one(name, config, after, tmp_path):
