@@ -401,7 +401,8 @@ GenerationTask.section_model = list[GenerationEntry]
 
 # ---------------------------------------------------------------------- cells.jsonl
 class GenerationRecord(Record):
-    """A pair's sampler audit: SGLD samples judged by a classifier, mini-FID and OOD AUROC."""
+    """A pair's sampler audit: class-conditional samples judged by an independent classifier,
+    their mini-FID, and the OOD AUROC of the model's energy."""
 
     type: Literal["generation"]
     pair_id: str
