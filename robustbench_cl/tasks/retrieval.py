@@ -187,6 +187,7 @@ class RetrievalTask(Task):
         self.progress = ctx.progress
         self._models: dict[str, nn.Module] = {}
         self._important: dict[str, list[int]] = {}
+        self._loaded: dict[str, UniversalPerturbation] = {}  # saved perturbations, read once
         self._train = None
 
     def plan(self) -> list[Unit]:
@@ -230,6 +231,11 @@ class RetrievalTask(Task):
     def _shards(self) -> int:
         size = self.section.shard_size or len(self.test)
         return -(-len(self.test) // size)
+
+    def _shard_range(self, shard: int) -> tuple[int, int]:
+        """Test images ``[begin, end)`` of an evaluation's shard ``shard``."""
+        size = self.section.shard_size or len(self.test)
+        return shard * size, min(len(self.test), (shard + 1) * size)
 
     def batches(self, unit: Unit, inputs: dict[str, dict[str, Any]]) -> int:
         return unit.shards
@@ -300,6 +306,7 @@ class RetrievalTask(Task):
 
     def close(self) -> None:
         self._models.clear()
+        self._loaded.clear()
 
     # ------------------------------------------------------------------ results
     @classmethod
@@ -349,10 +356,12 @@ class RetrievalTask(Task):
 
     def fit(self, fit: dict[str, Any]) -> UniversalPerturbation:
         """Fit the perturbation, or load it from this run's artifacts (a resumed run)."""
+        if fit["id"] in self._loaded:  # an evaluation's shards and its merge share one load
+            return self._loaded[fit["id"]]
         path = self.run_dir / "artifacts" / "uap" / f"{fit['id']}.safetensors"
         if path.exists() and path.with_suffix(".json").exists():  # the JSON is written first
             info = _read_fit_info(path)
-            return UniversalPerturbation(
+            self._loaded[fit["id"]] = UniversalPerturbation(
                 load_file(str(path))["delta"],
                 word=info.get("word"),
                 history=info.get("history", []),
@@ -361,6 +370,7 @@ class RetrievalTask(Task):
                 backward=info.get("backward", 0),
                 diagnostics=info.get("diagnostics", {}),
             )
+            return self._loaded[fit["id"]]
         source = self.model(fit["source"])
         seed = derive_seed(self.config.seed, fit["id"], "fit")
         with step_hook(self.progress.step):
@@ -376,8 +386,7 @@ class RetrievalTask(Task):
         start = time.perf_counter()
         perturbation = self.fit(fit)
         model = self.model(target)
-        size = self.section.shard_size or len(self.test)
-        begin, end = shard * size, min(len(self.test), (shard + 1) * size)
+        begin, end = self._shard_range(shard)
         clean_images = self.test.images[begin:end].to(self.device)
         adversarial = perturbation.apply(clean_images)
         fit["threat"].check(adversarial, clean_images)  # every test image, every cell

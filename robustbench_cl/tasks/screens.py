@@ -127,10 +127,11 @@ class ScreensTask(Task):
 
     def plan(self) -> list[Unit]:
         self.columns = expand_screens(self.config)
+        n = len(self.data()[2])
+        shards = -(-n // (self.section.shard_size or n))
         units = []
         for index, column in enumerate(self.columns):
             label = f"screens | {column_label(column['config'].label, column['eps'])}"
-            shards = -(-len(self.data()[2]) // (self.section.shard_size or len(self.data()[2])))
             units.append(Unit(self.record_id(column), label, "column", index, shards=shards))
         return units
 
