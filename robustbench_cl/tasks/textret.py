@@ -371,6 +371,7 @@ class TextRetrievalTask(Task):
         encoder = retriever.encoder
         query_states = TokenStates(encoder, [q.text for q in corpus.test])
         passage_states = TokenStates(encoder, [corpus.passages[int(i)].text for i in shown])
+        relevant = [r.cpu() for r in self._relevant]
         out: dict[str, Any] = {}
         for name, ranker in built.rankers.items():
             logits = []
@@ -379,7 +380,6 @@ class TextRetrievalTask(Task):
                     batch = torch.arange(begin, min(len(top), begin + 32))
                     logits.append(ranker(query_states[batch], passage_states[where[top[batch]]]))
             reranked = rerank_scores(scores.detach().cpu(), top, torch.cat(logits))
-            relevant = [r.cpu() for r in self._relevant]
             rank = _ranks(reranked, relevant)
             out[name] = {
                 "metrics": metrics(rank, _ndcg10(reranked, relevant)),
