@@ -43,6 +43,7 @@ from robustbench_cl.data.privscreen import (
 )
 from robustbench_cl.defenses.base import Defense, _canonical
 from robustbench_cl.errors import UserError
+from robustbench_cl.models.layers import max_pool2d
 from robustbench_cl.models.ocr import CropEOT, RecognizerSurrogate
 from robustbench_cl.registry import register_defense
 from robustbench_cl.utils import cache_home, parse_fraction, stable_hash
@@ -85,7 +86,7 @@ class UNet(nn.Module):
         h = torch.cat([x * 2 - 1, attention], 1)
         skips = []
         for index, block in enumerate(self.down):
-            h = block(h if index == 0 else F.max_pool2d(h, 2))
+            h = block(h if index == 0 else max_pool2d(h, 2))
             skips.append(h)
         for block, skip in zip(self.up, reversed(skips[:-1])):
             h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
@@ -139,7 +140,7 @@ def shape_attention(
     if gamma != 1.0:
         a = a.pow(gamma)
     if dilate > 1:
-        a = F.max_pool2d(a, dilate, stride=1, padding=dilate // 2)
+        a = max_pool2d(a, dilate, stride=1, padding=dilate // 2)
     if topk_percent > 0:
         flat = a.flatten(1)
         k = max(1, int(flat.shape[1] * min(100.0, topk_percent) / 100.0))

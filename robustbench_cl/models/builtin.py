@@ -20,6 +20,7 @@ from robustbench_cl.models.artifacts import (
     load_artifact_weights,
     save_artifact,
 )
+from robustbench_cl.models.layers import MaxPool2d
 from robustbench_cl.registry import register_model
 from robustbench_cl.utils import cache_home, stable_hash
 
@@ -64,7 +65,7 @@ def digits_cnn_architecture(width: int = 16, batchnorm: bool = False) -> nn.Modu
     def block(channels_in: int, channels_out: int) -> list[nn.Module]:
         norm = [nn.BatchNorm2d(channels_out)] if batchnorm else []
         conv = nn.Conv2d(channels_in, channels_out, 3, padding=1)
-        return [conv, *norm, nn.ReLU(), nn.MaxPool2d(2)]
+        return [conv, *norm, nn.ReLU(), MaxPool2d(2)]
 
     return nn.Sequential(
         *block(1, width),

@@ -21,6 +21,7 @@ from robustbench_cl.models.artifacts import (
     load_artifact_weights,
     save_artifact,
 )
+from robustbench_cl.models.layers import MaxPool2d
 from robustbench_cl.registry import register_model
 from robustbench_cl.utils import cache_home, stable_hash
 
@@ -42,10 +43,10 @@ def digits_fm_encoder() -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(1, 32, 3, padding=1),
         nn.ReLU(),
-        nn.MaxPool2d(2),
+        MaxPool2d(2),
         nn.Conv2d(32, 64, 3, padding=1),
         nn.ReLU(),
-        nn.MaxPool2d(2),
+        MaxPool2d(2),
         nn.Flatten(),
         nn.Linear(64 * 4 * 4, 64),
     )

@@ -34,6 +34,7 @@ from robustbench_cl.models.artifacts import (
     load_artifact_weights,
     save_artifact,
 )
+from robustbench_cl.models.layers import MaxPool2d
 from robustbench_cl.registry import register_model
 from robustbench_cl.utils import cache_home, stable_hash
 
@@ -135,11 +136,11 @@ def _image_tower(width: int, embed_dim: int) -> nn.Module:
     return nn.Sequential(
         *block(3, width),
         *block(width, width),
-        nn.MaxPool2d(2),  # 16x16
+        MaxPool2d(2),  # 16x16
         *block(width, 2 * width),
-        nn.MaxPool2d(2),  # 8x8
+        MaxPool2d(2),  # 8x8
         *block(2 * width, 4 * width),
-        nn.MaxPool2d(2),  # 4x4: position survives the flatten
+        MaxPool2d(2),  # 4x4: position survives the flatten
         nn.Flatten(),
         nn.Linear(4 * width * 16, 256),
         nn.ReLU(),
