@@ -22,6 +22,10 @@ class UserError(ValueError):
             message += f"; {fix}"
         super().__init__(message)
 
+    def __reduce__(self) -> tuple[type[UserError], tuple[str, str, str | None]]:
+        # raised in a worker process, it crosses back to the driver by pickle
+        return type(self), (self.field, self.problem, self.fix)
+
 
 class ThreatModelViolation(RuntimeError):
     """An attack returned inputs outside its threat model: the cell fails loudly."""

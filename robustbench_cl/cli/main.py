@@ -113,10 +113,17 @@ def cli(
 )
 @click.option(
     "--executor",
-    type=click.Choice(["local", "ray"]),
+    type=click.Choice(["local", "ray", "processes"]),
     default="local",
     show_default=True,
-    help="Run cascade groups and shards in this process, or as Ray tasks.",
+    help="Run cascade groups and shards in this process, as Ray tasks, or in local worker "
+    "processes (same records).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Worker processes of --executor processes (default: cores / threads).",
 )
 @click.option("--address", default=None, help="Ray cluster address (default: a local Ray).")
 @click.option("--gpus-per-task", type=float, default=0.0, show_default=True)
@@ -134,6 +141,7 @@ def run(
     executor: str,
     address: str | None,
     gpus_per_task: float,
+    workers: int | None,
     as_json: bool,
 ) -> None:
     """Run SUITE (a packaged suite name or a YAML config path)."""
@@ -158,6 +166,7 @@ def run(
             executor=executor,
             address=address,
             gpus_per_task=gpus_per_task,
+            workers=workers,
         )
     summary = load_run(run_dir)
     _write_report(run_dir)

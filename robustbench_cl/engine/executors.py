@@ -1,4 +1,4 @@
-"""The Ray executor: any function as a Ray task; the caller (the engine loop) alone writes.
+"""The remote executors: Ray tasks, or local worker processes; the engine loop alone writes.
 
 The engine loop (:mod:`robustbench_cl.engine.loop`) submits one Ray task per shard of every
 unit whose needs are recorded, of every task (classification cells and their sample shards,
@@ -10,6 +10,10 @@ the records already written.
 
 Workers write artifacts (fitted perturbations, example images) into the run directory: on a
 multi-node cluster it must be on a filesystem every node sees.
+
+:class:`ProcessExecutor` (``--executor processes``) runs the same shards in worker processes
+on this machine: without Ray, it puts a machine's other cores to work (each worker runs torch on
+the run's thread count). A worker that dies ends the run with an error; a rerun resumes.
 
 This module imports nothing from the engine: what runs remotely is passed in.
 """
@@ -84,3 +88,55 @@ class RayExecutor:
             ready, _ = self.ray.wait(list(self.pending), num_returns=1)
             key = self.pending.pop(ready[0])
             yield key, self.ray.get(ready[0])
+
+    def close(self) -> None:
+        """Nothing to do: a local Ray stays up for the process, a cluster for its users."""
+
+
+def _start_worker(env: Mapping[str, str]) -> None:
+    """A worker process's start: the driver's cache and trust settings, and its log level."""
+    import logging
+
+    os.environ.update(env)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+class ProcessExecutor:
+    """Submits functions to ``workers`` local processes; results come back in completion order.
+
+    The processes are spawned (not forked: the driver's torch threads and locks stay its own)
+    and live as long as the run, so a worker keeps the models its shards loaded.
+    """
+
+    def __init__(self, workers: int, env: Mapping[str, str] | None = None) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.workers = workers
+        self.pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(dict(env or {}),),
+        )
+        self.pending: dict[Any, Any] = {}  # future -> the caller's key
+
+    def submit(
+        self, key: Any, function: Callable[..., Any], *args: Any, fault: str | None = None
+    ) -> None:
+        # no fault injection here: a pool whose worker dies is broken, and the run stops
+        self.pending[self.pool.submit(function, *args)] = key
+
+    def completed(self) -> Iterator[tuple[Any, Any]]:
+        """Yield ``(key, result)`` for each finished call as soon as it is done (a worker's
+        exception is raised here); calls submitted meanwhile are waited for too."""
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        while self.pending:
+            done, _ = wait(list(self.pending), return_when=FIRST_COMPLETED)
+            for future in sorted(done, key=lambda f: list(self.pending).index(f)):
+                key = self.pending.pop(future)
+                yield key, future.result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)

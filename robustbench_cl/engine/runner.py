@@ -85,6 +85,35 @@ def _meta(
     }
 
 
+#: where units run: here, as Ray tasks, or in local worker processes
+EXECUTORS = ("local", "ray", "processes")
+
+
+def _remote_executor(
+    executor: str,
+    address: str | None,
+    gpus_per_task: float,
+    workers: int | None,
+    threads: int,
+) -> Any:
+    """The executor object for ``executor`` (None for local), with the driver's settings."""
+    if executor == "local":
+        return None
+    from robustbench_cl.utils import TRUST_REMOTE_CODE_ENV, cache_home, trust_remote_code
+
+    env = {"ROBUSTBENCH_CL_HOME": str(cache_home())}
+    if trust_remote_code():
+        env[TRUST_REMOTE_CODE_ENV] = "1"
+    if executor == "ray":
+        from robustbench_cl.engine.executors import RayExecutor
+
+        return RayExecutor(address, gpus_per_task, env)
+    from robustbench_cl.engine.executors import ProcessExecutor
+    from robustbench_cl.engine.threads import available_cores
+
+    return ProcessExecutor(workers or max(1, available_cores() // threads), env)
+
+
 def default_run_dir(suite: str) -> Path:
     """``runs/<suite>-<timestamp>``, with a suffix if that second is already taken."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -110,16 +139,29 @@ def run(
     address: str | None = None,
     gpus_per_task: float = 0.0,
     threads: int | None = None,
+    workers: int | None = None,
 ) -> Path:
     """Run a matrix (a packaged suite name, a YAML path or a dict) into a run directory.
 
     ``engine`` overrides keys of the config's ``engine`` section (``batch_size``, ``precision``).
     ``executor="ray"`` runs every task's units (and sample shards) as Ray tasks (``address`` of
-    a cluster, or a local one); the records are identical to the local executor's. ``threads`` is torch's CPU thread
-    count (default: half the cores, see :mod:`robustbench_cl.engine.threads`).
+    a cluster, or a local one); ``executor="processes"`` runs them in ``workers`` local worker
+    processes (default: as many as the cores hold at the thread count). Either way the records
+    are identical to the local executor's. ``threads`` is torch's CPU thread count per process
+    (default: half the cores, see :mod:`robustbench_cl.engine.threads`).
     """
-    if executor not in ("local", "ray"):
-        raise UserError("--executor", f"unknown executor {executor!r}", "use local or ray")
+    if executor not in EXECUTORS:
+        raise UserError(
+            "--executor", f"unknown executor {executor!r}", f"use one of {', '.join(EXECUTORS)}"
+        )
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)):
+        raise UserError("--workers", f"{workers!r} is not a whole number", "give e.g. 2")
+    if workers is not None and workers < 1:
+        raise UserError("--workers", f"{workers} workers", "give at least 1")
+    if workers is not None and executor != "processes":
+        raise UserError(
+            "--workers", "sets the processes executor's size", "add --executor processes"
+        )
     used_threads = apply_threads(threads)
     config = validate_task_sections(load_config(source, profile=profile, seed=seed, engine=engine))
     if config.trust_remote_code:
@@ -158,17 +200,15 @@ def run(
         write_json_atomic(run_dir / "meta.json", meta)
         meta["data"] = next((d for t in tasks if (d := t.describe_data()) is not None), None)
         started = time.perf_counter()
-        ray_executor = None
-        if executor == "ray":
-            from robustbench_cl.engine.executors import RayExecutor
-            from robustbench_cl.utils import TRUST_REMOTE_CODE_ENV, cache_home, trust_remote_code
-
-            env = {"ROBUSTBENCH_CL_HOME": str(cache_home())}
-            if trust_remote_code():
-                env[TRUST_REMOTE_CODE_ENV] = "1"
-            ray_executor = RayExecutor(address, gpus_per_task, env)
-        execute(plans, ctx, ResultsStore(run_dir / "cells.jsonl"), ray_executor)
+        remote = _remote_executor(executor, address, gpus_per_task, workers, used_threads)
+        try:
+            execute(plans, ctx, ResultsStore(run_dir / "cells.jsonl"), remote)
+        finally:
+            if remote is not None:
+                remote.close()
     meta["executor"] = executor
+    if executor == "processes":
+        meta["workers"] = remote.workers
     meta["threads"] = used_threads
     # content hashes of the cached weights this run and its Ray workers used
     meta["artifacts"] = dict(sorted({**earlier, **used}.items()))
