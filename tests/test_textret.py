@@ -162,6 +162,67 @@ def test_hotflip_swaps_at_most_k_tokens_and_lowers_the_margin(retriever, side):
     assert float(after.mean()) < float(before.mean())
 
 
+def _pipeline(retriever, passages, k: int = 5):  # noqa: ANN001, ANN202
+    """A re-ranking pipeline whose ranker disagrees with the retriever: random readout."""
+    from robustbench_cl.attacks.textret import RerankPipeline
+    from robustbench_cl.models.ranker import CrossRanker, TokenStates
+
+    torch.manual_seed(0)
+    ranker = CrossRanker(retriever.dim, width=32, layers=1)
+    torch.nn.init.normal_(ranker.readout[1].weight, std=5.0)
+    with torch.no_grad():
+        ranker.prior_scale.fill_(1.0)  # the random readout outweighs the retriever's cosine
+    ranker.eval().requires_grad_(False)
+    states = TokenStates(retriever.encoder, make_facts(20, seed=0).texts())
+    return RerankPipeline(retriever, ranker, passages, states, k)
+
+
+def test_the_pipeline_margin_is_negative_exactly_when_the_reranked_top_1_is_wrong(retriever):
+    """The adaptive attack's objective agrees with the pipeline's own ranking, query by query:
+    margin < 0 iff the relevant passage is not first after re-ranking (dropped from the top k
+    by the retriever, or out-ranked by the ranker)."""
+    from robustbench_cl.tasks.textret import _ranks
+
+    queries, _, passages, positive = _setup(retriever, n=12)
+    # for half the queries, call a far passage the relevant one: the retriever drops it from
+    # the top k, so both of the margin's branches are checked
+    positive = positive.clone()
+    positive[::2] = (positive[::2] + passages.shape[0] // 2) % passages.shape[0]
+    tokens = retriever.tokenize(queries)
+    embeds = retriever.word_embeddings[tokens["input_ids"]]
+    for k in (1, 5):
+        pipeline = _pipeline(retriever, passages, k=k)
+        with torch.no_grad():
+            margin = pipeline.margin(embeds, tokens["attention_mask"], positive)
+            scores = pipeline.scores(embeds, tokens["attention_mask"])
+        rank = _ranks(scores, [positive[i : i + 1] for i in range(len(positive))])
+        assert ((margin > 0) == (rank == 1)).all()
+        assert (rank > k).any() and (rank == 1).any()  # both cases occur: not vacuous
+    assert ((rank > 1) & (rank <= 5)).any()  # and the ranker out-ranks d+ within the top 5
+
+
+def test_hotflip_against_the_pipeline_lowers_its_margin_and_ranks_with_the_ranker(retriever):
+    queries, positives, passages, positive = _setup(retriever)
+    pipeline = _pipeline(retriever, passages)
+    attack = rbcl.make_attack("hotflip", candidates=8)
+    threat = ThreatModel(norm="l0", eps=2, space="token", bounds=None)
+    result = attack.run(
+        retriever, queries, positives, passages, positive, threat, pipeline=pipeline
+    )
+    assert result.reranked.shape == (len(queries), passages.shape[0])
+    assert result.history == sorted(result.history, reverse=True)  # greedy: never worse
+    tokens = retriever.tokenize(queries)
+    with torch.no_grad():
+        clean = pipeline.margin(
+            retriever.word_embeddings[tokens["input_ids"]], tokens["attention_mask"], positive
+        )
+    assert result.history[-1] < float(clean.mean())
+    with pytest.raises(ValueError, match="through the query"):
+        rbcl.make_attack("hotflip", side="passage").run(
+            retriever, queries, positives, passages, positive, threat, pipeline=pipeline
+        )
+
+
 def test_the_embedding_attack_stays_in_its_ball_and_corpus_poisoning_fits(retriever):
     queries, positives, passages, positive = _setup(retriever)
     threat = ThreatModel(norm="l2", eps=0.1, space="embedding", bounds=None, eps_relative=True)
@@ -221,7 +282,8 @@ def test_the_textret_task_end_to_end_with_schema_report_table_and_resume(tmp_pat
     run_dir = rbcl.run(CONFIG, out=tmp_path / "run", profile=None, device="cpu")
     records = [json.loads(line) for line in (run_dir / "cells.jsonl").read_text().splitlines()]
     assert [r["type"] for r in records].count("textret_clean") == 3
-    assert [r["type"] for r in records].count("textret") == 6
+    # 3 pairs x 2 columns, and AR2's two re-ranking pipelines under HotFlip on the query
+    assert [r["type"] for r in records].count("textret") == 8
     for auc in (r for r in records if r["type"] == "textret_auc"):
         assert 0.5 < auc["global_auc"] <= 1 and 0.5 < auc["per_query_auc"] <= 1
     cells = [r for r in records if r["type"] == "textret"]
@@ -237,13 +299,23 @@ def test_the_textret_task_end_to_end_with_schema_report_table_and_resume(tmp_pat
         assert entry["metrics"]["ndcg@10"] == pytest.approx(sum(gains) / len(gains), abs=1e-5)
     hotflip = next(c for c in cells if c["attack"]["attack"] == "hotflip")
     assert hotflip["noise_asr"] is not None and hotflip["threat"]["eps"] == 1
+    pipelines = [c for c in cells if c.get("pipeline")]
+    assert sorted(c["pipeline"]["ranker"] for c in pipelines) == ["final", "warmup"]
+    for cell in pipelines:  # ASR@k counts from the pipeline's own clean ranks
+        before = rerank["rankers"][cell["pipeline"]["ranker"]]["ranks"]
+        assert cell["asr"]["@10"]["n"] == sum(r <= 10 for r in before)
+        assert cell["asr"]["@10"]["k"] == sum(
+            b <= 10 < a for b, a in zip(before, cell["ranks"], strict=True)
+        )
     results = load_results(run_dir)
     validate_results(results)
-    assert {p["label"] for p in results["textret"]["pairs"]} == {
+    assert [p["label"] for p in results["textret"]["pairs"]] == [
         "MiniLM / frozen",
         "MiniLM / InfoNCE",
         "MiniLM / AR2",
-    }
+        "MiniLM / AR2, top 20 re-ranked (warm-up ranker)",
+        "MiniLM / AR2, top 20 re-ranked (game's ranker)",
+    ]
     ar2 = next(p for p in results["textret"]["pairs"] if p["label"] == "MiniLM / AR2")
     assert ar2["rerank"]["final"]["mrr@10"] == rerank["rankers"]["final"]["metrics"]["mrr@10"]
     html = render_report(run_dir)

@@ -44,6 +44,8 @@ class TextAttackResult:
     cost: Cost = field(default_factory=Cost)
     wall_time: float = 0.0
     history: list[float] = field(default_factory=list)  # mean margin per step
+    #: against a re-ranking pipeline: the attacked queries' re-ranked scores (Q, N)
+    reranked: torch.Tensor | None = None
 
 
 class TextRetrievalAttack(AttackBase):
@@ -76,6 +78,65 @@ def _margin(features: torch.Tensor, positive: torch.Tensor, others: torch.Tensor
     return (features * positive).sum(-1) - (features @ others.T).max(-1).values
 
 
+class RerankPipeline:
+    """A retriever's top ``k`` passages re-ordered by a cross-encoder ranker, as one model.
+
+    ``margin(embeds, mask, positive)``: differentiable w.r.t. the query's input embeddings, it
+    is below 0 exactly when the relevant passage is not first after re-ranking: the smaller of
+    (a) the ranker's logit for d+ minus the best logit of the other ``k - 1`` passages of the
+    retriever's top k, and (b) the retriever's margin of d+ over the k-th best other passage
+    (below 0: d+ is not among the candidates at all), in logit units (times the ranker's
+    prior scale). ``scores`` gives the re-ranked scores over the whole corpus, as the textret
+    task ranks them: the top k in the ranker's order, the rest in the retriever's.
+    """
+
+    def __init__(self, retriever: Any, ranker: Any, corpus: torch.Tensor, states: Any, k: int):
+        self.retriever, self.ranker, self.corpus, self.states = retriever, ranker, corpus, states
+        self.k = min(k, corpus.shape[0])
+        self.scale = ranker.prior_scale.detach()
+
+    def _passages(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        states, mask = self.states[index.cpu()]
+        return states.to(index.device), mask.to(index.device)
+
+    def margin(self, embeds: torch.Tensor, mask: torch.Tensor, positive: torch.Tensor):  # noqa: ANN201
+        features, hidden = self.retriever.encode_embeds_with_states(embeds, mask)
+        scores = features @ self.corpus.T
+        rows = torch.arange(len(scores), device=scores.device)
+        relevant = scores[rows, positive]
+        others = scores.index_put((rows, positive), torch.tensor(-float("inf")))
+        top = others.topk(self.k, dim=1)
+        retrieved = relevant - top.values[:, -1]  # > 0: d+ is in the retriever's top k
+        if self.k == 1:  # the ranker sees d+ alone: only the retriever can be fooled
+            return self.scale * retrieved
+        candidates = torch.cat([positive[:, None], top.indices[:, : self.k - 1]], dim=1)
+        logits = self.ranker((hidden, mask.bool()), self._passages(candidates))
+        ranked = logits[:, 0] - logits[:, 1:].max(1).values
+        return torch.minimum(ranked, self.scale * retrieved)
+
+    def scores(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The re-ranked scores (Q, N): the retriever's top k above the rest, in the ranker's
+        order (positions, so that tied logits cannot tie the ranking)."""
+        features, hidden = self.retriever.encode_embeds_with_states(embeds, mask)
+        scores = features @ self.corpus.T
+        top = scores.topk(self.k, dim=1).indices
+        logits = self.ranker((hidden, mask.bool()), self._passages(top))
+        return rerank_scores(scores, top, logits)
+
+
+def rerank_scores(scores: torch.Tensor, top: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """``scores`` with each query's candidates ``top`` (N, K) moved above every other passage,
+    in the order of the ranker's ``logits`` (N, K); ties, if any, keep the retriever's order.
+    Positions, not the logits themselves: squashed or large logits would tie, and a tie counts
+    in the relevant passage's favour."""
+    reranked = scores.clone()
+    order = logits.argsort(dim=1, descending=True, stable=True)
+    rows = torch.arange(len(top), device=top.device)[:, None]
+    above = reranked.max() + 1 + torch.arange(top.shape[1], 0, -1, dtype=reranked.dtype)
+    reranked[rows, top[rows, order]] = above.to(reranked.device)
+    return reranked
+
+
 @register_attack("hotflip")
 class HotFlip(TextRetrievalAttack):
     """HotFlip token swaps (k = eps tokens) in the query or its relevant passage. Distance: l0."""
@@ -104,9 +165,12 @@ class HotFlip(TextRetrievalAttack):
         positive_index: torch.Tensor,
         threat: ThreatModel,
         generator: torch.Generator | None = None,
+        pipeline: RerankPipeline | None = None,
     ) -> TextAttackResult:
         """``corpus``: the retriever's passage features; ``positive_index``: each query's
-        relevant passage row in it."""
+        relevant passage row in it. With ``pipeline`` (query side only), the margin is that of
+        the whole retrieve-then-re-rank pipeline (see :class:`RerankPipeline`): adaptive to the
+        re-ranker."""
         start = time.perf_counter()
         k = int(threat.eps)
         cost = Cost()
@@ -117,16 +181,48 @@ class HotFlip(TextRetrievalAttack):
         ids, mask = tokens["input_ids"].clone(), tokens["attention_mask"]
         allowed = _allowed_vocabulary(retriever)
         table = retriever.word_embeddings
-        # the hardest negatives of each query (excluding its relevant passage), fixed per run
-        scores = query_features @ corpus.T
-        scores[torch.arange(len(queries)), positive_index] = -float("inf")
-        hard = scores.topk(min(self.negatives, corpus.shape[0] - 1), dim=1).indices
+        if pipeline is not None:
+            if self.side != "query":
+                raise ValueError("the re-ranking pipeline is attacked through the query only")
+
+            def margin_of(embeds: torch.Tensor) -> torch.Tensor:
+                return pipeline.margin(embeds, mask, positive_index)
+
+            def margins_of(trial: torch.Tensor) -> torch.Tensor:  # (Q, C, L) -> (Q, C)
+                return torch.stack(
+                    [
+                        pipeline.margin(table[trial[:, c]], mask, positive_index)
+                        for c in range(trial.shape[1])
+                    ],
+                    dim=1,
+                )
+        else:
+            # the hardest negatives of each query (excluding its relevant passage), fixed
+            scores = query_features @ corpus.T
+            scores[torch.arange(len(queries)), positive_index] = -float("inf")
+            hard = scores.topk(min(self.negatives, corpus.shape[0] - 1), dim=1).indices
+
+            def margin_of(embeds: torch.Tensor) -> torch.Tensor:
+                features = retriever.encode_embeds(embeds, mask)
+                return self._margins(features, query_features, positive_features, corpus, hard)
+
+            def margins_of(trial: torch.Tensor) -> torch.Tensor:  # (Q, C, L) -> (Q, C)
+                flat_ids = trial.flatten(0, 1)
+                flat_mask = mask.repeat_interleave(trial.shape[1], 0)
+                tried = retriever.encode_ids(flat_ids, flat_mask).view(*trial.shape[:2], -1)
+                return torch.stack(
+                    [
+                        self._margins(tried[:, c], query_features, positive_features, corpus, hard)
+                        for c in range(trial.shape[1])
+                    ],
+                    dim=1,
+                )
+
         swappable = _special_mask(retriever, ids, mask)
         history = []
         for step in range(k):
             embeds = table[ids].detach().requires_grad_(True)
-            features = retriever.encode_embeds(embeds, mask)
-            margin = self._margins(features, query_features, positive_features, corpus, hard)
+            margin = margin_of(embeds)
             (grad,) = torch.autograd.grad(margin.sum(), embeds)
             cost.forward += len(ids)
             cost.backward += len(ids)
@@ -140,17 +236,8 @@ class HotFlip(TextRetrievalAttack):
             trial = ids.unsqueeze(1).repeat(1, best.shape[1], 1)  # (Q, C, L)
             trial.scatter_(2, position.unsqueeze(-1), token.unsqueeze(-1))
             with torch.no_grad():
-                flat_ids = trial.flatten(0, 1)
-                flat_mask = mask.repeat_interleave(best.shape[1], 0)
-                tried = retriever.encode_ids(flat_ids, flat_mask).view(*best.shape, -1)
-                cost.forward += flat_ids.shape[0]
-                margins = torch.stack(
-                    [
-                        self._margins(tried[:, c], query_features, positive_features, corpus, hard)
-                        for c in range(best.shape[1])
-                    ],
-                    dim=1,
-                )
+                margins = margins_of(trial)
+                cost.forward += trial.shape[0] * trial.shape[1]
             chosen = margins.argmin(1)
             improve = margins.gather(1, chosen[:, None]).squeeze(1) < margin.detach()
             rows = torch.arange(len(ids), device=ids.device)
@@ -170,6 +257,9 @@ class HotFlip(TextRetrievalAttack):
             cost=cost,
             history=[float(h) for h in history],
         )
+        if pipeline is not None:
+            with torch.no_grad():
+                result.reranked = pipeline.scores(table[ids], mask)
         result.wall_time = time.perf_counter() - start
         return result
 

@@ -243,6 +243,8 @@ class AR2(RetrieverFineTune):
     version = 2  # 1: an MLP ranker on pooled features; 2: the cross-encoder ranker
     #: the textret task re-ranks each query's top candidates with the rankers (``rankers``)
     has_ranker = True
+    #: the rankers it keeps: ``warmup`` (the control) and ``final`` (after the game)
+    ranker_names = ("warmup", "final")
 
     def __init__(
         self,
@@ -301,7 +303,7 @@ class AR2(RetrieverFineTune):
         )
 
     def load_extras(self, path, base: BiEncoder) -> None:  # noqa: ANN001
-        rankers = nn.ModuleDict({k: self._new_ranker(base.dim) for k in ("warmup", "final")})
+        rankers = nn.ModuleDict({k: self._new_ranker(base.dim) for k in self.ranker_names})
         load_artifact_weights(self._rankers_path(path), rankers)
         self._rankers = dict(rankers.items())
         self._freeze()

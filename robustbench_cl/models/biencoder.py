@@ -68,7 +68,14 @@ class TextEncoder(nn.Module):
         return {k: v.to(self.device) for k, v in tokens.items()}
 
     def encode_embeds(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.bert(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        return self.pool(self.hidden_states(embeds, mask), mask)
+
+    def hidden_states(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The last layer's token states (what a cross-encoder ranker reads)."""
+        return self.bert(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+
+    def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The sentence embedding of the token states."""
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         else:
@@ -122,6 +129,13 @@ class BiEncoder(nn.Module):
 
     def encode_embeds(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.project(self.encoder.encode_embeds(embeds, mask))
+
+    def encode_embeds_with_states(
+        self, embeds: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The features and the frozen encoder's token states, from one pass."""
+        hidden = self.encoder.hidden_states(embeds, mask)
+        return self.project(self.encoder.pool(hidden, mask)), hidden
 
     def encode_ids(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.project(self.encoder.encode_ids(ids, mask))

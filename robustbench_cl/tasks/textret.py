@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.table import Table
 
 from robustbench_cl.attacks.base import step_hook
-from robustbench_cl.attacks.textret import TextRetrievalAttack
+from robustbench_cl.attacks.textret import RerankPipeline, TextRetrievalAttack, rerank_scores
 from robustbench_cl.engine.config import DefenseConfig, ModelConfig, SectionAttackConfig
 from robustbench_cl.engine.metrics import rate_entry
 from robustbench_cl.engine.records import (
@@ -125,19 +125,6 @@ def replaced_scores(query, passages, attacked, positive) -> torch.Tensor:  # noq
     return scores
 
 
-def rerank_scores(scores: torch.Tensor, top: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """``scores`` with each query's candidates ``top`` (N, K) moved above every other passage,
-    in the order of the ranker's ``logits`` (N, K); ties, if any, keep the retriever's order.
-    Positions, not the logits themselves: squashed or large logits would tie, and a tie counts
-    in the relevant passage's favour."""
-    reranked = scores.clone()
-    order = logits.argsort(dim=1, descending=True, stable=True)
-    rows = torch.arange(len(top))[:, None]
-    above = reranked.max() + 1 + torch.arange(top.shape[1], 0, -1, dtype=reranked.dtype)
-    reranked[rows, top[rows, order]] = above
-    return reranked
-
-
 def score_auc(scores: torch.Tensor, relevant: list[torch.Tensor]) -> dict[str, float]:
     """ROC-AUC of the query-passage scores, relevant pairs against the rest: ``global_auc``
     pools every pair of every query (one threshold for all queries: what the MW loss targets),
@@ -195,6 +182,7 @@ class TextRetrievalTask(Task):
         self._pair: tuple[int, int] | None = None
         self._retriever = None
         self._passages: torch.Tensor | None = None
+        self._passage_states = None
 
     # ------------------------------------------------------------------ plan
     def plan(self) -> list[Unit]:
@@ -235,6 +223,7 @@ class TextRetrievalTask(Task):
                 units.append(Unit(clean_id, f"{label} | text retrieval clean", "clean", (mi, di)))
                 auc_id = stable_hash({"textret_auc": pair_key})
                 units.append(Unit(auc_id, f"{label} | score AUC", "auc", (mi, di), (clean_id,)))
+                rerank_id = None
                 if getattr(built, "has_ranker", False):  # AR2: re-rank with its rankers
                     rerank_id = stable_hash({"textret_rerank": pair_key, "k": RERANK_K})
                     units.append(
@@ -252,6 +241,22 @@ class TextRetrievalTask(Task):
                     )
                     cell_label = f"{label} | {column_label(column)}"
                     units.append(Unit(cell_id, cell_label, "cell", (mi, di, ci), (clean_id,)))
+                    if rerank_id is None or not _attacks_pipeline(column):
+                        continue
+                    # the retrieve-then-re-rank pipeline, attacked through each ranker
+                    for ranker in built.ranker_names:
+                        pipeline_id = stable_hash(
+                            {"textret_pipeline": cell_id, "ranker": ranker, "k": RERANK_K}
+                        )
+                        units.append(
+                            Unit(
+                                pipeline_id,
+                                f"{cell_label} | re-ranked by the {ranker} ranker",
+                                "pipeline",
+                                (mi, di, ci, ranker),
+                                (clean_id, rerank_id),
+                            )
+                        )
         return units
 
     # ------------------------------------------------------------------ shared parts
@@ -281,7 +286,7 @@ class TextRetrievalTask(Task):
         from robustbench_cl.models import load_model
 
         if self._pair != (mi, di):
-            self._pair = self._retriever = self._passages = None
+            self._pair = self._retriever = self._passages = self._passage_states = None
             model = self.section.models[mi]
             defense, built = self.defenses[di]
             cached = getattr(built, "cached", None)
@@ -351,7 +356,93 @@ class TextRetrievalTask(Task):
                 **score_auc(query @ passages.T, self._relevant),
             }
         column = self.columns[unit.key[2]]
+        if unit.kind == "pipeline":
+            clean, rerank = inputs[unit.needs[0]], inputs[unit.needs[1]]
+            return self.pipeline_cell(unit, clean, rerank, column, retriever, passages, built)
         return self.attack_cell(unit, inputs[unit.needs[0]], column, retriever, passages)
+
+    def passage_states(self, retriever):  # noqa: ANN001, ANN201
+        """The frozen encoder's token states of every passage (what a ranker reads), once per
+        pair."""
+        from robustbench_cl.models.ranker import TokenStates
+
+        if self._passage_states is None:
+            self._passage_states = TokenStates(retriever.encoder, self.corpus.texts())
+        return self._passage_states
+
+    def pipeline_cell(self, unit, clean, rerank, column, retriever, passages, built):  # noqa: ANN001
+        """HotFlip on the query against the retriever's top ``RERANK_K`` re-ranked by one of
+        the defense's rankers: the attack's margin is the pipeline's (adaptive to the ranker),
+        and the metrics are those of the re-ranked ranking, ASR@k over the queries the
+        pipeline had right."""
+        corpus, threat, attack = self.corpus, column["threat"], column["built"]
+        name = unit.key[3]
+        pipeline = RerankPipeline(
+            retriever, built.rankers[name], passages, self.passage_states(retriever), RERANK_K
+        )
+        generator = torch.Generator().manual_seed(derive_seed(self.config.seed, unit.id))
+        queries = [q.text for q in corpus.test]
+        positives = [corpus.passages[int(i)].text for i in self._positive]
+        size = self.section.batch_size
+        start = time.perf_counter()
+        reranked, texts, history, forward, backward = [], [], [], 0, 0
+        for begin in range(0, len(queries), size):
+            chunk = slice(begin, begin + size)
+            with step_hook(self.progress.step):
+                result = attack.run(
+                    retriever,
+                    queries[chunk],
+                    positives[chunk],
+                    passages,
+                    self._positive[chunk],
+                    threat,
+                    generator,
+                    pipeline=pipeline,
+                )
+            reranked.append(result.reranked.cpu())
+            texts += result.texts
+            history.append(result.history)
+            forward += result.cost.forward
+            backward += result.cost.backward
+            self.progress.batch_done()
+        scores = torch.cat(reranked)
+        relevant = [r.cpu() for r in self._relevant]
+        rank = _ranks(scores, relevant)
+        before = torch.tensor(rerank["rankers"][name]["ranks"])
+        asr = {}
+        for k in KS:
+            correct = before <= k
+            asr[f"@{k}"] = rate_entry(int((correct & (rank > k)).sum()), int(correct.sum()))
+        steps = min((len(h) for h in history), default=0)
+        curve = [sum(h[s] for h in history) / len(history) for s in range(steps)]
+        examples = [
+            {"original": queries[i], "attacked": texts[i], "kind": "query"}
+            for i in range(min(self.section.examples, len(texts)))
+        ]
+        return {
+            "type": "textret",
+            "id": unit.id,
+            "clean_id": pipeline_pair_id(unit.needs[1], name),
+            "model": clean["model"],
+            "defense": clean["defense"],
+            "attack": {
+                "attack": column["config"].attack,
+                "name": column["config"].name,
+                "params": column["config"].params,
+                "settings": attack.settings(),
+            },
+            "threat": threat.to_dict(),
+            "n": len(queries),
+            "metrics": metrics(rank, _ndcg10(scores, relevant)),
+            "asr": asr,
+            "ranks": rank.tolist(),
+            "noise_asr": None,
+            "margin_history": curve,
+            "cost": {"forward": forward, "backward": backward},
+            "examples": examples,
+            "pipeline": {"ranker": name, "candidates": pipeline.k, "rerank_id": unit.needs[1]},
+            "wall_time": time.perf_counter() - start,
+        }
 
     def rerank_record(self, unit, retriever, passages, built) -> dict[str, Any]:  # noqa: ANN001
         """Each test query's top ``RERANK_K`` passages under the retriever, re-ordered by each
@@ -585,6 +676,7 @@ class TextRetrievalTask(Task):
             }
             for r in cleans
         ]
+        pairs = [entry for pair in pairs for entry in [pair, *_pipeline_pairs(pair, reranks)]]
         labels = {p["id"]: p["label"] for p in pairs}
         entries = []
         for r in cells:
@@ -673,6 +765,48 @@ class TextRetrievalTask(Task):
         return table
 
 
+def _attacks_pipeline(column: dict[str, Any]) -> bool:
+    """Whether a column also attacks the re-ranking pipeline: HotFlip on the query."""
+    attack = column["built"]
+    return attack.name == "hotflip" and attack.side == "query"
+
+
+def pipeline_pair_id(rerank_id: str, ranker: str) -> str:
+    """The id of a (retriever, defense)'s pipeline with one of its rankers, in results.json."""
+    return f"{rerank_id}/{ranker}"
+
+
+def _pipeline_pairs(pair: dict[str, Any], reranks: dict[str, Any]) -> list[dict[str, Any]]:
+    """A row per ranker of an AR2 pair: its retriever's top K re-ranked, clean metrics."""
+    record = reranks.get(pair["id"])
+    if record is None:
+        return []
+    return [
+        dict(
+            pair,
+            id=pipeline_pair_id(record["id"], name),
+            label=f"{pair['label']}, top {record['candidates']} re-ranked ({RANKER_LABELS.get(name, name)})",
+            metrics=entry["metrics"],
+            training_seconds=None,
+            global_auc=None,
+            per_query_auc=None,
+            rerank=None,
+            ranker_warmup_accuracy=None,
+            pipeline={"ranker": name, "candidates": record["candidates"], "of": pair["id"]},
+        )
+        for name, entry in sorted(record["rankers"].items(), key=_ranker_order)
+    ]
+
+
+def _ranker_order(item: tuple[str, Any]) -> tuple[int, str]:
+    names = list(RANKER_LABELS)
+    return (names.index(item[0]) if item[0] in names else len(names), item[0])
+
+
+#: how the report names AR2's rankers
+RANKER_LABELS = {"warmup": "warm-up ranker", "final": "game's ranker"}
+
+
 def _rerank_entry(record: dict[str, Any] | None) -> dict[str, Any] | None:
     if record is None:
         return None
@@ -757,6 +891,9 @@ class TextRetPair(BaseModel):
     ranker_warmup_accuracy: float | None = None
     """AR2 only: the warm-up ranker's top-1 accuracy among [d+, hard negatives] on the training
     queries"""
+    pipeline: dict[str, Any] | None = None
+    """a re-ranking pipeline's row (``ranker``, ``candidates``, ``of``: the retriever's pair id);
+    its metrics are the re-ranked ones, and its cells attack the whole pipeline"""
 
 
 class TextRetExample(BaseModel):
@@ -847,6 +984,9 @@ class TextRetRecord(Record):
     margin_history: list[float]
     cost: dict[str, int]
     examples: list[dict[str, Any]]
+    pipeline: dict[str, Any] | None = None
+    """against a re-ranking pipeline: ``ranker``, ``candidates`` and the ``rerank_id`` whose
+    clean ranks the ASR counts from"""
 
 
 TextRetrievalTask.record_models = {
