@@ -214,6 +214,28 @@ def test_line_progress_prints_units_eta_and_a_heartbeat_without_a_tty():
     assert all(len(line) < 100 for line in lines)
 
 
+def test_line_progress_names_units_that_ran_in_workers():
+    """A remote executor calls no cell_started: the line names the unit and its own time."""
+    import io
+
+    from rich.console import Console
+
+    from robustbench_cl.cli.progress import LineProgress
+
+    buffer = io.StringIO()
+    now = [0.0]
+    progress = LineProgress(Console(file=buffer, width=80), heartbeat=30, clock=lambda: now[0])
+    progress.run_started(n_cells=2, n_todo=2)
+    progress.message("2 units run in 2 worker processes, as their inputs are ready")
+    now[0] = 50.0
+    progress.cell_done({"id": "a", "wall_time": 48.2}, skipped=False, label="cnn | AutoAttack")
+    now[0] = 81.0
+    progress.beat_if_quiet()  # the others still run: the heartbeat says where
+    lines = buffer.getvalue().splitlines()
+    assert "[   50s] cell 1/2 done in 48s: cnn | AutoAttack, ETA ~50s" in lines
+    assert lines[-1].startswith("[ 1m21s] still running: 2 units run in 2 worker processes")
+
+
 def test_list_covers_every_registry_and_every_data_source():
     from robustbench_cl import registry
     from robustbench_cl.defenses.protectors import PROTECTORS

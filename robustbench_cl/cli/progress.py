@@ -59,7 +59,7 @@ class RichProgress(EngineProgress):
     def step(self, step: int, total: int) -> None:
         self.bars.update(self.step_task, total=total, completed=step)
 
-    def cell_done(self, record: dict[str, Any], skipped: bool) -> None:
+    def cell_done(self, record: dict[str, Any], skipped: bool, label: str | None = None) -> None:
         if self.cells_task is not None:
             self.bars.advance(self.cells_task)
 
@@ -155,7 +155,7 @@ class LineProgress(EngineProgress):
     def step(self, step: int, total: int) -> None:
         self.steps = (step, total)
 
-    def cell_done(self, record: dict[str, Any], skipped: bool) -> None:
+    def cell_done(self, record: dict[str, Any], skipped: bool, label: str | None = None) -> None:
         self.done += 1
         if skipped:
             return
@@ -164,6 +164,10 @@ class LineProgress(EngineProgress):
         remaining = self.n_cells - self.done
         per_cell = (now - self.start) / self.done_this_run
         eta = f", ETA ~{_clock(per_cell * remaining)}" if remaining else ""
+        if label is not None:  # it ran in a worker: its own wall time, and others still run
+            took = _clock(float(record.get("wall_time") or 0.0))
+            self._print(f"cell {self.done}/{self.n_cells} done in {took}: {label}{eta}")
+            return
         label = self.cell or record.get("id", "cell")
         self._print(
             f"cell {self.done}/{self.n_cells} done in {_clock(now - self.cell_start)}: {label}{eta}"

@@ -74,6 +74,7 @@ class RayExecutor:
                 runtime_env={"env_vars": variables},
             )
         self._task = ray.remote(num_cpus=1, num_gpus=gpus_per_task, max_retries=3)(_call)
+        self.description = "Ray tasks"
         self.pending: dict[Any, Any] = {}  # object ref -> the caller's key
 
     def submit(
@@ -113,6 +114,7 @@ class ProcessExecutor:
         from concurrent.futures import ProcessPoolExecutor
 
         self.workers = workers
+        self.description = f"{workers} worker processes"
         self.pool = ProcessPoolExecutor(
             max_workers=workers,
             mp_context=multiprocessing.get_context("spawn"),
@@ -131,12 +133,22 @@ class ProcessExecutor:
         """Yield ``(key, result)`` for each finished call as soon as it is done (a worker's
         exception is raised here); calls submitted meanwhile are waited for too."""
         from concurrent.futures import FIRST_COMPLETED, wait
+        from concurrent.futures.process import BrokenProcessPool
 
         while self.pending:
             done, _ = wait(list(self.pending), return_when=FIRST_COMPLETED)
             for future in sorted(done, key=lambda f: list(self.pending).index(f)):
                 key = self.pending.pop(future)
-                yield key, future.result()
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    raise RuntimeError(
+                        "a worker process died (killed, out of memory, or it could not start: "
+                        "a driver script read from stdin cannot be re-imported by a worker); "
+                        "the records written so far are kept and a rerun resumes, or use "
+                        "--executor local"
+                    ) from None
+                yield key, result
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)

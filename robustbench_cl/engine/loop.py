@@ -93,7 +93,7 @@ def _record(
     record.setdefault("wall_time", time.perf_counter() - started)
     check_record(task.record_models, task.name, record)
     store.append(record)
-    ctx.progress.cell_done(record, skipped=False)
+    ctx.progress.cell_done(record, skipped=False, label=None if local else unit.label)
     return record
 
 
@@ -117,6 +117,9 @@ def _execute_remote(
                 ctx.progress.cell_done(records[unit.id], skipped=True)
     parts: dict[str, dict[int, Any]] = {}
     by_id = {unit.id: (task, unit) for task, unit in waiting}
+    if waiting:
+        where = getattr(executor, "description", "remote workers")
+        ctx.progress.message(f"{len(waiting)} units run in {where}, as their inputs are ready")
 
     def submit_ready() -> None:
         for task, unit in list(waiting):

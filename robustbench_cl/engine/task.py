@@ -74,7 +74,8 @@ class Progress:
 
     def step(self, step: int, total: int) -> None: ...
 
-    def cell_done(self, record: dict[str, Any], skipped: bool) -> None: ...
+    def cell_done(self, record: dict[str, Any], skipped: bool, label: str | None = None) -> None:
+        """A unit's record is stored; ``label`` when it ran in a worker (no cell_started)."""
 
 
 @dataclass
