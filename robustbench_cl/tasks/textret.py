@@ -361,6 +361,30 @@ class TextRetrievalTask(Task):
             return self.pipeline_cell(unit, clean, rerank, column, retriever, passages, built)
         return self.attack_cell(unit, inputs[unit.needs[0]], column, retriever, passages)
 
+    def _in_batches(self, attack, retriever, passages, threat, generator, **options) -> list:  # noqa: ANN001
+        """``attack.run`` on the test queries, ``batch_size`` at a time, in order."""
+        corpus = self.corpus
+        queries = [q.text for q in corpus.test]
+        positives = [corpus.passages[int(i)].text for i in self._positive]
+        size, results = self.section.batch_size, []
+        for begin in range(0, len(queries), size):
+            chunk = slice(begin, begin + size)
+            with step_hook(self.progress.step):
+                results.append(
+                    attack.run(
+                        retriever,
+                        queries[chunk],
+                        positives[chunk],
+                        passages,
+                        self._positive[chunk],
+                        threat,
+                        generator,
+                        **options,
+                    )
+                )
+            self.progress.batch_done()
+        return results
+
     def passage_states(self, retriever):  # noqa: ANN001, ANN201
         """The frozen encoder's token states of every passage (what a ranker reads), once per
         pair."""
@@ -382,37 +406,16 @@ class TextRetrievalTask(Task):
         )
         generator = torch.Generator().manual_seed(derive_seed(self.config.seed, unit.id))
         queries = [q.text for q in corpus.test]
-        positives = [corpus.passages[int(i)].text for i in self._positive]
-        size = self.section.batch_size
         start = time.perf_counter()
-        reranked, texts, history, forward, backward = [], [], [], 0, 0
-        for begin in range(0, len(queries), size):
-            chunk = slice(begin, begin + size)
-            with step_hook(self.progress.step):
-                result = attack.run(
-                    retriever,
-                    queries[chunk],
-                    positives[chunk],
-                    passages,
-                    self._positive[chunk],
-                    threat,
-                    generator,
-                    pipeline=pipeline,
-                )
-            reranked.append(result.reranked.cpu())
-            texts += result.texts
-            history.append(result.history)
-            forward += result.cost.forward
-            backward += result.cost.backward
-            self.progress.batch_done()
-        scores = torch.cat(reranked)
+        results = self._in_batches(
+            attack, retriever, passages, threat, generator, pipeline=pipeline
+        )
+        texts = [text for result in results for text in result.texts]
+        history = [result.history for result in results]
+        scores = torch.cat([result.reranked.cpu() for result in results])
         relevant = [r.cpu() for r in self._relevant]
         rank = _ranks(scores, relevant)
-        before = torch.tensor(rerank["rankers"][name]["ranks"])
-        asr = {}
-        for k in KS:
-            correct = before <= k
-            asr[f"@{k}"] = rate_entry(int((correct & (rank > k)).sum()), int(correct.sum()))
+        asr = _asr(torch.tensor(rerank["rankers"][name]["ranks"]), rank)
         steps = min((len(h) for h in history), default=0)
         curve = [sum(h[s] for h in history) / len(history) for s in range(steps)]
         examples = [
@@ -438,7 +441,10 @@ class TextRetrievalTask(Task):
             "ranks": rank.tolist(),
             "noise_asr": None,
             "margin_history": curve,
-            "cost": {"forward": forward, "backward": backward},
+            "cost": {
+                "forward": sum(result.cost.forward for result in results),
+                "backward": sum(result.cost.backward for result in results),
+            },
             "examples": examples,
             "pipeline": {"ranker": name, "candidates": pipeline.k, "rerank_id": unit.needs[1]},
             "wall_time": time.perf_counter() - start,
@@ -493,7 +499,6 @@ class TextRetrievalTask(Task):
         generator = torch.Generator().manual_seed(derive_seed(self.config.seed, unit.id))
         queries = [q.text for q in corpus.test]
         positives = [corpus.passages[int(i)].text for i in self._positive]
-        size = self.section.batch_size
         start = time.perf_counter()
         features, attacked_passages, texts, history = [], [], [], []
         forward = backward = 0
@@ -519,18 +524,7 @@ class TextRetrievalTask(Task):
             forward, backward = result.cost.forward, result.cost.backward
             self.progress.batch_done()
         else:
-            for begin in range(0, len(queries), size):
-                chunk = slice(begin, begin + size)
-                with step_hook(self.progress.step):
-                    result = attack.run(
-                        retriever,
-                        queries[chunk],
-                        positives[chunk],
-                        passages,
-                        self._positive[chunk],
-                        threat,
-                        generator,
-                    )
+            for result in self._in_batches(attack, retriever, passages, threat, generator):
                 features.append(result.query_features)
                 if result.passage_features is not None:
                     attacked_passages.append(result.passage_features)
@@ -538,7 +532,6 @@ class TextRetrievalTask(Task):
                 history.append(result.history)
                 forward += result.cost.forward
                 backward += result.cost.backward
-                self.progress.batch_done()
         query = torch.cat(features)
         if poison is not None:  # the poisoned corpus: the real passages and the injected ones
             scores = query @ torch.cat([passages, poison]).T
@@ -552,12 +545,7 @@ class TextRetrievalTask(Task):
             else:
                 scores = query @ passages.T
             rank, ndcg = _ranks(scores, self._relevant), _ndcg10(scores, self._relevant)
-            before = torch.tensor(clean["ranks"], device=rank.device)
-            asr = {}
-            for k in KS:
-                correct = before <= k
-                broken = correct & (rank > k)
-                asr[f"@{k}"] = rate_entry(int(broken.sum()), int(correct.sum()))
+            asr = _asr(torch.tensor(clean["ranks"], device=rank.device), rank)
         steps = (
             min((len(h) for h in history if h), default=0)
             if history and isinstance(history[0], list)
@@ -763,6 +751,16 @@ class TextRetrievalTask(Task):
                 *values,
             )
         return table
+
+
+def _asr(before: torch.Tensor, after: torch.Tensor) -> dict[str, dict[str, Any]]:
+    """ASR@k: of the queries whose relevant passage ranked within k before, those it does not
+    after."""
+    asr = {}
+    for k in KS:
+        correct = before <= k
+        asr[f"@{k}"] = rate_entry(int((correct & (after > k)).sum()), int(correct.sum()))
+    return asr
 
 
 def _attacks_pipeline(column: dict[str, Any]) -> bool:
