@@ -80,14 +80,45 @@ def test_worker_processes_write_the_records_of_a_local_run(tmp_path, make_config
     assert meta["executor"] == "processes" and meta["workers"] >= 1
 
 
+def _refuse(steps: int) -> None:
+    raise UserError("attacks[0].steps", f"must be >= 1, got {steps}", "give 10")
+
+
+def _die() -> None:
+    import os
+
+    os._exit(1)  # as an out-of-memory kill would
+
+
 def test_a_user_error_raised_in_a_worker_reaches_the_driver_intact():
+    from robustbench_cl.engine.executors import ProcessExecutor
+
     error = pickle.loads(pickle.dumps(UserError("attacks[0].steps", "must be >= 1", "give 10")))
     assert (error.field, error.problem, error.fix) == (
         "attacks[0].steps",
         "must be >= 1",
         "give 10",
     )
-    assert str(error) == "attacks[0].steps: must be >= 1; give 10"
+    executor = ProcessExecutor(1)
+    try:
+        executor.submit("unit", _refuse, 0)
+        with pytest.raises(UserError) as raised:
+            list(executor.completed())
+    finally:
+        executor.close(abort=True)
+    assert str(raised.value) == "attacks[0].steps: must be >= 1, got 0; give 10"
+
+
+def test_a_dead_worker_ends_the_run_with_one_clear_error():
+    from robustbench_cl.engine.executors import ProcessExecutor
+
+    executor = ProcessExecutor(1)
+    try:
+        executor.submit("unit", _die)
+        with pytest.raises(RuntimeError, match="a worker process died.*a rerun resumes"):
+            list(executor.completed())
+    finally:
+        executor.close(abort=True)
 
 
 def test_workers_without_the_processes_executor_is_one_line(tmp_path):

@@ -90,7 +90,7 @@ class RayExecutor:
             key = self.pending.pop(ready[0])
             yield key, self.ray.get(ready[0])
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:  # noqa: ARG002
         """Nothing to do: a local Ray stays up for the process, a cluster for its users."""
 
 
@@ -150,5 +150,9 @@ class ProcessExecutor:
                     ) from None
                 yield key, result
 
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, abort: bool = False) -> None:
+        """Shut the workers down; ``abort`` (an error, Ctrl-C) kills the ones still running."""
+        if abort:
+            for process in list((getattr(self.pool, "_processes", None) or {}).values()):
+                process.terminate()
+        self.pool.shutdown(wait=not abort, cancel_futures=True)

@@ -203,9 +203,12 @@ def run(
         remote = _remote_executor(executor, address, gpus_per_task, workers, used_threads)
         try:
             execute(plans, ctx, ResultsStore(run_dir / "cells.jsonl"), remote)
-        finally:
+        except BaseException:  # an error or Ctrl-C: stop the workers now, keep the records
             if remote is not None:
-                remote.close()
+                remote.close(abort=True)
+            raise
+        if remote is not None:
+            remote.close()
     meta["executor"] = executor
     if executor == "processes":
         meta["workers"] = remote.workers
