@@ -104,7 +104,8 @@ class RerankPipeline:
         scores = features @ self.corpus.T
         rows = torch.arange(len(scores), device=scores.device)
         relevant = scores[rows, positive]
-        others = scores.index_put((rows, positive), torch.tensor(-float("inf")))
+        excluded = torch.full((), -float("inf"), dtype=scores.dtype, device=scores.device)
+        others = scores.index_put((rows, positive), excluded)
         top = others.topk(self.k, dim=1)
         retrieved = relevant - top.values[:, -1]  # > 0: d+ is in the retriever's top k
         if self.k == 1:  # the ranker sees d+ alone: only the retriever can be fooled
