@@ -16,7 +16,10 @@ from robustbench_cl.shipped import without_timings
 pytestmark = pytest.mark.xdist_group("processes")
 
 
-def _classification() -> dict:
+def _config() -> dict:
+    """Sharded cascade groups, a membership audit, generation, and jailbreak cells sharded over
+    behaviours, in one run (retrieval and screens take the same remote path: tests/test_ray.py
+    runs them, and the whole quickstart gave identical records by hand, README)."""
     return {
         "suite": "processes-small",
         "seed": 0,
@@ -30,12 +33,6 @@ def _classification() -> dict:
         "membership": [{"attack": "loss", "n": 40}],
         "generation": {"n_per_class": 2, "steps": 3},
         "engine": {"sanity_probe_size": 8, "batch_size": 16, "shard_size": 12},
-    }
-
-
-def _jailbreak() -> dict:
-    return {
-        "suite": "processes-jailbreak",
         "jailbreak": {
             "data": {"n_harmful": 4, "n_benign": 4, "n_borderline": 4},
             "models": [{"spec": "builtin:tiny-chat-lm", "name": "tiny"}],
@@ -51,31 +48,21 @@ def _jailbreak() -> dict:
     }
 
 
-def _retrieval() -> dict:
-    from tests.test_retrieval import _retrieval_config
-
-    return _retrieval_config(shard_size=10)
-
-
 def _records(run_dir: Path) -> list[dict]:
     lines = (run_dir / "cells.jsonl").read_text().splitlines()
     return [without_timings(json.loads(line)) for line in lines]
 
 
-@pytest.mark.parametrize(
-    "make_config",
-    [_classification, _jailbreak, _retrieval],
-    ids=["classification-membership-generation", "jailbreak", "retrieval"],
-)
-def test_worker_processes_write_the_records_of_a_local_run(tmp_path, make_config):
-    """Sharded cascade groups, membership audits, generation, jailbreak cells sharded over
-    behaviours, retrieval fits and evaluations: the same records, in the same file order."""
-    config = make_config()
+def test_worker_processes_write_the_records_of_a_local_run(tmp_path):
+    """The same records, in the same file order, as the local executor's."""
+    config = _config()
     local = rbcl.run(config, out=tmp_path / "local", profile=None, device="cpu")
     remote = rbcl.run(
         config, out=tmp_path / "processes", profile=None, device="cpu", executor="processes"
     )
-    assert _records(remote) == _records(local)
+    records = _records(local)
+    assert {r["type"] for r in records} >= {"cell", "membership", "generation", "jailbreak"}
+    assert _records(remote) == records
     meta = json.loads((remote / "meta.json").read_text())
     assert meta["executor"] == "processes" and meta["workers"] >= 1
 
