@@ -91,17 +91,25 @@ class RerankPipeline:
     """
 
     def __init__(self, retriever: Any, ranker: Any, corpus: torch.Tensor, states: Any, k: int):
-        self.retriever, self.ranker, self.corpus, self.states = retriever, ranker, corpus, states
+        self.retriever, self.ranker, self.corpus = retriever, ranker, corpus
+        # the passages' token states on the corpus's device once, not per attack step
+        self.states = states.states.to(corpus.device)
+        self.states_mask = states.mask.to(corpus.device)
         self.k = min(k, corpus.shape[0])
         self.scale = ranker.prior_scale.detach()
 
-    def _passages(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        states, mask = self.states[index.cpu()]
-        return states.to(index.device), mask.to(index.device)
+    def _retrieve(self, embeds: torch.Tensor, mask: torch.Tensor):  # noqa: ANN202
+        """The query's token states and its retriever scores over the corpus."""
+        features, hidden = self.retriever.encode_embeds_with_states(embeds, mask)
+        return hidden, features @ self.corpus.T
+
+    def _rank(self, hidden: torch.Tensor, mask: torch.Tensor, index: torch.Tensor):  # noqa: ANN202
+        """The ranker's logits of the passages ``index`` (Q, n) for each query."""
+        passages = (self.states[index], self.states_mask[index])
+        return self.ranker((hidden, mask.bool()), passages)
 
     def margin(self, embeds: torch.Tensor, mask: torch.Tensor, positive: torch.Tensor):  # noqa: ANN201
-        features, hidden = self.retriever.encode_embeds_with_states(embeds, mask)
-        scores = features @ self.corpus.T
+        hidden, scores = self._retrieve(embeds, mask)
         rows = torch.arange(len(scores), device=scores.device)
         relevant = scores[rows, positive]
         excluded = torch.full((), -float("inf"), dtype=scores.dtype, device=scores.device)
@@ -111,18 +119,16 @@ class RerankPipeline:
         if self.k == 1:  # the ranker sees d+ alone: only the retriever can be fooled
             return self.scale * retrieved
         candidates = torch.cat([positive[:, None], top.indices[:, : self.k - 1]], dim=1)
-        logits = self.ranker((hidden, mask.bool()), self._passages(candidates))
+        logits = self._rank(hidden, mask, candidates)
         ranked = logits[:, 0] - logits[:, 1:].max(1).values
         return torch.minimum(ranked, self.scale * retrieved)
 
     def scores(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The re-ranked scores (Q, N): the retriever's top k above the rest, in the ranker's
         order (positions, so that tied logits cannot tie the ranking)."""
-        features, hidden = self.retriever.encode_embeds_with_states(embeds, mask)
-        scores = features @ self.corpus.T
+        hidden, scores = self._retrieve(embeds, mask)
         top = scores.topk(self.k, dim=1).indices
-        logits = self.ranker((hidden, mask.bool()), self._passages(top))
-        return rerank_scores(scores, top, logits)
+        return rerank_scores(scores, top, self._rank(hidden, mask, top))
 
 
 def rerank_scores(scores: torch.Tensor, top: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

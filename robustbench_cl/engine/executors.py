@@ -137,7 +137,7 @@ class ProcessExecutor:
 
         while self.pending:
             done, _ = wait(list(self.pending), return_when=FIRST_COMPLETED)
-            for future in sorted(done, key=lambda f: list(self.pending).index(f)):
+            for future in [f for f in self.pending if f in done]:  # in submission order
                 key = self.pending.pop(future)
                 try:
                     result = future.result()
