@@ -79,6 +79,57 @@ def test_generation_is_deterministic_and_boxes_hold_the_text(screens: ScreenData
     assert {s.key for s in train}.isdisjoint({s.key for s in test})
 
 
+def test_generation_does_not_depend_on_the_date(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PrivScreen-mini is a function of (n, seed) alone: Faker's date_of_birth counted back from
+    today, so the screens, their content hash and the cached DualTAP changed every day."""
+    import datetime as real_datetime
+
+    import faker.providers.date_time as faker_dates
+
+    first = generate(4, seed=0)
+
+    class Tomorrow(real_datetime.date):
+        @classmethod
+        def today(cls):  # noqa: ANN206
+            return real_datetime.date(2031, 7, 14)
+
+    class Later(real_datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):  # noqa: ANN001, ANN206
+            return real_datetime.datetime(2031, 7, 14, 12, tzinfo=tz)
+
+    monkeypatch.setattr(faker_dates, "dtdate", Tomorrow)
+    monkeypatch.setattr(faker_dates, "datetime", Later)
+    later = generate(4, seed=0)
+    for a, b in zip(first.screens, later.screens):
+        assert [p.value for p in a.pii] == [p.value for p in b.pii]
+        assert np.array_equal(a.image, b.image)
+
+
+def test_the_quickstart_dualtap_is_shipped() -> None:
+    """The quickstart's DualTAP (its settings and its training screens) is among the shipped
+    artifacts, so that a fresh ``make demo`` does not train it for minutes."""
+    from robustbench_cl.defenses.dualtap import screens_key
+    from robustbench_cl.engine.config import load_config
+    from robustbench_cl.shipped import shipped_entries
+    from robustbench_cl.tasks.screens import expand_screens
+
+    config = load_config("quickstart")
+    assert config.screens is not None
+    data = load_screens(config.screens.data.name)
+    train, _ = data.split(config.screens.data.train_ratio)
+    shipped = {entry.name for entry in shipped_entries()}
+    columns = expand_screens(config)
+    dualtaps = [c["built"]["defense"] for c in columns if c["kind"].name == "dualtap"]
+    assert dualtaps, "the quickstart has a DualTAP column"
+    for defense in dualtaps:
+        path = defense.screens_cache_path(screens_key(data.name, train))
+        assert f"{path.name}.safetensors" in shipped, (
+            f"{path.name} is not shipped: retrain it (robustbench-cl run quickstart) and "
+            "refresh robustbench_cl/seeds with robustbench-cl artifacts export"
+        )
+
+
 def test_privscreen_layout_round_trip(screens: ScreenData, tmp_path: Path) -> None:
     root = write_layout(screens, tmp_path / "privscreen")
     app = sorted(p.name for p in root.iterdir())[0]

@@ -24,6 +24,7 @@ import json
 import os
 import random
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,12 @@ class ScreenData:
         }
 
 
+#: dates of birth: 18 to 80 years before 2026 (a fixed span, so the screens are the same any day)
+_FIRST_BIRTHDAY = date(1946, 1, 1)
+_BIRTHDAYS = (date(2008, 12, 31) - _FIRST_BIRTHDAY).days + 1
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
 # ---------------------------------------------------------------------------- rendering
 def _font(size: int):  # noqa: ANN202
     from PIL import ImageFont
@@ -149,7 +156,10 @@ def _fake_value(fake, name: str, rng: random.Random) -> str:  # noqa: ANN001
         digits = fake.credit_card_number(card_type="visa16")
         return " ".join(digits[i : i + 4] for i in range(0, 16, 4))
     if name == "dateOfBirth":
-        return fake.date_of_birth(minimum_age=18, maximum_age=80).strftime("%d %b %Y")
+        # from the seeded stream, never from today's date (Faker's date_of_birth counts back from
+        # today, so the screens, their content hash and the cached DualTAP changed every day)
+        born = _FIRST_BIRTHDAY + timedelta(days=rng.randrange(_BIRTHDAYS))
+        return f"{born.day:02d} {_MONTHS[born.month - 1]} {born.year}"  # not strftime's locale
     raise ValueError(name)
 
 
