@@ -80,3 +80,18 @@ def test_an_outside_task_section_is_validated_with_a_one_line_error():
         rbcl.run(_config(bins=1), out="unused", profile=None)
     with pytest.raises(UserError, match=r"^tasks\.calibrationn: unknown task .*calibration"):
         rbcl.run({"suite": "x", "tasks": {"calibrationn": {}}}, out="unused", profile=None)
+
+
+def test_records_the_plan_no_longer_makes_are_set_aside_on_resume(tmp_path):
+    """A record of an earlier invocation whose unit id this plan lacks (its data or the code
+    changed) moves to cells.stale.jsonl: results list only this plan's records, none is lost."""
+    run_dir = rbcl.run(_config(), out=tmp_path / "run", profile=None)
+    first, second = _records(run_dir)
+    old = {**first, "id": "0123456789abcdef"}  # as if made from other data
+    (run_dir / "cells.jsonl").write_text(json.dumps(old) + "\n" + json.dumps(second) + "\n")
+    rbcl.run(_config(), out=run_dir, profile=None)
+    records = _records(run_dir)
+    assert sorted(r["id"] for r in records) == sorted([first["id"], second["id"]])
+    stale = (run_dir / "cells.stale.jsonl").read_text().splitlines()
+    assert [json.loads(line)["id"] for line in stale] == [old["id"]]
+    assert len(load_results(run_dir)["calibration"]) == 2

@@ -15,6 +15,7 @@ seeded by (unit id, shard) and run the same code either way, so the records are 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -26,6 +27,8 @@ from robustbench_cl.engine.store import ResultsStore
 from robustbench_cl.engine.task import RunContext, Task, Unit, run_remote_shard, seed_unit
 from robustbench_cl.errors import under_field
 from robustbench_cl.utils import cache_home
+
+logger = logging.getLogger(__name__)
 
 
 def execute(
@@ -48,6 +51,10 @@ def execute(
             if missing:
                 raise RuntimeError(f"{task.name} unit {unit.label} needs unplanned {missing[0]}")
             planned[unit.id] = (task, unit)
+    stale = [r for i, r in records.items() if i not in planned]
+    if stale:  # an earlier invocation's records that this plan no longer makes (data changed)
+        _set_aside(stale, store)
+        records = {i: r for i, r in records.items() if i in planned}
     todo = [i for i in planned if i not in records]
     ctx.progress.run_started(len(planned), len(todo))
     if executor is None:
@@ -65,9 +72,24 @@ def execute(
         # records were appended as shards finished; in plan order, the file (and results.json,
         # which lists records in file order) is the same as a local run's
         order = [unit.id for _, units in plans for unit in units]
-        rest = [r for i, r in records.items() if i not in planned]
-        store.rewrite([records[i] for i in order] + rest)
+        store.rewrite([records[i] for i in order])
     return records
+
+
+def _set_aside(stale: list[dict[str, Any]], store: ResultsStore) -> None:
+    """Move records that the plan no longer makes to ``cells.stale.jsonl`` beside the store
+    (appended: nothing is lost), so that results and the report show only this plan's."""
+    aside = ResultsStore(store.path.with_name("cells.stale.jsonl"))
+    for record in stale:
+        aside.append(record)
+    ids = {record["id"] for record in stale}
+    store.rewrite([r for r in store.read() if r.get("id") not in ids])
+    logger.warning(
+        "%d records of an earlier invocation are not in this plan (their data or the code "
+        "changed); moved to %s",
+        len(stale),
+        aside.path,
+    )
 
 
 def _record(
