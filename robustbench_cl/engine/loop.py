@@ -82,8 +82,7 @@ def _set_aside(stale: list[dict[str, Any]], store: ResultsStore) -> None:
     aside = ResultsStore(store.path.with_name("cells.stale.jsonl"))
     for record in stale:
         aside.append(record)
-    ids = {record["id"] for record in stale}
-    store.rewrite([r for r in store.read() if r.get("id") not in ids])
+    store.remove({record["id"] for record in stale})
     logger.warning(
         "%d records of an earlier invocation are not in this plan (their data or the code "
         "changed); moved to %s",

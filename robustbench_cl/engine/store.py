@@ -61,6 +61,22 @@ class ResultsStore:
             os.fsync(handle.fileno())
         os.replace(tmp, self.path)
 
+    def remove(self, ids: set[str]) -> None:
+        """Drop the records with these ids, atomically; every other line stays as it was."""
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for line in lines:
+                try:
+                    drop = json.loads(line).get("id") in ids
+                except (json.JSONDecodeError, AttributeError):
+                    drop = False  # kept as it was; read() still reports it
+                if not drop:
+                    handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.path)
+
     def clear(self) -> None:
         if self.path.exists():
             self.path.unlink()
