@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -53,26 +54,17 @@ class ResultsStore:
 
     def rewrite(self, records: list[dict[str, Any]]) -> None:
         """Replace the file by ``records`` in this order, atomically (a crash keeps the old)."""
-        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps(record, sort_keys=True, allow_nan=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
+        self._replace(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in records)
 
     def remove(self, ids: set[str]) -> None:
         """Drop the records with these ids, atomically; every other line stays as it was."""
         lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        self._replace(line for line in lines if _record_id(line) not in ids)
+
+    def _replace(self, lines: Iterable[str]) -> None:
         tmp = self.path.with_suffix(self.path.suffix + ".tmp")
         with open(tmp, "w", encoding="utf-8") as handle:
-            for line in lines:
-                try:
-                    drop = json.loads(line).get("id") in ids
-                except (json.JSONDecodeError, AttributeError):
-                    drop = False  # kept as it was; read() still reports it
-                if not drop:
-                    handle.write(line)
+            handle.writelines(lines)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self.path)
@@ -80,6 +72,14 @@ class ResultsStore:
     def clear(self) -> None:
         if self.path.exists():
             self.path.unlink()
+
+
+def _record_id(line: str) -> Any:
+    """The id of a record line; None for a line that is not a record (kept as it was)."""
+    try:
+        return json.loads(line).get("id")
+    except (json.JSONDecodeError, AttributeError):
+        return None
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
