@@ -271,17 +271,19 @@ class ThreatModel:
             delta = (direction * radius * eps).reshape(x.shape)
         return self.clamp_to_bounds(x + delta)
 
-    def ascent_direction(self, grad: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    def ascent_direction(self, grad: torch.Tensor) -> torch.Tensor:
         """Steepest-ascent direction of unit size in this norm (sign for linf, unit-l2 for l2).
 
-        ``inplace`` overwrites ``grad`` (step loops own their gradient; this saves an allocation).
+        Always a new tensor: ``grad`` is never written to. A gradient from autograd may share
+        memory between elements (an input that reaches the output only through a reduction
+        gets an expanded gradient), so writing into it in place fails or corrupts it.
         """
         if self.norm == "linf":
-            return grad.sign_() if inplace else grad.sign()
+            return grad.sign()
         rows = self._flat(grad)
         if self.norm == "l2":
             norms = rows.norm(p=2, dim=1, keepdim=True) + 1e-10
-            return (rows.div_(norms) if inplace else rows / norms).reshape(grad.shape)
+            return (rows / norms).reshape(grad.shape)
         if self.norm == "l1":
             # sparse l1 descent: move the top 1% coordinates by sign, unit l1 size in total
             k = max(1, rows.shape[1] // 100)

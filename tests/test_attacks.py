@@ -238,3 +238,54 @@ def test_query_only_external_attacks_are_marked_gradient_free():
     assert TorchattacksAttack("Square").uses_gradients is False
     assert TorchattacksAttack("PGD").uses_gradients is True
     assert ARTAttack("HopSkipJump").uses_gradients is False
+
+
+class ReductionNet(torch.nn.Module):
+    """Logits from the pixel sum alone: autograd returns the input gradient as an expanded
+    tensor (one memory location for every pixel of a sample), which must never be written to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.tensor([[-1.0, 0.0, 1.0, 2.0]]))
+        self.register_buffer("shift", torch.tensor([[4.0, 2.0, 0.0, -5.0]]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1).sum(1, keepdim=True) * self.scale + self.shift
+
+
+def test_the_reduction_model_gives_an_expanded_gradient():
+    x = torch.rand(3, 1, 4, 4, requires_grad=True)
+    (grad,) = torch.autograd.grad(ReductionNet()(x).sum(), x)
+    assert 0 in grad.stride()  # the case the attacks below must survive
+    with pytest.raises(RuntimeError, match="single memory location"):
+        grad.sign_()
+
+
+@pytest.mark.parametrize(
+    "name, norm, eps",
+    [("fgsm", "linf", 0.1), ("pgd", "linf", 0.1), ("pgd", "l2", 0.5), ("pgd", "l1", 1.0)],
+)
+def test_attacks_never_write_into_an_expanded_gradient(name, norm, eps):
+    from robustbench_cl.models import Frozen
+
+    model = Frozen(ReductionNet())
+    x = torch.rand(16, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    threat = ThreatModel(norm=norm, eps=eps)
+    result = rbcl.make_attack(name)(model, x, y, threat)
+    threat.check(result.adv, x)
+    assert result.success.shape == (16,)
+
+
+def test_sanity_probes_survive_an_expanded_gradient():
+    from robustbench_cl.engine import sanity
+    from robustbench_cl.models import Frozen
+
+    model = Frozen(ReductionNet())
+    x = torch.rand(16, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    health = sanity.gradient_health(model, x, y)
+    assert health["nan_fraction"] == 0.0
+    assert 0.0 <= sanity.full_range_accuracy(model, x, y, (0.0, 1.0)) <= 1.0

@@ -74,6 +74,24 @@ def test_contrastive_pgd_stays_in_the_ball_and_raises_the_loss():
     assert all(p.requires_grad for p in autoencoder.parameters())
 
 
+def test_contrastive_pgd_starts_uniformly_inside_the_ball():
+    """The start (zero steps) of the inner attack: interior pixels move both up and down, by at
+    most eps, roughly uniformly; version 1 started at x + random_init(x) >= x, x + eps inside."""
+    torch.manual_seed(0)
+    autoencoder = AutoEncoder(1, 8, latent=8, width=4)
+    eps = 0.1
+    x = eps + (1 - 3 * eps) * torch.rand(64, 1, 8, 8)  # interior: eps < x < 1 - 2 eps
+    anchor = autoencoder.embed(x).detach()
+    threat = ThreatModel(norm="linf", eps=eps)
+    start = contrastive_pgd(autoencoder, x, anchor, info_nce, 0.5, threat, steps=0, step_size=0)
+    threat.check(start, x)
+    delta = start - x
+    assert (delta.abs() <= eps + 1e-6).all()
+    assert (delta < -eps / 10).float().mean() > 0.4  # both signs, about half each
+    assert (delta > eps / 10).float().mean() > 0.4
+    assert delta.abs().mean() == pytest.approx(eps / 2, rel=0.05)  # uniform on [-eps, eps]
+
+
 def test_lambda_zero_is_the_reconstruction_only_control(tmp_path, monkeypatch):
     monkeypatch.setenv("ROBUSTBENCH_CL_HOME", str(tmp_path))
 

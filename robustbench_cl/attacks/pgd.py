@@ -89,7 +89,7 @@ class PGD(Attack):
                 (grad,) = torch.autograd.grad(loss, x_adv)
                 if self.keep_best:
                     found = self._keep_first_hits(logits, x_adv, y, threat, found, best_found, best)
-                step_direction = threat.ascent_direction(grad, inplace=True)
+                step_direction = threat.ascent_direction(grad)
                 x_adv = clip(x_adv.detach().add_(step_direction, alpha=sign * step_size))
                 report_step(restart * self.steps + step + 1, total)
             if restart < self.restarts - 1:

@@ -58,8 +58,9 @@ def contrastive_pgd(
     steps: int,
     step_size: float,
 ) -> torch.Tensor:
-    """Maximise the contrastive loss between g(enc(x')) and the clean anchors inside the ball."""
-    x_adv = threat.clip(x + threat.random_init(x), x)
+    """Maximise the contrastive loss between g(enc(x')) and the clean anchors inside the ball,
+    from a uniform random start in the ball (``random_init`` returns the start point itself)."""
+    x_adv = threat.random_init(x)
     with inputs_only_gradients(autoencoder):
         for _ in range(steps):
             x_adv.requires_grad_(True)
@@ -75,7 +76,9 @@ class RobustAutoEncoder(Defense):
 
     name = "rae"
     kind = "preprocessor"
-    version = 1
+    #: 2: the inner PGD starts inside the ball (version 1 started at x + random_init(x), a
+    #: point at least x, exactly x + eps wherever x >= 2 eps)
+    version = 2
 
     def __init__(
         self,
