@@ -318,11 +318,11 @@ def test_auto_batch_size_backs_off_on_out_of_memory(tmp_path, monkeypatch):
     calls = []
     original = FGSM.__call__
 
-    def limited(self, model, x, y, threat):  # noqa: ANN001, ANN202
+    def limited(self, model, x, y, threat, **options):  # noqa: ANN001, ANN003, ANN202
         calls.append(len(x))
         if len(x) > 8:
             raise torch.OutOfMemoryError("simulated")
-        return original(self, model, x, y, threat)
+        return original(self, model, x, y, threat, **options)
 
     monkeypatch.setattr(FGSM, "__call__", limited)
     config = small_config(

@@ -69,12 +69,46 @@ class Cost:
 
 @dataclass
 class AttackResult:
-    """Adversarial inputs, per-sample success (fooled, or target reached) and the cost."""
+    """Adversarial inputs, per-sample outcomes and the cost.
+
+    ``success`` is the raw criterion on the adversarial input (untargeted: misclassified;
+    targeted: the target reached), over *every* sample, including those the model already got
+    wrong clean. The report's numbers count over the clean-correct samples instead:
+    ``clean_correct`` (untargeted: the clean input is classified as ``y``; targeted: it is not
+    yet classified as the target), ``fooled = success & clean_correct``, and
+    :attr:`attack_success_rate` and :attr:`robust_accuracy`, which are what a report's
+    single-attack cell shows for the same samples.
+    """
 
     adv: torch.Tensor
     success: torch.Tensor
     cost: Cost = field(default_factory=Cost)
     wall_time: float = 0.0
+    clean_correct: torch.Tensor | None = None
+
+    @property
+    def eligible(self) -> torch.Tensor:
+        """``clean_correct``, or every sample when it is unknown."""
+        if self.clean_correct is None:
+            return torch.ones_like(self.success, dtype=torch.bool)
+        return self.clean_correct
+
+    @property
+    def fooled(self) -> torch.Tensor:
+        """Samples the attack broke: clean-correct and successful."""
+        return self.success & self.eligible
+
+    @property
+    def attack_success_rate(self) -> float:
+        """Broken over clean-correct samples (the report's ASR of a single-attack cell)."""
+        eligible = int(self.eligible.sum())
+        return int(self.fooled.sum()) / eligible if eligible else 0.0
+
+    @property
+    def robust_accuracy(self) -> float:
+        """Clean-correct and not broken, over all samples (the report's robust accuracy)."""
+        total = len(self.success)
+        return int((self.eligible & ~self.success).sum()) / total if total else 0.0
 
 
 @dataclass
@@ -289,15 +323,22 @@ class Attack(AttackBase):
         return None
 
     def __call__(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        threat: ThreatModel,
+        clean_correct: torch.Tensor | None = None,
     ) -> AttackResult:
+        """Attack ``x`` (labels, or targets when ``threat.targeted``). ``clean_correct`` is
+        computed by one uncounted clean pass unless the caller knows it (the engine does)."""
         reason = self.supports(threat)
         if reason is not None:
             raise UserError("attack", reason, "choose another attack or threat model")
         validate_inputs(x, y, threat)
         if x.shape[0] == 0:
             empty = torch.zeros(0, dtype=torch.bool, device=x.device)
-            return AttackResult(adv=x.clone(), success=empty)
+            return AttackResult(adv=x.clone(), success=empty, clean_correct=empty)
         counted = CountingModel(model)
         start = time.perf_counter()
         was_training = model.training
@@ -313,6 +354,10 @@ class Attack(AttackBase):
                         f"labels must lie in [0, {n_classes - 1}] for this model",
                         "check the dataset's labels against the model's classes",
                     )
+                if clean_correct is None:
+                    with torch.no_grad():
+                        predicted = model(x).argmax(1)
+                    clean_correct = predicted != y if threat.targeted else predicted == y
                 output = self.perturb(counted, x, y, threat)
                 known = None
                 if isinstance(output, Perturbation):
@@ -328,6 +373,7 @@ class Attack(AttackBase):
             success=success,
             cost=counted.cost,
             wall_time=time.perf_counter() - start,
+            clean_correct=clean_correct.to(success.device).bool(),
         )
 
     @staticmethod

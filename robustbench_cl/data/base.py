@@ -40,6 +40,10 @@ class TensorData:
         """Inputs ``start:end`` (a view: this dataset is in memory)."""
         return self.x[start:end]
 
+    def take(self, indices: torch.Tensor) -> torch.Tensor:
+        """Inputs at ``indices`` (a drawn subset, see :mod:`robustbench_cl.data.subset`)."""
+        return self.x[indices.to(self.x.device)]
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -81,6 +85,19 @@ class LazyData:
             return torch.empty((0, *self._shape))
         x = self._read(start, end)
         return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+
+    def take(self, indices: torch.Tensor) -> torch.Tensor:
+        """Inputs at sorted ``indices``, read as few contiguous ranges as they form."""
+        indices = indices.cpu()
+        if len(indices) == 0:
+            return torch.empty((0, *self._shape))
+        breaks = (indices[1:] != indices[:-1] + 1).nonzero().flatten() + 1
+        starts = [0, *breaks.tolist()]
+        ends = [*breaks.tolist(), len(indices)]
+        chunks = [
+            self.rows(int(indices[a]), int(indices[b - 1]) + 1) for a, b in zip(starts, ends)
+        ]
+        return torch.cat(chunks)
 
     @property
     def x(self) -> torch.Tensor:

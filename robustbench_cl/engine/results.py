@@ -19,7 +19,7 @@ from typing import Any, Union
 from robustbench_cl.engine.store import write_json_atomic
 from robustbench_cl.engine.summary import RunSummary, load_run, threat_sort_key
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 
 
 def results_model() -> type:
@@ -134,7 +134,8 @@ def build_results(summary: RunSummary) -> dict[str, Any]:
     results["threat_models"] = sorted(threats.values(), key=threat_sort_key)
     # every task's flags count: classification cells, and the flagged entries of the others
     cell_flags = sum(len(cell["flags"]) for cell in results.get("cells", []))
-    results["flag_count"] = cell_flags + len(task_flag_rows(results))
+    pair_flags = sum(len(pair.get("flags", [])) for pair in results.get("pairs", []))
+    results["flag_count"] = cell_flags + pair_flags + len(task_flag_rows(results))
     return results
 
 

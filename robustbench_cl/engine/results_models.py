@@ -123,6 +123,15 @@ class Cell(BaseModel):
     robust_accuracy: float = Field(..., ge=0.0, le=1.0)
     robust_ci95: Interval
     attack_success_rate: float = Field(..., ge=0.0, le=1.0)
+    """
+    cumulative down the cascade: the clean-correct samples broken by this attack or an earlier
+    one at the same threat model, over the clean-correct samples
+    """
+    broken_rate: float = Field(..., ge=0.0, le=1.0)
+    """
+    this attack alone: the samples it broke first (robust after every earlier attack of its
+    group), over the clean-correct samples; without a cascade it equals attack_success_rate
+    """
     cost: Cost
     wall_time: float = Field(..., ge=0.0)
     flags: list[Flag]
@@ -164,6 +173,14 @@ class Pair(BaseModel):
     cell_ids: list[str]
     worst_case: list[WorstCase]
     membership_skipped: list[MembershipSkippedItem] | None = None
+    normalization: str | None = None
+    """
+    the input normalisation inside the model: none, imagenet or mean/std (null: not probed)
+    """
+    flags: list[Flag] = []
+    """
+    flags of the clean pass: missing_classes, normalization_mismatch
+    """
 
 
 class Rate(BaseModel):

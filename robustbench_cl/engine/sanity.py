@@ -16,7 +16,7 @@ from torch import nn
 
 from robustbench_cl.attacks.base import Attack
 from robustbench_cl.attacks.pgd import PGD
-from robustbench_cl.models.wrappers import is_randomized, uses_eot
+from robustbench_cl.models.wrappers import Normalize, is_randomized, uses_eot
 from robustbench_cl.threat import ThreatModel
 
 Flag = dict[str, str]
@@ -85,6 +85,105 @@ def pair_flags(probes: dict[str, Any], n_classes: int) -> list[Flag]:
             )
         )
     return flags
+
+
+#: the ImageNet convention that torchvision and timm models expect (the adapters' default)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: the normalisation probe needs this many clean samples, and this gap, to speak
+NORMALIZATION_PROBE_MIN = 64
+NORMALIZATION_GAP = 0.10
+
+
+def normalization_inside(model: nn.Module) -> str:
+    """Which input normalisation sits inside ``model``: "none", "imagenet" or "mean/std"."""
+    found = [m for m in model.modules() if isinstance(m, Normalize)]
+    if not found:
+        return "none"
+    first = found[0]
+    imagenet = first.mean.numel() == 3 and torch.allclose(
+        first.mean.flatten().cpu(), torch.tensor(IMAGENET_MEAN)
+    )
+    imagenet = imagenet and torch.allclose(first.std.flatten().cpu(), torch.tensor(IMAGENET_STD))
+    return "imagenet" if imagenet else "mean/std"
+
+
+def normalization_probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    """Clean accuracy as loaded and under the other convention, on ``x`` (>= 64 samples).
+
+    With a ``Normalize`` inside, the other convention is none (mean 0, std 1 for the probe,
+    restored after); without one, on 3-channel images, ImageNet mean/std in front. A model
+    trained on [0, 1] inputs and loaded with ImageNet normalisation (the torchvision adapter's
+    default) loses accuracy silently; this is what tells.
+    """
+    inside = normalization_inside(model)
+    result: dict[str, Any] = {"inside": inside, "probed": int(len(y))}
+    if len(y) < NORMALIZATION_PROBE_MIN:
+        return {**result, "skipped": f"fewer than {NORMALIZATION_PROBE_MIN} evaluated samples"}
+    with torch.no_grad():
+        loaded = float((model(x).argmax(1) == y).float().mean())
+        if inside != "none":
+            wrappers = [m for m in model.modules() if isinstance(m, Normalize)]
+            saved = [(m.mean.clone(), m.std.clone()) for m in wrappers]
+            try:
+                for m in wrappers:
+                    m.mean.zero_()
+                    m.std.fill_(1.0)
+                other = float((model(x).argmax(1) == y).float().mean())
+            finally:
+                for m, (mean, std) in zip(wrappers, saved):
+                    m.mean.copy_(mean)
+                    m.std.copy_(std)
+            convention = "none"
+        elif x.dim() == 4 and x.shape[1] == 3:
+            mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+            std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+            other = float((model((x - mean) / std).argmax(1) == y).float().mean())
+            convention = "imagenet"
+        else:
+            return {**result, "skipped": "no normalisation inside and not 3-channel images"}
+    return {**result, "accuracy": loaded, "other": convention, "other_accuracy": other}
+
+
+def normalization_flag(probe: dict[str, Any] | None) -> list[Flag]:
+    """``normalization_mismatch`` when the other convention is 10+ points more accurate."""
+    if not probe or "other_accuracy" not in probe:
+        return []
+    gap = probe["other_accuracy"] - probe["accuracy"]
+    if gap < NORMALIZATION_GAP:
+        return []
+    if probe["other"] == "none":
+        fix = (
+            f"the model holds {probe['inside']} normalisation; it was probably trained on [0, 1] "
+            "inputs: add normalize=none to the model spec (torchvision:/timm:)"
+        )
+    else:
+        fix = (
+            "the model probably expects ImageNet-normalised inputs: add normalize=imagenet to "
+            "the model spec, or wrap the model in robustbench_cl.Normalize"
+        )
+    return [
+        flag(
+            "normalization_mismatch",
+            f"clean accuracy {probe['accuracy']:.0%} as loaded, {probe['other_accuracy']:.0%} "
+            f"with normalisation {probe['other']} (probe of {probe['probed']} samples): {fix}",
+        )
+    ]
+
+
+def missing_classes_flag(histogram: list[int]) -> list[Flag]:
+    """``missing_classes`` when some class has no evaluated sample."""
+    missing = [k for k, count in enumerate(histogram) if count == 0]
+    if not missing:
+        return []
+    shown = ", ".join(str(k) for k in missing[:10]) + (" ..." if len(missing) > 10 else "")
+    return [
+        flag(
+            "missing_classes",
+            f"{len(missing)} of {len(histogram)} classes have no evaluated sample ({shown}): "
+            "accuracy is over the others only; raise data.n to at least the number of classes",
+        )
+    ]
 
 
 def full_range_flag(accuracy: float | None, n_classes: int) -> list[Flag]:

@@ -56,6 +56,10 @@ class PairSummary:
     membership: list[dict[str, Any]] = field(default_factory=list)
     generation: dict[str, Any] | None = None
     membership_skipped: list[dict[str, str]] = field(default_factory=list)
+    #: the input normalisation inside the model ("none", "imagenet", "mean/std"), if probed
+    normalization: str | None = None
+    #: flags of the pair's clean pass (missing classes, a normalisation mismatch)
+    flags: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -147,6 +151,8 @@ def summarize_records(
             membership=[r for r in audits if r["pair_id"] == pair_id],
             generation=generations.get(pair_id),
             membership_skipped=list(clean.get("membership_skipped", [])),
+            normalization=clean.get("normalization"),
+            flags=[dict(f) for f in clean.get("flags", [])],
         )
         groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for cell in pair_cells:

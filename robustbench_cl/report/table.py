@@ -36,10 +36,16 @@ def matrix_table(summary: RunSummary) -> Table:
             if len({p.model for p in summary.pairs}) == 1
             else f"{pair.model} / {pair.defense}"
         )
+        if pair.normalization:
+            header += f"\n(norm. {pair.normalization})"
         table.add_column(header, justify="right")
-    table.add_row(
-        "clean", "", *[percent(p.clean_accuracy) for p in summary.pairs], end_section=True
-    )
+    clean = []
+    for pair in summary.pairs:
+        text = Text(percent(pair.clean_accuracy))
+        if pair.flags:
+            text.append(" !", style="bold yellow")
+        clean.append(text)
+    table.add_row("clean", "", *clean, end_section=True)
     threats: list[str] = []
     rows: dict[str, list[str]] = {}
     for pair in summary.pairs:
@@ -84,6 +90,11 @@ def flags_table(summary: RunSummary) -> Table | None:
     from robustbench_cl.engine.results import build_results, task_flag_rows
 
     rows = [
+        (f"{pair.defense}", "clean pass", flag["code"], flag["message"])
+        for pair in summary.pairs
+        for flag in pair.flags
+    ]
+    rows += [
         (f"{pair.defense}", column_label(cell), flag["code"], flag["message"])
         for pair in summary.pairs
         for cell in pair.cells

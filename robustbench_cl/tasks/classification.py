@@ -23,6 +23,7 @@ from torch import nn
 
 from robustbench_cl.attacks import Attack, make_attack
 from robustbench_cl.attacks.base import Cost, apply_budget, probe_model, step_hook
+from robustbench_cl.data.subset import class_histogram
 from robustbench_cl.engine import sanity
 from robustbench_cl.engine.metrics import wilson_interval
 from robustbench_cl.engine.records import AttackRef, DefenseRef, ModelRef, Record, ThreatRef
@@ -140,6 +141,8 @@ class ClassificationTask(PairTask):
                     "clean_ci95": list(pair.clean_ci95),
                     "cell_ids": [cell["id"] for cell in pair_cells],
                     "membership_skipped": pair.membership_skipped,
+                    "normalization": pair.normalization,
+                    "flags": pair.flags,
                     "worst_case": [
                         dict(asdict(w), ci95=list(w.ci95), label=w.label)
                         for w in sorted(pair.worst_case, key=lambda w: threat_sort_key(w.threat))
@@ -175,21 +178,31 @@ class ClassificationTask(PairTask):
         correct = logits.argmax(1) == self.y
         probes: dict[str, Any] = {"n_classes": n_classes}
         if self.config.engine.sanity_checks:
-            size = min(self.config.engine.sanity_probe_size, self.n)
-            probe_x, probe_y = self.data.rows(0, size).to(self.device), self.y[:size]
+            positions, probe_x, probe_y = self.probe_inputs(self.config.engine.sanity_probe_size)
             probes["gradients"] = sanity.gradient_health(model, probe_x, probe_y)
             probes["randomization"] = sanity.randomization(model, probe_x)
             if any(c.threat.norm == "linf" and c.threat.bounds is not None for c in pair.cells):
-                keep = correct[: len(probe_y)]
+                keep = correct[positions]
                 bounds = next(c.threat.bounds for c in pair.cells if c.threat.bounds is not None)
                 probes["full_range_accuracy"] = (
                     sanity.full_range_accuracy(model, probe_x[keep], probe_y[keep], bounds)
                     if bool(keep.any())
                     else None
                 )
+        flags = sanity.missing_classes_flag(class_histogram(self.y, n_classes))
+        if self.config.engine.sanity_checks and self.images:
+            size = max(self.config.engine.sanity_probe_size, sanity.NORMALIZATION_PROBE_MIN)
+            if self.n >= sanity.NORMALIZATION_PROBE_MIN:  # else it would read inputs for nothing
+                _, norm_x, norm_y = self.probe_inputs(size)
+            else:
+                norm_x, norm_y = probe_x[:0], probe_y[:0]
+            probes["normalization"] = sanity.normalization_probe(model, norm_x, norm_y)
+            flags += sanity.normalization_flag(probes["normalization"])
         count = int(correct.sum())
         return {
             "type": "clean",
+            "normalization": sanity.normalization_inside(model),
+            "flags": flags,
             "id": pair.id,
             "model": pair.model.model_dump(),
             "defense": pair.defense.model_dump(),
@@ -265,7 +278,11 @@ class ClassificationTask(PairTask):
                 batch = todo[start : start + size]
                 try:
                     with self._autocast(attack):
-                        result = attack(source, x[batch], target[batch], cell.threat)
+                        # every attacked sample is clean-correct on the evaluated model
+                        known = torch.ones(len(batch), dtype=torch.bool, device=x.device)
+                        result = attack(
+                            source, x[batch], target[batch], cell.threat, clean_correct=known
+                        )
                 except torch.OutOfMemoryError:
                     if not automatic or len(batch) == 1:
                         raise
@@ -350,9 +367,12 @@ class ClassificationTask(PairTask):
             "clean_accuracy": clean["clean_accuracy"],
             "robust_accuracy": robust / self.n,
             "robust_ci95": list(wilson_interval(robust, self.n)),
+            # cumulative down the cascade: broken by this attack or an earlier one of its group
             "attack_success_rate": (clean_correct - robust) / clean_correct
             if clean_correct
             else 0.0,
+            # this attack alone: the samples it broke first, over the clean-correct ones
+            "broken_rate": broken_here / clean_correct if clean_correct else 0.0,
             "cost": cost.to_dict(),
             "wall_time": sum(part.wall for part in parts),
             "flags": flags,
@@ -425,12 +445,21 @@ def _cell_entry(cell: dict[str, Any], pair_label: str) -> dict[str, Any]:
         "robust_accuracy": cell["robust_accuracy"],
         "robust_ci95": list(cell["robust_ci95"]),
         "attack_success_rate": cell["attack_success_rate"],
+        "broken_rate": _broken_rate(cell),
         "cost": {key: int(cell["cost"].get(key, 0)) for key in ("forward", "backward", "queries")},
         "wall_time": float(cell["wall_time"]),
         "flags": [{"code": f["code"], "message": f["message"]} for f in cell["flags"]],
         "examples": cell.get("examples"),
     }
     return entry
+
+
+def _broken_rate(cell: dict[str, Any]) -> float:
+    """Samples this attack broke first over the clean-correct ones (older records lack it)."""
+    if cell.get("broken_rate") is not None:
+        return cell["broken_rate"]
+    clean_correct = round(cell["clean_accuracy"] * cell["n"])
+    return cell["broken"] / clean_correct if clean_correct else 0.0
 
 
 # ---------------------------------------------------------------------- cells.jsonl
@@ -447,6 +476,8 @@ class CleanRecord(Record):
     clean_accuracy: float = Field(..., ge=0.0, le=1.0)
     clean_ci95: list[float]
     probes: dict[str, Any]
+    normalization: str | None = None
+    flags: list[Flag] = []
 
 
 class CellRecord(Record):
@@ -471,6 +502,7 @@ class CellRecord(Record):
     robust_accuracy: float = Field(..., ge=0.0, le=1.0)
     robust_ci95: list[float]
     attack_success_rate: float
+    broken_rate: float | None = None
     cost: dict[str, int]
     flags: list[Flag]
     sanity_probe: dict[str, Any]

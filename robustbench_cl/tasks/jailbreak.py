@@ -129,7 +129,10 @@ class JailbreakTask(Task):
         if data.behaviors is not None:
             from robustbench_cl.data.behaviors import load_behaviors
 
-            own = load_behaviors(data.behaviors)[: data.n_harmful]
+            from robustbench_cl.data.subset import seeded_pick
+
+            # a seeded choice: the first n rows of a CSV grouped by category are one category
+            own = seeded_pick(load_behaviors(data.behaviors), data.n_harmful, self.config.seed)
             self.test.examples = [e for e in self.test.examples if e.kind != "harmful"] + own
         self.train = make_chat(
             "train", data.train_benign, data.train_harmful, data.train_borderline, seed=0

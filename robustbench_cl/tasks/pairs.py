@@ -22,6 +22,12 @@ from torch import nn
 from robustbench_cl.attacks import Attack, make_attack
 from robustbench_cl.attacks.base import apply_budget, check_eps_fits
 from robustbench_cl.data import TensorData, load_dataset
+from robustbench_cl.data.subset import (
+    class_histogram,
+    draw_subset,
+    spread_positions,
+    subset_digest,
+)
 from robustbench_cl.defenses import make_defense
 from robustbench_cl.engine.config import (
     AttackConfig,
@@ -39,7 +45,7 @@ from robustbench_cl.tasks.membership_plan import (
     expand_membership,
 )
 from robustbench_cl.threat import ThreatModel
-from robustbench_cl.utils import stable_hash
+from robustbench_cl.utils import derive_seed, stable_hash
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +192,19 @@ class PairTask(Task):
         return config.models or None
 
     def describe_data(self) -> dict[str, Any] | None:
-        return {**self.data.describe(), "n_evaluated": self.n}
+        """The dataset, and which of its samples were evaluated (meta.json, the report and
+        ``compare``'s data fingerprint)."""
+        n_classes = int(self.data.n_classes)
+        histogram = class_histogram(self.y, n_classes)
+        return {
+            **self.data.describe(),
+            "n_evaluated": self.n,
+            "selection": "all" if self.n == len(self.data) else "stratified",
+            "selection_seed": self.config.seed,
+            "subset_sha256": subset_digest(self.indices),
+            "class_histogram": histogram,
+            "missing_classes": [k for k, count in enumerate(histogram) if count == 0],
+        }
 
     def model(self, pair: Pair) -> nn.Module:
         """The pair's defended model on the device: built (or loaded) once per run of units."""
@@ -205,12 +223,13 @@ class PairTask(Task):
         """Labels in memory; inputs are read per shard by :meth:`inputs` (streamed or not)."""
         data = load_dataset(self.config.data.name, split=self.config.data.split)
         self.data = data
-        n = self.config.data.n
-        self.n = len(data) if n is None else min(n, len(data))
-        self.y = data.y[: self.n].to(self.device)
+        #: the evaluated samples: a seeded, class-stratified draw (data/subset.py), sorted
+        self.indices = draw_subset(data.y, self.config.data.n, self.config.seed)
+        self.n = len(self.indices)
+        self.y = data.y[self.indices].to(self.device)
         self.sample_shape = tuple(data.sample_shape)
         self.images = len(self.sample_shape) == 3
-        if isinstance(data, TensorData) and not torch.isfinite(data.x[: self.n]).all():
+        if isinstance(data, TensorData) and not torch.isfinite(data.take(self.indices)).all():
             raise UserError("data", "the dataset contains NaN or Inf inputs", "clean the data")
         size = self.config.engine.shard_size or self.n
         #: contiguous sample ranges; each is attacked with its own seed, and is one Ray task
@@ -218,20 +237,29 @@ class PairTask(Task):
         self._held: tuple[int, int, torch.Tensor] | None = None
 
     def inputs(self, start: int, end: int) -> torch.Tensor:
-        """Inputs ``start:end`` on the device. Only the last range asked for is held, so a
+        """Evaluated inputs ``start:end`` (positions in the drawn subset) on the device. Only the last range asked for is held, so a
         sharded run keeps one shard of inputs in memory, never the whole evaluation set."""
         if self._held is not None and self._held[:2] == (start, end):
             return self._held[2]
         self._held = None  # free the previous shard before reading the next one
-        x = self.data.rows(start, end).to(self.device)
+        x = self.data.take(self.indices[start:end]).to(self.device)
         if not isinstance(self.data, TensorData) and not torch.isfinite(x).all():
             raise UserError(
-                "data", f"rows {start}..{end} contain NaN or Inf inputs", "clean the data"
+                "data",
+                f"evaluated samples {start}..{end} contain NaN or Inf inputs",
+                "clean the data",
             )
         if self.device.type == "cuda" and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         self._held = (start, end, x)
         return x
+
+    def probe_inputs(self, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A class-stratified probe of ``size`` evaluated samples (sanity probes): positions,
+        inputs and labels. The first evaluated samples may all be of one class."""
+        positions = spread_positions(self.y, size, derive_seed(self.config.seed, "probe"))
+        x = self.data.take(self.indices[positions.cpu()]).to(self.device)
+        return positions.to(self.device), x, self.y[positions.to(self.y.device)]
 
     def train_data(self) -> TensorData:
         if self._train is None:

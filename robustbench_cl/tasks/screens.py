@@ -165,14 +165,15 @@ class ScreensTask(Task):
     def data(self) -> tuple[Any, list, list]:
         if self._data is None:
             from robustbench_cl.data.privscreen import check_same_size, load_screens
+            from robustbench_cl.data.subset import seeded_pick
             from robustbench_cl.defenses.dualtap import screens_key
             from robustbench_cl.privacy.routers import easyocr_locator
 
             data = load_screens(self.section.data.name, easyocr_locator())
             check_same_size(data.screens)
             train, test = data.split(self.section.data.train_ratio)
-            if self.section.data.n_test is not None:
-                test = test[: self.section.data.n_test]
+            # a seeded choice of n_test, in stored order: the first ones may all be one app
+            test = seeded_pick(test, self.section.data.n_test, self.config.seed)
             if not test:
                 raise UserError(
                     "screens.data", "no test screens", "use more screens or a smaller train_ratio"
