@@ -94,9 +94,7 @@ class LazyData:
         breaks = (indices[1:] != indices[:-1] + 1).nonzero().flatten() + 1
         starts = [0, *breaks.tolist()]
         ends = [*breaks.tolist(), len(indices)]
-        chunks = [
-            self.rows(int(indices[a]), int(indices[b - 1]) + 1) for a, b in zip(starts, ends)
-        ]
+        chunks = [self.rows(int(indices[a]), int(indices[b - 1]) + 1) for a, b in zip(starts, ends)]
         return torch.cat(chunks)
 
     @property

@@ -128,7 +128,6 @@ class JailbreakTask(Task):
         self.test = make_chat("test", data.n_benign, data.n_harmful, data.n_borderline, seed=1)
         if data.behaviors is not None:
             from robustbench_cl.data.behaviors import load_behaviors
-
             from robustbench_cl.data.subset import seeded_pick
 
             # a seeded choice: the first n rows of a CSV grouped by category are one category
