@@ -21,7 +21,8 @@ from robustbench_cl.engine.results import (
     results_schema,
     validate_results,
 )
-from robustbench_cl.report.html import compare_results, render_report, render_results
+from robustbench_cl.report.compare import compare_results
+from robustbench_cl.report.html import render_report, render_results
 from robustbench_cl.report.media import mask_pii, truncate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -256,6 +257,57 @@ def test_compare_matches_cells_and_shows_deltas(tmp_path):
     assert "delta" in result.stdout and f"{-100 / first['n']:+.1f}" in result.stdout
     html = output.read_text()
     assert external_urls(html) == [] and "&lt;b&gt;undefended&lt;/b&gt;" in html
+
+
+def _with_data(source, target, **data):
+    """A copy of a run whose meta.json says it evaluated other data."""
+    shutil.copytree(source, target)
+    meta = json.loads((target / "meta.json").read_text())
+    meta["data"] = {**(meta.get("data") or {}), **data}
+    (target / "meta.json").write_text(json.dumps(meta))
+    return target
+
+
+def test_compare_never_subtracts_runs_on_other_data(tmp_path):
+    other = _with_data(GOLDEN_RUN, tmp_path / "other", name="imagefolder:/elsewhere")
+    comparison = compare_results([load_results(GOLDEN_RUN), load_results(other)])
+    rows = [r for r in comparison["rows"] if r["task"] == "classification"]
+    assert rows and all(r["values"][1] is not None for r in rows)  # shown side by side
+    assert all(r["deltas"][1] is None and not r["same_data"][1] for r in rows)  # not subtracted
+    output = tmp_path / "c.html"
+    result = CliRunner().invoke(
+        cli, ["compare", str(GOLDEN_RUN), str(other), "-o", str(output)], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 0, result.output
+    assert "other data" in result.stdout and "other data" in output.read_text()
+    # the same data again: deltas come back
+    same = _with_data(GOLDEN_RUN, tmp_path / "same")
+    comparison = compare_results([load_results(GOLDEN_RUN), load_results(same)])
+    assert all(r["deltas"][1] == 0 for r in comparison["rows"] if r["values"][1] is not None)
+
+
+def test_compare_lines_up_every_task_and_refuses_to_overwrite(tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(QUICKSTART, copy, ignore=shutil.ignore_patterns("artifacts", "report.html"))
+    output = tmp_path / "c.html"
+    args = ["compare", str(QUICKSTART), str(copy), "-o", str(output), "--json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    comparison = json.loads(result.stdout)
+    tasks = {row["task"] for row in comparison["rows"]}
+    assert {
+        "classification",
+        "membership",
+        "generation",
+        "retrieval",
+        "jailbreak",
+        "screens",
+    } <= tasks
+    jailbreak = [r for r in comparison["rows"] if r["task"] == "jailbreak"]
+    assert jailbreak and all(r["deltas"][1] == 0 for r in jailbreak)
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 2 and "--force" in again.output and "Traceback" not in again.output
+    assert CliRunner().invoke(cli, [*args, "--force"]).exit_code == 0
 
 
 def test_compare_needs_two_runs():

@@ -407,17 +407,19 @@ def report(run_dir: Path, output: Path | None, screenshot: Path | None) -> None:
     show_default=True,
     help="HTML file to write.",
 )
+@click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON on stdout.")
-def compare(run_dirs: tuple[Path, ...], output: Path, as_json: bool) -> None:
-    """Compare the same cells across RUN_DIRS side by side, with deltas against the first."""
-    from robustbench_cl.report.html import write_comparison
+def compare(run_dirs: tuple[Path, ...], output: Path, force: bool, as_json: bool) -> None:
+    """Compare every task's numbers across RUN_DIRS side by side; deltas against the first run
+    only where a run measured the same data (dataset, split, evaluated subset, seed)."""
+    from robustbench_cl.report.compare import write_comparison
     from robustbench_cl.report.table import comparison_table
 
     if len(run_dirs) < 2:
         raise UserError(
             "RUN_DIRS", "compare needs at least two run directories", "pass two or more"
         )
-    path, comparison = write_comparison(list(run_dirs), output)
+    path, comparison = write_comparison(list(run_dirs), output, force=force)
     for line in weight_differences(list(run_dirs)):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     if as_json:

@@ -191,6 +191,26 @@ class Task:
         return results.get(cls.name)
 
     @classmethod
+    def compare_rows(cls, results: dict[str, Any]) -> list[dict[str, Any]]:
+        """The task's numbers that ``compare`` lines up across runs: one ``{"row", "cell",
+        "value", "better"}`` each (``row`` and ``cell`` are display labels, ``value`` a rate in
+        [0, 1], ``better`` "higher" or "lower" for the defender). None by default."""
+        return []
+
+    @classmethod
+    def data_fingerprint(
+        cls, results: dict[str, Any], config: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """What the task's numbers were measured on (``compare`` subtracts only runs whose
+        fingerprints agree): by default the seed and the ``data`` of the task's config section."""
+        config = config or {}
+        section = config.get(cls.name)
+        if section is None:
+            section = (config.get("tasks") or {}).get(cls.name)
+        data = section.get("data") if isinstance(section, dict) else None
+        return {"seed": results["run"].get("seed"), "data": data}
+
+    @classmethod
     def table(cls, summary: RunSummary) -> Table | None:
         """The terminal table after ``run``; ``None`` prints nothing."""
         return None

@@ -1,4 +1,4 @@
-"""The self-contained HTML report of a run directory, and the side-by-side comparison of runs.
+"""The self-contained HTML report of a run directory (``compare`` lives in report/compare.py).
 
 Rendered from the ``results.json`` dict (the report never runs a model): Jinja2 with autoescape
 on, inline CSS, plots as inline SVG, example images as inline PNG, a few lines of inline JS for
@@ -162,71 +162,3 @@ def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_report(run_dir), encoding="utf-8")
     return path
-
-
-# ---------------------------------------------------------------------- comparing runs
-def compare_results(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The same cells across runs, matched by (model, defense, attack, threat) display labels.
-
-    ``rows`` hold one value per run (``None`` where a run lacks the cell) and the delta of each
-    run against the first, in accuracy points.
-    """
-    keys: list[tuple[str, str]] = []
-    order: dict[tuple[str, str], tuple[Any, ...]] = {}
-    values: dict[tuple[str, str], list[float | None]] = {}
-    pair_order: dict[str, int] = {}
-
-    def put(key: tuple[str, str], index: int, value: float, sort: tuple[Any, ...]) -> None:
-        if key not in values:
-            keys.append(key)
-            values[key] = [None] * len(runs)
-            order[key] = (pair_order.setdefault(key[0], len(pair_order)), *sort, len(keys))
-        values[key][index] = value
-
-    for index, results in enumerate(runs):
-        for pair in results["pairs"]:
-            put((pair["label"], "clean"), index, pair["clean_accuracy"], (0,))
-        for cell in results["cells"]:
-            sort = (1, threat_sort_key(cell["threat"]), 0)
-            put((cell["pair"], cell["column"]), index, cell["robust_accuracy"], sort)
-        for pair in results["pairs"]:
-            for worst in pair["worst_case"]:
-                key = (pair["label"], f"worst case {worst['label']}")
-                put(key, index, worst["robust_accuracy"], (1, threat_sort_key(worst["threat"]), 1))
-    keys.sort(key=lambda key: order[key])
-    rows = []
-    for key in keys:
-        row = values[key]
-        first = row[0]
-        deltas = [None if v is None or first is None else v - first for v in row]
-        rows.append({"pair": key[0], "cell": key[1], "values": row, "deltas": deltas})
-    return {
-        "runs": [
-            {
-                "suite": r["run"]["suite"],
-                "profile": r["run"]["profile"],
-                "config_hash": r["run"]["config_hash"],
-                "started": r["run"]["started"],
-            }
-            for r in runs
-        ],
-        "rows": rows,
-    }
-
-
-def write_comparison(
-    run_dirs: list[str | Path], output: str | Path, names: list[str] | None = None
-) -> tuple[Path, dict[str, Any]]:
-    comparison = compare_results([load_results(d) for d in run_dirs])
-    short = [Path(d).name for d in run_dirs]
-    if len(set(short)) < len(short):  # same folder names: show the paths as given
-        short = [str(d) for d in run_dirs]
-    for run, default, name in zip(
-        comparison["runs"], short, names or [None] * len(run_dirs), strict=True
-    ):
-        run["name"] = name or default
-    html = _environment().get_template("compare.html.j2").render(comparison=comparison)
-    path = Path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(html, encoding="utf-8")
-    return path, comparison

@@ -116,17 +116,23 @@ def flags_table(summary: RunSummary) -> Table | None:
     return table
 
 
-def _delta(value: float | None) -> Text:
+def _delta(value: float | None, better: str = "higher", same_data: bool = True) -> Text:
+    if not same_data:
+        return Text("other data", style="yellow")
     if value is None:
         return Text("")
     points = 100 * value
-    style = "green" if points > 0.05 else "red" if points < -0.05 else "dim"
+    gain = points if better == "higher" else -points
+    style = "green" if gain > 0.05 else "red" if gain < -0.05 else "dim"
     return Text(f"{points:+.1f}", style=style)
 
 
 def comparison_table(comparison: dict[str, Any]) -> Table:
     """The same cells across runs: accuracy % per run, and each run's delta to the first."""
-    table = Table(title="accuracy % across runs (delta vs the first run)", title_justify="left")
+    table = Table(
+        title="% across runs (delta vs the first run, on the same data only)", title_justify="left"
+    )
+    table.add_column("task")
     table.add_column("model / defense", style="bold")
     table.add_column("cell")
     for index, run in enumerate(comparison["runs"]):
@@ -138,6 +144,7 @@ def comparison_table(comparison: dict[str, Any]) -> Table:
         for index, (value, delta) in enumerate(zip(row["values"], row["deltas"])):
             values.append(Text("-" if value is None else percent(value)))
             if index:
-                values.append(_delta(delta))
-        table.add_row(row["pair"], row["cell"], *values)
+                same = row["same_data"][index] or value is None
+                values.append(_delta(delta, row.get("better", "higher"), same))
+        table.add_row(row["task"], row["pair"], row["cell"], *values)
     return table

@@ -156,6 +156,32 @@ class ClassificationTask(PairTask):
         return [cell["threat"] for cell in results.get("cells", [])]
 
     @classmethod
+    def compare_rows(cls, results: dict[str, Any]) -> list[dict[str, Any]]:
+        """Clean accuracy, each cell's robust accuracy and each worst case, per pair."""
+        rows = []
+        cells = {cell["id"]: cell for cell in results.get("cells", [])}
+        for pair in results.get("pairs", []):
+            label = pair["label"]
+            rows.append({"row": label, "cell": "clean", "value": pair["clean_accuracy"]})
+            ordered = sorted(
+                (cells[i] for i in pair["cell_ids"] if i in cells),
+                key=lambda c: threat_sort_key(c["threat"]),
+            )
+            for cell in ordered:
+                rows.append(
+                    {"row": label, "cell": cell["column"], "value": cell["robust_accuracy"]}
+                )
+            for worst in pair["worst_case"]:
+                rows.append(
+                    {
+                        "row": label,
+                        "cell": f"worst case {worst['label']}",
+                        "value": worst["robust_accuracy"],
+                    }
+                )
+        return [dict(row, better="higher") for row in rows]
+
+    @classmethod
     def table(cls, summary: RunSummary):  # noqa: ANN206
         from robustbench_cl.report.table import matrix_table
 

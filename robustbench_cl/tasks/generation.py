@@ -277,6 +277,20 @@ class GenerationTask(PairTask):
 
     # ------------------------------------------------------------------ results
     @classmethod
+    def compare_rows(cls, results: dict[str, Any]) -> list[dict[str, Any]]:
+        """The judge's intended-class accuracy of each pair's samples."""
+        return [
+            {
+                "row": entry["pair"],
+                "cell": "generation intended-class accuracy",
+                "value": entry["intended_class_accuracy"],
+                "better": "higher",
+            }
+            for entry in results.get("generation") or []
+            if entry.get("intended_class_accuracy") is not None
+        ]
+
+    @classmethod
     def summarize(cls, summary: RunSummary, results: dict[str, Any]) -> dict[str, Any] | None:
         entries = [_generation_entry(p.generation, p.label) for p in summary.pairs if p.generation]
         return {"generation": entries} if entries else None

@@ -255,6 +255,38 @@ class JailbreakTask(Task):
         return {"jailbreak": _jailbreak_section(summary)}
 
     @classmethod
+    def compare_rows(cls, results: dict[str, Any]) -> list[dict[str, Any]]:
+        """Per pair: utility and over-refusal; per cell: judged and forced ASR."""
+        section = results.get("jailbreak") or {}
+        rows = []
+        for pair in section.get("pairs", []):
+            for key, name, better in (
+                ("utility", "benign utility", "higher"),
+                ("over_refusal", "over-refusal", "lower"),
+            ):
+                if (pair.get(key) or {}).get("rate") is not None:
+                    rows.append(
+                        {
+                            "row": pair["label"],
+                            "cell": name,
+                            "value": pair[key]["rate"],
+                            "better": better,
+                        }
+                    )
+        for cell in section.get("cells", []):
+            for key, name in (("judged_asr", "judged ASR"), ("forced_asr", "forced ASR")):
+                if (cell.get(key) or {}).get("rate") is not None:
+                    rows.append(
+                        {
+                            "row": cell["pair"],
+                            "cell": f"{cell['column']} {name}",
+                            "value": cell[key]["rate"],
+                            "better": "lower",
+                        }
+                    )
+        return rows
+
+    @classmethod
     def flag_rows(cls, section: dict[str, Any]) -> list[dict[str, str]]:
         return cls.rows_of(
             section.get("cells", []), lambda cell: f"{cell['pair']} | {cell['column']}"

@@ -254,6 +254,18 @@ class MembershipTask(PairTask):
         return {"membership": audits} if audits else None
 
     @classmethod
+    def compare_rows(cls, results: dict[str, Any]) -> list[dict[str, Any]]:
+        """AUC and TPR at 1% FPR of each audit (lower: less leakage)."""
+        rows = []
+        for entry in results.get("membership") or []:
+            name = entry["attack"]["label"]
+            rows.append({"row": entry["pair"], "cell": f"{name} AUC", "value": entry["auc"]})
+            tpr = (entry.get("tpr_at_fpr") or {}).get("0.01")
+            if tpr is not None:
+                rows.append({"row": entry["pair"], "cell": f"{name} TPR@1%FPR", "value": tpr})
+        return [dict(row, better="lower") for row in rows]
+
+    @classmethod
     def flag_rows(cls, section: list[dict[str, Any]]) -> list[dict[str, str]]:
         return cls.rows_of(
             section, lambda entry: f"{entry['pair']} | membership {entry['attack']['label']}"

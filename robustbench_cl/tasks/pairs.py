@@ -206,6 +206,16 @@ class PairTask(Task):
             "missing_classes": [k for k, count in enumerate(histogram) if count == 0],
         }
 
+    @classmethod
+    def data_fingerprint(
+        cls, results: dict[str, Any], config: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """The evaluated samples: dataset, split, the drawn subset and the seed (runs before
+        the subset was recorded: its size)."""
+        data = results["run"].get("data") or {}
+        keys = ("name", "split", "n_evaluated", "subset_sha256", "selection_seed")
+        return {"seed": results["run"].get("seed"), **{k: data.get(k) for k in keys}}
+
     def model(self, pair: Pair) -> nn.Module:
         """The pair's defended model on the device: built (or loaded) once per run of units."""
         if self._model is None or self._model[0] != pair.id:

@@ -316,6 +316,37 @@ class RetrievalTask(Task):
         return {"retrieval": _retrieval_section(summary)}
 
     @classmethod
+    def compare_rows(cls, results: dict[str, Any]) -> list[dict[str, Any]]:
+        """Clean R@1 per model; per cell, the IR@1 and TR@1 attack success rates."""
+        section = results.get("retrieval") or {}
+        rows = []
+        for clean in section.get("clean", []):
+            for key in ("ir@1", "tr@1"):
+                if clean.get("recall", {}).get(key) is not None:
+                    rows.append(
+                        {
+                            "row": clean["model"],
+                            "cell": f"clean {key.upper()}",
+                            "value": clean["recall"][key],
+                            "better": "higher",
+                        }
+                    )
+        for cell in section.get("cells", []):
+            where = f"{cell['source']} -> {cell['target']}"
+            for key in ("ir@1", "tr@1"):
+                asr = (cell.get("asr") or {}).get(key) or {}
+                if asr.get("asr") is not None:
+                    rows.append(
+                        {
+                            "row": where,
+                            "cell": f"{cell['attack']['label']} {cell['threat_label']} ASR {key.upper()}",
+                            "value": asr["asr"],
+                            "better": "lower",
+                        }
+                    )
+        return rows
+
+    @classmethod
     def flag_rows(cls, section: dict[str, Any]) -> list[dict[str, str]]:
         return cls.rows_of(
             section.get("cells", []),

@@ -150,6 +150,19 @@ class ScreensTask(Task):
         return {"screens": _screens_section(summary)} if summary.screens else None
 
     @classmethod
+    def compare_rows(cls, results: dict[str, Any]) -> list[dict[str, Any]]:
+        """Per protector and router: PII leak rate (lower) and task success rate (higher)."""
+        rows = []
+        for row in (results.get("screens") or {}).get("rows", []):
+            where = f"{row['label']} / {row['router']}"
+            for key, name, better in (("plr", "PLR", "lower"), ("tsr", "TSR", "higher")):
+                if (row.get(key) or {}).get("rate") is not None:
+                    rows.append(
+                        {"row": where, "cell": name, "value": row[key]["rate"], "better": better}
+                    )
+        return rows
+
+    @classmethod
     def flag_rows(cls, section: dict[str, Any]) -> list[dict[str, str]]:
         return cls.rows_of(section.get("rows", []), lambda row: f"{row['label']} | {row['router']}")
 

@@ -692,6 +692,40 @@ class TextRetrievalTask(Task):
         return {"textret": {"pairs": pairs, "cells": entries, "columns": columns}}
 
     @classmethod
+    def compare_rows(cls, results: dict[str, Any]) -> list[dict[str, Any]]:
+        """Clean MRR@10 per pair; per cell, MRR@10 under attack and ASR@1."""
+        section = results.get("textret") or {}
+        rows = []
+        for pair in section.get("pairs", []):
+            mrr = (pair.get("metrics") or {}).get("mrr@10")
+            if mrr is not None:
+                rows.append(
+                    {"row": pair["label"], "cell": "clean MRR@10", "value": mrr, "better": "higher"}
+                )
+        for cell in section.get("cells", []):
+            mrr = (cell.get("metrics") or {}).get("mrr@10")
+            if mrr is not None:
+                rows.append(
+                    {
+                        "row": cell["pair"],
+                        "cell": f"{cell['column']} MRR@10",
+                        "value": mrr,
+                        "better": "higher",
+                    }
+                )
+            rate = ((cell.get("asr") or {}).get("@1") or {}).get("rate")
+            if rate is not None:
+                rows.append(
+                    {
+                        "row": cell["pair"],
+                        "cell": f"{cell['column']} ASR@1",
+                        "value": rate,
+                        "better": "lower",
+                    }
+                )
+        return rows
+
+    @classmethod
     def flag_rows(cls, section: dict[str, Any]) -> list[dict[str, str]]:
         return cls.rows_of(
             section.get("cells", []), lambda cell: f"{cell['pair']} | {cell['column']}"
