@@ -2,7 +2,7 @@
 
 import robustbench_cl as rbcl
 model = rbcl.load_model("builtin:digits-cnn")
-x, y = rbcl.load_dataset("digits", split="test").tensors(n=256)
+x, y = rbcl.load_dataset("digits", split="test").sample(n=256)  # stratified, seeded
 threat = rbcl.ThreatModel(norm="linf", eps=0.1)
 attack = rbcl.make_attack("pgd", steps=10, step_size=0.025, random_start=False)
 result = attack(model, x, y, threat)

@@ -138,6 +138,32 @@ def test_a_normalisation_mismatch_is_flagged_and_names_the_fix(tmp_path, tree):
     assert "normalization_mismatch" in flags and "normalize=none" in flags["normalization_mismatch"]
 
 
+def test_sample_is_the_runs_draw(tmp_path, tree):
+    data = rbcl.load_dataset(f"imagefolder:{tree}", split="test")
+    x, y = data.sample(50, seed=0)
+    assert torch.bincount(y, minlength=10).tolist() == [5] * 10
+    assert torch.equal(x, data.x[draw_subset(data.y, 50, seed=0)])
+    assert data.tensors(50)[1].tolist() == [0] * 12 + [1] * 12 + [2] * 12 + [3] * 12 + [4] * 2
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_weights_never_raise_the_normalisation_flag(seed):
+    """Constant predictors that switch class under the other convention (the reviewer's
+    false alarms, on balanced and imbalanced labels) stay quiet."""
+    from robustbench_cl.engine import sanity
+
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 10))
+    x = torch.rand(256, 3, 8, 8, generator=generator)
+    balanced = torch.arange(10).repeat(26)[:256]
+    imbalanced = torch.where(torch.rand(256, generator=generator) < 0.5, 3, balanced)
+    for model in (net, Normalize(net, IMAGENET_MEAN, IMAGENET_STD)):
+        for y in (balanced, imbalanced):
+            probe = sanity.normalization_probe(model.eval(), x, y)
+            assert sanity.normalization_flag(probe) == [], probe
+
+
 def test_the_normalisation_flag_stays_quiet_when_it_should(tmp_path, tree):
     _, correct = _run(tmp_path, "python:tests.test_own_data:brightness", 100, "correct")
     assert correct["pairs"][0]["normalization"] == "none"

@@ -140,6 +140,13 @@ def test_shapes_corpus_is_deterministic_and_test_captions_are_unique() -> None:
     assert a.images.min() >= 0 and a.images.max() <= 1
     subset = a.subset(10)
     assert len(subset) == 10 and len(subset.captions) == 50
+    assert torch.equal(subset.images, a.images[:10])  # no seed: the first n (training sets)
+    drawn = a.subset(10, seed=3)  # evaluation: a seeded choice, each image with its captions
+    assert len(drawn) == 10 and len(drawn.captions) == 50 and drawn.caption_image.max() == 9
+    assert not torch.equal(drawn.images, a.images[:10])
+    for j, caption in enumerate(drawn.captions):
+        source = a.captions.index(caption)
+        assert torch.equal(drawn.images[drawn.caption_image[j]], a.images[a.caption_image[source]])
 
 
 def test_karpathy_loader_reads_the_json_layout(tmp_path) -> None:  # noqa: ANN001

@@ -77,7 +77,10 @@ class AttackResult:
     ``clean_correct`` (untargeted: the clean input is classified as ``y``; targeted: it is not
     yet classified as the target), ``fooled = success & clean_correct``, and
     :attr:`attack_success_rate` and :attr:`robust_accuracy`, which are what a report's
-    single-attack cell shows for the same samples.
+    single-attack untargeted cell shows for the same samples. A targeted call gets targets,
+    not true labels, so there ``clean_correct`` can only mean "not yet the target"; a report's
+    targeted cell counts the samples classified correctly (by true label), which these fields
+    cannot reproduce.
     """
 
     adv: torch.Tensor

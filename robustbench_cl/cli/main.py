@@ -220,6 +220,8 @@ def _summary_json(summary: Any) -> dict[str, Any]:
                 "model": pair.model,
                 "defense": pair.defense,
                 "clean_accuracy": pair.clean_accuracy,
+                "normalization": pair.normalization,
+                "flags": pair.flags,
                 "cells": [
                     {
                         "attack": cell["attack"].get("name") or cell["attack"]["attack"],
@@ -538,7 +540,8 @@ def attack(
         "engine": {"examples": 0},
     }
     with _one_run(config, out, device, "rbcl-attack-") as run_dir:
-        (cell,) = load_run(run_dir).pairs[0].cells
+        (pair,) = load_run(run_dir).pairs
+        (cell,) = pair.cells
     output = {
         "attack": name,
         "settings": cell["attack"]["settings"],
@@ -549,8 +552,11 @@ def attack(
         "robust_accuracy": cell["robust_accuracy"],
         "robust_ci95": cell["robust_ci95"],
         "attacked": cell["attacked"],
+        "attack_success_rate": cell["attack_success_rate"],
         "cost": cell["cost"],
-        "flags": cell["flags"],
+        "normalization": pair.normalization,
+        # the clean pass's flags (missing classes, a normalisation mismatch) and the cell's
+        "flags": pair.flags + cell["flags"],
         "wall_time": cell["wall_time"],
     }
     if as_json:

@@ -26,11 +26,19 @@ class TensorData:
         return int(self.y.shape[0])
 
     def tensors(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first ``n`` samples (all when ``None``); the order is fixed, so it is reproducible."""
+        """The first ``n`` samples in stored order (all when ``None``). A folder sorted by class
+        gives one class: use :meth:`sample` for a representative subset."""
         if n is not None and n < 1:
             raise UserError("data.n", f"must be >= 1, got {n}")
         end = len(self) if n is None else min(n, len(self))
         return self.x[:end], self.y[:end]
+
+    def sample(self, n: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` samples drawn by ``seed``, stratified by class: what a run's ``data.n`` takes."""
+        from robustbench_cl.data.subset import draw_subset
+
+        indices = draw_subset(self.y, n, seed)
+        return self.take(indices), self.y[indices]
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -106,10 +114,18 @@ class LazyData:
         return self._all
 
     def tensors(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` samples in stored order; :meth:`sample` for a representative one."""
         if n is not None and n < 1:
             raise UserError("data.n", f"must be >= 1, got {n}")
         end = len(self) if n is None else min(n, len(self))
         return self.rows(0, end), self.y[:end]
+
+    def sample(self, n: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` samples drawn by ``seed``, stratified by class: what a run's ``data.n`` takes."""
+        from robustbench_cl.data.subset import draw_subset
+
+        indices = draw_subset(self.y, n, seed)
+        return self.take(indices), self.y[indices]
 
     def describe(self) -> dict[str, Any]:
         return {

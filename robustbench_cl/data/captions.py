@@ -75,15 +75,24 @@ class CaptionData:
     def bounds(self) -> tuple[float, float]:
         return (0.0, 1.0)
 
-    def subset(self, n: int | None) -> CaptionData:
-        """The first ``n`` images and all of their captions (everything when ``None``)."""
+    def subset(self, n: int | None, seed: int | None = None) -> CaptionData:
+        """``n`` images and all of their captions (everything when ``n`` is ``None``): chosen by
+        ``seed``, in stored order (evaluation: the first ``n`` of a file may all be one kind of
+        scene), or the first ``n`` when ``seed`` is ``None`` (training sets, whose choice is
+        part of the fits' cache keys)."""
         if n is None or n >= len(self):
             return self
-        keep = self.caption_image < n
+        if seed is None:
+            chosen = torch.arange(n)
+        else:
+            generator = torch.Generator().manual_seed(int(seed) & 0xFFFF_FFFF_FFFF)
+            chosen = torch.randperm(len(self), generator=generator)[:n].sort().values
+        renumber = torch.full((len(self),), -1, dtype=torch.long)
+        renumber[chosen] = torch.arange(n)
+        owner = renumber[self.caption_image]
+        keep = owner >= 0
         captions = tuple(c for c, k in zip(self.captions, keep.tolist()) if k)
-        return CaptionData(
-            self.name, self.split, self.images[:n], captions, self.caption_image[keep]
-        )
+        return CaptionData(self.name, self.split, self.images[chosen], captions, owner[keep])
 
     def captions_of(self) -> list[list[int]]:
         """Caption indices per image."""

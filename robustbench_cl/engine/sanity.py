@@ -8,6 +8,7 @@ curve) are derived from the stored outcomes.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -90,9 +91,13 @@ def pair_flags(probes: dict[str, Any], n_classes: int) -> list[Flag]:
 #: the ImageNet convention that torchvision and timm models expect (the adapters' default)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-#: the normalisation probe needs this many clean samples, and this gap, to speak
+#: the normalisation probe needs this many clean samples (and uses up to the larger size when
+#: the run has them), and this gap, to speak
 NORMALIZATION_PROBE_MIN = 64
+NORMALIZATION_PROBE_MAX = 256
 NORMALIZATION_GAP = 0.10
+#: the one-sided sign test on the samples the two conventions disagree on
+NORMALIZATION_P_VALUE = 0.01
 
 
 def normalization_inside(model: nn.Module) -> str:
@@ -121,7 +126,7 @@ def normalization_probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> d
     if len(y) < NORMALIZATION_PROBE_MIN:
         return {**result, "skipped": f"fewer than {NORMALIZATION_PROBE_MIN} evaluated samples"}
     with torch.no_grad():
-        loaded = float((model(x).argmax(1) == y).float().mean())
+        hits = model(x).argmax(1) == y
         if inside != "none":
             wrappers = [m for m in model.modules() if isinstance(m, Normalize)]
             saved = [(m.mean.clone(), m.std.clone()) for m in wrappers]
@@ -129,7 +134,7 @@ def normalization_probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> d
                 for m in wrappers:
                     m.mean.zero_()
                     m.std.fill_(1.0)
-                other = float((model(x).argmax(1) == y).float().mean())
+                other_hits = model(x).argmax(1) == y
             finally:
                 for m, (mean, std) in zip(wrappers, saved):
                     m.mean.copy_(mean)
@@ -138,29 +143,57 @@ def normalization_probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> d
         elif x.dim() == 4 and x.shape[1] == 3:
             mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
             std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-            other = float((model((x - mean) / std).argmax(1) == y).float().mean())
+            other_hits = model((x - mean) / std).argmax(1) == y
             convention = "imagenet"
         else:
             return {**result, "skipped": "no normalisation inside and not 3-channel images"}
-    return {**result, "accuracy": loaded, "other": convention, "other_accuracy": other}
+    only_other = int((other_hits & ~hits).sum())
+    only_loaded = int((hits & ~other_hits).sum())
+    return {
+        **result,
+        "accuracy": float(hits.float().mean()),
+        "other": convention,
+        "other_accuracy": float(other_hits.float().mean()),
+        "majority_share": float(torch.bincount(y.cpu()).max()) / len(y),
+        "only_other_correct": only_other,
+        "only_loaded_correct": only_loaded,
+        "sign_test_p": _sign_test(only_other, only_loaded),
+    }
+
+
+def _sign_test(wins: int, losses: int) -> float:
+    """One-sided exact sign test: P(at least ``wins`` of the discordant pairs by chance)."""
+    total = wins + losses
+    if total == 0:
+        return 1.0
+    return sum(math.comb(total, k) for k in range(wins, total + 1)) / 2**total
 
 
 def normalization_flag(probe: dict[str, Any] | None) -> list[Flag]:
-    """``normalization_mismatch`` when the other convention is 10+ points more accurate."""
+    """``normalization_mismatch`` when the other convention is 10+ points more accurate, beats
+    always answering the probe's most common class by 10+ points, and wins the sign test on the
+    samples the two disagree on (p < 0.01): a random-weight model that switches from one
+    constant answer to another under the other convention must not fire it."""
     if not probe or "other_accuracy" not in probe:
         return []
     gap = probe["other_accuracy"] - probe["accuracy"]
     if gap < NORMALIZATION_GAP:
         return []
+    if probe["other_accuracy"] < probe.get("majority_share", 0.0) + NORMALIZATION_GAP:
+        return []
+    if probe.get("sign_test_p", 0.0) >= NORMALIZATION_P_VALUE:
+        return []
     if probe["other"] == "none":
         fix = (
             f"the model holds {probe['inside']} normalisation; it was probably trained on [0, 1] "
-            "inputs: add normalize=none to the model spec (torchvision:/timm:)"
+            "inputs: add normalize=none to a torchvision:/timm: spec (or drop the Normalize "
+            "your factory adds)"
         )
     else:
         fix = (
-            "the model probably expects ImageNet-normalised inputs: add normalize=imagenet to "
-            "the model spec, or wrap the model in robustbench_cl.Normalize"
+            "no normalisation layer was detected and the model probably expects "
+            "ImageNet-normalised inputs: return robustbench_cl.Normalize(model, mean, std) "
+            "from your python: factory (torchvision:/timm: specs add it unless normalize=none)"
         )
     return [
         flag(
@@ -234,7 +267,9 @@ def convergence_probe(
     stronger = attack.stronger()
     if stronger is None or len(y_probe) == 0:
         return {}
-    result = stronger(model, x_probe, y_probe, threat)
+    # every probed sample is clean-correct and survived the attack: no clean pass needed
+    known = torch.ones(len(y_probe), dtype=torch.bool, device=y_probe.device)
+    result = stronger(model, x_probe, y_probe, threat, clean_correct=known)
     return {
         "probed": len(y_probe),
         "newly_broken": int(result.success.sum()),

@@ -215,9 +215,13 @@ class ClassificationTask(PairTask):
                     if bool(keep.any())
                     else None
                 )
-        flags = sanity.missing_classes_flag(class_histogram(self.y, n_classes))
+        flags = sanity.missing_classes_flag(class_histogram(self.y, int(self.data.n_classes)))
         if self.config.engine.sanity_checks and self.images:
-            size = max(self.config.engine.sanity_probe_size, sanity.NORMALIZATION_PROBE_MIN)
+            size = max(
+                self.config.engine.sanity_probe_size,
+                sanity.NORMALIZATION_PROBE_MIN,
+                min(self.n, sanity.NORMALIZATION_PROBE_MAX),
+            )
             if self.n >= sanity.NORMALIZATION_PROBE_MIN:  # else it would read inputs for nothing
                 _, norm_x, norm_y = self.probe_inputs(size)
             else:
@@ -340,7 +344,10 @@ class ClassificationTask(PairTask):
         if config.engine.sanity_checks and not transfer:
             # each shard probes its share of the probe size (all of it when unsharded)
             quota = -(-config.engine.sanity_probe_size * (last - first) // self.n)
-            probed = (outcomes == ROBUST).nonzero().flatten()[:quota]
+            survivors = (outcomes == ROBUST).nonzero().flatten()
+            # spread over the survivors: the subset is in dataset order, often class order
+            spread = torch.linspace(0, len(survivors) - 1, min(quota, len(survivors)))
+            probed = survivors[spread.round().long().to(survivors.device)]
             probe = sanity.convergence_probe(attack, model, x[probed], target[probed], cell.threat)
         return ShardPart(outcomes.cpu(), len(todo), cost, wall, examples, probe)
 
@@ -370,7 +377,8 @@ class ClassificationTask(PairTask):
                 flags += more
         clean_correct = sum(clean["correct"])
         broken_here = int((outcomes == BROKEN).sum())
-        examples = (outcomes == BROKEN).nonzero().flatten()[:8].tolist()
+        # dataset rows of the first samples this attack broke
+        examples = self.indices[(outcomes == BROKEN).nonzero().flatten()[:8]].tolist()
         return {
             "type": "cell",
             "id": cell.id,
@@ -427,7 +435,8 @@ class ClassificationTask(PairTask):
             clean_pred = model(x[index]).argmax(1)
             adv_pred = model(adv).argmax(1)
         tensors = {
-            "index": index + first,
+            # the dataset row of each example (not its position in the evaluated subset)
+            "index": self.indices[(index + first).cpu()].to(index.device),
             "clean": x[index],
             "adversarial": adv,
             "label": y[index],

@@ -277,6 +277,19 @@ class GenerationTask(PairTask):
 
     # ------------------------------------------------------------------ results
     @classmethod
+    def data_fingerprint(
+        cls, results: dict[str, Any], config: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """The whole evaluation split (its FID reference), the training split, the seed."""
+        data = (config or {}).get("data") or results["run"].get("data") or {}
+        return {
+            "seed": results["run"].get("seed"),
+            "name": data.get("name"),
+            "split": data.get("split"),
+            "train_split": data.get("train_split", "train"),
+        }
+
+    @classmethod
     def compare_rows(cls, results: dict[str, Any]) -> list[dict[str, Any]]:
         """The judge's intended-class accuracy of each pair's samples."""
         return [

@@ -254,6 +254,25 @@ class MembershipTask(PairTask):
         return {"membership": audits} if audits else None
 
     @classmethod
+    def data_fingerprint(
+        cls, results: dict[str, Any], config: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """Members from the training split, non-members from the evaluation split, each audit's
+        counts, and the seed (the draw): not the classification subset."""
+        data = (config or {}).get("data") or results["run"].get("data") or {}
+        audits = {
+            e["attack"]["label"]: [e.get("n_members"), e.get("n_nonmembers")]
+            for e in results.get("membership") or []
+        }
+        return {
+            "seed": results["run"].get("seed"),
+            "name": data.get("name"),
+            "split": data.get("split"),
+            "train_split": data.get("train_split", "train"),
+            "audits": audits,
+        }
+
+    @classmethod
     def compare_rows(cls, results: dict[str, Any]) -> list[dict[str, Any]]:
         """AUC and TPR at 1% FPR of each audit (lower: less leakage)."""
         rows = []

@@ -77,10 +77,16 @@ class Pair:
     generation_id: str | None = None
 
 
-def expand(config: MatrixConfig) -> list[Pair]:
-    """Config -> (model, defense) pairs -> cells. Builds every attack once to validate it."""
+def expand(config: MatrixConfig, subset: str | None = None) -> list[Pair]:
+    """Config -> (model, defense) pairs -> cells. Builds every attack once to validate it.
+
+    ``subset`` is the fingerprint of a drawn subset (``None`` when the whole split is
+    evaluated): it is part of every id, so a run made when ``n`` meant the first n rows is never
+    resumed into one on the drawn samples (its records are set aside as stale)."""
     pairs = []
     data_key = config.data.model_dump(mode="json")
+    if subset is not None:
+        data_key["subset"] = subset
     for index, model in enumerate(config.models):
         with under_field(f"models[{index}].spec", replace=True):
             check_spec(model.spec)
@@ -177,14 +183,15 @@ class PairTask(Task):
         self.run_dir = ctx.run_dir
         self.device = ctx.device
         self.progress = ctx.progress
-        self.pairs = expand(self.config)
-        self.by_pair = {pair.id: pair for pair in self.pairs}
         self._train: TensorData | None = None
         self._bare: dict[str, nn.Module] = {}
         self._auto_batch = 4096
         self._defense_kind: dict[str, str] = {}
         self._model: tuple[str, nn.Module] | None = None
         self.load_data()
+        drawn = self.n < len(self.data)
+        self.pairs = expand(self.config, subset_digest(self.indices) if drawn else None)
+        self.by_pair = {pair.id: pair for pair in self.pairs}
         check_eps_against_data(self.pairs, self.sample_shape)
 
     @classmethod
@@ -210,11 +217,22 @@ class PairTask(Task):
     def data_fingerprint(
         cls, results: dict[str, Any], config: dict[str, Any] | None
     ) -> dict[str, Any] | None:
-        """The evaluated samples: dataset, split, the drawn subset and the seed (runs before
-        the subset was recorded: its size)."""
+        """The evaluated samples: dataset, split, which samples and the seed. The whole split
+        is ``all`` for runs before and after the subset was recorded (schema 1.2), so a rerun
+        compares with a committed run; an older run on part of a split took its first rows."""
         data = results["run"].get("data") or {}
-        keys = ("name", "split", "n_evaluated", "subset_sha256", "selection_seed")
-        return {"seed": results["run"].get("seed"), **{k: data.get(k) for k in keys}}
+        if data.get("n") is not None and data.get("n_evaluated") == data.get("n"):
+            selection = "all"
+        elif data.get("subset_sha256"):
+            selection = f"stratified {data['n_evaluated']} ({data['subset_sha256']})"
+        else:
+            selection = f"first {data.get('n_evaluated')} rows (before schema 1.2)"
+        return {
+            "seed": results["run"].get("seed"),
+            "name": data.get("name"),
+            "split": data.get("split"),
+            "samples": selection,
+        }
 
     def model(self, pair: Pair) -> nn.Module:
         """The pair's defended model on the device: built (or loaded) once per run of units."""

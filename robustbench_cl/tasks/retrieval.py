@@ -195,7 +195,7 @@ class RetrievalTask(Task):
 
         fits = expand_retrieval(self.config)
         data = self.section.data
-        self.test = load_captions(data.name, "test").subset(data.n)
+        self.test = load_captions(data.name, "test").subset(data.n, self.config.seed)
         if max(self.section.ks) >= len(self.test):
             raise UserError(
                 "retrieval.ks",
