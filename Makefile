@@ -51,6 +51,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/streaming_memory.py
 	$(BIN)/python benchmarks/ray_shards.py
 	$(BIN)/python benchmarks/ray_gcg.py
+	$(BIN)/python benchmarks/fuzz_readers.py
 	$(BIN)/python benchmarks/tables.py
 
 lint: $(STAMP)

@@ -14,6 +14,9 @@ class UserError(ValueError):
     """Bad input from a user: a config, a name, a tensor. Always names the field and the fix."""
 
     def __init__(self, field: str, problem: str, fix: str | None = None) -> None:
+        # one line, whatever a wrapped library's message holds
+        field, problem = " ".join(field.split()), " ".join(problem.split())
+        fix = " ".join(fix.split()) if fix else fix
         self.field = field
         self.problem = problem
         self.fix = fix

@@ -36,6 +36,13 @@ def cache_home() -> Path:
 _SEEDED: set[str] = set()
 
 
+def cache_file(category: str, name: str) -> Path:
+    """``cache_home() / category / name``, checked to stay inside the cache."""
+    from robustbench_cl.paths import inside
+
+    return inside(cache_home(), category, name)
+
+
 #: set to "1" by ``--trust-remote-code`` or the ``trust_remote_code`` config key; an environment
 #: variable so that Ray workers inherit it
 TRUST_REMOTE_CODE_ENV = "ROBUSTBENCH_CL_TRUST_REMOTE_CODE"

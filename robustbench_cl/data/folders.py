@@ -21,6 +21,7 @@ the engine asks for (``rows(start, end)``), so ``engine.shard_size`` streams the
 
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,7 @@ class ImageFolder(LazyData):
                     with Image.open(file) as image:
                         image_size = image.size
                         grey = grey and image.mode in GREY_MODES
-                except (UnidentifiedImageError, OSError) as error:
+                except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
                     raise UserError(
                         "data.name", f"imagefolder: {file} is not a readable image ({error})"
                     ) from None
@@ -146,7 +147,9 @@ class ImageFolder(LazyData):
             try:
                 with Image.open(file) as image:
                     images.append(_pil_to_uint8(image, self.size, self.mode))
-            except OSError as error:  # truncated pixel data shows only when decoding
+            # truncated pixel data shows only when decoding; PIL raises SyntaxError for a broken
+            # PNG chunk and DecompressionBombError for absurd sizes
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
                 raise UserError(
                     "data.name", f"imagefolder: {file} is not a readable image ({error})"
                 ) from None
@@ -217,7 +220,30 @@ class CifarBinary(LazyData):
 
 
 # ---------------------------------------------------------------------- hf-disk
+def _damaged_arrow(method):  # noqa: ANN001, ANN202
+    """A damaged Arrow file makes pyarrow raise anything (ArrowInvalid, OSError, even
+    SystemError): one line naming the folder instead."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        try:
+            return method(self, *args, **kwargs)
+        except UserError:
+            raise
+        except Exception as error:  # noqa: BLE001
+            first = str(error).splitlines()[0] if str(error) else ""
+            root = getattr(self, "root", None) or (args[0] if args else "the folder")
+            raise UserError(
+                "data.name",
+                f"hf-disk: {root} could not be read ({type(error).__name__}: {first})",
+                "write it again with save_to_disk",
+            ) from None
+
+    return wrapper
+
+
 class HFDisk(LazyData):
+    @_damaged_arrow
     def __init__(
         self,
         root: Path,
@@ -354,7 +380,7 @@ class HFDisk(LazyData):
             if cell.get("bytes"):
                 return Image.open(io.BytesIO(cell["bytes"]))
             return Image.open(cell["path"])
-        except (UnidentifiedImageError, OSError, TypeError) as error:
+        except (UnidentifiedImageError, OSError, SyntaxError, TypeError, ValueError) as error:
             raise UserError(
                 "data.name", f"hf-disk: {self.root} row {index} is not a readable image ({error})"
             ) from None
@@ -390,6 +416,7 @@ class HFDisk(LazyData):
             value = value.to(torch.uint8)
         return value
 
+    @_damaged_arrow
     def _read(self, start: int, end: int) -> torch.Tensor:
         images = []
         for index in range(start, end):
@@ -397,7 +424,11 @@ class HFDisk(LazyData):
                 with self._open(index) as image:
                     try:
                         images.append(_pil_to_uint8(image, self.size, self.mode))
-                    except OSError as error:
+                    except (
+                        OSError,
+                        SyntaxError,
+                        ValueError,
+                    ) as error:
                         raise UserError(
                             "data.name",
                             f"hf-disk: {self.root} row {index} is not a readable image ({error})",

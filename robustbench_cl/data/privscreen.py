@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from robustbench_cl.errors import UserError
+from robustbench_cl.paths import inside
 
 Box = tuple[int, int, int, int]
 
@@ -258,11 +259,11 @@ def write_layout(data: ScreenData, root: str | Path) -> Path:
 
     root = Path(root)
     for app in sorted({s.app for s in data.screens}):
-        folder = root / app
+        folder = inside(root, app)  # app names and screen keys come from data
         (folder / "images").mkdir(parents=True, exist_ok=True)
         privacy, normal, boxes = {}, {}, {}
         for screen in (s for s in data.screens if s.app == app):
-            Image.fromarray(screen.image).save(folder / "images" / screen.key)
+            Image.fromarray(screen.image).save(inside(folder / "images", screen.key))
             answer: dict[str, list[str]] = {}
             for item in screen.pii:
                 answer.setdefault(item.field, []).append(item.value)
@@ -292,6 +293,8 @@ def write_layout(data: ScreenData, root: str | Path) -> Path:
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise UserError(str(path), f"is not UTF-8 text (byte {error.start})") from None
     except json.JSONDecodeError as error:
         raise UserError(
             str(path), f"is not valid JSON ({error.msg}, line {error.lineno})"
@@ -320,44 +323,61 @@ def load_layout(root: str | Path, locate: Any = None) -> ScreenData:
             _read_json(folder / "normal_qa.json") if (folder / "normal_qa.json").exists() else {}
         )
         boxes = _read_json(folder / "boxes.json") if (folder / "boxes.json").exists() else {}
-        for key in sorted(privacy):
-            path = _image_path(folder / "images", key)
-            if path is None:
-                continue  # PrivScreen lists a few keys whose image is missing; skip them
-            image = np.asarray(Image.open(path).convert("RGB"), dtype=np.uint8).copy()
-            known = boxes.get(key)
-            if known is not None and not _valid_boxes(known):
-                raise UserError(
-                    str(folder / "boxes.json"),
-                    f"the entry for {key} lacks privacy/task lists of field, value, keyword, box",
-                    "fix or delete boxes.json (boxes are then located by OCR)",
-                )
-            if known is not None:
-                pii = [PiiField(b["field"], b["value"], _box(b["box"])) for b in known["privacy"]]
-                questions = {a: qa["question"] for qa in normal.get(key, []) for a in _answers(qa)}
-                tasks = [
-                    TaskItem(b["keyword"], questions.get(b["keyword"], ""), _box(b["box"]))
-                    for b in known["task"]
-                ]
-            else:
-                pii = [
-                    PiiField(name, str(value), None)
-                    for qa in privacy[key]
-                    for name, values in _privacy_answer(qa).items()
-                    for value in values
-                    if str(value).strip()
-                ]
-                tasks = [
-                    TaskItem(answer, qa.get("question", ""), None)
-                    for qa in normal.get(key, [])
-                    for answer in _answers(qa)[:1]
-                ]
-            screen = Screen(path.name if known is None else key, app, image, pii, tasks)
-            if locate is not None and any(
-                item.box is None for item in [*screen.pii, *screen.tasks]
-            ):
-                locate(screen)
-            screens.append(screen)
+        try:
+            for key in sorted(privacy):
+                path = _image_path(folder / "images", key)
+                if path is None:
+                    continue  # PrivScreen lists a few keys whose image is missing; skip them
+                try:
+                    with Image.open(path) as opened:
+                        image = np.asarray(opened.convert("RGB"), dtype=np.uint8).copy()
+                except (OSError, ValueError, Image.DecompressionBombError) as error:
+                    raise UserError(str(path), f"is not a readable image ({error})") from None
+                known = boxes.get(key)
+                if known is not None and not _valid_boxes(known):
+                    raise UserError(
+                        str(folder / "boxes.json"),
+                        f"the entry for {key} lacks privacy/task lists of field, value, keyword, box",
+                        "fix or delete boxes.json (boxes are then located by OCR)",
+                    )
+                if known is not None:
+                    pii = [
+                        PiiField(b["field"], b["value"], _box(b["box"])) for b in known["privacy"]
+                    ]
+                    questions = {
+                        a: qa["question"] for qa in normal.get(key, []) for a in _answers(qa)
+                    }
+                    tasks = [
+                        TaskItem(b["keyword"], questions.get(b["keyword"], ""), _box(b["box"]))
+                        for b in known["task"]
+                    ]
+                else:
+                    pii = [
+                        PiiField(name, str(value), None)
+                        for qa in privacy[key]
+                        for name, values in _privacy_answer(qa).items()
+                        for value in values
+                        if str(value).strip()
+                    ]
+                    tasks = [
+                        TaskItem(answer, qa.get("question", ""), None)
+                        for qa in normal.get(key, [])
+                        for answer in _answers(qa)[:1]
+                    ]
+                screen = Screen(path.name if known is None else key, app, image, pii, tasks)
+                if locate is not None and any(
+                    item.box is None for item in [*screen.pii, *screen.tasks]
+                ):
+                    locate(screen)
+                screens.append(screen)
+        except (KeyError, TypeError, AttributeError, ValueError) as error:
+            if isinstance(error, UserError):
+                raise
+            raise UserError(
+                str(folder),
+                f"does not follow PrivScreen's layout ({type(error).__name__}: {error})",
+                "check privacy_qa.json, normal_qa.json and boxes.json against PrivScreen's",
+            ) from None
     located = sum(1 for s in screens for i in [*s.pii, *s.tasks] if i.box is None)
     return ScreenData(f"privscreen:{root}", screens, {"unlocated_items": located})
 

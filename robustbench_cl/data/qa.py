@@ -227,22 +227,33 @@ def make_facts(
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise UserError(
-                    str(path), f"line {number} is not JSON", "one JSON object per line"
-                ) from None
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise UserError(
+                str(path), f"line {number} is not JSON", "one JSON object per line"
+            ) from None
+        if not isinstance(row, dict):
+            raise UserError(str(path), f"line {number} is not a JSON object", "see BEIR's format")
+        rows.append(row)
     return rows
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(
+            str(path), f"is not UTF-8 text (byte {error.start})", "save it as UTF-8"
+        ) from None
 
 
 def _read_qrels(path: Path) -> dict[str, set[str]]:
     relevant: dict[str, set[str]] = {}
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = _read_text(path).splitlines()
     for number, line in enumerate(lines, start=1):
         parts = line.split("\t")
         if number == 1 and parts[0].lower() in ("query-id", "query_id", "qid"):

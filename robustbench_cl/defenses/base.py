@@ -18,7 +18,7 @@ from torch import nn
 from robustbench_cl.data.base import TensorData
 from robustbench_cl.models.wrappers import Frozen
 from robustbench_cl.registry import DEFENSES, register_defense
-from robustbench_cl.utils import cache_home, stable_hash, tensor_digest
+from robustbench_cl.utils import cache_file, stable_hash, tensor_digest
 
 
 class Defense:
@@ -45,7 +45,7 @@ class Defense:
                 "data": dict(data.describe(), sha256=content_digest(data)),
             }
         )
-        return cache_home() / "defenses" / f"{self.name}-{key}"
+        return cache_file("defenses", f"{self.name}-{key}")
 
     def build(self, model: Frozen, model_spec: str, data: TensorData) -> nn.Module:
         """Return the defended model (frozen, eval mode), training it on first use."""

@@ -44,7 +44,7 @@ from robustbench_cl.models.llm import ChatLM, sft_loss, unwrap_chat_lm
 from robustbench_cl.models.wrappers import Frozen
 from robustbench_cl.registry import register_defense
 from robustbench_cl.threat import ThreatModel
-from robustbench_cl.utils import cache_home, stable_hash
+from robustbench_cl.utils import cache_file, stable_hash
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class _ChatAdversarialTraining(Defense):
                 "data": stable_hash([vars(e) for e in data.examples]),
             }
         )
-        return cache_home() / "defenses" / f"{self.name}-{key}"
+        return cache_file("defenses", f"{self.name}-{key}")
 
     def uses_lora(self, model_spec: str) -> bool:
         return self.lora is True or (self.lora == "auto" and not model_spec.startswith("builtin:"))

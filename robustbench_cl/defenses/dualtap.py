@@ -46,7 +46,7 @@ from robustbench_cl.errors import UserError
 from robustbench_cl.models.layers import max_pool2d
 from robustbench_cl.models.ocr import CropEOT, RecognizerSurrogate
 from robustbench_cl.registry import register_defense
-from robustbench_cl.utils import cache_home, parse_fraction, stable_hash
+from robustbench_cl.utils import cache_file, parse_fraction, stable_hash
 
 logger = logging.getLogger(__name__)
 
@@ -305,7 +305,7 @@ class DualTAP(Defense):
                 "surrogate": "easyocr english_g2",
             }
         )
-        return cache_home() / "defenses" / f"{self.name}-{key}"
+        return cache_file("defenses", f"{self.name}-{key}")
 
     def attention_for(self, surrogate, x: torch.Tensor, screens: list) -> torch.Tensor:  # noqa: ANN001
         return attention_maps(surrogate, x, screens, self.attention)

@@ -44,7 +44,7 @@ from robustbench_cl.models.artifacts import (
 )
 from robustbench_cl.models.biencoder import BiEncoder, ProjectionHead
 from robustbench_cl.registry import register_defense
-from robustbench_cl.utils import cache_home, stable_hash
+from robustbench_cl.utils import cache_file, stable_hash
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class RetrieverFineTune(Defense):
 
     def cached(self, model_spec: str, corpus: Any) -> bool:
         """Whether ``build`` will load the head (and its extras) instead of training them."""
-        path = cache_home() / "defenses" / f"{self.name}-{self.cache_key(model_spec, corpus)}"
+        path = cache_file("defenses", f"{self.name}-{self.cache_key(model_spec, corpus)}")
         return artifact_exists(path) and self.extras_exist(path)
 
     def build(self, model: nn.Module, model_spec: str, corpus: Any) -> nn.Module:  # type: ignore[override]
@@ -103,7 +103,7 @@ class RetrieverFineTune(Defense):
             raise UserError(
                 "textret.defenses", f"{model_spec} already has a head", "fine-tune a bare encoder"
             )
-        path = cache_home() / "defenses" / f"{self.name}-{self.cache_key(model_spec, corpus)}"
+        path = cache_file("defenses", f"{self.name}-{self.cache_key(model_spec, corpus)}")
         head = ProjectionHead(base.dim, self.hidden)
         with artifact_lock(path):
             if artifact_exists(path) and self.extras_exist(path):

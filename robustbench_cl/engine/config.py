@@ -429,7 +429,11 @@ def _format_validation_error(error: ValidationError, model: type[BaseModel]) -> 
 
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
-        raw = yaml.safe_load(Path(path).read_text())
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise UserError(
+            str(path), f"is not UTF-8 text (byte {error.start})", "save the config as UTF-8"
+        ) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

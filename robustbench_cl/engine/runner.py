@@ -8,6 +8,7 @@ and ``meta.json``, runs the units of every task whose section the config has
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import logging
 import platform
@@ -35,6 +36,7 @@ from robustbench_cl.engine.task import (
 from robustbench_cl.engine.threads import apply_threads
 from robustbench_cl.errors import UserError
 from robustbench_cl.models.artifacts import collect_artifact_uses
+from robustbench_cl.paths import inside, slug
 from robustbench_cl.utils import allow_remote_code, device_name, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -52,10 +54,16 @@ def _meta(
         "torch": torch.__version__,
         "robustbench_cl": robustbench_cl.__version__,
     }
-    for package in ("torchattacks", "art", "sklearn", "numpy"):
+    # read from the installed metadata, never by importing: importing ART writes ~/.art/
+    for key, distribution in (
+        ("torchattacks", "torchattacks"),
+        ("art", "adversarial-robustness-toolbox"),
+        ("sklearn", "scikit-learn"),
+        ("numpy", "numpy"),
+    ):
         try:
-            versions[package] = __import__(package).__version__
-        except Exception:  # noqa: BLE001 - a missing optional package is just not recorded
+            versions[key] = importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:  # an optional package is just not recorded
             pass
     try:
         commit = (
@@ -115,14 +123,17 @@ def _remote_executor(
 
 
 def default_run_dir(suite: str) -> Path:
-    """``runs/<suite>-<timestamp>``, with a suffix if that second is already taken."""
+    """``runs/<slug of the suite>-<timestamp>``, with a suffix if that second is already taken.
+    The suite name comes from a config: :func:`~robustbench_cl.paths.slug` keeps it one safe
+    folder name inside ``runs/``."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    candidate = Path("runs") / f"{suite}-{stamp}"
+    name = slug(suite)
+    candidate = inside("runs", f"{name}-{stamp}")
     counter = 2
     while candidate.exists():
-        candidate = Path("runs") / f"{suite}-{stamp}-{counter}"
+        candidate = inside("runs", f"{name}-{stamp}-{counter}")
         counter += 1
-    return candidate
+    return Path("runs") / candidate.name
 
 
 def run(

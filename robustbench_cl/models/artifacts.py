@@ -159,7 +159,7 @@ def load_foreign_state_dict(path: str | Path, field: str = "weights") -> dict[st
             ) from None
         logger.warning("loading %s with weights_only=False: it may run code (trusted)", path)
         state = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError) as error:
+    except Exception as error:  # noqa: BLE001 - a damaged file raises whatever its bytes lead to
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(field, f"{path} is not a readable torch checkpoint ({first})") from None
     return unwrap_state_dict(state, path, field)

@@ -22,7 +22,7 @@ from robustbench_cl.models.artifacts import (
 )
 from robustbench_cl.models.layers import MaxPool2d
 from robustbench_cl.registry import register_model
-from robustbench_cl.utils import cache_home, stable_hash
+from robustbench_cl.utils import cache_file, stable_hash
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def _cached_builtin(name: str) -> nn.Module:
     from robustbench_cl.models.training import accuracy
 
     architecture, train, recipe = REFERENCE_RECIPES[name]
-    path = cache_home() / "models" / f"{name}-{stable_hash(recipe, 8)}"
+    path = cache_file("models", f"{name}-{stable_hash(recipe, 8)}")
     with artifact_lock(path):
         if artifact_exists(path):
             torch.manual_seed(recipe["seed"])

@@ -23,7 +23,7 @@ from robustbench_cl.models.artifacts import (
 )
 from robustbench_cl.models.layers import MaxPool2d
 from robustbench_cl.registry import register_model
-from robustbench_cl.utils import cache_home, stable_hash
+from robustbench_cl.utils import cache_file, stable_hash
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def digits_fm() -> nn.Module:
     from robustbench_cl.data import load_dataset
     from robustbench_cl.models.training import accuracy
 
-    path = cache_home() / "models" / f"digits-fm-{stable_hash(DIGITS_FM_RECIPE, 8)}"
+    path = cache_file("models", f"digits-fm-{stable_hash(DIGITS_FM_RECIPE, 8)}")
     with artifact_lock(path):
         torch.manual_seed(DIGITS_FM_RECIPE["seed"])
         model = digits_fm_architecture()

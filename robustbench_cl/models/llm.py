@@ -31,7 +31,7 @@ from torch import nn
 
 from robustbench_cl.errors import UserError
 from robustbench_cl.registry import register_model
-from robustbench_cl.utils import cache_home, stable_hash
+from robustbench_cl.utils import cache_file, stable_hash
 
 logger = logging.getLogger(__name__)
 
@@ -414,7 +414,7 @@ def _quiet_transformers() -> None:
 
 def tiny_chat_lm_path() -> Path:
     """Where the built-in chat model is cached (named by its recipe)."""
-    return cache_home() / "models" / f"tiny-chat-lm-{stable_hash(TINY_CHAT_RECIPE, 8)}"
+    return cache_file("models", f"tiny-chat-lm-{stable_hash(TINY_CHAT_RECIPE, 8)}")
 
 
 def _cached_tiny_chat_lm() -> ChatLM:

@@ -36,7 +36,7 @@ from robustbench_cl.models.artifacts import (
 )
 from robustbench_cl.models.layers import MaxPool2d
 from robustbench_cl.registry import register_model
-from robustbench_cl.utils import cache_home, stable_hash
+from robustbench_cl.utils import cache_file, stable_hash
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ def retrieval_recall(model: nn.Module, data, k: int = 1) -> dict[str, float]:  #
 
 def _cached_tinyclip(name: str) -> TinyCLIP:
     recipe = TINYCLIP_RECIPES[name]
-    path = cache_home() / "models" / f"{name}-{stable_hash(recipe, 8)}"
+    path = cache_file("models", f"{name}-{stable_hash(recipe, 8)}")
     with artifact_lock(path):
         if artifact_exists(path):
             return load_artifact_weights(path, TinyCLIP(width=recipe["width"])).eval()

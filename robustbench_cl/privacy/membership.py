@@ -37,7 +37,7 @@ from robustbench_cl.models.artifacts import (
     save_artifact,
 )
 from robustbench_cl.registry import Registry
-from robustbench_cl.utils import cache_home, stable_hash, tensor_digest
+from robustbench_cl.utils import cache_file, stable_hash, tensor_digest
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def reference_models(
                 **({"in_fraction": in_fraction} if in_fraction != 0.5 else {}),
             }
         )
-        path = cache_home() / "membership" / f"reference-{key}"
+        path = cache_file("membership", f"reference-{key}")
         with artifact_lock(path):
             if artifact_exists(path):
                 model = load_artifact_weights(path, recipe.architecture())

@@ -32,6 +32,7 @@ from robustbench_cl.engine.results_models import Flag
 from robustbench_cl.engine.summary import RunSummary, column_label, threat_label, threat_sort_key
 from robustbench_cl.engine.task import Unit, register_task
 from robustbench_cl.errors import under_field
+from robustbench_cl.paths import inside
 from robustbench_cl.tasks.pairs import (
     BROKEN,
     NOT_ATTACKED,
@@ -453,7 +454,7 @@ class ClassificationTask(PairTask):
         wanted = self.config.engine.examples
         tensors = {k: torch.cat([p[k] for p in parts])[:wanted] for k in parts[0]}
         relative = f"artifacts/examples/{cell.id}.safetensors"
-        path = self.run_dir / relative
+        path = inside(self.run_dir, relative)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(path))
         return relative

@@ -40,6 +40,7 @@ from robustbench_cl.engine.results_models import STRICT, Probability
 from robustbench_cl.engine.summary import RunSummary
 from robustbench_cl.engine.task import Unit, register_task
 from robustbench_cl.errors import UserError
+from robustbench_cl.paths import inside
 from robustbench_cl.privacy.metrics import auc as roc_auc
 from robustbench_cl.privacy.metrics import roc
 from robustbench_cl.report import plots
@@ -252,11 +253,11 @@ class GenerationTask(PairTask):
             metrics, samples = self._audit.run(model, log)
         grid = sample_grid(samples, config.n_per_class, len(self._audit.classes))
         relative = f"artifacts/generation/{unit.id}.png"
-        save_png(grid, self.run_dir / relative)
+        save_png(grid, inside(self.run_dir, relative))
         kept = f"artifacts/generation/{unit.id}.safetensors"
         save_file(
             {"samples": samples.detach().cpu().contiguous(), "targets": self._audit.targets.cpu()},
-            self.run_dir / kept,
+            inside(self.run_dir, kept),
         )
         self.progress.batch_done()
         return {

@@ -44,6 +44,7 @@ from robustbench_cl.engine.results_models import STRICT, Flag
 from robustbench_cl.engine.summary import RunSummary, threat_label
 from robustbench_cl.engine.task import RunContext, Task, Unit, register_task
 from robustbench_cl.errors import UserError, under_field
+from robustbench_cl.paths import inside
 from robustbench_cl.report.media import (
     EXAMPLES_PER_CELL,
     EXAMPLES_TOTAL,
@@ -204,7 +205,7 @@ class RetrievalTask(Task):
                 "use smaller ks or more test images (retrieval.data.n)",
             )
         if not self.ctx.resume and self.ctx.driver:  # --fresh: saved perturbations go too
-            shutil.rmtree(self.run_dir / "artifacts" / "uap", ignore_errors=True)
+            shutil.rmtree(inside(self.run_dir, "artifacts", "uap"), ignore_errors=True)
         self.fits = {fit["id"]: fit for fit in fits}
         self.models = {m.spec: m for m in self.section.models}
         units = [
@@ -389,7 +390,7 @@ class RetrievalTask(Task):
         """Fit the perturbation, or load it from this run's artifacts (a resumed run)."""
         if fit["id"] in self._loaded:  # an evaluation's shards and its merge share one load
             return self._loaded[fit["id"]]
-        path = self.run_dir / "artifacts" / "uap" / f"{fit['id']}.safetensors"
+        path = inside(self.run_dir, "artifacts", "uap", f"{fit['id']}.safetensors")
         if path.exists() and path.with_suffix(".json").exists():  # the JSON is written first
             info = _read_fit_info(path)
             self._loaded[fit["id"]] = UniversalPerturbation(
@@ -480,7 +481,8 @@ class RetrievalTask(Task):
         if examples:  # the report shows them; it never recomputes the data
             chosen = torch.tensor([e["image"] for e in examples])
             example_images = f"artifacts/retrieval/{record_id}.safetensors"
-            (self.run_dir / example_images).parent.mkdir(parents=True, exist_ok=True)
+            example_path = inside(self.run_dir, example_images)
+            example_path.parent.mkdir(parents=True, exist_ok=True)
             save_file(
                 {
                     "clean": self.test.images[chosen].contiguous(),
@@ -488,7 +490,7 @@ class RetrievalTask(Task):
                     .cpu()
                     .contiguous(),
                 },
-                str(self.run_dir / example_images),
+                str(example_path),
             )
         relative = f"artifacts/uap/{fit['id']}.safetensors"
         return {

@@ -35,6 +35,7 @@ from robustbench_cl.engine.results_models import STRICT, Flag, Rate
 from robustbench_cl.engine.summary import RunSummary
 from robustbench_cl.engine.task import RunContext, Task, Unit, register_task
 from robustbench_cl.errors import ThreatModelViolation, UserError
+from robustbench_cl.paths import inside
 from robustbench_cl.report import plots
 from robustbench_cl.report.media import run_file
 from robustbench_cl.report.table import percent_or_dash
@@ -355,7 +356,7 @@ class ScreensTask(Task):
             magnitude = pixelate(coarse(magnitude / max(float(magnitude.max()), 1e-12)), boxes)
             relative = f"artifacts/screens/{record_id}-{begin + index}.png"
             grid = torch.cat([shown, magnitude.expand(3, -1, -1)], 2)
-            save_png(grid, self.run_dir / relative)
+            save_png(grid, inside(self.run_dir, relative))
             fields = []
             for position, item in enumerate(screen.pii):
                 entry = {"field": item.field, "true": mask_pii(item.value)}
