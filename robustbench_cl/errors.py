@@ -14,9 +14,9 @@ class UserError(ValueError):
     """Bad input from a user: a config, a name, a tensor. Always names the field and the fix."""
 
     def __init__(self, field: str, problem: str, fix: str | None = None) -> None:
-        # one line, whatever a wrapped library's message holds
-        field, problem = " ".join(field.split()), " ".join(problem.split())
-        fix = " ".join(fix.split()) if fix else fix
+        # one printable line, whatever a wrapped library's message or a file name holds
+        field, problem = _one_line(field), _one_line(problem)
+        fix = _one_line(fix) if fix else fix
         self.field = field
         self.problem = problem
         self.fix = fix
@@ -28,6 +28,13 @@ class UserError(ValueError):
     def __reduce__(self) -> tuple[type[UserError], tuple[str, str, str | None]]:
         # raised in a worker process, it crosses back to the driver by pickle
         return type(self), (self.field, self.problem, self.fix)
+
+
+def _one_line(text: str) -> str:
+    """Whitespace runs to one space; other control characters (ANSI escapes from a file name)
+    shown escaped, never sent to the terminal."""
+    flat = " ".join(str(text).split())
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in flat)
 
 
 class ThreatModelViolation(RuntimeError):

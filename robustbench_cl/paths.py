@@ -19,27 +19,37 @@ from pathlib import Path
 from robustbench_cl.errors import UserError
 
 _UNSAFE = re.compile(r"[^a-z0-9._-]+")
+_HASHED = re.compile(r"-[0-9a-f]{8}$")
+#: names Windows reserves for devices, in any case and with any extension
+_RESERVED = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?$")
 SLUG_LIMIT = 48
 
 
 def slug(name: str, limit: int = SLUG_LIMIT) -> str:
-    """``name`` as one safe, bounded path component; unchanged when it already is one."""
+    """``name`` as one safe, bounded path component; unchanged when it already is one.
+
+    A name that had to change, or that already ends like a hashed slug (``-`` and 8 hex
+    digits), or that Windows reserves, gets ``-`` and 8 hex digits of its SHA-256, so two names
+    never share a slug (``Suite`` and ``suite``, two Unicode forms of a word, ``suite-9c210050``).
+    """
     ascii_form = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
     text = _UNSAFE.sub("-", ascii_form.lower()).strip("-._")[:limit].strip("-._") or "run"
-    if text != name:  # changed: keep distinct names distinct
+    if text != name or _HASHED.search(text) or _RESERVED.match(text):
         digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
         text = f"{text}-{digest}"
     return text
 
 
 def inside(root: str | Path, *parts: str | Path) -> Path:
-    """``root / parts``, resolved, refused unless it lies inside ``root``."""
+    """``root / parts``, resolved, refused unless it lies strictly inside ``root`` (a join
+    that comes back to ``root`` itself is refused too: a save or an rmtree there would act on
+    the whole folder)."""
     base = Path(root).resolve()
     for part in parts:
         if "\x00" in str(part):
             raise UserError("path", f"{str(part)!r} contains a NUL byte", "rename it")
     path = base.joinpath(*parts).resolve()
-    if path != base and not path.is_relative_to(base):
+    if (parts and path == base) or not path.is_relative_to(base):
         joined = "/".join(str(p) for p in parts)
         raise UserError(
             "path",

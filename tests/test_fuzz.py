@@ -36,6 +36,7 @@ def test_mutated_files_load_or_give_one_line(reader, tmp_path):
     assert lines, result.stderr[-3000:]
     outcome = json.loads(lines[-1])
     assert outcome["failure"] is None, outcome["failure"]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert result.returncode == 0, result.stderr[-3000:]
     # both kinds of input were made: the mutations neither all load nor all die at a magic check
     assert outcome["loaded"] > 0 and outcome["refused"] > 0, outcome

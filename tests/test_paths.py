@@ -87,60 +87,61 @@ def test_a_traversing_suite_name_writes_inside_runs(tmp_path, monkeypatch):
 
 AUDITED_RUN = textwrap.dedent(
     """
-    import json, os, sys
+    import json, os, sys, tempfile
     from pathlib import Path
 
-    import tempfile
-
-    allowed = [Path(p).resolve() for p in sys.argv[1:3]] + [Path("/dev/null")]
-    scratch = Path(tempfile.gettempdir()).resolve()
-    outside, temporary = [], []
+    writes = []  # every path written, created, removed or renamed onto, from Python
     WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
-    def check(path):
-        if isinstance(path, int) or path is None:
-            return
-        path = Path(os.fsdecode(path)).resolve()
-        if any(path == root or path.is_relative_to(root) for root in allowed):
-            return
-        # the temp dir is scratch (Python probes it on first use): allowed if gone at the end
-        (temporary if path.is_relative_to(scratch) else outside).append(str(path))
+    def note(path):
+        if not isinstance(path, int) and path is not None:
+            writes.append(str(Path(os.fsdecode(path)).resolve()))
 
     def hook(event, args):
         if event == "open":
             path, mode, flags = args
-            writes = any(c in mode for c in "wax+") if isinstance(mode, str) else bool(
+            writes_file = any(c in mode for c in "wax+") if isinstance(mode, str) else bool(
                 (flags or 0) & WRITE_FLAGS
             )
-            if writes:
-                check(path)
-        elif event in ("os.mkdir", "os.remove", "os.rmdir", "os.truncate", "shutil.rmtree",
-                       "tempfile.mkstemp", "tempfile.mkdtemp"):
-            check(args[0])
+            if writes_file:
+                note(path)
+        elif event in ("os.mkdir", "os.remove", "os.rmdir", "os.truncate", "os.chmod",
+                       "shutil.rmtree", "tempfile.mkstemp", "tempfile.mkdtemp"):
+            note(args[0])
         elif event in ("os.rename", "os.replace", "os.link", "os.symlink", "shutil.copyfile",
-                       "shutil.move"):
-            check(args[1])
+                       "shutil.copytree", "shutil.move"):
+            note(args[1])
 
     sys.addaudithook(hook)
     import robustbench_cl as rbcl
 
-    config = json.loads(sys.argv[3])
+    config = json.loads(sys.argv[2])
     os.chdir(sys.argv[1])
     run_dir = rbcl.run(config, profile=None)
-    rbcl.write_report(run_dir)
-    outside += [p for p in temporary if Path(p).exists()]  # scratch left behind
-    print(json.dumps({"run_dir": str(Path(run_dir).resolve()), "outside": outside}))
+    report = rbcl.write_report(run_dir)
+    print(json.dumps({
+        "run_dir": str(Path(run_dir).resolve()),
+        "report": str(report.resolve()),
+        "writes": writes,
+        "temp": str(Path(tempfile.gettempdir()).resolve()),
+    }))
     """
 )
 
 
+def _files(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*")}
+
+
 @pytest.mark.xdist_group("cache")
 def test_a_real_suite_writes_only_inside_its_run_and_the_cache(tmp_path):
-    """Everything a run writes (records, meta, artifacts, a trained defense in the cache, the
-    report) is checked by an audit hook on open, mkdir, rename and friends; the suite's name
-    tries to climb out of runs/."""
-    work = tmp_path / "work"
-    work.mkdir()
+    """Everything a run writes (records, meta, artifacts, a defense trained into the cache, the
+    report) stays in its run folder or the cache, while its suite, model, defense and attack
+    names all try to climb out. Python-level writes are caught by an audit hook (open, mkdir,
+    rename and friends) anywhere on the machine; writes by native code (safetensors, torch.save)
+    raise no audit event, so every file that appears around the working folder is checked too."""
+    work = tmp_path / "a" / "b" / "work"  # runs/../../../x from work/ lands in tmp_path/a
+    work.mkdir(parents=True)
     cache = Path(os.environ["ROBUSTBENCH_CL_HOME"]).resolve()
     config = {
         "suite": "../../../elsewhere/escaped-suite",
@@ -149,26 +150,41 @@ def test_a_real_suite_writes_only_inside_its_run_and_the_cache(tmp_path):
         "models": [{"spec": "builtin:digits-cnn", "name": "../model"}],
         "defenses": [
             {"defense": "none", "name": "../../none"},
-            {"defense": "rae", "name": "/abs/rae", "params": {"epochs": 1, "steps": 1}},
+            # a setting no other test uses: trained here, so the cache write is exercised
+            {"defense": "rae", "name": "/abs/rae", "params": {"epochs": 1, "steps": 1, "seed": 8}},
         ],
         "attacks": [{"attack": "fgsm", "name": "../fgsm", "threat": {"norm": "linf", "eps": 0.1}}],
     }
-    env = {
-        **os.environ,
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "MPLCONFIGDIR": str(cache / "matplotlib"),
-        "ROBUSTBENCH_CL_THREADS": "1",
-    }
+    before = _files(tmp_path)
     result = subprocess.run(
-        [sys.executable, "-c", AUDITED_RUN, str(work), str(cache), json.dumps(config)],
+        [sys.executable, "-c", AUDITED_RUN, str(work), json.dumps(config)],
         capture_output=True,
         text=True,
-        env=env,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "ROBUSTBENCH_CL_THREADS": "1"},
         cwd=ROOT,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert Path(report["run_dir"]).is_relative_to(work / "runs")
-    assert report["outside"] == [], sorted(set(report["outside"]))
-    assert not (tmp_path / "elsewhere").exists()
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    run_dir = Path(outcome["run_dir"])
+    assert run_dir.parent == (work / "runs").resolve()
+    assert run_dir.name.startswith("elsewhere-escaped-suite-")
+    # matplotlib's own font cache is the one library cache left where its user keeps it
+    library = [Path.home() / ".cache" / "matplotlib", Path.home() / ".config" / "matplotlib"]
+    temp = Path(outcome["temp"])
+    elsewhere = []
+    for written in map(Path, outcome["writes"]):
+        if written.is_relative_to(run_dir) or written.is_relative_to(cache):
+            continue
+        if written in (run_dir.parent, Path("/dev/null")):  # runs/ itself; the null device
+            continue
+        if any(written.is_relative_to(root) for root in library):
+            continue
+        if written.is_relative_to(temp) and not written.exists():
+            continue  # scratch (Python probes the temp dir on first use), gone again
+        elsewhere.append(str(written))
+    assert elsewhere == [], sorted(set(elsewhere))
+    new = {p for p in _files(tmp_path) - before if not p.resolve().is_relative_to(run_dir)}
+    assert {p for p in new if p.is_file()} == set(), sorted(map(str, new))
+    assert not (tmp_path / "a" / "elsewhere").exists()
+    assert Path(outcome["report"]).is_relative_to(run_dir)

@@ -17,6 +17,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from robustbench_cl.errors import ThreatModelViolation, UserError
+from robustbench_cl.paths import inside
 
 console = Console(stderr=True)
 stdout = Console()
@@ -765,7 +766,7 @@ def generate(
     }
     with _one_run(config, out, device, "rbcl-generate-", GENERATE_FLAGS) as run_dir:
         record = load_run(run_dir).pairs[0].generation
-        samples = load_file(run_dir / record["samples"])["samples"]
+        samples = load_file(inside(run_dir, record["samples"]))["samples"]
     columns = min(n, 8)
     rows = -(-n // columns)
     padded = torch.cat([samples, torch.ones(rows * columns - n, *samples.shape[1:])])

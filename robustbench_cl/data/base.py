@@ -138,6 +138,14 @@ class LazyData:
         }
 
 
+def image_errors() -> tuple[type[Exception], ...]:
+    """What Pillow raises on a damaged or hostile image file: OSError (truncated data),
+    SyntaxError (a broken PNG chunk), ValueError, DecompressionBombError (absurd sizes)."""
+    from PIL import Image, UnidentifiedImageError
+
+    return (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
 def load_dataset(name: str, split: str = "test", **options: Any) -> TensorData:
     """Load a registered dataset by name, e.g. ``load_dataset("digits", split="test")``."""
     from robustbench_cl.registry import _load_builtins

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from robustbench_cl.data.base import LazyData
+from robustbench_cl.data.base import LazyData, image_errors
 from robustbench_cl.errors import UserError
 from robustbench_cl.utils import parse_spec  # the models' scheme:path?key=value syntax
 
@@ -93,7 +93,7 @@ def _check_same_size(where: str, first: tuple[str, tuple[int, int]], size, name:
 # ---------------------------------------------------------------------- imagefolder
 class ImageFolder(LazyData):
     def __init__(self, root: Path, split: str, size: int | None, name: str) -> None:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         if not root.is_dir():
             raise UserError("data.name", f"imagefolder: {root} is not a folder", "check the path")
@@ -118,7 +118,7 @@ class ImageFolder(LazyData):
                     with Image.open(file) as image:
                         image_size = image.size
                         grey = grey and image.mode in GREY_MODES
-                except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+                except image_errors() as error:
                     raise UserError(
                         "data.name", f"imagefolder: {file} is not a readable image ({error})"
                     ) from None
@@ -147,9 +147,7 @@ class ImageFolder(LazyData):
             try:
                 with Image.open(file) as image:
                     images.append(_pil_to_uint8(image, self.size, self.mode))
-            # truncated pixel data shows only when decoding; PIL raises SyntaxError for a broken
-            # PNG chunk and DecompressionBombError for absurd sizes
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            except image_errors() as error:  # truncated pixel data shows only when decoding
                 raise UserError(
                     "data.name", f"imagefolder: {file} is not a readable image ({error})"
                 ) from None
@@ -228,7 +226,7 @@ def _damaged_arrow(method):  # noqa: ANN001, ANN202
     def wrapper(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
         try:
             return method(self, *args, **kwargs)
-        except UserError:
+        except (UserError, MemoryError):
             raise
         except Exception as error:  # noqa: BLE001
             first = str(error).splitlines()[0] if str(error) else ""
@@ -373,14 +371,14 @@ class HFDisk(LazyData):
         return found
 
     def _open(self, index: int):
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         cell = self.raw[index][self.column]
         try:
             if cell.get("bytes"):
                 return Image.open(io.BytesIO(cell["bytes"]))
             return Image.open(cell["path"])
-        except (UnidentifiedImageError, OSError, SyntaxError, TypeError, ValueError) as error:
+        except (*image_errors(), TypeError) as error:
             raise UserError(
                 "data.name", f"hf-disk: {self.root} row {index} is not a readable image ({error})"
             ) from None

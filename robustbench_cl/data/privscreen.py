@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from robustbench_cl.data.base import image_errors
 from robustbench_cl.errors import UserError
 from robustbench_cl.paths import inside
 
@@ -331,7 +332,7 @@ def load_layout(root: str | Path, locate: Any = None) -> ScreenData:
                 try:
                     with Image.open(path) as opened:
                         image = np.asarray(opened.convert("RGB"), dtype=np.uint8).copy()
-                except (OSError, ValueError, Image.DecompressionBombError) as error:
+                except image_errors() as error:
                     raise UserError(str(path), f"is not a readable image ({error})") from None
                 known = boxes.get(key)
                 if known is not None and not _valid_boxes(known):
@@ -364,12 +365,7 @@ def load_layout(root: str | Path, locate: Any = None) -> ScreenData:
                         for qa in normal.get(key, [])
                         for answer in _answers(qa)[:1]
                     ]
-                screen = Screen(path.name if known is None else key, app, image, pii, tasks)
-                if locate is not None and any(
-                    item.box is None for item in [*screen.pii, *screen.tasks]
-                ):
-                    locate(screen)
-                screens.append(screen)
+                screens.append(Screen(path.name if known is None else key, app, image, pii, tasks))
         except (KeyError, TypeError, AttributeError, ValueError) as error:
             if isinstance(error, UserError):
                 raise
@@ -378,6 +374,10 @@ def load_layout(root: str | Path, locate: Any = None) -> ScreenData:
                 f"does not follow PrivScreen's layout ({type(error).__name__}: {error})",
                 "check privacy_qa.json, normal_qa.json and boxes.json against PrivScreen's",
             ) from None
+    # outside the layout's error handling: an OCR error is not a malformed file
+    for screen in screens if locate is not None else []:
+        if any(item.box is None for item in [*screen.pii, *screen.tasks]):
+            locate(screen)
     located = sum(1 for s in screens for i in [*s.pii, *s.tasks] if i.box is None)
     return ScreenData(f"privscreen:{root}", screens, {"unlocated_items": located})
 
@@ -392,10 +392,13 @@ def _valid_boxes(entry: Any) -> bool:
 
 
 def _image_path(folder: Path, key: str) -> Path | None:
-    base = os.path.splitext(key)[0]
+    """The image of a screen key, inside ``folder`` (a key with ``..`` or an absolute path,
+    which would read any image on the machine into the report, is refused)."""
+    base = os.path.splitext(str(key))[0]
     for extension in (".png", ".jpg", ".jpeg"):
-        if (folder / f"{base}{extension}").exists():
-            return folder / f"{base}{extension}"
+        candidate = inside(folder, f"{base}{extension}")
+        if candidate.exists():
+            return candidate
     return None
 
 

@@ -11,6 +11,7 @@ import contextlib
 import importlib.metadata
 import json
 import logging
+import os
 import platform
 import socket
 import subprocess
@@ -37,7 +38,7 @@ from robustbench_cl.engine.threads import apply_threads
 from robustbench_cl.errors import UserError
 from robustbench_cl.models.artifacts import collect_artifact_uses
 from robustbench_cl.paths import inside, slug
-from robustbench_cl.utils import allow_remote_code, device_name, resolve_device
+from robustbench_cl.utils import allow_remote_code, cache_home, device_name, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def _remote_executor(
     """The executor object for ``executor`` (None for local), with the driver's settings."""
     if executor == "local":
         return None
-    from robustbench_cl.utils import TRUST_REMOTE_CODE_ENV, cache_home, trust_remote_code
+    from robustbench_cl.utils import TRUST_REMOTE_CODE_ENV, trust_remote_code
 
     env = {"ROBUSTBENCH_CL_HOME": str(cache_home())}
     if trust_remote_code():
@@ -174,6 +175,9 @@ def run(
             "--workers", "sets the processes executor's size", "add --executor processes"
         )
     used_threads = apply_threads(threads)
+    # torch's compile cache (created the first time an optimiser runs) goes to our cache, not
+    # to /tmp/torchinductor_<user>: a run writes only in its folder and the cache
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_home() / "torchinductor"))
     config = validate_task_sections(load_config(source, profile=profile, seed=seed, engine=engine))
     if config.trust_remote_code:
         allow_remote_code()

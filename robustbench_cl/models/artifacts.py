@@ -152,13 +152,18 @@ def load_foreign_state_dict(path: str | Path, field: str = "weights") -> dict[st
         if not trust_remote_code():
             raise UserError(
                 field,
-                f"{path} contains pickled Python objects, which could run code when loaded, "
-                "so it was not loaded",
+                f"{path} contains pickled Python objects (or is damaged), which could run code "
+                "when loaded, so it was not loaded",
                 "pass --trust-remote-code (or trust_remote_code: true in the config) if you "
                 "trust its source, or re-save its tensors as safetensors",
             ) from None
         logger.warning("loading %s with weights_only=False: it may run code (trusted)", path)
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as error:  # noqa: BLE001 - as below, for a damaged trusted file
+            raise UserError(field, f"{path} is not a readable torch checkpoint ({error})") from None
+    except MemoryError:
+        raise
     except Exception as error:  # noqa: BLE001 - a damaged file raises whatever its bytes lead to
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(field, f"{path} is not a readable torch checkpoint ({first})") from None

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from robustbench_cl.errors import UserError
+from robustbench_cl.paths import inside
 from robustbench_cl.privacy.metrics import mask_pii  # noqa: F401  (the report's filter)
 
 #: example rows shown per cell, and in the whole report
@@ -41,8 +43,8 @@ def example_rows(
     relative = cell.get("examples")
     if not relative:
         return []
-    path = (Path(run_dir) / relative).resolve()
-    if not path.is_relative_to(Path(run_dir).resolve()) or not path.exists():
+    path = run_file(Path(run_dir), relative)
+    if path is None:
         return []
     tensors = load_file(str(path))
     bounds = tuple(cell["threat"]["bounds"]) if cell["threat"].get("bounds") else None
@@ -94,8 +96,11 @@ def run_file(run_dir: Path | None, relative: str | None) -> Path | None:
     """A file inside the run directory (never outside it), if it exists."""
     if run_dir is None or not relative:
         return None
-    path = (run_dir / relative).resolve()
-    return path if path.is_relative_to(run_dir.resolve()) and path.exists() else None
+    try:
+        path = inside(run_dir, relative)
+    except UserError:  # a record pointing elsewhere (a damaged or hostile cells.jsonl)
+        return None
+    return path if path.exists() else None
 
 
 def eps_label(threat: dict[str, Any]) -> str:

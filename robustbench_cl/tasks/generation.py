@@ -44,6 +44,7 @@ from robustbench_cl.paths import inside
 from robustbench_cl.privacy.metrics import auc as roc_auc
 from robustbench_cl.privacy.metrics import roc
 from robustbench_cl.report import plots
+from robustbench_cl.report.media import run_file
 from robustbench_cl.report.table import percent
 from robustbench_cl.tasks.pairs import PairTask
 
@@ -347,10 +348,9 @@ def _generation(results: dict[str, Any], run_dir: Path | None) -> dict[str, Any]
     rows = []
     for entry in entries:
         grid = None
-        if run_dir is not None:
-            path = (run_dir / entry["grid"]).resolve()
-            if path.is_relative_to(run_dir.resolve()) and path.exists():
-                grid = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+        path = run_file(run_dir, entry.get("grid"))
+        if path is not None:
+            grid = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
         rows.append(dict(entry, image=grid))
     traces = [(e["pair"], e["training"]) for e in entries if e.get("training")]
     return {"rows": rows, "trace": plots.training_traces(traces) if traces else None}

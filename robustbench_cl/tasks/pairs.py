@@ -222,7 +222,7 @@ class PairTask(Task):
         compares with a committed run; an older run on part of a split took its first rows."""
         data = results["run"].get("data") or {}
         if data.get("n") is not None and data.get("n_evaluated") == data.get("n"):
-            selection = "all"
+            selection = f"all {data['n']}"
         elif data.get("subset_sha256"):
             selection = f"stratified {data['n_evaluated']} ({data['subset_sha256']})"
         else:

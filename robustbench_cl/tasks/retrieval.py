@@ -196,7 +196,13 @@ class RetrievalTask(Task):
 
         fits = expand_retrieval(self.config)
         data = self.section.data
-        self.test = load_captions(data.name, "test").subset(data.n, self.config.seed)
+        full = load_captions(data.name, "test")
+        self.test = full.subset(data.n, self.config.seed)
+        #: a strict subset is a seeded draw (before, the first n images): part of the ids, so a
+        #: run of the first n is never resumed into one on the drawn images
+        self._test_draw = (
+            {"test_draw": "seeded", "seed": self.config.seed} if len(self.test) < len(full) else {}
+        )
         if max(self.section.ks) >= len(self.test):
             raise UserError(
                 "retrieval.ks",
@@ -286,13 +292,20 @@ class RetrievalTask(Task):
                 "retrieval_clean": model.spec,
                 "data": self.section.data.model_dump(mode="json"),
                 "ks": self.section.ks,
+                **self._test_draw,
             }
         )
 
     def _cell_id(self, fit: dict[str, Any], target: ModelConfig) -> str:
         shards = {"shard_size": self.section.shard_size} if self.section.shard_size else {}
         return stable_hash(
-            {"fit": fit["id"], "target": target.spec, "ks": self.section.ks, **shards}
+            {
+                "fit": fit["id"],
+                "target": target.spec,
+                "ks": self.section.ks,
+                **shards,
+                **self._test_draw,
+            }
         )
 
     def model(self, config: ModelConfig) -> nn.Module:
