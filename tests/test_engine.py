@@ -11,6 +11,7 @@ import yaml
 
 import robustbench_cl as rbcl
 from robustbench_cl.attacks.base import Attack
+from robustbench_cl.data.subset import draw_subset
 from robustbench_cl.engine.config import list_suites, load_config
 from robustbench_cl.errors import UserError
 
@@ -295,7 +296,13 @@ def test_examples_are_real_successful_adversarials_inside_the_ball(small_run):
         assert (tensors["adversarial_prediction"] != tensors["label"]).all()
         assert (tensors["clean_prediction"] == tensors["label"]).all()
         outcomes = torch.tensor(record["outcomes"])
-        assert (outcomes[tensors["index"]] == 0).all()  # each example was broken in this cell
+        # examples carry dataset rows; outcomes are per evaluated sample (the drawn subset)
+        config = yaml.safe_load((small_run / "config.yaml").read_text())
+        data = rbcl.load_dataset(config["data"]["name"], split=config["data"]["split"])
+        evaluated = draw_subset(data.y, config["data"]["n"], config["seed"])
+        positions = [int((evaluated == row).nonzero()) for row in tensors["index"]]
+        assert (outcomes[positions] == 0).all()  # each example was broken in this cell
+        assert torch.equal(tensors["label"], data.y[tensors["index"]])
 
 
 def test_display_names_must_not_collide():
