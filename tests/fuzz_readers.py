@@ -228,34 +228,15 @@ _LOADING = [False]
 
 def _audit(workdir: Path, scratch: Path, outside: list[str]) -> None:
     """Record every write a reader makes (while :data:`_LOADING`) outside its folder."""
-    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+    from write_audit import install
 
-    def check(path: Any) -> None:
-        if isinstance(path, int) or path is None:
+    def check(path: Path) -> None:
+        if not _LOADING[0] or str(path) == "/dev/null":
             return
-        resolved = Path(os.fsdecode(path)).resolve()
-        if not (resolved.is_relative_to(workdir) or resolved.is_relative_to(scratch)):
-            if str(resolved) != "/dev/null":
-                outside.append(str(resolved))
+        if not (path.is_relative_to(workdir) or path.is_relative_to(scratch)):
+            outside.append(str(path))
 
-    def hook(event: str, args: tuple) -> None:
-        if not _LOADING[0]:
-            return
-        if event == "open":
-            path, mode, flags = args
-            writes = (
-                any(c in mode for c in "wax+")
-                if isinstance(mode, str)
-                else (flags or 0) & write_flags
-            )
-            if writes:
-                check(path)
-        elif event in ("os.mkdir", "os.remove", "os.rmdir", "shutil.rmtree"):
-            check(args[0])
-        elif event in ("os.rename", "os.replace", "shutil.copyfile", "shutil.move"):
-            check(args[1])
-
-    sys.addaudithook(hook)
+    install(check)
 
 
 def fuzz(reader: str, examples: int, seed: int, workdir: Path) -> dict[str, Any]:
@@ -357,6 +338,7 @@ def fuzz(reader: str, examples: int, seed: int, workdir: Path) -> dict[str, Any]
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # write_audit
     name, count, seed_value, folder = sys.argv[1:5]
     Path(folder).mkdir(parents=True, exist_ok=True)
     os.chdir(folder)  # hypothesis keeps its files in the working directory

@@ -90,29 +90,11 @@ AUDITED_RUN = textwrap.dedent(
     import json, os, sys, tempfile
     from pathlib import Path
 
+    sys.path.insert(0, sys.argv[3])
+    from write_audit import install
+
     writes = []  # every path written, created, removed or renamed onto, from Python
-    WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-
-    def note(path):
-        if not isinstance(path, int) and path is not None:
-            writes.append(str(Path(os.fsdecode(path)).resolve()))
-
-    def hook(event, args):
-        if event == "open":
-            path, mode, flags = args
-            writes_file = any(c in mode for c in "wax+") if isinstance(mode, str) else bool(
-                (flags or 0) & WRITE_FLAGS
-            )
-            if writes_file:
-                note(path)
-        elif event in ("os.mkdir", "os.remove", "os.rmdir", "os.truncate", "os.chmod",
-                       "shutil.rmtree", "tempfile.mkstemp", "tempfile.mkdtemp"):
-            note(args[0])
-        elif event in ("os.rename", "os.replace", "os.link", "os.symlink", "shutil.copyfile",
-                       "shutil.copytree", "shutil.move"):
-            note(args[1])
-
-    sys.addaudithook(hook)
+    install(lambda path: writes.append(str(path)))
     import robustbench_cl as rbcl
 
     config = json.loads(sys.argv[2])
@@ -157,7 +139,7 @@ def test_a_real_suite_writes_only_inside_its_run_and_the_cache(tmp_path):
     }
     before = _files(tmp_path)
     result = subprocess.run(
-        [sys.executable, "-c", AUDITED_RUN, str(work), json.dumps(config)],
+        [sys.executable, "-c", AUDITED_RUN, str(work), json.dumps(config), str(ROOT / "tests")],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "ROBUSTBENCH_CL_THREADS": "1"},

@@ -11,8 +11,19 @@ from robustbench_cl.errors import UserError
 from robustbench_cl.registry import DATASETS
 
 
+class _Sampling:
+    """``sample``, shared by the in-memory and the streamed datasets (both have ``y``, ``take``)."""
+
+    def sample(self, n: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` samples drawn by ``seed``, stratified by class: what a run's ``data.n`` takes."""
+        from robustbench_cl.data.subset import draw_subset
+
+        indices = draw_subset(self.y, n, seed)
+        return self.take(indices), self.y[indices]
+
+
 @dataclass(frozen=True)
-class TensorData:
+class TensorData(_Sampling):
     """Inputs ``x`` (N, ...) in ``bounds`` and integer labels ``y`` (N,)."""
 
     name: str
@@ -32,13 +43,6 @@ class TensorData:
             raise UserError("data.n", f"must be >= 1, got {n}")
         end = len(self) if n is None else min(n, len(self))
         return self.x[:end], self.y[:end]
-
-    def sample(self, n: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` samples drawn by ``seed``, stratified by class: what a run's ``data.n`` takes."""
-        from robustbench_cl.data.subset import draw_subset
-
-        indices = draw_subset(self.y, n, seed)
-        return self.take(indices), self.y[indices]
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -62,7 +66,7 @@ class TensorData:
         }
 
 
-class LazyData:
+class LazyData(_Sampling):
     """:class:`TensorData`'s interface over files: labels in memory, inputs read per range on
     demand (subclasses implement :meth:`_read`; ``safetensors:`` and the folder loaders)."""
 
@@ -119,13 +123,6 @@ class LazyData:
             raise UserError("data.n", f"must be >= 1, got {n}")
         end = len(self) if n is None else min(n, len(self))
         return self.rows(0, end), self.y[:end]
-
-    def sample(self, n: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` samples drawn by ``seed``, stratified by class: what a run's ``data.n`` takes."""
-        from robustbench_cl.data.subset import draw_subset
-
-        indices = draw_subset(self.y, n, seed)
-        return self.take(indices), self.y[indices]
 
     def describe(self) -> dict[str, Any]:
         return {

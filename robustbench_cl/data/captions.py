@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from robustbench_cl.data.subset import seeded_indices
 from robustbench_cl.errors import UserError
 from robustbench_cl.utils import tensor_digest
 
@@ -82,11 +83,7 @@ class CaptionData:
         part of the fits' cache keys)."""
         if n is None or n >= len(self):
             return self
-        if seed is None:
-            chosen = torch.arange(n)
-        else:
-            generator = torch.Generator().manual_seed(int(seed) & 0xFFFF_FFFF_FFFF)
-            chosen = torch.randperm(len(self), generator=generator)[:n].sort().values
+        chosen = torch.arange(n) if seed is None else seeded_indices(len(self), n, seed)
         renumber = torch.full((len(self),), -1, dtype=torch.long)
         renumber[chosen] = torch.arange(n)
         owner = renumber[self.caption_image]

@@ -31,7 +31,7 @@ def draw_subset(y: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
     if n is None or n >= total:
         return torch.arange(total)
     labels = y.detach().cpu().long()
-    generator = torch.Generator().manual_seed(int(seed) & 0xFFFF_FFFF_FFFF)
+    generator = _generator(seed)
     classes, counts = labels.unique(return_counts=True)
     exact = counts.double() * n / total
     quota = exact.floor().long()
@@ -73,12 +73,19 @@ def class_histogram(y: torch.Tensor, n_classes: int) -> list[int]:
     return torch.bincount(y.detach().cpu().long(), minlength=n_classes).tolist()
 
 
+def seeded_indices(total: int, n: int | None, seed: int) -> torch.Tensor:
+    """Sorted indices of ``n`` of ``total`` items chosen by ``seed`` (all when ``n`` is
+    ``None`` or at least ``total``): an unlabelled draw (behaviours, screens, caption images)."""
+    if n is None or n >= total:
+        return torch.arange(total)
+    return torch.randperm(total, generator=_generator(seed))[:n].sort().values
+
+
 def seeded_pick(items: list, n: int | None, seed: int) -> list:
     """``n`` of ``items`` chosen by ``seed``, in their stored order (behaviours, screens): the
-    first ``n`` of a file grouped by category or app would be one category. All of them when
-    ``n`` is ``None`` or at least their number."""
-    if n is None or n >= len(items):
-        return list(items)
-    generator = torch.Generator().manual_seed(int(seed) & 0xFFFF_FFFF_FFFF)
-    chosen = torch.randperm(len(items), generator=generator)[:n].sort().values
-    return [items[i] for i in chosen.tolist()]
+    first ``n`` of a file grouped by category or app would be one category."""
+    return [items[i] for i in seeded_indices(len(items), n, seed).tolist()]
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed) & 0xFFFF_FFFF_FFFF)

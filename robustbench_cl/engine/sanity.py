@@ -17,6 +17,7 @@ from torch import nn
 
 from robustbench_cl.attacks.base import Attack
 from robustbench_cl.attacks.pgd import PGD
+from robustbench_cl.models.adapters import IMAGENET_MEAN, IMAGENET_STD
 from robustbench_cl.models.wrappers import Normalize, is_randomized, uses_eot
 from robustbench_cl.threat import ThreatModel
 
@@ -88,9 +89,6 @@ def pair_flags(probes: dict[str, Any], n_classes: int) -> list[Flag]:
     return flags
 
 
-#: the ImageNet convention that torchvision and timm models expect (the adapters' default)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 #: the normalisation probe needs this many clean samples (and uses up to the larger size when
 #: the run has them), and this gap, to speak
 NORMALIZATION_PROBE_MIN = 64

@@ -19,14 +19,12 @@ from robustbench_cl.errors import UserError
 from robustbench_cl.utils import stable_hash
 
 
-def _fingerprints(results: dict[str, Any], config: dict[str, Any] | None) -> dict[str, Any]:
+def _fingerprints(
+    results: dict[str, Any], config: dict[str, Any] | None, tasks: list[Any]
+) -> dict[str, Any]:
     """Per task with comparable numbers: ``{"id": short hash, "data": the fingerprint}``."""
-    from robustbench_cl.engine.task import task_classes
-
     prints = {}
-    for task in task_classes():
-        if not task.compare_rows(results):
-            continue
+    for task in tasks:
         fingerprint = task.data_fingerprint(results, config)
         prints[task.name] = {"id": stable_hash(fingerprint, length=8), "data": fingerprint}
     return prints
@@ -41,13 +39,18 @@ def compare_results(
     from robustbench_cl.engine.task import task_classes
 
     configs = configs or [None] * len(runs)
-    prints = [_fingerprints(r, c) for r, c in zip(runs, configs, strict=True)]
+    # each task's rows of each run, computed once
+    per_run = [{task: task.compare_rows(results) for task in task_classes()} for results in runs]
+    prints = [
+        _fingerprints(results, config, [task for task, rows in by_task.items() if rows])
+        for results, config, by_task in zip(runs, configs, per_run, strict=True)
+    ]
     keys: list[tuple[str, str, str]] = []
     values: dict[tuple[str, str, str], list[float | None]] = {}
     better: dict[tuple[str, str, str], str] = {}
-    for index, results in enumerate(runs):
-        for task in task_classes():
-            for row in task.compare_rows(results):
+    for index, by_task in enumerate(per_run):
+        for task, task_rows in by_task.items():
+            for row in task_rows:
                 key = (task.name, row["row"], row["cell"])
                 if key not in values:
                     keys.append(key)
