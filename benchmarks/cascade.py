@@ -22,6 +22,7 @@ import torch
 
 import robustbench_cl as rbcl
 from robustbench_cl.engine.summary import load_run
+from robustbench_cl.tasks.classification.summary import pair_summaries
 from robustbench_cl.utils import device_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,13 +59,14 @@ def measure(cascade: bool, n: int) -> dict:
     with tempfile.TemporaryDirectory() as directory:
         run_dir = rbcl.run(config(cascade, n), out=Path(directory) / "run", profile=None)
         summary = load_run(run_dir)
-    cells = [cell for pair in summary.pairs for cell in pair.cells]
+    cells = [cell for pair in pair_summaries(summary) for cell in pair.cells]
     return {
         "forward": sum(cell["cost"]["forward"] for cell in cells),
         "backward": sum(cell["cost"]["backward"] for cell in cells),
         "seconds": sum(cell["wall_time"] for cell in cells),
         "worst_case": {
-            pair.defense: [w.robust_accuracy for w in pair.worst_case] for pair in summary.pairs
+            pair.defense: [w.robust_accuracy for w in pair.worst_case]
+            for pair in pair_summaries(summary)
         },
     }
 

@@ -12,8 +12,7 @@ rbcl.write_report(run_dir)
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from robustbench_cl._version import __version__ as __version__
 from robustbench_cl.attacks import Attack, AttackResult, Cost, make_attack
 from robustbench_cl.data import TensorData, load_dataset
 from robustbench_cl.defenses import Defense, make_defense

@@ -279,8 +279,8 @@ def test_attacks_never_write_into_an_expanded_gradient(name, norm, eps):
 
 
 def test_sanity_probes_survive_an_expanded_gradient():
-    from robustbench_cl.engine import sanity
     from robustbench_cl.models import Frozen
+    from robustbench_cl.tasks.classification import sanity
 
     model = Frozen(ReductionNet())
     x = torch.rand(16, 1, 4, 4, generator=torch.Generator().manual_seed(0))

@@ -21,7 +21,7 @@ from robustbench_cl.defenses.dat import (
     freeze_batchnorm,
 )
 from robustbench_cl.errors import UserError
-from robustbench_cl.tasks.generation import frechet_distance, sample_grid
+from robustbench_cl.tasks.generation.audit import frechet_distance, sample_grid
 
 
 def test_energy_logit_is_logsumexp():
@@ -215,7 +215,7 @@ def test_generate_runs_through_the_engine_as_a_config_generation_section_would(t
         "engine": {"examples": 0},
     }
     rbcl.run(config, out=tmp_path / "config", profile=None)
-    ours, theirs = (load_run(tmp_path / d).pairs[0].generation for d in ("cli", "config"))
+    ours, theirs = (load_run(tmp_path / d).of("generation")[0] for d in ("cli", "config"))
     assert ours["id"] == theirs["id"]
     keys = ("intended_class_accuracy", "mini_fid", "ood_auroc", "n_samples")
     assert {k: ours[k] for k in keys} == {k: theirs[k] for k in keys}

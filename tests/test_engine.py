@@ -92,8 +92,10 @@ def test_cascade_only_attacks_still_robust_samples(small_run):
 
 
 def test_summary_derives_worst_case_from_outcomes(small_run):
+    from robustbench_cl.tasks.classification.summary import pair_summaries
+
     summary = rbcl.load_run(small_run)
-    for pair in summary.pairs:
+    for pair in pair_summaries(summary):
         linf_02 = next(w for w in pair.worst_case if w.label == "linf 0.2")
         cells = [
             c for c in pair.cells if c["threat"]["norm"] == "linf" and c["threat"]["eps"] == 0.2

@@ -150,7 +150,7 @@ def test_sample_is_the_runs_draw(tmp_path, tree):
 def test_random_weights_never_raise_the_normalisation_flag(seed):
     """Constant predictors that switch class under the other convention (the reviewer's
     false alarms, on balanced and imbalanced labels) stay quiet."""
-    from robustbench_cl.engine import sanity
+    from robustbench_cl.tasks.classification import sanity
 
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)

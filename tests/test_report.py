@@ -123,10 +123,11 @@ def test_results_json_numbers_are_numbers_and_cells_carry_their_threat():
         assert all(isinstance(v, float) for v in cell["robust_ci95"])
         assert {"norm", "eps", "bounds", "space"} <= set(cell["threat"])
         assert set(cell["cost"]) == {"forward", "backward", "queries"}
-    from robustbench_cl.engine.results import task_flag_rows
+    from robustbench_cl.engine.results import flag_rows
 
-    task_flags = len(task_flag_rows(results))
-    assert results["flag_count"] == sum(len(c["flags"]) for c in results["cells"]) + task_flags
+    cell_flags = sum(len(c["flags"]) for c in results["cells"])
+    pair_flags = sum(len(p["flags"]) for p in results["pairs"])
+    assert results["flag_count"] == len(flag_rows(results)) >= cell_flags + pair_flags
 
 
 def test_the_schema_rejects_a_malformed_result():
@@ -149,7 +150,7 @@ def test_the_schema_doc_describes_every_field():
     assert f"`{SCHEMA_VERSION}`" in doc
     outside = {"calibration"}  # a task a test registers documents itself
     names = set(schema["properties"]) - outside
-    for definition in ("Cell", "Pair", "WorstCase", "MembershipEntry", "GenerationEntry", "Run"):
+    for definition in ("CellEntry", "PairEntry", "WorstCase", "MembershipEntry", "GenerationEntry", "Run"):
         names |= set(schema["$defs"][definition]["properties"])
     missing = sorted(name for name in names if f"`{name}`" not in doc)
     assert not missing, f"docs/results-schema.md does not describe {missing}"
@@ -245,7 +246,7 @@ def test_compare_matches_cells_and_shows_deltas(tmp_path):
     (other / "cells.jsonl").write_text("\n".join(lines) + "\n")
 
     comparison = compare_results([load_results(GOLDEN_RUN), load_results(other)])
-    clean = next(r for r in comparison["rows"] if r["cell"] == "clean")
+    clean = next(r for r in comparison["rows"] if r["measure"] == "clean")
     assert clean["deltas"][0] == 0 and clean["deltas"][1] == pytest.approx(-1 / first["n"])
     assert all(len(row["values"]) == 2 for row in comparison["rows"])
 
@@ -381,7 +382,7 @@ def test_python_api_writes_the_report(tmp_path):
 
 
 def test_transfer_points_never_join_the_white_box_curves():
-    from robustbench_cl.report.plots import security_curves
+    from robustbench_cl.tasks.classification.report import security_curves
 
     results = load_results(ROOT / "reports" / "vision")
     titles = [title for title, _ in security_curves(results)]
@@ -398,7 +399,7 @@ def test_a_dollar_sign_in_a_name_is_text_not_mathtext():
 # ---------------------------------------------------------------------- plots
 def test_log_axis_ticks_are_numbers_and_dollar_names_stay_text():
     """The log-log ROC's ticks read '0.01', not raw mathtext; a '$' in a label stays literal."""
-    from robustbench_cl.report.plots import membership_roc
+    from robustbench_cl.tasks.membership.report import membership_roc
 
     curve = {"label": "cost $5 model", "auc": 0.6, "fpr": [0.0, 0.001, 0.1, 1.0]}
     curve["tpr"] = [0.0, 0.01, 0.3, 1.0]

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 import robustbench_cl as rbcl
-from robustbench_cl.engine import sanity
 from robustbench_cl.models import Frozen, Preprocessed
+from robustbench_cl.tasks.classification import sanity
 from robustbench_cl.threat import ThreatModel
 
 
@@ -129,10 +129,11 @@ def _records(white_box_outcomes, second_outcomes, second_uses_gradients, second_
 def _flag_codes(records):  # noqa: ANN001, ANN202
     from pathlib import Path
 
-    from robustbench_cl.engine.summary import summarize_records
+    from robustbench_cl.engine.summary import RunSummary
+    from robustbench_cl.tasks.classification.summary import pair_summaries
 
-    summary = summarize_records(Path("."), records, {})
-    return {cell["id"]: [f["code"] for f in cell["flags"]] for cell in summary.pairs[0].cells}
+    (pair,) = pair_summaries(RunSummary(Path("."), {}, records))
+    return {cell["id"]: [f["code"] for f in cell["flags"]] for cell in pair.cells}
 
 
 def test_a_gradient_free_attack_that_wins_in_the_cascade_is_flagged():

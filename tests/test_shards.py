@@ -168,7 +168,7 @@ def test_every_shard_probes_its_share_of_the_convergence_probe(tmp_path):
 
 
 def test_a_relative_folder_is_recorded_as_an_absolute_path(digits_dir, monkeypatch):
-    from robustbench_cl.engine.config import DataConfig
+    from robustbench_cl.tasks.pairs import DataConfig
 
     monkeypatch.chdir(digits_dir.parent)
     config = DataConfig(name=f"safetensors:{digits_dir.name}")

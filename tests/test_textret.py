@@ -181,7 +181,7 @@ def test_the_pipeline_margin_is_negative_exactly_when_the_reranked_top_1_is_wron
     """The adaptive attack's objective agrees with the pipeline's own ranking, query by query:
     margin < 0 iff the relevant passage is not first after re-ranking (dropped from the top k
     by the retriever, or out-ranked by the ranker)."""
-    from robustbench_cl.tasks.textret import _ranks
+    from robustbench_cl.tasks.textret.metrics import _ranks
 
     queries, _, passages, positive = _setup(retriever, n=12)
     # for half the queries, call a far passage the relevant one: the retriever drops it from
@@ -329,7 +329,8 @@ def test_the_textret_task_end_to_end_with_schema_report_table_and_resume(tmp_pat
 
 
 def test_reranking_follows_the_ranker_without_ties():
-    from robustbench_cl.tasks.textret import _ranks, rerank_scores
+    from robustbench_cl.attacks.textret import rerank_scores
+    from robustbench_cl.tasks.textret.metrics import _ranks
 
     scores = torch.tensor([[0.9, 0.8, 0.7, 0.1], [0.2, 0.9, 0.8, 0.7]])
     top = torch.tensor([[0, 1, 2], [1, 2, 3]])

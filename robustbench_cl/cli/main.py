@@ -7,7 +7,6 @@ import json
 import logging
 import sys
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -203,55 +202,25 @@ def _write_report(run_dir: Path) -> None:
 
 
 def _print_summary(summary: Any) -> None:
-    """Every task's terminal table (the matrix first), then the sanity flags."""
+    """Every task's terminal table, in task order, then the sanity flags of all of them."""
+    from robustbench_cl.engine.results import build_results
     from robustbench_cl.engine.task import task_classes
     from robustbench_cl.report.table import flags_table
 
-    for table in [*(task.table(summary) for task in task_classes()), flags_table(summary)]:
+    tables = [task.table(summary) for task in task_classes()]
+    for table in [*tables, flags_table(build_results(summary))]:
         if table is not None:
             stdout.print(table)
 
 
 def _summary_json(summary: Any) -> dict[str, Any]:
-    return {
-        "run_dir": str(summary.run_dir),
-        "suite": summary.meta.get("suite"),
-        "rows": [
-            {
-                "model": pair.model,
-                "defense": pair.defense,
-                "clean_accuracy": pair.clean_accuracy,
-                "normalization": pair.normalization,
-                "flags": pair.flags,
-                "cells": [
-                    {
-                        "attack": cell["attack"].get("name") or cell["attack"]["attack"],
-                        "threat": cell["threat"],
-                        "robust_accuracy": cell["robust_accuracy"],
-                        "robust_ci95": cell["robust_ci95"],
-                        "flags": cell["flags"],
-                        "cost": cell["cost"],
-                    }
-                    for cell in pair.cells
-                ],
-                "worst_case": [asdict(w) for w in pair.worst_case],
-                **(
-                    {
-                        "membership": [
-                            {
-                                "attack": r["attack"].get("name") or r["attack"]["attack"],
-                                **{k: r[k] for k in ("auc", "auc_ci95", "tpr_at_fpr", "advantage")},
-                            }
-                            for r in pair.membership
-                        ]
-                    }
-                    if pair.membership
-                    else {}
-                ),
-            }
-            for pair in summary.pairs
-        ],
-    }
+    """``run --json`` and ``show --json``: the run and each task's part (``Task.summary_json``)."""
+    from robustbench_cl.engine.task import task_classes
+
+    output: dict[str, Any] = {"run_dir": str(summary.run_dir), "suite": summary.meta.get("suite")}
+    for task in task_classes():
+        output.update(task.summary_json(summary) or {})
+    return output
 
 
 LIST_KINDS = (
@@ -508,6 +477,7 @@ def attack(
 
     from robustbench_cl.attacks import make_attack
     from robustbench_cl.engine import load_run
+    from robustbench_cl.tasks.classification.summary import pair_summaries
     from robustbench_cl.threat import ThreatModel
 
     parsed = _parse_param(params)
@@ -541,7 +511,7 @@ def attack(
         "engine": {"examples": 0},
     }
     with _one_run(config, out, device, "rbcl-attack-") as run_dir:
-        (pair,) = load_run(run_dir).pairs
+        (pair,) = pair_summaries(load_run(run_dir))
         (cell,) = pair.cells
     output = {
         "attack": name,
@@ -765,7 +735,7 @@ def generate(
         "engine": {"examples": 0},
     }
     with _one_run(config, out, device, "rbcl-generate-", GENERATE_FLAGS) as run_dir:
-        record = load_run(run_dir).pairs[0].generation
+        (record,) = load_run(run_dir).of("generation")
         samples = load_file(inside(run_dir, record["samples"]))["samples"]
     columns = min(n, 8)
     rows = -(-n // columns)

@@ -8,6 +8,7 @@ merged over the base before validation.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,39 +18,24 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
 
 from robustbench_cl.errors import UserError, under_field
-from robustbench_cl.utils import parse_fraction, stable_hash
+from robustbench_cl.utils import stable_hash
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 
 
-class _Strict(BaseModel):
+class StrictConfig(BaseModel):
+    """A config model: unknown keys are refused (a typo is an error), values are frozen."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DataConfig(_Strict):
-    name: str = "digits"
-    split: Literal["train", "test"] = "test"
-    n: int | None = Field(default=None, ge=1)
-    train_split: Literal["train", "test"] = "train"
-
-    @field_validator("name")
-    @classmethod
-    def _absolute_folder(cls, name: str) -> str:
-        """A ``safetensors:`` folder is recorded as an absolute path, so that Ray workers (which
-        do not share the driver's working directory) and later resumes read the same files."""
-        for prefix in ("safetensors:", "imagefolder:", "cifar10:", "cifar100:", "hf-disk:"):
-            if name.startswith(prefix):
-                folder, mark, query = name.removeprefix(prefix).partition("?")
-                return prefix + str(Path(folder).expanduser().resolve()) + mark + query
-        return name
-
-
-class ModelConfig(_Strict):
+class ModelConfig(StrictConfig):
     spec: str
     name: str | None = None
 
@@ -58,7 +44,7 @@ class ModelConfig(_Strict):
         return self.name or self.spec
 
 
-class DefenseConfig(_Strict):
+class DefenseConfig(StrictConfig):
     defense: str = "none"
     name: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
@@ -68,7 +54,7 @@ class DefenseConfig(_Strict):
         return self.name or self.defense
 
 
-class ThreatConfig(_Strict):
+class ThreatConfig(StrictConfig):
     norm: Literal["linf", "l2", "l1", "l0", "none"] = "linf"
     eps: float | list[float]
     space: Literal["input", "embedding", "token"] = "input"
@@ -92,7 +78,7 @@ class ThreatConfig(_Strict):
         return list(self.eps) if isinstance(self.eps, list) else [self.eps]
 
 
-class AttackConfig(_Strict):
+class AttackConfig(StrictConfig):
     attack: str
     name: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
@@ -103,92 +89,7 @@ class AttackConfig(_Strict):
         return self.name or self.attack
 
 
-class MembershipConfig(_Strict):
-    """A membership-inference column: ``loss``, ``lira``, ``rmia`` or ``art-blackbox``.
-
-    ``n`` members (from ``data.train_split``) and ``n`` non-members (from ``data.split``) are
-    audited; by default half the evaluation split, the other half being RMIA's population z.
-    """
-
-    attack: str
-    name: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
-    n: int | None = Field(default=None, ge=2)
-
-    @property
-    def label(self) -> str:
-        return self.name or self.attack
-
-
-class GenerationConfig(_Strict):
-    """Ask every (model, defense) to draw each class; an independent judge scores the samples."""
-
-    n_per_class: int = Field(default=20, ge=2)
-    steps: int = Field(default=40, ge=0)
-    step_size: float = Field(default=0.2, gt=0)
-    judge: str = "builtin:digits-judge"
-    #: the classes to draw (``robustbench-cl generate --class K``); every class when omitted
-    classes: list[int] | None = Field(default=None, min_length=1)
-
-
-class RetrievalDataConfig(_Strict):
-    #: ``shapes`` (built in) or ``karpathy:DIR`` (COCO / Flickr30K in the Karpathy JSON layout)
-    name: str = "shapes"
-    #: test images evaluated (all their captions come with them); all when omitted
-    n: int | None = Field(default=None, ge=2)
-    #: training images the universal attacks are fitted on; all when omitted
-    train_n: int | None = Field(default=None, ge=2)
-
-
-class RetrievalConfig(_Strict):
-    """Image-text retrieval under universal perturbations.
-
-    Every attack is fitted once per source model and eps, on the training split; the one
-    perturbation is then evaluated on every model (source == target: white-box; otherwise
-    transfer). Metrics: TR/IR R@K and ASR@K over the previously-correct set.
-    """
-
-    data: RetrievalDataConfig = Field(default_factory=RetrievalDataConfig)
-    models: list[ModelConfig] = Field(min_length=1)
-    attacks: list[AttackConfig] = Field(min_length=1)
-    ks: list[int] = Field(default_factory=lambda: [1, 5, 10])
-    #: example retrievals kept per white-box cell for the report
-    examples: int = Field(default=3, ge=0, le=12)
-    #: test images per shard of an evaluation (each one Ray task under ``--executor ray``:
-    #: the shard perturbs and encodes its images and their captions); one shard when omitted
-    shard_size: int | None = Field(default=None, ge=1)
-
-    @field_validator("ks")
-    @classmethod
-    def _positive_ks(cls, value: list[int]) -> list[int]:
-        if not value or any(k < 1 for k in value):
-            raise ValueError("ks must be a non-empty list of integers >= 1")
-        return sorted(set(value))
-
-
-class JailbreakDataConfig(_Strict):
-    """The synthetic chat data (:mod:`robustbench_cl.data.chat`). Test harmful prompts cycle
-    over the held-out test behaviours; the defenses train on the training behaviours."""
-
-    n_harmful: int = Field(default=24, ge=1)
-    n_benign: int = Field(default=60, ge=0)
-    n_borderline: int = Field(default=30, ge=0)
-    train_harmful: int = Field(default=200, ge=1)
-    train_benign: int = Field(default=200, ge=0)
-    train_borderline: int = Field(default=100, ge=0)
-    #: ``behaviors:FILE.csv``: the test harmful prompts from a CSV (goal, target[, category]),
-    #: the first ``n_harmful`` rows; unset, the built-in held-out behaviours
-    behaviors: str | None = None
-
-    @field_validator("behaviors")
-    @classmethod
-    def _absolute_file(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        return "behaviors:" + str(Path(value.removeprefix("behaviors:")).expanduser().resolve())
-
-
-class SectionAttackConfig(_Strict):
+class SectionAttackConfig(StrictConfig):
     """An attack entry whose threat may be omitted: the task then gives the attack's own."""
 
     attack: str
@@ -220,27 +121,6 @@ class SectionAttackConfig(_Strict):
         return threats
 
 
-class JailbreakConfig(_Strict):
-    """Chat LLMs under jailbreak attacks, with and without adversarial training.
-
-    Every (model, defense) gets a clean record (benign utility, over-refusal on borderline
-    prompts, training compute) and one record per (attack, eps): forced and judged ASR.
-    """
-
-    data: JailbreakDataConfig = Field(default_factory=JailbreakDataConfig)
-    models: list[ModelConfig] = Field(min_length=1)
-    defenses: list[DefenseConfig] = Field(default_factory=lambda: [DefenseConfig()])
-    attacks: list[SectionAttackConfig] = Field(min_length=1)
-    #: greedy decoding; the judge reads this many new tokens
-    max_new_tokens: int = Field(default=24, ge=1, le=512)
-    batch_size: int = Field(default=24, ge=1)
-    #: harmful behaviours per shard: each attacks its behaviours under its own seed, and is one
-    #: Ray task (GCG is ~60 forward and backward passes per step); unset, a cell is one shard
-    shard_size: int | None = Field(default=None, ge=1)
-    #: example prompts and completions kept per attack cell for the report
-    examples: int = Field(default=3, ge=0, le=12)
-
-
 def refuse_duplicate_labels(labels: list[str], field: str, noun: str) -> None:
     """Columns are keyed by their labels: two columns may not share one."""
     for label in labels:
@@ -250,61 +130,7 @@ def refuse_duplicate_labels(labels: list[str], field: str, noun: str) -> None:
             )
 
 
-class ScreensDataConfig(_Strict):
-    #: ``privscreen-mini[?n=160&seed=0]`` (rendered) or ``privscreen:DIR`` (PrivScreen's layout)
-    name: str = "privscreen-mini?n=160&seed=0"
-    #: per app, the first share of screens trains the protectors, the rest is evaluated
-    train_ratio: float = Field(default=0.8, gt=0, lt=1)
-    #: evaluate at most this many test screens (all when omitted)
-    n_test: int | None = Field(default=None, ge=1)
-
-
-class ScreenProtectorConfig(_Strict):
-    protector: str
-    name: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
-    #: l-inf budgets as fractions of the pixel range (``32/255`` is accepted); bounded
-    #: protectors (noise, pgd, dualtap) need one, clean and blackout take none
-    eps: float | str | list[float | str] | None = None
-
-    @field_validator("eps")
-    @classmethod
-    def _fractions(cls, value: Any) -> Any:
-        if value is None:
-            return None
-        values = [parse_fraction(v) for v in (value if isinstance(value, list) else [value])]
-        if not values or any(not 0 < v <= 1 for v in values):
-            raise ValueError("eps must be in (0, 1], e.g. 32/255")
-        return values
-
-    def eps_values(self) -> list[float | None]:
-        return list(self.eps) if self.eps else [None]  # type: ignore[arg-type]
-
-    @property
-    def label(self) -> str:
-        return self.name or self.protector
-
-
-class ScreensConfig(_Strict):
-    """Screenshot privacy: PII routers (OCR engines) against screen protectors.
-
-    One record per (protector, eps): per router, which PII fields each protected screen leaks,
-    which task keywords stay readable, and the image quality.
-    """
-
-    data: ScreensDataConfig = Field(default_factory=ScreensDataConfig)
-    routers: list[Literal["easyocr", "tesseract"]] = Field(
-        default_factory=lambda: ["easyocr", "tesseract"], min_length=1
-    )
-    protectors: list[ScreenProtectorConfig] = Field(min_length=1)
-    #: example screens (PII masked) kept per protector for the report
-    examples: int = Field(default=2, ge=0, le=8)
-    #: test screens per shard (each one Ray task under ``--executor ray``); one shard when
-    #: omitted. Random protectors (noise, PGD's start) draw per shard, so it is in the ids
-    shard_size: int | None = Field(default=None, ge=1)
-
-
-class EngineConfig(_Strict):
+class EngineConfig(StrictConfig):
     #: samples per attack call; "auto" starts large and halves on out-of-memory
     batch_size: int | Literal["auto"] = 256
     #: "bf16" runs attacks under bfloat16 autocast (opt-in); outcomes are re-judged in fp32
@@ -329,24 +155,24 @@ class EngineConfig(_Strict):
     examples: int = Field(default=3, ge=0, le=16)
 
 
-#: top-level config keys of tasks registered with a section type (``@register_task`` adds
-#: them): ``textret: {...}`` is read as ``tasks: {textret: {...}}``
+#: what registered tasks add to the config (``@register_task`` fills these; the frame names
+#: no task): top-level keys with their annotation and default, the top-level keys read as
+#: ``tasks: {name: ...}``, and per task a function that returns its section or ``None``
+CONFIG_FIELDS: dict[str, tuple[Any, Any]] = {}
 TASK_SECTIONS: set[str] = set()
+SECTION_GETTERS: dict[str, Callable[[Any], Any]] = {}
+#: per task, a check of the whole config (a ``ValueError`` is a one-line error at ``config``)
+CONFIG_CHECKS: dict[str, Callable[[Any], None]] = {}
+#: the keys to name when a config has no task's section at all
+SECTION_HINTS: dict[str, tuple[str, ...]] = {}
 
 
-class MatrixConfig(_Strict):
+class MatrixConfig(StrictConfig):
+    """The frame every config shares; :func:`config_model` adds the registered tasks' keys."""
+
     suite: str
     description: str = ""
     seed: int = 0
-    data: DataConfig = Field(default_factory=DataConfig)
-    models: list[ModelConfig] = Field(default_factory=list)
-    defenses: list[DefenseConfig] = Field(default_factory=lambda: [DefenseConfig()])
-    attacks: list[AttackConfig] = Field(default_factory=list)
-    membership: list[MembershipConfig] = Field(default_factory=list)
-    generation: GenerationConfig | None = None
-    retrieval: RetrievalConfig | None = None
-    jailbreak: JailbreakConfig | None = None
-    screens: ScreensConfig | None = None
     #: sections of tasks registered outside the package (``@register_task``), by task name;
     #: each is validated by its task's ``section_type``
     tasks: dict[str, Any] = Field(default_factory=dict)
@@ -367,20 +193,31 @@ class MatrixConfig(_Strict):
         return data
 
     @model_validator(mode="after")
-    def _has_columns(self) -> MatrixConfig:
-        classification = bool(self.attacks or self.membership or self.generation is not None)
-        others = (self.retrieval, self.jailbreak, self.screens)
-        if not classification and all(section is None for section in others) and not self.tasks:
+    def _has_a_task(self) -> MatrixConfig:
+        for check in CONFIG_CHECKS.values():
+            check(self)
+        if not self.tasks and all(get(self) is None for get in SECTION_GETTERS.values()):
+            keys = sorted({key for hints in SECTION_HINTS.values() for key in hints})
             raise ValueError(
-                "a config needs attacks, membership, generation, retrieval, jailbreak, screens "
-                "or a registered task's section under tasks"
+                f"a config needs {', '.join(keys)} or a registered task's section under tasks"
             )
-        if classification and not self.models:
-            raise ValueError("models: list at least one model for the attacks to run on")
         return self
 
     def config_hash(self) -> str:
         return stable_hash(self.model_dump(mode="json"))
+
+
+_MODELS: dict[tuple[str, ...], type[MatrixConfig]] = {}
+
+
+def config_model() -> type[MatrixConfig]:
+    """The config model of the registered tasks: the frame plus each task's top-level keys."""
+    key = tuple(sorted(CONFIG_FIELDS))
+    if key not in _MODELS:
+        _MODELS[key] = create_model(  # type: ignore[call-overload]
+            "MatrixConfig", __base__=MatrixConfig, **CONFIG_FIELDS
+        )
+    return _MODELS[key]
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -495,7 +332,8 @@ def load_config(
         raw["engine"] = {**(raw.get("engine") or {}), **engine}
     raw.pop("task", None)  # a label of versions before 0.4 that meant nothing: still accepted
     try:
-        config = MatrixConfig.model_validate(raw)
+        model = config_model()
+        config = model.model_validate(raw)
     except ValidationError as error:
-        raise _format_validation_error(error, MatrixConfig) from None
+        raise _format_validation_error(error, model) from None
     return config

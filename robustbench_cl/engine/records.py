@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from robustbench_cl.engine.results_models import Access, Norm, Space
+from robustbench_cl.engine.results_models import Flag, Rate, Threat
 
 
 class Record(BaseModel):
@@ -52,29 +52,6 @@ class AttackRef(BaseModel):
     settings: dict[str, Any]
 
 
-class ThreatRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    norm: Norm
-    eps: float
-    space: Space
-    bounds: list[float] | None
-    targeted: bool
-    universal: bool
-    access: Access
-    budget: dict[str, Any]
-    eps_relative: bool
-
-
-class RateRef(BaseModel):
-    """A rate with its count, its denominator and a 95% interval."""
-
-    model_config = ConfigDict(extra="forbid")
-    rate: float | None
-    k: int = Field(..., ge=0)
-    n: int = Field(..., ge=0)
-    ci95: list[float] | None
-
-
 def check_record(models: dict[str, type[Record]], task: str, record: dict[str, Any]) -> None:
     """Raise ``RuntimeError`` naming the task, the record type and the first bad field when
     ``record`` does not follow its model (a bug in the task, not in the user's input)."""
@@ -94,12 +71,48 @@ def check_record(models: dict[str, type[Record]], task: str, record: dict[str, A
         ) from None
 
 
+#: the key that says what each kind of configured entry is, tried in this order
+_WHAT = ("spec", "attack", "defense", "protector", "router", "judge")
+
+
+def label(entry: Any) -> str:
+    """The display label of a configured entry (a model, an attack, a defense...), as a dict or
+    a config model: its ``name`` when it has one, else what it is (``spec``, ``attack``...)."""
+    if not isinstance(entry, dict):
+        entry = entry.model_dump()
+    if entry.get("name"):
+        return entry["name"]
+    for key in _WHAT:
+        if entry.get(key) is not None:
+            return str(entry[key])
+    raise KeyError(f"an entry without a name or a kind: {sorted(entry)}")
+
+
+def attack_entry(attack: dict[str, Any]) -> dict[str, Any]:
+    """A record's attack as results list it (``results_models.Attack``): with its label."""
+    return {
+        "attack": attack["attack"],
+        "label": label(attack),
+        "params": attack.get("params", {}),
+        "settings": attack.get("settings", {}),
+    }
+
+
+def flag(code: str, message: str) -> dict[str, str]:
+    """A sanity flag: ``code`` (documented in docs/sanity-checks.md) and the reason."""
+    return {"code": code, "message": message}
+
+
 __all__ = [
     "AttackRef",
     "DefenseRef",
+    "Flag",
     "ModelRef",
-    "RateRef",
+    "Rate",
     "Record",
-    "ThreatRef",
+    "Threat",
+    "attack_entry",
     "check_record",
+    "flag",
+    "label",
 ]

@@ -23,8 +23,8 @@ SCHEMA_VERSION = "1.2"
 
 
 def results_model() -> type:
-    """The ``results.json`` model: the core (run, threat models, pairs, cells) and one optional
-    field per registered task with a section (its ``section_model``, or any JSON value)."""
+    """The ``results.json`` model: the frame (run, threat models, flag count) and the fields of
+    every registered task (``Task.result_fields``: its section model, or any JSON value)."""
     from pydantic import create_model
 
     from robustbench_cl.engine.results_models import CoreResults
@@ -32,10 +32,7 @@ def results_model() -> type:
 
     fields: dict[str, Any] = {}
     for task in task_classes():
-        if task.name == "classification":
-            continue
-        kind = task.section_model if task.section_model is not None else Any
-        fields[task.name] = (kind | None, None)
+        fields.update(task.result_fields())
     return create_model("Results", __base__=CoreResults, **fields)
 
 
@@ -81,24 +78,11 @@ def _threat_id(threat: dict[str, Any]) -> str:
     return json.dumps(threat, sort_keys=True)
 
 
-def attack_entry(attack: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "attack": attack["attack"],
-        "label": attack.get("name") or attack["attack"],
-        "params": attack.get("params", {}),
-        "settings": attack.get("settings", {}),
-    }
-
-
-def model_label(model: dict[str, Any]) -> str:
-    return model.get("name") or model["spec"]
-
-
 def build_results(summary: RunSummary) -> dict[str, Any]:
     """The ``results.json`` dict of a run summary (schema ``SCHEMA_VERSION``).
 
     The run block comes from ``meta.json``; every registered task adds its section(s) from its
-    records (:meth:`~robustbench_cl.engine.task.Task.summarize`), classification first."""
+    records (:meth:`~robustbench_cl.engine.task.Task.summarize`), in task order."""
     from robustbench_cl.engine.task import task_classes
 
     meta = dict(summary.meta)
@@ -132,23 +116,18 @@ def build_results(summary: RunSummary) -> dict[str, Any]:
         for threat in task.threat_models(results):
             threats.setdefault(_threat_id(threat), threat)
     results["threat_models"] = sorted(threats.values(), key=threat_sort_key)
-    # every task's flags count: classification cells, and the flagged entries of the others
-    cell_flags = sum(len(cell["flags"]) for cell in results.get("cells", []))
-    pair_flags = sum(len(pair.get("flags", [])) for pair in results.get("pairs", []))
-    results["flag_count"] = cell_flags + pair_flags + len(task_flag_rows(results))
+    results["flag_count"] = len(flag_rows(results))
     return results
 
 
-def task_flag_rows(results: dict[str, Any]) -> list[dict[str, str]]:
-    """One row per flag of the tasks other than classification: ``task``, ``where``, ``code``,
-    ``message`` (the report's and the terminal's sanity tables). Schema 1.0 results have none."""
+def flag_rows(results: dict[str, Any]) -> list[dict[str, str]]:
+    """One row per sanity flag of every task: ``task``, ``where``, ``code``, ``message`` (the
+    report's and the terminal's sanity tables, and the flag count)."""
     from robustbench_cl.engine.task import task_classes
 
-    rows = []
-    for task in task_classes():
-        if task.name in results:
-            rows += [{"task": task.name, **row} for row in task.flag_rows(results[task.name])]
-    return rows
+    return [
+        {"task": task.name, **row} for task in task_classes() for row in task.flag_rows(results)
+    ]
 
 
 def validate_results(results: dict[str, Any]) -> None:

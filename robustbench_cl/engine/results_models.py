@@ -1,8 +1,8 @@
-"""The ``results.json`` models: the run, the threat models, the classification pairs and cells.
+"""The ``results.json`` frame: the run, the threat models, the flag count, and the shapes every
+task's section shares (a rate, a flag, a threat model, an attack entry).
 
-The JSON Schema of ``results.json`` is generated from these models and the section model of
-every registered task (``Task.section_model``): :func:`robustbench_cl.engine.results.results_schema`.
-Tasks build their sections as plain dicts; validation checks them against the models.
+The JSON Schema of ``results.json`` is generated from these models and the result fields of
+every registered task (``Task.result_fields``): :func:`robustbench_cl.engine.results.results_schema`.
 """
 
 from __future__ import annotations
@@ -68,6 +68,9 @@ class Access(Enum):
 
 
 class Threat(BaseModel):
+    """A threat model as a cell ran under it (``ThreatModel.to_dict``)."""
+
+    model_config = STRICT
     norm: Norm
     eps: float
     space: Space
@@ -93,101 +96,14 @@ class Attack(BaseModel):
     settings: dict[str, Any]
 
 
-class Cost(BaseModel):
-    model_config = STRICT
-    forward: int = Field(..., ge=0)
-    backward: int = Field(..., ge=0)
-    queries: int = Field(..., ge=0)
-
-
-class Cell(BaseModel):
-    model_config = STRICT
-    id: str
-    pair_id: str
-    group_id: str
-    pair: str
-    attack: Attack
-    column: str
-    threat: Threat
-    threat_label: str
-    adaptive: bool
-    """
-    false for a non-adaptive (transfer) evaluation of a defense
-    """
-    cascade: bool
-    n: int = Field(..., ge=0)
-    attacked: int = Field(..., ge=0)
-    broken: int = Field(..., ge=0)
-    robust_count: int = Field(..., ge=0)
-    clean_accuracy: float = Field(..., ge=0.0, le=1.0)
-    robust_accuracy: float = Field(..., ge=0.0, le=1.0)
-    robust_ci95: Interval
-    attack_success_rate: float = Field(..., ge=0.0, le=1.0)
-    """
-    cumulative down the cascade: the clean-correct samples broken by this attack or an earlier
-    one at the same threat model, over the clean-correct samples
-    """
-    broken_rate: float = Field(..., ge=0.0, le=1.0)
-    """
-    this attack alone: the samples it broke first (robust after every earlier attack of its
-    group), over the clean-correct samples; without a cascade it equals attack_success_rate
-    """
-    cost: Cost
-    wall_time: float = Field(..., ge=0.0)
-    flags: list[Flag]
-    examples: str | None
-    """
-    run-relative path of a safetensors file of example images
-    """
-
-
-class WorstCase(BaseModel):
-    model_config = STRICT
-    threat: Threat
-    label: str
-    robust_accuracy: float = Field(..., ge=0.0, le=1.0)
-    ci95: Interval
-    best_known_attack: str | None
-    attacks: list[str]
-    breaks: dict[str, Count]
-
-
-class MembershipSkippedItem(BaseModel):
-    attack: str
-    index: str | None = None
-    reason: str
-
-
-class Pair(BaseModel):
-    model_config = STRICT
-    id: str
-    label: str
-    model: str
-    model_spec: str
-    defense: str
-    defense_id: str
-    defense_params: dict[str, Any]
-    n: int = Field(..., ge=0)
-    clean_accuracy: float = Field(..., ge=0.0, le=1.0)
-    clean_ci95: Interval
-    cell_ids: list[str]
-    worst_case: list[WorstCase]
-    membership_skipped: list[MembershipSkippedItem] | None = None
-    normalization: str | None = None
-    """
-    the input normalisation inside the model: none, imagenet or mean/std (null: not probed)
-    """
-    flags: list[Flag] = []
-    """
-    flags of the clean pass: missing_classes, normalization_mismatch
-    """
-
-
 class Rate(BaseModel):
+    """A rate with its count, its denominator and a 95% interval (``None`` when ``n`` is 0)."""
+
+    model_config = STRICT
     rate: float | None
-    k: int
-    n: int
-    ci95: list[Any] | None
+    k: Count
+    n: Count
+    ci95: list[float] | None
 
 
 class CoreResults(BaseModel):
@@ -198,6 +114,4 @@ class CoreResults(BaseModel):
     schema_version: str = Field(..., pattern="^1\\.[0-9]+$")
     run: Run
     threat_models: list[Threat]
-    pairs: list[Pair]
-    cells: list[Cell]
     flag_count: int = Field(..., ge=0)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import yaml
 
-from robustbench_cl.engine.config import MatrixConfig, load_config
+from robustbench_cl.engine.config import MatrixConfig, config_model, load_config
 from robustbench_cl.engine.loop import execute
 from robustbench_cl.engine.results import write_results
 from robustbench_cl.engine.store import ResultsStore, write_json_atomic
@@ -48,12 +48,12 @@ __all__ = ["Progress", "default_run_dir", "run"]
 def _meta(
     config: MatrixConfig, device: torch.device, command: str | None, profile: str | None
 ) -> dict[str, Any]:
-    import robustbench_cl
+    from robustbench_cl._version import __version__
 
     versions = {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "robustbench_cl": robustbench_cl.__version__,
+        "robustbench_cl": __version__,
     }
     # read from the installed metadata, never by importing: importing ART writes ~/.art/
     for key, distribution in (
@@ -190,7 +190,7 @@ def run(
         previous = yaml.safe_load(config_path.read_text())
         previous.pop("task", None)  # a label of older versions, gone
         with contextlib.suppress(Exception):  # a run by an older version: compare like with like
-            previous = MatrixConfig.model_validate(previous).model_dump(mode="json")
+            previous = config_model().model_validate(previous).model_dump(mode="json")
         if previous != resolved:
             raise UserError(
                 "--out",

@@ -49,12 +49,12 @@ class Unit:
     gets as ``inputs``; they come earlier in the plan. ``shards`` > 1 splits the unit into
     independent sample ranges (one Ray task each) that :meth:`Task.merge` joins in order.
     ``field`` prefixes a user error raised while the unit runs (``retrieval.models[0]``).
-    ``key`` is the task's own handle on what the unit is (an index into its plan).
+    ``key`` is the task's own typed handle on what the unit is (a planned cell, a dataclass
+    naming a model and a column): a task tells its kinds of unit apart by the key's type.
     """
 
     id: str
     label: str
-    kind: str
     key: Any = None
     needs: tuple[str, ...] = ()
     shards: int = 1
@@ -97,8 +97,15 @@ class Task:
 
     #: the registry name, also the config section key
     name: ClassVar[str] = ""
-    #: the pydantic model of the config section (``None`` when the section is built in)
+    #: the pydantic model of the config section, read from the top-level key ``name`` or from
+    #: ``tasks: {name: ...}``
     section_type: ClassVar[Any] = None
+    #: instead of ``section_type``: the top-level config keys the task owns, ``{key:
+    #: (annotation, default)}`` (the classification pairs own ``data``, ``models``, ...);
+    #: :meth:`section` then says when the task is active
+    config_fields: ClassVar[dict[str, tuple[Any, Any]]] = {}
+    #: the keys to name when a config has no task's section (default: the name)
+    section_hints: ClassVar[tuple[str, ...]] = ()
     #: the record ``type`` values this task writes
     record_types: ClassVar[tuple[str, ...]] = ()
     #: the typed model of each record type (:class:`robustbench_cl.engine.records.Record`
@@ -130,6 +137,10 @@ class Task:
         if value is None:
             value = config.tasks.get(cls.name)
         return value or None
+
+    @classmethod
+    def check_config(cls, config: MatrixConfig) -> None:
+        """Refuse a config the task cannot run (a ``ValueError``), before any work."""
 
     # ------------------------------------------------------------------ running
     def plan(self) -> list[Unit]:
@@ -170,9 +181,21 @@ class Task:
         return None
 
     @classmethod
-    def flag_rows(cls, section: Any) -> list[dict[str, str]]:
-        """One ``{where, code, message}`` per sanity flag in ``results[name]``."""
+    def result_fields(cls) -> dict[str, tuple[Any, Any]]:
+        """The ``results.json`` keys the task writes, ``{key: (annotation, default)}``: one
+        optional section named after the task, typed by :attr:`section_model`."""
+        kind = cls.section_model if cls.section_model is not None else Any
+        return {cls.name: (kind | None, None)}
+
+    @classmethod
+    def flag_rows(cls, results: dict[str, Any]) -> list[dict[str, str]]:
+        """One ``{where, code, message}`` per sanity flag in the task's results section(s)."""
         return []
+
+    @classmethod
+    def summary_json(cls, summary: RunSummary) -> dict[str, Any] | None:
+        """The task's part of ``run --json`` and ``show --json``; ``None`` adds nothing."""
+        return None
 
     @staticmethod
     def rows_of(entries: list[dict[str, Any]], where: Any) -> list[dict[str, str]]:
@@ -192,8 +215,8 @@ class Task:
 
     @classmethod
     def compare_rows(cls, results: dict[str, Any]) -> list[dict[str, Any]]:
-        """The task's numbers that ``compare`` lines up across runs: one ``{"row", "cell",
-        "value", "better"}`` each (``row`` and ``cell`` are display labels, ``value`` a rate in
+        """The task's numbers that ``compare`` lines up across runs: one ``{"row", "measure",
+        "value", "better"}`` each (``row`` and ``measure`` are display labels, ``value`` a rate in
         [0, 1], ``better`` "higher" or "lower" for the defender). None by default."""
         return []
 
@@ -220,26 +243,30 @@ TASKS: Registry[type[Task]] = Registry("task")
 
 
 def register_task(name: str):  # noqa: ANN201
+    """Register a task class under ``name`` and add its config keys to the config model."""
+
     def decorator(cls: type[Task]) -> type[Task]:
-        from robustbench_cl.engine.config import TASK_SECTIONS, MatrixConfig
+        from robustbench_cl.engine import config
 
         cls.name = name
-        if cls.section_type is not None and name not in MatrixConfig.model_fields:
-            TASK_SECTIONS.add(name)  # its section may be written at the top level of a config
-        return TASKS.register(name)(cls)
+        TASKS.register(name)(cls)
+        for key, spec in cls.config_fields.items():
+            if key in config.CONFIG_FIELDS and config.CONFIG_FIELDS[key] != spec:
+                raise ValueError(f"task {name!r} redefines the config key {key!r}")
+            config.CONFIG_FIELDS[key] = spec
+        if cls.section_type is not None and name not in cls.config_fields:
+            config.TASK_SECTIONS.add(name)  # its section may be written at the top level
+        config.SECTION_GETTERS[name] = cls.section
+        config.CONFIG_CHECKS[name] = cls.check_config
+        config.SECTION_HINTS[name] = cls.section_hints or (name,)
+        return cls
 
     return decorator
 
 
-def builtin_tasks() -> None:
-    """The packaged tasks register when :mod:`robustbench_cl.tasks` is imported, which
-    ``import robustbench_cl`` does (the engine does not import the tasks that build on it)."""
-    import robustbench_cl  # noqa: F401
-
-
 def task_classes() -> list[type[Task]]:
-    """Every registered task, in the order they run and appear in results and reports."""
-    builtin_tasks()
+    """Every registered task, in the order they run and appear in results and reports (the
+    packaged ones register when ``robustbench_cl`` is imported, before any of its modules)."""
     return sorted((TASKS.get(n) for n in TASKS.names()), key=lambda t: (t.order, t.name))
 
 
@@ -254,7 +281,6 @@ def validate_task_sections(config: MatrixConfig) -> MatrixConfig:
     from robustbench_cl.engine.config import _format_validation_error
     from robustbench_cl.errors import UserError, under_field
 
-    builtin_tasks()
     for name, raw in list(config.tasks.items()):
         with under_field(f"tasks.{name}", replace=True):
             task = TASKS.get(name)
@@ -301,7 +327,7 @@ def run_remote_shard(
     os.environ["ROBUSTBENCH_CL_HOME"] = home  # the driver's cache, even on a foreign ray.init
     import torch
 
-    from robustbench_cl.engine.config import MatrixConfig
+    from robustbench_cl.engine.config import config_model
     from robustbench_cl.utils import stable_hash
 
     torch.set_num_threads(threads)
@@ -315,7 +341,7 @@ def run_remote_shard(
         import importlib
 
         importlib.import_module(task_module)  # registers a task defined outside the package
-        matrix = validate_task_sections(MatrixConfig.model_validate(config))
+        matrix = validate_task_sections(config_model().model_validate(config))
         ctx = RunContext(matrix, Path(run_dir), torch.device(device), driver=False)
         task = TASKS.get(task_name)(ctx)
         _WORKER_TASKS[key] = (task, {unit.id: unit for unit in task.plan()})

@@ -2,7 +2,7 @@
 
 Every registered task lines up its own numbers (:meth:`Task.compare_rows`) and says what they
 were measured on (:meth:`Task.data_fingerprint`: for the image tasks the dataset, split, drawn
-subset and seed). A row is matched across runs by task, row and cell label; a run whose data
+subset and seed). A row is matched across runs by task, row and measure; a run whose data
 fingerprint for that task differs from the first run's shows its value beside the others but
 gets no delta: a CIFAR-binary run minus an ImageFolder run is not a robustness difference.
 """
@@ -33,7 +33,7 @@ def _fingerprints(
 def compare_results(
     runs: list[dict[str, Any]], configs: list[dict[str, Any] | None] | None = None
 ) -> dict[str, Any]:
-    """``rows``: one per (task, row, cell) with a value per run (``None`` where a run lacks
+    """``rows``: one per (task, row, measure) with a value per run (``None`` where a run lacks
     it), ``same_data`` per run (its task fingerprint equals the first run's) and ``deltas``
     against the first run, in rate units, only where the data is the same."""
     from robustbench_cl.engine.task import task_classes
@@ -51,7 +51,7 @@ def compare_results(
     for index, by_task in enumerate(per_run):
         for task, task_rows in by_task.items():
             for row in task_rows:
-                key = (task.name, row["row"], row["cell"])
+                key = (task.name, row["row"], row["measure"])
                 if key not in values:
                     keys.append(key)
                     values[key] = [None] * len(runs)
@@ -75,7 +75,7 @@ def compare_results(
             {
                 "task": task,
                 "pair": key[1],
-                "cell": key[2],
+                "measure": key[2],
                 "values": row_values,
                 "deltas": deltas,
                 "same_data": same,

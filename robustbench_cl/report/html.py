@@ -8,23 +8,14 @@ Each section appears only when the run has data for it.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, Undefined, select_autoescape
 from markupsafe import Markup
 
-from robustbench_cl.engine.results import load_results, task_flag_rows
-from robustbench_cl.engine.summary import threat_sort_key
-from robustbench_cl.report import plots
-from robustbench_cl.report.media import (
-    EXAMPLES_PER_CELL,
-    EXAMPLES_TOTAL,
-    example_rows,
-    mask_pii,
-    truncate,
-)
+from robustbench_cl.engine.results import flag_rows, load_results
+from robustbench_cl.report.media import mask_pii, truncate
 
 
 def _percent(value: Any) -> str:
@@ -58,51 +49,17 @@ def _environment() -> Environment:
     return env
 
 
-def _columns(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Matrix columns (attack @ threat), sorted by norm, eps, then config order."""
-    seen: dict[str, dict[str, Any]] = {}
-    for index, cell in enumerate(results["cells"]):
-        seen.setdefault(
-            cell["column"],
-            {
-                "label": cell["column"],
-                "attack": cell["attack"]["label"],
-                "threat": cell["threat_label"],
-                "adaptive": cell["adaptive"],
-                "key": threat_sort_key(cell["threat"]),
-                "order": index,
-            },
-        )
-    return sorted(seen.values(), key=lambda c: (c["key"], c["order"]))
-
-
-def _examples(results: dict[str, Any], run_dir: Path) -> list[dict[str, Any]]:
-    """Per pair, the cells of its headline threat (the one with the most attacks)."""
-    by_pair: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for cell in results["cells"]:
-        if cell.get("examples"):
-            by_pair[cell["pair_id"]].append(cell)
-    blocks, total = [], 0
-    for pair in results["pairs"]:
-        cells = by_pair.get(pair["id"], [])
-        if not cells:
-            continue
-        group_sizes: dict[str, int] = defaultdict(int)
-        for cell in pair["cell_ids"]:
-            group = next((c["group_id"] for c in results["cells"] if c["id"] == cell), None)
-            group_sizes[group] += 1
-        headline = max(cells, key=lambda c: (group_sizes[c["group_id"]], c["threat"]["eps"]))
-        for cell in [c for c in cells if c["group_id"] == headline["group_id"]]:
-            rows = example_rows(run_dir, cell)[:EXAMPLES_PER_CELL]
-            rows = rows[: max(EXAMPLES_TOTAL - total, 0)]
-            if rows:
-                total += len(rows)
-                blocks.append({"pair": pair["label"], "cell": cell, "rows": rows})
-    return blocks
+#: the blocks a task template may define; a template without blocks is all ``body``
+BLOCKS = ("nav", "header", "banner", "body")
 
 
 def task_sections(results: dict[str, Any], run_dir: Path | None) -> list[dict[str, Any]]:
-    """Every task's report section, rendered from its own template, in task order."""
+    """Every task's report section, rendered from its own template, in task order.
+
+    A task's template may define the blocks ``nav`` (its links in the navigation bar),
+    ``header`` (rows of the run table), ``banner`` (warnings under the header) and ``body``
+    (its sections); one without blocks is its body, linked as the task's title.
+    """
     from robustbench_cl.engine.task import task_classes
 
     env = _environment()
@@ -114,41 +71,42 @@ def task_sections(results: dict[str, Any], run_dir: Path | None) -> list[dict[st
         if not context:
             continue
         template = Path(task.template)
-        source = template.read_text(encoding="utf-8")
-        html = env.from_string(source).render(results=results, run=results["run"], section=context)
+        if not template.is_absolute():
+            template = Path(__file__).with_name("templates") / template
+        compiled = env.from_string(template.read_text(encoding="utf-8"))
+        variables = {"results": results, "run": results["run"], "section": context}
+        parts = {}
+        for block in BLOCKS:
+            if block in compiled.blocks:
+                render = compiled.blocks[block]
+                parts[block] = "".join(render(compiled.new_context(variables))).strip()
+        if "body" not in parts:
+            parts["body"] = compiled.render(**variables)
+        title = task.title or task.name.capitalize()
+        anchor = task.anchor or task.name
+        if "nav" not in parts:
+            parts["nav"] = str(Markup('<a href="#{}">{}</a>').format(anchor, title))
+        data_note = context.get("data_note") if isinstance(context, dict) else None
         sections.append(
             {
                 "name": task.name,
-                "title": task.title or task.name.capitalize(),
-                "anchor": task.anchor or task.name,
-                "data_note": context.get("data_note") if isinstance(context, dict) else None,
-                "html": Markup(html),  # rendered with autoescape on, like the page
+                "title": title,
+                "anchor": anchor,
+                "data_note": data_note,
+                # rendered with autoescape on, like the page
+                **{block: Markup(parts.get(block, "")) for block in BLOCKS},
             }
         )
     return sections
 
 
 def render_results(results: dict[str, Any], run_dir: str | Path | None = None) -> str:
-    cells = {cell["id"]: cell for cell in results["cells"]}
     directory = Path(run_dir) if run_dir is not None else None
-    matrix = [
-        {
-            "pair": pair,
-            "by_column": {cells[i]["column"]: cells[i] for i in pair["cell_ids"]},
-            "flags": sum(len(cells[i]["flags"]) for i in pair["cell_ids"]),
-        }
-        for pair in results["pairs"]
-    ]
     context = {
         "results": results,
         "run": results["run"],
-        "columns": _columns(results),
-        "matrix": matrix,
-        "curves": plots.security_curves(results),
-        "examples": _examples(results, directory) if directory is not None else [],
         "task_sections": task_sections(results, directory),
-        "non_adaptive": [c for c in results["cells"] if not c["adaptive"]],
-        "task_flags": task_flag_rows(results),
+        "flags": flag_rows(results),
     }
     return _environment().get_template("report.html.j2").render(**context)
 

@@ -34,59 +34,6 @@ def png_data_uri(image: torch.Tensor, bounds: tuple[float, float] | None = (0.0,
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def example_rows(
-    run_dir: Path, cell: dict[str, Any], class_names: list[str] | None = None
-) -> list[dict[str, Any]]:
-    """Rows of clean | amplified perturbation | adversarial, with predictions, for one cell."""
-    from safetensors.torch import load_file
-
-    relative = cell.get("examples")
-    if not relative:
-        return []
-    path = run_file(Path(run_dir), relative)
-    if path is None:
-        return []
-    tensors = load_file(str(path))
-    bounds = tuple(cell["threat"]["bounds"]) if cell["threat"].get("bounds") else None
-    names = class_names or []
-
-    def name(value: torch.Tensor) -> str:
-        index = int(value)
-        return names[index] if index < len(names) else str(index)
-
-    rows = []
-    for i in range(len(tensors["index"])):
-        clean, adv = tensors["clean"][i], tensors["adversarial"][i]
-        delta = adv - clean
-        peak = float(delta.abs().max())
-        gain = 0.5 / peak if peak > 0 else 1.0
-        rows.append(
-            {
-                "index": int(tensors["index"][i]),
-                "label": name(tensors["label"][i]),
-                "clean": png_data_uri(clean, bounds),
-                "perturbation": png_data_uri(0.5 + gain * delta, (0.0, 1.0)),
-                "adversarial": png_data_uri(adv, bounds),
-                "clean_prediction": name(tensors["clean_prediction"][i]),
-                "adversarial_prediction": name(tensors["adversarial_prediction"][i]),
-                "gain": gain,
-                "norm": float(_norm(delta, cell["threat"]["norm"])),
-            }
-        )
-    return rows
-
-
-def _norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
-    flat = delta.flatten().float()
-    if norm == "l2":
-        return flat.norm(p=2)
-    if norm == "l1":
-        return flat.norm(p=1)
-    if norm == "l0":
-        return (flat != 0).sum()
-    return flat.abs().max()
-
-
 def truncate(text: str, limit: int = 400) -> str:
     text = str(text)
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import re
-from collections import defaultdict
 from itertools import count
 from typing import Any
 
@@ -18,7 +17,7 @@ _salt = count()
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
 
-def _figure(width: float = 5.0, height: float = 3.4):  # noqa: ANN202 - a matplotlib pair
+def figure(width: float = 5.0, height: float = 3.4):  # noqa: ANN202 - a matplotlib pair
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -54,7 +53,7 @@ def to_svg(fig: Any) -> str:
     return svg.strip()
 
 
-def _log_axes(ax: Any) -> None:
+def log_axes(ax: Any) -> None:
     """Log-log axes whose tick labels are plain numbers (``0.001``).
 
     matplotlib's default log formatter writes mathtext (``$\\mathdefault{10^{-3}}$``), which
@@ -70,110 +69,9 @@ def _log_axes(ax: Any) -> None:
         axis.set_minor_formatter(ticker.NullFormatter())
 
 
-def security_curves(results: dict[str, Any]) -> list[tuple[str, str]]:
-    """Worst-case robust accuracy vs eps, one figure per norm, one line per (model, defense).
-
-    eps = 0 is the clean accuracy. Only norms with at least two eps values get a figure.
-    The worst case at an eps is over the attacks that ran at that eps, so the caption says so.
-    """
-    curves: dict[tuple[str, bool, str], dict[str, list[tuple[float, float, float, float]]]] = (
-        defaultdict(lambda: defaultdict(list))
-    )
-    clean = {pair["label"]: pair for pair in results["pairs"]}
-    for pair in results["pairs"]:
-        for worst in pair["worst_case"]:
-            threat = worst["threat"]
-            low, high = worst["ci95"]
-            key = (threat["norm"], threat["targeted"], threat.get("access", "white-box"))
-            curves[key][pair["label"]].append((threat["eps"], worst["robust_accuracy"], low, high))
-    figures = []
-    for (norm, targeted, access), lines in curves.items():
-        if max(len({p[0] for p in points}) for points in lines.values()) < 2:
-            continue
-        fig, ax = _figure()
-        for color, (label, points) in zip(COLORS * 4, lines.items()):
-            base = clean[label]
-            points = sorted(
-                [(0.0, base["clean_accuracy"], *base["clean_ci95"]), *points], key=lambda p: p[0]
-            )
-            eps = [p[0] for p in points]
-            ax.plot(eps, [100 * p[1] for p in points], marker="o", color=color, label=label)
-            ax.fill_between(
-                eps,
-                [100 * p[2] for p in points],
-                [100 * p[3] for p in points],
-                color=color,
-                alpha=0.15,
-                linewidth=0,
-            )
-        suffix = (", targeted" if targeted else "") + (
-            f", {access}" if access != "white-box" else ""
-        )
-        ax.set_xlabel(f"eps ({norm}{suffix})")
-        ax.set_ylabel("robust accuracy (%)")
-        ax.set_ylim(0, 100)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, frameon=False)
-        title = norm + suffix.replace(",", "")
-        figures.append((title, to_svg(fig)))
-    return figures
-
-
-def screen_tradeoff(rows: list[dict[str, Any]], router: str) -> str | None:
-    """PLR against TSR for one router: one series per protector, its eps sweep as a line;
-    the top-left corner (little leakage, the task still done) is better."""
-    points = [r for r in rows if r["router"] == router and r["plr"]["rate"] is not None]
-    if not points:
-        return None
-    fig, ax = _figure(4.8, 3.4)
-    series: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in points:
-        series[row["name"]].append(row)
-    for color, (name, members) in zip(COLORS * 4, series.items()):
-        members.sort(key=lambda r: r["eps"] or 0)
-        xs = [100 * r["tsr"]["rate"] for r in members]
-        ys = [100 * r["plr"]["rate"] for r in members]
-        ax.plot(xs, ys, marker="o", color=color, label=name, linewidth=1 if len(xs) > 1 else 0)
-        for x, y, r in zip(xs, ys, members):
-            if r["eps"] is not None:
-                ax.annotate(
-                    f"{r['eps'] * 255:g}",
-                    (x, y),
-                    fontsize=7,
-                    xytext=(3, 3),
-                    textcoords="offset points",
-                    color=color,
-                )
-    ax.set_xlabel("task success rate, TSR (%)")
-    ax.set_ylabel("PII leakage rate, PLR (%)")
-    ax.set_xlim(-3, 103)
-    ax.set_ylim(-3, 103)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, frameon=False, loc="upper left")
-    return to_svg(fig)
-
-
-def membership_roc(curves: list[dict[str, Any]]) -> str | None:
-    """Membership-inference ROC on log-log axes, where the low-FPR regime is visible."""
-    if not curves:
-        return None
-    fig, ax = _figure(4.5, 3.6)
-    floor = 1e-4
-    for color, curve in zip(COLORS * 4, curves):
-        fpr = [max(v, floor) for v in curve["fpr"]]
-        tpr = [max(v, floor) for v in curve["tpr"]]
-        ax.plot(fpr, tpr, color=color, label=f"{curve['label']} (AUC {curve['auc']:.3f})")
-    ax.plot([floor, 1], [floor, 1], color="#888", linestyle="--", linewidth=0.8, label="chance")
-    _log_axes(ax)
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.legend(fontsize=7, frameon=False)
-    return to_svg(fig)
-
-
 def training_traces(traces: list[tuple[str, dict[str, Any]]]) -> str:
     """DAT's stage-2 training AUC (every 10th batch) and curriculum T, one line per defense."""
-    fig, ax = _figure(5.5, 3.2)
+    fig, ax = figure(5.5, 3.2)
     twin = ax.twinx()
     for color, (label, training) in zip(COLORS * 4, traces):
         auc = training.get("auc_trace", [])

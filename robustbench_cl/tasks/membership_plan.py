@@ -7,13 +7,15 @@ expansion (:mod:`robustbench_cl.tasks.pairs`) can use it without importing the a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from robustbench_cl.data import TensorData
 from robustbench_cl.defenses import make_defense
-from robustbench_cl.engine.config import DefenseConfig, MembershipConfig, ModelConfig
+from robustbench_cl.engine.config import DefenseConfig, ModelConfig, StrictConfig
 from robustbench_cl.errors import UserError, under_field
 from robustbench_cl.models import parse_spec
 from robustbench_cl.models.wrappers import Frozen
@@ -22,6 +24,23 @@ from robustbench_cl.utils import stable_hash, tensor_digest
 
 #: bump when the audit's protocol changes, so that resumed runs do not reuse stale records
 MEMBERSHIP_VERSION = 2
+
+
+class MembershipConfig(StrictConfig):
+    """A membership-inference column: ``loss``, ``lira``, ``rmia`` or ``art-blackbox``.
+
+    ``n`` members (from ``data.train_split``) and ``n`` non-members (from ``data.split``) are
+    audited; by default half the evaluation split, the other half being RMIA's population z.
+    """
+
+    attack: str
+    name: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    n: int | None = Field(default=None, ge=2)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.attack
 
 
 @dataclass

@@ -14,9 +14,11 @@ import logging
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
+from pydantic import Field, field_validator
 from torch import nn
 
 from robustbench_cl.attacks import Attack, make_attack
@@ -34,8 +36,10 @@ from robustbench_cl.engine.config import (
     DefenseConfig,
     MatrixConfig,
     ModelConfig,
+    StrictConfig,
 )
-from robustbench_cl.engine.summary import threat_label
+from robustbench_cl.engine.records import label
+from robustbench_cl.engine.summary import RunSummary, threat_label
 from robustbench_cl.engine.task import RunContext, Task
 from robustbench_cl.errors import UserError, under_field
 from robustbench_cl.models import Preprocessed, check_spec, load_model
@@ -50,6 +54,46 @@ from robustbench_cl.utils import derive_seed, stable_hash
 logger = logging.getLogger(__name__)
 
 ROBUST, BROKEN, NOT_ATTACKED = 1, 0, -1
+
+
+class DataConfig(StrictConfig):
+    name: str = "digits"
+    split: Literal["train", "test"] = "test"
+    n: int | None = Field(default=None, ge=1)
+    train_split: Literal["train", "test"] = "train"
+
+    @field_validator("name")
+    @classmethod
+    def _absolute_folder(cls, name: str) -> str:
+        """A ``safetensors:`` folder is recorded as an absolute path, so that Ray workers (which
+        do not share the driver's working directory) and later resumes read the same files."""
+        for prefix in ("safetensors:", "imagefolder:", "cifar10:", "cifar100:", "hf-disk:"):
+            if name.startswith(prefix):
+                folder, mark, query = name.removeprefix(prefix).partition("?")
+                return prefix + str(Path(folder).expanduser().resolve()) + mark + query
+        return name
+
+
+#: the top-level config keys of the pair tasks (classification owns them; membership and
+#: generation run on the same pairs)
+PAIR_FIELDS: dict[str, tuple[Any, Any]] = {
+    "data": (DataConfig, Field(default_factory=DataConfig)),
+    "models": (list[ModelConfig], Field(default_factory=list)),
+    "defenses": (list[DefenseConfig], Field(default_factory=lambda: [DefenseConfig()])),
+    "attacks": (list[AttackConfig], Field(default_factory=list)),
+}
+
+
+def pair_labels(summary: RunSummary) -> dict[str, str]:
+    """``{pair id: "model / defense"}`` of a run's pairs, in the order of their clean passes
+    (the rows of every pair task's tables)."""
+    return {r["id"]: f"{label(r['model'])} / {label(r['defense'])}" for r in summary.of("clean")}
+
+
+def check_models(config: MatrixConfig, columns: Any) -> None:
+    """Columns on pairs (attacks, membership, generation) need at least one model."""
+    if columns and not config.models:
+        raise ValueError("models: list at least one model for the attacks to run on")
 
 
 @dataclass

@@ -74,7 +74,6 @@ class CalibrationTask(Task):
             Unit(
                 stable_hash({"calibration": spec, "data": section.data, "n": section.n}),
                 f"calibration | {spec}",
-                "model",
                 spec,
                 shards=len(self.ranges),
                 field=f"tasks.calibration.models[{index}]",
@@ -120,10 +119,10 @@ class CalibrationTask(Task):
         return {"calibration": [{k: r[k] for k in keys} for r in records]} if records else None
 
     @classmethod
-    def flag_rows(cls, section):  # noqa: ANN001, ANN206
+    def flag_rows(cls, results):  # noqa: ANN001, ANN206
         return [
             {"where": row["model"], "code": "poorly_calibrated", "message": "ECE above 0.2"}
-            for row in section
+            for row in results.get("calibration") or []
             if row["ece"] > 0.2
         ]
 

@@ -1,0 +1,18 @@
+"""The ``generation:`` section of a config."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from robustbench_cl.engine.config import StrictConfig
+
+
+class GenerationConfig(StrictConfig):
+    """Ask every (model, defense) to draw each class; an independent judge scores the samples."""
+
+    n_per_class: int = Field(default=20, ge=2)
+    steps: int = Field(default=40, ge=0)
+    step_size: float = Field(default=0.2, gt=0)
+    judge: str = "builtin:digits-judge"
+    #: the classes to draw (``robustbench-cl generate --class K``); every class when omitted
+    classes: list[int] | None = Field(default=None, min_length=1)

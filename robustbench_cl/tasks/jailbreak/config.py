@@ -1,0 +1,127 @@
+"""The ``jailbreak:`` section of a config, its expansion into models, defenses and attack
+columns, and the typed keys of its units."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from robustbench_cl.attacks.jailbreak import JailbreakAttack
+from robustbench_cl.engine.config import (
+    DefenseConfig,
+    MatrixConfig,
+    ModelConfig,
+    SectionAttackConfig,
+    StrictConfig,
+    refuse_duplicate_labels,
+)
+from robustbench_cl.tasks.jailbreak.results import jailbreak_label
+from robustbench_cl.tasks.sections import build_columns, build_defenses, check_models
+
+#: bump when the jailbreak protocol changes (record ids change, so old records are not reused)
+PROTOCOL_VERSION = 1
+
+
+DEFAULT_THREATS = {
+    "direct": {"norm": "none", "eps": 0.0, "space": "token", "bounds": None},
+    "gcg": {"norm": "none", "eps": 0.0, "space": "token", "bounds": None},
+    "embedding": {
+        "norm": "l2",
+        "eps": 0.3,
+        "space": "embedding",
+        "bounds": None,
+        "eps_relative": True,
+    },
+}
+
+
+class JailbreakDataConfig(StrictConfig):
+    """The synthetic chat data (:mod:`robustbench_cl.data.chat`). Test harmful prompts cycle
+    over the held-out test behaviours; the defenses train on the training behaviours."""
+
+    n_harmful: int = Field(default=24, ge=1)
+    n_benign: int = Field(default=60, ge=0)
+    n_borderline: int = Field(default=30, ge=0)
+    train_harmful: int = Field(default=200, ge=1)
+    train_benign: int = Field(default=200, ge=0)
+    train_borderline: int = Field(default=100, ge=0)
+    #: ``behaviors:FILE.csv``: the test harmful prompts from a CSV (goal, target[, category]),
+    #: the first ``n_harmful`` rows; unset, the built-in held-out behaviours
+    behaviors: str | None = None
+
+    @field_validator("behaviors")
+    @classmethod
+    def _absolute_file(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return "behaviors:" + str(Path(value.removeprefix("behaviors:")).expanduser().resolve())
+
+
+class JailbreakConfig(StrictConfig):
+    """Chat LLMs under jailbreak attacks, with and without adversarial training.
+
+    Every (model, defense) gets a clean record (benign utility, over-refusal on borderline
+    prompts, training compute) and one record per (attack, eps): forced and judged ASR.
+    """
+
+    data: JailbreakDataConfig = Field(default_factory=JailbreakDataConfig)
+    models: list[ModelConfig] = Field(min_length=1)
+    defenses: list[DefenseConfig] = Field(default_factory=lambda: [DefenseConfig()])
+    attacks: list[SectionAttackConfig] = Field(min_length=1)
+    #: greedy decoding; the judge reads this many new tokens
+    max_new_tokens: int = Field(default=24, ge=1, le=512)
+    batch_size: int = Field(default=24, ge=1)
+    #: harmful behaviours per shard: each attacks its behaviours under its own seed, and is one
+    #: Ray task (GCG is ~60 forward and backward passes per step); unset, a cell is one shard
+    shard_size: int | None = Field(default=None, ge=1)
+    #: example prompts and completions kept per attack cell for the report
+    examples: int = Field(default=3, ge=0, le=12)
+
+
+@dataclass(frozen=True)
+class UtilityKey:
+    """The clean unit of (model ``mi``, defense ``di``): utility and over-refusal."""
+
+    mi: int
+    di: int
+
+
+@dataclass(frozen=True)
+class AttackKey:
+    """An attack cell: column ``ci`` on (model ``mi``, defense ``di``)."""
+
+    mi: int
+    di: int
+    ci: int
+
+
+def expand_jailbreak(config: MatrixConfig) -> dict[str, Any]:
+    """Validate the section; the (model, defense) pairs and the (attack, threat) columns."""
+
+    section = config.jailbreak
+    assert section is not None
+    if section.data.behaviors is not None:  # a bad file fails before anything runs
+        from robustbench_cl.data.behaviors import load_behaviors
+
+        load_behaviors(section.data.behaviors)
+    check_models("jailbreak", section.models)
+    defenses = build_defenses(
+        "jailbreak",
+        section.defenses,
+        "does not train chat models",
+        "use none, cadv-ul, cadv-ipo or discrete-at",
+    )
+    columns = build_columns(
+        "jailbreak",
+        section.attacks,
+        JailbreakAttack,
+        "is not a jailbreak attack",
+        "use direct, embedding or gcg (see `robustbench-cl list attacks`)",
+        DEFAULT_THREATS,
+    )
+    labels = [jailbreak_label(c["threat"].to_dict(), c["config"].label) for c in columns]
+    refuse_duplicate_labels(labels, "jailbreak.attacks[].name", "attack columns")
+    return {"models": section.models, "defenses": defenses, "columns": columns}

@@ -1,0 +1,189 @@
+"""Utility, over-refusal and attack cells on a defended chat LM."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from robustbench_cl.attacks.base import step_hook
+from robustbench_cl.attacks.jailbreak import JailbreakAttack, judge, judge_settings
+from robustbench_cl.data.chat import answer_correct, is_refusal
+from robustbench_cl.engine.metrics import rate_entry
+from robustbench_cl.tasks.jailbreak.config import JailbreakConfig
+from robustbench_cl.threat import ThreatModel
+from robustbench_cl.utils import derive_seed
+
+
+class Evaluation:
+    """The jailbreak task's work on a defended chat LM (mixed into it): utility and over-refusal, and one attack cell, shard by shard."""
+
+    def clean_record(self, lm, model, defense, built, record_id) -> dict[str, Any]:  # noqa: ANN001
+        start = time.perf_counter()
+        tokens = self.section.max_new_tokens
+        benign, borderline = self.test.of("benign"), self.test.of("borderline")
+        answers = _respond(lm, [e.instruction for e in benign + borderline], tokens, self.section)
+        benign_answers, borderline_answers = answers[: len(benign)], answers[len(benign) :]
+        benign_ok = [answer_correct(e, a) for e, a in zip(benign, benign_answers)]
+        by_task: dict[str, list[bool]] = {}
+        for example, ok in zip(benign, benign_ok):
+            by_task.setdefault(example.task, []).append(ok)
+        refused = [is_refusal(a) for a in borderline_answers]
+        borderline_ok = [answer_correct(e, a) for e, a in zip(borderline, borderline_answers)]
+        self.progress.batch_done()
+        info = getattr(built, "training_info", {}) or {}
+        return {
+            "type": "jailbreak_clean",
+            "id": record_id,
+            "model": model.model_dump(),
+            "defense": defense.model_dump(),
+            "utility": rate_entry(sum(benign_ok), len(benign)),
+            "utility_by_task": {t: rate_entry(sum(v), len(v)) for t, v in sorted(by_task.items())},
+            "over_refusal": rate_entry(sum(refused), len(borderline)),
+            "borderline_correct": rate_entry(sum(borderline_ok), len(borderline)),
+            "training": {
+                "wall_time": info.get("wall_time"),
+                "cost": info.get("cost"),
+                "lora": info.get("lora"),
+                "settings": info.get("settings"),
+                "history": info.get("history", []),
+            }
+            if info
+            else None,
+            "embedding_scale": lm.embedding_scale,
+            "examples": [
+                {"prompt": e.instruction, "completion": a, "kind": e.kind}
+                for e, a in list(zip(benign + borderline, answers))[:: max(1, len(answers) // 4)][
+                    :4
+                ]
+            ],
+            "wall_time": time.perf_counter() - start,
+        }
+
+    def shard_ranges(self) -> list[tuple[int, int]]:
+        """Contiguous ranges of the harmful behaviours, one per shard of an attack cell."""
+        n = len(self.test.of("harmful"))
+        size = self.section.shard_size or n or 1
+        return [(start, min(start + size, n)) for start in range(0, n, size)] or [(0, 0)]
+
+    def attack_shard(self, lm, column, record_id: str, shard: int) -> dict[str, Any]:  # noqa: ANN001
+        """Attack the harmful behaviours of one shard, batch by batch. Shard 0 takes the cell's
+        seed, so an unsharded cell is seeded as it always was."""
+        threat: ThreatModel = column["threat"]
+        attack: JailbreakAttack = column["built"]
+        first, last = self.shard_ranges()[shard]
+        harmful = self.test.of("harmful")[first:last]
+        size = self.section.batch_size
+        start = time.perf_counter()
+        key = (record_id,) if shard == 0 else (record_id, "shard", shard)
+        generator = torch.Generator().manual_seed(derive_seed(self.config.seed, *key))
+        part: dict[str, Any] = {
+            key: []
+            for key in ("forced", "judged", "losses", "completions", "suffixes", "retokenize")
+        }
+        part.update(histories=[], forward=0, backward=0)
+        for begin in range(0, len(harmful), size):
+            chunk = harmful[begin : begin + size]
+            targets = [e.target for e in chunk]
+            with step_hook(self.progress.step):
+                result = attack.run(lm, [e.instruction for e in chunk], targets, threat, generator)
+            texts = lm.generate(result.embeds, result.batch, self.section.max_new_tokens)
+            part["forced"] += result.forced.int().tolist()
+            part["losses"] += result.loss.tolist()
+            part["histories"].append((len(chunk), list(result.history)))
+            part["judged"] += [judge(t, target) for t, target in zip(texts, targets)]
+            part["completions"] += texts
+            part["suffixes"] += result.suffix or [None] * len(chunk)
+            part["retokenize"] += result.suffix_retokenizes or []
+            part["forward"] += result.cost.forward
+            part["backward"] += result.cost.backward
+            self.progress.batch_done()
+        settings = attack.settings()
+        if hasattr(attack, "resolved"):
+            settings = dict(settings, resolved=attack.resolved(lm, threat))
+        part.update(settings=settings, wall=time.perf_counter() - start)
+        return part
+
+    def cell_record(self, column, record_id, clean_id, parts) -> dict[str, Any]:  # noqa: ANN001
+        """Merge the shards' parts (in shard order) into the cell's record."""
+        threat: ThreatModel = column["threat"]
+        mi, di = self.unit_pairs[record_id]
+        model = self.plan_["models"][mi]
+        defense = self.plan_["defenses"][di][0]
+        harmful = self.test.of("harmful")
+
+        def joined(key: str) -> list[Any]:
+            return [value for part in parts for value in part[key]]
+
+        forced, judged, losses = joined("forced"), joined("judged"), joined("losses")
+        completions, suffixes, retokenize = (
+            joined("completions"),
+            joined("suffixes"),
+            joined("retokenize"),
+        )
+        histories = joined("histories")
+        forward = sum(part["forward"] for part in parts)
+        backward = sum(part["backward"] for part in parts)
+        n = len(harmful)
+        # the mean target loss per step over all prompts (chunks weighted by their size)
+        steps = min((len(h) for _, h in histories), default=0)
+        loss_history = [
+            sum(size * h[step] for size, h in histories) / sum(size for size, _ in histories)
+            for step in range(steps)
+        ]
+        examples = [
+            {
+                # the suffix tokens follow the instruction directly; its text keeps any space
+                "prompt": e.instruction + (s or ""),
+                "completion": c,
+                "target": e.target,
+                "label": "harmful" if j == 1 else "refused" if j == 0 else "undetermined",
+                "success": j == 1,
+                "forced": bool(f),
+            }
+            for e, c, s, j, f in zip(harmful, completions, suffixes, judged, forced)
+        ]
+        # the report shows successes first, then the rest
+        examples.sort(key=lambda e: not e["success"])
+        return {
+            "type": "jailbreak",
+            "id": record_id,
+            "clean_id": clean_id,
+            "model": model.model_dump(),
+            "defense": defense.model_dump(),
+            "attack": {
+                "attack": column["config"].attack,
+                "name": column["config"].name,
+                "params": column["config"].params,
+                "settings": parts[0]["settings"],
+            },
+            "threat": threat.to_dict(),
+            "n": n,
+            "forced": forced,
+            "judged": judged,
+            "behaviors": [e.behavior for e in harmful],
+            "target_loss": losses,
+            "loss_history": loss_history,
+            "forced_asr": rate_entry(sum(forced), n),
+            "judged_asr": rate_entry(sum(1 for j in judged if j == 1), n),
+            "refused": sum(1 for j in judged if j == 0),
+            "undetermined": sum(1 for j in judged if j == -1),
+            "suffix_retokenizes": (sum(retokenize) / len(retokenize)) if retokenize else None,
+            "generation": {
+                "decoding": "greedy",
+                "max_new_tokens": self.section.max_new_tokens,
+                **judge_settings(),
+            },
+            "cost": {"forward": forward, "backward": backward, "per_prompt_forward": forward / n},
+            "examples": examples[: self.section.examples],
+            "wall_time": sum(part["wall"] for part in parts),
+        }
+
+
+def _respond(lm, instructions: list[str], tokens: int, section: JailbreakConfig) -> list[str]:  # noqa: ANN001
+    size = max(section.batch_size, 32)  # generation is cheap: larger batches than attacks
+    out = []
+    for begin in range(0, len(instructions), size):
+        out += lm.respond(instructions[begin : begin + size], tokens)
+    return out

@@ -1,0 +1,80 @@
+"""The jailbreak report: the section's context and the terminal table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from robustbench_cl.engine.records import (
+    label,
+)
+from robustbench_cl.engine.summary import RunSummary
+from robustbench_cl.report.media import EXAMPLES_TOTAL
+from robustbench_cl.report.table import percent_or_dash
+from robustbench_cl.tasks.jailbreak.results import jailbreak_label
+
+
+def _llm(results: dict[str, Any]) -> list[dict[str, Any]]:
+    examples: list[dict[str, Any]] = []
+    for cell in results.get("jailbreak", {}).get("cells", []):
+        examples += [
+            dict(example, cell=f"{cell['pair']} | {cell['column']}")
+            for example in cell["examples"][:2]
+        ]
+    return examples[: 2 * EXAMPLES_TOTAL]
+
+
+def _jailbreak(results: dict[str, Any]) -> dict[str, Any] | None:
+    section = results.get("jailbreak")
+    if not section:
+        return None
+    by_pair: dict[str, dict[str, Any]] = {}
+    for cell in section["cells"]:
+        by_pair.setdefault(cell["clean_id"], {})[cell["column"]] = cell
+    worst = {w["clean_id"]: w for w in section["worst_case"]}
+    rows = [
+        dict(pair, by_column=by_pair.get(pair["id"], {}), worst=worst.get(pair["id"]))
+        for pair in section["pairs"]
+    ]
+    generation = section["cells"][0]["generation"] if section["cells"] else {}
+    return {"rows": rows, "columns": section["columns"], "generation": generation}
+
+
+def jailbreak_table(summary: RunSummary) -> Table | None:
+    """Judged ASR % (forced ASR %) per (model, defense) and attack, with utility and compute."""
+    cleans, records = summary.of("jailbreak_clean"), summary.of("jailbreak")
+    if not cleans:
+        return None
+    table = Table(
+        title="jailbreak: judged ASR % (forced ASR %) on held-out harmful behaviours",
+        title_justify="left",
+    )
+    table.add_column("model / defense", justify="left")
+    table.add_column("utility %", justify="right")
+    table.add_column("over-refusal %", justify="right")
+    columns: list[str] = []
+    cells: dict[tuple[str, str], str] = {}
+    for record in records:
+        attack = label(record["attack"])
+        column = jailbreak_label(record["threat"], attack)
+        if column not in columns:
+            columns.append(column)
+        cells[(record["clean_id"], column)] = (
+            f"{percent_or_dash(record['judged_asr']['rate'])} ({percent_or_dash(record['forced_asr']['rate'])})"
+        )
+    for column in columns:
+        table.add_column(column, justify="right")
+    table.add_column("train passes", justify="right")
+    for record in cleans:
+        defense, model = label(record["defense"]), label(record["model"])
+        cost = (record.get("training") or {}).get("cost")
+        passes = f"{cost['forward'] + cost['backward']:,}" if cost else "-"
+        table.add_row(
+            f"{model} / {defense}",
+            percent_or_dash(record["utility"]["rate"]),
+            percent_or_dash(record["over_refusal"]["rate"]),
+            *[cells.get((record["id"], c), "-") for c in columns],
+            passes,
+        )
+    return table

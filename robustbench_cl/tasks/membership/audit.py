@@ -1,0 +1,126 @@
+"""The audit data of a run (members, non-members, RMIA's population) and the reference models
+of each pair, trained or loaded once and shared by the audits of the pair."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustbench_cl.data import TensorData
+from robustbench_cl.errors import UserError
+from robustbench_cl.privacy.membership import (
+    ReferenceSet,
+    make_membership_attack,
+    reference_models,
+    reference_signals,
+)
+from robustbench_cl.privacy.metrics import membership_metrics
+from robustbench_cl.tasks.membership_plan import MembershipCell, reference_recipe
+
+
+class MembershipAudit:
+    """Runs a pair's membership columns; reference models are built once per pair and K."""
+
+    def __init__(self, train: TensorData, evaluation: TensorData, seed: int, device) -> None:  # noqa: ANN001
+        if train.split == evaluation.split:
+            raise UserError(
+                "data.train_split",
+                "membership needs members and non-members from different splits",
+                "set data.split to test and data.train_split to train",
+            )
+        self.train, self.evaluation, self.seed, self.device = train, evaluation, seed, device
+        self.x = torch.cat([train.x, evaluation.x])
+        self.y = torch.cat([train.y, evaluation.y])
+        self._references: dict[tuple[str, int], tuple[list[nn.Module], torch.Tensor, int]] = {}
+
+    def split(self, n: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Population indices of the audited examples, their membership, and RMIA's z."""
+        generator = torch.Generator().manual_seed(self.seed)
+        members = torch.randperm(len(self.train), generator=generator)
+        outsiders = torch.randperm(len(self.evaluation), generator=generator) + len(self.train)
+        n = n or len(self.evaluation) // 2
+        n = min(n, len(members), len(outsiders))
+        audited = torch.cat([members[:n], outsiders[:n]])
+        is_member = torch.cat([torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)])
+        return audited, is_member, outsiders[n:]
+
+    def release_all_but(self, pair_id: str) -> None:
+        for held in {key[0] for key in self._references} - {pair_id}:
+            self.release(held)
+
+    def release(self, pair_id: str) -> None:
+        for key in [k for k in self._references if k[0] == pair_id]:
+            del self._references[key]
+
+    @property
+    def target_fraction(self) -> float:
+        """The share of the population the target models were trained on (members)."""
+        return len(self.train) / len(self.y)
+
+    def references(
+        self, cell: MembershipCell, k: int, fraction: float, progress
+    ) -> tuple[list[nn.Module], torch.Tensor, int]:  # noqa: ANN001
+        key = (cell.pair_id, k, fraction)
+        if key not in self._references:
+            recipe = reference_recipe(cell.model, cell.defense)
+            assert recipe is not None  # checked when the config was expanded
+            progress.message(f"reference models for {cell.model.label} + {cell.defense.label}")
+            self._references[key] = reference_models(
+                recipe,
+                self.x,
+                self.y,
+                k,
+                self.seed,
+                self.device,
+                on_model=lambda done, total: progress.step(done, total),
+                in_fraction=fraction,
+            )
+        return self._references[key]
+
+    def run(self, cell: MembershipCell, model: nn.Module, progress) -> dict[str, Any]:  # noqa: ANN001
+        start = time.perf_counter()
+        attack = make_membership_attack(cell.config.attack, **cell.config.params)
+        audited, is_member, z_index = self.split(cell.config.n)
+        x, y = self.x[audited].to(self.device), self.y[audited].to(self.device)
+        references: ReferenceSet | None = None
+        trained = 0
+        k = int(getattr(attack, "reference_models", 0)) if attack.uses_references else 0
+        fraction = None
+        if k:
+            fraction = getattr(attack, "in_fraction", None) or self.target_fraction
+            models, inside, trained = self.references(cell, k, fraction, progress)
+            fraction = float(inside[:, 0].float().mean())  # after clamping to >= 1 IN and OUT
+            use_z = attack.uses_population and len(z_index) > 0
+            references = reference_signals(
+                models, inside, audited, self.x, self.y, z_index if use_z else None
+            )
+        population = None
+        if attack.uses_population and len(z_index):
+            population = (self.x[z_index].to(self.device), self.y[z_index].to(self.device))
+        scores = attack.score(model, x, y, references, population, is_member.to(self.device))
+        metrics = membership_metrics(scores, is_member, seed=self.seed)
+        return {
+            "type": "membership",
+            "id": cell.id,
+            "pair_id": cell.pair_id,
+            "model": cell.model.model_dump(),
+            "defense": cell.defense.model_dump(),
+            "attack": {
+                "attack": cell.config.attack,
+                "name": cell.config.name,
+                "params": cell.config.params,
+                "settings": attack.settings(),
+            },
+            "reference_models": k,
+            "reference_in_fraction": fraction,
+            "offline": bool(k) and not getattr(attack, "online", True),
+            "references_trained": trained,
+            "population_z": len(z_index) if population is not None else 0,
+            **metrics,
+            "scores": scores.detach().cpu().tolist(),
+            "members": is_member.int().tolist(),
+            "wall_time": time.perf_counter() - start,
+        }
