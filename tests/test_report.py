@@ -150,7 +150,14 @@ def test_the_schema_doc_describes_every_field():
     assert f"`{SCHEMA_VERSION}`" in doc
     outside = {"calibration"}  # a task a test registers documents itself
     names = set(schema["properties"]) - outside
-    for definition in ("CellEntry", "PairEntry", "WorstCase", "MembershipEntry", "GenerationEntry", "Run"):
+    for definition in (
+        "CellEntry",
+        "PairEntry",
+        "WorstCase",
+        "MembershipEntry",
+        "GenerationEntry",
+        "Run",
+    ):
         names |= set(schema["$defs"][definition]["properties"])
     missing = sorted(name for name in names if f"`{name}`" not in doc)
     assert not missing, f"docs/results-schema.md does not describe {missing}"
