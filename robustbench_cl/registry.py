@@ -6,6 +6,10 @@ One name leads to one factory, discovery is free and typos get a "did you mean":
     class PGD(Attack): ...
 
     list_attacks("apgd*")
+
+The registries know what registered itself: the package's ``__init__`` imports the packaged
+attacks, defenses, models and datasets (and tasks), which any import of ``robustbench_cl`` runs
+first; the registry imports none of them.
 """
 
 from __future__ import annotations
@@ -110,28 +114,16 @@ register_dataset = DATASETS.register
 
 
 def list_attacks(pattern: str = "*") -> list[str]:
-    _load_builtins()
     return ATTACKS.names(pattern)
 
 
 def list_defenses(pattern: str = "*") -> list[str]:
-    _load_builtins()
     return DEFENSES.names(pattern)
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    _load_builtins()
     return MODELS.names(pattern)
 
 
 def list_datasets(pattern: str = "*") -> list[str]:
-    _load_builtins()
     return DATASETS.names(pattern)
-
-
-def _load_builtins() -> None:
-    """Import the modules whose decorators fill the registries."""
-    import robustbench_cl.attacks  # noqa: F401
-    import robustbench_cl.data  # noqa: F401
-    import robustbench_cl.defenses  # noqa: F401
-    import robustbench_cl.models  # noqa: F401

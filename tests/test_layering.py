@@ -1,5 +1,9 @@
-"""The package's layers import one way: no two subpackages import each other (at module level or
-inside a function), so privacy does not reach into defenses, nor data into models."""
+"""The package's layers import one way. Every import form counts (``import x``, ``from x import
+y``, and imports inside functions), except those made only for type checking: a module may
+import only modules of lower layers, and no group of modules imports itself in a circle.
+
+The registry is a bottom layer: it learns the built-ins because the package's ``__init__``
+imports them, never by importing its plugins."""
 
 from __future__ import annotations
 
@@ -9,58 +13,96 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "robustbench_cl"
 
+#: bottom to top; a module imports only from strictly lower ranks (or its own subpackage)
+RANKS = {
+    "errors": 0,
+    "_version": 0,
+    "paths": 1,
+    "shipped": 1,
+    "utils": 2,
+    "registry": 3,
+    "threat": 3,
+    "data": 4,
+    "losses": 5,
+    "models": 6,
+    "attacks": 7,
+    "privacy": 8,
+    "defenses": 9,
+    "engine": 10,
+    "report": 11,
+    "tasks": 12,
+    "__init__": 13,  # the package root: the public API, and the built-ins' registration
+    "cli": 14,
+}
 
-def _edges() -> dict[str, set[str]]:
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def import_edges(root: Path = PACKAGE) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports, resolving ``from pkg import submodule``
+    to the submodule (relative imports included); type-checking-only imports left out."""
+    package = root.name
+    modules = {_module_name(path, root): path for path in root.rglob("*.py")}
     edges: dict[str, set[str]] = collections.defaultdict(set)
-    for path in PACKAGE.rglob("*.py"):
-        layer = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
-                "robustbench_cl."
-            ):
-                target = node.module.split(".")[1]
-                if target != layer:
-                    edges[layer].add(target)
-    return edges
-
-
-def test_no_two_subpackages_import_each_other():
-    edges = _edges()
-    circles = sorted(
-        {tuple(sorted((a, b))) for a in list(edges) for b in edges[a] if a in edges.get(b, ())}
-    )
-    assert circles == [], f"import circles between subpackages: {circles}"
-
-
-def test_the_screens_domain_is_layered():
-    edges = _edges()
-    assert "defenses" not in edges["privacy"]  # protectors live in defenses, routers in privacy
-    assert "models" not in edges["data"]  # screen and box helpers in data, the surrogate in models
-
-
-def _module_edges(package: str) -> dict[str, set[str]]:
-    """Module -> the modules of the same subpackage it imports (anywhere, even inside a
-    function), leaving out imports made only for type checking."""
-    edges: dict[str, set[str]] = collections.defaultdict(set)
-    for path in (PACKAGE / package).glob("*.py"):
-        module = f"robustbench_cl.{package}.{path.stem}"
-        tree = ast.parse(path.read_text())
+    for module, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
         typing_only = {
             id(inner)
             for node in ast.walk(tree)
-            if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING"
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
             for inner in ast.walk(node)
         }
+        base = module if path.name == "__init__.py" else module.rpartition(".")[0]
         for node in ast.walk(tree):
-            if id(node) in typing_only or not isinstance(node, ast.ImportFrom):
+            if id(node) in typing_only:
                 continue
-            target = node.module or ""
-            if target.startswith(f"robustbench_cl.{package}.") and target != module:
-                edges[module].add(target)
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    anchor = base.rsplit(".", node.level - 1)[0] if node.level > 1 else base
+                    source = f"{anchor}.{node.module}" if node.module else anchor
+                else:
+                    source = node.module or ""
+                for alias in node.names:
+                    submodule = f"{source}.{alias.name}"
+                    targets.append(submodule if submodule in modules else source)
+            for target in targets:
+                while target and target not in modules:  # import a.b.c of a module a.b
+                    target = target.rpartition(".")[0]
+                if target.split(".")[0] == package and target != module:
+                    edges[module].add(target)
     return edges
 
 
-def _cycle(edges: dict[str, set[str]]) -> list[str] | None:
+def layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def arrows_up(edges: dict[str, set[str]]) -> list[str]:
+    """Imports from a module's layer to a higher one (or an unranked layer)."""
+    bad = []
+    for module, targets in sorted(edges.items()):
+        for target in sorted(targets):
+            source_layer, target_layer = layer(module), layer(target)
+            if source_layer == target_layer:
+                continue
+            if target_layer not in RANKS or source_layer not in RANKS:
+                bad.append(f"{module} -> {target} (unranked layer)")
+            elif RANKS[target_layer] >= RANKS[source_layer]:
+                bad.append(f"{module} -> {target}")
+    return bad
+
+
+def circle(edges: dict[str, set[str]]) -> list[str] | None:
+    """One import circle among the modules, or ``None``."""
     state: dict[str, int] = {}
 
     def visit(node: str, path: list[str]) -> list[str] | None:
@@ -79,14 +121,53 @@ def _cycle(edges: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def test_no_import_circles_inside_the_engine_or_the_tasks():
-    for package in ("engine", "tasks"):
-        assert _cycle(_module_edges(package)) is None, f"circle in {package}/"
+def _package_edges() -> dict[str, set[str]]:
+    edges = import_edges()
+    # the root imports every layer to register the built-ins: a module's implicit import of its
+    # package's __init__ is Python's, not the module's, so the root's own edges close no circle
+    return {m: t for m, t in edges.items() if m != "robustbench_cl"}
 
 
-def test_the_engine_does_not_import_the_tasks_or_the_report():
-    """Tasks build on the engine and the report; the engine names no task (a new task is one
-    module) and the runner <-> executors circle is gone."""
-    edges = _edges()
-    assert "tasks" not in edges["engine"] and "report" not in edges["engine"]
-    assert not _module_edges("engine").get("robustbench_cl.engine.executors")
+def test_every_layer_imports_only_lower_layers():
+    assert arrows_up(import_edges()) == []
+
+
+def test_no_import_circle_among_the_modules():
+    assert circle(_package_edges()) is None
+
+
+def test_every_top_level_module_and_subpackage_has_a_rank():
+    names = {p.name.removesuffix(".py") for p in PACKAGE.iterdir() if p.suffix == ".py"}
+    names |= {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    assert names <= set(RANKS), names - set(RANKS)
+
+
+def test_the_check_finds_planted_bad_imports(tmp_path):
+    """A plain import up, a function-local import up and a circle, each found."""
+    root = tmp_path / "robustbench_cl"
+    for folder in ("engine", "registry", "tasks"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "__init__.py").write_text("")
+    (root / "__init__.py").write_text("")
+    (root / "engine" / "loop.py").write_text("import robustbench_cl.tasks.spam\n")
+    (root / "registry" / "core.py").write_text(
+        "def builtins():\n    from robustbench_cl.engine import loop\n"
+    )
+    (root / "tasks" / "spam.py").write_text("from robustbench_cl.tasks import eggs\n")
+    (root / "tasks" / "eggs.py").write_text("from . import spam\n")
+    edges = import_edges(root)
+    assert sorted(arrows_up(edges)) == [
+        "robustbench_cl.engine.loop -> robustbench_cl.tasks.spam",
+        "robustbench_cl.registry.core -> robustbench_cl.engine.loop",
+    ]
+    found = circle(edges)
+    assert found is not None and {"robustbench_cl.tasks.spam", "robustbench_cl.tasks.eggs"} <= set(
+        found
+    )
+
+
+def test_the_screens_domain_is_layered():
+    edges = import_edges()
+    up = {(layer(m), layer(t)) for m, targets in edges.items() for t in targets}
+    assert ("privacy", "defenses") not in up  # protectors live in defenses, routers in privacy
+    assert ("data", "models") not in up  # screen and box helpers in data, the surrogate in models

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustbench_cl.attacks.base import report_step
-from robustbench_cl.attacks.universal import encode_texts
+from robustbench_cl.attacks.features import encode_texts
 from robustbench_cl.errors import UserError
 
 UNKNOWN = "[UNK]"

@@ -28,6 +28,7 @@ from robustbench_cl.attacks.base import (
     require_int,
     require_number,
 )
+from robustbench_cl.attacks.features import encode_texts
 from robustbench_cl.errors import ThreatModelViolation, UserError
 from robustbench_cl.registry import register_attack
 from robustbench_cl.threat import ThreatModel
@@ -55,19 +56,6 @@ def model_device(model: nn.Module) -> torch.device:
     for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device
     return torch.device("cpu")
-
-
-@torch.no_grad()
-def encode_texts(model: nn.Module, texts: list[str], chunk: int = 512) -> torch.Tensor:
-    """A VLP model's text features of ``texts``, in chunks, without gradients."""
-    texts = list(texts)
-    return torch.cat([model.encode_text(texts[i : i + chunk]) for i in range(0, len(texts), chunk)])
-
-
-@torch.no_grad()
-def encode_images(model: nn.Module, images: torch.Tensor, chunk: int = 256) -> torch.Tensor:
-    """A VLP model's image features, in chunks, without gradients."""
-    return torch.cat([model.encode_image(x) for x in images.split(chunk)])
 
 
 def caption_features(model: nn.Module, data, per_image: int = 5) -> torch.Tensor:  # noqa: ANN001

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from robustbench_cl.data import digits  # noqa: F401  (registers "digits")
-from robustbench_cl.data.base import TensorData, load_dataset
+from robustbench_cl.data.base import TensorData
+from robustbench_cl.data.loading import load_dataset
 
 __all__ = ["TensorData", "load_dataset"]

@@ -8,7 +8,6 @@ from typing import Any
 import torch
 
 from robustbench_cl.errors import UserError
-from robustbench_cl.registry import DATASETS
 
 
 class _Sampling:
@@ -141,22 +140,3 @@ def image_errors() -> tuple[type[Exception], ...]:
     from PIL import Image, UnidentifiedImageError
 
     return (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-
-def load_dataset(name: str, split: str = "test", **options: Any) -> TensorData:
-    """Load a registered dataset by name, e.g. ``load_dataset("digits", split="test")``."""
-    from robustbench_cl.registry import _load_builtins
-
-    _load_builtins()
-    if split not in ("train", "test"):
-        raise UserError("split", f"unknown split {split!r}", "use 'train' or 'test'")
-    if name.startswith("safetensors:"):
-        from robustbench_cl.data.files import StreamedData
-
-        return StreamedData(name.removeprefix("safetensors:"), split)  # type: ignore[return-value]
-    from robustbench_cl.data.folders import FOLDER_SCHEMES, load_folder_dataset
-
-    if name.startswith(FOLDER_SCHEMES):
-        return load_folder_dataset(name, split)
-    factory = DATASETS.get(name)
-    return factory(split=split, **options)

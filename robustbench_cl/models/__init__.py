@@ -7,9 +7,6 @@ written by ``robustbench-cl wrap``).
 
 from __future__ import annotations
 
-import torch
-
-from robustbench_cl.errors import UserError
 from robustbench_cl.models import (  # noqa: F401  (registers the zoo)
     biencoder,
     builtin,
@@ -19,11 +16,10 @@ from robustbench_cl.models import (  # noqa: F401  (registers the zoo)
 )
 from robustbench_cl.models.adapters import python_model, timm_model, torchvision_model
 from robustbench_cl.models.autoencoder import wrapped_model
+from robustbench_cl.models.loading import SCHEMES, check_spec, load_model
 from robustbench_cl.models.wrappers import Frozen, Normalize, Preprocessed
-from robustbench_cl.registry import MODELS, Registry
 from robustbench_cl.utils import parse_spec  # noqa: F401  (the spec syntax; models.parse_spec)
 
-SCHEMES: Registry = Registry("model scheme")
 SCHEMES.register("torchvision")(torchvision_model)
 SCHEMES.register("timm")(timm_model)
 SCHEMES.register("python")(python_model)
@@ -33,28 +29,12 @@ SCHEMES.register("hf")(llm.hf_model)
 SCHEMES.register("sentence-transformers")(biencoder.sentence_transformers_model)
 
 
-def check_spec(spec: str) -> None:
-    """Resolve the scheme and builtin name of a spec without building the model."""
-    scheme, target, _ = parse_spec(spec)
-    if scheme == "builtin":
-        MODELS.get(target)
-    else:
-        SCHEMES.get(scheme)
-
-
-def load_model(spec: str, device: str | torch.device | None = None) -> Frozen:
-    """Resolve a model spec to a frozen model in eval mode whose inputs live in [0, 1]."""
-    scheme, target, options = parse_spec(spec)
-    if scheme == "builtin":
-        if options:
-            raise UserError("model", f"builtin models take no options, got {sorted(options)}")
-        model = MODELS.get(target)()
-    else:
-        model = SCHEMES.get(scheme)(target, options)
-    frozen = Frozen(model)
-    if device is not None:
-        frozen = frozen.to(device)
-    return frozen
-
-
-__all__ = ["Frozen", "Normalize", "Preprocessed", "load_model", "parse_spec", "SCHEMES"]
+__all__ = [
+    "SCHEMES",
+    "Frozen",
+    "Normalize",
+    "Preprocessed",
+    "check_spec",
+    "load_model",
+    "parse_spec",
+]

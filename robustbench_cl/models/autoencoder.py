@@ -112,7 +112,7 @@ def write_wrapped(preprocessor: str | Path, model_spec: str, output: str | Path)
 
 def _absolute_spec(model_spec: str) -> str:
     """The spec with its weight-file options made absolute, so OUT loads from any directory."""
-    from robustbench_cl.models import parse_spec
+    from robustbench_cl.utils import parse_spec
 
     scheme, target, options = parse_spec(model_spec)
     for key in ("weights", "checkpoint"):
@@ -124,7 +124,7 @@ def _absolute_spec(model_spec: str) -> str:
 
 def wrapped_model(target: str, options: dict[str, str]) -> nn.Module:
     """The ``wrapped:OUT`` scheme: the preprocessor in front of the wrapped model spec."""
-    from robustbench_cl.models import load_model
+    from robustbench_cl.models.loading import load_model
     from robustbench_cl.models.wrappers import Preprocessed
 
     if options:

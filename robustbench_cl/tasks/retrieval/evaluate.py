@@ -12,10 +12,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from robustbench_cl.attacks.base import step_hook
+from robustbench_cl.attacks.features import encode_images, encode_texts
 from robustbench_cl.attacks.universal import (
     UniversalPerturbation,
-    encode_images,
-    encode_texts,
 )
 from robustbench_cl.engine.config import ModelConfig
 from robustbench_cl.engine.metrics import wilson_interval

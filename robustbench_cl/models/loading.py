@@ -1,0 +1,37 @@
+"""``load_model``: a model spec to a frozen model. Schemes other than ``builtin:`` register
+their loaders in :data:`SCHEMES` (the package's ``__init__`` registers the packaged ones)."""
+
+from __future__ import annotations
+
+import torch
+
+from robustbench_cl.errors import UserError
+from robustbench_cl.models.wrappers import Frozen
+from robustbench_cl.registry import MODELS, Registry
+from robustbench_cl.utils import parse_spec
+
+SCHEMES: Registry = Registry("model scheme")
+
+
+def check_spec(spec: str) -> None:
+    """Resolve the scheme and builtin name of a spec without building the model."""
+    scheme, target, _ = parse_spec(spec)
+    if scheme == "builtin":
+        MODELS.get(target)
+    else:
+        SCHEMES.get(scheme)
+
+
+def load_model(spec: str, device: str | torch.device | None = None) -> Frozen:
+    """Resolve a model spec to a frozen model in eval mode whose inputs live in [0, 1]."""
+    scheme, target, options = parse_spec(spec)
+    if scheme == "builtin":
+        if options:
+            raise UserError("model", f"builtin models take no options, got {sorted(options)}")
+        model = MODELS.get(target)()
+    else:
+        model = SCHEMES.get(scheme)(target, options)
+    frozen = Frozen(model)
+    if device is not None:
+        frozen = frozen.to(device)
+    return frozen
