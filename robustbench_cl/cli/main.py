@@ -273,7 +273,6 @@ def list_command(kind: str, pattern: str) -> None:
     from robustbench_cl import registry
     from robustbench_cl.engine.config import list_suites
 
-    registry._load_builtins()
     table = Table(title=kind, title_justify="left")
     table.add_column("name", style="bold")
     rows: list[tuple[str, ...]] = []
