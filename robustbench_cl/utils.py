@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -69,17 +68,6 @@ def tensor_digest(*tensors: Any, length: int = 16) -> str:
     for tensor in tensors:
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:length]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed % 2**32)
-    except ImportError:  # pragma: no cover - numpy ships with torch
-        pass
 
 
 def derive_seed(seed: int, *parts: Any) -> int:

@@ -242,6 +242,7 @@ def test_list_covers_every_registry_and_every_data_source():
     from robustbench_cl.models import SCHEMES
     from robustbench_cl.privacy.membership import MEMBERSHIP_ATTACKS
     from robustbench_cl.privacy.routers import ROUTERS
+
     expected = {
         "attacks": registry.ATTACKS.names(),
         "defenses": registry.DEFENSES.names(),

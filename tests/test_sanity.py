@@ -74,9 +74,8 @@ def test_an_unconverged_attack_is_flagged(digits_model, digits_batch):
     weak = rbcl.make_attack("pgd", steps=3, step_size=0.01, random_start=False)
     result = weak(digits_model, x, y, threat)
     survivors = ~result.success
-    flags, probe = sanity.convergence_flag(
-        weak, digits_model, x[survivors], y[survivors], threat, len(y)
-    )
+    probe = sanity.convergence_probe(weak, digits_model, x[survivors], y[survivors], threat)
+    flags, probe = sanity.convergence_verdict(probe, len(y), int(survivors.sum()))
     assert [f["code"] for f in flags] == ["not_converged"]
     assert probe["newly_broken"] > 0
 

@@ -73,11 +73,6 @@ def _allowed_vocabulary(retriever: Any) -> torch.Tensor:
     return torch.tensor(sorted(keep), device=retriever.word_embeddings.device)
 
 
-def _margin(features: torch.Tensor, positive: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
-    """s(x, d+) - max_d s(x, d) per row: below 0 means some other passage outranks d+."""
-    return (features * positive).sum(-1) - (features @ others.T).max(-1).values
-
-
 class RerankPipeline:
     """A retriever's top ``k`` passages re-ordered by a cross-encoder ranker, as one model.
 

@@ -334,8 +334,3 @@ def open_clip_model(arch: str, options: dict[str, str]) -> nn.Module:
     size = model.visual.image_size
     size = size[0] if isinstance(size, tuple | list) else int(size)
     return OpenCLIP(model.eval(), open_clip.get_tokenizer(arch), size)
-
-
-def is_vlp(model: nn.Module) -> bool:
-    inner = getattr(model, "model", model)
-    return hasattr(inner, "encode_image") and hasattr(inner, "encode_text")

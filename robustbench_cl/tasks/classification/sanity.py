@@ -17,17 +17,15 @@ from torch import nn
 
 from robustbench_cl.attacks.base import Attack
 from robustbench_cl.attacks.pgd import PGD
+from robustbench_cl.engine.records import flag, label
 from robustbench_cl.models.adapters import IMAGENET_MEAN, IMAGENET_STD
 from robustbench_cl.models.wrappers import Normalize, is_randomized, uses_eot
 from robustbench_cl.threat import ThreatModel
 
+#: a flag as the records hold it: ``{"code", "message"}`` (``engine.records.flag``)
 Flag = dict[str, str]
 
 ZERO_GRADIENT_FRACTION = 0.1
-
-
-def flag(code: str, message: str) -> Flag:
-    return {"code": code, "message": message}
 
 
 def gradient_health(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -232,24 +230,6 @@ def full_range_flag(accuracy: float | None, n_classes: int) -> list[Flag]:
     return []
 
 
-def convergence_flag(
-    attack: Attack,
-    model: nn.Module,
-    x_probe: torch.Tensor,
-    y_probe: torch.Tensor,
-    threat: ThreatModel,
-    n_total: int,
-    n_survivors: int | None = None,
-) -> tuple[list[Flag], dict[str, Any]]:
-    """Re-attack a probe of the samples a cell left robust with more steps and restarts.
-
-    The fraction the stronger attack breaks on the probe, scaled to all ``n_survivors``,
-    estimates how much the cell overstates robust accuracy; one point or more is flagged.
-    """
-    probe = convergence_probe(attack, model, x_probe, y_probe, threat)
-    return convergence_verdict(probe, n_total, n_survivors)
-
-
 def convergence_probe(
     attack: Attack,
     model: nn.Module,
@@ -334,19 +314,17 @@ def eps_curve_flags(points: list[tuple[float, float]], n: int) -> dict[float, Fl
     return flags
 
 
-def non_adaptive_flag() -> dict[str, str]:
-    return {
-        "code": "preprocessor_non_adaptive",
-        "message": (
-            "this preprocessor defense was only attacked by transfer attacks crafted on the bare "
-            "model; add an end-to-end (or BPDA/EOT) white-box attack through the preprocessor"
-        ),
-    }
+def non_adaptive_flag() -> Flag:
+    return flag(
+        "preprocessor_non_adaptive",
+        "this preprocessor defense was only attacked by transfer attacks crafted on the bare "
+        "model; add an end-to-end (or BPDA/EOT) white-box attack through the preprocessor",
+    )
 
 
 def black_box_flag(cell: dict[str, Any], beaten: str, count: int | None = None) -> Flag:
     """A weaker attack won: the stronger (gradient / white-box) attacks are probably masked."""
-    name = cell["attack"].get("name") or cell["attack"]["attack"]
+    name = label(cell["attack"])
     count = cell["broken"] if count is None else count
     if beaten == "gradient":
         return flag(
