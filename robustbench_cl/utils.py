@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -60,6 +62,20 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     """Hash of a JSON-serialisable object that does not depend on key order or the process."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[torch.Generator]:
+    """The one way code here seeds torch's global generator: inside the block it is seeded with
+    ``seed`` (for what can only draw from it: module initialisation, dropout, a library's
+    random start); after it, its state is what it was before (``torch.random.fork_rng``), so no
+    block leaks its stream into the next. Yields a generator seeded the same, for code that
+    takes one. The engine loop seeds each shard of each unit this way; training recipes seed
+    their runs this way."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield torch.Generator().manual_seed(seed)
 
 
 def tensor_digest(*tensors: Any, length: int = 16) -> str:

@@ -253,8 +253,11 @@ def check_eps_fits(threat: ThreatModel, dimension: int) -> None:
         )
 
 
-def probe_model(model: nn.Module, x: torch.Tensor, n_classes: int | None = None) -> torch.Tensor:
-    """Run the model on the first input; turn a shape error into a one-line UserError."""
+def probe_model(
+    model: nn.Module, x: torch.Tensor, n_classes: int | None = None, field: str = "x"
+) -> torch.Tensor:
+    """Run the model on the first input; turn a shape error into a one-line UserError (at
+    ``field``: the caller names the model where it knows it)."""
     try:
         with torch.no_grad():
             logits = model(x[:1])
@@ -263,12 +266,15 @@ def probe_model(model: nn.Module, x: torch.Tensor, n_classes: int | None = None)
             str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         )
         raise UserError(
-            "x",
+            field,
             f"input shape {tuple(x.shape[1:])} does not fit the model ({first_line})",
             "check the dataset and the model's expected input shape",
         ) from None
     if logits.ndim != 2:
-        raise UserError("model", f"expected logits (N, classes), got shape {tuple(logits.shape)}")
+        raise UserError(
+            "model" if field == "x" else field,
+            f"expected logits (N, classes), got shape {tuple(logits.shape)}",
+        )
     return logits
 
 

@@ -37,6 +37,7 @@ from robustbench_cl.attacks.universal import (
 )
 from robustbench_cl.errors import UserError
 from robustbench_cl.registry import register_attack
+from robustbench_cl.utils import seeded
 
 DEFAULT_SCALES = (0.5, 0.75, 1.25, 1.5)
 
@@ -255,8 +256,8 @@ class CPGC(UniversalAttack):
         captions = caption_features(model, data)  # (N, 5, D), frozen text side: computed once
         copies = 1 + len(self.scales)
         n_inputs = copies * self.batch_size
-        with torch.random.fork_rng(devices=[]):  # seeded init, global RNG left untouched
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        init_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        with seeded(init_seed):  # seeded init, global RNG left untouched
             net = UniversalGenerator(
                 n_inputs,
                 captions.shape[-1],

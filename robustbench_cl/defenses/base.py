@@ -18,7 +18,7 @@ from torch import nn
 from robustbench_cl.data.base import TensorData
 from robustbench_cl.models.wrappers import Frozen
 from robustbench_cl.registry import DEFENSES, register_defense
-from robustbench_cl.utils import cache_file, stable_hash, tensor_digest
+from robustbench_cl.utils import cache_file, seeded, stable_hash, tensor_digest
 
 
 class Defense:
@@ -82,14 +82,13 @@ def content_digest(data: TensorData) -> str:
 
 def trainable_copy(model: Frozen, from_scratch: bool, seed: int) -> nn.Module:
     """A deep copy of the wrapped model with gradients on; re-initialised if asked."""
-    import torch
 
     inner = copy.deepcopy(model.model)
     if from_scratch:
-        torch.manual_seed(seed)
-        for module in inner.modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+        with seeded(seed):
+            for module in inner.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
     inner.requires_grad_(True)
     return inner
 

@@ -44,7 +44,7 @@ from robustbench_cl.models.llm import ChatLM, sft_loss, unwrap_chat_lm
 from robustbench_cl.models.wrappers import Frozen
 from robustbench_cl.registry import register_defense
 from robustbench_cl.threat import ThreatModel
-from robustbench_cl.utils import cache_file, stable_hash
+from robustbench_cl.utils import cache_file, seeded, stable_hash
 
 logger = logging.getLogger(__name__)
 
@@ -220,63 +220,65 @@ class _ChatAdversarialTraining(Defense):
 
     # -------------------------------------------------------------- the loop
     def train(self, base: ChatLM, data: ChatData, lora: bool) -> tuple[ChatLM, dict[str, Any]]:
-        torch.manual_seed(self.seed)
-        generator = torch.Generator().manual_seed(self.seed)
-        model = copy.deepcopy(base.model)
-        if lora:
-            from peft import get_peft_model
+        with seeded(self.seed):
+            generator = torch.Generator().manual_seed(self.seed)
+            model = copy.deepcopy(base.model)
+            if lora:
+                from peft import get_peft_model
 
-            model = get_peft_model(model, self._lora_config())
-        else:
-            model.requires_grad_(True)
-        lm = ChatLM(model, base.tokenizer, base.name)
-        harmful = data.of("harmful")
-        utility = data.of("benign") + data.of("borderline")
-        if not harmful:
-            raise UserError("jailbreak.data", "the defense's training data has no harmful requests")
-        self.prepare(base, harmful)
-        parameters = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(parameters, lr=self.lr, weight_decay=0.0)
-        attack_cost, train_cost = Cost(), Cost()
-        history: list[dict[str, float]] = []
-        start = time.perf_counter()
-        model.train()
-        for step in range(self.steps):
-            report_step(step, self.steps)
-            chosen = _sample(harmful, self.adv_batch, generator)
-            useful = _sample(utility, self.utility_batch, generator) if utility else []
-            lm.reset_scale()
-            model.eval()  # attack the model as it is (no dropout)
-            adversarial = self.attack(lm, chosen, generator)
+                model = get_peft_model(model, self._lora_config())
+            else:
+                model.requires_grad_(True)
+            lm = ChatLM(model, base.tokenizer, base.name)
+            harmful = data.of("harmful")
+            utility = data.of("benign") + data.of("borderline")
+            if not harmful:
+                raise UserError(
+                    "jailbreak.data", "the defense's training data has no harmful requests"
+                )
+            self.prepare(base, harmful)
+            parameters = [p for p in model.parameters() if p.requires_grad]
+            optimizer = torch.optim.AdamW(parameters, lr=self.lr, weight_decay=0.0)
+            attack_cost, train_cost = Cost(), Cost()
+            history: list[dict[str, float]] = []
+            start = time.perf_counter()
             model.train()
-            attack_cost = attack_cost + adversarial["cost"]
-            losses = self.loss(lm, chosen, useful, adversarial)
-            total = losses.pop("total")
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-            optimizer.step()
-            sequences = losses.pop("sequences")
-            train_cost = train_cost + Cost(forward=sequences, backward=sequences)
-            if step % 10 == 0 or step == self.steps - 1:
-                history.append({"step": step, **{k: float(v) for k, v in losses.items()}})
-        model.eval()
-        wall = time.perf_counter() - start
-        info = {
-            "defense": self.name,
-            "settings": self.settings(),
-            "lora": lora,
-            "wall_time": wall,
-            "cost": {
-                "attack": attack_cost.to_dict(),
-                "training": train_cost.to_dict(),
-                "forward": attack_cost.forward + train_cost.forward,
-                "backward": attack_cost.backward + train_cost.backward,
-            },
-            "history": history,
-            "train_behaviours": sorted({e.behavior for e in harmful}),
-        }
-        return lm, info
+            for step in range(self.steps):
+                report_step(step, self.steps)
+                chosen = _sample(harmful, self.adv_batch, generator)
+                useful = _sample(utility, self.utility_batch, generator) if utility else []
+                lm.reset_scale()
+                model.eval()  # attack the model as it is (no dropout)
+                adversarial = self.attack(lm, chosen, generator)
+                model.train()
+                attack_cost = attack_cost + adversarial["cost"]
+                losses = self.loss(lm, chosen, useful, adversarial)
+                total = losses.pop("total")
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+                optimizer.step()
+                sequences = losses.pop("sequences")
+                train_cost = train_cost + Cost(forward=sequences, backward=sequences)
+                if step % 10 == 0 or step == self.steps - 1:
+                    history.append({"step": step, **{k: float(v) for k, v in losses.items()}})
+            model.eval()
+            wall = time.perf_counter() - start
+            info = {
+                "defense": self.name,
+                "settings": self.settings(),
+                "lora": lora,
+                "wall_time": wall,
+                "cost": {
+                    "attack": attack_cost.to_dict(),
+                    "training": train_cost.to_dict(),
+                    "forward": attack_cost.forward + train_cost.forward,
+                    "backward": attack_cost.backward + train_cost.backward,
+                },
+                "history": history,
+                "train_behaviours": sorted({e.behavior for e in harmful}),
+            }
+            return lm, info
 
     def prepare(self, base: ChatLM, harmful: list) -> None:  # noqa: ANN001
         """Hook run once before training (C-AdvIPO's reference log-probabilities)."""

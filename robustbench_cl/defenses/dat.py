@@ -55,6 +55,7 @@ from robustbench_cl.models.artifacts import (
 from robustbench_cl.models.wrappers import Frozen
 from robustbench_cl.registry import register_defense
 from robustbench_cl.threat import ThreatModel
+from robustbench_cl.utils import seeded
 
 logger = logging.getLogger(__name__)
 
@@ -223,66 +224,69 @@ class DualAdversarialTraining(Defense):
     def train_stage2(self, network: nn.Module, data: TensorData) -> tuple[nn.Module, dict]:
         device = next(network.parameters()).device
         generator = torch.Generator().manual_seed(self.seed)
-        torch.manual_seed(self.seed)
-        x, y = data.x.to(device), data.y.to(device)
-        optimizer = torch.optim.SGD(
-            network.parameters(),
-            lr=self.lr,
-            momentum=self.momentum,
-            nesterov=True,
-            weight_decay=self.weight_decay,
-        )
-        ema = _EMA(network, self.ema_decay)
-        attack = PGD(
-            steps=self.pgd_steps, step_size=self.pgd_step_size, random_start=False, keep_best=False
-        )
-        curriculum = Curriculum(self.auc_threshold, self.auc_window, self.max_gen_steps)
-        aucs, steps_trace, losses, nan_batches = [], [], [], 0
-        for _ in range(self.epochs):
-            order_in = torch.randperm(len(y), generator=generator).to(device)
-            order_clf = torch.randperm(len(y), generator=generator).to(device)
-            for start in range(0, len(y) - self.batch_size + 1, self.batch_size):
-                rows_in = order_in[start : start + self.batch_size]
-                rows_clf = order_clf[start : start + self.batch_size]
-                x_in, y_in = x[rows_in], y[rows_in]
-                x_clf, y_clf = x[rows_clf], y[rows_clf]
-                seeds = ood_seeds(len(rows_in), x, generator)
-                network.eval()
-                x_gen = class_conditional_ascent(
-                    network, seeds, y_in, curriculum.steps, self.gen_step_size, data.bounds
-                )
-                with inputs_only_gradients(network):
-                    x_adv = attack.perturb(network, x_clf, y_clf, self._threat).adv.detach()
-                network.train()
-                if self.bn_mode == "eval":
-                    freeze_batchnorm(network)
-                s_real = energy_logit(network(x_in))
-                s_gen = energy_logit(network(x_gen))
-                loss = energy_bce(s_real, s_gen) + F.cross_entropy(network(x_adv), y_clf)
-                auc = float(batch_auc(s_real.detach(), s_gen.detach()))  # once per batch
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    nan_batches += 1
+        with seeded(self.seed):
+            x, y = data.x.to(device), data.y.to(device)
+            optimizer = torch.optim.SGD(
+                network.parameters(),
+                lr=self.lr,
+                momentum=self.momentum,
+                nesterov=True,
+                weight_decay=self.weight_decay,
+            )
+            ema = _EMA(network, self.ema_decay)
+            attack = PGD(
+                steps=self.pgd_steps,
+                step_size=self.pgd_step_size,
+                random_start=False,
+                keep_best=False,
+            )
+            curriculum = Curriculum(self.auc_threshold, self.auc_window, self.max_gen_steps)
+            aucs, steps_trace, losses, nan_batches = [], [], [], 0
+            for _ in range(self.epochs):
+                order_in = torch.randperm(len(y), generator=generator).to(device)
+                order_clf = torch.randperm(len(y), generator=generator).to(device)
+                for start in range(0, len(y) - self.batch_size + 1, self.batch_size):
+                    rows_in = order_in[start : start + self.batch_size]
+                    rows_clf = order_clf[start : start + self.batch_size]
+                    x_in, y_in = x[rows_in], y[rows_in]
+                    x_clf, y_clf = x[rows_clf], y[rows_clf]
+                    seeds = ood_seeds(len(rows_in), x, generator)
+                    network.eval()
+                    x_gen = class_conditional_ascent(
+                        network, seeds, y_in, curriculum.steps, self.gen_step_size, data.bounds
+                    )
+                    with inputs_only_gradients(network):
+                        x_adv = attack.perturb(network, x_clf, y_clf, self._threat).adv.detach()
+                    network.train()
+                    if self.bn_mode == "eval":
+                        freeze_batchnorm(network)
+                    s_real = energy_logit(network(x_in))
+                    s_gen = energy_logit(network(x_gen))
+                    loss = energy_bce(s_real, s_gen) + F.cross_entropy(network(x_adv), y_clf)
+                    auc = float(batch_auc(s_real.detach(), s_gen.detach()))  # once per batch
+                    value = float(loss.detach())
+                    if not math.isfinite(value):
+                        nan_batches += 1
+                        optimizer.zero_grad(set_to_none=True)
+                        continue
                     optimizer.zero_grad(set_to_none=True)
-                    continue
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                ema.update(network)
-                aucs.append(round(auc, 4))
-                losses.append(round(value, 4))
-                curriculum.update(auc)
-                steps_trace.append(curriculum.steps)
-        network.eval()
-        log = {
-            "auc": aucs,
-            "gen_steps": steps_trace,
-            "loss": losses,
-            "nan_batches": nan_batches,
-            "final_gen_steps": curriculum.steps,
-            "auc_std_last_100": _std(aucs[-100:]),
-        }
-        return ema.model, log
+                    loss.backward()
+                    optimizer.step()
+                    ema.update(network)
+                    aucs.append(round(auc, 4))
+                    losses.append(round(value, 4))
+                    curriculum.update(auc)
+                    steps_trace.append(curriculum.steps)
+            network.eval()
+            log = {
+                "auc": aucs,
+                "gen_steps": steps_trace,
+                "loss": losses,
+                "nan_batches": nan_batches,
+                "final_gen_steps": curriculum.steps,
+                "auc_std_last_100": _std(aucs[-100:]),
+            }
+            return ema.model, log
 
 
 def _std(values: list[float]) -> float:

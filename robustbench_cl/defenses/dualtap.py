@@ -46,7 +46,7 @@ from robustbench_cl.errors import UserError
 from robustbench_cl.models.layers import max_pool2d
 from robustbench_cl.models.ocr import CropEOT, RecognizerSurrogate
 from robustbench_cl.registry import register_defense
-from robustbench_cl.utils import cache_file, parse_fraction, stable_hash
+from robustbench_cl.utils import cache_file, parse_fraction, seeded, stable_hash
 
 logger = logging.getLogger(__name__)
 
@@ -292,8 +292,8 @@ class DualTAP(Defense):
         }
 
     def new_protector(self) -> Protector:
-        torch.manual_seed(self.seed)
-        return Protector(self.eps, self.width, self.depth, self.shaping())
+        with seeded(self.seed):
+            return Protector(self.eps, self.width, self.depth, self.shaping())
 
     def screens_cache_path(self, data_key: str) -> Any:
         key = stable_hash(

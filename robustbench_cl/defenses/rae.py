@@ -44,6 +44,7 @@ from robustbench_cl.models.autoencoder import AutoEncoder
 from robustbench_cl.models.wrappers import Preprocessed
 from robustbench_cl.registry import register_defense
 from robustbench_cl.threat import ThreatModel
+from robustbench_cl.utils import seeded
 
 logger = logging.getLogger(__name__)
 
@@ -144,32 +145,32 @@ class RobustAutoEncoder(Defense):
                 "resize or crop the images",
             )
         channels, size = data.x.shape[1], data.x.shape[-1]
-        torch.manual_seed(self.seed)
-        autoencoder = AutoEncoder(channels, size, self.latent, self.width)
-        path = self.cache_path("", data)
-        with artifact_lock(path):
-            if artifact_exists(path):
-                load_artifact_weights(path, autoencoder)
-            else:
-                logger.info(
-                    "training rae (lambda %g, %s) on %s; cached at %s",
-                    self.lam,
-                    self.loss,
-                    data.name,
-                    path,
-                )
-                log = self.train(autoencoder, data.x)
-                save_artifact(
-                    path,
-                    autoencoder,
-                    {
-                        "defense": self.name,
-                        "settings": self.settings(),
-                        "shape": autoencoder.shape,
-                        "log": log,
-                    },
-                )
-        return autoencoder.eval().requires_grad_(False)
+        with seeded(self.seed):
+            autoencoder = AutoEncoder(channels, size, self.latent, self.width)
+            path = self.cache_path("", data)
+            with artifact_lock(path):
+                if artifact_exists(path):
+                    load_artifact_weights(path, autoencoder)
+                else:
+                    logger.info(
+                        "training rae (lambda %g, %s) on %s; cached at %s",
+                        self.lam,
+                        self.loss,
+                        data.name,
+                        path,
+                    )
+                    log = self.train(autoencoder, data.x)
+                    save_artifact(
+                        path,
+                        autoencoder,
+                        {
+                            "defense": self.name,
+                            "settings": self.settings(),
+                            "shape": autoencoder.shape,
+                            "log": log,
+                        },
+                    )
+            return autoencoder.eval().requires_grad_(False)
 
     def train(self, autoencoder: AutoEncoder, x: torch.Tensor) -> dict[str, Any]:
         loss_fn = pair_loss(self.loss)

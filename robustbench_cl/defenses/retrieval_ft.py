@@ -44,7 +44,7 @@ from robustbench_cl.models.artifacts import (
 )
 from robustbench_cl.models.biencoder import BiEncoder, ProjectionHead
 from robustbench_cl.registry import register_defense
-from robustbench_cl.utils import cache_file, stable_hash
+from robustbench_cl.utils import cache_file, seeded, stable_hash
 
 logger = logging.getLogger(__name__)
 
@@ -136,36 +136,36 @@ class RetrieverFineTune(Defense):
 
     # ------------------------------------------------------------------ training
     def train(self, base: BiEncoder, head: nn.Module, corpus: Any) -> tuple[nn.Module, dict]:
-        torch.manual_seed(self.seed)
-        generator = torch.Generator().manual_seed(self.seed)
-        index = corpus.index()
-        passages = base.sentence_features(corpus.texts()).cpu()
-        queries = base.sentence_features([q.text for q in corpus.train]).cpu()
-        positive = torch.tensor([index[q.relevant[0]] for q in corpus.train])
-        relevant = [torch.tensor([index[p] for p in q.relevant]) for q in corpus.train]
-        head = head.cpu().train()
-        optimizer = torch.optim.Adam(head.parameters(), lr=self.lr)
-        history: list[float] = []
-        state = self.start(base, head, passages, queries, positive, corpus)
-        steps_per_epoch = -(-len(queries) // self.batch_size)
-        for epoch in range(self.epochs):
-            negatives = _mine(head, queries, passages, relevant, 1 + self.extra_negatives())
-            order = torch.randperm(len(queries), generator=generator)
-            for step in range(steps_per_epoch):
-                batch = order[step * self.batch_size : (step + 1) * self.batch_size]
-                state["batch"] = batch  # the training queries' indices (AR2's ranker)
-                loss = self.loss(
-                    head, queries[batch], passages, positive[batch], negatives[batch], state
-                )
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                history.append(loss.detach())
-            report_step(epoch + 1, self.epochs)
-        return head.eval(), {
-            "loss_history": [float(v) for v in history[:: max(1, len(history) // 50)]],
-            **self.info(state),
-        }
+        with seeded(self.seed):
+            generator = torch.Generator().manual_seed(self.seed)
+            index = corpus.index()
+            passages = base.sentence_features(corpus.texts()).cpu()
+            queries = base.sentence_features([q.text for q in corpus.train]).cpu()
+            positive = torch.tensor([index[q.relevant[0]] for q in corpus.train])
+            relevant = [torch.tensor([index[p] for p in q.relevant]) for q in corpus.train]
+            head = head.cpu().train()
+            optimizer = torch.optim.Adam(head.parameters(), lr=self.lr)
+            history: list[float] = []
+            state = self.start(base, head, passages, queries, positive, corpus)
+            steps_per_epoch = -(-len(queries) // self.batch_size)
+            for epoch in range(self.epochs):
+                negatives = _mine(head, queries, passages, relevant, 1 + self.extra_negatives())
+                order = torch.randperm(len(queries), generator=generator)
+                for step in range(steps_per_epoch):
+                    batch = order[step * self.batch_size : (step + 1) * self.batch_size]
+                    state["batch"] = batch  # the training queries' indices (AR2's ranker)
+                    loss = self.loss(
+                        head, queries[batch], passages, positive[batch], negatives[batch], state
+                    )
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    history.append(loss.detach())
+                report_step(epoch + 1, self.epochs)
+            return head.eval(), {
+                "loss_history": [float(v) for v in history[:: max(1, len(history) // 50)]],
+                **self.info(state),
+            }
 
     def extra_negatives(self) -> int:
         return 0

@@ -1,8 +1,9 @@
 """The engine loop: the one place that runs units and writes records.
 
 It alone owns the results store (append + fsync; resume by unit id; a torn last line is
-dropped and recomputed), the per-unit seed, progress events, wall time, user-error prefixes
-and the executor. Tasks only plan units and turn inputs into records
+dropped and recomputed), the per-shard seed, progress events, each record's wall time (the
+seconds its shards ran, wherever they ran, plus the merge), user-error prefixes and the
+executor. Tasks only plan units and turn inputs into records
 (:mod:`robustbench_cl.engine.task`).
 
 Locally, units run in plan order; a task's heavy state (a model, a trained defense) stays
@@ -24,7 +25,7 @@ import torch
 
 from robustbench_cl.engine.records import check_record
 from robustbench_cl.engine.store import ResultsStore
-from robustbench_cl.engine.task import RunContext, Task, Unit, run_remote_shard, seed_unit
+from robustbench_cl.engine.task import RunContext, Task, Unit, run_remote_shard, seeded_shard
 from robustbench_cl.errors import under_field
 from robustbench_cl.utils import cache_home
 
@@ -99,19 +100,24 @@ def _record(
     ctx: RunContext,
     local: bool,
     parts: list[Any] | None = None,
+    seconds: float = 0.0,
 ) -> dict[str, Any]:
+    """Run (locally) or merge (the parts of remote shards, which ran for ``seconds``) one unit,
+    check its record and append it."""
     started = time.perf_counter()
     with under_field(unit.field) if unit.field else contextlib.nullcontext():
         if local:
             parts = []
             for shard in range(unit.shards):
-                seed_unit(ctx.config.seed, unit.id, shard)
-                parts.append(task.run_shard(unit, inputs, shard))
+                with seeded_shard(ctx.config.seed, unit.id, shard):
+                    parts.append(task.run_shard(unit, inputs, shard))
         assert parts is not None
         record = task.merge(unit, inputs, parts)
     if record.get("id") != unit.id or "type" not in record:
         raise RuntimeError(f"{task.name} returned a record without its unit's id or a type")
-    record.setdefault("wall_time", time.perf_counter() - started)
+    if "wall_time" in record:
+        raise RuntimeError(f"{task.name} set its record's wall_time: the loop measures it")
+    record["wall_time"] = seconds + time.perf_counter() - started
     check_record(task.record_models, task.name, record)
     store.append(record)
     ctx.progress.cell_done(record, skipped=False, label=None if local else unit.label)
@@ -168,16 +174,20 @@ def _execute_remote(
     from robustbench_cl.models.artifacts import add_artifact_uses
 
     submit_ready()
+    seconds: dict[str, float] = {}
     for (unit_id, shard), returned in executor.completed():
         task, unit = by_id[unit_id]
         parts[unit_id][shard] = returned["part"]
+        seconds[unit_id] = seconds.get(unit_id, 0.0) + returned["seconds"]
         add_artifact_uses(returned["artifacts"])
         if len(parts[unit_id]) < unit.shards:
             continue
         inputs = {n: records[n] for n in unit.needs}
         done = parts.pop(unit_id)
         ordered = [done[index] for index in range(unit.shards)]
-        records[unit_id] = _record(task, unit, inputs, store, ctx, local=False, parts=ordered)
+        records[unit_id] = _record(
+            task, unit, inputs, store, ctx, False, ordered, seconds.pop(unit_id)
+        )
         submit_ready()
     if waiting:
         raise RuntimeError(f"units never became ready: {waiting[0][1].label}")

@@ -26,6 +26,7 @@ the report or the CLI names it.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -156,7 +157,9 @@ class Task:
         raise NotImplementedError
 
     def merge(self, unit: Unit, inputs: dict[str, dict[str, Any]], parts: list[Any]) -> dict:
-        """Join the shards' parts (in shard order) into the unit's record."""
+        """Join the shards' parts (in shard order) into the unit's record. It runs in the
+        driver, outside any shard's seed: it must not draw randomness. The loop sets the
+        record's ``wall_time``; a task does not."""
         assert len(parts) == 1, f"{type(self).__name__} has shards but no merge"
         return parts[0]
 
@@ -294,14 +297,15 @@ def validate_task_sections(config: MatrixConfig) -> MatrixConfig:
     return config
 
 
-def seed_unit(seed: int, unit_id: str, shard: int) -> None:
-    """Seed torch's global generator for one shard of one unit: the same in any process, in
-    any order. Tasks that draw randomness seed their own generators from the unit id too."""
-    import torch
+def seeded_shard(seed: int, unit_id: str, shard: int):  # noqa: ANN201
+    """The context a shard of a unit runs in, locally or in a worker: torch's global generator
+    seeded by (seed, unit, shard), the same in any process and any order, and restored after
+    (:func:`robustbench_cl.utils.seeded`). It yields a generator seeded the same, for code that
+    takes one. Tasks seed nothing themselves; one that needs a stream of its own (a cell's, per
+    shard) draws it from :func:`robustbench_cl.utils.seeded` and ``derive_seed``."""
+    from robustbench_cl.utils import derive_seed, seeded
 
-    from robustbench_cl.utils import derive_seed
-
-    torch.manual_seed(derive_seed(seed, unit_id, "shard", shard))
+    return seeded(derive_seed(seed, unit_id, "shard", shard))
 
 
 # ---------------------------------------------------------------------- Ray workers
@@ -346,11 +350,11 @@ def run_remote_shard(
         task = TASKS.get(task_name)(ctx)
         _WORKER_TASKS[key] = (task, {unit.id: unit for unit in task.plan()})
     task, units = _WORKER_TASKS[key]
-    seed_unit(task.config.seed, unit_id, shard)
     from robustbench_cl.models.artifacts import collect_artifact_uses
 
     # the cached artifacts this shard loaded, for the driver's meta.json (a worker that keeps a
     # model loaded reported it with the shard that loaded it)
-    with collect_artifact_uses() as used:
+    started = time.perf_counter()
+    with collect_artifact_uses() as used, seeded_shard(task.config.seed, unit_id, shard):
         part = task.run_shard(units[unit_id], inputs, shard)
-    return {"part": part, "artifacts": used}
+    return {"part": part, "artifacts": used, "seconds": time.perf_counter() - started}

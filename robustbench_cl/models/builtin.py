@@ -22,7 +22,7 @@ from robustbench_cl.models.artifacts import (
 )
 from robustbench_cl.models.layers import MaxPool2d
 from robustbench_cl.registry import register_model
-from robustbench_cl.utils import cache_file, stable_hash
+from robustbench_cl.utils import cache_file, seeded, stable_hash
 
 logger = logging.getLogger(__name__)
 
@@ -40,18 +40,18 @@ def _recipe_trainer(
     def train(x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
         from robustbench_cl.models.training import train_classifier
 
-        torch.manual_seed(seed)
-        model = architecture()
-        train_classifier(
-            model,
-            x,
-            y,
-            epochs=recipe["epochs"],
-            lr=recipe["lr"],
-            batch_size=recipe["batch_size"],
-            seed=seed,
-        )
-        return model.eval()
+        with seeded(seed):
+            model = architecture()
+            train_classifier(
+                model,
+                x,
+                y,
+                epochs=recipe["epochs"],
+                lr=recipe["lr"],
+                batch_size=recipe["batch_size"],
+                seed=seed,
+            )
+            return model.eval()
 
     return train
 
@@ -131,8 +131,8 @@ def _cached_builtin(name: str) -> nn.Module:
     path = cache_file("models", f"{name}-{stable_hash(recipe, 8)}")
     with artifact_lock(path):
         if artifact_exists(path):
-            torch.manual_seed(recipe["seed"])
-            return load_artifact_weights(path, architecture()).eval()
+            with seeded(recipe["seed"]):
+                return load_artifact_weights(path, architecture()).eval()
         logger.info("training builtin:%s on first use (cached at %s)", name, path)
         data = load_dataset("digits", split="train")
         model = train(data.x, data.y, recipe["seed"])

@@ -23,7 +23,7 @@ from robustbench_cl.models.artifacts import (
 )
 from robustbench_cl.models.layers import MaxPool2d
 from robustbench_cl.registry import register_model
-from robustbench_cl.utils import cache_file, stable_hash
+from robustbench_cl.utils import cache_file, seeded, stable_hash
 
 logger = logging.getLogger(__name__)
 
@@ -67,24 +67,26 @@ def _augment() -> nn.Module:
 
 
 def pretrain_simclr(encoder: nn.Module, x: torch.Tensor, recipe: dict) -> nn.Module:
-    torch.manual_seed(recipe["seed"])
-    projection = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32))
-    augment = _augment()
-    parameters = list(encoder.parameters()) + list(projection.parameters())
-    optimizer = torch.optim.Adam(parameters, lr=recipe["simclr_lr"])
-    generator = torch.Generator().manual_seed(recipe["seed"])
-    batch = recipe["simclr_batch"]
-    encoder.train()
-    for _ in range(recipe["simclr_epochs"]):
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x) - batch // 2, batch):
-            xb = x[order[start : start + batch]]
-            v1, v2 = augment(xb).clamp(0, 1), augment(xb).clamp(0, 1)
-            loss = info_nce(projection(encoder(v1)), projection(encoder(v2)), recipe["temperature"])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    return encoder.eval()
+    with seeded(recipe["seed"]):
+        projection = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32))
+        augment = _augment()
+        parameters = list(encoder.parameters()) + list(projection.parameters())
+        optimizer = torch.optim.Adam(parameters, lr=recipe["simclr_lr"])
+        generator = torch.Generator().manual_seed(recipe["seed"])
+        batch = recipe["simclr_batch"]
+        encoder.train()
+        for _ in range(recipe["simclr_epochs"]):
+            order = torch.randperm(len(x), generator=generator)
+            for start in range(0, len(x) - batch // 2, batch):
+                xb = x[order[start : start + batch]]
+                v1, v2 = augment(xb).clamp(0, 1), augment(xb).clamp(0, 1)
+                loss = info_nce(
+                    projection(encoder(v1)), projection(encoder(v2)), recipe["temperature"]
+                )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        return encoder.eval()
 
 
 def train_linear_head(encoder: nn.Module, head: nn.Linear, x, y, recipe: dict) -> nn.Linear:  # noqa: ANN001
@@ -108,19 +110,19 @@ def digits_fm() -> nn.Module:
 
     path = cache_file("models", f"digits-fm-{stable_hash(DIGITS_FM_RECIPE, 8)}")
     with artifact_lock(path):
-        torch.manual_seed(DIGITS_FM_RECIPE["seed"])
-        model = digits_fm_architecture()
-        if artifact_exists(path):
-            return load_artifact_weights(path, model).eval()
-        logger.info("pre-training builtin:digits-fm (SimCLR) on first use; cached at %s", path)
-        train = load_dataset("digits", split="train")
-        encoder, head = model[0], model[1]
-        pretrain_simclr(encoder, train.x, DIGITS_FM_RECIPE)
-        encoder.requires_grad_(False)
-        train_linear_head(encoder, head, train.x, train.y, DIGITS_FM_RECIPE)
-        test = load_dataset("digits", split="test")
-        model.eval()
-        save_artifact(
-            path, model, dict(DIGITS_FM_RECIPE, test_accuracy=accuracy(model, test.x, test.y))
-        )
+        with seeded(DIGITS_FM_RECIPE["seed"]):
+            model = digits_fm_architecture()
+            if artifact_exists(path):
+                return load_artifact_weights(path, model).eval()
+            logger.info("pre-training builtin:digits-fm (SimCLR) on first use; cached at %s", path)
+            train = load_dataset("digits", split="train")
+            encoder, head = model[0], model[1]
+            pretrain_simclr(encoder, train.x, DIGITS_FM_RECIPE)
+            encoder.requires_grad_(False)
+            train_linear_head(encoder, head, train.x, train.y, DIGITS_FM_RECIPE)
+            test = load_dataset("digits", split="test")
+            model.eval()
+            save_artifact(
+                path, model, dict(DIGITS_FM_RECIPE, test_accuracy=accuracy(model, test.x, test.y))
+            )
     return model.requires_grad_(True).eval()

@@ -31,7 +31,7 @@ from torch import nn
 
 from robustbench_cl.errors import UserError
 from robustbench_cl.registry import register_model
-from robustbench_cl.utils import cache_file, stable_hash
+from robustbench_cl.utils import cache_file, seeded, stable_hash
 
 logger = logging.getLogger(__name__)
 
@@ -368,40 +368,40 @@ def train_tiny_chat_lm(recipe: dict[str, Any] = TINY_CHAT_RECIPE, progress=None)
     """Tokenizer + Llama config + supervised fine-tuning on the synthetic chat corpus."""
     from robustbench_cl.data.chat import pretraining_documents, sft_corpus
 
-    torch.manual_seed(recipe["seed"])
-    corpus = sft_corpus(recipe["corpus"], seed=recipe["seed"])
-    documents = pretraining_documents()
-    texts = [f"{e.instruction} {e.response}" for e in corpus.examples] + documents
-    tokenizer = build_tokenizer(texts, recipe["vocab"])
-    model = tiny_llama(len(tokenizer), recipe)
-    lm = ChatLM(model, tokenizer, "tiny-chat-lm")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=0.01)
-    steps = recipe["steps"]
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=recipe["lr"], total_steps=steps, pct_start=0.05
-    )
-    generator = torch.Generator().manual_seed(recipe["seed"])
-    examples = corpus.examples
-    model.train()
-    start = time.perf_counter()
-    for step in range(steps):
-        index = torch.randint(len(examples), (recipe["batch"],), generator=generator).tolist()
-        chosen = [examples[i] for i in index]
-        loss = sft_loss(lm, [e.instruction for e in chosen], [e.response for e in chosen])
-        index = torch.randint(len(documents), (recipe["documents"],), generator=generator)
-        loss = loss + recipe["document_weight"] * document_loss(
-            lm, [documents[i] for i in index.tolist()]
+    with seeded(recipe["seed"]):
+        corpus = sft_corpus(recipe["corpus"], seed=recipe["seed"])
+        documents = pretraining_documents()
+        texts = [f"{e.instruction} {e.response}" for e in corpus.examples] + documents
+        tokenizer = build_tokenizer(texts, recipe["vocab"])
+        model = tiny_llama(len(tokenizer), recipe)
+        lm = ChatLM(model, tokenizer, "tiny-chat-lm")
+        optimizer = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=0.01)
+        steps = recipe["steps"]
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=recipe["lr"], total_steps=steps, pct_start=0.05
         )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        if step % 200 == 0:
-            logger.info("tiny-chat-lm step %d loss %.3f", step, float(loss.detach()))
-    logger.info("tiny-chat-lm trained in %.1f s", time.perf_counter() - start)
-    model.eval()
-    return lm
+        generator = torch.Generator().manual_seed(recipe["seed"])
+        examples = corpus.examples
+        model.train()
+        start = time.perf_counter()
+        for step in range(steps):
+            index = torch.randint(len(examples), (recipe["batch"],), generator=generator).tolist()
+            chosen = [examples[i] for i in index]
+            loss = sft_loss(lm, [e.instruction for e in chosen], [e.response for e in chosen])
+            index = torch.randint(len(documents), (recipe["documents"],), generator=generator)
+            loss = loss + recipe["document_weight"] * document_loss(
+                lm, [documents[i] for i in index.tolist()]
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            if step % 200 == 0:
+                logger.info("tiny-chat-lm step %d loss %.3f", step, float(loss.detach()))
+        logger.info("tiny-chat-lm trained in %.1f s", time.perf_counter() - start)
+        model.eval()
+        return lm
 
 
 def _quiet_transformers() -> None:

@@ -36,7 +36,7 @@ from robustbench_cl.models.artifacts import (
 )
 from robustbench_cl.models.layers import MaxPool2d
 from robustbench_cl.registry import register_model
-from robustbench_cl.utils import cache_file, stable_hash
+from robustbench_cl.utils import cache_file, seeded, stable_hash
 
 logger = logging.getLogger(__name__)
 
@@ -205,37 +205,37 @@ def train_tinyclip(recipe: dict, data=None) -> TinyCLIP:  # noqa: ANN001 - Capti
     from robustbench_cl.data.captions import make_shapes
 
     data = data if data is not None else make_shapes("train")
-    torch.manual_seed(recipe["seed"])
-    model = TinyCLIP(width=recipe["width"])
-    text_features = minilm().encode(list(data.captions))  # frozen: computed once
-    owners = data.captions_of()
-    generator = torch.Generator().manual_seed(recipe["seed"])
-    optimizer = torch.optim.Adam(model.parameters(), lr=recipe["lr"])
-    n, batch_size = len(data), recipe["batch_size"]
-    steps = recipe["epochs"] * (n // batch_size)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    model.train()
-    for _ in range(recipe["epochs"]):
-        order = torch.randperm(n, generator=generator)
-        choice = torch.randint(0, 5, (n,), generator=generator)
-        for start in range(0, n - batch_size + 1, batch_size):
-            batch = order[start : start + batch_size]
-            caption_index = torch.tensor(
-                [
-                    owners[i][c % len(owners[i])]
-                    for i, c in zip(batch.tolist(), choice[batch].tolist())
-                ]
-            )
-            loss = clip_loss(
-                model.encode_image(data.images[batch]),
-                model.project_text(text_features[caption_index]),
-                model.logit_scale,
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-    return model.eval()
+    with seeded(recipe["seed"]):
+        model = TinyCLIP(width=recipe["width"])
+        text_features = minilm().encode(list(data.captions))  # frozen: computed once
+        owners = data.captions_of()
+        generator = torch.Generator().manual_seed(recipe["seed"])
+        optimizer = torch.optim.Adam(model.parameters(), lr=recipe["lr"])
+        n, batch_size = len(data), recipe["batch_size"]
+        steps = recipe["epochs"] * (n // batch_size)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+        model.train()
+        for _ in range(recipe["epochs"]):
+            order = torch.randperm(n, generator=generator)
+            choice = torch.randint(0, 5, (n,), generator=generator)
+            for start in range(0, n - batch_size + 1, batch_size):
+                batch = order[start : start + batch_size]
+                caption_index = torch.tensor(
+                    [
+                        owners[i][c % len(owners[i])]
+                        for i, c in zip(batch.tolist(), choice[batch].tolist())
+                    ]
+                )
+                loss = clip_loss(
+                    model.encode_image(data.images[batch]),
+                    model.project_text(text_features[caption_index]),
+                    model.logit_scale,
+                )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+        return model.eval()
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ from robustbench_cl.engine.metrics import wilson_interval
 from robustbench_cl.paths import inside
 from robustbench_cl.tasks.classification import sanity
 from robustbench_cl.tasks.pairs import BROKEN, NOT_ATTACKED, ROBUST, Cell
-from robustbench_cl.utils import derive_seed
+from robustbench_cl.utils import derive_seed, seeded
 
 if TYPE_CHECKING:
     from robustbench_cl.tasks.pairs import PairTask
@@ -33,7 +33,6 @@ class ShardPart:
     outcomes: torch.Tensor  # (shard length,) on the CPU: ROBUST, BROKEN or NOT_ATTACKED
     attacked: int
     cost: Cost
-    wall: float
     examples: dict[str, torch.Tensor] | None
     probe: dict[str, Any]  # the convergence probe on this shard's share of the probe size
 
@@ -59,71 +58,75 @@ class AttackCells(_Base):
         """
         config = self.config
         first, last = self.shards[index]
-        torch.manual_seed(
+        # shard 0 takes the cell's seed, so an unsharded cell is seeded as it always was
+        seed = (
             derive_seed(config.seed, cell.id)
             if index == 0
             else derive_seed(config.seed, cell.id, "shard", index)
         )
-        x, y, target = self.inputs(first, last), self.y[first:last], labels[first:last]
-        todo = alive[first:last].nonzero().flatten()
-        size = self.batch_size
-        automatic = config.engine.batch_size == "auto"
-        outcomes = torch.full((last - first,), NOT_ATTACKED, dtype=torch.long, device=self.device)
-        cost = Cost()
-        wall = 0.0
-        wanted = config.engine.examples if self.images else 0
-        kept: list[tuple[torch.Tensor, torch.Tensor]] = []
-        transfer = cell.threat.access == "transfer"
-        source = self._bare.get(cell.pair_id, model) if transfer else model
-        rejudge = transfer or config.engine.precision == "bf16"
-        with step_hook(self.progress.step):
-            start = 0
-            while start < len(todo):
-                batch = todo[start : start + size]
-                try:
-                    with self._autocast(attack):
-                        # every attacked sample is clean-correct on the evaluated model
-                        known = torch.ones(len(batch), dtype=torch.bool, device=x.device)
-                        result = attack(
-                            source, x[batch], target[batch], cell.threat, clean_correct=known
-                        )
-                except torch.OutOfMemoryError:
-                    if not automatic or len(batch) == 1:
-                        raise
-                    size = self._auto_batch = max(1, len(batch) // 2)
-                    if self.device.type == "cuda":
-                        torch.cuda.empty_cache()
-                    self.progress.message(f"out of memory at batch {len(batch)}; now {size}")
-                    continue
-                start += len(batch)
-                success = result.success
-                if rejudge:  # transfer: judged on the defended model; bf16: judged in fp32
-                    with torch.no_grad():
-                        predicted = model(result.adv).argmax(1)
-                    if cell.threat.targeted:
-                        success = predicted == target[batch]
-                    else:
-                        success = predicted != y[batch]
-                    result.cost.forward += len(batch)
-                outcomes[batch] = torch.where(success, BROKEN, ROBUST)
-                cost = cost + result.cost
-                wall += result.wall_time
-                if wanted > 0:  # once per batch, outside the attack's step loop
-                    hits = success.nonzero().flatten()[:wanted]
-                    kept.append((batch[hits], result.adv[hits].detach()))
-                    wanted -= len(hits)
-                self.progress.batch_done()
-        examples = self._examples(model, x, y, target, first, kept)
-        probe: dict[str, Any] = {}
-        if config.engine.sanity_checks and not transfer:
-            # each shard probes its share of the probe size (all of it when unsharded)
-            quota = -(-config.engine.sanity_probe_size * (last - first) // self.n)
-            survivors = (outcomes == ROBUST).nonzero().flatten()
-            # spread over the survivors: the subset is in dataset order, often class order
-            spread = torch.linspace(0, len(survivors) - 1, min(quota, len(survivors)))
-            probed = survivors[spread.round().long().to(survivors.device)]
-            probe = sanity.convergence_probe(attack, model, x[probed], target[probed], cell.threat)
-        return ShardPart(outcomes.cpu(), len(todo), cost, wall, examples, probe)
+        with seeded(seed):
+            x, y, target = self.inputs(first, last), self.y[first:last], labels[first:last]
+            todo = alive[first:last].nonzero().flatten()
+            size = self.batch_size
+            automatic = config.engine.batch_size == "auto"
+            outcomes = torch.full(
+                (last - first,), NOT_ATTACKED, dtype=torch.long, device=self.device
+            )
+            cost = Cost()
+            wanted = config.engine.examples if self.images else 0
+            kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+            transfer = cell.threat.access == "transfer"
+            source = self._bare.get(cell.pair_id, model) if transfer else model
+            rejudge = transfer or config.engine.precision == "bf16"
+            with step_hook(self.progress.step):
+                start = 0
+                while start < len(todo):
+                    batch = todo[start : start + size]
+                    try:
+                        with self._autocast(attack):
+                            # every attacked sample is clean-correct on the evaluated model
+                            known = torch.ones(len(batch), dtype=torch.bool, device=x.device)
+                            result = attack(
+                                source, x[batch], target[batch], cell.threat, clean_correct=known
+                            )
+                    except torch.OutOfMemoryError:
+                        if not automatic or len(batch) == 1:
+                            raise
+                        size = self._auto_batch = max(1, len(batch) // 2)
+                        if self.device.type == "cuda":
+                            torch.cuda.empty_cache()
+                        self.progress.message(f"out of memory at batch {len(batch)}; now {size}")
+                        continue
+                    start += len(batch)
+                    success = result.success
+                    if rejudge:  # transfer: judged on the defended model; bf16: judged in fp32
+                        with torch.no_grad():
+                            predicted = model(result.adv).argmax(1)
+                        if cell.threat.targeted:
+                            success = predicted == target[batch]
+                        else:
+                            success = predicted != y[batch]
+                        result.cost.forward += len(batch)
+                    outcomes[batch] = torch.where(success, BROKEN, ROBUST)
+                    cost = cost + result.cost
+                    if wanted > 0:  # once per batch, outside the attack's step loop
+                        hits = success.nonzero().flatten()[:wanted]
+                        kept.append((batch[hits], result.adv[hits].detach()))
+                        wanted -= len(hits)
+                    self.progress.batch_done()
+            examples = self._examples(model, x, y, target, first, kept)
+            probe: dict[str, Any] = {}
+            if config.engine.sanity_checks and not transfer:
+                # each shard probes its share of the probe size (all of it when unsharded)
+                quota = -(-config.engine.sanity_probe_size * (last - first) // self.n)
+                survivors = (outcomes == ROBUST).nonzero().flatten()
+                # spread over the survivors: the subset is in dataset order, often class order
+                spread = torch.linspace(0, len(survivors) - 1, min(quota, len(survivors)))
+                probed = survivors[spread.round().long().to(survivors.device)]
+                probe = sanity.convergence_probe(
+                    attack, model, x[probed], target[probed], cell.threat
+                )
+            return ShardPart(outcomes.cpu(), len(todo), cost, examples, probe)
 
     def finish_cell(
         self, cell: Cell, attack: Attack, clean: dict[str, Any], parts: list[ShardPart]
@@ -182,7 +185,6 @@ class AttackCells(_Base):
             # this attack alone: the samples it broke first, over the clean-correct ones
             "broken_rate": broken_here / clean_correct if clean_correct else 0.0,
             "cost": cost.to_dict(),
-            "wall_time": sum(part.wall for part in parts),
             "flags": flags,
             "sanity_probe": probe,
             "example_indices": examples,

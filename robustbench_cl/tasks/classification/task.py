@@ -12,7 +12,6 @@ and each one Ray task; the driver merges them in shard order.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -25,7 +24,6 @@ from robustbench_cl.data.subset import class_histogram
 from robustbench_cl.engine.metrics import wilson_interval
 from robustbench_cl.engine.summary import RunSummary, threat_sort_key
 from robustbench_cl.engine.task import Unit, register_task
-from robustbench_cl.errors import under_field
 from robustbench_cl.tasks.classification import report, sanity
 from robustbench_cl.tasks.classification.cells import AttackCells
 from robustbench_cl.tasks.classification.records import CellRecord, CleanRecord
@@ -180,10 +178,8 @@ class ClassificationTask(AttackCells, PairTask):
 
     # ------------------------------------------------------------------ clean pass
     def clean_record(self, pair: Pair, model: nn.Module) -> dict[str, Any]:
-        start = time.perf_counter()
         # a model that does not take these inputs: one line naming both, not a torch traceback
-        with under_field(f"model {pair.model.label}", replace=True):
-            probe_model(model, self.inputs(*self.shards[0]))
+        probe_model(model, self.inputs(*self.shards[0]), field=f"model {pair.model.label}")
         logits = torch.cat([self._predict(model, self.inputs(*shard)) for shard in self.shards])
         n_classes = logits.shape[1]
         correct = logits.argmax(1) == self.y
@@ -228,7 +224,6 @@ class ClassificationTask(AttackCells, PairTask):
             "clean_accuracy": count / self.n,
             "clean_ci95": list(wilson_interval(count, self.n)),
             "probes": probes,
-            "wall_time": time.perf_counter() - start,
         }
 
     # ------------------------------------------------------------------ one cell

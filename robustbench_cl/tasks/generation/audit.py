@@ -3,7 +3,6 @@ the judge's features, and an OOD AUROC; the seeds, the sampler and the sample gr
 
 from __future__ import annotations
 
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -103,7 +102,6 @@ class GenerationAudit:
     def run(
         self, model: nn.Module, training_log: dict[str, Any] | None
     ) -> tuple[dict[str, Any], torch.Tensor]:
-        start = time.perf_counter()
         samples = self.sample(model)
         with torch.no_grad():
             judged = self.judge(samples).argmax(1)
@@ -125,7 +123,6 @@ class GenerationAudit:
                 ((samples >= self.bounds[0]) & (samples <= self.bounds[1])).all()
             ),
             "training": _training_summary(training_log),
-            "wall_time": time.perf_counter() - start,
         }
         return record, samples
 

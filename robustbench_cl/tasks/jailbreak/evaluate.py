@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
@@ -20,7 +19,6 @@ class Evaluation:
     """The jailbreak task's work on a defended chat LM (mixed into it): utility and over-refusal, and one attack cell, shard by shard."""
 
     def clean_record(self, lm, model, defense, built, record_id) -> dict[str, Any]:  # noqa: ANN001
-        start = time.perf_counter()
         tokens = self.section.max_new_tokens
         benign, borderline = self.test.of("benign"), self.test.of("borderline")
         answers = _respond(lm, [e.instruction for e in benign + borderline], tokens, self.section)
@@ -58,7 +56,6 @@ class Evaluation:
                     :4
                 ]
             ],
-            "wall_time": time.perf_counter() - start,
         }
 
     def shard_ranges(self) -> list[tuple[int, int]]:
@@ -75,7 +72,6 @@ class Evaluation:
         first, last = self.shard_ranges()[shard]
         harmful = self.test.of("harmful")[first:last]
         size = self.section.batch_size
-        start = time.perf_counter()
         key = (record_id,) if shard == 0 else (record_id, "shard", shard)
         generator = torch.Generator().manual_seed(derive_seed(self.config.seed, *key))
         part: dict[str, Any] = {
@@ -102,7 +98,7 @@ class Evaluation:
         settings = attack.settings()
         if hasattr(attack, "resolved"):
             settings = dict(settings, resolved=attack.resolved(lm, threat))
-        part.update(settings=settings, wall=time.perf_counter() - start)
+        part.update(settings=settings)
         return part
 
     def cell_record(self, column, record_id, clean_id, parts) -> dict[str, Any]:  # noqa: ANN001
@@ -177,7 +173,6 @@ class Evaluation:
             },
             "cost": {"forward": forward, "backward": backward, "per_prompt_forward": forward / n},
             "examples": examples[: self.section.examples],
-            "wall_time": sum(part["wall"] for part in parts),
         }
 
 

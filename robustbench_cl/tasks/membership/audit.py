@@ -3,7 +3,6 @@ of each pair, trained or loaded once and shared by the audits of the pair."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
@@ -81,7 +80,6 @@ class MembershipAudit:
         return self._references[key]
 
     def run(self, cell: MembershipCell, model: nn.Module, progress) -> dict[str, Any]:  # noqa: ANN001
-        start = time.perf_counter()
         attack = make_membership_attack(cell.config.attack, **cell.config.params)
         audited, is_member, z_index = self.split(cell.config.n)
         x, y = self.x[audited].to(self.device), self.y[audited].to(self.device)
@@ -122,5 +120,4 @@ class MembershipAudit:
             **metrics,
             "scores": scores.detach().cpu().tolist(),
             "members": is_member.int().tolist(),
-            "wall_time": time.perf_counter() - start,
         }

@@ -3,7 +3,6 @@ universal perturbation and evaluating it on a target, shard by shard."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +70,6 @@ class Evaluation:
 
     # ------------------------------------------------------------------ clean and attacked
     def clean_record(self, config: ModelConfig, record_id: str) -> dict[str, Any]:
-        start = time.perf_counter()
         model = self.model(config)
         images, texts = _features(model, self.test, self.test.images.to(self.device))
         correct = retrieval_correct(images, texts, self.test.caption_image, self.section.ks)
@@ -86,7 +84,6 @@ class Evaluation:
                 side: {str(k): v.int().tolist() for k, v in ks.items()}
                 for side, ks in correct.items()
             },
-            "wall_time": time.perf_counter() - start,
         }
 
     def fit(self, fit: dict[str, Any]) -> UniversalPerturbation:
@@ -129,7 +126,6 @@ class Evaluation:
     ) -> dict[str, Any]:
         """One shard of an evaluation: the target's features of its perturbed test images and
         of their (perturbed) captions."""
-        start = time.perf_counter()
         model = self.model(target)
         begin, end = self._shard_range(shard)
         clean_images = self.test.images[begin:end].to(self.device)
@@ -145,7 +141,6 @@ class Evaluation:
             "texts": encode_texts(model, [captions[i] for i in index.tolist()]).cpu()
             if len(index)
             else None,
-            "wall": time.perf_counter() - start,
         }
 
     def cell_record(
@@ -161,7 +156,6 @@ class Evaluation:
         threat: ThreatModel = fit["threat"]
         white_box = fit["source"].spec == target.spec
         access = "white-box" if white_box else "transfer"
-        start = time.perf_counter()
         model = self.model(target)
         images = torch.cat([p["images"] for p in parts]).to(self.device)
         encoded = [p for p in parts if p["texts"] is not None]
@@ -239,7 +233,6 @@ class Evaluation:
             "perturbation": relative,
             "examples": examples,
             "example_images": example_images,
-            "wall_time": sum(p["wall"] for p in parts) + time.perf_counter() - start,
         }
 
     def _adversarial_captions(

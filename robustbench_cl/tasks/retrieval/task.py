@@ -210,7 +210,6 @@ class RetrievalTask(Evaluation, Task):
                 "word": perturbation.word,
                 "forward": perturbation.forward,
                 "backward": perturbation.backward,
-                "wall_time": perturbation.fit_time,
             }
         else:
             fit = self.fits[key.fit_id]

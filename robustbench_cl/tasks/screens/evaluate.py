@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
@@ -97,7 +96,6 @@ class Evaluation:
 
         begin, end = self.shard_range(shard)
         test = self.data()[2][begin:end]
-        start = time.perf_counter()
         x = screen_tensor(test)
         protected, info = self.protect(column, x, test, record_id, shard)
         images = (protected * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
@@ -126,7 +124,6 @@ class Evaluation:
             "linf": float((protected - x).abs().amax()) * 255,
             "training": info,
             "examples": self.examples(record_id, test, x, protected, readings, begin),
-            "wall": time.perf_counter() - start,
         }
 
     def cell_record(
@@ -178,7 +175,6 @@ class Evaluation:
             "linf": max(p["linf"] for p in parts),
             "training": parts[0]["training"],
             "examples": [e for p in parts for e in p["examples"]][: self.section.examples],
-            "wall_time": sum(p["wall"] for p in parts),
         }
 
     def examples(self, record_id, test, x, protected, readings, begin=0) -> list[dict[str, Any]]:  # noqa: ANN001

@@ -3,7 +3,6 @@ re-ranking and the noise baseline."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
@@ -73,7 +72,6 @@ class Evaluation:
         )
         generator = torch.Generator().manual_seed(derive_seed(self.config.seed, unit.id))
         queries = [q.text for q in corpus.test]
-        start = time.perf_counter()
         results = self._in_batches(
             attack, retriever, passages, threat, generator, pipeline=pipeline
         )
@@ -114,7 +112,6 @@ class Evaluation:
             },
             "examples": examples,
             "pipeline": {"ranker": name, "candidates": pipeline.k, "rerank_id": unit.needs[1]},
-            "wall_time": time.perf_counter() - start,
         }
 
     def rerank_record(self, unit, retriever, passages, built) -> dict[str, Any]:  # noqa: ANN001
@@ -124,7 +121,6 @@ class Evaluation:
         retriever order."""
         from robustbench_cl.models.ranker import TokenStates
 
-        start = time.perf_counter()
         corpus = self.corpus
         query = retriever.encode([q.text for q in corpus.test])
         scores = query @ passages.T
@@ -156,7 +152,6 @@ class Evaluation:
             "clean_id": unit.needs[0],
             "candidates": int(top.shape[1]),
             "rankers": out,
-            "wall_time": time.perf_counter() - start,
         }
 
     def attack_cell(self, unit, clean, column, retriever, passages) -> dict[str, Any]:  # noqa: ANN001
@@ -166,7 +161,6 @@ class Evaluation:
         generator = torch.Generator().manual_seed(derive_seed(self.config.seed, unit.id))
         queries = [q.text for q in corpus.test]
         positives = [corpus.passages[int(i)].text for i in self._positive]
-        start = time.perf_counter()
         features, attacked_passages, texts, history = [], [], [], []
         forward = backward = 0
         poison = None
@@ -264,7 +258,6 @@ class Evaluation:
             "margin_history": curve,
             "cost": {"forward": forward, "backward": backward},
             "examples": examples,
-            "wall_time": time.perf_counter() - start,
         }
 
     def noise_baseline(

@@ -3,7 +3,6 @@ build each defended retriever once and run them."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -81,6 +80,7 @@ class TextRetrievalTask(Report, Results, Evaluation, Task):
     def plan(self) -> list[Unit]:
         section = self.section
         check_models("textret", section.models)
+        self.load_corpus()  # before any work: an unreadable corpus is a one-line error now
         self.defenses = build_defenses(
             "textret",
             section.defenses,
@@ -152,24 +152,26 @@ class TextRetrievalTask(Report, Results, Evaluation, Task):
         return units
 
     # ------------------------------------------------------------------ shared parts
+    def load_corpus(self) -> None:
+        """The corpus, its test queries (the first ``n_test``) and their relevant passages."""
+        from robustbench_cl.data.qa import load_qa
+
+        with under_field("textret.data.name", replace=True):
+            corpus = load_qa(self.section.data.name, seed=self.config.seed)
+        if self.section.data.n_test is not None:
+            corpus.test = corpus.test[: self.section.data.n_test]
+        self._corpus = corpus
+        index = corpus.index()
+        self._relevant = [
+            torch.tensor([index[p] for p in q.relevant], device=self.device) for q in corpus.test
+        ]
+        self._positive = torch.tensor(
+            [index[q.relevant[0]] for q in corpus.test], device=self.device
+        )
+
     @property
     def corpus(self):  # noqa: ANN201
-        if self._corpus is None:
-            from robustbench_cl.data.qa import load_qa
-
-            with under_field("textret.data.name", replace=True):
-                corpus = load_qa(self.section.data.name, seed=self.config.seed)
-            if self.section.data.n_test is not None:
-                corpus.test = corpus.test[: self.section.data.n_test]
-            self._corpus = corpus
-            index = corpus.index()
-            self._relevant = [
-                torch.tensor([index[p] for p in q.relevant], device=self.device)
-                for q in corpus.test
-            ]
-            self._positive = torch.tensor(
-                [index[q.relevant[0]] for q in corpus.test], device=self.device
-            )
+        """The loaded corpus (:meth:`plan` loads it)."""
         return self._corpus
 
     def retriever(self, mi: int, di: int):  # noqa: ANN201
@@ -213,7 +215,6 @@ class TextRetrievalTask(Report, Results, Evaluation, Task):
         model, (defense, built) = self.section.models[key.mi], self.defenses[key.di]
         corpus = self.corpus
         if isinstance(key, CleanKey):
-            start = time.perf_counter()
             query = retriever.encode([q.text for q in corpus.test])
             rank = ranks(query, passages, self._relevant)
             self.progress.batch_done()
@@ -234,7 +235,6 @@ class TextRetrievalTask(Report, Results, Evaluation, Task):
                     "ranker_loss_history": info.get("ranker_loss_history"),
                     "ranker_warmup_accuracy": info.get("ranker_warmup_accuracy"),
                 },
-                "wall_time": time.perf_counter() - start,
             }
         if isinstance(key, RerankKey):
             return self.rerank_record(unit, retriever, passages, built)
