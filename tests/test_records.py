@@ -74,7 +74,9 @@ def test_the_loop_checks_a_record_before_it_appends_it(tmp_path, monkeypatch):
     finish = ClassificationTask.finish_cell
 
     def broken(self, *args, **kwargs):
-        return {**finish(self, *args, **kwargs), "robust_count": -1}
+        # a typed record changed without validation (model_copy does not validate): the loop's
+        # check at the append still refuses it
+        return finish(self, *args, **kwargs).model_copy(update={"robust_count": -1})
 
     monkeypatch.setattr(ClassificationTask, "finish_cell", broken)
     config = {
@@ -88,3 +90,25 @@ def test_the_loop_checks_a_record_before_it_appends_it(tmp_path, monkeypatch):
     types = [json.loads(x)["type"] for x in (tmp_path / "run" / "cells.jsonl").open()]
     assert types == ["clean"]
     assert loop.check_record is check_record
+
+
+def test_the_loop_owns_wall_time_a_record_that_sets_its_own_is_refused(tmp_path, monkeypatch):
+    import robustbench_cl as rbcl
+
+    finish = ClassificationTask.finish_cell
+
+    def timed(self, *args, **kwargs):
+        return finish(self, *args, **kwargs).model_copy(update={"wall_time": 1.0})
+
+    config = {
+        "suite": "t",
+        "data": {"name": "digits", "n": 24},
+        "models": [{"spec": "builtin:digits-cnn"}],
+        "attacks": [{"attack": "fgsm", "threat": {"norm": "linf", "eps": 0.1}}],
+    }
+    run_dir = rbcl.run(config, out=tmp_path / "ok", profile=None)
+    stored = [json.loads(x) for x in (run_dir / "cells.jsonl").open()]
+    assert all(r["wall_time"] > 0 for r in stored)  # measured by the loop for every record
+    monkeypatch.setattr(ClassificationTask, "finish_cell", timed)
+    with pytest.raises(RuntimeError, match="set its record's wall_time: the loop measures it"):
+        rbcl.run(config, out=tmp_path / "run", profile=None)

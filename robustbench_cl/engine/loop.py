@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from robustbench_cl.engine.records import check_record
+from robustbench_cl.engine.records import Record, check_record
 from robustbench_cl.engine.store import ResultsStore
 from robustbench_cl.engine.task import RunContext, Task, Unit, run_remote_shard, seeded_shard
 from robustbench_cl.errors import under_field
@@ -113,10 +113,14 @@ def _record(
                     parts.append(task.run_shard(unit, inputs, shard))
         assert parts is not None
         record = task.merge(unit, inputs, parts)
+    if isinstance(record, Record):  # a typed record: stored as the JSON its model dumps
+        if "wall_time" in record.model_fields_set:
+            raise RuntimeError(f"{task.name} set its record's wall_time: the loop measures it")
+        record = record.model_dump(mode="json", exclude={"wall_time"})
+    elif "wall_time" in record:
+        raise RuntimeError(f"{task.name} set its record's wall_time: the loop measures it")
     if record.get("id") != unit.id or "type" not in record:
         raise RuntimeError(f"{task.name} returned a record without its unit's id or a type")
-    if "wall_time" in record:
-        raise RuntimeError(f"{task.name} set its record's wall_time: the loop measures it")
     record["wall_time"] = seconds + time.perf_counter() - started
     check_record(task.record_models, task.name, record)
     store.append(record)

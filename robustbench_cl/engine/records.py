@@ -23,8 +23,9 @@ class Record(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     id: str
-    #: seconds the unit took (set by the loop when the task does not)
-    wall_time: float = Field(..., ge=0.0)
+    #: seconds the unit took: the loop measures it and sets it on every stored record (a task
+    #: leaves it unset)
+    wall_time: float = Field(0.0, ge=0.0)
 
 
 class ModelRef(BaseModel):

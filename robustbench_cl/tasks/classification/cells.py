@@ -15,6 +15,7 @@ from robustbench_cl.attacks.base import Cost, step_hook
 from robustbench_cl.engine.metrics import wilson_interval
 from robustbench_cl.paths import inside
 from robustbench_cl.tasks.classification import sanity
+from robustbench_cl.tasks.classification.records import CellRecord
 from robustbench_cl.tasks.pairs import BROKEN, NOT_ATTACKED, ROBUST, Cell
 from robustbench_cl.utils import derive_seed, seeded
 
@@ -156,41 +157,39 @@ class AttackCells(_Base):
         broken_here = int((outcomes == BROKEN).sum())
         # dataset rows of the first samples this attack broke
         examples = self.indices[(outcomes == BROKEN).nonzero().flatten()[:8]].tolist()
-        return {
-            "type": "cell",
-            "id": cell.id,
-            "pair_id": cell.pair_id,
-            "group_id": cell.group_id,
-            "model": cell.model.model_dump(),
-            "defense": cell.defense.model_dump(),
-            "attack": {
+        return CellRecord(
+            type="cell",
+            id=cell.id,
+            pair_id=cell.pair_id,
+            group_id=cell.group_id,
+            model=cell.model.model_dump(),
+            defense=cell.defense.model_dump(),
+            attack={
                 **cell.attack.model_dump(exclude={"threat"}),
                 "settings": attack.resolved_settings(n_classes),
             },
-            "threat": cell.threat.to_dict(),
-            "adaptive": not transfer,
-            "uses_gradients": attack.uses_gradients,
-            "cascade": config.engine.cascade,
-            "n": self.n,
-            "attacked": sum(part.attacked for part in parts),
-            "broken": broken_here,
-            "robust_count": robust,
-            "clean_accuracy": clean["clean_accuracy"],
-            "robust_accuracy": robust / self.n,
-            "robust_ci95": list(wilson_interval(robust, self.n)),
+            threat=cell.threat.to_dict(),
+            adaptive=not transfer,
+            uses_gradients=attack.uses_gradients,
+            cascade=config.engine.cascade,
+            n=self.n,
+            attacked=sum(part.attacked for part in parts),
+            broken=broken_here,
+            robust_count=robust,
+            clean_accuracy=clean["clean_accuracy"],
+            robust_accuracy=robust / self.n,
+            robust_ci95=list(wilson_interval(robust, self.n)),
             # cumulative down the cascade: broken by this attack or an earlier one of its group
-            "attack_success_rate": (clean_correct - robust) / clean_correct
-            if clean_correct
-            else 0.0,
+            attack_success_rate=(clean_correct - robust) / clean_correct if clean_correct else 0.0,
             # this attack alone: the samples it broke first, over the clean-correct ones
-            "broken_rate": broken_here / clean_correct if clean_correct else 0.0,
-            "cost": cost.to_dict(),
-            "flags": flags,
-            "sanity_probe": probe,
-            "example_indices": examples,
-            "examples": examples_path,
-            "outcomes": outcomes.tolist(),
-        }
+            broken_rate=broken_here / clean_correct if clean_correct else 0.0,
+            cost=cost.to_dict(),
+            flags=flags,
+            sanity_probe=probe,
+            example_indices=examples,
+            examples=examples_path,
+            outcomes=outcomes.tolist(),
+        )
 
     def _examples(
         self,

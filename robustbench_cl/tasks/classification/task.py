@@ -210,21 +210,21 @@ class ClassificationTask(AttackCells, PairTask):
             probes["normalization"] = sanity.normalization_probe(model, norm_x, norm_y)
             flags += sanity.normalization_flag(probes["normalization"])
         count = int(correct.sum())
-        return {
-            "type": "clean",
-            "normalization": sanity.normalization_inside(model),
-            "flags": flags,
-            "id": pair.id,
-            "model": pair.model.model_dump(),
-            "defense": pair.defense.model_dump(),
-            "defense_kind": self._defense_kind.get(pair.id, "training"),
-            "membership_skipped": pair.membership_skipped,
-            "n": self.n,
-            "correct": correct.int().tolist(),
-            "clean_accuracy": count / self.n,
-            "clean_ci95": list(wilson_interval(count, self.n)),
-            "probes": probes,
-        }
+        return CleanRecord(
+            type="clean",
+            normalization=sanity.normalization_inside(model),
+            flags=flags,
+            id=pair.id,
+            model=pair.model.model_dump(),
+            defense=pair.defense.model_dump(),
+            defense_kind=self._defense_kind.get(pair.id, "training"),
+            membership_skipped=pair.membership_skipped,
+            n=self.n,
+            correct=correct.int().tolist(),
+            clean_accuracy=count / self.n,
+            clean_ci95=list(wilson_interval(count, self.n)),
+            probes=probes,
+        )
 
     # ------------------------------------------------------------------ one cell
     def build_attack(self, cell: Cell) -> Attack:

@@ -96,17 +96,17 @@ class GenerationTask(PairTask):
             inside(self.run_dir, kept),
         )
         self.progress.batch_done()
-        return {
-            "type": "generation",
-            "id": unit.id,
-            "pair_id": pair.id,
-            "model": pair.model.model_dump(),
-            "defense": pair.defense.model_dump(),
-            "judge": config.judge,
+        return GenerationRecord(
+            type="generation",
+            id=unit.id,
+            pair_id=pair.id,
+            model=pair.model.model_dump(),
+            defense=pair.defense.model_dump(),
+            judge=config.judge,
             **metrics,
-            "grid": relative,
-            "samples": kept,
-        }
+            grid=relative,
+            samples=kept,
+        )
 
     def close(self) -> None:
         super().close()

@@ -11,6 +11,7 @@ from robustbench_cl.attacks.jailbreak import JailbreakAttack, judge, judge_setti
 from robustbench_cl.data.chat import answer_correct, is_refusal
 from robustbench_cl.engine.metrics import rate_entry
 from robustbench_cl.tasks.jailbreak.config import JailbreakConfig
+from robustbench_cl.tasks.jailbreak.results import JailbreakCleanRecord, JailbreakRecord
 from robustbench_cl.threat import ThreatModel
 from robustbench_cl.utils import derive_seed
 
@@ -31,16 +32,16 @@ class Evaluation:
         borderline_ok = [answer_correct(e, a) for e, a in zip(borderline, borderline_answers)]
         self.progress.batch_done()
         info = getattr(built, "training_info", {}) or {}
-        return {
-            "type": "jailbreak_clean",
-            "id": record_id,
-            "model": model.model_dump(),
-            "defense": defense.model_dump(),
-            "utility": rate_entry(sum(benign_ok), len(benign)),
-            "utility_by_task": {t: rate_entry(sum(v), len(v)) for t, v in sorted(by_task.items())},
-            "over_refusal": rate_entry(sum(refused), len(borderline)),
-            "borderline_correct": rate_entry(sum(borderline_ok), len(borderline)),
-            "training": {
+        return JailbreakCleanRecord(
+            type="jailbreak_clean",
+            id=record_id,
+            model=model.model_dump(),
+            defense=defense.model_dump(),
+            utility=rate_entry(sum(benign_ok), len(benign)),
+            utility_by_task={t: rate_entry(sum(v), len(v)) for t, v in sorted(by_task.items())},
+            over_refusal=rate_entry(sum(refused), len(borderline)),
+            borderline_correct=rate_entry(sum(borderline_ok), len(borderline)),
+            training={
                 "wall_time": info.get("wall_time"),
                 "cost": info.get("cost"),
                 "lora": info.get("lora"),
@@ -49,14 +50,14 @@ class Evaluation:
             }
             if info
             else None,
-            "embedding_scale": lm.embedding_scale,
-            "examples": [
+            embedding_scale=lm.embedding_scale,
+            examples=[
                 {"prompt": e.instruction, "completion": a, "kind": e.kind}
                 for e, a in list(zip(benign + borderline, answers))[:: max(1, len(answers) // 4)][
                     :4
                 ]
             ],
-        }
+        )
 
     def shard_ranges(self) -> list[tuple[int, int]]:
         """Contiguous ranges of the harmful behaviours, one per shard of an attack cell."""
@@ -142,38 +143,38 @@ class Evaluation:
         ]
         # the report shows successes first, then the rest
         examples.sort(key=lambda e: not e["success"])
-        return {
-            "type": "jailbreak",
-            "id": record_id,
-            "clean_id": clean_id,
-            "model": model.model_dump(),
-            "defense": defense.model_dump(),
-            "attack": {
+        return JailbreakRecord(
+            type="jailbreak",
+            id=record_id,
+            clean_id=clean_id,
+            model=model.model_dump(),
+            defense=defense.model_dump(),
+            attack={
                 "attack": column["config"].attack,
                 "name": column["config"].name,
                 "params": column["config"].params,
                 "settings": parts[0]["settings"],
             },
-            "threat": threat.to_dict(),
-            "n": n,
-            "forced": forced,
-            "judged": judged,
-            "behaviors": [e.behavior for e in harmful],
-            "target_loss": losses,
-            "loss_history": loss_history,
-            "forced_asr": rate_entry(sum(forced), n),
-            "judged_asr": rate_entry(sum(1 for j in judged if j == 1), n),
-            "refused": sum(1 for j in judged if j == 0),
-            "undetermined": sum(1 for j in judged if j == -1),
-            "suffix_retokenizes": (sum(retokenize) / len(retokenize)) if retokenize else None,
-            "generation": {
+            threat=threat.to_dict(),
+            n=n,
+            forced=forced,
+            judged=judged,
+            behaviors=[e.behavior for e in harmful],
+            target_loss=losses,
+            loss_history=loss_history,
+            forced_asr=rate_entry(sum(forced), n),
+            judged_asr=rate_entry(sum(1 for j in judged if j == 1), n),
+            refused=sum(1 for j in judged if j == 0),
+            undetermined=sum(1 for j in judged if j == -1),
+            suffix_retokenizes=(sum(retokenize) / len(retokenize)) if retokenize else None,
+            generation={
                 "decoding": "greedy",
                 "max_new_tokens": self.section.max_new_tokens,
                 **judge_settings(),
             },
-            "cost": {"forward": forward, "backward": backward, "per_prompt_forward": forward / n},
-            "examples": examples[: self.section.examples],
-        }
+            cost={"forward": forward, "backward": backward, "per_prompt_forward": forward / n},
+            examples=examples[: self.section.examples],
+        )
 
 
 def _respond(lm, instructions: list[str], tokens: int, section: JailbreakConfig) -> list[str]:  # noqa: ANN001

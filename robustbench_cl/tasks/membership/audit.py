@@ -17,6 +17,7 @@ from robustbench_cl.privacy.membership import (
     reference_signals,
 )
 from robustbench_cl.privacy.metrics import membership_metrics
+from robustbench_cl.tasks.membership.results import MembershipRecord
 from robustbench_cl.tasks.membership_plan import MembershipCell, reference_recipe
 
 
@@ -100,24 +101,24 @@ class MembershipAudit:
             population = (self.x[z_index].to(self.device), self.y[z_index].to(self.device))
         scores = attack.score(model, x, y, references, population, is_member.to(self.device))
         metrics = membership_metrics(scores, is_member, seed=self.seed)
-        return {
-            "type": "membership",
-            "id": cell.id,
-            "pair_id": cell.pair_id,
-            "model": cell.model.model_dump(),
-            "defense": cell.defense.model_dump(),
-            "attack": {
+        return MembershipRecord(
+            type="membership",
+            id=cell.id,
+            pair_id=cell.pair_id,
+            model=cell.model.model_dump(),
+            defense=cell.defense.model_dump(),
+            attack={
                 "attack": cell.config.attack,
                 "name": cell.config.name,
                 "params": cell.config.params,
                 "settings": attack.settings(),
             },
-            "reference_models": k,
-            "reference_in_fraction": fraction,
-            "offline": bool(k) and not getattr(attack, "online", True),
-            "references_trained": trained,
-            "population_z": len(z_index) if population is not None else 0,
+            reference_models=k,
+            reference_in_fraction=fraction,
+            offline=bool(k) and not getattr(attack, "online", True),
+            references_trained=trained,
+            population_z=len(z_index) if population is not None else 0,
             **metrics,
-            "scores": scores.detach().cpu().tolist(),
-            "members": is_member.int().tolist(),
-        }
+            scores=scores.detach().cpu().tolist(),
+            members=is_member.int().tolist(),
+        )

@@ -115,20 +115,20 @@ class MembershipTask(PairTask):
             self._release_other_pairs(cell.pair_id)
             _, _, trained = audit.references(cell, k, fraction, self.progress)
             self.progress.batch_done()
-            return {
-                "type": "membership_references",
-                "id": unit.id,
-                "pair_id": cell.pair_id,
-                "k": k,
-                "in_fraction": fraction,
-                "references_trained": trained,
-            }
+            return MembershipReferencesRecord(
+                type="membership_references",
+                id=unit.id,
+                pair_id=cell.pair_id,
+                k=k,
+                in_fraction=fraction,
+                references_trained=trained,
+            )
         cell = unit.key
         pair = self.by_pair[cell.pair_id]
         self._release_other_pairs(pair.id)
         record = audit.run(cell, self.model(pair), self.progress)
         if len(unit.needs) > 1:  # trained by the references unit, loaded here
-            record["references_trained"] = inputs[unit.needs[1]]["references_trained"]
+            record.references_trained = inputs[unit.needs[1]]["references_trained"]
         self.progress.batch_done()
         return record
 

@@ -19,6 +19,7 @@ from robustbench_cl.engine.config import ModelConfig
 from robustbench_cl.engine.metrics import wilson_interval
 from robustbench_cl.errors import UserError
 from robustbench_cl.paths import inside
+from robustbench_cl.tasks.retrieval.results import RetrievalCleanRecord, RetrievalRecord
 from robustbench_cl.threat import ThreatModel
 from robustbench_cl.utils import derive_seed
 
@@ -73,18 +74,18 @@ class Evaluation:
         model = self.model(config)
         images, texts = _features(model, self.test, self.test.images.to(self.device))
         correct = retrieval_correct(images, texts, self.test.caption_image, self.section.ks)
-        return {
-            "type": "retrieval_clean",
-            "id": record_id,
-            "model": config.model_dump(),
-            "n_images": len(self.test),
-            "n_captions": len(self.test.captions),
-            "recall": _recall(correct),
-            "correct": {
+        return RetrievalCleanRecord(
+            type="retrieval_clean",
+            id=record_id,
+            model=config.model_dump(),
+            n_images=len(self.test),
+            n_captions=len(self.test.captions),
+            recall=_recall(correct),
+            correct={
                 side: {str(k): v.int().tolist() for k, v in ks.items()}
                 for side, ks in correct.items()
             },
-        }
+        )
 
     def fit(self, fit: dict[str, Any]) -> UniversalPerturbation:
         """Fit the perturbation on its source model and save it under ``artifacts/uap/`` (the
@@ -200,28 +201,28 @@ class Evaluation:
                 str(example_path),
             )
         relative = f"artifacts/uap/{fit['id']}.safetensors"
-        return {
-            "type": "retrieval",
-            "id": record_id,
-            "fit_id": fit["id"],
-            "source": fit["source"].model_dump(),
-            "target": target.model_dump(),
-            "access": access,
-            "attack": {
+        return RetrievalRecord(
+            type="retrieval",
+            id=record_id,
+            fit_id=fit["id"],
+            source=fit["source"].model_dump(),
+            target=target.model_dump(),
+            access=access,
+            attack={
                 "attack": fit["attack"].attack,
                 "name": fit["attack"].name,
                 "params": fit["attack"].params,
                 "settings": fit["built"].settings(),
             },
-            "threat": dict(threat.to_dict(), access=access),
-            "recall": _recall(correct),
-            "asr": asr,
-            "outcomes": {
+            threat=dict(threat.to_dict(), access=access),
+            recall=_recall(correct),
+            asr=asr,
+            outcomes={
                 side: {"1": by_k[min(by_k)].int().tolist()} for side, by_k in correct.items()
             },
-            "delta_linf": float(perturbation.delta.abs().max()),
-            "word": perturbation.word,
-            "fit": {
+            delta_linf=float(perturbation.delta.abs().max()),
+            word=perturbation.word,
+            fit={
                 "wall_time": perturbation.fit_time,
                 "forward": perturbation.forward,
                 "backward": perturbation.backward,
@@ -230,10 +231,10 @@ class Evaluation:
                 "train_images": len(self.train),
                 "test_images": len(self.test),
             },
-            "perturbation": relative,
-            "examples": examples,
-            "example_images": example_images,
-        }
+            perturbation=relative,
+            examples=examples,
+            example_images=example_images,
+        )
 
     def _adversarial_captions(
         self, fit: dict[str, Any], perturbation: UniversalPerturbation

@@ -203,14 +203,14 @@ class RetrievalTask(Evaluation, Task):
         elif isinstance(key, FitKey):
             fit = self.fits[key.fit_id]
             perturbation = self.fit(fit)
-            record = {
-                "type": "retrieval_fit",
-                "id": unit.id,
-                "perturbation": f"artifacts/uap/{fit['id']}.safetensors",
-                "word": perturbation.word,
-                "forward": perturbation.forward,
-                "backward": perturbation.backward,
-            }
+            record = RetrievalFitRecord(
+                type="retrieval_fit",
+                id=unit.id,
+                perturbation=f"artifacts/uap/{fit['id']}.safetensors",
+                word=perturbation.word,
+                forward=perturbation.forward,
+                backward=perturbation.backward,
+            )
         else:
             fit = self.fits[key.fit_id]
             perturbation = self.perturbation(fit, inputs[key.fit_id])

@@ -10,6 +10,7 @@ from robustbench_cl.engine.metrics import rate_entry
 from robustbench_cl.errors import ThreatModelViolation, UserError
 from robustbench_cl.paths import inside
 from robustbench_cl.tasks.screens.config import ScreenProtectorConfig, protector_label
+from robustbench_cl.tasks.screens.results import ScreenRecord
 from robustbench_cl.utils import derive_seed
 
 
@@ -156,26 +157,26 @@ class Evaluation:
                 "tsr": rate_entry(sum(v for row in tasks for v in row), sum(len(r) for r in tasks)),
                 "by_field": by_field,
             }
-        return {
-            "type": "screen",
-            "id": record_id,
-            "protector": {
+        return ScreenRecord(
+            type="screen",
+            id=record_id,
+            protector={
                 "protector": config.protector,
                 "name": config.name,
                 "params": config.params,
                 "settings": parts[0]["settings"],
             },
-            "label": protector_label(config.label, column["eps"]),
-            "eps": column["eps"],
-            "data": {**data.describe(), "n_train": len(train), "n_test": len(test)},
-            "screens": [s.key for s in test],
-            "routers": routers,
-            "psnr": [v for p in parts for v in p["psnr"]],
-            "ssim": [v for p in parts for v in p["ssim"]],
-            "linf": max(p["linf"] for p in parts),
-            "training": parts[0]["training"],
-            "examples": [e for p in parts for e in p["examples"]][: self.section.examples],
-        }
+            label=protector_label(config.label, column["eps"]),
+            eps=column["eps"],
+            data={**data.describe(), "n_train": len(train), "n_test": len(test)},
+            screens=[s.key for s in test],
+            routers=routers,
+            psnr=[v for p in parts for v in p["psnr"]],
+            ssim=[v for p in parts for v in p["ssim"]],
+            linf=max(p["linf"] for p in parts),
+            training=parts[0]["training"],
+            examples=[e for p in parts for e in p["examples"]][: self.section.examples],
+        )
 
     def examples(self, record_id, test, x, protected, readings, begin=0) -> list[dict[str, Any]]:  # noqa: ANN001
         """Example screens for the report, with every PII box pixelated and PII text masked

@@ -19,7 +19,11 @@ from robustbench_cl.tasks.textret.metrics import (
     ranks,
     replaced_scores,
 )
-from robustbench_cl.tasks.textret.results import pipeline_pair_id
+from robustbench_cl.tasks.textret.results import (
+    TextRetRecord,
+    TextRetRerankRecord,
+    pipeline_pair_id,
+)
 from robustbench_cl.threat import ThreatModel
 from robustbench_cl.utils import derive_seed
 
@@ -87,32 +91,32 @@ class Evaluation:
             {"original": queries[i], "attacked": texts[i], "kind": "query"}
             for i in range(min(self.section.examples, len(texts)))
         ]
-        return {
-            "type": "textret",
-            "id": unit.id,
-            "clean_id": pipeline_pair_id(unit.needs[1], name),
-            "model": clean["model"],
-            "defense": clean["defense"],
-            "attack": {
+        return TextRetRecord(
+            type="textret",
+            id=unit.id,
+            clean_id=pipeline_pair_id(unit.needs[1], name),
+            model=clean["model"],
+            defense=clean["defense"],
+            attack={
                 "attack": column["config"].attack,
                 "name": column["config"].name,
                 "params": column["config"].params,
                 "settings": attack.settings(),
             },
-            "threat": threat.to_dict(),
-            "n": len(queries),
-            "metrics": metrics(rank, _ndcg10(scores, relevant)),
-            "asr": asr,
-            "ranks": rank.tolist(),
-            "noise_asr": None,
-            "margin_history": curve,
-            "cost": {
+            threat=threat.to_dict(),
+            n=len(queries),
+            metrics=metrics(rank, _ndcg10(scores, relevant)),
+            asr=asr,
+            ranks=rank.tolist(),
+            noise_asr=None,
+            margin_history=curve,
+            cost={
                 "forward": sum(result.cost.forward for result in results),
                 "backward": sum(result.cost.backward for result in results),
             },
-            "examples": examples,
-            "pipeline": {"ranker": name, "candidates": pipeline.k, "rerank_id": unit.needs[1]},
-        }
+            examples=examples,
+            pipeline={"ranker": name, "candidates": pipeline.k, "rerank_id": unit.needs[1]},
+        )
 
     def rerank_record(self, unit, retriever, passages, built) -> dict[str, Any]:  # noqa: ANN001
         """Each test query's top ``RERANK_K`` passages under the retriever, re-ordered by each
@@ -146,13 +150,13 @@ class Evaluation:
                 "ranks": rank.tolist(),
             }
             self.progress.batch_done()
-        return {
-            "type": "textret_rerank",
-            "id": unit.id,
-            "clean_id": unit.needs[0],
-            "candidates": int(top.shape[1]),
-            "rankers": out,
-        }
+        return TextRetRerankRecord(
+            type="textret_rerank",
+            id=unit.id,
+            clean_id=unit.needs[0],
+            candidates=int(top.shape[1]),
+            rankers=out,
+        )
 
     def attack_cell(self, unit, clean, column, retriever, passages) -> dict[str, Any]:  # noqa: ANN001
         corpus = self.corpus
@@ -237,28 +241,28 @@ class Evaluation:
             if attack.name == "hotflip"
             else None
         )
-        return {
-            "type": "textret",
-            "id": unit.id,
-            "clean_id": unit.needs[0],
-            "model": clean["model"],
-            "defense": clean["defense"],
-            "attack": {
+        return TextRetRecord(
+            type="textret",
+            id=unit.id,
+            clean_id=unit.needs[0],
+            model=clean["model"],
+            defense=clean["defense"],
+            attack={
                 "attack": column["config"].attack,
                 "name": column["config"].name,
                 "params": column["config"].params,
                 "settings": attack.settings(),
             },
-            "threat": threat.to_dict(),
-            "n": len(query),
-            "metrics": metrics(rank, ndcg),
-            "asr": asr,
-            "ranks": rank.tolist(),
-            "noise_asr": noise,
-            "margin_history": curve,
-            "cost": {"forward": forward, "backward": backward},
-            "examples": examples,
-        }
+            threat=threat.to_dict(),
+            n=len(query),
+            metrics=metrics(rank, ndcg),
+            asr=asr,
+            ranks=rank.tolist(),
+            noise_asr=noise,
+            margin_history=curve,
+            cost={"forward": forward, "backward": backward},
+            examples=examples,
+        )
 
     def noise_baseline(
         self, column, retriever, passages, queries, clean, generator

@@ -219,15 +219,15 @@ class TextRetrievalTask(Report, Results, Evaluation, Task):
             rank = ranks(query, passages, self._relevant)
             self.progress.batch_done()
             info = getattr(built, "training_info", None)
-            return {
-                "type": "textret_clean",
-                "id": unit.id,
-                "model": model.model_dump(),
-                "defense": defense.model_dump(),
-                "data": corpus.describe(),
-                "metrics": metrics(rank, ndcg10(query, passages, self._relevant)),
-                "ranks": rank.tolist(),
-                "training": None
+            return TextRetCleanRecord(
+                type="textret_clean",
+                id=unit.id,
+                model=model.model_dump(),
+                defense=defense.model_dump(),
+                data=corpus.describe(),
+                metrics=metrics(rank, ndcg10(query, passages, self._relevant)),
+                ranks=rank.tolist(),
+                training=None
                 if not info
                 else {
                     "wall_time": info.get("wall_time"),
@@ -235,18 +235,18 @@ class TextRetrievalTask(Report, Results, Evaluation, Task):
                     "ranker_loss_history": info.get("ranker_loss_history"),
                     "ranker_warmup_accuracy": info.get("ranker_warmup_accuracy"),
                 },
-            }
+            )
         if isinstance(key, RerankKey):
             return self.rerank_record(unit, retriever, passages, built)
         if isinstance(key, AucKey):
             query = retriever.encode([q.text for q in corpus.test])
             self.progress.batch_done()
-            return {
-                "type": "textret_auc",
-                "id": unit.id,
-                "clean_id": unit.needs[0],
+            return TextRetAucRecord(
+                type="textret_auc",
+                id=unit.id,
+                clean_id=unit.needs[0],
                 **score_auc(query @ passages.T, self._relevant),
-            }
+            )
         column = self.columns[key.ci]
         if isinstance(key, PipelineKey):
             clean, rerank = inputs[unit.needs[0]], inputs[unit.needs[1]]
