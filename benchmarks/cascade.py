@@ -61,9 +61,9 @@ def measure(cascade: bool, n: int) -> dict:
         summary = load_run(run_dir)
     cells = [cell for pair in pair_summaries(summary) for cell in pair.cells]
     return {
-        "forward": sum(cell["cost"]["forward"] for cell in cells),
-        "backward": sum(cell["cost"]["backward"] for cell in cells),
-        "seconds": sum(cell["wall_time"] for cell in cells),
+        "forward": sum(cell.cost["forward"] for cell in cells),
+        "backward": sum(cell.cost["backward"] for cell in cells),
+        "seconds": sum(cell.wall_time for cell in cells),
         "worst_case": {
             pair.defense: [w.robust_accuracy for w in pair.worst_case]
             for pair in pair_summaries(summary)

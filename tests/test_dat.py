@@ -216,10 +216,10 @@ def test_generate_runs_through_the_engine_as_a_config_generation_section_would(t
     }
     rbcl.run(config, out=tmp_path / "config", profile=None)
     ours, theirs = (load_run(tmp_path / d).of("generation")[0] for d in ("cli", "config"))
-    assert ours["id"] == theirs["id"]
+    assert ours.id == theirs.id
     keys = ("intended_class_accuracy", "mini_fid", "ood_auroc", "n_samples")
-    assert {k: ours[k] for k in keys} == {k: theirs[k] for k in keys}
-    a, b = (load_file(tmp_path / d / ours["samples"]) for d in ("cli", "config"))
+    assert {k: getattr(ours, k) for k in keys} == {k: getattr(theirs, k) for k in keys}
+    a, b = (load_file(tmp_path / d / ours.samples) for d in ("cli", "config"))
     assert torch.equal(a["samples"], b["samples"])
     assert a["targets"].tolist() == [3] * 6
 

@@ -97,10 +97,8 @@ def test_summary_derives_worst_case_from_outcomes(small_run):
     summary = rbcl.load_run(small_run)
     for pair in pair_summaries(summary):
         linf_02 = next(w for w in pair.worst_case if w.label == "linf 0.2")
-        cells = [
-            c for c in pair.cells if c["threat"]["norm"] == "linf" and c["threat"]["eps"] == 0.2
-        ]
-        assert linf_02.robust_accuracy == min(c["robust_accuracy"] for c in cells)
+        cells = [c for c in pair.cells if c.threat.norm.value == "linf" and c.threat.eps == 0.2]
+        assert linf_02.robust_accuracy == min(c.robust_accuracy for c in cells)
         assert sum(linf_02.breaks.values()) == round(
             (pair.clean_accuracy - linf_02.robust_accuracy) * pair.n
         )

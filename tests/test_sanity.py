@@ -88,33 +88,60 @@ def test_eps_curve_flags_a_rise():
 
 def _records(white_box_outcomes, second_outcomes, second_uses_gradients, second_access):  # noqa: ANN001, ANN202
     n = len(white_box_outcomes)
+    model = {"spec": "builtin:x", "name": None}
+    defense = {"defense": "none", "name": None, "params": {}}
     clean = {
         "type": "clean",
         "id": "p",
-        "model": {"spec": "builtin:x"},
-        "defense": {"defense": "none"},
+        "model": model,
+        "defense": defense,
         "n": n,
         "correct": [1] * n,
         "clean_accuracy": 1.0,
         "clean_ci95": [0.9, 1.0],
+        "probes": {},
+        "wall_time": 0.0,
     }
 
     def cell(cid, group, name, outcomes, gradients, access):  # noqa: ANN001, ANN202
-        threat = {"norm": "linf", "eps": 0.1, "targeted": False, "space": "input", "access": access}
+        threat = {
+            "norm": "linf",
+            "eps": 0.1,
+            "space": "input",
+            "bounds": [0.0, 1.0],
+            "targeted": False,
+            "universal": False,
+            "access": access,
+            "budget": {},
+            "eps_relative": False,
+        }
+        robust = sum(1 for o in outcomes if o == 1)
         return {
             "type": "cell",
             "id": cid,
             "pair_id": "p",
             "group_id": group,
-            "attack": {"attack": name, "name": name, "params": {}},
+            "model": model,
+            "defense": defense,
+            "attack": {"attack": name, "name": name, "params": {}, "settings": {}},
             "threat": threat,
             "outcomes": outcomes,
+            "attacked": sum(1 for o in outcomes if o != -1),
             "broken": sum(1 for o in outcomes if o == 0),
-            "robust_accuracy": sum(1 for o in outcomes if o == 1) / n,
+            "robust_count": robust,
+            "clean_accuracy": 1.0,
+            "robust_accuracy": robust / n,
+            "robust_ci95": [0.0, 1.0],
+            "attack_success_rate": 1 - robust / n,
+            "cost": {},
             "n": n,
             "flags": [],
+            "sanity_probe": {},
+            "example_indices": [],
+            "examples": None,
             "uses_gradients": gradients,
             "cascade": True,
+            "wall_time": 0.0,
         }
 
     second_group = "g1" if second_access == "white-box" else "g2"
@@ -132,7 +159,7 @@ def _flag_codes(records):  # noqa: ANN001, ANN202
     from robustbench_cl.tasks.classification.summary import pair_summaries
 
     (pair,) = pair_summaries(RunSummary(Path("."), {}, records))
-    return {cell["id"]: [f["code"] for f in cell["flags"]] for cell in pair.cells}
+    return {cell.id: [f.code for f in cell.flags] for cell in pair.cells}
 
 
 def test_a_gradient_free_attack_that_wins_in_the_cascade_is_flagged():

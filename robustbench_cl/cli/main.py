@@ -511,7 +511,7 @@ def attack(
     }
     with _one_run(config, out, device, "rbcl-attack-") as run_dir:
         (pair,) = pair_summaries(load_run(run_dir))
-        (cell,) = pair.cells
+        cell = pair.cells[0].model_dump(mode="json")  # the one cell, as stored
     output = {
         "attack": name,
         "settings": cell["attack"]["settings"],
@@ -735,7 +735,7 @@ def generate(
     }
     with _one_run(config, out, device, "rbcl-generate-", GENERATE_FLAGS) as run_dir:
         (record,) = load_run(run_dir).of("generation")
-        samples = load_file(inside(run_dir, record["samples"]))["samples"]
+        samples = load_file(inside(run_dir, record.samples))["samples"]
     columns = min(n, 8)
     rows = -(-n // columns)
     padded = torch.cat([samples, torch.ones(rows * columns - n, *samples.shape[1:])])
@@ -743,8 +743,8 @@ def generate(
     console.print(
         f"{n} samples of class {target_class} from {model_spec} + {defense_name} "
         f"({steps} steps of {step_size}): the judge ({judge}) labels "
-        f"{100 * record['intended_class_accuracy']:.0f}% as the class; mini-FID "
-        f"{record['mini_fid']:.2f} (training data: {record['fid_train_vs_eval']:.2f})"
+        f"{100 * record.intended_class_accuracy:.0f}% as the class; mini-FID "
+        f"{record.mini_fid:.2f} (training data: {record.fid_train_vs_eval:.2f})"
     )
     console.print(f"grid: {output}")
 

@@ -25,7 +25,14 @@ import torch
 
 from robustbench_cl.engine.records import Record, check_record
 from robustbench_cl.engine.store import ResultsStore
-from robustbench_cl.engine.task import RunContext, Task, Unit, run_remote_shard, seeded_shard
+from robustbench_cl.engine.task import (
+    RunContext,
+    Task,
+    Unit,
+    run_remote_shard,
+    seeded_shard,
+    typed,
+)
 from robustbench_cl.errors import under_field
 from robustbench_cl.utils import cache_home
 
@@ -64,7 +71,7 @@ def execute(
                 if unit.id in records:
                     ctx.progress.cell_done(records[unit.id], skipped=True)
                     continue
-                inputs = {n: records[n] for n in unit.needs}
+                inputs = {n: typed(records[n]) for n in unit.needs}
                 ctx.progress.cell_started(unit.label, task.batches(unit, inputs))
                 records[unit.id] = _record(task, unit, inputs, store, ctx, local=True)
             task.close()
@@ -186,7 +193,7 @@ def _execute_remote(
         add_artifact_uses(returned["artifacts"])
         if len(parts[unit_id]) < unit.shards:
             continue
-        inputs = {n: records[n] for n in unit.needs}
+        inputs = {n: typed(records[n]) for n in unit.needs}
         done = parts.pop(unit_id)
         ordered = [done[index] for index in range(unit.shards)]
         records[unit_id] = _record(

@@ -89,14 +89,28 @@ def label(entry: Any) -> str:
     raise KeyError(f"an entry without a name or a kind: {sorted(entry)}")
 
 
-def attack_entry(attack: dict[str, Any]) -> dict[str, Any]:
+def attack_entry(attack: Any) -> dict[str, Any]:
     """A record's attack as results list it (``results_models.Attack``): with its label."""
+    if not isinstance(attack, dict):
+        attack = attack.model_dump(mode="json")
     return {
         "attack": attack["attack"],
         "label": label(attack),
         "params": attack.get("params", {}),
         "settings": attack.get("settings", {}),
     }
+
+
+def as_json(value: Any) -> Any:
+    """A typed record's field as results hold it: models (nested in lists and dicts too) as
+    their JSON values."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list):
+        return [as_json(item) for item in value]
+    if isinstance(value, dict):
+        return {key: as_json(item) for key, item in value.items()}
+    return value
 
 
 def flag(code: str, message: str) -> dict[str, str]:
@@ -112,6 +126,7 @@ __all__ = [
     "Rate",
     "Record",
     "Threat",
+    "as_json",
     "attack_entry",
     "check_record",
     "flag",

@@ -18,18 +18,36 @@ from robustbench_cl.errors import UserError
 
 @dataclass
 class RunSummary:
-    """The records of a run directory (in the order they were written) and its ``meta.json``."""
+    """The records of a run directory (in the order they were written, as stored) and its
+    ``meta.json``. A task reads its records with :meth:`of`."""
 
     run_dir: Path
     meta: dict[str, Any]
     records: list[dict[str, Any]] = field(default_factory=list)
+    _typed: dict[int, Any] = field(default_factory=dict, repr=False)
 
-    def of(self, *types: str) -> list[dict[str, Any]]:
-        """The run's records of these types, in the order they were written."""
-        return [r for r in self.records if r["type"] in types]
+    def of(self, *types: str) -> list[Any]:
+        """The run's records of these types, in the order they were written, each an instance
+        of its task's record model (``Task.record_models``; as stored, a dict, for a task that
+        declares none)."""
+        from robustbench_cl.engine.task import typed
+
+        found = []
+        for index, record in enumerate(self.records):
+            if record["type"] in types:
+                if index not in self._typed:
+                    self._typed[index] = typed(record)
+                found.append(self._typed[index])
+        return found
 
 
-def threat_label(threat: dict[str, Any]) -> str:
+def threat_dict(threat: Any) -> dict[str, Any]:
+    """A threat model as results hold it: a record's typed threat dumped to JSON values."""
+    return threat if isinstance(threat, dict) else threat.model_dump(mode="json")
+
+
+def threat_label(threat: Any) -> str:
+    threat = threat_dict(threat)
     label = f"{threat['norm']} {threat['eps']:g}"
     label += " targeted" if threat.get("targeted") else ""
     access = threat.get("access", "white-box")
@@ -39,8 +57,9 @@ def threat_label(threat: dict[str, Any]) -> str:
 NORM_ORDER = {"linf": 0, "l2": 1, "l1": 2, "l0": 3, "none": 4}
 
 
-def threat_sort_key(threat: dict[str, Any]) -> tuple[Any, ...]:
+def threat_sort_key(threat: Any) -> tuple[Any, ...]:
     """Order threat models as a reader expects: linf before l2, untargeted first, eps rising."""
+    threat = threat_dict(threat)
     return (
         threat.get("space", "input") != "input",
         NORM_ORDER.get(threat["norm"], 9),

@@ -3,10 +3,11 @@
 A task owns one config section (``retrieval:``; a task registered outside the package reads its
 section from ``tasks: {name: ...}``). The engine loop (:mod:`robustbench_cl.engine.loop`) asks
 every task whose section is present for its *units*, runs the missing ones in order (locally,
-or shard by shard as Ray tasks), and appends each unit's record to ``cells.jsonl``. Records
-are plain JSON dicts with a ``type`` and an ``id``; the task that wrote a record type also
-turns those records into its ``results.json`` section, its report section and its terminal
-table::
+or shard by shard as Ray tasks), and appends each unit's record to ``cells.jsonl``. A record
+has a ``type`` and an ``id``; a task builds it as an instance of its record model
+(``record_models``), the loop stores the JSON it dumps, and the task reads it back typed
+(:meth:`RunSummary.of`, and a unit's ``inputs``) to make its ``results.json`` section, its report
+section and its terminal table::
 
     @register_task("calibration")
     class Calibration(Task):
@@ -267,6 +268,22 @@ def register_task(name: str):  # noqa: ANN201
     return decorator
 
 
+def record_model(kind: str) -> Any:
+    """The record model registered for a record ``type`` (``None``: its task declares none)."""
+    for name in TASKS.names():
+        model = TASKS.get(name).record_models.get(kind)
+        if model is not None:
+            return model
+    return None
+
+
+def typed(record: dict[str, Any]) -> Any:
+    """A stored record as its task's record model (as stored, a dict, when its task declares
+    none): what :meth:`RunSummary.of` and a unit's ``inputs`` give a task."""
+    model = record_model(record["type"])
+    return model.model_validate(record) if model is not None else record
+
+
 def task_classes() -> list[type[Task]]:
     """Every registered task, in the order they run and appear in results and reports (the
     packaged ones register when ``robustbench_cl`` is imported, before any of its modules)."""
@@ -356,5 +373,5 @@ def run_remote_shard(
     # model loaded reported it with the shard that loaded it)
     started = time.perf_counter()
     with collect_artifact_uses() as used, seeded_shard(task.config.seed, unit_id, shard):
-        part = task.run_shard(units[unit_id], inputs, shard)
+        part = task.run_shard(units[unit_id], {k: typed(v) for k, v in inputs.items()}, shard)
     return {"part": part, "artifacts": used, "seconds": time.perf_counter() - started}

@@ -87,7 +87,7 @@ PAIR_FIELDS: dict[str, tuple[Any, Any]] = {
 def pair_labels(summary: RunSummary) -> dict[str, str]:
     """``{pair id: "model / defense"}`` of a run's pairs, in the order of their clean passes
     (the rows of every pair task's tables)."""
-    return {r["id"]: f"{label(r['model'])} / {label(r['defense'])}" for r in summary.of("clean")}
+    return {r.id: f"{label(r.model)} / {label(r.defense)}" for r in summary.of("clean")}
 
 
 def check_models(config: MatrixConfig, columns: Any) -> None:

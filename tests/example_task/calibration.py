@@ -102,21 +102,22 @@ class CalibrationTask(Task):
         correct = torch.tensor([p["correct"] for p in parts]).sum(0)
         n = int(count.sum())
         gap = (confidence - correct).abs().sum() / n
-        return {
-            "type": "calibration",
-            "id": unit.id,
-            "model": unit.key,
-            "n": n,
-            "ece": float(gap),
-            "accuracy": float(correct.sum() / n),
-            "bins": count.tolist(),
-        }
+        return CalibrationRecord(
+            type="calibration",
+            id=unit.id,
+            model=unit.key,
+            n=n,
+            ece=float(gap),
+            accuracy=float(correct.sum() / n),
+            bins=count.tolist(),
+        )
 
     @classmethod
     def summarize(cls, summary, results):  # noqa: ANN001, ANN206
         records = summary.of(*cls.record_types)
         keys = ("model", "n", "ece", "accuracy")
-        return {"calibration": [{k: r[k] for k in keys} for r in records]} if records else None
+        rows = [{k: getattr(r, k) for k in keys} for r in records]  # typed CalibrationRecords
+        return {"calibration": rows} if rows else None
 
     @classmethod
     def flag_rows(cls, results):  # noqa: ANN001, ANN206
@@ -140,5 +141,5 @@ class CalibrationTask(Task):
         for name in ("model", "ECE", "accuracy %"):
             table.add_column(name)
         for r in records:
-            table.add_row(r["model"], f"{r['ece']:.3f}", f"{100 * r['accuracy']:.1f}")
+            table.add_row(r.model, f"{r.ece:.3f}", f"{100 * r.accuracy:.1f}")
         return table

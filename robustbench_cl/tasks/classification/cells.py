@@ -134,7 +134,7 @@ class AttackCells(_Base):
     ) -> dict[str, Any]:
         """Merge the shards' parts (in shard order) into the cell's record."""
         config = self.config
-        n_classes = clean["probes"]["n_classes"]
+        n_classes = clean.probes["n_classes"]
         transfer = cell.threat.access == "transfer"
         outcomes = torch.cat([part.outcomes for part in parts])
         cost = sum((part.cost for part in parts), Cost())
@@ -144,16 +144,14 @@ class AttackCells(_Base):
         robust = int((outcomes == ROBUST).sum())
         if config.engine.sanity_checks:
             if attack.uses_gradients:
-                flags += sanity.pair_flags(clean["probes"], n_classes)
+                flags += sanity.pair_flags(clean.probes, n_classes)
             if cell.threat.norm == "linf":
-                flags += sanity.full_range_flag(
-                    clean["probes"].get("full_range_accuracy"), n_classes
-                )
+                flags += sanity.full_range_flag(clean.probes.get("full_range_accuracy"), n_classes)
             if not transfer:  # a transfer attack is non-adaptive by design; it is flagged so
                 merged = sanity.merge_probes([part.probe for part in parts])
                 more, probe = sanity.convergence_verdict(merged, self.n, robust)
                 flags += more
-        clean_correct = sum(clean["correct"])
+        clean_correct = sum(clean.correct)
         broken_here = int((outcomes == BROKEN).sum())
         # dataset rows of the first samples this attack broke
         examples = self.indices[(outcomes == BROKEN).nonzero().flatten()[:8]].tolist()
@@ -176,7 +174,7 @@ class AttackCells(_Base):
             attacked=sum(part.attacked for part in parts),
             broken=broken_here,
             robust_count=robust,
-            clean_accuracy=clean["clean_accuracy"],
+            clean_accuracy=clean.clean_accuracy,
             robust_accuracy=robust / self.n,
             robust_ci95=list(wilson_interval(robust, self.n)),
             # cumulative down the cascade: broken by this attack or an earlier one of its group

@@ -39,7 +39,7 @@ class CellRecord(Record):
     threat: Threat
     adaptive: bool | None = None
     uses_gradients: bool | None = None
-    cascade: bool
+    cascade: bool = True
     n: int = Field(..., ge=0)
     attacked: int = Field(..., ge=0)
     broken: int = Field(..., ge=0)
@@ -53,5 +53,6 @@ class CellRecord(Record):
     flags: list[Flag]
     sanity_probe: dict[str, Any]
     example_indices: list[int]
-    examples: str | None
+    examples: str | None = None
+    """run-relative path of the kept adversarial examples (records before 1.1 have none)"""
     outcomes: list[Annotated[int, Field(ge=-1, le=1)]]

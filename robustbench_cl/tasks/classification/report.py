@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from robustbench_cl.engine.records import label
-from robustbench_cl.engine.summary import RunSummary, threat_label, threat_sort_key
+from robustbench_cl.engine.summary import RunSummary, threat_dict, threat_label, threat_sort_key
 from robustbench_cl.report.media import EXAMPLES_PER_CELL, EXAMPLES_TOTAL, png_data_uri, run_file
 from robustbench_cl.report.plots import COLORS, figure, to_svg
 from robustbench_cl.report.table import percent
@@ -74,12 +74,12 @@ def summary_json(pairs: list[PairSummary]) -> dict[str, Any] | None:
                 "flags": pair.flags,
                 "cells": [
                     {
-                        "attack": label(cell["attack"]),
-                        "threat": cell["threat"],
-                        "robust_accuracy": cell["robust_accuracy"],
-                        "robust_ci95": cell["robust_ci95"],
-                        "flags": cell["flags"],
-                        "cost": cell["cost"],
+                        "attack": label(cell.attack),
+                        "threat": threat_dict(cell.threat),
+                        "robust_accuracy": cell.robust_accuracy,
+                        "robust_ci95": cell.robust_ci95,
+                        "flags": [f.model_dump() for f in cell.flags],
+                        "cost": cell.cost,
                     }
                     for cell in pair.cells
                 ],
@@ -212,7 +212,7 @@ def matrix_table(summary: RunSummary, pairs: list[PairSummary]) -> Table:
     rows: dict[str, list[str]] = {}
     for pair in pairs:
         for cell in pair.cells:
-            label = threat_label(cell["threat"])
+            label = threat_label(cell.threat)
             if label not in threats:
                 threats.append(label)
                 rows[label] = []
@@ -222,7 +222,7 @@ def matrix_table(summary: RunSummary, pairs: list[PairSummary]) -> Table:
     order = {}
     for pair in pairs:
         for cell in pair.cells:
-            order.setdefault(threat_label(cell["threat"]), threat_sort_key(cell["threat"]))
+            order.setdefault(threat_label(cell.threat), threat_sort_key(cell.threat))
     for label in sorted(threats, key=lambda item: order[item]):
         for column in rows[label]:
             attack_name = column[: -len(label) - 1]
@@ -232,8 +232,8 @@ def matrix_table(summary: RunSummary, pairs: list[PairSummary]) -> Table:
                 if cell is None:
                     values.append(Text("-"))
                     continue
-                text = Text(percent(cell["robust_accuracy"]))
-                if cell["flags"]:
+                text = Text(percent(cell.robust_accuracy))
+                if cell.flags:
                     text.append(" !", style="bold yellow")
                 values.append(text)
             table.add_row(attack_name, label, *values)

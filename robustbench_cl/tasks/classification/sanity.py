@@ -322,10 +322,10 @@ def non_adaptive_flag() -> Flag:
     )
 
 
-def black_box_flag(cell: dict[str, Any], beaten: str, count: int | None = None) -> Flag:
-    """A weaker attack won: the stronger (gradient / white-box) attacks are probably masked."""
-    name = label(cell["attack"])
-    count = cell["broken"] if count is None else count
+def black_box_flag(cell: Any, beaten: str, count: int) -> Flag:
+    """A weaker attack won: the stronger (gradient / white-box) attacks are probably masked.
+    ``cell`` is its record; ``count`` the samples it broke that the stronger ones left."""
+    name = label(cell.attack)
     if beaten == "gradient":
         return flag(
             "black_box_beats_white_box",

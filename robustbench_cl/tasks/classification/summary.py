@@ -12,8 +12,10 @@ from typing import Any
 
 from robustbench_cl.engine.metrics import wilson_interval
 from robustbench_cl.engine.records import attack_entry, label
-from robustbench_cl.engine.summary import RunSummary, threat_label, threat_sort_key
+from robustbench_cl.engine.results_models import Flag
+from robustbench_cl.engine.summary import RunSummary, threat_dict, threat_label, threat_sort_key
 from robustbench_cl.tasks.classification import sanity
+from robustbench_cl.tasks.classification.records import CellRecord, CleanRecord
 from robustbench_cl.tasks.pairs import BROKEN
 
 
@@ -37,14 +39,15 @@ class ThreatSummary:
 
 @dataclass
 class PairSummary:
-    """One (model, defense) row: ``model`` and ``defense`` are display names."""
+    """One (model, defense) row: ``model`` and ``defense`` are display names; ``cells`` are its
+    typed cell records, with the flags found across cells added to their own."""
 
     model: str
     defense: str
     clean_accuracy: float
     clean_ci95: tuple[float, float]
     n: int
-    cells: list[dict[str, Any]] = field(default_factory=list)
+    cells: list[CellRecord] = field(default_factory=list)
     worst_case: list[ThreatSummary] = field(default_factory=list)
     id: str = ""
     model_spec: str = ""
@@ -61,62 +64,76 @@ class PairSummary:
         return f"{self.model} / {self.defense}"
 
 
-def column_label(cell: dict[str, Any]) -> str:
+def column_label(cell: CellRecord) -> str:
     """A cell's matrix column: its attack's label and its threat model's."""
-    return f"{label(cell['attack'])} {threat_label(cell['threat'])}"
+    return f"{label(cell.attack)} {threat_label(cell.threat)}"
+
+
+def _access(cell: CellRecord) -> str:
+    return cell.threat.access.value
+
+
+def _uses_gradients(cell: CellRecord) -> bool:
+    return cell.uses_gradients is None or cell.uses_gradients  # older records: gradient attacks
+
+
+def _broken(cell: CellRecord) -> set[int]:
+    return {i for i, outcome in enumerate(cell.outcomes) if outcome == BROKEN}
 
 
 def pair_summaries(summary: RunSummary) -> list[PairSummary]:
     """One :class:`PairSummary` per clean record of the run, with its cells (flags added
     across cells: the eps curve, non-adaptive transfer, weaker attacks winning)."""
-    cleans = {r["id"]: r for r in summary.of("clean")}
-    cells = summary.of("cell")
+    cleans: dict[str, CleanRecord] = {r.id: r for r in summary.of("clean")}
+    cells: list[CellRecord] = summary.of("cell")
     pairs: list[PairSummary] = []
     for pair_id, clean in cleans.items():
-        pair_cells = [dict(c, flags=list(c["flags"])) for c in cells if c["pair_id"] == pair_id]
+        pair_cells = [
+            c.model_copy(update={"flags": list(c.flags)}) for c in cells if c.pair_id == pair_id
+        ]
         _add_eps_curve_flags(pair_cells)
-        if clean.get("defense_kind") == "preprocessor":
+        if clean.defense_kind == "preprocessor":
             _add_non_adaptive_flags(pair_cells)
         _add_black_box_flags(pair_cells, clean)
         entry = PairSummary(
-            model=label(clean["model"]),
-            defense=label(clean["defense"]),
-            clean_accuracy=clean["clean_accuracy"],
-            clean_ci95=tuple(clean["clean_ci95"]),
-            n=clean["n"],
+            model=label(clean.model),
+            defense=label(clean.defense),
+            clean_accuracy=clean.clean_accuracy,
+            clean_ci95=tuple(clean.clean_ci95),
+            n=clean.n,
             cells=pair_cells,
             id=pair_id,
-            model_spec=clean["model"]["spec"],
-            defense_id=clean["defense"]["defense"],
-            defense_params=dict(clean["defense"].get("params", {})),
-            membership_skipped=list(clean.get("membership_skipped", [])),
-            normalization=clean.get("normalization"),
-            flags=[dict(f) for f in clean.get("flags", [])],
+            model_spec=clean.model.spec,
+            defense_id=clean.defense.defense,
+            defense_params=dict(clean.defense.params),
+            membership_skipped=list(clean.membership_skipped or []),
+            normalization=clean.normalization,
+            flags=[f.model_dump() for f in clean.flags],
         )
-        groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        groups: dict[str, list[CellRecord]] = defaultdict(list)
         for cell in pair_cells:
-            groups[cell["group_id"]].append(cell)
+            groups[cell.group_id].append(cell)
         for group in groups.values():
             entry.worst_case.append(_worst_case(group, clean))
         pairs.append(entry)
     return pairs
 
 
-def _worst_case(group: list[dict[str, Any]], clean: dict[str, Any]) -> ThreatSummary:
-    n = clean["n"]
-    robust = list(clean["correct"])
+def _worst_case(group: list[CellRecord], clean: CleanRecord) -> ThreatSummary:
+    n = clean.n
+    robust = list(clean.correct)
     credits: dict[str, int] = defaultdict(int)
     for cell in group:
-        name = label(cell["attack"])
-        for index, outcome in enumerate(cell["outcomes"]):
+        name = label(cell.attack)
+        for index, outcome in enumerate(cell.outcomes):
             if outcome == BROKEN and robust[index]:
                 credits[name] += 1
             if outcome == BROKEN:
                 robust[index] = 0
     count = sum(robust)
-    names = [label(c["attack"]) for c in group]
+    names = [label(c.attack) for c in group]
     decisive = [name for name in names if credits.get(name, 0) > 0]
-    threat = group[0]["threat"]
+    threat = threat_dict(group[0].threat)
     return ThreatSummary(
         threat=threat,
         label=threat_label(threat),
@@ -128,67 +145,56 @@ def _worst_case(group: list[dict[str, Any]], clean: dict[str, Any]) -> ThreatSum
     )
 
 
-def _add_non_adaptive_flags(cells: list[dict[str, Any]]) -> None:
+def _add_non_adaptive_flags(cells: list[CellRecord]) -> None:
     """A preprocessor defense attacked only by transfer attacks at a threat (norm, eps) is not
     evaluated at that threat: flag those transfer cells."""
-    adaptive = {
-        _threat_key(cell["threat"])
-        for cell in cells
-        if cell["threat"].get("access", "white-box") != "transfer"
-    }
+    adaptive = {_threat_key(cell) for cell in cells if _access(cell) != "transfer"}
     for cell in cells:
-        if (
-            cell["threat"].get("access") == "transfer"
-            and _threat_key(cell["threat"]) not in adaptive
-        ):
-            cell["flags"].append(sanity.non_adaptive_flag())
+        if _access(cell) == "transfer" and _threat_key(cell) not in adaptive:
+            cell.flags.append(Flag(**sanity.non_adaptive_flag()))
 
 
-def _add_black_box_flags(cells: list[dict[str, Any]], clean: dict[str, Any]) -> None:
+def _add_black_box_flags(cells: list[CellRecord], clean: CleanRecord) -> None:
     """Gradient masking shows as weaker attacks winning. Per threat (norm, eps, targeted,
     space), the samples every white-box gradient attack left robust are compared with what each
     gradient-free or transfer attack broke."""
-    n = clean["n"]
-    tolerance = max(1, round(0.01 * n))
-    correct = {i for i, ok in enumerate(clean["correct"]) if ok}
+    tolerance = max(1, round(0.01 * clean.n))
+    correct = {i for i, ok in enumerate(clean.correct) if ok}
     robust: dict[tuple[Any, ...], set[int]] = {}
     for cell in cells:
-        threat = cell["threat"]
-        if threat.get("access", "white-box") == "white-box" and cell.get("uses_gradients", True):
-            key = _threat_key(threat)
-            broken = {i for i, outcome in enumerate(cell["outcomes"]) if outcome == BROKEN}
-            robust[key] = robust.get(key, correct) - broken
+        if _access(cell) == "white-box" and _uses_gradients(cell):
+            key = _threat_key(cell)
+            robust[key] = robust.get(key, correct) - _broken(cell)
     for cell in cells:
-        threat = cell["threat"]
-        transfer = threat.get("access") == "transfer"
-        if not transfer and cell.get("uses_gradients", True):
+        transfer = _access(cell) == "transfer"
+        if not transfer and _uses_gradients(cell):
             continue
-        survivors = robust.get(_threat_key(threat))
+        survivors = robust.get(_threat_key(cell))
         if survivors is None:
             continue
-        broken = {i for i, outcome in enumerate(cell["outcomes"]) if outcome == BROKEN}
-        count = len(broken & survivors)
+        count = len(_broken(cell) & survivors)
         if count > tolerance:
             kind = "white-box" if transfer else "gradient"
-            cell["flags"].append(sanity.black_box_flag(cell, kind, count))
+            cell.flags.append(Flag(**sanity.black_box_flag(cell, kind, count)))
 
 
-def _threat_key(threat: dict[str, Any]) -> tuple[Any, ...]:
-    return (threat["norm"], threat["eps"], bool(threat.get("targeted")), threat.get("space"))
+def _threat_key(cell: CellRecord) -> tuple[Any, ...]:
+    threat = cell.threat
+    return (threat.norm.value, threat.eps, bool(threat.targeted), threat.space.value)
 
 
-def _add_eps_curve_flags(cells: list[dict[str, Any]]) -> None:
-    curves: dict[str, list[dict[str, Any]]] = defaultdict(list)
+def _add_eps_curve_flags(cells: list[CellRecord]) -> None:
+    curves: dict[str, list[CellRecord]] = defaultdict(list)
     for cell in cells:
-        threat = cell["threat"]
+        threat = cell.threat
         key = json.dumps(
             [
-                cell["attack"]["attack"],
-                cell["attack"].get("name"),
-                cell["attack"]["params"],
-                threat["norm"],
-                threat["targeted"],
-                threat.get("access", "white-box"),
+                cell.attack.attack,
+                cell.attack.name,
+                cell.attack.params,
+                threat.norm.value,
+                threat.targeted,
+                threat.access.value,
             ],
             sort_keys=True,
         )
@@ -196,11 +202,11 @@ def _add_eps_curve_flags(cells: list[dict[str, Any]]) -> None:
     for curve in curves.values():
         if len(curve) < 2:
             continue
-        points = [(c["threat"]["eps"], c["robust_accuracy"]) for c in curve]
-        flags = sanity.eps_curve_flags(points, curve[0]["n"])
+        points = [(c.threat.eps, c.robust_accuracy) for c in curve]
+        flags = sanity.eps_curve_flags(points, curve[0].n)
         for cell in curve:
-            if cell["threat"]["eps"] in flags:
-                cell["flags"].append(flags[cell["threat"]["eps"]])
+            if cell.threat.eps in flags:
+                cell.flags.append(Flag(**flags[cell.threat.eps]))
 
 
 def summarize(summary: RunSummary) -> dict[str, Any]:
@@ -234,39 +240,38 @@ def summarize(summary: RunSummary) -> dict[str, Any]:
     return {"pairs": pairs, "cells": cells}
 
 
-def _cell_entry(cell: dict[str, Any], pair_label: str) -> dict[str, Any]:
-    attack = cell["attack"]
-    entry = {
-        "id": cell["id"],
-        "pair_id": cell["pair_id"],
-        "group_id": cell["group_id"],
+def _cell_entry(cell: CellRecord, pair_label: str) -> dict[str, Any]:
+    threat = threat_dict(cell.threat)
+    return {
+        "id": cell.id,
+        "pair_id": cell.pair_id,
+        "group_id": cell.group_id,
         "pair": pair_label,
-        "attack": attack_entry(attack),
+        "attack": attack_entry(cell.attack),
         "column": column_label(cell),
-        "threat": cell["threat"],
-        "threat_label": threat_label(cell["threat"]),
-        "adaptive": cell.get("adaptive", cell["threat"].get("access") != "transfer"),
-        "cascade": bool(cell.get("cascade", True)),
-        "n": cell["n"],
-        "attacked": cell["attacked"],
-        "broken": cell["broken"],
-        "robust_count": cell["robust_count"],
-        "clean_accuracy": cell["clean_accuracy"],
-        "robust_accuracy": cell["robust_accuracy"],
-        "robust_ci95": list(cell["robust_ci95"]),
-        "attack_success_rate": cell["attack_success_rate"],
+        "threat": threat,
+        "threat_label": threat_label(threat),
+        "adaptive": cell.adaptive if cell.adaptive is not None else _access(cell) != "transfer",
+        "cascade": bool(cell.cascade),
+        "n": cell.n,
+        "attacked": cell.attacked,
+        "broken": cell.broken,
+        "robust_count": cell.robust_count,
+        "clean_accuracy": cell.clean_accuracy,
+        "robust_accuracy": cell.robust_accuracy,
+        "robust_ci95": list(cell.robust_ci95),
+        "attack_success_rate": cell.attack_success_rate,
         "broken_rate": _broken_rate(cell),
-        "cost": {key: int(cell["cost"].get(key, 0)) for key in ("forward", "backward", "queries")},
-        "wall_time": float(cell["wall_time"]),
-        "flags": [{"code": f["code"], "message": f["message"]} for f in cell["flags"]],
-        "examples": cell.get("examples"),
+        "cost": {key: int(cell.cost.get(key, 0)) for key in ("forward", "backward", "queries")},
+        "wall_time": float(cell.wall_time),
+        "flags": [{"code": f.code, "message": f.message} for f in cell.flags],
+        "examples": cell.examples,
     }
-    return entry
 
 
-def _broken_rate(cell: dict[str, Any]) -> float:
+def _broken_rate(cell: CellRecord) -> float:
     """Samples this attack broke first over the clean-correct ones (older records lack it)."""
-    if cell.get("broken_rate") is not None:
-        return cell["broken_rate"]
-    clean_correct = round(cell["clean_accuracy"] * cell["n"])
-    return cell["broken"] / clean_correct if clean_correct else 0.0
+    if cell.broken_rate is not None:
+        return cell.broken_rate
+    clean_correct = round(cell.clean_accuracy * cell.n)
+    return cell.broken / clean_correct if clean_correct else 0.0

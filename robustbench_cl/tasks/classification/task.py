@@ -83,9 +83,9 @@ class ClassificationTask(AttackCells, PairTask):
         cell = unit.key
         clean = inputs[cell.pair_id]
         if len(unit.needs) > 1:
-            previous = torch.tensor(inputs[unit.needs[1]]["outcomes"], device=self.device)
+            previous = torch.tensor(inputs[unit.needs[1]].outcomes, device=self.device)
             return previous == ROBUST
-        return torch.tensor(clean["correct"], dtype=torch.bool, device=self.device)
+        return torch.tensor(clean.correct, dtype=torch.bool, device=self.device)
 
     def batches(self, unit: Unit, inputs: dict[str, dict[str, Any]]) -> int:
         if isinstance(unit.key, Pair):
@@ -95,7 +95,7 @@ class ClassificationTask(AttackCells, PairTask):
         size = self.batch_size
         if cell.attack.attack == "autoattack":
             attack = self.build_attack(cell)
-            n_classes = inputs[cell.pair_id]["probes"]["n_classes"]
+            n_classes = inputs[cell.pair_id].probes["n_classes"]
             self.progress.message(f"AutoAttack settings: {attack.resolved_settings(n_classes)}")
         return sum(-(-int(alive[a:b].sum()) // size) for a, b in self.shards)
 
@@ -109,7 +109,7 @@ class ClassificationTask(AttackCells, PairTask):
         clean = inputs[cell.pair_id]
         model = self.model(self.by_pair[cell.pair_id])
         attack = self.build_attack(cell)
-        labels = self.cell_labels(cell, clean["probes"]["n_classes"])
+        labels = self.cell_labels(cell, clean.probes["n_classes"])
         return self.attack_shard(cell, attack, model, labels, self.alive(unit, inputs), shard)
 
     # ------------------------------------------------------------------ results

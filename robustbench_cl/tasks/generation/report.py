@@ -37,15 +37,15 @@ def generation_table(summary: RunSummary) -> Table | None:
         return None
     first = rows[0][1]
     table = Table(
-        title=f"generation ({first['n_samples']} samples, {first['steps']} ascent steps; judge "
-        f"{first['judge']}; mini-FID floor {first['fid_train_vs_eval']:.1f}, "
-        f"seeds {first['fid_seeds_vs_eval']:.1f})",
+        title=f"generation ({first.n_samples} samples, {first.steps} ascent steps; judge "
+        f"{first.judge}; mini-FID floor {first.fid_train_vs_eval:.1f}, "
+        f"seeds {first.fid_seeds_vs_eval:.1f})",
         title_justify="left",
     )
     for name in ("model / defense", "intended class %", "mini-FID", "OOD AUROC", "training"):
         table.add_column(name, justify="left" if name == "model / defense" else "right")
     for name, record in rows:
-        training = record.get("training")
+        training = record.training
         note = (
             f"T={training['final_gen_steps']} NaN={training['nan_batches']} "
             f"AUC sd={training['auc_std_last_100']:.3f}"
@@ -54,9 +54,9 @@ def generation_table(summary: RunSummary) -> Table | None:
         )
         table.add_row(
             name,
-            percent(record["intended_class_accuracy"]),
-            f"{record['mini_fid']:.1f}",
-            f"{record['ood_auroc']:.3f}",
+            percent(record.intended_class_accuracy),
+            f"{record.mini_fid:.1f}",
+            f"{record.ood_auroc:.3f}",
             note,
         )
     return table

@@ -13,9 +13,9 @@ from robustbench_cl.engine.summary import RunSummary
 from robustbench_cl.tasks.pairs import pair_labels
 
 
-def _pair_generations(summary: RunSummary) -> list[tuple[str, dict[str, Any]]]:
+def _pair_generations(summary: RunSummary) -> list[tuple[str, GenerationRecord]]:
     """(pair label, its generation record) per pair that has one, in pair order."""
-    records = {r["pair_id"]: r for r in summary.of("generation")}
+    records = {r.pair_id: r for r in summary.of("generation")}
     return [(name, records[pid]) for pid, name in pair_labels(summary).items() if pid in records]
 
 
@@ -35,7 +35,7 @@ def _training_summary(log: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
-def _generation_entry(record: dict[str, Any], pair_label: str) -> dict[str, Any]:
+def _generation_entry(record: GenerationRecord, pair_label: str) -> dict[str, Any]:
     keys = (
         "judge",
         "n_samples",
@@ -52,8 +52,8 @@ def _generation_entry(record: dict[str, Any], pair_label: str) -> dict[str, Any]
         "grid",
         "wall_time",
     )
-    return {"id": record["id"], "pair_id": record["pair_id"], "pair": pair_label} | {
-        key: record[key] for key in keys
+    return {"id": record.id, "pair_id": record.pair_id, "pair": pair_label} | {
+        key: getattr(record, key) for key in keys
     }
 
 

@@ -6,10 +6,8 @@ from typing import Any
 
 from rich.table import Table
 
-from robustbench_cl.engine.records import (
-    label,
-)
-from robustbench_cl.engine.summary import RunSummary
+from robustbench_cl.engine.records import as_json, label
+from robustbench_cl.engine.summary import RunSummary, threat_dict
 from robustbench_cl.report.media import EXAMPLES_TOTAL
 from robustbench_cl.report.table import percent_or_dash
 from robustbench_cl.tasks.jailbreak.results import jailbreak_label
@@ -56,25 +54,23 @@ def jailbreak_table(summary: RunSummary) -> Table | None:
     columns: list[str] = []
     cells: dict[tuple[str, str], str] = {}
     for record in records:
-        attack = label(record["attack"])
-        column = jailbreak_label(record["threat"], attack)
+        column = jailbreak_label(threat_dict(record.threat), label(record.attack))
         if column not in columns:
             columns.append(column)
-        cells[(record["clean_id"], column)] = (
-            f"{percent_or_dash(record['judged_asr']['rate'])} ({percent_or_dash(record['forced_asr']['rate'])})"
-        )
+        judged, forced = record.judged_asr.rate, record.forced_asr.rate
+        cells[(record.clean_id, column)] = f"{percent_or_dash(judged)} ({percent_or_dash(forced)})"
     for column in columns:
         table.add_column(column, justify="right")
     table.add_column("train passes", justify="right")
     for record in cleans:
-        defense, model = label(record["defense"]), label(record["model"])
-        cost = (record.get("training") or {}).get("cost")
+        defense, model = label(record.defense), label(record.model)
+        cost = (as_json(record.training) or {}).get("cost")
         passes = f"{cost['forward'] + cost['backward']:,}" if cost else "-"
         table.add_row(
             f"{model} / {defense}",
-            percent_or_dash(record["utility"]["rate"]),
-            percent_or_dash(record["over_refusal"]["rate"]),
-            *[cells.get((record["id"], c), "-") for c in columns],
+            percent_or_dash(record.utility.rate),
+            percent_or_dash(record.over_refusal.rate),
+            *[cells.get((record.id, c), "-") for c in columns],
             passes,
         )
     return table

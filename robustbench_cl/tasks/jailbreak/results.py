@@ -15,6 +15,7 @@ from robustbench_cl.engine.records import (
     Rate,
     Record,
     Threat,
+    as_json,
     attack_entry,
     flag,
     label,
@@ -37,30 +38,30 @@ def _jailbreak_section(summary: RunSummary) -> dict[str, Any]:
     (``bounded``: any attack but the unbounded embedding suffix). The
     compute ratio of each defense is relative to C-AdvUL on the same model, when it ran."""
 
-    def pair_label(record: dict[str, Any]) -> str:
-        return f"{label(record['model'])} / {label(record['defense'])}"
+    def pair_label(record: JailbreakCleanRecord | JailbreakRecord) -> str:
+        return f"{label(record.model)} / {label(record.defense)}"
 
     pairs = []
     for r in summary.of("jailbreak_clean"):
-        training = r["training"]
+        training = as_json(r.training)
         total = None
         if training and training.get("cost"):
             total = training["cost"]["forward"] + training["cost"]["backward"]
         pairs.append(
             {
-                "id": r["id"],
+                "id": r.id,
                 "label": pair_label(r),
-                "model": label(r["model"]),
-                "defense": label(r["defense"]),
-                "defense_kind": r["defense"]["defense"],
-                "utility": r["utility"],
-                "utility_by_task": r["utility_by_task"],
-                "over_refusal": r["over_refusal"],
-                "borderline_correct": r["borderline_correct"],
+                "model": label(r.model),
+                "defense": label(r.defense),
+                "defense_kind": r.defense.defense,
+                "utility": as_json(r.utility),
+                "utility_by_task": as_json(r.utility_by_task),
+                "over_refusal": as_json(r.over_refusal),
+                "borderline_correct": as_json(r.borderline_correct),
                 "training": training,
                 "training_passes": total,
-                "embedding_scale": r["embedding_scale"],
-                "examples": r["examples"],
+                "embedding_scale": r.embedding_scale,
+                "examples": as_json(r.examples),
             }
         )
     reference = {
@@ -79,37 +80,38 @@ def _jailbreak_section(summary: RunSummary) -> dict[str, Any]:
     # without the unbounded embedding suffix, which forces any string (no threat model bounds it)
     worst_bounded: dict[str, list[int]] = {}
     for r in summary.of("jailbreak"):
-        column = jailbreak_label(r["threat"], label(r["attack"]))
+        threat = as_json(r.threat)
+        column = jailbreak_label(threat, label(r.attack))
         cells.append(
             {
-                "id": r["id"],
-                "clean_id": r["clean_id"],
-                "pair": labels.get(r["clean_id"], pair_label(r)),
-                "attack": attack_entry(r["attack"]),
+                "id": r.id,
+                "clean_id": r.clean_id,
+                "pair": labels.get(r.clean_id, pair_label(r)),
+                "attack": attack_entry(r.attack),
                 "column": column,
-                "threat": r["threat"],
-                "n": r["n"],
-                "forced_asr": r["forced_asr"],
-                "judged_asr": r["judged_asr"],
-                "refused": r["refused"],
-                "undetermined": r["undetermined"],
+                "threat": threat,
+                "n": r.n,
+                "forced_asr": as_json(r.forced_asr),
+                "judged_asr": as_json(r.judged_asr),
+                "refused": r.refused,
+                "undetermined": r.undetermined,
                 # the keyword-only judge of llm-attacks: jailbroken = no refusal prefix
-                "not_refused": rate_entry(r["n"] - r["refused"], r["n"]),
-                "suffix_retokenizes": r["suffix_retokenizes"],
-                "generation": r["generation"],
-                "cost": r["cost"],
-                "examples": r["examples"],
-                "wall_time": r["wall_time"],
+                "not_refused": rate_entry(r.n - r.refused, r.n),
+                "suffix_retokenizes": as_json(r.suffix_retokenizes),
+                "generation": as_json(r.generation),
+                "cost": as_json(r.cost),
+                "examples": as_json(r.examples),
+                "wall_time": r.wall_time,
             }
         )
-        cells[-1]["flags"] = jailbreak_flags(cells[-1], r.get("loss_history"))
-        hits = [1 if j == 1 else 0 for j in r["judged"]]
-        unbounded = r["threat"]["norm"] == "none" and r["threat"]["space"] == "embedding"
+        cells[-1]["flags"] = jailbreak_flags(cells[-1], r.loss_history)
+        hits = [1 if j == 1 else 0 for j in r.judged]
+        unbounded = threat["norm"] == "none" and threat["space"] == "embedding"
         for table, keep in ((worst, True), (worst_bounded, not unbounded)):
             if not keep:
                 continue
-            previous = table.get(r["clean_id"])
-            table[r["clean_id"]] = (
+            previous = table.get(r.clean_id)
+            table[r.clean_id] = (
                 hits if previous is None else [max(a, b) for a, b in zip(previous, hits)]
             )
     worst_case = [
@@ -274,5 +276,5 @@ class JailbreakRecord(Record):
     undetermined: int = Field(..., ge=0)
     suffix_retokenizes: float | None
     generation: dict[str, Any]
-    cost: dict[str, float]
+    cost: dict[str, int | float]
     examples: list[dict[str, Any]]

@@ -53,15 +53,13 @@ def membership_table(summary: RunSummary) -> Table | None:
     """Membership inference per (model, defense): AUC, TPR at low FPR, advantage."""
     labels = pair_labels(summary)
     records = summary.of("membership")
-    rows = [
-        (name, r) for pair_id, name in labels.items() for r in records if r["pair_id"] == pair_id
-    ]
+    rows = [(name, r) for pair_id, name in labels.items() for r in records if r.pair_id == pair_id]
     if not rows:
         return None
-    alphas = sorted({a for _, r in rows for a in r["tpr_at_fpr"]}, key=float, reverse=True)
-    n_out = rows[0][1]["n_nonmembers"]
+    alphas = sorted({a for _, r in rows for a in r.tpr_at_fpr}, key=float, reverse=True)
+    n_out = rows[0][1].n_nonmembers
     table = Table(
-        title=f"membership inference ({rows[0][1]['n_members']} members / {n_out} non-members; "
+        title=f"membership inference ({rows[0][1].n_members} members / {n_out} non-members; "
         f"FPR resolution {100 / max(n_out, 1):.2g}%)",
         title_justify="left",
     )
@@ -72,21 +70,21 @@ def membership_table(summary: RunSummary) -> Table | None:
     table.add_column("advantage", justify="right")
     table.add_column("refs", justify="right")
     for name, record in rows:
-        low, high = record["auc_ci95"]
-        refs = record["reference_models"]
+        low, high = record.auc_ci95
+        refs = record.reference_models
         table.add_row(
             name,
-            label(record["attack"]),
-            f"{record['auc']:.3f}",
+            label(record.attack),
+            f"{record.auc:.3f}",
             f"{low:.3f}-{high:.3f}",
-            *[percent(record["tpr_at_fpr"][a]) for a in alphas],
-            f"{record['advantage']:.3f}",
-            f"{refs}{' off' if record['offline'] else ''}" if refs else "-",
+            *[percent(record.tpr_at_fpr[a]) for a in alphas],
+            f"{record.advantage:.3f}",
+            f"{refs}{' off' if record.offline else ''}" if refs else "-",
         )
     for clean in summary.of("clean"):
-        for skipped in clean.get("membership_skipped") or []:
+        for skipped in clean.membership_skipped or []:
             table.add_row(
-                labels[clean["id"]],
+                labels[clean.id],
                 skipped["attack"],
                 "n/a",
                 "no recipe",

@@ -19,8 +19,7 @@ from robustbench_cl.engine.records import (
 from robustbench_cl.engine.results_models import STRICT, Attack, Interval, Probability
 
 
-def _membership_entry(record: dict[str, Any], pair_label: str) -> dict[str, Any]:
-    attack = record["attack"]
+def _membership_entry(record: MembershipRecord, pair_label: str) -> dict[str, Any]:
     keys = (
         "n_members",
         "n_nonmembers",
@@ -41,11 +40,11 @@ def _membership_entry(record: dict[str, Any], pair_label: str) -> dict[str, Any]
         "wall_time",
     )
     entry = {
-        "id": record["id"],
-        "pair_id": record["pair_id"],
+        "id": record.id,
+        "pair_id": record.pair_id,
         "pair": pair_label,
-        "attack": attack_entry(attack),
-        **{key: record.get(key) for key in keys},
+        "attack": attack_entry(record.attack),
+        **{key: getattr(record, key) for key in keys},
     }
     entry["flags"] = membership_flags(entry)
     return entry

@@ -128,7 +128,7 @@ class MembershipTask(PairTask):
         self._release_other_pairs(pair.id)
         record = audit.run(cell, self.model(pair), self.progress)
         if len(unit.needs) > 1:  # trained by the references unit, loaded here
-            record.references_trained = inputs[unit.needs[1]]["references_trained"]
+            record.references_trained = inputs[unit.needs[1]].references_trained
         self.progress.batch_done()
         return record
 
@@ -150,7 +150,7 @@ class MembershipTask(PairTask):
             _membership_entry(r, name)
             for pair_id, name in labels.items()
             for r in records
-            if r["pair_id"] == pair_id
+            if r.pair_id == pair_id
         ]
         return {"membership": audits} if audits else None
 

@@ -19,7 +19,11 @@ from robustbench_cl.engine.config import ModelConfig
 from robustbench_cl.engine.metrics import wilson_interval
 from robustbench_cl.errors import UserError
 from robustbench_cl.paths import inside
-from robustbench_cl.tasks.retrieval.results import RetrievalCleanRecord, RetrievalRecord
+from robustbench_cl.tasks.retrieval.results import (
+    RetrievalCleanRecord,
+    RetrievalFitRecord,
+    RetrievalRecord,
+)
 from robustbench_cl.threat import ThreatModel
 from robustbench_cl.utils import derive_seed
 
@@ -101,11 +105,13 @@ class Evaluation:
         self._loaded[fit["id"]] = perturbation
         return perturbation
 
-    def perturbation(self, fit: dict[str, Any], record: dict[str, Any]) -> UniversalPerturbation:
+    def perturbation(
+        self, fit: dict[str, Any], record: RetrievalFitRecord
+    ) -> UniversalPerturbation:
         """The perturbation the fit unit's record names (read once per process: an evaluation's
         shards and its merge share it)."""
         if fit["id"] not in self._loaded:
-            path = inside(self.run_dir, record["perturbation"])
+            path = inside(self.run_dir, record.perturbation)
             info = _read_fit_info(path)
             self._loaded[fit["id"]] = UniversalPerturbation(
                 load_file(str(path))["delta"],
@@ -150,7 +156,7 @@ class Evaluation:
         target: ModelConfig,
         perturbation: UniversalPerturbation,
         record_id: str,
-        clean_record: dict[str, Any],
+        clean_record: RetrievalCleanRecord,
         parts: list[dict[str, Any]],
     ) -> dict[str, Any]:
         """An evaluation's record from its shards' features, in shard order."""
@@ -166,7 +172,7 @@ class Evaluation:
         texts = texts.to(self.device)
         captions = self._adversarial_captions(fit, perturbation)
         correct = retrieval_correct(images, texts, self.test.caption_image, self.section.ks)
-        clean = clean_record["correct"]
+        clean = clean_record.correct
         asr: dict[str, dict[str, Any]] = {}
         for side, by_k in correct.items():
             for k, adv in by_k.items():

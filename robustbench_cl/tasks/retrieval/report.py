@@ -88,7 +88,7 @@ def retrieval_table(summary: RunSummary) -> Table | None:
     records, cleans = summary.of("retrieval"), summary.of("retrieval_clean")
     if not records:
         return None
-    targets = [label(r["model"]) for r in cleans]
+    targets = [label(r.model) for r in cleans]
     table = Table(
         title="retrieval: ASR@1 % (TR / IR) over the previously-correct queries; * white-box",
         title_justify="left",
@@ -100,15 +100,15 @@ def retrieval_table(summary: RunSummary) -> Table | None:
         table.add_column(target, justify="right")
     rows: dict[tuple[str, float, str], dict[str, str]] = {}
     for record in records:
-        attack, source, target = (label(record[k]) for k in ("attack", "source", "target"))
-        tr, ir = record["asr"].get("tr@1", {}).get("asr"), record["asr"].get("ir@1", {}).get("asr")
-        mark = "*" if record["access"] == "white-box" else ""
-        key = (attack, record["threat"]["eps"], source)
+        attack, source, target = (label(x) for x in (record.attack, record.source, record.target))
+        tr, ir = (record.asr.get(k, {}).get("asr") for k in ("tr@1", "ir@1"))
+        mark = "*" if record.access == "white-box" else ""
+        key = (attack, record.threat.eps, source)
         rows.setdefault(key, {})[target] = f"{percent(tr)} / {percent(ir)}{mark}"
     for (attack, eps, source), cells in rows.items():
         table.add_row(attack, f"{eps * 255:.3g}/255", source, *[cells.get(t, "-") for t in targets])
     clean = "  ".join(
-        f"{t}: TR@1 {percent(r['recall'].get('tr@1'))} IR@1 {percent(r['recall'].get('ir@1'))}"
+        f"{t}: TR@1 {percent(r.recall.get('tr@1'))} IR@1 {percent(r.recall.get('ir@1'))}"
         for t, r in zip(targets, cleans)
     )
     table.caption = f"clean: {clean}"

@@ -13,12 +13,13 @@ from robustbench_cl.engine.records import (
     ModelRef,
     Record,
     Threat,
+    as_json,
     attack_entry,
     flag,
     label,
 )
 from robustbench_cl.engine.results_models import STRICT
-from robustbench_cl.engine.summary import RunSummary, threat_label
+from robustbench_cl.engine.summary import RunSummary, threat_dict, threat_label
 
 
 def _retrieval_section(summary: RunSummary) -> dict[str, Any]:
@@ -26,12 +27,12 @@ def _retrieval_section(summary: RunSummary) -> dict[str, Any]:
     outcomes stay in cells.jsonl."""
     clean = [
         {
-            "id": r["id"],
-            "model": label(r["model"]),
-            "model_spec": r["model"]["spec"],
-            "n_images": r["n_images"],
-            "n_captions": r["n_captions"],
-            "recall": r["recall"],
+            "id": r.id,
+            "model": label(r.model),
+            "model_spec": r.model.spec,
+            "n_images": r.n_images,
+            "n_captions": r.n_captions,
+            "recall": r.recall,
         }
         for r in summary.of("retrieval_clean")
     ]
@@ -48,15 +49,15 @@ def _retrieval_section(summary: RunSummary) -> dict[str, Any]:
     )
     cells = [
         {
-            "id": r["id"],
-            "fit_id": r["fit_id"],
-            "source": label(r["source"]),
-            "target": label(r["target"]),
-            "attack": attack_entry(r["attack"]),
-            "threat": r["threat"],
-            "threat_label": threat_label(r["threat"]),
+            "id": r.id,
+            "fit_id": r.fit_id,
+            "source": label(r.source),
+            "target": label(r.target),
+            "attack": attack_entry(r.attack),
+            "threat": threat_dict(r.threat),
+            "threat_label": threat_label(r.threat),
         }
-        | {key: r[key] for key in keys}
+        | {key: as_json(getattr(r, key)) for key in keys}
         for r in summary.of("retrieval")
     ]
     flags = retrieval_flags(cells)

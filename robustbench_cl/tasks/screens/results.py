@@ -8,23 +8,23 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from robustbench_cl.engine.records import Flag, Rate, Record, flag
+from robustbench_cl.engine.records import Flag, Rate, Record, flag, label
 from robustbench_cl.engine.results_models import STRICT
 from robustbench_cl.engine.summary import RunSummary
 
 
-def screen_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def screen_rows(records: list[ScreenRecord]) -> list[dict[str, Any]]:
     """One row per (protector, eps, router): the table of the results and the report."""
     rows = []
     for record in records:
-        for name, entry in record["routers"].items():
+        for name, entry in record.routers.items():
             rows.append(
                 {
-                    "id": record["id"],
-                    "label": record["label"],
-                    "protector": record["protector"]["protector"],
-                    "name": record["protector"]["name"] or record["protector"]["protector"],
-                    "eps": record["eps"],
+                    "id": record.id,
+                    "label": record.label,
+                    "protector": record.protector["protector"],
+                    "name": label(record.protector),
+                    "eps": record.eps,
                     "router": name,
                     "access": entry["access"],
                     "plr": entry["plr"],
@@ -32,10 +32,10 @@ def screen_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "zero_leak": entry["zero_leak"],
                     "tsr": entry["tsr"],
                     "by_field": entry["by_field"],
-                    "psnr": float(np.mean(record["psnr"])),
-                    "ssim": float(np.mean(record["ssim"])),
-                    "linf": record["linf"],
-                    "training_seconds": (record.get("training") or {}).get("wall_time"),
+                    "psnr": float(np.mean(record.psnr)),
+                    "ssim": float(np.mean(record.ssim)),
+                    "linf": record.linf,
+                    "training_seconds": (record.training or {}).get("wall_time"),
                 }
             )
     return rows
@@ -58,10 +58,10 @@ def _screens_section(summary: RunSummary) -> dict[str, Any]:
         row["flags"] = flags
     first = records[0]
     return {
-        "data": first["data"],
+        "data": first.data,
         "routers": {
             name: {"access": entry["access"], "settings": entry["settings"]}
-            for name, entry in first["routers"].items()
+            for name, entry in first.routers.items()
         },
         "rules": {
             "leaked": f"SequenceMatcher ratio > {LEAK_RATIO} between the true value and the "
@@ -71,9 +71,7 @@ def _screens_section(summary: RunSummary) -> dict[str, Any]:
             "without spaces), or all its content words do",
         },
         "rows": rows,
-        "examples": [
-            {"label": r["label"], "examples": r["examples"]} for r in records if r["examples"]
-        ],
+        "examples": [{"label": r.label, "examples": r.examples} for r in records if r.examples],
     }
 
 

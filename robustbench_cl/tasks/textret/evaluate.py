@@ -84,7 +84,7 @@ class Evaluation:
         scores = torch.cat([result.reranked.cpu() for result in results])
         relevant = [r.cpu() for r in self._relevant]
         rank = _ranks(scores, relevant)
-        asr = _asr(torch.tensor(rerank["rankers"][name]["ranks"]), rank)
+        asr = _asr(torch.tensor(rerank.rankers[name]["ranks"]), rank)
         steps = min((len(h) for h in history), default=0)
         curve = [sum(h[s] for h in history) / len(history) for s in range(steps)]
         examples = [
@@ -95,8 +95,8 @@ class Evaluation:
             type="textret",
             id=unit.id,
             clean_id=pipeline_pair_id(unit.needs[1], name),
-            model=clean["model"],
-            defense=clean["defense"],
+            model=clean.model,
+            defense=clean.defense,
             attack={
                 "attack": column["config"].attack,
                 "name": column["config"].name,
@@ -210,7 +210,7 @@ class Evaluation:
             else:
                 scores = query @ passages.T
             rank, ndcg = _ranks(scores, self._relevant), _ndcg10(scores, self._relevant)
-            asr = _asr(torch.tensor(clean["ranks"], device=rank.device), rank)
+            asr = _asr(torch.tensor(clean.ranks, device=rank.device), rank)
         steps = (
             min((len(h) for h in history if h), default=0)
             if history and isinstance(history[0], list)
@@ -245,8 +245,8 @@ class Evaluation:
             type="textret",
             id=unit.id,
             clean_id=unit.needs[0],
-            model=clean["model"],
-            defense=clean["defense"],
+            model=clean.model,
+            defense=clean.defense,
             attack={
                 "attack": column["config"].attack,
                 "name": column["config"].name,
@@ -291,7 +291,7 @@ class Evaluation:
                 ]
             )
         rank = ranks(query, passages, self._relevant)
-        before = torch.tensor(clean["ranks"], device=rank.device)
+        before = torch.tensor(clean.ranks, device=rank.device)
         return {
             f"@{k_}": rate_entry(
                 int(((before <= k_) & (rank > k_)).sum()), int((before <= k_).sum())

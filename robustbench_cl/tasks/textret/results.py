@@ -14,12 +14,13 @@ from robustbench_cl.engine.records import (
     Rate,
     Record,
     Threat,
+    as_json,
     attack_entry,
     flag,
     label,
 )
 from robustbench_cl.engine.results_models import STRICT, Attack
-from robustbench_cl.engine.summary import RunSummary
+from robustbench_cl.engine.summary import RunSummary, threat_dict
 
 
 class Results:
@@ -30,24 +31,24 @@ class Results:
     def summarize(cls, summary: RunSummary, results: dict[str, Any]) -> dict[str, Any] | None:
         cleans = summary.of("textret_clean")
         cells = summary.of("textret")
-        aucs = {r["clean_id"]: r for r in summary.of("textret_auc")}
-        reranks = {r["clean_id"]: r for r in summary.of("textret_rerank")}
+        aucs = {r.clean_id: r for r in summary.of("textret_auc")}
+        reranks = {r.clean_id: r for r in summary.of("textret_rerank")}
         if not cleans and not cells:
             return None
         pairs = [
             {
-                "id": r["id"],
+                "id": r.id,
                 "label": _pair_label(r),
-                "model": label(r["model"]),
-                "defense": label(r["defense"]),
-                "defense_kind": r["defense"]["defense"],
-                "data": r["data"],
-                "metrics": r["metrics"],
-                "training_seconds": (r.get("training") or {}).get("wall_time"),
-                "global_auc": aucs.get(r["id"], {}).get("global_auc"),
-                "per_query_auc": aucs.get(r["id"], {}).get("per_query_auc"),
-                "rerank": _rerank_entry(reranks.get(r["id"])),
-                "ranker_warmup_accuracy": (r.get("training") or {}).get("ranker_warmup_accuracy"),
+                "model": label(r.model),
+                "defense": label(r.defense),
+                "defense_kind": r.defense.defense,
+                "data": r.data,
+                "metrics": r.metrics,
+                "training_seconds": (r.training or {}).get("wall_time"),
+                "global_auc": aucs[r.id].global_auc if r.id in aucs else None,
+                "per_query_auc": aucs[r.id].per_query_auc if r.id in aucs else None,
+                "rerank": _rerank_entry(reranks.get(r.id)),
+                "ranker_warmup_accuracy": (r.training or {}).get("ranker_warmup_accuracy"),
             }
             for r in cleans
         ]
@@ -55,23 +56,24 @@ class Results:
         labels = {p["id"]: p["label"] for p in pairs}
         entries = []
         for r in cells:
+            threat = threat_dict(r.threat)
             entry = {
-                "id": r["id"],
-                "clean_id": r["clean_id"],
-                "pair": labels.get(r["clean_id"], _pair_label(r)),
-                "attack": attack_entry(r["attack"]),
-                "column": _column_text(r["attack"], r["threat"]),
-                "threat": r["threat"],
-                "n": r["n"],
-                "metrics": r["metrics"],
-                "asr": r["asr"],
-                "noise_asr": r.get("noise_asr"),
-                "cost": r["cost"],
-                "examples": r["examples"],
-                "wall_time": r["wall_time"],
+                "id": r.id,
+                "clean_id": r.clean_id,
+                "pair": labels.get(r.clean_id, _pair_label(r)),
+                "attack": attack_entry(r.attack),
+                "column": _column_text(r.attack, threat),
+                "threat": threat,
+                "n": r.n,
+                "metrics": r.metrics,
+                "asr": as_json(r.asr),
+                "noise_asr": as_json(r.noise_asr),
+                "cost": r.cost,
+                "examples": r.examples,
+                "wall_time": r.wall_time,
             }
-            history = r.get("margin_history", [])
-            if r["attack"]["attack"] == "corpus-poison":  # its similarity rises: flip it
+            history = list(r.margin_history)
+            if r.attack.attack == "corpus-poison":  # its similarity rises: flip it
                 history = [-value for value in history]
             entry["flags"] = _flags(entry, history)
             entries.append(entry)
@@ -134,7 +136,9 @@ def pipeline_pair_id(rerank_id: str, ranker: str) -> str:
     return f"{rerank_id}/{ranker}"
 
 
-def _pipeline_pairs(pair: dict[str, Any], reranks: dict[str, Any]) -> list[dict[str, Any]]:
+def _pipeline_pairs(
+    pair: dict[str, Any], reranks: dict[str, TextRetRerankRecord]
+) -> list[dict[str, Any]]:
     """A row per ranker of an AR2 pair: its retriever's top K re-ranked, clean metrics."""
     record = reranks.get(pair["id"])
     if record is None:
@@ -142,17 +146,17 @@ def _pipeline_pairs(pair: dict[str, Any], reranks: dict[str, Any]) -> list[dict[
     return [
         dict(
             pair,
-            id=pipeline_pair_id(record["id"], name),
-            label=f"{pair['label']}, top {record['candidates']} re-ranked ({RANKER_LABELS.get(name, name)})",
+            id=pipeline_pair_id(record.id, name),
+            label=f"{pair['label']}, top {record.candidates} re-ranked ({RANKER_LABELS.get(name, name)})",
             metrics=entry["metrics"],
             training_seconds=None,
             global_auc=None,
             per_query_auc=None,
             rerank=None,
             ranker_warmup_accuracy=None,
-            pipeline={"ranker": name, "candidates": record["candidates"], "of": pair["id"]},
+            pipeline={"ranker": name, "candidates": record.candidates, "of": pair["id"]},
         )
-        for name, entry in sorted(record["rankers"].items(), key=_ranker_order)
+        for name, entry in sorted(record.rankers.items(), key=_ranker_order)
     ]
 
 
@@ -165,12 +169,12 @@ def _ranker_order(item: tuple[str, Any]) -> tuple[int, str]:
 RANKER_LABELS = {"warmup": "warm-up ranker", "final": "game's ranker"}
 
 
-def _rerank_entry(record: dict[str, Any] | None) -> dict[str, Any] | None:
+def _rerank_entry(record: TextRetRerankRecord | None) -> dict[str, Any] | None:
     if record is None:
         return None
     return {
-        "candidates": record["candidates"],
-        **{name: entry["metrics"] for name, entry in record["rankers"].items()},
+        "candidates": record.candidates,
+        **{name: entry["metrics"] for name, entry in record.rankers.items()},
     }
 
 
@@ -182,7 +186,7 @@ def column_name(column: dict[str, Any]) -> str:
     )
 
 
-def _column_text(attack: dict[str, Any], threat: dict[str, Any]) -> str:
+def _column_text(attack: Any, threat: dict[str, Any]) -> str:
     name = label(attack)
     if threat["norm"] == "l0":
         return f"{name} {int(threat['eps'])} tok"
@@ -192,8 +196,8 @@ def _column_text(attack: dict[str, Any], threat: dict[str, Any]) -> str:
     return f"{name} {threat['norm']} {threat['eps']:g}{relative}"
 
 
-def _pair_label(record: dict[str, Any]) -> str:
-    return f"{label(record['model'])} / {label(record['defense'])}"
+def _pair_label(record: TextRetCleanRecord | TextRetRecord) -> str:
+    return f"{label(record.model)} / {label(record.defense)}"
 
 
 def _flags(cell: dict[str, Any], history: list[float]) -> list[dict[str, str]]:
