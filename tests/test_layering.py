@@ -51,11 +51,13 @@ def import_edges(root: Path = PACKAGE) -> dict[str, set[str]]:
     edges: dict[str, set[str]] = collections.defaultdict(set)
     for module, path in modules.items():
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        typing_only = {
+        typing_only = {  # the body of `if TYPE_CHECKING:` only (its else runs)
             id(inner)
             for node in ast.walk(tree)
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-            for inner in ast.walk(node)
+            if isinstance(node, ast.If)
+            and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+            for statement in node.body
+            for inner in ast.walk(statement)
         }
         base = module if path.name == "__init__.py" else module.rpartition(".")[0]
         for node in ast.walk(tree):
@@ -164,6 +166,53 @@ def test_the_check_finds_planted_bad_imports(tmp_path):
     assert found is not None and {"robustbench_cl.tasks.spam", "robustbench_cl.tasks.eggs"} <= set(
         found
     )
+
+
+#: what the packaged tasks share (the (model, defense) pairs and the section helpers)
+SHARED_TASK_MODULES = ("pairs", "sections", "membership_plan")
+
+
+def cross_task_imports(edges: dict[str, set[str]]) -> list[str]:
+    """Imports from one task package into another (the shared task modules aside)."""
+    bad = []
+    for module, targets in sorted(edges.items()):
+        parts = module.split(".")
+        if len(parts) < 4 or parts[1] != "tasks":
+            continue
+        for target in sorted(targets):
+            other = target.split(".")
+            if (
+                len(other) >= 3
+                and other[1] == "tasks"
+                and other[2] not in SHARED_TASK_MODULES
+                and other[2] != parts[2]
+            ):
+                bad.append(f"{module} -> {target}")
+    return bad
+
+
+def test_task_packages_do_not_import_each_other():
+    """Peers: a task package uses the engine, the report frame and the shared pair modules,
+    never another task's package (membership runs on classification's pairs through
+    tasks/pairs.py, not through tasks/classification)."""
+    assert cross_task_imports(import_edges()) == []
+
+
+def test_the_type_checking_filter_keeps_runtime_imports(tmp_path):
+    root = tmp_path / "robustbench_cl"
+    (root / "engine").mkdir(parents=True)
+    (root / "tasks").mkdir()
+    for folder in (root, root / "engine", root / "tasks"):
+        (folder / "__init__.py").write_text("")
+    (root / "tasks" / "spam.py").write_text("")
+    (root / "engine" / "loop.py").write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    import robustbench_cl.tasks.spam\n"
+        "else:\n    from robustbench_cl.tasks import spam\n"
+    )
+    assert arrows_up(import_edges(root)) == [
+        "robustbench_cl.engine.loop -> robustbench_cl.tasks.spam"
+    ]
 
 
 def test_the_screens_domain_is_layered():

@@ -75,6 +75,10 @@ def python_names(source: str) -> list[tuple[int, str]]:
             isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip
         ):
             names.append((line, node.value))
+            # and every word inside it ("the classification cells"), file names aside: the
+            # store is cells.jsonl whatever the task
+            text = re.sub(r"[\w.]+\.jsonl", "", node.value)
+            names += [(line, word) for word in re.findall(r"[A-Za-z_]+", text)]
     return names
 
 
@@ -85,6 +89,31 @@ def template_names(source: str) -> list[tuple[int, str]]:
         line = source.count("\n", 0, match.start()) + 1
         names += [(line, word) for word in re.findall(r"\w+", match.group())]
     return names
+
+
+#: the CLI commands every task shares (and the helpers they call): they name no task either
+SHARED_COMMANDS = (
+    "run",
+    "show",
+    "report",
+    "compare",
+    "_print_summary",
+    "_summary_json",
+    "_write_report",
+    "weight_differences",
+)
+
+
+def cli_hits(words: dict[str, str]) -> list[str]:
+    path = PACKAGE / "cli" / "main.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    hits = []
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name in SHARED_COMMANDS:
+            for _, name in python_names(ast.unparse(node)):
+                if name in words:
+                    hits.append(f"cli/main.py {node.name}(): {name!r} ({words[name]})")
+    return hits
 
 
 def scan(root: Path, words: dict[str, str]) -> list[str]:
@@ -121,14 +150,19 @@ def test_the_scan_finds_a_planted_task_name(tmp_path):
         '    if task.name == "classification":\n'
         '        return results["pairs"]\n'
         "    return results.jailbreak\n"
+        "LOG = 'no screens yet, see cells.jsonl'\n"
     )
     (frame / "report.html.j2").write_text("<p>{% for c in results.cells %}{{ c }}{% endfor %}</p>")
     hits = scan(frame, task_words())
-    assert len(hits) == 4, hits
+    # "classification" and "pairs" twice each (the constant and its word), jailbreak, screens
+    # and the template's cells; cells.jsonl (the store, whatever the task) is no hit, nor is
+    # the docstring
+    assert len(hits) == 7, hits
     assert not any(":1:" in hit for hit in hits if hit.startswith("engine/results.py"))
 
 
-def test_the_engine_and_the_report_frame_name_no_task():
+def test_the_engine_the_report_frame_and_the_shared_commands_name_no_task():
     words = task_words()
     hits = [hit for part in FRAME for hit in scan(PACKAGE / part, words)]
+    hits += cli_hits(words)
     assert hits == [], "\n".join(hits)

@@ -95,7 +95,7 @@ def cli(
     "--resume/--fresh",
     default=True,
     show_default=True,
-    help="Reuse finished cells in --out, or start over.",
+    help="Reuse the records already in --out (resume), or start over.",
 )
 @click.option("--seed", type=int, default=None, help="Override the config's seed.")
 @click.option(
@@ -127,7 +127,9 @@ def cli(
 )
 @click.option("--address", default=None, help="Ray cluster address (default: a local Ray).")
 @click.option("--gpus-per-task", type=float, default=0.0, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the matrix as JSON on stdout.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print every task's summary as JSON on stdout."
+)
 def run(
     suite: str,
     profile: str,
@@ -327,9 +329,11 @@ def list_command(kind: str, pattern: str) -> None:
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the matrix as JSON on stdout.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print every task's summary as JSON on stdout."
+)
 def show(run_dir: Path, as_json: bool) -> None:
-    """Print the matrix of a finished (or partial) RUN_DIR."""
+    """Print every task's table of a finished (or partial) RUN_DIR, then its sanity flags."""
     from robustbench_cl.engine import load_run
 
     summary = load_run(run_dir)

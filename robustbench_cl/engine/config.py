@@ -157,10 +157,10 @@ class EngineConfig(StrictConfig):
 
 #: what registered tasks add to the config (``@register_task`` fills these; the frame names
 #: no task): top-level keys with their annotation and default, the top-level keys read as
-#: ``tasks: {name: ...}``, and per task a function that returns its section or ``None``
+#: ``tasks: {name: ...}``, and per task a function that says whether a config asks for it
 CONFIG_FIELDS: dict[str, tuple[Any, Any]] = {}
 TASK_SECTIONS: set[str] = set()
-SECTION_GETTERS: dict[str, Callable[[Any], Any]] = {}
+REQUESTED: dict[str, Callable[[Any], bool]] = {}
 #: per task, a check of the whole config (a ``ValueError`` is a one-line error at ``config``)
 CONFIG_CHECKS: dict[str, Callable[[Any], None]] = {}
 #: the keys to name when a config has no task's section at all
@@ -196,7 +196,7 @@ class MatrixConfig(StrictConfig):
     def _has_a_task(self) -> MatrixConfig:
         for check in CONFIG_CHECKS.values():
             check(self)
-        if not self.tasks and all(get(self) is None for get in SECTION_GETTERS.values()):
+        if not self.tasks and not any(asked(self) for asked in REQUESTED.values()):
             keys = sorted({key for hints in SECTION_HINTS.values() for key in hints})
             raise ValueError(
                 f"a config needs {', '.join(keys)} or a registered task's section under tasks"

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from robustbench_cl.engine.summary import RunSummary
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Unit:
     """One record's worth of work.
 
@@ -55,8 +55,8 @@ class Unit:
     naming a model and a column): a task tells its kinds of unit apart by the key's type.
     """
 
-    id: str
-    label: str
+    id: str = field(kw_only=False)
+    label: str = field(kw_only=False)
     key: Any = None
     needs: tuple[str, ...] = ()
     shards: int = 1
@@ -139,6 +139,13 @@ class Task:
         if value is None:
             value = config.tasks.get(cls.name)
         return value or None
+
+    @classmethod
+    def requested(cls, config: MatrixConfig) -> bool:
+        """Whether the config asks for this task (a config must ask for one); by default when
+        it has the task's section. A task can be active without being asked for: the
+        classification pairs' clean pass runs for membership too."""
+        return cls.section(config) is not None
 
     @classmethod
     def check_config(cls, config: MatrixConfig) -> None:
@@ -260,7 +267,7 @@ def register_task(name: str):  # noqa: ANN201
             config.CONFIG_FIELDS[key] = spec
         if cls.section_type is not None and name not in cls.config_fields:
             config.TASK_SECTIONS.add(name)  # its section may be written at the top level
-        config.SECTION_GETTERS[name] = cls.section
+        config.REQUESTED[name] = cls.requested
         config.CONFIG_CHECKS[name] = cls.check_config
         config.SECTION_HINTS[name] = cls.section_hints or (name,)
         return cls
@@ -318,8 +325,9 @@ def seeded_shard(seed: int, unit_id: str, shard: int):  # noqa: ANN201
     """The context a shard of a unit runs in, locally or in a worker: torch's global generator
     seeded by (seed, unit, shard), the same in any process and any order, and restored after
     (:func:`robustbench_cl.utils.seeded`). It yields a generator seeded the same, for code that
-    takes one. Tasks seed nothing themselves; one that needs a stream of its own (a cell's, per
-    shard) draws it from :func:`robustbench_cl.utils.seeded` and ``derive_seed``."""
+    takes one. Tasks never call ``torch.manual_seed``; one that needs a stream of its own (a
+    classification cell, after its model is built) opens :func:`robustbench_cl.utils.seeded`
+    with a seed from ``derive_seed``."""
     from robustbench_cl.utils import derive_seed, seeded
 
     return seeded(derive_seed(seed, unit_id, "shard", shard))

@@ -124,11 +124,14 @@ def write_comparison(
         [load_results(d) for d in run_dirs], [_config(Path(d)) for d in run_dirs]
     )
     if not comparison["rows"]:
+        from robustbench_cl.engine.task import Task, task_classes
+
+        default = Task.compare_rows.__func__  # type: ignore[attr-defined]
+        lining_up = [t.name for t in task_classes() if t.compare_rows.__func__ is not default]
         raise UserError(
             "RUN_DIRS",
             "these runs have no numbers that compare knows how to line up",
-            "compare runs of tasks that report results (classification, membership, "
-            "generation, retrieval, jailbreak, screens, textret)",
+            f"compare runs of tasks that line up their numbers ({', '.join(lining_up)})",
         )
     short = [Path(d).name for d in run_dirs]
     if len(set(short)) < len(short):  # same folder names: show the paths as given

@@ -34,6 +34,17 @@ def png_data_uri(image: torch.Tensor, bounds: tuple[float, float] | None = (0.0,
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def save_png(image: torch.Tensor, path: Path) -> Path:
+    """A C x H x W image in [0, 1] as a PNG (grayscale for one channel)."""
+    from PIL import Image
+
+    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    array = array[0] if array.shape[0] == 1 else array.permute(1, 2, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array.numpy()).save(path)
+    return path
+
+
 def truncate(text: str, limit: int = 400) -> str:
     text = str(text)
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"

@@ -67,22 +67,3 @@ def log_axes(ax: Any) -> None:
         axis.set_major_locator(ticker.LogLocator(base=10))
         axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
         axis.set_minor_formatter(ticker.NullFormatter())
-
-
-def training_traces(traces: list[tuple[str, dict[str, Any]]]) -> str:
-    """DAT's stage-2 training AUC (every 10th batch) and curriculum T, one line per defense."""
-    fig, ax = figure(5.5, 3.2)
-    twin = ax.twinx()
-    for color, (label, training) in zip(COLORS * 4, traces):
-        auc = training.get("auc_trace", [])
-        steps = training.get("gen_steps_trace", [])
-        ax.plot([10 * i for i in range(len(auc))], auc, color=color, label=f"{label} AUC")
-        twin.plot(
-            [10 * i for i in range(len(steps))], steps, color=color, linestyle=":", linewidth=1
-        )
-    ax.set_xlabel("stage-2 batch")
-    ax.set_ylabel("training AUC, s(real) vs s(generated)")
-    twin.set_ylabel("generation steps T (dotted)")
-    ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=7, frameon=False, loc="lower right")
-    return to_svg(fig)

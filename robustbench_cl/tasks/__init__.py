@@ -1,4 +1,5 @@
-"""The packaged tasks: one module each (plan, run, results section, report section, table).
+"""The packaged tasks: one package each (its config, plan and run, records and results, flags,
+report section and terminal table), peers of a task written outside the package.
 
 Importing this package registers them (``robustbench_cl`` does so on import); a task of your
 own registers itself the same way with ``@register_task`` (see

@@ -74,7 +74,7 @@ class CalibrationTask(Task):
             Unit(
                 stable_hash({"calibration": spec, "data": section.data, "n": section.n}),
                 f"calibration | {spec}",
-                spec,
+                key=spec,
                 shards=len(self.ranges),
                 field=f"tasks.calibration.models[{index}]",
             )

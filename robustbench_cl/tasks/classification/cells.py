@@ -34,6 +34,7 @@ class ShardPart:
     outcomes: torch.Tensor  # (shard length,) on the CPU: ROBUST, BROKEN or NOT_ATTACKED
     attacked: int
     cost: Cost
+    seconds: float  # in the attack's calls (what the report's cost table shows)
     examples: dict[str, torch.Tensor] | None
     probe: dict[str, Any]  # the convergence probe on this shard's share of the probe size
 
@@ -74,6 +75,7 @@ class AttackCells(_Base):
                 (last - first,), NOT_ATTACKED, dtype=torch.long, device=self.device
             )
             cost = Cost()
+            seconds = 0.0
             wanted = config.engine.examples if self.images else 0
             kept: list[tuple[torch.Tensor, torch.Tensor]] = []
             transfer = cell.threat.access == "transfer"
@@ -110,6 +112,7 @@ class AttackCells(_Base):
                         result.cost.forward += len(batch)
                     outcomes[batch] = torch.where(success, BROKEN, ROBUST)
                     cost = cost + result.cost
+                    seconds += result.wall_time
                     if wanted > 0:  # once per batch, outside the attack's step loop
                         hits = success.nonzero().flatten()[:wanted]
                         kept.append((batch[hits], result.adv[hits].detach()))
@@ -127,7 +130,7 @@ class AttackCells(_Base):
                 probe = sanity.convergence_probe(
                     attack, model, x[probed], target[probed], cell.threat
                 )
-            return ShardPart(outcomes.cpu(), len(todo), cost, examples, probe)
+            return ShardPart(outcomes.cpu(), len(todo), cost, seconds, examples, probe)
 
     def finish_cell(
         self, cell: Cell, attack: Attack, clean: dict[str, Any], parts: list[ShardPart]
@@ -182,6 +185,7 @@ class AttackCells(_Base):
             # this attack alone: the samples it broke first, over the clean-correct ones
             broken_rate=broken_here / clean_correct if clean_correct else 0.0,
             cost=cost.to_dict(),
+            attack_seconds=sum(part.seconds for part in parts),
             flags=flags,
             sanity_probe=probe,
             example_indices=examples,

@@ -50,6 +50,8 @@ class CellRecord(Record):
     attack_success_rate: float
     broken_rate: float | None = None
     cost: dict[str, int]
+    #: seconds in the attack's calls (the unit's wall_time adds building, probes, examples)
+    attack_seconds: float | None = None
     flags: list[Flag]
     sanity_probe: dict[str, Any]
     example_indices: list[int]

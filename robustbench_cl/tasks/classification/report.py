@@ -61,9 +61,8 @@ def flag_rows(results: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def summary_json(pairs: list[PairSummary]) -> dict[str, Any] | None:
-    """``rows``: per pair, its clean accuracy, its cells and its worst case."""
-    if not pairs:
-        return None
+    """``rows``: per pair, its clean accuracy, its cells and its worst case (always present,
+    empty for a run without pairs, as before tasks had their own parts)."""
     return {
         "rows": [
             {

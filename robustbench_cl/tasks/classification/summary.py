@@ -263,7 +263,10 @@ def _cell_entry(cell: CellRecord, pair_label: str) -> dict[str, Any]:
         "attack_success_rate": cell.attack_success_rate,
         "broken_rate": _broken_rate(cell),
         "cost": {key: int(cell.cost.get(key, 0)) for key in ("forward", "backward", "queries")},
-        "wall_time": float(cell.wall_time),
+        # seconds attacking (records before the loop timed units: their wall_time was that)
+        "wall_time": float(
+            cell.attack_seconds if cell.attack_seconds is not None else cell.wall_time
+        ),
         "flags": [{"code": f.code, "message": f.message} for f in cell.flags],
         "examples": cell.examples,
     }

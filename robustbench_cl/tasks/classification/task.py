@@ -61,13 +61,20 @@ class ClassificationTask(AttackCells, PairTask):
     section_hints = ("attacks",)
 
     @classmethod
+    def requested(cls, config: MatrixConfig) -> bool:
+        """Asked for by attacks; its clean pass also runs for membership and generation."""
+        return bool(config.attacks)
+
+    @classmethod
     def check_config(cls, config: MatrixConfig) -> None:
         check_models(config, config.attacks)
 
     def plan(self) -> list[Unit]:
         units = []
         for pair in self.pairs:
-            units.append(Unit(pair.id, f"{pair.model.label} | {pair.defense.label} | clean", pair))
+            units.append(
+                Unit(pair.id, f"{pair.model.label} | {pair.defense.label} | clean", key=pair)
+            )
             previous: dict[str, str] = {}
             for cell in pair.cells:
                 needs = [pair.id]
@@ -75,7 +82,9 @@ class ClassificationTask(AttackCells, PairTask):
                     needs.append(previous[cell.group_id])
                 previous[cell.group_id] = cell.id
                 label = f"{cell.model.label} | {cell.defense.label} | {cell.attack.label} | {cell.threat.describe()}"
-                units.append(Unit(cell.id, label, cell, tuple(needs), len(self.shards)))
+                units.append(
+                    Unit(cell.id, label, key=cell, needs=tuple(needs), shards=len(self.shards))
+                )
         return units
 
     def alive(self, unit: Unit, inputs: dict[str, dict[str, Any]]) -> torch.Tensor:

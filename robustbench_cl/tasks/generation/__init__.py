@@ -15,7 +15,8 @@ Training defenses that log their stage-2 run (DAT) add it: the AUC trace's sprea
 curriculum T and the number of NaN batches.
 """
 
-from robustbench_cl.tasks.generation.audit import sample_grid, save_png
+from robustbench_cl.report.media import save_png
+from robustbench_cl.tasks.generation.audit import sample_grid
 from robustbench_cl.tasks.generation.config import GenerationConfig
 from robustbench_cl.tasks.generation.task import GenerationTask
 

@@ -4,7 +4,6 @@ the judge's features, and an OOD AUROC; the seeds, the sampler and the sample gr
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -125,17 +124,6 @@ class GenerationAudit:
             "training": _training_summary(training_log),
         }
         return record, samples
-
-
-def save_png(image: torch.Tensor, path: Path) -> Path:
-    """A C x H x W image in [0, 1] as a PNG (grayscale for one channel)."""
-    from PIL import Image
-
-    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-    array = array[0] if array.shape[0] == 1 else array.permute(1, 2, 0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array.numpy()).save(path)
-    return path
 
 
 def sample_grid(samples: torch.Tensor, per_class: int, n_classes: int, columns: int = 8):  # noqa: ANN201

@@ -9,8 +9,8 @@ from typing import Any
 from rich.table import Table
 
 from robustbench_cl.engine.summary import RunSummary
-from robustbench_cl.report import plots
 from robustbench_cl.report.media import run_file
+from robustbench_cl.report.plots import COLORS, figure, to_svg
 from robustbench_cl.report.table import percent
 from robustbench_cl.tasks.generation.results import _pair_generations
 
@@ -27,7 +27,7 @@ def _generation(results: dict[str, Any], run_dir: Path | None) -> dict[str, Any]
             grid = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
         rows.append(dict(entry, image=grid))
     traces = [(e["pair"], e["training"]) for e in entries if e.get("training")]
-    return {"rows": rows, "trace": plots.training_traces(traces) if traces else None}
+    return {"rows": rows, "trace": training_traces(traces) if traces else None}
 
 
 def generation_table(summary: RunSummary) -> Table | None:
@@ -60,3 +60,22 @@ def generation_table(summary: RunSummary) -> Table | None:
             note,
         )
     return table
+
+
+def training_traces(traces: list[tuple[str, dict[str, Any]]]) -> str:
+    """DAT's stage-2 training AUC (every 10th batch) and curriculum T, one line per defense."""
+    fig, ax = figure(5.5, 3.2)
+    twin = ax.twinx()
+    for color, (label, training) in zip(COLORS * 4, traces):
+        auc = training.get("auc_trace", [])
+        steps = training.get("gen_steps_trace", [])
+        ax.plot([10 * i for i in range(len(auc))], auc, color=color, label=f"{label} AUC")
+        twin.plot(
+            [10 * i for i in range(len(steps))], steps, color=color, linestyle=":", linewidth=1
+        )
+    ax.set_xlabel("stage-2 batch")
+    ax.set_ylabel("training AUC, s(real) vs s(generated)")
+    twin.set_ylabel("generation steps T (dotted)")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7, frameon=False, loc="lower right")
+    return to_svg(fig)

@@ -15,7 +15,8 @@ from robustbench_cl.engine.summary import RunSummary
 from robustbench_cl.engine.task import Unit, register_task
 from robustbench_cl.errors import UserError
 from robustbench_cl.paths import inside
-from robustbench_cl.tasks.generation.audit import GenerationAudit, sample_grid, save_png
+from robustbench_cl.report.media import save_png
+from robustbench_cl.tasks.generation.audit import GenerationAudit, sample_grid
 from robustbench_cl.tasks.generation.config import GenerationConfig
 from robustbench_cl.tasks.generation.report import _generation, generation_table
 from robustbench_cl.tasks.generation.results import (
@@ -65,7 +66,7 @@ class GenerationTask(PairTask):
         for pair in self.pairs:
             assert pair.generation_id is not None
             label = f"{pair.model.label} | {pair.defense.label} | generation"
-            units.append(Unit(pair.generation_id, label, pair, (pair.id,)))
+            units.append(Unit(pair.generation_id, label, key=pair, needs=(pair.id,)))
         return units
 
     def run_shard(self, unit: Unit, inputs: dict[str, dict[str, Any]], shard: int) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -80,6 +81,7 @@ class Evaluation:
             for key in ("forced", "judged", "losses", "completions", "suffixes", "retokenize")
         }
         part.update(histories=[], forward=0, backward=0)
+        started = time.perf_counter()
         for begin in range(0, len(harmful), size):
             chunk = harmful[begin : begin + size]
             targets = [e.target for e in chunk]
@@ -99,7 +101,8 @@ class Evaluation:
         settings = attack.settings()
         if hasattr(attack, "resolved"):
             settings = dict(settings, resolved=attack.resolved(lm, threat))
-        part.update(settings=settings)
+        # seconds attacking, generating and judging (the unit's wall_time adds building the LM)
+        part.update(settings=settings, seconds=time.perf_counter() - started)
         return part
 
     def cell_record(self, column, record_id, clean_id, parts) -> dict[str, Any]:  # noqa: ANN001
@@ -173,6 +176,7 @@ class Evaluation:
                 **judge_settings(),
             },
             cost={"forward": forward, "backward": backward, "per_prompt_forward": forward / n},
+            attack_seconds=sum(part["seconds"] for part in parts),
             examples=examples[: self.section.examples],
         )
 

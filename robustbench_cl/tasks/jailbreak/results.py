@@ -101,7 +101,7 @@ def _jailbreak_section(summary: RunSummary) -> dict[str, Any]:
                 "generation": as_json(r.generation),
                 "cost": as_json(r.cost),
                 "examples": as_json(r.examples),
-                "wall_time": r.wall_time,
+                "wall_time": r.attack_seconds if r.attack_seconds is not None else r.wall_time,
             }
         )
         cells[-1]["flags"] = jailbreak_flags(cells[-1], r.loss_history)
@@ -277,4 +277,6 @@ class JailbreakRecord(Record):
     suffix_retokenizes: float | None
     generation: dict[str, Any]
     cost: dict[str, int | float]
+    #: seconds attacking, generating and judging (the unit's wall_time adds building the LM)
+    attack_seconds: float | None = None
     examples: list[dict[str, Any]]

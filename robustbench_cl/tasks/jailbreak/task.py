@@ -124,7 +124,7 @@ class JailbreakTask(Evaluation, Task):
             for di, (defense, built) in enumerate(plan["defenses"]):
                 clean_id = self._clean_id(model, defense, built)
                 label = f"{model.label} / {defense.label}"
-                units.append(Unit(clean_id, f"{label} | utility", UtilityKey(mi, di)))
+                units.append(Unit(clean_id, f"{label} | utility", key=UtilityKey(mi, di)))
                 for ci, column in enumerate(plan["columns"]):
                     record_id = self._cell_id(model, defense, built, column)
                     cell_label = (
@@ -132,7 +132,9 @@ class JailbreakTask(Evaluation, Task):
                     )
                     self.unit_pairs[record_id] = (mi, di)
                     key = AttackKey(mi, di, ci)
-                    units.append(Unit(record_id, cell_label, key, (clean_id,), shards))
+                    units.append(
+                        Unit(record_id, cell_label, key=key, needs=(clean_id,), shards=shards)
+                    )
         return units
 
     def batches(self, unit: Unit, inputs: dict[str, dict[str, Any]]) -> int:

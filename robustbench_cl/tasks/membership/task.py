@@ -58,7 +58,7 @@ class MembershipTask(PairTask):
 
     @classmethod
     def section(cls, config: MatrixConfig) -> Any:
-        return config.membership if config.models else None
+        return (config.membership or None) if config.models else None
 
     @classmethod
     def check_config(cls, config: MatrixConfig) -> None:
@@ -85,9 +85,9 @@ class MembershipTask(PairTask):
                         ref_label = (
                             f"{cell.model.label} | {cell.defense.label} | {k} reference models"
                         )
-                        units.append(Unit(ref_id, ref_label, ReferenceSet(cell, k, fraction)))
+                        units.append(Unit(ref_id, ref_label, key=ReferenceSet(cell, k, fraction)))
                     needs.append(pending[(k, fraction)])
-                audits.append(Unit(cell.id, label, cell, tuple(needs)))
+                audits.append(Unit(cell.id, label, key=cell, needs=tuple(needs)))
             units += audits
         return units
 

@@ -112,6 +112,12 @@ class Evaluation:
         shards and its merge share it)."""
         if fit["id"] not in self._loaded:
             path = inside(self.run_dir, record.perturbation)
+            if not path.exists():
+                raise UserError(
+                    "RUN_DIR",
+                    f"{record.perturbation} is missing, but the fit record {record.id} names it",
+                    "rerun with --fresh to fit it again",
+                )
             info = _read_fit_info(path)
             self._loaded[fit["id"]] = UniversalPerturbation(
                 load_file(str(path))["delta"],

@@ -156,14 +156,14 @@ class RetrievalTask(Evaluation, Task):
             )
         self.fits = {fit["id"]: fit for fit in fits}
         units = [
-            Unit(self._clean_id(m), f"{m.label} | retrieval clean", CleanKey(m))
+            Unit(self._clean_id(m), f"{m.label} | retrieval clean", key=CleanKey(m))
             for m in self.section.models
         ]
         for fit in fits:
             label = (
                 f"{fit['source'].label} | fit {fit['attack'].label} | {fit['threat'].describe()}"
             )
-            units.append(Unit(fit["id"], label, FitKey(fit["id"])))
+            units.append(Unit(fit["id"], label, key=FitKey(fit["id"])))
             for target in self.section.models:
                 label = (
                     f"{fit['source'].label} -> {target.label} | {fit['attack'].label} | "
@@ -171,7 +171,15 @@ class RetrievalTask(Evaluation, Task):
                 )
                 needs = (fit["id"], self._clean_id(target))
                 key = EvalKey(fit["id"], target)
-                units.append(Unit(self._cell_id(fit, target), label, key, needs, self._shards()))
+                units.append(
+                    Unit(
+                        self._cell_id(fit, target),
+                        label,
+                        key=key,
+                        needs=needs,
+                        shards=self._shards(),
+                    )
+                )
         return units
 
     def _shards(self) -> int:

@@ -183,7 +183,7 @@ class Evaluation:
         (``test`` is a shard starting at test screen ``begin``; files are named by the index
         in the whole test set)."""
         from robustbench_cl.privacy.metrics import field_leaked, mask_pii
-        from robustbench_cl.tasks.generation import save_png
+        from robustbench_cl.report.media import save_png
 
         out = []
         shown_screens = [s for s in range(len(test)) if all(p.box for p in test[s].pii)]

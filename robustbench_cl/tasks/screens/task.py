@@ -87,7 +87,7 @@ class ScreensTask(Evaluation, Task):
         units = []
         for index, column in enumerate(self.columns):
             label = f"screens | {protector_label(column['config'].label, column['eps'])}"
-            units.append(Unit(self.record_id(column), label, ColumnKey(index), shards=shards))
+            units.append(Unit(self.record_id(column), label, key=ColumnKey(index), shards=shards))
         return units
 
     def batches(self, unit: Unit, inputs: dict[str, dict[str, Any]]) -> int:

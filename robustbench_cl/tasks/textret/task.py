@@ -113,14 +113,23 @@ class TextRetrievalTask(Report, Results, Evaluation, Task):
                 }
                 clean_id = stable_hash({"textret_clean": pair_key})
                 label = f"{model.label} / {defense.label}"
-                units.append(Unit(clean_id, f"{label} | text retrieval clean", CleanKey(mi, di)))
+                units.append(
+                    Unit(clean_id, f"{label} | text retrieval clean", key=CleanKey(mi, di))
+                )
                 auc_id = stable_hash({"textret_auc": pair_key})
-                units.append(Unit(auc_id, f"{label} | score AUC", AucKey(mi, di), (clean_id,)))
+                units.append(
+                    Unit(auc_id, f"{label} | score AUC", key=AucKey(mi, di), needs=(clean_id,))
+                )
                 rerank_id = None
                 if getattr(built, "has_ranker", False):  # AR2: re-rank with its rankers
                     rerank_id = stable_hash({"textret_rerank": pair_key, "k": RERANK_K})
                     units.append(
-                        Unit(rerank_id, f"{label} | re-ranking", RerankKey(mi, di), (clean_id,))
+                        Unit(
+                            rerank_id,
+                            f"{label} | re-ranking",
+                            key=RerankKey(mi, di),
+                            needs=(clean_id,),
+                        )
                     )
                 for ci, column in enumerate(self.columns):
                     cell_id = stable_hash(
@@ -133,7 +142,9 @@ class TextRetrievalTask(Report, Results, Evaluation, Task):
                         }
                     )
                     cell_label = f"{label} | {column_name(column)}"
-                    units.append(Unit(cell_id, cell_label, AttackKey(mi, di, ci), (clean_id,)))
+                    units.append(
+                        Unit(cell_id, cell_label, key=AttackKey(mi, di, ci), needs=(clean_id,))
+                    )
                     if rerank_id is None or not _attacks_pipeline(column):
                         continue
                     # the retrieve-then-re-rank pipeline, attacked through each ranker
@@ -145,8 +156,8 @@ class TextRetrievalTask(Report, Results, Evaluation, Task):
                             Unit(
                                 pipeline_id,
                                 f"{cell_label} | re-ranked by the {ranker} ranker",
-                                PipelineKey(mi, di, ci, ranker),
-                                (clean_id, rerank_id),
+                                key=PipelineKey(mi, di, ci, ranker),
+                                needs=(clean_id, rerank_id),
                             )
                         )
         return units
