@@ -72,7 +72,9 @@ def seeded(seed: int) -> Iterator[torch.Generator]:
     block leaks its stream into the next. Yields a generator seeded the same, for code that
     takes one. The engine loop seeds each shard of each unit this way; training recipes seed
     their runs this way."""
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    # CUDA's generators too once CUDA is up (forking them would start CUDA in a CPU run); every
+    # shard seeds them anyway, so one that starts CUDA leaks nothing that matters
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield torch.Generator().manual_seed(seed)

@@ -173,22 +173,36 @@ SHARED_TASK_MODULES = ("pairs", "sections", "membership_plan")
 
 
 def cross_task_imports(edges: dict[str, set[str]]) -> list[str]:
-    """Imports from one task package into another (the shared task modules aside)."""
+    """Imports from one task package into another, or from a shared task module into any task
+    package (a package's ``__init__`` counts as the package)."""
     bad = []
     for module, targets in sorted(edges.items()):
         parts = module.split(".")
-        if len(parts) < 4 or parts[1] != "tasks":
+        if len(parts) < 3 or parts[1] != "tasks":
             continue
         for target in sorted(targets):
             other = target.split(".")
-            if (
-                len(other) >= 3
-                and other[1] == "tasks"
-                and other[2] not in SHARED_TASK_MODULES
-                and other[2] != parts[2]
-            ):
+            if len(other) < 3 or other[1] != "tasks" or other[2] in SHARED_TASK_MODULES:
+                continue
+            if other[2] != parts[2]:
                 bad.append(f"{module} -> {target}")
     return bad
+
+
+def test_the_cross_task_check_finds_planted_imports(tmp_path):
+    root = tmp_path / "robustbench_cl"
+    for folder in ("tasks", "tasks/spam", "tasks/eggs"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "__init__.py").write_text("")
+    (root / "__init__.py").write_text("")
+    (root / "tasks" / "spam" / "task.py").write_text("from robustbench_cl.tasks.eggs import x\n")
+    (root / "tasks" / "eggs" / "__init__.py").write_text("from robustbench_cl.tasks import spam\n")
+    (root / "tasks" / "pairs.py").write_text("import robustbench_cl.tasks.spam.task\n")
+    assert cross_task_imports(import_edges(root)) == [
+        "robustbench_cl.tasks.eggs -> robustbench_cl.tasks.spam",
+        "robustbench_cl.tasks.pairs -> robustbench_cl.tasks.spam.task",
+        "robustbench_cl.tasks.spam.task -> robustbench_cl.tasks.eggs",
+    ]
 
 
 def test_task_packages_do_not_import_each_other():

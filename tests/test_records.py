@@ -112,3 +112,22 @@ def test_the_loop_owns_wall_time_a_record_that_sets_its_own_is_refused(tmp_path,
     monkeypatch.setattr(ClassificationTask, "finish_cell", timed)
     with pytest.raises(RuntimeError, match="set its record's wall_time: the loop measures it"):
         rbcl.run(config, out=tmp_path / "run", profile=None)
+
+
+def test_reading_tolerates_a_later_versions_fields_and_names_a_missing_one():
+    from robustbench_cl.engine.task import typed
+    from robustbench_cl.errors import UserError
+
+    record = _a_cell_record()
+    assert typed({**record, "added_later": 1}).id == record["id"]
+    missing = dict(record)
+    del missing["outcomes"]
+    with pytest.raises(UserError, match=r"^cells.jsonl: the cell record .* CellRecord .*outcomes"):
+        typed(missing)
+
+
+def test_non_finite_values_are_stored_as_json_writes_them():
+    from robustbench_cl.engine.records import AttackRef, attack_entry
+
+    ref = AttackRef(attack="art:x", name=None, params={"norm": float("inf")}, settings={})
+    assert attack_entry(ref)["params"] == {"norm": float("inf")}

@@ -515,7 +515,10 @@ def attack(
     }
     with _one_run(config, out, device, "rbcl-attack-") as run_dir:
         (pair,) = pair_summaries(load_run(run_dir))
-        cell = pair.cells[0].model_dump(mode="json")  # the one cell, as stored
+        (record,) = pair.cells
+        cell = record.model_dump(mode="json")  # the one cell, as stored
+        if record.attack_seconds is not None:  # the seconds attacking, as the report shows
+            cell["wall_time"] = record.attack_seconds
     output = {
         "attack": name,
         "settings": cell["attack"]["settings"],

@@ -17,11 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from robustbench_cl.engine.results_models import Flag, Rate, Threat
 
+#: records refuse unknown fields when written; a non-finite float dumps as JSON's NaN/Infinity,
+#: as json.dumps writes it, not as null
+RECORD = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
+
 
 class Record(BaseModel):
     """One line of ``cells.jsonl``: a unit's result, keyed by the unit id."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = RECORD
     id: str
     #: seconds the unit took: the loop measures it and sets it on every stored record (a task
     #: leaves it unset)
@@ -31,13 +35,13 @@ class Record(BaseModel):
 class ModelRef(BaseModel):
     """A model as the config names it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = RECORD
     spec: str
     name: str | None
 
 
 class DefenseRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = RECORD
     defense: str
     name: str | None
     params: dict[str, Any]
@@ -46,7 +50,7 @@ class DefenseRef(BaseModel):
 class AttackRef(BaseModel):
     """An attack as configured (``params``) and as it ran (``settings``, defaults filled in)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = RECORD
     attack: str
     name: str | None
     params: dict[str, Any]

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-STRICT = ConfigDict(extra="forbid")
+STRICT = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
 
 #: a rate, a probability or an accuracy
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]

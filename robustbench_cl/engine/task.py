@@ -286,9 +286,31 @@ def record_model(kind: str) -> Any:
 
 def typed(record: dict[str, Any]) -> Any:
     """A stored record as its task's record model (as stored, a dict, when its task declares
-    none): what :meth:`RunSummary.of` and a unit's ``inputs`` give a task."""
+    none): what :meth:`RunSummary.of` and a unit's ``inputs`` give a task. Fields a later
+    version added are left out; a record that lacks a field its model needs is a one-line
+    error naming it."""
+    from pydantic import ValidationError
+
+    from robustbench_cl.errors import UserError
+
     model = record_model(record["type"])
-    return model.model_validate(record) if model is not None else record
+    if model is None:
+        return record
+    try:
+        return model.model_validate(record)
+    except ValidationError as error:
+        unknown = {e["loc"][0] for e in error.errors() if e["type"] == "extra_forbidden"}
+        if unknown and len(unknown) == len(error.errors()):
+            return model.model_validate({k: v for k, v in record.items() if k not in unknown})
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise UserError(
+            "cells.jsonl",
+            f"the {record['type']} record {record.get('id')} does not follow {model.__name__} "
+            f"({where}: {first['msg']})",
+            "it was written by another version of robustbench_cl: read it with that version, "
+            "or rerun with --fresh",
+        ) from None
 
 
 def task_classes() -> list[type[Task]]:
