@@ -82,6 +82,19 @@ def always_zero() -> nn.Module:
     return AlwaysZero()
 
 
+def random_resnet18(seed: str = "0") -> nn.Module:
+    """torchvision's resnet18 with random weights drawn from ``seed`` (not from the run's
+    stream, which depends on the unit id and so on the test's temporary folder), and ImageNet
+    normalisation inside, as the torchvision: adapter puts it by default."""
+    import torchvision
+
+    from robustbench_cl.utils import seeded
+
+    with seeded(int(seed)):
+        model = torchvision.models.resnet18(num_classes=10)
+    return Normalize(model, IMAGENET_MEAN, IMAGENET_STD)
+
+
 def _class_sorted_folder(root, per_class=12):
     """A balanced 10-class ImageFolder, class k images of brightness about (k + 0.5) / 10."""
     generator = torch.Generator().manual_seed(0)
@@ -168,10 +181,15 @@ def test_the_normalisation_flag_stays_quiet_when_it_should(tmp_path, tree):
     _, correct = _run(tmp_path, "python:tests.test_own_data:brightness", 100, "correct")
     assert correct["pairs"][0]["normalization"] == "none"
     assert correct["pairs"][0]["clean_accuracy"] > 0.9 and not correct["pairs"][0]["flags"]
-    # a random-weight torchvision model, ImageNet normalisation inside (the adapter's default)
-    _, random = _run(tmp_path, "torchvision:resnet18?num_classes=10", 100, "random")
-    assert random["pairs"][0]["normalization"] == "imagenet"
-    assert not random["pairs"][0]["flags"]
+    # random-weight resnet18s, ImageNet normalisation inside (the torchvision: adapter's
+    # default), each init fixed by its seed. The flag is not silent on every random init: with
+    # inits drawn from the run's stream, 2 of about 15 fired (none: 20% against 2% as loaded),
+    # so these are fixed inits it stays quiet on, not a proof for all
+    for seed in (0, 1, 2):
+        spec = f"python:tests.test_own_data:random_resnet18?seed={seed}"
+        _, random = _run(tmp_path, spec, 100, f"random{seed}")
+        assert random["pairs"][0]["normalization"] == "imagenet"
+        assert not random["pairs"][0]["flags"], seed
 
 
 # ---------------------------------------------------------------------- one meaning of ASR
