@@ -97,12 +97,7 @@ class Evaluation:
             clean_id=pipeline_pair_id(unit.needs[1], name),
             model=clean.model,
             defense=clean.defense,
-            attack={
-                "attack": column["config"].attack,
-                "name": column["config"].name,
-                "params": column["config"].params,
-                "settings": attack.settings(),
-            },
+            attack=_attack_ref(column),
             threat=threat.to_dict(),
             n=len(queries),
             metrics=metrics(rank, _ndcg10(scores, relevant)),
@@ -247,12 +242,7 @@ class Evaluation:
             clean_id=unit.needs[0],
             model=clean.model,
             defense=clean.defense,
-            attack={
-                "attack": column["config"].attack,
-                "name": column["config"].name,
-                "params": column["config"].params,
-                "settings": attack.settings(),
-            },
+            attack=_attack_ref(column),
             threat=threat.to_dict(),
             n=len(query),
             metrics=metrics(rank, ndcg),
@@ -304,3 +294,14 @@ def _attacks_pipeline(column: dict[str, Any]) -> bool:
     """Whether a column also attacks the re-ranking pipeline: HotFlip on the query."""
     attack = column["built"]
     return attack.name == "hotflip" and attack.side == "query"
+
+
+def _attack_ref(column: dict[str, Any]) -> dict[str, Any]:
+    """A column's attack as its records name it: as configured, and the settings it ran with."""
+    config = column["config"]
+    return {
+        "attack": config.attack,
+        "name": config.name,
+        "params": config.params,
+        "settings": column["built"].settings(),
+    }
