@@ -95,7 +95,7 @@ def test_cifar_refuses_a_truncated_batch_and_the_python_pickles(tmp_path):
     pickles.mkdir()
     (pickles / "test_batch").write_bytes(b"\x80\x04")
     line = _cli_error("attack", "fgsm", "--data", f"cifar10:{pickles}", "--eps", "0.1")
-    assert "test_batch.bin does not exist" in line and "not the python pickles" in line
+    assert "test_batch.bin does not exist" in line and "these are the python pickles" in line
 
 
 def test_list_datasets_shows_the_folder_schemes():

@@ -108,6 +108,21 @@ class LazyData(_Sampling):
         chunks = [self.rows(int(indices[a]), int(indices[b - 1]) + 1) for a, b in zip(starts, ends)]
         return torch.cat(chunks)
 
+    def check_rows(self, indices: torch.Tensor, chunk: int = 256) -> None:
+        """Decode the inputs at sorted ``indices`` now, ``chunk`` at a time, and drop them: a
+        truncated image or a NaN among the evaluated samples is one line before any work, not
+        an error in the middle of a run."""
+        indices = indices.cpu()
+        for start in range(0, len(indices), chunk):
+            part = indices[start : start + chunk]
+            if not torch.isfinite(self.take(part)).all():
+                raise UserError(
+                    "data",
+                    f"rows {int(part[0])}..{int(part[-1])} of {self.name} ({self.split}) "
+                    "contain NaN or Inf inputs",
+                    "clean the data",
+                )
+
     @property
     def x(self) -> torch.Tensor:
         """Every input at once, decoded once and kept (training defenses, membership and

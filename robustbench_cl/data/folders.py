@@ -178,12 +178,14 @@ class CifarBinary(LazyData):
         for file in files:
             path = root / file
             if not path.is_file():
-                raise UserError(
-                    "data.name",
-                    f"cifar{n_classes}: {path} does not exist",
-                    f"point at the folder of the binary version ({', '.join(files[:2])}...), "
-                    "not the python pickles",
-                )
+                test_file = "test_batch.bin" if n_classes == 10 else "test.bin"
+                if split == "train" and (root / test_file).is_file():  # a test-only folder
+                    fix = f"copy the train files ({', '.join(files)}) beside {test_file}"
+                elif list(root.glob("*_batch*")) and not list(root.glob("*.bin")):
+                    fix = "these are the python pickles: download the binary version"
+                else:
+                    fix = f"point at the folder of the binary version ({', '.join(files[:2])}...)"
+                raise UserError("data.name", f"cifar{n_classes}: {path} does not exist", fix)
             length = path.stat().st_size
             if not length or length % record:
                 raise UserError(

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from robustbench_cl.errors import UserError, under_field
+from robustbench_cl.paths import absolute_paths
 from robustbench_cl.utils import stable_hash
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
@@ -316,7 +317,12 @@ def load_config(
     engine: dict[str, Any] | None = None,
 ) -> MatrixConfig:
     """Read, apply a profile, and validate. Raises :class:`UserError` with a one-line message."""
-    raw = dict(source) if isinstance(source, dict) else read_yaml(resolve_suite_path(source))
+    if isinstance(source, dict):
+        raw = dict(source)  # from Python or the command line: paths as the caller gave them
+    else:
+        path = resolve_suite_path(source)
+        # a config's relative paths are read from its own folder, not the working directory
+        raw = absolute_paths(read_yaml(path), path.resolve().parent)
     profiles = raw.pop("profiles", None) or {}
     if not isinstance(profiles, dict):
         raise UserError("profiles", "must be a mapping of profile name to overrides")

@@ -7,6 +7,7 @@ import torch
 
 from robustbench_cl.errors import UserError
 from robustbench_cl.models.wrappers import Frozen
+from robustbench_cl.paths import check_spec_paths
 from robustbench_cl.registry import MODELS, Registry
 from robustbench_cl.utils import parse_spec
 
@@ -14,12 +15,14 @@ SCHEMES: Registry = Registry("model scheme")
 
 
 def check_spec(spec: str) -> None:
-    """Resolve the scheme and builtin name of a spec without building the model."""
+    """Resolve the scheme and builtin name of a spec, and check its local paths exist, without
+    building the model."""
     scheme, target, _ = parse_spec(spec)
     if scheme == "builtin":
         MODELS.get(target)
     else:
         SCHEMES.get(scheme)
+    check_spec_paths(spec, "model")  # a missing folder or checkpoint: now, not when it loads
 
 
 def load_model(spec: str, device: str | torch.device | None = None) -> Frozen:

@@ -237,6 +237,25 @@ class PairTask(Task):
         self.pairs = expand(self.config, subset_digest(self.indices) if drawn else None)
         self.by_pair = {pair.id: pair for pair in self.pairs}
         check_eps_against_data(self.pairs, self.sample_shape)
+        self._check_train_split()
+
+    def _check_train_split(self) -> None:
+        """A defense that trains reads the train split: open it now (its files exist, its
+        labels read), so a test-only folder fails before any work only when a defense needs
+        more than the test files."""
+        for pair in self.pairs:
+            if make_defense(pair.defense.defense, **pair.defense.params).kind == "none":
+                continue
+            split = self.config.data.train_split
+            try:
+                self.train_data()
+            except UserError as error:
+                raise UserError(
+                    "data.train_split",
+                    f"defense {pair.defense.label} trains on the {split!r} split: {error.problem}",
+                    error.fix or "add the train split's files, or evaluate without a defense",
+                ) from None
+            return
 
     @classmethod
     def section(cls, config: MatrixConfig) -> Any:
@@ -301,8 +320,13 @@ class PairTask(Task):
         self.y = data.y[self.indices].to(self.device)
         self.sample_shape = tuple(data.sample_shape)
         self.images = len(self.sample_shape) == 3
-        if isinstance(data, TensorData) and not torch.isfinite(data.take(self.indices)).all():
-            raise UserError("data", "the dataset contains NaN or Inf inputs", "clean the data")
+        if isinstance(data, TensorData):
+            if not torch.isfinite(data.take(self.indices)).all():
+                raise UserError("data", "the dataset contains NaN or Inf inputs", "clean the data")
+        elif hasattr(data, "check_rows"):  # files: every evaluated image decodes, now
+            self.progress.message(f"checking the {self.n} evaluated samples of {data.name}")
+            # in pieces no larger than a shard: a streamed dataset is never held whole
+            data.check_rows(self.indices, min(256, self.config.engine.shard_size or 256))
         size = self.config.engine.shard_size or self.n
         #: contiguous sample ranges; each is attacked with its own seed, and is one Ray task
         self.shards = [(s, min(s + size, self.n)) for s in range(0, self.n, size)]

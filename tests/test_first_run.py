@@ -1,0 +1,155 @@
+"""The rough edges of a researcher's first real run ([first-run]): paths read from the
+config's folder and checked before any unit runs, a test-only CIFAR folder, a truncated image
+in the evaluated subset, and the other checks of that issue."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from torch import nn
+
+import robustbench_cl as rbcl
+from robustbench_cl.cli.main import cli
+from robustbench_cl.paths import absolute_paths, absolute_spec
+
+Image = pytest.importorskip("PIL.Image")
+
+
+class Brightness(nn.Module):
+    """Class k is mean brightness near (k + 0.5) / 10, for any image size and channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("centres", (torch.arange(10) + 0.5) / 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -400 * (x.mean((1, 2, 3))[:, None] - self.centres) ** 2
+
+
+def brightness() -> nn.Module:
+    return Brightness()
+
+
+def _tree(root, per_class=3, size=8):
+    generator = torch.Generator().manual_seed(0)
+    for label in range(10):
+        (root / f"class{label}").mkdir(parents=True)
+        for index in range(per_class):
+            noise = torch.rand(size, size, 3, generator=generator) * 0.06 - 0.03
+            pixels = ((label + 0.5) / 10 + noise).clamp(0, 1) * 255
+            Image.fromarray(pixels.round().to(torch.uint8).numpy()).save(
+                root / f"class{label}" / f"{index}.png"
+            )
+    return root
+
+
+def _config(data: str, **extra) -> dict:
+    return {
+        "suite": "first-run",
+        "seed": 0,
+        "data": {"name": data, "n": 20},
+        "models": [{"spec": "python:tests.test_first_run:brightness", "name": "mine"}],
+        "attacks": [{"attack": "fgsm", "threat": {"norm": "linf", "eps": 0.03}}],
+        **extra,
+    }
+
+
+def _refused(tmp_path, config: dict) -> str:
+    """The one line ``run`` prints for ``config``; no unit ran (no record was written)."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["run", str(path), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert not (out / "cells.jsonl").exists()
+    return lines[0]
+
+
+# ---------------------------------------------------------------------- config-relative paths
+def test_specs_join_relative_paths_to_the_config_folder(tmp_path):
+    base = tmp_path / "cfg"
+    assert (
+        absolute_spec("imagefolder:data/tree?size=8", base)
+        == f"imagefolder:{base}/data/tree?size=8"
+    )
+    assert absolute_spec("torchvision:resnet18?weights=w.pt&num_classes=10", base) == (
+        f"torchvision:resnet18?weights={base}/w.pt&num_classes=10"
+    )
+    for unchanged in ("builtin:digits-cnn", "hf:/abs/llm", "digits", "python:pkg.mod:make"):
+        assert absolute_spec(unchanged, base) == unchanged
+    raw = {
+        "description": "see cifar10:notes",
+        "jailbreak": {"data": {"behaviors": "b.csv", "benign": "benign:p.csv"}},
+        "models": [{"spec": "hf:llm", "name": "hf:label"}],
+    }
+    moved = absolute_paths(raw, base)
+    assert moved["description"] == "see cifar10:notes" and moved["models"][0]["name"] == "hf:label"
+    assert moved["models"][0]["spec"] == f"hf:{base}/llm"
+    assert moved["jailbreak"]["data"] == {
+        "behaviors": f"{base}/b.csv",
+        "benign": f"benign:{base}/p.csv",
+    }
+
+
+def test_a_config_reads_its_paths_from_its_own_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "project"
+    _tree(folder / "data" / "tree")
+    (folder / "cfg.yaml").write_text(yaml.safe_dump(_config("imagefolder:data/tree")))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    run_dir = rbcl.run(str(folder / "cfg.yaml"), out=tmp_path / "run", profile=None)
+    assert rbcl.load_results(run_dir)["pairs"][0]["clean_accuracy"] == 1.0
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["data"]["name"] == f"imagefolder:{folder}/data/tree"
+    # a dict (from Python or the command line) keeps the caller's working directory
+    monkeypatch.chdir(folder)
+    assert rbcl.run(_config("imagefolder:data/tree"), out=tmp_path / "run2", profile=None)
+
+
+# ---------------------------------------------------------------------- paths checked up front
+def test_a_missing_hf_folder_is_one_line_before_any_unit(tmp_path):
+    config = _config("digits")
+    config["models"].append({"spec": "hf:no/such/llm", "name": "llm"})
+    line = _refused(tmp_path, config)
+    assert line.startswith("error: models[1].spec:") and f"{tmp_path}/no/such/llm" in line
+    assert "does not exist" in line
+
+
+def test_a_missing_checkpoint_option_is_one_line_before_any_unit(tmp_path):
+    config = _config("digits")
+    config["models"] = [{"spec": "torchvision:resnet18?weights=missing.pt&num_classes=10"}]
+    line = _refused(tmp_path, config)
+    assert line.startswith("error: models[0].spec:") and f"{tmp_path}/missing.pt" in line
+
+
+def _cifar_records(labels):
+    return b"".join(bytes([label]) + bytes([26 * label + 13]) * 3072 for label in labels)
+
+
+def test_a_test_only_cifar_folder_runs_and_a_defense_that_trains_says_what_it_lacks(tmp_path):
+    folder = tmp_path / "cifar"
+    folder.mkdir()
+    (folder / "test_batch.bin").write_bytes(_cifar_records(list(range(10)) * 3))
+    run_dir = rbcl.run(_config(f"cifar10:{folder}"), out=tmp_path / "run", profile=None)
+    assert rbcl.load_results(run_dir)["pairs"][0]["clean_accuracy"] == 1.0
+    config = _config("cifar10:cifar", defenses=[{"defense": "rae"}])
+    line = _refused(tmp_path, config)
+    assert line.startswith("error: data.train_split: defense rae trains on the 'train' split")
+    assert "data_batch_1.bin does not exist" in line and "beside test_batch.bin" in line
+
+
+def test_a_truncated_image_in_the_subset_is_one_line_before_any_unit(tmp_path):
+    tree = _tree(tmp_path / "tree")
+    broken = tree / "class4" / "1.png"
+    noise = torch.randint(0, 256, (8, 8, 3), dtype=torch.uint8, generator=torch.Generator())
+    Image.fromarray(noise.numpy()).save(broken)
+    broken.write_bytes(broken.read_bytes()[:100])  # the header reads, the pixels are cut short
+    config = _config("imagefolder:tree")
+    config["data"]["n"] = None  # every image is evaluated
+    line = _refused(tmp_path, config)
+    assert line.startswith("error: data.name:") and "1.png is not a readable image" in line
