@@ -4,6 +4,8 @@ in the evaluated subset, and the other checks of that issue."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import yaml
@@ -153,3 +155,36 @@ def test_a_truncated_image_in_the_subset_is_one_line_before_any_unit(tmp_path):
     config["data"]["n"] = None  # every image is evaluated
     line = _refused(tmp_path, config)
     assert line.startswith("error: data.name:") and "1.png is not a readable image" in line
+
+
+# ---------------------------------------------------------------------- a defense that ruins clean
+def test_a_defense_that_ruins_clean_accuracy_is_flagged_with_its_settings():
+    from robustbench_cl.tasks.classification import sanity
+
+    assert sanity.defense_degrades_clean_flag(0.86, 0.96, "rae", {"lam": 1}) == []
+    (flag,) = sanity.defense_degrades_clean_flag(0.36, 0.96, "rae", {"lam": 1, "hidden": 64})
+    assert flag["code"] == "defense_degrades_clean"
+    assert "96.0% undefended to 36.0%" in flag["message"]
+    assert "hidden=64, lam=1" in flag["message"]
+
+
+def test_a_run_flags_the_defended_pair_and_records_the_undefended_accuracy(tmp_path):
+    # an auto-encoder squeezed through 2 latent units for one epoch: it ruins clean accuracy
+    ruinous = {"latent": 2, "epochs": 1, "steps": 1, "lam": 0}
+    config = _config(
+        "digits", defenses=[{"defense": "none"}, {"defense": "rae", "params": ruinous}]
+    )
+    config["data"]["n"] = 40
+    config["models"] = [{"spec": "builtin:digits-cnn", "name": "cnn"}]
+    run_dir = rbcl.run(config, out=tmp_path / "run", profile=None)
+    records = [json.loads(line) for line in (run_dir / "cells.jsonl").read_text().splitlines()]
+    clean = {r["defense"]["defense"]: r for r in records if r["type"] == "clean"}
+    assert "undefended_accuracy" not in clean["none"]["probes"]
+    assert not clean["none"]["flags"]
+    rae = clean["rae"]
+    assert rae["probes"]["undefended_accuracy"] == clean["none"]["clean_accuracy"] > 0.9
+    assert rae["clean_accuracy"] < 0.5
+    (flag,) = [f for f in rae["flags"] if f["code"] == "defense_degrades_clean"]
+    assert "epochs=1" in flag["message"] and "latent=2" in flag["message"]
+    results = rbcl.load_results(run_dir)
+    assert "defense_degrades_clean" in json.dumps(results["pairs"])

@@ -96,5 +96,5 @@ class PairEntry(BaseModel):
     """
     flags: list[Flag] = []
     """
-    flags of the clean pass: missing_classes, normalization_mismatch
+    flags of the clean pass: missing_classes, normalization_mismatch, defense_degrades_clean
     """

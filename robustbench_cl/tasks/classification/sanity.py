@@ -215,6 +215,29 @@ def missing_classes_flag(histogram: list[int]) -> list[Flag]:
     ]
 
 
+#: a defense may cost this much clean accuracy before it is flagged (10 points)
+DEFENSE_CLEAN_MARGIN = 0.10
+
+
+def defense_degrades_clean_flag(
+    defended: float, undefended: float, defense: str, settings: dict[str, Any]
+) -> list[Flag]:
+    """``defense_degrades_clean`` when the defended model's clean accuracy on the evaluated
+    samples is more than :data:`DEFENSE_CLEAN_MARGIN` below the same model's undefended."""
+    if undefended - defended <= DEFENSE_CLEAN_MARGIN + 1e-12:
+        return []
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(settings.items())) or "its defaults"
+    return [
+        flag(
+            "defense_degrades_clean",
+            f"{defense} ({shown}) drops clean accuracy from {undefended:.1%} undefended to "
+            f"{defended:.1%} on the same samples, more than {DEFENSE_CLEAN_MARGIN:.0%} points: "
+            "its robust accuracy is bought with utility; tune the defense for this data "
+            "(settings made for another input size or range do not carry over)",
+        )
+    ]
+
+
 def full_range_flag(accuracy: float | None, n_classes: int) -> list[Flag]:
     if accuracy is None:
         return []

@@ -21,6 +21,7 @@ from torch import nn
 from robustbench_cl.attacks import Attack, make_attack
 from robustbench_cl.attacks.base import apply_budget, probe_model
 from robustbench_cl.data.subset import class_histogram
+from robustbench_cl.defenses import make_defense
 from robustbench_cl.engine.metrics import wilson_interval
 from robustbench_cl.engine.summary import RunSummary, threat_sort_key
 from robustbench_cl.engine.task import Unit, register_task
@@ -218,6 +219,19 @@ class ClassificationTask(AttackCells, PairTask):
                 norm_x, norm_y = probe_x[:0], probe_y[:0]
             probes["normalization"] = sanity.normalization_probe(model, norm_x, norm_y)
             flags += sanity.normalization_flag(probes["normalization"])
+        bare = self._bare.get(pair.id)
+        defended = self._defense_kind.get(pair.id, "none") != "none"
+        if self.config.engine.sanity_checks and bare is not None and defended:
+            # the same model without its defense, on the same samples
+            plain = torch.cat([self._predict(bare, self.inputs(*s)) for s in self.shards])
+            undefended = int((plain.argmax(1) == self.y).sum()) / self.n
+            probes["undefended_accuracy"] = undefended
+            settings = make_defense(pair.defense.defense, **pair.defense.params).settings()
+            if self._defense_kind.get(pair.id) == "preprocessor" and pair.defense.defense == "none":
+                settings = {"wrapped": pair.model.spec}  # a wrapped: model is the defense
+            flags += sanity.defense_degrades_clean_flag(
+                int(correct.sum()) / self.n, undefended, pair.defense.label, settings
+            )
         count = int(correct.sum())
         return CleanRecord(
             type="clean",
