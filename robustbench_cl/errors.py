@@ -37,6 +37,17 @@ def _one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in flat)
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: what is kept and how to go on, for the CLI's one line (exit 130)."""
+
+    def __init__(self, run_dir: str, kept: int, total: int) -> None:
+        self.run_dir, self.kept, self.total = run_dir, kept, total
+        super().__init__(
+            f"interrupted: {kept} of {total} units are kept in {run_dir} (and the finished "
+            "components of an AutoAttack cell in flight); rerun the same command to resume"
+        )
+
+
 class ThreatModelViolation(RuntimeError):
     """An attack returned inputs outside its threat model: the cell fails loudly."""
 

@@ -5,6 +5,11 @@ in the evaluated subset, and the other checks of that issue."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -15,6 +20,7 @@ from torch import nn
 import robustbench_cl as rbcl
 from robustbench_cl.cli.main import cli
 from robustbench_cl.paths import absolute_paths, absolute_spec
+from tests.conftest import ROOT, without_timings
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -188,3 +194,93 @@ def test_a_run_flags_the_defended_pair_and_records_the_undefended_accuracy(tmp_p
     assert "epochs=1" in flag["message"] and "latent=2" in flag["message"]
     results = rbcl.load_results(run_dir)
     assert "defense_degrades_clean" in json.dumps(results["pairs"])
+
+
+# ---------------------------------------------------------------------- AutoAttack and Ctrl-C
+class Slow(nn.Module):
+    """digits-cnn, slowed down so that a run is still inside AutoAttack when it is signalled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from robustbench_cl.models import load_model
+
+        self.model = load_model("builtin:digits-cnn")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.01)
+        return self.model(x)
+
+
+def slow_digits() -> nn.Module:
+    return Slow()
+
+
+AUTOATTACK = {
+    "suite": "autoattack-sigint",
+    "seed": 0,
+    "data": {"name": "digits", "n": 24},
+    "models": [{"spec": "python:tests.test_first_run:slow_digits", "name": "slow cnn"}],
+    "attacks": [
+        {
+            "attack": "autoattack",
+            "params": {"steps": 5, "square_queries": 300},
+            "threat": {"norm": "linf", "eps": 0.03},
+        }
+    ],
+    "engine": {"sanity_probe_size": 4, "examples": 0},
+}
+
+
+def test_ctrl_c_after_autoattacks_first_component_exits_130_and_the_rerun_skips_it(tmp_path):
+    import torchattacks
+
+    whole = rbcl.run(AUTOATTACK, out=tmp_path / "whole", profile=None, device="cpu")
+    expected = [without_timings(r) for r in _records(whole)]
+    assert expected[1]["outcomes"].count(1) > 0  # robust samples remain after apgd-ce
+    assert not (whole / "partial").exists()  # a finished run keeps no journal
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(AUTOATTACK))
+    out = tmp_path / "interrupted"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ROBUSTBENCH_CL_THREADS": "1"}
+    command = [sys.executable, "-m", "robustbench_cl.cli.main", "run", str(path), "--out", str(out)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if list((out / "partial").glob("*/apgd-ce-*.safetensors")):
+                break
+            time.sleep(0.01)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr.decode()
+    lines = [line for line in stderr.decode().splitlines() if line.startswith("interrupted")]
+    assert len(lines) == 1 and "Traceback" not in stderr.decode()
+    assert f"1 of 2 units are kept in {out}" in lines[0] and "rerun the same command" in lines[0]
+    (journal,) = (out / "partial").iterdir()
+    assert [p.name.split("-")[:2] for p in journal.glob("*.safetensors")][0] == ["apgd", "ce"]
+
+    calls = {"apgd-ce": 0, "apgd-t": 0}
+    originals = {"apgd-ce": torchattacks.APGD.forward, "apgd-t": torchattacks.APGDT.forward}
+
+    def spy(name):
+        def forward(self, *args, **kwargs):
+            calls[name] += 1
+            return originals[name](self, *args, **kwargs)
+
+        return forward
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torchattacks.APGD, "forward", spy("apgd-ce"))
+        patch.setattr(torchattacks.APGDT, "forward", spy("apgd-t"))
+        rbcl.run(str(path), out=out, profile=None, device="cpu")
+    assert calls == {"apgd-ce": 0, "apgd-t": 1}  # the finished component is not repeated
+    assert [without_timings(r) for r in _records(out)] == expected  # nor are its outcomes lost
+    assert not (out / "partial").exists()
+
+
+def _records(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "cells.jsonl").read_text().splitlines()]

@@ -10,13 +10,22 @@ and runs the cascade.
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
 import torch
 from torch import nn
 
-from robustbench_cl.attacks.base import Attack, Perturbation, report_step, require_int
+from robustbench_cl.attacks.base import (
+    Attack,
+    Cost,
+    CountingModel,
+    Perturbation,
+    report_step,
+    require_int,
+)
+from robustbench_cl.attacks.journal import ComponentJournal
 from robustbench_cl.errors import UserError
 from robustbench_cl.registry import register_attack
 from robustbench_cl.threat import ThreatModel
@@ -33,6 +42,8 @@ class AutoAttack(Attack):
     name = "autoattack"
     supports_bf16 = False  # torchattacks' components convert losses to NumPy
     norms = frozenset({"linf", "l2"})
+    #: set by the engine for one call: keeps each component's outcomes as it finishes
+    journal: ComponentJournal | None = None
 
     def __init__(
         self,
@@ -116,16 +127,38 @@ class AutoAttack(Attack):
         adv = x.clone()
         robust = logits.argmax(1) == y
         components = self.components(model, threat, n_classes)
+        journal, self.journal = self.journal, None  # this call's only
         for index, (name, component) in enumerate(components):
             todo = robust.nonzero().flatten()  # between components, not inside a step loop
             if todo.numel() == 0:
                 break
-            candidate = threat.clip(component(x[todo], y[todo]).detach(), x[todo])
-            with torch.no_grad():
-                fooled = model(candidate).argmax(1) != y[todo]
-            adv[todo[fooled]] = candidate[fooled]
-            robust[todo[fooled]] = False
+            if journal is not None:  # what this component found before an interruption
+                found = journal.finished(name, todo)
+                if bool(found.done.any()):
+                    kept = todo[found.done & found.fooled]
+                    adv[kept] = found.adv.to(adv.dtype)
+                    robust[kept] = False
+                    if isinstance(model, CountingModel):
+                        model.cost = model.cost + found.cost
+                    logger.info("AutoAttack %s: taken from the journal", name)
+                    todo = todo[~found.done]
+            if todo.numel():
+                spent = copy.copy(getattr(model, "cost", None))
+                candidate = threat.clip(component(x[todo], y[todo]).detach(), x[todo])
+                with torch.no_grad():
+                    fooled = model(candidate).argmax(1) != y[todo]
+                adv[todo[fooled]] = candidate[fooled]
+                robust[todo[fooled]] = False
+                if journal is not None:
+                    cost = Cost() if spent is None else _spent(model.cost, spent)
+                    journal.save(name, todo, fooled, candidate[fooled], cost)
             logger.info("AutoAttack %s: %d of %d still robust", name, int(robust.sum()), len(y))
             report_step(index + 1, len(components))
         # misclassified clean or fooled by a component: success already seen, no rescoring
         return Perturbation(adv, ~robust)
+
+
+def _spent(now: Cost, before: Cost) -> Cost:
+    return Cost(
+        now.forward - before.forward, now.backward - before.backward, now.queries - before.queries
+    )

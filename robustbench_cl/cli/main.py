@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from robustbench_cl.errors import ThreatModelViolation, UserError
+from robustbench_cl.errors import RunInterrupted, ThreatModelViolation, UserError
 from robustbench_cl.paths import inside
 
 console = Console(stderr=True)
@@ -33,6 +33,12 @@ class _Group(click.Group):
                 raise
             click.echo(f"error: {error}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt as error:  # Ctrl-C: what is kept, and how to go on
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            message = str(error) if isinstance(error, RunInterrupted) else "interrupted"
+            click.echo(message, err=True)
+            sys.exit(130)
 
 
 @click.group(cls=_Group)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -47,10 +48,12 @@ def execute(
 ) -> dict[str, dict[str, Any]]:
     """Run every planned unit (``(task, task.plan())`` per task) that ``store`` lacks; return
     all records by id."""
+    journals = ctx.run_dir / "partial"  # attacks' partial work on the cells in flight
     if ctx.resume:
         store.repair()
     else:
         store.clear()
+        shutil.rmtree(journals, ignore_errors=True)
     records = {r["id"]: r for r in store.read()} if ctx.resume else {}
     planned: dict[str, tuple[Task, Unit]] = {}
     for task, units in plans:
@@ -81,6 +84,7 @@ def execute(
         # which lists records in file order) is the same as a local run's
         order = [unit.id for _, units in plans for unit in units]
         store.rewrite([records[i] for i in order])
+    shutil.rmtree(journals, ignore_errors=True)  # every unit's record is kept
     return records
 
 

@@ -35,7 +35,7 @@ from robustbench_cl.engine.task import (
     validate_task_sections,
 )
 from robustbench_cl.engine.threads import apply_threads
-from robustbench_cl.errors import UserError
+from robustbench_cl.errors import RunInterrupted, UserError
 from robustbench_cl.models.artifacts import collect_artifact_uses
 from robustbench_cl.paths import inside, slug
 from robustbench_cl.utils import allow_remote_code, cache_home, device_name, resolve_device
@@ -218,9 +218,13 @@ def run(
         remote = _remote_executor(executor, address, gpus_per_task, workers, used_threads)
         try:
             execute(plans, ctx, ResultsStore(run_dir / "cells.jsonl"), remote)
-        except BaseException:  # an error or Ctrl-C: stop the workers now, keep the records
+        except BaseException as error:  # an error or Ctrl-C: stop the workers, keep the records
             if remote is not None:
                 remote.close(abort=True)
+            if isinstance(error, KeyboardInterrupt) and not isinstance(error, RunInterrupted):
+                kept = len(ResultsStore(run_dir / "cells.jsonl").read())
+                total = sum(len(units) for _, units in plans)
+                raise RunInterrupted(str(run_dir), kept, total) from None
             raise
         if remote is not None:
             remote.close()

@@ -4,6 +4,7 @@ cell's record (per-sample outcomes, cost, sanity flags and kept examples)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -12,6 +13,7 @@ from torch import nn
 
 from robustbench_cl.attacks import Attack
 from robustbench_cl.attacks.base import Cost, step_hook
+from robustbench_cl.attacks.journal import ComponentJournal, forget
 from robustbench_cl.engine.metrics import wilson_interval
 from robustbench_cl.paths import inside
 from robustbench_cl.tasks.classification import sanity
@@ -85,6 +87,8 @@ class AttackCells(_Base):
                 start = 0
                 while start < len(todo):
                     batch = todo[start : start + size]
+                    if hasattr(attack, "journal"):  # an ensemble: its components' outcomes kept
+                        attack.journal = ComponentJournal(self._journal(cell), first + batch)
                     try:
                         with self._autocast(attack):
                             # every attacked sample is clean-correct on the evaluated model
@@ -142,6 +146,7 @@ class AttackCells(_Base):
         outcomes = torch.cat([part.outcomes for part in parts])
         cost = sum((part.cost for part in parts), Cost())
         examples_path = self._save_examples(cell, [p.examples for p in parts if p.examples])
+        forget(self._journal(cell))  # its record is about to be kept
         flags: list[dict[str, str]] = []
         probe: dict[str, Any] = {}
         robust = int((outcomes == ROBUST).sum())
@@ -192,6 +197,11 @@ class AttackCells(_Base):
             examples=examples_path,
             outcomes=outcomes.tolist(),
         )
+
+    def _journal(self, cell: Cell) -> Path:
+        """Where an ensemble keeps its finished components' outcomes until the cell's record
+        is kept (``partial/<cell id>/`` in the run directory)."""
+        return inside(self.run_dir, "partial", cell.id)
 
     def _examples(
         self,
