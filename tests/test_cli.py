@@ -209,9 +209,51 @@ def test_line_progress_prints_units_eta_and_a_heartbeat_without_a_tty():
     assert [line for line in lines if "still running" in line] == [
         "[   31s] still running: training DualTAP 128/255 (100 steps) (31s, step 40/100)"
     ]
-    assert "[   40s] cell 2/3 done in 9s: screens | DualTAP, ETA ~40s" in lines
+    # the remaining cell is estimated from this one's own 9 s, not from the 40 s elapsed
+    assert "[   40s] cell 2/3 done in 9s: screens | DualTAP, ETA ~9s" in lines
     assert lines[-1] == "[   44s] cell 3/3 done in 4s: screens | noise"
     assert all(len(line) < 100 for line in lines)
+
+
+def test_etas_come_from_the_cells_own_pace_and_its_kinds_measured_time():
+    """An AutoAttack cell is not estimated from earlier cheap cells: inside it, from its own
+    batches or its components' share of the budget; for the run, from finished cells of the
+    same kind, and the cells of kinds not timed yet are counted, not guessed."""
+    import io
+
+    from rich.console import Console
+
+    from robustbench_cl.cli.progress import LineProgress
+
+    buffer = io.StringIO()
+    now = [0.0]
+    progress = LineProgress(Console(file=buffer, width=120), heartbeat=30, clock=lambda: now[0])
+    kinds = ["clean", "fgsm", "autoattack", "clean", "fgsm", "autoattack"]
+    progress.run_started(n_cells=6, n_todo=6, kinds=kinds)
+    progress.cell_started("a | clean", 1, "clean")
+    now[0] = 1.0
+    progress.cell_done({"id": "c1"}, skipped=False, kind="clean")
+    progress.cell_started("a | fgsm", 1, "fgsm")
+    now[0] = 3.0
+    progress.cell_done({"id": "f1"}, skipped=False, kind="fgsm")
+    progress.cell_started("a | autoattack", 1, "autoattack")
+    now[0] = 63.0
+    progress.step(1, 4, 0.1)  # apgd-ce done: a tenth of the budget in 60 s
+    now[0] = 100.0
+    progress.beat_if_quiet()
+    now[0] = 603.0
+    progress.cell_done({"id": "a1"}, skipped=False, kind="autoattack")
+    progress.cell_started("b | clean", 4, "clean")
+    now[0] = 605.0
+    progress.batch_done()
+    lines = buffer.getvalue().splitlines()
+    assert "[    1s] cell 1/6 done in 1s: a | clean, ETA ~1s + 4 cells not timed yet" in lines
+    assert "[    3s] cell 2/6 done in 2s: a | fgsm, ETA ~3s + 2 cells not timed yet" in lines
+    # a tenth of its budget took 60 s: 600 s for the cell, 97 s of which have passed
+    (beat,) = [line for line in lines if "still running" in line]
+    assert beat.endswith("(1m37s, step 1/4, cell ETA ~8m23s)")
+    assert "[10m03s] cell 3/6 done in 10m00s: a | autoattack, ETA ~10m03s" in lines
+    assert lines[-1] == "[10m05s] first of 4 batches in 2s: this cell ETA ~6s"
 
 
 def test_line_progress_names_units_that_ran_in_workers():
@@ -232,7 +274,7 @@ def test_line_progress_names_units_that_ran_in_workers():
     now[0] = 81.0
     progress.beat_if_quiet()  # the others still run: the heartbeat says where
     lines = buffer.getvalue().splitlines()
-    assert "[   50s] cell 1/2 done in 48s: cnn | AutoAttack, ETA ~50s" in lines
+    assert "[   50s] cell 1/2 done in 48s: cnn | AutoAttack, ETA ~48s" in lines
     assert lines[-1].startswith("[ 1m21s] still running: 2 units run in 2 worker processes")
 
 

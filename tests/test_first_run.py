@@ -284,3 +284,21 @@ def test_ctrl_c_after_autoattacks_first_component_exits_130_and_the_rerun_skips_
 
 def _records(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "cells.jsonl").read_text().splitlines()]
+
+
+def test_autoattack_reports_the_share_of_its_query_budget_spent():
+    from robustbench_cl.attacks import make_attack
+    from robustbench_cl.attacks.base import step_hook
+    from robustbench_cl.models import load_model
+    from robustbench_cl.threat import ThreatModel
+
+    x, y = rbcl.load_dataset("digits", split="test").sample(16, seed=0)
+    attack = make_attack("autoattack", steps=3, square_queries=60)
+    seen = []
+    with step_hook(lambda *event: seen.append(event)):
+        attack(load_model("builtin:digits-cnn"), x, y, ThreatModel(norm="linf", eps=0.02))
+    assert [event[:2] for event in seen] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    fractions = [event[2] for event in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    # APGD-CE is 9 of the 9 + 81 + 108 + 60 forward-equivalents per sample of this budget
+    assert fractions[0] == pytest.approx(9 / (9 + 81 + 108 + 60), rel=0.5)

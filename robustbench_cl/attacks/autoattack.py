@@ -112,6 +112,17 @@ class AutoAttack(Attack):
             "square": {"queries": self.square_queries, "restarts": 1, "p_init": 0.8},
         }
 
+    def budget_weights(self, n_classes: int) -> list[float]:
+        """Each component's cost per attacked sample, in forward passes (a backward counts
+        two): the progress bar's estimate of how much of a cell's time is left."""
+        targets = min(self.n_target_classes, n_classes - 1)
+        return [
+            3.0 * self.steps,  # APGD-CE: a forward and a backward per iteration
+            3.0 * self.steps * targets,  # APGD-T: that, per target class
+            4.0 * self.steps * targets,  # FAB-T: two logits' gradients and a projection check
+            float(self.square_queries),  # Square: one forward per query
+        ]
+
     def perturb(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel
     ) -> Perturbation:
@@ -128,6 +139,8 @@ class AutoAttack(Attack):
         robust = logits.argmax(1) == y
         components = self.components(model, threat, n_classes)
         journal, self.journal = self.journal, None  # this call's only
+        weights = self.budget_weights(n_classes)
+        spent = 0.0
         for index, (name, component) in enumerate(components):
             todo = robust.nonzero().flatten()  # between components, not inside a step loop
             if todo.numel() == 0:
@@ -142,18 +155,22 @@ class AutoAttack(Attack):
                         model.cost = model.cost + found.cost
                     logger.info("AutoAttack %s: taken from the journal", name)
                     todo = todo[~found.done]
+            spent += weights[index] * len(todo)
             if todo.numel():
-                spent = copy.copy(getattr(model, "cost", None))
+                before = copy.copy(getattr(model, "cost", None))
                 candidate = threat.clip(component(x[todo], y[todo]).detach(), x[todo])
                 with torch.no_grad():
                     fooled = model(candidate).argmax(1) != y[todo]
                 adv[todo[fooled]] = candidate[fooled]
                 robust[todo[fooled]] = False
                 if journal is not None:
-                    cost = Cost() if spent is None else _spent(model.cost, spent)
+                    cost = Cost() if before is None else _spent(model.cost, before)
                     journal.save(name, todo, fooled, candidate[fooled], cost)
-            logger.info("AutoAttack %s: %d of %d still robust", name, int(robust.sum()), len(y))
-            report_step(index + 1, len(components))
+            still = int(robust.sum())  # between components, not inside a step loop
+            logger.info("AutoAttack %s: %d of %d still robust", name, still, len(y))
+            # the share of the budget spent: the later components run on the robust samples
+            left = sum(weights[index + 1 :]) * still
+            report_step(index + 1, len(components), spent / (spent + left) if spent else None)
         # misclassified clean or fooled by a component: success already seen, no rescoring
         return Perturbation(adv, ~robust)
 

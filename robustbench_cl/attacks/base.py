@@ -25,7 +25,7 @@ from robustbench_cl.threat import ThreatModel
 
 logger = logging.getLogger(__name__)
 
-StepHook = Callable[[int, int], None]
+StepHook = Callable[..., None]  # (step, total) or (step, total, fraction)
 _STEP_HOOK: ContextVar[StepHook | None] = ContextVar("robustbench_cl_step_hook", default=None)
 
 
@@ -39,11 +39,16 @@ def step_hook(hook: StepHook | None) -> Iterator[None]:
         _STEP_HOOK.reset(token)
 
 
-def report_step(step: int, total: int) -> None:
-    """Called by attack loops; a plain Python call, no host-device synchronisation."""
+def report_step(step: int, total: int, fraction: float | None = None) -> None:
+    """Called by attack loops; a plain Python call, no host-device synchronisation.
+    ``fraction``: the share of the call's budget spent so far, where steps differ in cost
+    (AutoAttack's components); progress estimates the time left from it."""
     hook = _STEP_HOOK.get()
     if hook is not None:
-        hook(step, total)
+        if fraction is None:
+            hook(step, total)
+        else:
+            hook(step, total, fraction)
 
 
 @dataclass

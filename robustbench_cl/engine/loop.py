@@ -67,7 +67,9 @@ def execute(
         _set_aside(stale, store)
         records = {i: r for i, r in records.items() if i in planned}
     todo = [i for i in planned if i not in records]
-    ctx.progress.run_started(len(planned), len(todo))
+    ctx.progress.run_started(
+        len(planned), len(todo), [task.cost_kind(unit) for task, unit in (planned[i] for i in todo)]
+    )
     if executor is None:
         for task, units in plans:
             for unit in units:
@@ -75,7 +77,9 @@ def execute(
                     ctx.progress.cell_done(records[unit.id], skipped=True)
                     continue
                 inputs = {n: typed(records[n]) for n in unit.needs}
-                ctx.progress.cell_started(unit.label, task.batches(unit, inputs))
+                ctx.progress.cell_started(
+                    unit.label, task.batches(unit, inputs), task.cost_kind(unit)
+                )
                 records[unit.id] = _record(task, unit, inputs, store, ctx, local=True)
             task.close()
     else:
@@ -135,7 +139,9 @@ def _record(
     record["wall_time"] = seconds + time.perf_counter() - started
     check_record(task.record_models, task.name, record)
     store.append(record)
-    ctx.progress.cell_done(record, skipped=False, label=None if local else unit.label)
+    ctx.progress.cell_done(
+        record, skipped=False, label=None if local else unit.label, kind=task.cost_kind(unit)
+    )
     return record
 
 

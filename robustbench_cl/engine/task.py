@@ -66,17 +66,24 @@ class Unit:
 class Progress:
     """Progress events from the engine; the CLI draws them with rich. All no-ops here."""
 
-    def run_started(self, n_cells: int, n_todo: int) -> None: ...
+    def run_started(self, n_cells: int, n_todo: int, kinds: list[str] | None = None) -> None:
+        """``kinds``: the cost kind of each unit to run (:meth:`Task.cost_kind`), in order."""
 
     def message(self, text: str) -> None: ...
 
-    def cell_started(self, label: str, n_batches: int) -> None: ...
+    def cell_started(self, label: str, n_batches: int, kind: str | None = None) -> None: ...
 
     def batch_done(self) -> None: ...
 
-    def step(self, step: int, total: int) -> None: ...
+    def step(self, step: int, total: int, fraction: float | None = None) -> None: ...
 
-    def cell_done(self, record: dict[str, Any], skipped: bool, label: str | None = None) -> None:
+    def cell_done(
+        self,
+        record: dict[str, Any],
+        skipped: bool,
+        label: str | None = None,
+        kind: str | None = None,
+    ) -> None:
         """A unit's record is stored; ``label`` when it ran in a worker (no cell_started)."""
 
 
@@ -155,6 +162,12 @@ class Task:
     def plan(self) -> list[Unit]:
         """Validate the section and list the units, in an order where needs come first."""
         raise NotImplementedError
+
+    def cost_kind(self, unit: Unit) -> str:
+        """Units of one kind cost about the same time (an ETA is drawn from the measured time of
+        the kind's finished units, never from other kinds'): by default the task and the key's
+        type; a task with several attacks per key type tells them apart."""
+        return f"{self.name}:{type(unit.key).__name__}"
 
     def batches(self, unit: Unit, inputs: dict[str, dict[str, Any]]) -> int:
         """How many ``batch_done`` events running ``unit`` will report (the progress bar)."""

@@ -39,7 +39,7 @@ from robustbench_cl.tasks.pairs import (
     _targets,
     check_models,
 )
-from robustbench_cl.utils import derive_seed
+from robustbench_cl.utils import derive_seed, stable_hash
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -96,6 +96,15 @@ class ClassificationTask(AttackCells, PairTask):
             previous = torch.tensor(inputs[unit.needs[1]].outcomes, device=self.device)
             return previous == ROBUST
         return torch.tensor(clean.correct, dtype=torch.bool, device=self.device)
+
+    def cost_kind(self, unit: Unit) -> str:
+        """The clean pass, or the attack with its settings and norm: one attack's cells cost
+        about the same, and an AutoAttack cell is never estimated from an FGSM one."""
+        if isinstance(unit.key, Pair):
+            return "classification:clean"
+        cell = unit.key
+        settings = stable_hash({"params": cell.attack.params, "norm": cell.threat.norm})
+        return f"classification:{cell.attack.attack}:{settings}"
 
     def batches(self, unit: Unit, inputs: dict[str, dict[str, Any]]) -> int:
         if isinstance(unit.key, Pair):
