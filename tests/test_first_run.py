@@ -302,3 +302,38 @@ def test_autoattack_reports_the_share_of_its_query_budget_spent():
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     # APGD-CE is 9 of the 9 + 81 + 108 + 60 forward-equivalents per sample of this budget
     assert fractions[0] == pytest.approx(9 / (9 + 81 + 108 + 60), rel=0.5)
+
+
+# ---------------------------------------------------------------------- reports
+def test_a_membership_only_report_shows_only_sections_with_data_and_a_measured_roc(tmp_path):
+    config = {
+        "suite": "membership-only",
+        "data": {"name": "digits", "split": "test"},
+        "models": [{"spec": "builtin:digits-cnn"}],
+        "membership": [{"attack": "loss", "n": 60}],
+        "engine": {"sanity_probe_size": 8},
+    }
+    run_dir = rbcl.run(config, out=tmp_path / "run", profile=None)
+    html = rbcl.write_report(run_dir).read_text()
+    assert "Robustness matrix" in html and "Membership" in html
+    for empty in ("Worst case over attacks", "Attack success and cost", 'href="#worst"'):
+        assert empty not in html
+    (audit,) = rbcl.load_results(run_dir)["membership"]
+    resolution = 1 / audit["n_nonmembers"]
+    assert f"false positive rate (resolution {resolution:.2g})" in html
+
+    from robustbench_cl.tasks.membership import report
+
+    figures = []
+    curve = {
+        "label": "loss",
+        "auc": 0.6,
+        "n_nonmembers": 225,
+        "fpr": [0, 0.5, 1],
+        "tpr": [0, 0.7, 1],
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(report, "to_svg", figures.append)
+        report.membership_roc([curve])
+    (ax,) = figures[0].axes
+    assert ax.get_xlim() == pytest.approx((1 / 225, 1.0)) and ax.get_ylim()[0] == ax.get_xlim()[0]

@@ -32,18 +32,22 @@ def _privacy(results: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def membership_roc(curves: list[dict[str, Any]]) -> str | None:
-    """Membership-inference ROC on log-log axes, where the low-FPR regime is visible."""
+    """Membership-inference ROC on log-log axes, where the low-FPR regime is visible, down to
+    the FPR resolution (one non-member) and no lower: below it nothing was measured."""
     if not curves:
         return None
     fig, ax = figure(4.5, 3.6)
-    floor = 1e-4
+    counts = [c["n_nonmembers"] for c in curves if c.get("n_nonmembers")]
+    floor = 1.0 / max(counts) if counts else 1e-4
     for color, curve in zip(COLORS * 4, curves):
         fpr = [max(v, floor) for v in curve["fpr"]]
         tpr = [max(v, floor) for v in curve["tpr"]]
         ax.plot(fpr, tpr, color=color, label=f"{curve['label']} (AUC {curve['auc']:.3f})")
     ax.plot([floor, 1], [floor, 1], color="#888", linestyle="--", linewidth=0.8, label="chance")
     log_axes(ax)
-    ax.set_xlabel("false positive rate")
+    ax.set_xlim(floor, 1.0)
+    ax.set_ylim(floor, 1.0)
+    ax.set_xlabel(f"false positive rate (resolution {floor:.2g})")
     ax.set_ylabel("true positive rate")
     ax.legend(fontsize=7, frameon=False)
     return to_svg(fig)
