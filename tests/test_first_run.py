@@ -337,3 +337,80 @@ def test_a_membership_only_report_shows_only_sections_with_data_and_a_measured_r
         report.membership_roc([curve])
     (ax,) = figures[0].axes
     assert ax.get_xlim() == pytest.approx((1 / 225, 1.0)) and ax.get_ylim()[0] == ax.get_xlim()[0]
+
+
+# ---------------------------------------------------------------------- LiRA on a user's model
+class TinyDigits(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(256, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x.flatten(1))
+
+
+def tiny_digits() -> nn.Module:
+    """A user's model: a linear classifier of 16x16 digits, trained here on the train split."""
+    from robustbench_cl.models.training import train_classifier
+
+    data = rbcl.load_dataset("digits", split="train")
+    return train_classifier(TinyDigits(), data.x, data.y, epochs=3, lr=0.01, seed=0)
+
+
+TRAINED: list[tuple[int, int]] = []
+
+
+def train_like_mine(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
+    """The user's recipe: called once per reference model with a fresh architecture."""
+    from robustbench_cl.models.training import train_classifier
+
+    assert isinstance(model, TinyDigits) and model.training
+    TRAINED.append((len(y), seed))
+    return train_classifier(model, x, y, epochs=3, lr=0.01, seed=seed)
+
+
+def test_lira_and_rmia_run_on_a_users_model_with_its_recipe(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBUSTBENCH_CL_HOME", str(tmp_path / "cache"))  # no cached references
+    recipe = {"train": "python:tests.test_first_run:train_like_mine"}
+    config = {
+        "suite": "own-membership",
+        "data": {"name": "digits", "split": "test"},
+        "models": [{"spec": "python:tests.test_first_run:tiny_digits", "name": "mine"}],
+        "membership": [
+            {"attack": "lira", "params": {"reference_models": 4}, "n": 100, "recipe": recipe},
+            {"attack": "rmia", "params": {"reference_models": 4}, "n": 100, "recipe": recipe},
+            {
+                "attack": "lira",
+                "name": "lira-adam",
+                "params": {"reference_models": 2},
+                "n": 60,
+                "recipe": {"epochs": 2, "lr": 0.01},
+            },
+        ],
+        "engine": {"sanity_probe_size": 8},
+    }
+    import importlib
+
+    # the module the python: spec imports (pytest may import this file under another name)
+    TRAINED = importlib.import_module("tests.test_first_run").TRAINED  # noqa: N806
+    TRAINED.clear()
+    run_dir = rbcl.run(config, out=tmp_path / "run", profile=None)
+    assert len(TRAINED) == 4  # once per reference model, shared by LiRA and RMIA
+    assert len({seed for _, seed in TRAINED}) == 4
+    audits = {a["attack"]["label"]: a for a in rbcl.load_results(run_dir)["membership"]}
+    assert [audits[k]["n_members"] for k in ("lira", "rmia", "lira-adam")] == [100, 100, 60]
+    assert audits["lira"]["n_nonmembers"] == 100 and audits["lira"]["reference_models"] == 4
+    assert all(0.0 <= a["auc"] <= 1.0 for a in audits.values())
+    rbcl.run(config, out=tmp_path / "again", profile=None)
+    assert len(TRAINED) == 4  # the references are cached, not trained again
+
+
+def test_a_reference_attack_on_a_users_model_without_a_recipe_says_how_to_give_one(tmp_path):
+    config = {
+        "suite": "own-membership",
+        "data": {"name": "digits", "split": "test"},
+        "models": [{"spec": "python:tests.test_first_run:brightness", "name": "mine"}],
+        "membership": [{"attack": "lira"}],
+    }
+    line = _refused(tmp_path, config)
+    assert line.startswith("error: membership[0]:") and "give the column a recipe" in line

@@ -36,6 +36,7 @@ from robustbench_cl.models.artifacts import (
     load_artifact_weights,
     save_artifact,
 )
+from robustbench_cl.models.wrappers import Frozen
 from robustbench_cl.registry import Registry
 from robustbench_cl.utils import cache_file, stable_hash, tensor_digest
 
@@ -137,7 +138,8 @@ def reference_models(
             else:
                 chosen = inside[index]
                 model = recipe.train(x[chosen], y[chosen], seed * 1000 + index)
-                model = getattr(model, "model", model)  # unwrap Frozen
+                if isinstance(model, Frozen):  # only Frozen: a Normalize stays in front
+                    model = model.model
                 save_artifact(path, model, {"recipe": recipe.key, "index": index, "k": k})
                 trained += 1
         model.eval().requires_grad_(False)

@@ -6,11 +6,12 @@ expansion (:mod:`robustbench_cl.tasks.pairs`) can use it without importing the a
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from robustbench_cl.data import TensorData
@@ -26,17 +27,43 @@ from robustbench_cl.utils import stable_hash, tensor_digest
 MEMBERSHIP_VERSION = 2
 
 
+class ReferenceTraining(StrictConfig):
+    """How LiRA's and RMIA's reference models are trained like a user's model (built-in
+    models have their own recipe). ``train``: ``python:module:function``, called once per
+    reference model as ``function(model, x, y, seed)`` with the audited model's architecture
+    re-initialised, returning the trained model; without it, that architecture is trained by
+    Adam with a cosine schedule for ``epochs`` at ``lr``."""
+
+    train: str | None = None
+    epochs: int = Field(default=10, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    batch_size: int = Field(default=128, ge=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+
+    @field_validator("train")
+    @classmethod
+    def _python_function(cls, value: str | None) -> str | None:
+        if value is not None:
+            module, _, function = value.removeprefix("python:").rpartition(":")
+            if not value.startswith("python:") or not module or not function:
+                raise ValueError(f"{value!r} is not python:module:function")
+        return value
+
+
 class MembershipConfig(StrictConfig):
     """A membership-inference column: ``loss``, ``lira``, ``rmia`` or ``art-blackbox``.
 
     ``n`` members (from ``data.train_split``) and ``n`` non-members (from ``data.split``) are
-    audited; by default half the evaluation split, the other half being RMIA's population z.
+    audited; by default half the evaluation split, the other half being RMIA's population z
+    (``data.n`` is the attacked subset of the robustness matrix; it does not size the audit).
+    ``recipe`` trains the reference models of a user's model (LiRA, RMIA).
     """
 
     attack: str
     name: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     n: int | None = Field(default=None, ge=2)
+    recipe: ReferenceTraining | None = None
 
     @property
     def label(self) -> str:
@@ -52,16 +79,22 @@ class MembershipCell:
     config: MembershipConfig
 
 
-def reference_recipe(model: ModelConfig, defense: DefenseConfig) -> ReferenceRecipe | None:
-    """How to train a reference model like this pair's, or None when we do not know how."""
+def reference_recipe(
+    model: ModelConfig, defense: DefenseConfig, training: ReferenceTraining | None = None
+) -> ReferenceRecipe | None:
+    """How to train a reference model like this pair's, or None when we do not know how: a
+    built-in model's own recipe, or for any other model the column's ``recipe``."""
     from robustbench_cl.models.builtin import REFERENCE_RECIPES
 
     scheme, name = parse_spec(model.spec)[:2]
-    if scheme != "builtin" or name not in REFERENCE_RECIPES:
-        return None
-    architecture, train_base, recipe = REFERENCE_RECIPES[name]
     built = make_defense(defense.defense, **defense.params)
     if built.kind not in ("none", "training"):
+        return None
+    if scheme == "builtin" and name in REFERENCE_RECIPES:
+        architecture, train_base, recipe = REFERENCE_RECIPES[name]
+    elif training is not None:
+        architecture, train_base, recipe = _user_recipe(model.spec, training)
+    else:
         return None
 
     def train(x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
@@ -83,6 +116,57 @@ def reference_recipe(model: ModelConfig, defense: DefenseConfig) -> ReferenceRec
     return ReferenceRecipe(key=key, architecture=architecture, train=train)
 
 
+def _fresh(spec: str, seed: int = 0) -> nn.Module:
+    """The model of ``spec`` with every parameter re-initialised (its architecture only)."""
+    from robustbench_cl.models import load_model
+    from robustbench_cl.utils import seeded
+
+    network = load_model(spec).model
+    with seeded(seed):
+        for module in network.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    return network.requires_grad_(True).train()
+
+
+def _user_recipe(spec: str, training: ReferenceTraining) -> tuple[Any, Any, dict[str, Any]]:
+    """``(architecture, train(x, y, seed), recipe key)`` for a user's model."""
+    import importlib
+
+    from robustbench_cl.models.training import train_classifier
+
+    function = None
+    if training.train is not None:
+        module_name, _, name = training.train.removeprefix("python:").rpartition(":")
+        try:
+            function = getattr(importlib.import_module(module_name), name)
+        except (ImportError, AttributeError) as error:
+            raise UserError(
+                "recipe.train", f"cannot load {training.train} ({error})", "check PYTHONPATH"
+            ) from None
+
+    def train(x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
+        network = _fresh(spec, seed)
+        if function is not None:
+            trained = function(network, x, y, seed)
+            if not isinstance(trained, nn.Module):
+                raise UserError(
+                    "recipe.train",
+                    f"{training.train} returned {type(trained).__name__}, not an nn.Module",
+                )
+            return trained
+        settings = training.model_dump(exclude={"train"})
+        return train_classifier(network, x, y, seed=seed, **settings)
+
+    key: dict[str, Any] = {"user": training.model_dump()}
+    if function is not None:  # edited training code trains new reference models
+        import inspect
+
+        with contextlib.suppress(OSError, TypeError):
+            key["source"] = stable_hash(inspect.getsource(function))
+    return (lambda: _fresh(spec)), train, key
+
+
 def expand_membership(
     configs: list[MembershipConfig],
     model: ModelConfig,
@@ -101,12 +185,13 @@ def expand_membership(
     for index, config in enumerate(configs):
         with under_field(f"membership[{index}]"):
             attack = make_membership_attack(config.attack, **config.params)
-        if attack.uses_references and reference_recipe(model, defense) is None:
+        if attack.uses_references and reference_recipe(model, defense, config.recipe) is None:
             skipped.append(
                 {
                     "attack": config.label,
                     "index": str(index),
-                    "reason": f"no reference-model recipe for {model.spec} + {defense.defense}",
+                    "reason": f"no reference-model recipe for {model.spec} + {defense.defense}"
+                    + ("" if config.recipe else " (give the column a recipe)"),
                 }
             )
             continue
@@ -117,6 +202,8 @@ def expand_membership(
             "n": config.n,
             "version": MEMBERSHIP_VERSION,
         }
+        if config.recipe is not None:  # (absent otherwise: the ids of earlier runs hold)
+            key["recipe"] = config.recipe.model_dump()
         cells.append(
             MembershipCell(stable_hash({**key, "seed": seed}), pair_id, model, defense, config)
         )
@@ -130,6 +217,8 @@ def check_membership_coverage(configs: list[MembershipConfig], pairs: list) -> N
             raise UserError(
                 f"membership[{index}]",
                 f"{config.attack} needs reference models trained like the audited model, and "
-                "only builtin models with a training defense have a recipe",
-                "use the loss or art-blackbox attack for these models",
+                "no model here has a recipe (built-in models have one; a preprocessor defense "
+                "has none)",
+                "give the column a recipe ({train: python:module:function} or epochs and lr), "
+                "or use the loss or art-blackbox attack",
             )

@@ -65,7 +65,7 @@ class MembershipAudit:
     ) -> tuple[list[nn.Module], torch.Tensor, int]:  # noqa: ANN001
         key = (cell.pair_id, k, fraction)
         if key not in self._references:
-            recipe = reference_recipe(cell.model, cell.defense)
+            recipe = reference_recipe(cell.model, cell.defense, cell.config.recipe)
             assert recipe is not None  # checked when the config was expanded
             progress.message(f"reference models for {cell.model.label} + {cell.defense.label}")
             self._references[key] = reference_models(
