@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from robustbench_cl.attacks.base import Cost, report_step, require_int
 from robustbench_cl.attacks.jailbreak import JailbreakAttack, JailbreakResult
 from robustbench_cl.errors import ThreatModelViolation
+from robustbench_cl.models.llm import readable_text
 from robustbench_cl.registry import register_attack
 
 
@@ -130,6 +131,8 @@ class GCG(JailbreakAttack):
             lm.tokenizer(t, add_special_tokens=False)["input_ids"] == row
             for t, row in zip(texts, suffix.tolist())
         ]
+        # shown in reports: a suffix cut inside a UTF-8 character has its stray bytes escaped
+        texts = [readable_text(lm.tokenizer, row) for row in suffix.tolist()]
         steps = self.steps
         cost = Cost(
             forward=n * (steps * (1 + self.candidates) + 2),

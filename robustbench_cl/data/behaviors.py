@@ -1,10 +1,12 @@
-"""Jailbreak behaviours from a user's CSV file: ``behaviors:FILE.csv``.
+"""Jailbreak behaviours (``behaviors:FILE.csv``) and benign prompts (``benign:FILE.csv``) from
+a user's CSV files.
 
 One row per harmful behaviour: the request (``goal``; HarmBench's ``Behavior`` and ``prompt``
 are accepted too) and the affirmative ``target`` the attacker forces (AdvBench's column), with
 an optional category (``category``, HarmBench's ``SemanticCategory`` or ``FunctionalCategory``).
-The rows become the test split's harmful prompts; the built-in benign and borderline prompts
-stay, for the utility and over-refusal columns.
+The rows become the test split's harmful prompts. The utility and over-refusal columns come
+from the built-in benign and borderline prompts (built-in models), or from the user's own
+``benign`` file (:func:`load_benign`).
 """
 
 from __future__ import annotations
@@ -60,4 +62,49 @@ def load_behaviors(spec: str, field: str = "jailbreak.data.behaviors") -> list[C
                 "harmful", "harmful", request, REFUSAL, target=forced, behavior=label or request
             )
         )
+    return examples
+
+
+INSTRUCTION_COLUMNS = ("instruction", "prompt", "goal", "question")
+ANSWER_COLUMNS = ("answer", "expected", "response", "output")
+
+
+def load_benign(spec: str, field: str = "jailbreak.data.benign") -> list[ChatExample]:
+    """The benign test prompts of ``benign:FILE.csv`` (or a bare path), in file order: an
+    ``instruction`` and its expected ``answer`` per row, matched as the built-in tasks are
+    (the whole answer, surrounding space and a final full stop aside), with an optional
+    ``kind``: ``benign`` (the default; utility) or ``borderline`` (a benign request that sounds
+    harmful; over-refusal), and an optional ``task`` that groups the utility by task."""
+    path = Path(spec.removeprefix("benign:")).expanduser()
+    if not path.is_file():
+        raise UserError(field, f"{path} does not exist", "give a CSV file: instruction,answer")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            fields = list(reader.fieldnames or [])
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise UserError(field, f"{path} is not a readable CSV file ({error})") from None
+    header = {name.strip().lower(): name for name in fields if name}
+    instruction, answer = _column(header, INSTRUCTION_COLUMNS), _column(header, ANSWER_COLUMNS)
+    kind_column, task_column = header.get("kind"), header.get("task")
+    if instruction is None or answer is None:
+        missing = "instruction" if instruction is None else "answer"
+        raise UserError(
+            field,
+            f"{path} has no {missing} column (columns: {', '.join(fields)})",
+            "name the columns instruction and answer (and optionally kind, task)",
+        )
+    if not rows:
+        raise UserError(field, f"{path} has no rows", "one prompt per row under a header")
+    examples = []
+    for line, row in enumerate(rows, start=2):
+        request, expected = (row.get(instruction) or "").strip(), (row.get(answer) or "").strip()
+        kind = ((row.get(kind_column) or "").strip().lower() if kind_column else "") or "benign"
+        if not request or not expected:
+            raise UserError(field, f"{path} line {line}: an empty instruction or answer")
+        if kind not in ("benign", "borderline"):
+            raise UserError(field, f"{path} line {line}: kind {kind!r}", "use benign or borderline")
+        task = ((row.get(task_column) or "").strip() if task_column else "") or kind
+        examples.append(ChatExample(kind, task, request, expected))  # type: ignore[arg-type]
     return examples

@@ -505,3 +505,42 @@ def unwrap_chat_lm(model: nn.Module) -> ChatLM:
 
 
 __all__ = ["ChatBatch", "ChatLM", "hf_model"]
+
+
+def _byte_alphabet() -> dict[str, int]:
+    """The inverse of the byte-level BPE alphabet (GPT-2's): each of the 256 bytes is shown as
+    one printable character, the printable Latin-1 ones as themselves and the rest shifted
+    past 255 in byte order."""
+    shown = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    alphabet, extra = {}, 0
+    for byte in range(256):
+        if byte in shown:
+            alphabet[chr(byte)] = byte
+        else:
+            alphabet[chr(256 + extra)] = byte
+            extra += 1
+    return alphabet
+
+
+def readable_text(tokenizer: Any, ids: list[int]) -> str:
+    """``ids`` as text for a report: the decoded text when it is valid UTF-8; otherwise the
+    tokens' bytes with each byte that is not part of a whole character escaped (``\\xe2``),
+    where the plain decode would show replacement characters (a suffix that ends inside a
+    multi-byte character). Byte-level BPE and SentencePiece byte-fallback tokens are read
+    as bytes; other tokenizers keep the decode, its replacement characters escaped."""
+    text = tokenizer.decode(ids)
+    if "\ufffd" not in text:
+        return text
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    alphabet = _byte_alphabet()
+    data = bytearray()
+    for token in tokens:
+        if token.startswith("<0x") and token.endswith(">") and len(token) == 6:
+            data.append(int(token[3:5], 16))  # SentencePiece byte fallback
+        elif all(character in alphabet for character in token):
+            data.extend(alphabet[character] for character in token)
+        elif "\ufffd" not in token:  # SentencePiece pieces: the word marker is a space
+            data.extend(token.replace("\u2581", " ").encode("utf-8"))
+        else:
+            return text.replace("\ufffd", "\\ufffd")
+    return data.decode("utf-8", errors="backslashreplace")

@@ -51,13 +51,18 @@ class JailbreakDataConfig(StrictConfig):
     #: ``behaviors:FILE.csv``: the test harmful prompts from a CSV (goal, target[, category]),
     #: the first ``n_harmful`` rows; unset, the built-in held-out behaviours
     behaviors: str | None = None
+    #: ``benign:FILE.csv``: the utility and over-refusal prompts from a CSV (instruction,
+    #: answer[, kind, task]); unset, the built-in synthetic tasks, which measure only the
+    #: built-in models (a user's model gets no utility number without its own prompts)
+    benign: str | None = None
 
-    @field_validator("behaviors")
+    @field_validator("behaviors", "benign")
     @classmethod
-    def _absolute_file(cls, value: str | None) -> str | None:
+    def _absolute_file(cls, value: str | None, info: Any) -> str | None:
         if value is None:
             return None
-        return "behaviors:" + str(Path(value.removeprefix("behaviors:")).expanduser().resolve())
+        prefix = f"{info.field_name}:"
+        return prefix + str(Path(value.removeprefix(prefix)).expanduser().resolve())
 
 
 class JailbreakConfig(StrictConfig):
@@ -107,6 +112,10 @@ def expand_jailbreak(config: MatrixConfig) -> dict[str, Any]:
         from robustbench_cl.data.behaviors import load_behaviors
 
         load_behaviors(section.data.behaviors)
+    if section.data.benign is not None:
+        from robustbench_cl.data.behaviors import load_benign
+
+        load_benign(section.data.benign)
     check_models("jailbreak", section.models)
     defenses = build_defenses(
         "jailbreak",

@@ -22,26 +22,44 @@ class Evaluation:
 
     def clean_record(self, lm, model, defense, built, record_id) -> dict[str, Any]:  # noqa: ANN001
         tokens = self.section.max_new_tokens
+        data = self.section.data
+        own = data.benign is not None
+        # the built-in synthetic tasks measure the built-in models only: a user's model answers
+        # other prompts, and its 0% there would be meaningless
+        measured = own or model.spec.startswith("builtin:")
         benign, borderline = self.test.of("benign"), self.test.of("borderline")
+        if not measured:
+            benign, borderline = [], []
         answers = _respond(lm, [e.instruction for e in benign + borderline], tokens, self.section)
         benign_answers, borderline_answers = answers[: len(benign)], answers[len(benign) :]
         benign_ok = [answer_correct(e, a) for e, a in zip(benign, benign_answers)]
         by_task: dict[str, list[bool]] = {}
         for example, ok in zip(benign, benign_ok):
             by_task.setdefault(example.task, []).append(ok)
-        refused = [is_refusal(a) for a in borderline_answers]
+        # over-refusal: the borderline prompts refused (a file without any: its benign ones)
+        asked, replies = (borderline, borderline_answers) if borderline else (benign, answers)
+        refused = [is_refusal(a) for a in replies]
         borderline_ok = [answer_correct(e, a) for e, a in zip(borderline, borderline_answers)]
         self.progress.batch_done()
         info = getattr(built, "training_info", {}) or {}
+        sources = {
+            "behaviors": data.behaviors.removeprefix("behaviors:") if data.behaviors else None,
+            "benign": data.benign.removeprefix("benign:") if own else None,
+            "utility": "benign file" if own else "built-in tasks" if measured else None,
+            "over_refusal_on": ("borderline" if borderline else "benign") if asked else None,
+        }
         return JailbreakCleanRecord(
             type="jailbreak_clean",
             id=record_id,
             model=model.model_dump(),
             defense=defense.model_dump(),
-            utility=rate_entry(sum(benign_ok), len(benign)),
+            utility=rate_entry(sum(benign_ok), len(benign)) if benign else None,
             utility_by_task={t: rate_entry(sum(v), len(v)) for t, v in sorted(by_task.items())},
-            over_refusal=rate_entry(sum(refused), len(borderline)),
-            borderline_correct=rate_entry(sum(borderline_ok), len(borderline)),
+            over_refusal=rate_entry(sum(refused), len(asked)) if asked else None,
+            borderline_correct=(
+                rate_entry(sum(borderline_ok), len(borderline)) if borderline else None
+            ),
+            sources=sources,
             training={
                 "wall_time": info.get("wall_time"),
                 "cost": info.get("cost"),

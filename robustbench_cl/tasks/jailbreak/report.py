@@ -36,7 +36,17 @@ def _jailbreak(results: dict[str, Any]) -> dict[str, Any] | None:
         for pair in section["pairs"]
     ]
     generation = section["cells"][0]["generation"] if section["cells"] else {}
-    return {"rows": rows, "columns": section["columns"], "generation": generation}
+    return {
+        "rows": rows,
+        "columns": section["columns"],
+        "generation": generation,
+        "sources": section.get("sources") or {},
+        # columns only for what ran: training compute when a defense trained, the ratio to
+        # C-AdvUL when C-AdvUL ran on the same model
+        "trained": any(pair.get("training") for pair in section["pairs"]),
+        "versus_cadv_ul": any(pair.get("compute_vs_cadv_ul") for pair in section["pairs"]),
+        "unmeasured": any(pair.get("utility") is None for pair in section["pairs"]),
+    }
 
 
 def jailbreak_table(summary: RunSummary) -> Table | None:
@@ -68,8 +78,8 @@ def jailbreak_table(summary: RunSummary) -> Table | None:
         passes = f"{cost['forward'] + cost['backward']:,}" if cost else "-"
         table.add_row(
             f"{model} / {defense}",
-            percent_or_dash(record.utility.rate),
-            percent_or_dash(record.over_refusal.rate),
+            percent_or_dash(record.utility.rate if record.utility else None),
+            percent_or_dash(record.over_refusal.rate if record.over_refusal else None),
             *[cells.get((record.id, c), "-") for c in columns],
             passes,
         )

@@ -125,7 +125,11 @@ def _jailbreak_section(summary: RunSummary) -> dict[str, Any]:
         for clean_id, hits in worst.items()
     ]
     columns = list(dict.fromkeys(c["column"] for c in cells))
-    return {"pairs": pairs, "cells": cells, "columns": columns, "worst_case": worst_case}
+    section = {"pairs": pairs, "cells": cells, "columns": columns, "worst_case": worst_case}
+    sources = next((r.sources for r in summary.of("jailbreak_clean") if r.sources), None)
+    if sources is not None:  # (runs before the field keep their results byte for byte)
+        section["sources"] = {k: v for k, v in sources.items() if k in ("behaviors", "benign")}
+    return section
 
 
 #: an attack whose best mean loss still fell this much over its last fifth is not converged
@@ -172,10 +176,10 @@ class JailbreakPair(BaseModel):
     model: str
     defense: str
     defense_kind: str
-    utility: Rate
+    utility: Rate | None
     utility_by_task: dict[str, Rate]
-    over_refusal: Rate
-    borderline_correct: Rate
+    over_refusal: Rate | None
+    borderline_correct: Rate | None
     training: dict[str, Any] | None
     training_passes: int | None
     compute_vs_cadv_ul: float | None
@@ -236,6 +240,10 @@ class JailbreakSection(BaseModel):
     cells: list[JailbreakCell]
     columns: list[str]
     worst_case: list[JailbreakWorstCase]
+    sources: dict[str, Any] | None = None
+    """
+    the behaviours and benign files the numbers were measured on (null paths: built in)
+    """
 
 
 # ---------------------------------------------------------------------- cells.jsonl
@@ -245,10 +253,13 @@ class JailbreakCleanRecord(Record):
     type: Literal["jailbreak_clean"]
     model: ModelRef
     defense: DefenseRef
-    utility: Rate
+    #: null: not measured (a user's model without a ``benign`` file)
+    utility: Rate | None
     utility_by_task: dict[str, Rate]
-    over_refusal: Rate
-    borderline_correct: Rate
+    over_refusal: Rate | None
+    borderline_correct: Rate | None
+    #: the behaviours and benign files (null: built in), and what the utility was measured on
+    sources: dict[str, Any] | None = None
     training: dict[str, Any] | None
     embedding_scale: float
     examples: list[dict[str, Any]]

@@ -54,6 +54,7 @@ class JailbreakTask(Evaluation, Task):
     data_sources = (
         ("(built in)", "synthetic harmful, benign and borderline chat prompts"),
         ("behaviors:FILE.csv", "AdvBench / HarmBench-style goal,target CSV"),
+        ("benign:FILE.csv", "utility / over-refusal prompts: instruction,answer[,kind,task] CSV"),
     )
     template = Path(__file__).parent.parent / "templates" / "jailbreak.html.j2"
     title = "Jailbreak"
@@ -74,6 +75,10 @@ class JailbreakTask(Evaluation, Task):
             # a seeded choice: the first n rows of a CSV grouped by category are one category
             own = seeded_pick(load_behaviors(data.behaviors), data.n_harmful, self.config.seed)
             self.test.examples = [e for e in self.test.examples if e.kind != "harmful"] + own
+        if data.benign is not None:
+            from robustbench_cl.data.behaviors import load_benign
+
+            self.test.examples = self.test.of("harmful") + load_benign(data.benign)
         self.train = make_chat(
             "train", data.train_benign, data.train_harmful, data.train_borderline, seed=0
         )
@@ -85,6 +90,9 @@ class JailbreakTask(Evaluation, Task):
         key = self._base_key(model, defense, built)
         if self.section.data.behaviors is not None:  # an edited file must not resume old cells
             key["behaviors"] = stable_hash([vars(e) for e in self.test.of("harmful")])
+        if self.section.data.benign is not None:
+            benign = self.test.of("benign") + self.test.of("borderline")
+            key["benign"] = stable_hash([vars(e) for e in benign])
         return key
 
     def _base_key(self, model: ModelConfig, defense: DefenseConfig, built) -> dict[str, Any]:  # noqa: ANN001
