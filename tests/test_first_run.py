@@ -414,3 +414,16 @@ def test_a_reference_attack_on_a_users_model_without_a_recipe_says_how_to_give_o
     }
     line = _refused(tmp_path, config)
     assert line.startswith("error: membership[0]:") and "give the column a recipe" in line
+
+
+def test_a_missing_hf_folder_of_a_jailbreak_model_is_one_line_before_any_unit(tmp_path):
+    config = {
+        "suite": "own-llm",
+        "jailbreak": {
+            "models": [{"spec": "hf:models/my-llm", "name": "mine"}],
+            "attacks": [{"attack": "direct"}],
+        },
+    }
+    line = _refused(tmp_path, config)
+    assert line.startswith("error: jailbreak.models[0].spec:")
+    assert f"{tmp_path}/models/my-llm does not exist" in line

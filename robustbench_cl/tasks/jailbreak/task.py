@@ -145,6 +145,14 @@ class JailbreakTask(Evaluation, Task):
                     )
         return units
 
+    def cost_kind(self, unit: Unit) -> str:
+        """The utility pass, or the attack column with its settings: a GCG cell is never
+        estimated from a direct one."""
+        if isinstance(unit.key, UtilityKey):
+            return "jailbreak:utility"
+        column = self.plan_["columns"][unit.key.ci]
+        return f"jailbreak:{column['config'].attack}:{stable_hash(column['built'].settings())}"
+
     def batches(self, unit: Unit, inputs: dict[str, dict[str, Any]]) -> int:
         if isinstance(unit.key, UtilityKey):
             return 1
