@@ -80,51 +80,80 @@ PATH_SCHEMES = frozenset(
         "benign",
     }
 )
-#: ``?key=PATH`` options of a spec that name a local file
-PATH_OPTIONS = ("weights", "checkpoint", "targets")
+#: ``?key=PATH`` options that name a local file, per scheme (a ``python:`` spec's options are
+#: its factory's keyword arguments, never paths)
+PATH_OPTIONS: dict[str, tuple[str, ...]] = {
+    "torchvision": ("weights",),
+    "timm": ("checkpoint",),
+    "open_clip": ("checkpoint",),
+}
 
 
-def _split_spec(spec: str) -> tuple[str, str, list[tuple[str, str]]] | None:
-    from urllib.parse import parse_qsl
-
+def _split_spec(spec: str) -> tuple[str, str, str] | None:
+    """``(scheme, target, query)`` of a spec that may name local paths, else None."""
     scheme, colon, rest = spec.partition(":")
-    if not colon or scheme not in PATH_SCHEMES and "?" not in rest:
+    if not colon or (scheme not in PATH_SCHEMES and scheme not in PATH_OPTIONS):
         return None
     target, _, query = rest.partition("?")
-    return scheme, target, parse_qsl(query, keep_blank_values=True)
+    return scheme, target, query
+
+
+def _path_options(scheme: str, query: str) -> list[tuple[int, int, str]]:
+    """``(start, end, value)`` in ``query`` of each path option's (percent-decoded) value."""
+    from urllib.parse import unquote
+
+    found, offset = [], 0
+    for part in query.split("&"):
+        key, equals, value = part.partition("=")
+        if equals and unquote(key) in PATH_OPTIONS.get(scheme, ()) and value:
+            start = offset + len(key) + 1
+            found.append((start, start + len(value), unquote(value)))
+        offset += len(part) + 1
+    return found
 
 
 def _join(base: Path, value: str) -> str:
     path = Path(value).expanduser()
-    return value if not value or path.is_absolute() else str(base / path)
+    return value if not value or path.is_absolute() or value.startswith("~") else str(base / path)
 
 
 def absolute_spec(spec: str, base: str | Path) -> str:
-    """``spec`` with its relative file and folder paths (the target of a path scheme, and
-    ``weights``/``checkpoint``/``targets`` options) joined to ``base``; other specs unchanged."""
+    """``spec`` with its relative file and folder paths (the target of a path scheme, and the
+    scheme's path options such as ``torchvision:...?weights=``) joined to ``base``; everything
+    else, the rest of the query string included, exactly as written."""
+    from urllib.parse import quote
+
     parts = _split_spec(spec)
     if parts is None:
         return spec
-    scheme, target, options = parts
+    scheme, target, query = parts
     base = Path(base)
     joined = _join(base, target) if scheme in PATH_SCHEMES else target
-    moved = [(k, _join(base, v) if k in PATH_OPTIONS else v) for k, v in options]
-    if joined == target and moved == options:
+    # splice each changed option value into the query as written (re-encoded, so a folder
+    # named "exp+1" or "a&b" reads back as itself)
+    pieces, last = [], 0
+    for start, end, value in _path_options(scheme, query):
+        moved = _join(base, value)
+        if moved != value:
+            pieces += [query[last:start], quote(moved, safe="/:~,@")]
+            last = end
+    rewritten = "".join(pieces) + query[last:]
+    if joined == target and rewritten == query:
         return spec  # nothing relative: the spec as the user wrote it
-    query = "&".join(f"{k}={v}" for k, v in moved)
-    return f"{scheme}:{joined}" + (f"?{query}" if query else "")
+    return f"{scheme}:{joined}" + (f"?{rewritten}" if "?" in spec else "")
 
 
-#: config keys whose value is a file path (written with or without its ``scheme:`` prefix)
+#: config keys whose value is a model or dataset spec (``data.name`` too; other ``name`` keys
+#: are labels), and keys whose value is a file path written with or without its scheme
+SPEC_KEYS = frozenset({"spec", "judge"})
 PATH_KEYS = frozenset({"behaviors", "benign"})
-#: config keys whose value is prose, never a path (``name`` is a label, except ``data.name``)
-_PROSE_KEYS = frozenset({"suite", "description", "name"})
 
 
 def absolute_paths(raw: Any, base: str | Path, key: str | None = None) -> Any:
-    """Every spec string of a config (read from YAML) with its relative paths joined to
+    """The specs and files of a config (read from YAML) with their relative paths joined to
     ``base``, the config file's folder: a config names its files as seen from where it lies,
-    whatever the working directory of the command that runs it."""
+    whatever the working directory of the command that runs it. Only the keys that hold specs
+    or files are read; labels, prose and attack parameters stay as written."""
     if isinstance(raw, dict):
         return {
             k: absolute_paths(v, base, "spec" if (key, k) == ("data", "name") else str(k))
@@ -132,11 +161,16 @@ def absolute_paths(raw: Any, base: str | Path, key: str | None = None) -> Any:
         }
     if isinstance(raw, list):
         return [absolute_paths(value, base, key) for value in raw]
-    if not isinstance(raw, str) or key in _PROSE_KEYS:
+    if not isinstance(raw, str):
         return raw
-    if key in PATH_KEYS and not raw.startswith(f"{key}:"):
-        return _join(Path(base), raw)
-    return absolute_spec(raw, base)
+    if key in PATH_KEYS:
+        prefix = f"{key}:"
+        return (
+            prefix + _join(Path(base), raw.removeprefix(prefix))
+            if raw.startswith(prefix)
+            else _join(Path(base), raw)
+        )
+    return absolute_spec(raw, base) if key in SPEC_KEYS else raw
 
 
 def missing_spec_paths(spec: str) -> list[tuple[str, str]]:
@@ -144,16 +178,17 @@ def missing_spec_paths(spec: str) -> list[tuple[str, str]]:
     parts = _split_spec(spec)
     if parts is None:
         return []
-    scheme, target, options = parts
+    scheme, target, query = parts
     wanted: list[tuple[Path, str]] = []
-    if scheme in PATH_SCHEMES:
-        if scheme == "wrapped":
-            wanted.append((Path(target + ".json").expanduser(), "file"))
-        elif scheme in ("behaviors", "benign"):
-            wanted.append((Path(target).expanduser(), "file"))
-        else:
-            wanted.append((Path(target).expanduser(), "folder"))
-    wanted += [(Path(v).expanduser(), "file") for k, v in options if k in PATH_OPTIONS and v]
+    if scheme == "wrapped":  # OUT, OUT.json or OUT.safetensors: both files beside each other
+        prefix = target.removesuffix(".json").removesuffix(".safetensors")
+        wanted += [(Path(prefix + ".json").expanduser(), "file")]
+        wanted += [(Path(prefix + ".safetensors").expanduser(), "file")]
+    elif scheme in ("behaviors", "benign"):
+        wanted.append((Path(target).expanduser(), "file"))
+    elif scheme in PATH_SCHEMES:
+        wanted.append((Path(target).expanduser(), "folder"))
+    wanted += [(Path(value).expanduser(), "file") for _, _, value in _path_options(scheme, query)]
     missing = []
     for path, kind in wanted:
         ok = path.is_dir() if kind == "folder" else path.is_file()

@@ -79,28 +79,54 @@ def _refused(tmp_path, config: dict) -> str:
 
 # ---------------------------------------------------------------------- config-relative paths
 def test_specs_join_relative_paths_to_the_config_folder(tmp_path):
+    from robustbench_cl.utils import parse_spec
+
     base = tmp_path / "cfg"
-    assert (
-        absolute_spec("imagefolder:data/tree?size=8", base)
-        == f"imagefolder:{base}/data/tree?size=8"
+    assert absolute_spec("imagefolder:data/tree?size=8", base) == (
+        f"imagefolder:{base}/data/tree?size=8"
     )
     assert absolute_spec("torchvision:resnet18?weights=w.pt&num_classes=10", base) == (
         f"torchvision:resnet18?weights={base}/w.pt&num_classes=10"
     )
-    for unchanged in ("builtin:digits-cnn", "hf:/abs/llm", "digits", "python:pkg.mod:make"):
+    for unchanged in (
+        "builtin:digits-cnn",
+        "hf:/abs/llm",
+        "digits",
+        "python:pkg.mod:make",
+        "python:pkg.mod:make?weights=imagenet",  # a factory's argument, not a path
+        "torchvision:resnet18?weights=/abs/w.pt&pretrained",
+        "timm:resnet10t?checkpoint=~/w.pt",
+    ):
         assert absolute_spec(unchanged, base) == unchanged
+    # a folder whose name needs escaping in a query string reads back as itself
+    odd = tmp_path / "exp+1 & more"
+    spec = absolute_spec("timm:resnet10t?checkpoint=w%2Bx.pt&num_classes=3", odd)
+    assert parse_spec(spec)[2] == {"checkpoint": f"{odd}/w+x.pt", "num_classes": "3"}
     raw = {
         "description": "see cifar10:notes",
         "jailbreak": {"data": {"behaviors": "b.csv", "benign": "benign:p.csv"}},
         "models": [{"spec": "hf:llm", "name": "hf:label"}],
+        "attacks": [{"attack": "gcg", "params": {"target": "hf:x"}}],
     }
     moved = absolute_paths(raw, base)
     assert moved["description"] == "see cifar10:notes" and moved["models"][0]["name"] == "hf:label"
     assert moved["models"][0]["spec"] == f"hf:{base}/llm"
+    assert moved["attacks"] == raw["attacks"]  # parameters are never paths
     assert moved["jailbreak"]["data"] == {
         "behaviors": f"{base}/b.csv",
         "benign": f"benign:{base}/p.csv",
     }
+
+
+def test_wrapped_specs_name_their_files_with_or_without_a_suffix(tmp_path):
+    from robustbench_cl.paths import missing_spec_paths
+
+    (tmp_path / "out.json").write_text("{}")
+    missing = missing_spec_paths(f"wrapped:{tmp_path}/out.json")
+    assert missing == [(f"{tmp_path}/out.safetensors", "file")]
+    (tmp_path / "out.safetensors").write_bytes(b"")
+    for spec in ("out", "out.json", "out.safetensors"):
+        assert missing_spec_paths(f"wrapped:{tmp_path}/{spec}") == []
 
 
 def test_a_config_reads_its_paths_from_its_own_folder(tmp_path, monkeypatch):
@@ -357,7 +383,7 @@ def tiny_digits() -> nn.Module:
     return train_classifier(TinyDigits(), data.x, data.y, epochs=3, lr=0.01, seed=0)
 
 
-TRAINED: list[tuple[int, int]] = []
+TRAINED: list[tuple[str, int, int, torch.Tensor]] = []
 
 
 def train_like_mine(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
@@ -365,20 +391,38 @@ def train_like_mine(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: in
     from robustbench_cl.models.training import train_classifier
 
     assert isinstance(model, TinyDigits) and model.training
-    TRAINED.append((len(y), seed))
+    TRAINED.append(("mine", len(y), seed, model.layer.weight.detach().clone()))
     return train_classifier(model, x, y, epochs=3, lr=0.01, seed=seed)
 
 
+def train_slowly(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
+    """Another recipe with the same number of reference models: its own references."""
+    from robustbench_cl.models.training import train_classifier
+
+    TRAINED.append(("slowly", len(y), seed, model.layer.weight.detach().clone()))
+    return train_classifier(model, x, y, epochs=1, lr=0.001, seed=seed)
+
+
 def test_lira_and_rmia_run_on_a_users_model_with_its_recipe(tmp_path, monkeypatch):
+    import importlib
+
     monkeypatch.setenv("ROBUSTBENCH_CL_HOME", str(tmp_path / "cache"))  # no cached references
-    recipe = {"train": "python:tests.test_first_run:train_like_mine"}
+    mine = {"train": "python:tests.test_first_run:train_like_mine"}
+    slowly = {"train": "python:tests.test_first_run:train_slowly"}
     config = {
         "suite": "own-membership",
         "data": {"name": "digits", "split": "test"},
         "models": [{"spec": "python:tests.test_first_run:tiny_digits", "name": "mine"}],
         "membership": [
-            {"attack": "lira", "params": {"reference_models": 4}, "n": 100, "recipe": recipe},
-            {"attack": "rmia", "params": {"reference_models": 4}, "n": 100, "recipe": recipe},
+            {"attack": "lira", "params": {"reference_models": 4}, "n": 100, "recipe": mine},
+            {"attack": "rmia", "params": {"reference_models": 4}, "n": 100, "recipe": mine},
+            {
+                "attack": "lira",
+                "name": "lira-slowly",
+                "params": {"reference_models": 4},
+                "n": 60,
+                "recipe": slowly,
+            },
             {
                 "attack": "lira",
                 "name": "lira-adam",
@@ -389,20 +433,54 @@ def test_lira_and_rmia_run_on_a_users_model_with_its_recipe(tmp_path, monkeypatc
         ],
         "engine": {"sanity_probe_size": 8},
     }
+    # the module the python: spec imports (pytest may import this file under another name)
+    module = importlib.import_module("tests.test_first_run")
+    module.TRAINED.clear()
+    run_dir = rbcl.run(config, out=tmp_path / "run", profile=None)
+    calls = [(name, seed) for name, _, seed, _ in module.TRAINED]
+    # once per reference model: LiRA and RMIA share "mine"'s four, "slowly" trains its own
+    assert [name for name, _ in calls].count("mine") == 4
+    assert [name for name, _ in calls].count("slowly") == 4
+    assert len({seed for name, seed in calls if name == "mine"}) == 4
+    # every reference model started from fresh weights, not the audited model's
+    target = module.tiny_digits().layer.weight
+    assert all(not torch.equal(start, target) for *_, start in module.TRAINED)
+    audits = {a["attack"]["label"]: a for a in rbcl.load_results(run_dir)["membership"]}
+    members = [audits[k]["n_members"] for k in ("lira", "rmia", "lira-slowly", "lira-adam")]
+    assert members == [100, 100, 60, 60]
+    assert audits["lira"]["n_nonmembers"] == 100 and audits["lira"]["reference_models"] == 4
+    assert audits["lira"]["auc"] != audits["lira-slowly"]["auc"]  # not one shared set
+    rbcl.run(config, out=tmp_path / "again", profile=None)
+    assert len(module.TRAINED) == 8  # the references are cached, not trained again
+
+
+def test_a_parameter_no_reset_reaches_is_refused_not_kept(tmp_path):
+    from robustbench_cl.errors import UserError
+    from robustbench_cl.tasks.membership_plan import _fresh
+
+    assert isinstance(_fresh("python:tests.test_first_run:tiny_digits"), TinyDigitsType())
+    with pytest.raises(UserError, match="cannot be re-initialised .*token"):
+        _fresh("python:tests.test_first_run:with_a_token")
+
+
+class WithToken(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.token = nn.Parameter(torch.ones(4))
+        self.layer = nn.Linear(256, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x.flatten(1)) + self.token.sum()
+
+
+def with_a_token() -> nn.Module:
+    return WithToken()
+
+
+def TinyDigitsType() -> type:  # noqa: N802 - the class as the python: spec's module holds it
     import importlib
 
-    # the module the python: spec imports (pytest may import this file under another name)
-    TRAINED = importlib.import_module("tests.test_first_run").TRAINED  # noqa: N806
-    TRAINED.clear()
-    run_dir = rbcl.run(config, out=tmp_path / "run", profile=None)
-    assert len(TRAINED) == 4  # once per reference model, shared by LiRA and RMIA
-    assert len({seed for _, seed in TRAINED}) == 4
-    audits = {a["attack"]["label"]: a for a in rbcl.load_results(run_dir)["membership"]}
-    assert [audits[k]["n_members"] for k in ("lira", "rmia", "lira-adam")] == [100, 100, 60]
-    assert audits["lira"]["n_nonmembers"] == 100 and audits["lira"]["reference_models"] == 4
-    assert all(0.0 <= a["auc"] <= 1.0 for a in audits.values())
-    rbcl.run(config, out=tmp_path / "again", profile=None)
-    assert len(TRAINED) == 4  # the references are cached, not trained again
+    return importlib.import_module("tests.test_first_run").TinyDigits
 
 
 def test_a_reference_attack_on_a_users_model_without_a_recipe_says_how_to_give_one(tmp_path):

@@ -117,53 +117,79 @@ def reference_recipe(
 
 
 def _fresh(spec: str, seed: int = 0) -> nn.Module:
-    """The model of ``spec`` with every parameter re-initialised (its architecture only)."""
+    """A copy of the model of ``spec`` with every parameter re-initialised: its architecture,
+    and nothing it learned (a reference model must not start from the audited weights)."""
+    import copy
+
     from robustbench_cl.models import load_model
     from robustbench_cl.utils import seeded
 
-    network = load_model(spec).model
+    target = load_model(spec).model
+    network = copy.deepcopy(target)  # a factory may hand out one shared instance
+    covered: set[int] = set()
     with seeded(seed):
         for module in network.modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+            reset = getattr(module, "reset_parameters", None) or getattr(
+                module, "_reset_parameters", None
+            )
+            if callable(reset):
+                reset()
+                covered |= {id(p) for p in module.parameters(recurse=False)}
+    # a parameter no reset method owns (a class token, a custom nn.Parameter) keeps its value
+    kept = [name for name, p in network.named_parameters() if id(p) not in covered]
+    if kept:
+        raise UserError(
+            "recipe",
+            f"{spec}: {len(kept)} parameters cannot be re-initialised (e.g. {kept[0]}): a "
+            "reference model would start from the audited model's weights",
+            "give recipe.train a function that builds and trains the architecture itself",
+        )
     return network.requires_grad_(True).train()
 
 
 def _user_recipe(spec: str, training: ReferenceTraining) -> tuple[Any, Any, dict[str, Any]]:
     """``(architecture, train(x, y, seed), recipe key)`` for a user's model."""
     import importlib
+    import inspect
 
     from robustbench_cl.models.training import train_classifier
 
     function = None
+    key: dict[str, Any] = {"user": training.model_dump(), "model": spec}
     if training.train is not None:
         module_name, _, name = training.train.removeprefix("python:").rpartition(":")
         try:
-            function = getattr(importlib.import_module(module_name), name)
+            module = importlib.import_module(module_name)
+            function = getattr(module, name)
         except (ImportError, AttributeError) as error:
             raise UserError(
                 "recipe.train", f"cannot load {training.train} ({error})", "check PYTHONPATH"
             ) from None
+        # edited training code trains new reference models: its module's source is in the key
+        with contextlib.suppress(OSError, TypeError):
+            key["source"] = stable_hash(inspect.getsource(module))
 
     def train(x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
         network = _fresh(spec, seed)
-        if function is not None:
-            trained = function(network, x, y, seed)
-            if not isinstance(trained, nn.Module):
-                raise UserError(
-                    "recipe.train",
-                    f"{training.train} returned {type(trained).__name__}, not an nn.Module",
-                )
-            return trained
-        settings = training.model_dump(exclude={"train"})
-        return train_classifier(network, x, y, seed=seed, **settings)
+        if function is None:
+            settings = training.model_dump(exclude={"train"})
+            return train_classifier(network, x, y, seed=seed, **settings)
+        trained = function(network, x, y, seed)
+        if not isinstance(trained, nn.Module):
+            raise UserError(
+                "recipe.train", f"{training.train} returned {type(trained).__name__}, not a module"
+            )
+        try:  # cached reference weights are loaded into the architecture: it must take them
+            _fresh(spec).load_state_dict(trained.state_dict(), strict=True)
+        except RuntimeError as error:
+            raise UserError(
+                "recipe.train",
+                f"{training.train} returned a model whose weights do not fit {spec} "
+                f"({str(error).splitlines()[0]})",
+                "return the model it was given, trained",
+            ) from None
+        return trained
 
-    key: dict[str, Any] = {"user": training.model_dump()}
-    if function is not None:  # edited training code trains new reference models
-        import inspect
-
-        with contextlib.suppress(OSError, TypeError):
-            key["source"] = stable_hash(inspect.getsource(function))
     return (lambda: _fresh(spec)), train, key
 
 

@@ -19,6 +19,7 @@ from robustbench_cl.privacy.membership import (
 from robustbench_cl.privacy.metrics import membership_metrics
 from robustbench_cl.tasks.membership.results import MembershipRecord
 from robustbench_cl.tasks.membership_plan import MembershipCell, reference_recipe
+from robustbench_cl.utils import stable_hash
 
 
 class MembershipAudit:
@@ -34,7 +35,7 @@ class MembershipAudit:
         self.train, self.evaluation, self.seed, self.device = train, evaluation, seed, device
         self.x = torch.cat([train.x, evaluation.x])
         self.y = torch.cat([train.y, evaluation.y])
-        self._references: dict[tuple[str, int], tuple[list[nn.Module], torch.Tensor, int]] = {}
+        self._references: dict[tuple[Any, ...], tuple[list[nn.Module], torch.Tensor, int]] = {}
 
     def split(self, n: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Population indices of the audited examples, their membership, and RMIA's z."""
@@ -63,7 +64,8 @@ class MembershipAudit:
     def references(
         self, cell: MembershipCell, k: int, fraction: float, progress
     ) -> tuple[list[nn.Module], torch.Tensor, int]:  # noqa: ANN001
-        key = (cell.pair_id, k, fraction)
+        recipe = cell.config.recipe.model_dump() if cell.config.recipe else None
+        key = (cell.pair_id, k, fraction, stable_hash(recipe))
         if key not in self._references:
             recipe = reference_recipe(cell.model, cell.defense, cell.config.recipe)
             assert recipe is not None  # checked when the config was expanded

@@ -70,7 +70,7 @@ class MembershipTask(PairTask):
         self._audit: MembershipAudit | None = None
         units = []
         for pair in self.pairs:
-            pending: dict[tuple[int, float], str] = {}
+            pending: dict[tuple[int, float, str], str] = {}
             audits = []
             for cell in pair.membership:
                 label = (
@@ -78,15 +78,21 @@ class MembershipTask(PairTask):
                 )
                 needs = [pair.id]
                 k, fraction = self.reference_plan(cell)
+                # columns share reference models only when they train them the same way
+                recipe = cell.config.recipe.model_dump() if cell.config.recipe else None
                 if k:
-                    if (k, fraction) not in pending:
-                        ref_id = stable_hash({"references": pair.id, "k": k, "fraction": fraction})
-                        pending[(k, fraction)] = ref_id
+                    shared = (k, fraction, stable_hash(recipe))
+                    if shared not in pending:
+                        key = {"references": pair.id, "k": k, "fraction": fraction}
+                        if recipe is not None:  # (absent otherwise: earlier runs' ids hold)
+                            key["recipe"] = recipe
+                        ref_id = stable_hash(key)
+                        pending[shared] = ref_id
                         ref_label = (
                             f"{cell.model.label} | {cell.defense.label} | {k} reference models"
                         )
                         units.append(Unit(ref_id, ref_label, key=ReferenceSet(cell, k, fraction)))
-                    needs.append(pending[(k, fraction)])
+                    needs.append(pending[shared])
                 audits.append(Unit(cell.id, label, key=cell, needs=tuple(needs)))
             units += audits
         return units
