@@ -40,11 +40,12 @@ def _one_line(text: str) -> str:
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during a run: what is kept and how to go on, for the CLI's one line (exit 130)."""
 
-    def __init__(self, run_dir: str, kept: int, total: int) -> None:
-        self.run_dir, self.kept, self.total = run_dir, kept, total
+    def __init__(self, run_dir: str, kept: int, total: int, resume: str, partial: bool) -> None:
+        self.run_dir, self.kept, self.total, self.resume = run_dir, kept, total, resume
+        also = " and the finished components of the AutoAttack cell in flight" if partial else ""
         super().__init__(
-            f"interrupted: {kept} of {total} units are kept in {run_dir} (and the finished "
-            "components of an AutoAttack cell in flight); rerun the same command to resume"
+            f"interrupted: {kept} of {total} units are kept in {run_dir}{also}; "
+            f"resume with: {resume}"
         )
 
 

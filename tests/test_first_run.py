@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -233,7 +234,10 @@ class Slow(nn.Module):
         self.model = load_model("builtin:digits-cnn")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        time.sleep(0.01)
+        # in the signalled run, once APGD-CE is journaled, slow enough to be caught in APGD-T
+        partial = os.environ.get("SLOW_AFTER_JOURNAL")
+        if partial and any(Path(partial).glob("*/apgd-ce-*.safetensors")):
+            time.sleep(0.2)
         return self.model(x)
 
 
@@ -268,15 +272,21 @@ def test_ctrl_c_after_autoattacks_first_component_exits_130_and_the_rerun_skips_
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(AUTOATTACK))
     out = tmp_path / "interrupted"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "ROBUSTBENCH_CL_THREADS": "1"}
-    command = [sys.executable, "-m", "robustbench_cl.cli.main", "run", str(path), "--out", str(out)]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "ROBUSTBENCH_CL_THREADS": "1",
+        "SLOW_AFTER_JOURNAL": str(out / "partial"),
+    }
+    command = [sys.executable, "-m", "robustbench_cl.cli.main", "run", str(path)]
+    command += ["--out", str(out), "--device", "cpu"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline and process.poll() is None:
             if list((out / "partial").glob("*/apgd-ce-*.safetensors")):
                 break
-            time.sleep(0.01)
+            time.sleep(0.02)
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=120)
     finally:
@@ -285,9 +295,10 @@ def test_ctrl_c_after_autoattacks_first_component_exits_130_and_the_rerun_skips_
     assert process.returncode == 130, stderr.decode()
     lines = [line for line in stderr.decode().splitlines() if line.startswith("interrupted")]
     assert len(lines) == 1 and "Traceback" not in stderr.decode()
-    assert f"1 of 2 units are kept in {out}" in lines[0] and "rerun the same command" in lines[0]
+    assert f"1 of 2 units are kept in {out} and the finished components" in lines[0]
+    assert lines[0].endswith(f"resume with: robustbench-cl run {path} --device cpu --out {out}")
     (journal,) = (out / "partial").iterdir()
-    assert [p.name.split("-")[:2] for p in journal.glob("*.safetensors")][0] == ["apgd", "ce"]
+    assert sorted(p.name.split("-")[:2] for p in journal.glob("*.safetensors")) == [["apgd", "ce"]]
 
     calls = {"apgd-ce": 0, "apgd-t": 0}
     originals = {"apgd-ce": torchattacks.APGD.forward, "apgd-t": torchattacks.APGDT.forward}
@@ -306,6 +317,21 @@ def test_ctrl_c_after_autoattacks_first_component_exits_130_and_the_rerun_skips_
     assert calls == {"apgd-ce": 0, "apgd-t": 1}  # the finished component is not repeated
     assert [without_timings(r) for r in _records(out)] == expected  # nor are its outcomes lost
     assert not (out / "partial").exists()
+
+
+def test_the_resume_command_names_the_run_directory_and_never_starts_fresh():
+    from pathlib import Path as P
+
+    from robustbench_cl.engine.runner import _resume_command
+
+    run_dir = P("runs/quickstart-20261205-101010")
+    assert _resume_command("robustbench-cl run quickstart", run_dir) == (
+        f"robustbench-cl run quickstart --out {run_dir}"
+    )
+    assert _resume_command("robustbench-cl run cfg.yaml --fresh --out old -v", run_dir) == (
+        f"robustbench-cl run cfg.yaml -v --out {run_dir}"
+    )
+    assert "out='runs/quickstart-20261205-101010'" in _resume_command(None, run_dir)
 
 
 def _records(run_dir) -> list[dict]:
@@ -505,3 +531,21 @@ def test_a_missing_hf_folder_of_a_jailbreak_model_is_one_line_before_any_unit(tm
     line = _refused(tmp_path, config)
     assert line.startswith("error: jailbreak.models[0].spec:")
     assert f"{tmp_path}/models/my-llm does not exist" in line
+
+
+def test_the_journal_answers_only_for_the_same_samples_on_the_same_inputs(tmp_path):
+    from robustbench_cl.attacks.base import Cost
+    from robustbench_cl.attacks.journal import ComponentJournal
+
+    x, y = torch.rand(8, 1, 4, 4), torch.arange(8) % 3
+    journal = ComponentJournal(tmp_path, torch.arange(100, 108))
+    rows = torch.arange(8)
+    fooled = torch.tensor([1, 0, 0, 1, 0, 0, 0, 1], dtype=torch.bool)
+    journal.save("apgd-ce", rows, x, y, fooled, x[fooled] + 0.01, Cost(80, 160, 80), 2.5)
+    found = journal.finished("apgd-ce", rows, x, y)
+    assert torch.equal(found.fooled, fooled) and torch.equal(found.adv, x[fooled] + 0.01)
+    assert found.cost == Cost(80, 160, 80) and found.seconds == 2.5
+    # half the batch (an out-of-memory split), other inputs, another component: attack again
+    assert journal.finished("apgd-ce", rows[:4], x[:4], y[:4]) is None
+    assert journal.finished("apgd-ce", rows, x + 0.5, y) is None
+    assert journal.finished("apgd-t", rows, x, y) is None

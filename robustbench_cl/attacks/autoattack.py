@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from typing import Any
 
 import torch
@@ -44,6 +45,8 @@ class AutoAttack(Attack):
     norms = frozenset({"linf", "l2"})
     #: set by the engine for one call: keeps each component's outcomes as it finishes
     journal: ComponentJournal | None = None
+    #: of the last call: the seconds its journaled components took when they first ran
+    journaled_seconds: float = 0.0
 
     def __init__(
         self,
@@ -139,25 +142,25 @@ class AutoAttack(Attack):
         robust = logits.argmax(1) == y
         components = self.components(model, threat, n_classes)
         journal, self.journal = self.journal, None  # this call's only
+        self.journaled_seconds = 0.0
         weights = self.budget_weights(n_classes)
         spent = 0.0
         for index, (name, component) in enumerate(components):
             todo = robust.nonzero().flatten()  # between components, not inside a step loop
             if todo.numel() == 0:
                 break
-            if journal is not None:  # what this component found before an interruption
-                found = journal.finished(name, todo)
-                if bool(found.done.any()):
-                    kept = todo[found.done & found.fooled]
-                    adv[kept] = found.adv.to(adv.dtype)
-                    robust[kept] = False
-                    if isinstance(model, CountingModel):
-                        model.cost = model.cost + found.cost
-                    logger.info("AutoAttack %s: taken from the journal", name)
-                    todo = todo[~found.done]
+            found = journal.finished(name, todo, x[todo], y[todo]) if journal else None
             spent += weights[index] * len(todo)
-            if todo.numel():
+            if found is not None:  # this component finished on these samples before
+                adv[todo[found.fooled]] = found.adv.to(adv.dtype)
+                robust[todo[found.fooled]] = False
+                if isinstance(model, CountingModel):
+                    model.cost = model.cost + found.cost
+                self.journaled_seconds += found.seconds
+                logger.info("AutoAttack %s: taken from the journal", name)
+            else:
                 before = copy.copy(getattr(model, "cost", None))
+                started = time.perf_counter()
                 candidate = threat.clip(component(x[todo], y[todo]).detach(), x[todo])
                 with torch.no_grad():
                     fooled = model(candidate).argmax(1) != y[todo]
@@ -165,7 +168,10 @@ class AutoAttack(Attack):
                 robust[todo[fooled]] = False
                 if journal is not None:
                     cost = Cost() if before is None else _spent(model.cost, before)
-                    journal.save(name, todo, fooled, candidate[fooled], cost)
+                    seconds = time.perf_counter() - started
+                    journal.save(
+                        name, todo, x[todo], y[todo], fooled, candidate[fooled], cost, seconds
+                    )
             still = int(robust.sum())  # between components, not inside a step loop
             logger.info("AutoAttack %s: %d of %d still robust", name, still, len(y))
             # the share of the budget spent: the later components run on the robust samples

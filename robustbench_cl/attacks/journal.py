@@ -2,11 +2,14 @@
 
 Standard AutoAttack on a real model runs for many minutes per batch, most of it in its later
 components. A :class:`ComponentJournal` keeps, per component and per batch, which samples it
-attacked, which it fooled, their adversarial inputs and the component's cost, in one
-safetensors file written atomically (a temporary file, fsync, rename, fsync of the folder). An
-interrupted run that is resumed skips every component whose samples are in the journal and
-takes its outcomes from there. The components seed themselves (torchattacks reseeds each
-call), so a resumed cell's outcomes are those of an uninterrupted one.
+attacked, which it fooled, their adversarial inputs, the component's cost and seconds, and a
+digest of the inputs and labels it attacked, in one safetensors file written atomically (a
+temporary file, fsync, rename, fsync of the folder) and named by the component and the
+attacked samples. An interrupted run that is resumed takes a component's outcomes from the
+journal only for exactly the samples it attacked then, on the same inputs (a batch split
+differently, or changed data, runs the component again), so its cost is counted once. The
+components seed themselves (torchattacks reseeds each call), so a resumed cell's outcomes are
+those of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -18,20 +21,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import safe_open, save_file
+from safetensors.torch import load_file, save_file
 
 from robustbench_cl.attacks.base import Cost
-from robustbench_cl.utils import stable_hash
+from robustbench_cl.utils import stable_hash, tensor_digest
 
 
 @dataclass
 class Finished:
-    """A component's journaled outcomes for the rows of a batch it already attacked."""
+    """A component's journaled outcomes for the rows it attacked in an earlier run."""
 
-    done: torch.Tensor  # (rows,) bool: the component attacked this row in an earlier run
-    fooled: torch.Tensor  # (rows,) bool: ... and fooled it
+    fooled: torch.Tensor  # (rows,) bool
     adv: torch.Tensor  # (fooled rows, ...) the adversarial inputs of the fooled rows
     cost: Cost
+    seconds: float
 
 
 class ComponentJournal:
@@ -42,62 +45,62 @@ class ComponentJournal:
         self.folder = Path(folder)
         self.positions = positions.detach().cpu().long()
 
-    def _files(self, component: str) -> list[Path]:
-        if not self.folder.is_dir():
-            return []
-        return sorted(self.folder.glob(f"{component}-*.safetensors"))
+    def _path(self, component: str, rows: torch.Tensor) -> Path:
+        positions = self.positions[rows.cpu()].tolist()
+        return self.folder / f"{component}-{stable_hash(positions)[:16]}.safetensors"
 
-    def finished(self, component: str, rows: torch.Tensor) -> Finished:
-        """What earlier runs of ``component`` found for the batch's ``rows``."""
+    def finished(
+        self, component: str, rows: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> Finished | None:
+        """What an earlier run of ``component`` found on exactly these ``rows`` (inputs ``x``,
+        labels ``y``), or None."""
+        path = self._path(component, rows)
+        if not path.is_file():
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+        if meta.get("inputs") != tensor_digest(x.detach().cpu(), y.detach().cpu()):
+            return None  # other data under the same positions: attack again
+        saved = load_file(str(path))
         device = rows.device
-        wanted = self.positions[rows.cpu()]
-        done = torch.zeros(len(wanted), dtype=torch.bool)
-        fooled = torch.zeros(len(wanted), dtype=torch.bool)
-        adv: dict[int, torch.Tensor] = {}
-        cost = Cost()
-        for path in self._files(component):
-            with safe_open(str(path), framework="pt") as handle:
-                positions = handle.get_tensor("positions")
-                hits = torch.isin(wanted, positions)
-                if not bool(hits.any()):
-                    continue
-                was_fooled = handle.get_tensor("fooled").bool()
-                fooled_positions = positions[was_fooled]
-                saved = handle.get_tensor("adv")
-                meta = handle.metadata() or {}
-            done |= hits
-            for row in hits.nonzero().flatten().tolist():
-                match = (fooled_positions == wanted[row]).nonzero().flatten()
-                if len(match):
-                    fooled[row] = True
-                    adv[row] = saved[int(match[0])]
-            cost = cost + Cost(**json.loads(meta.get("cost", "{}")))
-        stacked = torch.stack([adv[row] for row in sorted(adv)]) if adv else torch.empty(0)
-        return Finished(done.to(device), fooled.to(device), stacked.to(device), cost)
+        return Finished(
+            saved["fooled"].bool().to(device),
+            saved["adv"].to(device),
+            Cost(**json.loads(meta.get("cost", "{}"))),
+            float(meta.get("seconds", 0.0)),
+        )
 
     def save(
         self,
         component: str,
         rows: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
         fooled: torch.Tensor,
         adv: torch.Tensor,
         cost: Cost,
+        seconds: float,
     ) -> None:
-        """Keep that ``component`` attacked ``rows`` and fooled ``fooled`` (a mask over
-        ``rows``) with the adversarial inputs ``adv`` (one per fooled row)."""
-        positions = self.positions[rows.cpu()]
+        """Keep that ``component`` attacked ``rows`` (inputs ``x``, labels ``y``) and fooled
+        ``fooled`` (a mask over ``rows``), with the adversarial inputs ``adv`` (one per fooled
+        row), its cost and its seconds."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        name = f"{component}-{stable_hash(positions.tolist())[:16]}.safetensors"
-        path = self.folder / name
+        path = self._path(component, rows)
         tmp = path.with_suffix(".tmp")
         save_file(
             {
-                "positions": positions.contiguous(),
+                "positions": self.positions[rows.cpu()].contiguous(),
                 "fooled": fooled.detach().cpu().to(torch.uint8).contiguous(),
-                "adv": adv.detach().cpu().float().contiguous(),
+                "adv": adv.detach().cpu().contiguous(),
             },
             str(tmp),
-            metadata={"cost": json.dumps(cost.to_dict())},
+            metadata={
+                "cost": json.dumps(cost.to_dict()),
+                "seconds": repr(float(seconds)),
+                "inputs": tensor_digest(x.detach().cpu(), y.detach().cpu()),
+            },
         )
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())

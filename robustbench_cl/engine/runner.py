@@ -123,6 +123,28 @@ def _remote_executor(
     return ProcessExecutor(workers or max(1, available_cores() // threads), env)
 
 
+def _resume_command(command: str | None, run_dir: Path) -> str:
+    """The command that resumes an interrupted run: the one that ran, into its run directory
+    (a run without ``--out`` went to a new timestamped folder) and without ``--fresh``."""
+    import shlex
+
+    if not command or not command.startswith("robustbench-cl "):
+        return f"run(..., out={str(run_dir)!r}) again (resume=True)"
+    words = shlex.split(command)
+    kept: list[str] = []
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+        elif word in ("--out", "-o"):
+            skip = True
+        elif word == "--fresh" or word.startswith("--out="):
+            continue
+        else:
+            kept.append(word)
+    return shlex.join([*kept, "--out", str(run_dir)])
+
+
 def default_run_dir(suite: str) -> Path:
     """``runs/<slug of the suite>-<timestamp>``, with a suffix if that second is already taken.
     The suite name comes from a config: :func:`~robustbench_cl.paths.slug` keeps it one safe
@@ -224,7 +246,9 @@ def run(
             if isinstance(error, KeyboardInterrupt) and not isinstance(error, RunInterrupted):
                 kept = len(ResultsStore(run_dir / "cells.jsonl").read())
                 total = sum(len(units) for _, units in plans)
-                raise RunInterrupted(str(run_dir), kept, total) from None
+                partial = any((run_dir / "partial").glob("*/*.safetensors"))
+                resume = _resume_command(command, run_dir)
+                raise RunInterrupted(str(run_dir), kept, total, resume, partial) from None
             raise
         if remote is not None:
             remote.close()

@@ -116,7 +116,8 @@ class AttackCells(_Base):
                         result.cost.forward += len(batch)
                     outcomes[batch] = torch.where(success, BROKEN, ROBUST)
                     cost = cost + result.cost
-                    seconds += result.wall_time
+                    # with the seconds of components a resumed AutoAttack took from its journal
+                    seconds += result.wall_time + getattr(attack, "journaled_seconds", 0.0)
                     if wanted > 0:  # once per batch, outside the attack's step loop
                         hits = success.nonzero().flatten()[:wanted]
                         kept.append((batch[hits], result.adv[hits].detach()))
