@@ -578,3 +578,35 @@ def test_a_suffix_cut_inside_a_character_shows_its_bytes_escaped(chat):
     assert split >= 1  # the check mark spans tokens: some prefix ends inside it
     assert readable_text(chat.tokenizer, ids) == "wash \u2713!!!"
     assert readable_text(chat.tokenizer, cut) == chat.tokenizer.decode(cut)
+
+
+def test_a_sentencepiece_suffix_keeps_its_valid_text_and_escapes_stray_bytes():
+    """A Llama-style tokenizer (SentencePiece pieces with byte fallback): whole characters stay
+    themselves, even those that also exist in the byte-level alphabet (é, ą)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from robustbench_cl.models.llm import readable_text
+
+    backend = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    backend.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")]
+    )
+    backend.decoder = decoders.Sequence(
+        [
+            decoders.Replace("\u2581", " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(" ", 1, 0),
+        ]
+    )
+    bytes_ = [f"<0x{b:02X}>" for b in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", *bytes_])
+    backend.train_from_iterator(["café oką wash the dog", "café au lait"] * 20, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
+    ids = tokenizer("café oką \u2713", add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == "café oką \u2713"
+    assert readable_text(tokenizer, ids) == "café oką \u2713"
+    cut = ids[:-1]  # inside the check mark, which only byte tokens spell
+    assert "\ufffd" in tokenizer.decode(cut)
+    assert readable_text(tokenizer, cut) == "café oką \\xe2\\x9c"

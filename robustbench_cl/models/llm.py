@@ -522,25 +522,46 @@ def _byte_alphabet() -> dict[str, int]:
     return alphabet
 
 
+def _decoder_kind(tokenizer: Any) -> str | None:
+    """``byte-level`` (GPT-2 style BPE), ``byte-fallback`` (SentencePiece with ``<0x..>``
+    tokens) or None: how a fast tokenizer's tokens map to bytes."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    described = repr(getattr(backend, "decoder", None))
+    if "ByteLevel" in described:
+        return "byte-level"
+    if "ByteFallback" in described:
+        return "byte-fallback"
+    return None
+
+
 def readable_text(tokenizer: Any, ids: list[int]) -> str:
     """``ids`` as text for a report: the decoded text when it is valid UTF-8; otherwise the
     tokens' bytes with each byte that is not part of a whole character escaped (``\\xe2``),
     where the plain decode would show replacement characters (a suffix that ends inside a
-    multi-byte character). Byte-level BPE and SentencePiece byte-fallback tokens are read
-    as bytes; other tokenizers keep the decode, its replacement characters escaped."""
+    multi-byte character). The tokenizer's decoder says how its tokens map to bytes (byte-level
+    BPE, or SentencePiece's byte fallback); for any other, the replacement characters of the
+    decode are escaped."""
     text = tokenizer.decode(ids)
     if "\ufffd" not in text:
         return text
+    kind = _decoder_kind(tokenizer)
     tokens = tokenizer.convert_ids_to_tokens(ids)
-    alphabet = _byte_alphabet()
     data = bytearray()
-    for token in tokens:
-        if token.startswith("<0x") and token.endswith(">") and len(token) == 6:
-            data.append(int(token[3:5], 16))  # SentencePiece byte fallback
-        elif all(character in alphabet for character in token):
-            data.extend(alphabet[character] for character in token)
-        elif "\ufffd" not in token:  # SentencePiece pieces: the word marker is a space
-            data.extend(token.replace("\u2581", " ").encode("utf-8"))
-        else:
+    if kind == "byte-level":
+        alphabet = _byte_alphabet()
+        if not all(c in alphabet for token in tokens for c in token):
             return text.replace("\ufffd", "\\ufffd")
-    return data.decode("utf-8", errors="backslashreplace")
+        for token in tokens:
+            data.extend(alphabet[c] for c in token)
+    elif kind == "byte-fallback":
+        for token in tokens:
+            if len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+                data.append(int(token[3:5], 16))
+            else:
+                data.extend(token.replace("\u2581", " ").encode("utf-8"))
+    else:
+        return text.replace("\ufffd", "\\ufffd")
+    shown = data.decode("utf-8", errors="backslashreplace")
+    if kind == "byte-fallback" and shown.startswith(" ") and not text.startswith(" "):
+        shown = shown[1:]  # SentencePiece's decoder drops the word marker of the first piece
+    return shown
