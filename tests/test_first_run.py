@@ -176,6 +176,9 @@ def test_a_test_only_cifar_folder_runs_and_a_defense_that_trains_says_what_it_la
     line = _refused(tmp_path, config)
     assert line.startswith("error: data.train_split: defense rae trains on the 'train' split")
     assert "data_batch_1.bin does not exist" in line and "beside test_batch.bin" in line
+    config = _config("cifar10:cifar", membership=[{"attack": "loss"}])
+    line = _refused(tmp_path, config)
+    assert line.startswith("error: data.train_split: the membership audit draws its members")
 
 
 def test_a_truncated_image_in_the_subset_is_one_line_before_any_unit(tmp_path):

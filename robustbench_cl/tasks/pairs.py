@@ -240,22 +240,28 @@ class PairTask(Task):
         self._check_train_split()
 
     def _check_train_split(self) -> None:
-        """A defense that trains reads the train split: open it now (its files exist, its
-        labels read), so a test-only folder fails before any work only when a defense needs
-        more than the test files."""
-        for pair in self.pairs:
-            if make_defense(pair.defense.defense, **pair.defense.params).kind == "none":
-                continue
-            split = self.config.data.train_split
-            try:
-                self.train_data()
-            except UserError as error:
-                raise UserError(
-                    "data.train_split",
-                    f"defense {pair.defense.label} trains on the {split!r} split: {error.problem}",
-                    error.fix or "add the train split's files, or evaluate without a defense",
-                ) from None
+        """A defense that trains, and a membership audit (its members), read the train split:
+        open it now (its files exist, its labels read), so a test-only folder fails before
+        any work only when the run needs more than the test files."""
+        reader = next(
+            (
+                f"defense {pair.defense.label} trains on"
+                for pair in self.pairs
+                if make_defense(pair.defense.defense, **pair.defense.params).kind != "none"
+            ),
+            "the membership audit draws its members from" if self.config.membership else None,
+        )
+        if reader is None or not self.ctx.driver:
             return
+        split = self.config.data.train_split
+        try:
+            self.train_data()
+        except UserError as error:
+            raise UserError(
+                "data.train_split",
+                f"{reader} the {split!r} split: {error.problem}",
+                error.fix or "add the train split's files",
+            ) from None
 
     @classmethod
     def section(cls, config: MatrixConfig) -> Any:
@@ -323,10 +329,16 @@ class PairTask(Task):
         if isinstance(data, TensorData):
             if not torch.isfinite(data.take(self.indices)).all():
                 raise UserError("data", "the dataset contains NaN or Inf inputs", "clean the data")
-        elif hasattr(data, "check_rows"):  # files: every evaluated image decodes, now
-            self.progress.message(f"checking the {self.n} evaluated samples of {data.name}")
-            # in pieces no larger than a shard: a streamed dataset is never held whole
-            data.check_rows(self.indices, min(256, self.config.engine.shard_size or 256))
+        elif hasattr(data, "check_rows") and self.ctx.driver:
+            # files: every evaluated image decodes, now (once per run: not again in a worker,
+            # nor for a second pair task on the same samples)
+            checked = (data.name, data.split, subset_digest(self.indices))
+            done = self.ctx.__dict__.setdefault("decoded_subsets", set())  # this run's
+            if checked not in done:
+                self.progress.message(f"checking the {self.n} evaluated samples of {data.name}")
+                # in pieces no larger than a shard: a streamed dataset is never held whole
+                data.check_rows(self.indices, min(256, self.config.engine.shard_size or 256))
+                done.add(checked)
         size = self.config.engine.shard_size or self.n
         #: contiguous sample ranges; each is attacked with its own seed, and is one Ray task
         self.shards = [(s, min(s + size, self.n)) for s in range(0, self.n, size)]

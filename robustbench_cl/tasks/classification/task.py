@@ -199,7 +199,17 @@ class ClassificationTask(AttackCells, PairTask):
     def clean_record(self, pair: Pair, model: nn.Module) -> dict[str, Any]:
         # a model that does not take these inputs: one line naming both, not a torch traceback
         probe_model(model, self.inputs(*self.shards[0]), field=f"model {pair.model.label}")
-        logits = torch.cat([self._predict(model, self.inputs(*shard)) for shard in self.shards])
+        bare = self._bare.get(pair.id)
+        defended = self._defense_kind.get(pair.id, "none") != "none"
+        # the same model without its defense on the same samples, read once with the defended
+        compare = self.config.engine.sanity_checks and bare is not None and defended
+        outputs, plain = [], []
+        for shard in self.shards:
+            x = self.inputs(*shard)
+            outputs.append(self._predict(model, x))
+            if compare:
+                plain.append(self._predict(bare, x))
+        logits = torch.cat(outputs)
         n_classes = logits.shape[1]
         correct = logits.argmax(1) == self.y
         probes: dict[str, Any] = {"n_classes": n_classes}
@@ -228,12 +238,8 @@ class ClassificationTask(AttackCells, PairTask):
                 norm_x, norm_y = probe_x[:0], probe_y[:0]
             probes["normalization"] = sanity.normalization_probe(model, norm_x, norm_y)
             flags += sanity.normalization_flag(probes["normalization"])
-        bare = self._bare.get(pair.id)
-        defended = self._defense_kind.get(pair.id, "none") != "none"
-        if self.config.engine.sanity_checks and bare is not None and defended:
-            # the same model without its defense, on the same samples
-            plain = torch.cat([self._predict(bare, self.inputs(*s)) for s in self.shards])
-            undefended = int((plain.argmax(1) == self.y).sum()) / self.n
+        if compare:
+            undefended = int((torch.cat(plain).argmax(1) == self.y).sum()) / self.n
             probes["undefended_accuracy"] = undefended
             settings = make_defense(pair.defense.defense, **pair.defense.params).settings()
             if self._defense_kind.get(pair.id) == "preprocessor" and pair.defense.defense == "none":
