@@ -538,7 +538,11 @@ def test_a_users_llm_gets_utility_only_from_its_own_prompts_and_the_report_names
     section = json.loads((out / "results.json").read_text())["jailbreak"]
     (pair,) = section["pairs"]
     assert pair["utility"]["n"] == 2 and pair["over_refusal"]["n"] == 1
-    assert section["sources"] == {"behaviors": str(behaviors), "benign": str(benign)}
+    assert section["sources"] == {
+        "behaviors": str(behaviors),
+        "benign": str(benign),
+        "over_refusal_on": "borderline",
+    }
     assert str(benign) in write_report(out).read_text()
 
 

@@ -45,7 +45,10 @@ def _jailbreak(results: dict[str, Any]) -> dict[str, Any] | None:
         # C-AdvUL when C-AdvUL ran on the same model
         "trained": any(pair.get("training") for pair in section["pairs"]),
         "versus_cadv_ul": any(pair.get("compute_vs_cadv_ul") for pair in section["pairs"]),
-        "unmeasured": any(pair.get("utility") is None for pair in section["pairs"]),
+        "unmeasured": any(
+            pair.get("utility") is None or pair.get("over_refusal") is None
+            for pair in section["pairs"]
+        ),
     }
 
 

@@ -128,7 +128,8 @@ def _jailbreak_section(summary: RunSummary) -> dict[str, Any]:
     section = {"pairs": pairs, "cells": cells, "columns": columns, "worst_case": worst_case}
     sources = next((r.sources for r in summary.of("jailbreak_clean") if r.sources), None)
     if sources is not None:  # (runs before the field keep their results byte for byte)
-        section["sources"] = {k: v for k, v in sources.items() if k in ("behaviors", "benign")}
+        keys = ("behaviors", "benign", "over_refusal_on")
+        section["sources"] = {k: v for k, v in sources.items() if k in keys}
     return section
 
 
