@@ -256,6 +256,30 @@ def test_etas_come_from_the_cells_own_pace_and_its_kinds_measured_time():
     assert lines[-1] == "[10m05s] first of 4 batches in 2s: this cell ETA ~6s"
 
 
+def test_the_bars_show_the_same_etas_on_a_terminal():
+    import io
+
+    from rich.console import Console
+
+    from robustbench_cl.cli.progress import RichProgress
+
+    now = [0.0]
+    progress = RichProgress(Console(file=io.StringIO()), clock=lambda: now[0])
+    progress.run_started(n_cells=3, n_todo=3, kinds=["clean", "pgd", "pgd"])
+    progress.cell_started("a | clean", 1, "clean")
+    now[0] = 2.0
+    progress.cell_done({"id": "c"}, skipped=False, kind="clean")
+    progress.cell_started("a | pgd", 4, "pgd")
+    now[0] = 12.0
+    progress.batch_done()
+    fields = {task.description.split()[0]: task.fields["eta"] for task in progress.bars.tasks}
+    assert fields["batches"] == "cell ETA ~30s"  # 3 more batches of 10 s
+    now[0] = 42.0
+    progress.cell_done({"id": "p"}, skipped=False, kind="pgd")
+    fields = {task.description.split()[0]: task.fields["eta"] for task in progress.bars.tasks}
+    assert fields["cells"] == "ETA ~40s"
+
+
 def test_line_progress_names_units_that_ran_in_workers():
     """A remote executor calls no cell_started: the line names the unit and its own time."""
     import io
@@ -274,7 +298,8 @@ def test_line_progress_names_units_that_ran_in_workers():
     now[0] = 81.0
     progress.beat_if_quiet()  # the others still run: the heartbeat says where
     lines = buffer.getvalue().splitlines()
-    assert "[   50s] cell 1/2 done in 48s: cnn | AutoAttack, ETA ~48s" in lines
+    # workers run units at once: the run's ETA is its elapsed time per finished unit
+    assert "[   50s] cell 1/2 done in 48s: cnn | AutoAttack, ETA ~50s" in lines
     assert lines[-1].startswith("[ 1m21s] still running: 2 units run in 2 worker processes")
 
 

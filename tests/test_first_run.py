@@ -552,3 +552,31 @@ def test_the_journal_answers_only_for_the_same_samples_on_the_same_inputs(tmp_pa
     assert journal.finished("apgd-ce", rows[:4], x[:4], y[:4]) is None
     assert journal.finished("apgd-ce", rows, x + 0.5, y) is None
     assert journal.finished("apgd-t", rows, x, y) is None
+
+
+def test_a_progress_written_for_the_old_events_keeps_working(tmp_path):
+    from robustbench_cl.engine import Progress
+
+    class Old(Progress):
+        def __init__(self) -> None:
+            self.events = []
+
+        def run_started(self, n_cells, n_todo):  # noqa: ANN001, ANN202
+            self.events.append(("run", n_cells))
+
+        def cell_started(self, label, n_batches):  # noqa: ANN001, ANN202
+            self.events.append(("cell", label))
+
+        def step(self, step, total):  # noqa: ANN001, ANN202
+            self.events.append(("step", total))
+
+        def cell_done(self, record, skipped, label=None):  # noqa: ANN001, ANN202
+            self.events.append(("done", skipped))
+
+    config = dict(AUTOATTACK, models=[{"spec": "builtin:digits-cnn"}])
+    config["data"] = {"name": "digits", "n": 8}
+    config["attacks"] = [dict(AUTOATTACK["attacks"][0], params={"steps": 2, "square_queries": 5})]
+    progress = Old()
+    rbcl.run(config, out=tmp_path / "run", profile=None, progress=progress)
+    assert progress.events[0] == ("run", 2) and ("step", 4) in progress.events
+    assert [e for e in progress.events if e[0] == "done"] == [("done", False)] * 2

@@ -31,12 +31,30 @@ _STEP_HOOK: ContextVar[StepHook | None] = ContextVar("robustbench_cl_step_hook",
 
 @contextlib.contextmanager
 def step_hook(hook: StepHook | None) -> Iterator[None]:
-    """Install a ``hook(step, total)`` that attacks call once per step (for progress bars)."""
+    """Install a ``hook(step, total)`` that attacks call once per step (for progress bars);
+    a hook that also takes ``fraction`` gets the share of the budget spent where the attack
+    reports it (a hook written for two arguments keeps working)."""
+    if hook is not None and not _takes(hook, 3):
+        two = hook
+        hook = lambda step, total, fraction=None: two(step, total)  # noqa: E731
     token = _STEP_HOOK.set(hook)
     try:
         yield
     finally:
         _STEP_HOOK.reset(token)
+
+
+def _takes(function: Callable[..., Any], count: int) -> bool:
+    """Whether ``function`` accepts ``count`` positional arguments."""
+    import inspect
+
+    try:
+        inspect.signature(function).bind(*range(count))
+    except TypeError:
+        return False
+    except ValueError:  # no signature (a builtin): assume it does
+        return True
+    return True
 
 
 def report_step(step: int, total: int, fraction: float | None = None) -> None:

@@ -13,14 +13,116 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from robustbench_cl.engine.runner import Progress as EngineProgress
 
 
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+
+
+class Estimates:
+    """ETAs from measured cost only, shared by the bars and the lines.
+
+    A running cell's ETA comes from its own finished batches, or, inside its first batch, from
+    the share of its budget the attack reports spent (``step(..., fraction)``; AutoAttack
+    weighs its components by their query budgets). The run's ETA comes from the measured time
+    of finished cells of the same kind (:meth:`Task.cost_kind`): an AutoAttack cell is never
+    estimated from a clean pass, and the cells of a kind not timed yet are counted, not guessed.
+    Units that run in workers (several at once) are estimated from the run's elapsed time per
+    finished unit instead, which allows for the parallelism.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.start = clock()
+        self.n_cells = self.done = self.done_here = 0
+        self.cell_start = self.batch_start = self.fraction_at = self.start
+        self.batches, self.batches_done = 1, 0
+        self.running = False
+        self.steps: tuple[int, int] | None = None
+        self.fraction: float | None = None
+        self.todo_kinds: list[str] = []
+        #: measured seconds of the finished cells of each kind
+        self.kind_times: dict[str, list[float]] = {}
+
+    def run_started(self, n_cells: int, n_todo: int, kinds: list[str] | None) -> None:
+        self.n_cells = n_cells
+        self.todo_kinds = list(kinds) if kinds is not None else [""] * n_todo
+
+    def cell_started(self, n_batches: int) -> None:
+        self.cell_start = self.batch_start = self.clock()
+        self.batches, self.batches_done = max(n_batches, 1), 0
+        self.running, self.steps, self.fraction = True, None, None
+
+    def batch_done(self) -> None:
+        self.batches_done += 1
+        self.batch_start, self.steps, self.fraction = self.clock(), None, None
+
+    def step(self, step: int, total: int, fraction: float | None) -> None:
+        self.steps = (step, total)
+        self.fraction = fraction if fraction is not None else (step / total if total else None)
+        self.fraction_at = self.clock()
+
+    def cell_eta(self) -> float | None:
+        """Seconds left in the running cell, from its own pace only."""
+        if not self.running:
+            return None
+        now = self.clock()
+        left = max(self.batches - self.batches_done, 1)  # out-of-memory halving adds batches
+        if self.batches_done:
+            per_batch = (self.batch_start - self.cell_start) / self.batches_done
+            return max(per_batch * left - (now - self.batch_start), 0.0)
+        if self.steps and self.fraction:  # the pace at the last step the attack reported
+            per_batch = (self.fraction_at - self.batch_start) / self.fraction
+            return max(per_batch * left - (now - self.batch_start), 0.0)
+        return None
+
+    def cell_done(self, record: dict[str, Any], remote: bool, kind: str | None) -> float:
+        """Count a finished unit; its seconds (its own wall time when it ran in a worker)."""
+        self.done += 1
+        self.done_here += 1
+        took = float(record.get("wall_time") or 0.0) if remote else self.clock() - self.cell_start
+        kind = kind or ""
+        self.kind_times.setdefault(kind, []).append(took)
+        if kind in self.todo_kinds:
+            self.todo_kinds.remove(kind)
+        elif self.todo_kinds:
+            self.todo_kinds.pop(0)
+        self.remote = remote
+        self.running, self.steps = False, None
+        return took
+
+    def run_eta(self) -> str:
+        """``, ETA ~T`` (with ``+ N cells not timed yet``), or nothing."""
+        if not self.todo_kinds:
+            return ""
+        if getattr(self, "remote", False):  # workers run several at once: the run's own pace
+            per_unit = (self.clock() - self.start) / max(self.done_here, 1)
+            return f", ETA ~{_clock(per_unit * len(self.todo_kinds))}"
+        known = [self.kind_times[k] for k in self.todo_kinds if self.kind_times.get(k)]
+        if not known:
+            return ""
+        seconds = sum(sum(times) / len(times) for times in known)
+        untimed = len(self.todo_kinds) - len(known)
+        return f", ETA ~{_clock(seconds)}" + (
+            f" + {untimed} cells not timed yet" if untimed else ""
+        )
+
+
 class RichProgress(EngineProgress):
-    def __init__(self, console: Console) -> None:
+    """Bars on a terminal: cells, the running cell's batches (with its ETA) and its steps."""
+
+    def __init__(self, console: Console, clock: Callable[[], float] = time.monotonic) -> None:
         self.console = console
+        self.estimates = Estimates(clock)
         self.bars = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            TextColumn("{task.fields[eta]}"),
             console=console,
             transient=False,
         )
@@ -36,8 +138,9 @@ class RichProgress(EngineProgress):
         self.bars.__exit__(*exc)
 
     def run_started(self, n_cells: int, n_todo: int, kinds: list[str] | None = None) -> None:
+        self.estimates.run_started(n_cells, n_todo, kinds)
         done = n_cells - n_todo
-        self.cells_task = self.bars.add_task("cells", total=n_cells, completed=0)
+        self.cells_task = self.bars.add_task("cells", total=n_cells, completed=0, eta="")
         if done:
             self.console.print(f"resuming: {done} of {n_cells} cells already done")
 
@@ -45,19 +148,32 @@ class RichProgress(EngineProgress):
         self.console.print(f"[dim]{text}[/dim]", markup=True, highlight=False)
 
     def cell_started(self, label: str, n_batches: int, kind: str | None = None) -> None:
+        self.estimates.cell_started(n_batches)
         if self.batch_task is None:
-            self.batch_task = self.bars.add_task("batches", total=n_batches)
-            self.step_task = self.bars.add_task("steps", total=1)
+            self.batch_task = self.bars.add_task("batches", total=n_batches, eta="")
+            self.step_task = self.bars.add_task("steps", total=1, eta="")
         self.bars.update(
-            self.batch_task, total=max(n_batches, 1), completed=0, description=f"batches  {label}"
+            self.batch_task,
+            total=max(n_batches, 1),
+            completed=0,
+            description=f"batches  {label}",
+            eta="",
         )
         self.bars.update(self.step_task, total=1, completed=0)
 
+    def _cell_eta(self) -> None:
+        left = self.estimates.cell_eta()
+        self.bars.update(self.batch_task, eta=f"cell ETA ~{_clock(left)}" if left else "")
+
     def batch_done(self) -> None:
+        self.estimates.batch_done()
         self.bars.advance(self.batch_task)
+        self._cell_eta()
 
     def step(self, step: int, total: int, fraction: float | None = None) -> None:
+        self.estimates.step(step, total, fraction)
         self.bars.update(self.step_task, total=total, completed=step)
+        self._cell_eta()
 
     def cell_done(
         self,
@@ -66,17 +182,11 @@ class RichProgress(EngineProgress):
         label: str | None = None,
         kind: str | None = None,
     ) -> None:
+        if not skipped:
+            self.estimates.cell_done(record, label is not None, kind)
         if self.cells_task is not None:
             self.bars.advance(self.cells_task)
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+            self.bars.update(self.cells_task, eta=self.estimates.run_eta().removeprefix(", "))
 
 
 class LineProgress(EngineProgress):
@@ -96,22 +206,12 @@ class LineProgress(EngineProgress):
         self.console = console
         self.heartbeat = heartbeat
         self.clock = clock
+        self.estimates = Estimates(clock)
         self.start = clock()
         self.last_line = self.start
-        self.n_cells = 0
-        self.done = 0
-        self.done_this_run = 0
         self.current: str | None = None  # what runs now: a cell, or a message inside it
         self.current_start = self.start
         self.cell: str | None = None
-        self.cell_start = self.start
-        self.steps: tuple[int, int] | None = None
-        self.fraction: float | None = None
-        self.fraction_at = self.start
-        self.batches, self.batches_done, self.batch_start = 1, 0, self.start
-        self.todo_kinds: list[str] = []
-        #: measured seconds of the finished cells of each kind (Task.cost_kind)
-        self.kind_times: dict[str, list[float]] = {}
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
@@ -140,79 +240,48 @@ class LineProgress(EngineProgress):
             self.beat_if_quiet()
 
     def run_started(self, n_cells: int, n_todo: int, kinds: list[str] | None = None) -> None:
-        self.n_cells = n_cells  # cells already done arrive as cell_done(skipped=True)
-        self.todo_kinds = list(kinds) if kinds is not None else [""] * n_todo
+        # cells already done arrive as cell_done(skipped=True)
+        self.estimates.run_started(n_cells, n_todo, kinds)
         if n_cells - n_todo:
             self._print(f"resuming: {n_cells - n_todo} of {n_cells} cells already done")
         self._print(f"{n_todo} of {n_cells} cells to run")
 
     def message(self, text: str) -> None:
-        self.current, self.current_start, self.steps = text, self.clock(), None
+        self.current, self.current_start = text, self.clock()
+        self.estimates.steps = None
         self._print(text)
 
     def cell_started(self, label: str, n_batches: int, kind: str | None = None) -> None:
-        self.current, self.current_start, self.steps = label, self.clock(), None
-        self.cell, self.cell_start = label, self.current_start
-        self.batches, self.batches_done, self.batch_start = max(n_batches, 1), 0, self.cell_start
-        self._print(f"cell {self.done + 1}/{self.n_cells} started: {label}")
+        self.current, self.current_start = label, self.clock()
+        self.cell = label
+        self.estimates.cell_started(n_batches)
+        self._print(f"cell {self.estimates.done + 1}/{self.estimates.n_cells} started: {label}")
 
     def batch_done(self) -> None:
-        now = self.clock()
-        self.batches_done += 1
-        self.batch_start, self.steps = now, None
-        if self.batches_done == 1 and self.batches > 1:
-            left = (now - self.cell_start) * (self.batches - 1)
+        estimates = self.estimates
+        estimates.batch_done()
+        if estimates.batches_done == 1 and estimates.batches > 1:
+            took = estimates.batch_start - estimates.cell_start
             self._print(
-                f"first of {self.batches} batches in {_clock(now - self.cell_start)}: "
-                f"this cell ETA ~{_clock(left)}"
+                f"first of {estimates.batches} batches in {_clock(took)}: "
+                f"this cell ETA ~{_clock(took * (estimates.batches - 1))}"
             )
 
     def step(self, step: int, total: int, fraction: float | None = None) -> None:
-        self.steps = (step, total)
-        self.fraction = fraction if fraction is not None else (step / total if total else None)
-        self.fraction_at = self.clock()
-
-    def cell_eta(self) -> float | None:
-        """Seconds left in the running cell, from its own measured pace only: its finished
-        batches, or within its first batch the share of the budget its steps report spent."""
-        if self.cell is None:
-            return None
-        now = self.clock()
-        left_batches = self.batches - self.batches_done
-        if self.batches_done:
-            per_batch = (self.batch_start - self.cell_start) / self.batches_done
-            return max(per_batch * left_batches - (now - self.batch_start), 0.0)
-        if self.steps and self.fraction:  # the pace at the last step the attack reported
-            per_batch = (self.fraction_at - self.batch_start) / self.fraction
-            return max(per_batch * left_batches - (now - self.batch_start), 0.0)
-        return None
-
-    def run_eta(self) -> tuple[float, int] | None:
-        """Seconds the cells still to run will take, from the measured time of finished cells
-        of the same kind (an AutoAttack cell is never estimated from a clean pass), and how
-        many of them are of a kind not timed yet."""
-        known = unknown = 0
-        total = 0.0
-        for kind in self.todo_kinds:
-            times = self.kind_times.get(kind)
-            if times:
-                total += sum(times) / len(times)
-                known += 1
-            else:
-                unknown += 1
-        return (total, unknown) if known else None
+        self.estimates.step(step, total, fraction)
 
     def beat_if_quiet(self) -> None:
         """Print a heartbeat if nothing was printed for ``heartbeat`` seconds."""
         if self.clock() - self.last_line < self.heartbeat:
             return
+        estimates = self.estimates
         what = self.cell or self.current or "preparing"
         if self.cell and self.current and self.current != self.cell:
             what += f", {self.current if len(self.current) <= 60 else self.current[:57] + '...'}"
-        steps = f", step {self.steps[0]}/{self.steps[1]}" if self.steps else ""
-        if self.cell and self.batches > 1:
-            steps += f", batch {self.batches_done + 1}/{self.batches}"
-        left = self.cell_eta()
+        steps = f", step {estimates.steps[0]}/{estimates.steps[1]}" if estimates.steps else ""
+        if self.cell and estimates.batches > 1:
+            steps += f", batch {estimates.batches_done + 1}/{estimates.batches}"
+        left = estimates.cell_eta() if self.cell else None
         eta = f", cell ETA ~{_clock(left)}" if left is not None else ""
         self._print(
             f"still running: {what} ({_clock(self.clock() - self.current_start)}{steps}{eta})"
@@ -225,27 +294,15 @@ class LineProgress(EngineProgress):
         label: str | None = None,
         kind: str | None = None,
     ) -> None:
-        self.done += 1
+        estimates = self.estimates
         if skipped:
+            estimates.done += 1
             return
-        now = self.clock()
-        kind = kind or ""
-        took = float(record.get("wall_time") or 0.0) if label is not None else now - self.cell_start
-        self.kind_times.setdefault(kind, []).append(took)
-        if kind in self.todo_kinds:
-            self.todo_kinds.remove(kind)
-        elif self.todo_kinds:
-            self.todo_kinds.pop(0)
-        estimate = self.run_eta() if self.n_cells - self.done else None
-        eta = ""
-        if estimate is not None:
-            seconds, untimed = estimate
-            eta = f", ETA ~{_clock(seconds)}"
-            if untimed:
-                eta += f" + {untimed} cells not timed yet"
+        took = estimates.cell_done(record, label is not None, kind)
+        eta = estimates.run_eta()
+        where = f"cell {estimates.done}/{estimates.n_cells} done in {_clock(took)}"
         if label is not None:  # it ran in a worker: its own wall time, and others still run
-            self._print(f"cell {self.done}/{self.n_cells} done in {_clock(took)}: {label}{eta}")
+            self._print(f"{where}: {label}{eta}")
             return
-        label = self.cell or record.get("id", "cell")
-        self._print(f"cell {self.done}/{self.n_cells} done in {_clock(took)}: {label}{eta}")
-        self.current, self.cell, self.steps = None, None, None
+        self._print(f"{where}: {self.cell or record.get('id', 'cell')}{eta}")
+        self.current, self.cell = None, None

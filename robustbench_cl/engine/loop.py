@@ -67,9 +67,8 @@ def execute(
         _set_aside(stale, store)
         records = {i: r for i, r in records.items() if i in planned}
     todo = [i for i in planned if i not in records]
-    ctx.progress.run_started(
-        len(planned), len(todo), [task.cost_kind(unit) for task, unit in (planned[i] for i in todo)]
-    )
+    kinds = [task.cost_kind(unit) for task, unit in (planned[i] for i in todo)]
+    _notify(ctx.progress.run_started, len(planned), len(todo), kinds=kinds)
     if executor is None:
         for task, units in plans:
             for unit in units:
@@ -77,9 +76,8 @@ def execute(
                     ctx.progress.cell_done(records[unit.id], skipped=True)
                     continue
                 inputs = {n: typed(records[n]) for n in unit.needs}
-                ctx.progress.cell_started(
-                    unit.label, task.batches(unit, inputs), task.cost_kind(unit)
-                )
+                batches = task.batches(unit, inputs)
+                _notify(ctx.progress.cell_started, unit.label, batches, kind=task.cost_kind(unit))
                 records[unit.id] = _record(task, unit, inputs, store, ctx, local=True)
             task.close()
     else:
@@ -90,6 +88,19 @@ def execute(
         store.rewrite([records[i] for i in order])
     shutil.rmtree(journals, ignore_errors=True)  # every unit's record is kept
     return records
+
+
+def _notify(event: Any, *args: Any, **new: Any) -> None:
+    """Call a progress event; the keywords newer than a user's ``Progress`` subclass (``kinds``,
+    ``kind``) are dropped where its method does not take them."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(event).parameters
+    except (TypeError, ValueError):
+        parameters = {}
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    event(*args, **{k: v for k, v in new.items() if open_ended or k in parameters})
 
 
 def _set_aside(stale: list[dict[str, Any]], store: ResultsStore) -> None:
@@ -139,9 +150,8 @@ def _record(
     record["wall_time"] = seconds + time.perf_counter() - started
     check_record(task.record_models, task.name, record)
     store.append(record)
-    ctx.progress.cell_done(
-        record, skipped=False, label=None if local else unit.label, kind=task.cost_kind(unit)
-    )
+    label = None if local else unit.label
+    _notify(ctx.progress.cell_done, record, skipped=False, label=label, kind=task.cost_kind(unit))
     return record
 
 

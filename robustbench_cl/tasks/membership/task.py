@@ -97,6 +97,13 @@ class MembershipTask(PairTask):
             units += audits
         return units
 
+    def cost_kind(self, unit: Unit) -> str:
+        """Training k reference models, or one attack's audit: a LiRA audit is never
+        estimated from a LOSS one."""
+        if isinstance(unit.key, ReferenceSet):
+            return f"membership:references:{unit.key.k}"
+        return f"membership:{unit.key.config.attack}"
+
     def reference_plan(self, cell: MembershipCell) -> tuple[int, float]:
         """How many reference models the cell's attack needs, and their IN fraction."""
         attack = make_membership_attack(cell.config.attack, **cell.config.params)
