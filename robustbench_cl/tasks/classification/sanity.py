@@ -220,20 +220,30 @@ DEFENSE_CLEAN_MARGIN = 0.10
 
 
 def defense_degrades_clean_flag(
-    defended: float, undefended: float, defense: str, settings: dict[str, Any]
+    defended: float,
+    undefended: float,
+    defense: str,
+    settings: dict[str, Any],
+    kind: str = "preprocessor",
 ) -> list[Flag]:
     """``defense_degrades_clean`` when the defended model's clean accuracy on the evaluated
     samples is more than :data:`DEFENSE_CLEAN_MARGIN` below the same model's undefended."""
     if undefended - defended <= DEFENSE_CLEAN_MARGIN + 1e-12:
         return []
     shown = ", ".join(f"{k}={v}" for k, v in sorted(settings.items())) or "its defaults"
+    advice = (
+        "adversarial training trades clean accuracy for robustness: report both, and check "
+        "the drop against the method's published trade-off at this eps"
+        if kind == "training"
+        else "tune it for this data (a preprocessor's settings made for another input size "
+        "or range do not carry over)"
+    )
     return [
         flag(
             "defense_degrades_clean",
             f"{defense} ({shown}) drops clean accuracy from {undefended:.1%} undefended to "
             f"{defended:.1%} on the same samples, more than {DEFENSE_CLEAN_MARGIN:.0%} points: "
-            "its robust accuracy is bought with utility; tune the defense for this data "
-            "(settings made for another input size or range do not carry over)",
+            f"its robust accuracy is bought with utility; {advice}",
         )
     ]
 

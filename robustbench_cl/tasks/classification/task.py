@@ -241,11 +241,12 @@ class ClassificationTask(AttackCells, PairTask):
         if compare:
             undefended = int((torch.cat(plain).argmax(1) == self.y).sum()) / self.n
             probes["undefended_accuracy"] = undefended
-            settings = make_defense(pair.defense.defense, **pair.defense.params).settings()
-            if self._defense_kind.get(pair.id) == "preprocessor" and pair.defense.defense == "none":
-                settings = {"wrapped": pair.model.spec}  # a wrapped: model is the defense
+            built = make_defense(pair.defense.defense, **pair.defense.params)
+            name, settings, kind = pair.defense.label, built.settings(), built.kind
+            if pair.defense.defense == "none":  # a wrapped: model: its preprocessor
+                name, settings, kind = "the wrapped preprocessor", {"spec": pair.model.spec}, ""
             flags += sanity.defense_degrades_clean_flag(
-                int(correct.sum()) / self.n, undefended, pair.defense.label, settings
+                int(correct.sum()) / self.n, undefended, name, settings, kind
             )
         count = int(correct.sum())
         return CleanRecord(
