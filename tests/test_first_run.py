@@ -283,7 +283,14 @@ def test_ctrl_c_after_autoattacks_first_component_exits_130_and_the_rerun_skips_
     }
     command = [sys.executable, "-m", "robustbench_cl.cli.main", "run", str(path)]
     command += ["--out", str(out), "--device", "cpu"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        # an xdist worker ignores SIGINT and a child inherits that: Ctrl-C as a terminal sends it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
+    )
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline and process.poll() is None:
