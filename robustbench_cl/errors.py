@@ -38,15 +38,25 @@ def _one_line(text: str) -> str:
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C during a run: what is kept and how to go on, for the CLI's one line (exit 130)."""
+    """Ctrl-C during a run: what is kept and how to go on, for the CLI's one line (exit 130).
+    ``resume`` None: the run was in a temporary folder, and nothing is kept."""
 
-    def __init__(self, run_dir: str, kept: int, total: int, resume: str, partial: bool) -> None:
+    def __init__(
+        self, run_dir: str, kept: int, total: int, resume: str | None, partial: bool
+    ) -> None:
         self.run_dir, self.kept, self.total, self.resume = run_dir, kept, total, resume
-        also = " and the finished components of the AutoAttack cell in flight" if partial else ""
-        super().__init__(
-            f"interrupted: {kept} of {total} units are kept in {run_dir}{also}; "
-            f"resume with: {resume}"
-        )
+        if resume is None:
+            message = (
+                "interrupted: this command runs in a temporary folder, so nothing is kept; "
+                "to keep partial work, run a config with robustbench-cl run CONFIG --out DIR"
+            )
+        else:
+            also = " and the finished components of the AutoAttack cell in flight"
+            message = (
+                f"interrupted: {kept} of {total} units are kept in {run_dir}"
+                f"{also if partial else ''}; resume with: {resume}"
+            )
+        super().__init__(message)
 
 
 class ThreatModelViolation(RuntimeError):

@@ -100,14 +100,14 @@ def _split_spec(spec: str) -> tuple[str, str, str] | None:
 
 def _path_options(scheme: str, query: str) -> list[tuple[int, int, str]]:
     """``(start, end, value)`` in ``query`` of each path option's (percent-decoded) value."""
-    from urllib.parse import unquote
+    from urllib.parse import unquote_plus  # as parse_spec reads it: "+" is a space
 
     found, offset = [], 0
     for part in query.split("&"):
         key, equals, value = part.partition("=")
-        if equals and unquote(key) in PATH_OPTIONS.get(scheme, ()) and value:
+        if equals and unquote_plus(key) in PATH_OPTIONS.get(scheme, ()) and value:
             start = offset + len(key) + 1
-            found.append((start, start + len(value), unquote(value)))
+            found.append((start, start + len(value), unquote_plus(value)))
         offset += len(part) + 1
     return found
 
@@ -140,6 +140,12 @@ def absolute_spec(spec: str, base: str | Path) -> str:
     rewritten = "".join(pieces) + query[last:]
     if joined == target and rewritten == query:
         return spec  # nothing relative: the spec as the user wrote it
+    if "?" in joined:
+        raise UserError(
+            "config",
+            f"{joined!r}: a folder with '?' in its name cannot be read in a spec",
+            "move the config, or give the path absolute",
+        )
     return f"{scheme}:{joined}" + (f"?{rewritten}" if "?" in spec else "")
 
 

@@ -103,6 +103,14 @@ def test_specs_join_relative_paths_to_the_config_folder(tmp_path):
     odd = tmp_path / "exp+1 & more"
     spec = absolute_spec("timm:resnet10t?checkpoint=w%2Bx.pt&num_classes=3", odd)
     assert parse_spec(spec)[2] == {"checkpoint": f"{odd}/w+x.pt", "num_classes": "3"}
+    # the up-front check reads an option as the loader does ("+" is a space; "%2B" a plus)
+    from robustbench_cl.paths import missing_spec_paths
+
+    (tmp_path / "a+b.pt").write_bytes(b"")
+    assert missing_spec_paths(f"timm:x?checkpoint={tmp_path}/a%2Bb.pt") == []
+    assert missing_spec_paths(f"timm:x?checkpoint={tmp_path}/a+b.pt") == [
+        (f"{tmp_path}/a b.pt", "file")
+    ]
     raw = {
         "description": "see cifar10:notes",
         "jailbreak": {"data": {"behaviors": "b.csv", "benign": "benign:p.csv"}},
@@ -341,7 +349,12 @@ def test_the_resume_command_names_the_run_directory_and_never_starts_fresh():
     assert _resume_command("robustbench-cl run cfg.yaml --fresh --out old -v", run_dir) == (
         f"robustbench-cl run cfg.yaml -v --out {run_dir}"
     )
+    assert _resume_command("robustbench-cl run 'my suite.yaml' --out=old", run_dir) == (
+        f"robustbench-cl run 'my suite.yaml' --out {run_dir}"
+    )
     assert "out='runs/quickstart-20261205-101010'" in _resume_command(None, run_dir)
+    assert _resume_command("robustbench-cl attack pgd --eps 0.1", run_dir) is None  # a tmp dir
+    assert "--out runs" in _resume_command("robustbench-cl run bob's.yaml", run_dir)
 
 
 def _records(run_dir) -> list[dict]:
@@ -490,13 +503,32 @@ def test_lira_and_rmia_run_on_a_users_model_with_its_recipe(tmp_path, monkeypatc
     assert len(module.TRAINED) == 8  # the references are cached, not trained again
 
 
-def test_a_parameter_no_reset_reaches_is_refused_not_kept(tmp_path):
-    from robustbench_cl.errors import UserError
-    from robustbench_cl.tasks.membership_plan import _fresh
+def test_every_parameter_of_a_reference_model_is_drawn_afresh():
+    import warnings
 
-    assert isinstance(_fresh("python:tests.test_first_run:tiny_digits"), TinyDigitsType())
-    with pytest.raises(UserError, match="cannot be re-initialised .*token"):
-        _fresh("python:tests.test_first_run:with_a_token")
+    from robustbench_cl.tasks.membership_plan import _reinitialised
+
+    class Normed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the old-style weight norm, still common
+                self.layer = nn.utils.weight_norm(nn.Linear(8, 4))
+
+    for target in (WithToken(), Normed()):
+        with torch.no_grad():  # "trained": values no initialiser would draw
+            for parameter in target.parameters():
+                parameter.copy_(torch.linspace(-3, 3, parameter.numel()).view_as(parameter))
+        fresh = _reinitialised(target, seed=0, build=type(target))
+        for (name, new), old in zip(fresh.named_parameters(), target.parameters()):
+            assert not torch.equal(new, old), name
+        assert fresh is not target and fresh.training
+    torchvision = pytest.importorskip("torchvision")
+    # a (tiny) torchvision ViT: a class token and position embeddings no reset method owns
+    vit = torchvision.models.VisionTransformer(32, 16, 1, 2, 16, 32, num_classes=10)
+    fresh = _reinitialised(vit, seed=0)
+    assert not torch.equal(fresh.class_token, vit.class_token)
+    assert not torch.equal(fresh.encoder.pos_embedding, vit.encoder.pos_embedding)
 
 
 class WithToken(nn.Module):
@@ -511,12 +543,6 @@ class WithToken(nn.Module):
 
 def with_a_token() -> nn.Module:
     return WithToken()
-
-
-def TinyDigitsType() -> type:  # noqa: N802 - the class as the python: spec's module holds it
-    import importlib
-
-    return importlib.import_module("tests.test_first_run").TinyDigits
 
 
 def test_a_reference_attack_on_a_users_model_without_a_recipe_says_how_to_give_one(tmp_path):

@@ -150,7 +150,8 @@ class AutoAttack(Attack):
             if todo.numel() == 0:
                 break
             found = journal.finished(name, todo, x[todo], y[todo]) if journal else None
-            spent += weights[index] * len(todo)
+            if found is None:  # (taken from the journal: no time spent here)
+                spent += weights[index] * len(todo)
             if found is not None:  # this component finished on these samples before
                 adv[todo[found.fooled]] = found.adv.to(adv.dtype)
                 robust[todo[found.fooled]] = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,7 +158,7 @@ def run(
     from robustbench_cl.engine import load_run
     from robustbench_cl.engine import run as run_matrix
 
-    command = "robustbench-cl " + " ".join(sys.argv[1:])
+    command = shlex.join(["robustbench-cl", *sys.argv[1:]])  # as a shell reads it back
     # bars on a terminal; in a pipe, a log or CI, lines with elapsed times and a heartbeat
     drawn = RichProgress(console) if console.is_terminal else LineProgress(console)
     with drawn as progress:
@@ -786,7 +787,7 @@ def _one_run(
                     device=device,
                     resume=out is not None,
                     progress=progress,
-                    command="robustbench-cl " + " ".join(sys.argv[1:]),
+                    command=shlex.join(["robustbench-cl", *sys.argv[1:]]),
                 )
             except UserError as error:  # name the flag, not the config field it became
                 raise _as_flag(error, flags or {}) from None

@@ -40,7 +40,7 @@ class Estimates:
         self.n_cells = self.done = self.done_here = 0
         self.cell_start = self.batch_start = self.fraction_at = self.start
         self.batches, self.batches_done = 1, 0
-        self.running = False
+        self.running = self.remote = False
         self.steps: tuple[int, int] | None = None
         self.fraction: float | None = None
         self.todo_kinds: list[str] = []
@@ -48,6 +48,7 @@ class Estimates:
         self.kind_times: dict[str, list[float]] = {}
 
     def run_started(self, n_cells: int, n_todo: int, kinds: list[str] | None) -> None:
+        self.start = self.clock()  # planning and the up-front checks are not unit time
         self.n_cells = n_cells
         self.todo_kinds = list(kinds) if kinds is not None else [""] * n_todo
 
@@ -98,7 +99,7 @@ class Estimates:
         """``, ETA ~T`` (with ``+ N cells not timed yet``), or nothing."""
         if not self.todo_kinds:
             return ""
-        if getattr(self, "remote", False):  # workers run several at once: the run's own pace
+        if self.remote:  # workers run several at once: the run's own pace
             per_unit = (self.clock() - self.start) / max(self.done_here, 1)
             return f", ETA ~{_clock(per_unit * len(self.todo_kinds))}"
         known = [self.kind_times[k] for k in self.todo_kinds if self.kind_times.get(k)]

@@ -123,20 +123,26 @@ def _remote_executor(
     return ProcessExecutor(workers or max(1, available_cores() // threads), env)
 
 
-def _resume_command(command: str | None, run_dir: Path) -> str:
-    """The command that resumes an interrupted run: the one that ran, into its run directory
-    (a run without ``--out`` went to a new timestamped folder) and without ``--fresh``."""
+def _resume_command(command: str | None, run_dir: Path) -> str | None:
+    """The command that resumes an interrupted run: the ``run`` that ran, into its run
+    directory (a run without ``--out`` went to a new timestamped folder) and without
+    ``--fresh``; None for a command that runs in a temporary folder (``attack``)."""
     import shlex
 
-    if not command or not command.startswith("robustbench-cl "):
+    if not command:
         return f"run(..., out={str(run_dir)!r}) again (resume=True)"
-    words = shlex.split(command)
+    try:
+        words = shlex.split(command)
+    except ValueError:  # not a shell line (quotes that do not close): no exact command
+        return f"the same command with --out {shlex.quote(str(run_dir))}"
+    if words[:1] != ["robustbench-cl"] or "run" not in words[1:]:
+        return None
     kept: list[str] = []
     skip = False
     for word in words:
         if skip:
             skip = False
-        elif word in ("--out", "-o"):
+        elif word == "--out":
             skip = True
         elif word == "--fresh" or word.startswith("--out="):
             continue
@@ -248,6 +254,8 @@ def run(
                 total = sum(len(units) for _, units in plans)
                 partial = any((run_dir / "partial").glob("*/*.safetensors"))
                 resume = _resume_command(command, run_dir)
+                if resume is None:  # a temporary run directory: nothing outlives the command
+                    raise RunInterrupted(str(run_dir), 0, total, None, False) from None
                 raise RunInterrupted(str(run_dir), kept, total, resume, partial) from None
             raise
         if remote is not None:

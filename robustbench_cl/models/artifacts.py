@@ -138,7 +138,7 @@ def load_foreign_state_dict(path: str | Path, field: str = "weights") -> dict[st
     from robustbench_cl.errors import UserError
     from robustbench_cl.utils import trust_remote_code
 
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.exists():
         raise UserError(field, f"checkpoint {str(path)!r} does not exist", "check the path")
     if path.suffix == ".safetensors":

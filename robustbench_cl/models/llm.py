@@ -525,11 +525,23 @@ def _byte_alphabet() -> dict[str, int]:
 def _decoder_kind(tokenizer: Any) -> str | None:
     """``byte-level`` (GPT-2 style BPE), ``byte-fallback`` (SentencePiece with ``<0x..>``
     tokens) or None: how a fast tokenizer's tokens map to bytes."""
+    import json
+
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    described = repr(getattr(backend, "decoder", None))
-    if "ByteLevel" in described:
+    try:
+        decoder = json.loads(backend.to_str()).get("decoder") or {}
+    except (AttributeError, TypeError, ValueError):  # a slow tokenizer: no backend to read
+        return None
+    kinds: set[str] = set()
+    pending = [decoder]
+    while pending:  # a Sequence nests its decoders
+        node = pending.pop()
+        if isinstance(node, dict):
+            kinds.add(str(node.get("type")))
+            pending += node.get("decoders") or []
+    if "ByteLevel" in kinds:
         return "byte-level"
-    if "ByteFallback" in described:
+    if "ByteFallback" in kinds:
         return "byte-fallback"
     return None
 

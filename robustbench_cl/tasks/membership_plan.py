@@ -7,6 +7,7 @@ expansion (:mod:`robustbench_cl.tasks.pairs`) can use it without importing the a
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,18 +117,36 @@ def reference_recipe(
     return ReferenceRecipe(key=key, architecture=architecture, train=train)
 
 
-def _fresh(spec: str, seed: int = 0) -> nn.Module:
-    """A copy of the model of ``spec`` with every parameter re-initialised: its architecture,
-    and nothing it learned (a reference model must not start from the audited weights)."""
+def _reinitialised(
+    target: nn.Module, seed: int, build: Callable[[], nn.Module] | None = None
+) -> nn.Module:
+    """A copy of ``target`` with every parameter re-initialised: its architecture and nothing
+    it learned (a reference model must not start from the audited weights).
+
+    The model's own initialiser runs first where it has one (timm's and Hugging Face's
+    ``init_weights``), then every module's ``reset_parameters``; a parameter that none of them
+    reaches, or that still holds the audited value (a class token, a position embedding, a
+    layer scale, the ``weight_v`` of a weight norm), is drawn from a truncated normal of std
+    0.02, as ViTs draw their tokens. ``build`` makes another instance where ``target`` cannot
+    be copied."""
     import copy
 
-    from robustbench_cl.models import load_model
     from robustbench_cl.utils import seeded
 
-    target = load_model(spec).model
-    network = copy.deepcopy(target)  # a factory may hand out one shared instance
+    try:
+        network = copy.deepcopy(target)  # a factory may hand out one shared instance
+    except RuntimeError:  # (an old-style weight norm's derived weight cannot be copied)
+        if build is None:
+            raise
+        network = build()
     covered: set[int] = set()
     with seeded(seed):
+        for name in ("init_weights", "_init_weights"):
+            initialise = getattr(network, name, None)
+            if callable(initialise):
+                with contextlib.suppress(TypeError):  # (HF's _init_weights takes a module)
+                    initialise()
+                    break
         for module in network.modules():
             reset = getattr(module, "reset_parameters", None) or getattr(
                 module, "_reset_parameters", None
@@ -135,23 +154,21 @@ def _fresh(spec: str, seed: int = 0) -> nn.Module:
             if callable(reset):
                 reset()
                 covered |= {id(p) for p in module.parameters(recurse=False)}
-    # a parameter no reset method owns (a class token, a custom nn.Parameter) keeps its value
-    kept = [name for name, p in network.named_parameters() if id(p) not in covered]
-    if kept:
-        raise UserError(
-            "recipe",
-            f"{spec}: {len(kept)} parameters cannot be re-initialised (e.g. {kept[0]}): a "
-            "reference model would start from the audited model's weights",
-            "give recipe.train a function that builds and trains the architecture itself",
-        )
+        with torch.no_grad():
+            for (_, new), old in zip(network.named_parameters(), target.parameters()):
+                varied = old.numel() > 1 and bool((old != old.flatten()[0]).any())
+                if id(new) not in covered or (varied and torch.equal(new, old)):
+                    torch.nn.init.trunc_normal_(new, std=0.02)
     return network.requires_grad_(True).train()
 
 
 def _user_recipe(spec: str, training: ReferenceTraining) -> tuple[Any, Any, dict[str, Any]]:
     """``(architecture, train(x, y, seed), recipe key)`` for a user's model."""
+    import copy
     import importlib
     import inspect
 
+    from robustbench_cl.models import load_model
     from robustbench_cl.models.training import train_classifier
 
     function = None
@@ -165,32 +182,50 @@ def _user_recipe(spec: str, training: ReferenceTraining) -> tuple[Any, Any, dict
             raise UserError(
                 "recipe.train", f"cannot load {training.train} ({error})", "check PYTHONPATH"
             ) from None
-        # edited training code trains new reference models: its module's source is in the key
-        with contextlib.suppress(OSError, TypeError):
-            key["source"] = stable_hash(inspect.getsource(module))
+        # edited training code trains new reference models: the source of the module named
+        # and of the one that defines the function are in the key
+        sources = []
+        for source in (module, inspect.getmodule(function)):
+            with contextlib.suppress(OSError, TypeError):
+                sources.append(inspect.getsource(source))
+        key["source"] = stable_hash(sources)
+    loaded: list[nn.Module] = []
+
+    def target() -> nn.Module:  # the audited model's architecture, loaded once
+        if not loaded:
+            loaded.append(load_model(spec).model)
+        return loaded[0]
 
     def train(x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
-        network = _fresh(spec, seed)
+        network = _reinitialised(target(), seed, lambda: load_model(spec).model)
         if function is None:
             settings = training.model_dump(exclude={"train"})
             return train_classifier(network, x, y, seed=seed, **settings)
+        expected = {k: v.shape for k, v in network.state_dict().items()}
         trained = function(network, x, y, seed)
         if not isinstance(trained, nn.Module):
             raise UserError(
                 "recipe.train", f"{training.train} returned {type(trained).__name__}, not a module"
             )
-        try:  # cached reference weights are loaded into the architecture: it must take them
-            _fresh(spec).load_state_dict(trained.state_dict(), strict=True)
-        except RuntimeError as error:
+        # cached reference weights are loaded into the architecture: it must take them
+        got = {k: v.shape for k, v in trained.state_dict().items()}
+        if got != expected:
+            differ = sorted(set(got) ^ set(expected)) or [k for k in got if got[k] != expected[k]]
             raise UserError(
                 "recipe.train",
                 f"{training.train} returned a model whose weights do not fit {spec} "
-                f"({str(error).splitlines()[0]})",
+                f"(e.g. {differ[0]})",
                 "return the model it was given, trained",
-            ) from None
+            )
         return trained
 
-    return (lambda: _fresh(spec)), train, key
+    def architecture() -> nn.Module:  # cached reference weights are loaded into it
+        try:
+            return copy.deepcopy(target())
+        except RuntimeError:
+            return load_model(spec).model
+
+    return architecture, train, key
 
 
 def expand_membership(

@@ -36,8 +36,12 @@ class Evaluation:
         by_task: dict[str, list[bool]] = {}
         for example, ok in zip(benign, benign_ok):
             by_task.setdefault(example.task, []).append(ok)
-        # over-refusal: the borderline prompts refused (a file without any: its benign ones)
-        asked, replies = (borderline, borderline_answers) if borderline else (benign, answers)
+        # over-refusal: the borderline prompts refused (a benign file without any: its benign
+        # prompts refused, which the report says; the built-in tasks without any: not measured)
+        if borderline or not own:
+            asked, replies = borderline, borderline_answers
+        else:
+            asked, replies = benign, answers
         refused = [is_refusal(a) for a in replies]
         borderline_ok = [answer_correct(e, a) for e, a in zip(borderline, borderline_answers)]
         self.progress.batch_done()
