@@ -38,7 +38,7 @@ class Estimates:
         self.clock = clock
         self.start = clock()
         self.n_cells = self.done = self.done_here = 0
-        self.cell_start = self.batch_start = self.fraction_at = self.start
+        self.cell_start = self.batch_start = self.fraction_at = self.pace_start = self.start
         self.batches, self.batches_done = 1, 0
         self.running = self.remote = False
         self.steps: tuple[int, int] | None = None
@@ -53,9 +53,15 @@ class Estimates:
         self.todo_kinds = list(kinds) if kinds is not None else [""] * n_todo
 
     def cell_started(self, n_batches: int) -> None:
-        self.cell_start = self.batch_start = self.clock()
+        self.cell_start = self.batch_start = self.pace_start = self.clock()
         self.batches, self.batches_done = max(n_batches, 1), 0
         self.running, self.steps, self.fraction = True, None, None
+
+    def setup(self) -> None:
+        """Work inside the cell before its first batch (loading a model, a defense): the
+        cell's pace is measured from after it."""
+        if self.running and not self.batches_done:
+            self.batch_start = self.pace_start = self.clock()
 
     def batch_done(self) -> None:
         self.batches_done += 1
@@ -73,7 +79,7 @@ class Estimates:
         now = self.clock()
         left = max(self.batches - self.batches_done, 1)  # out-of-memory halving adds batches
         if self.batches_done:
-            per_batch = (self.batch_start - self.cell_start) / self.batches_done
+            per_batch = (self.batch_start - self.pace_start) / self.batches_done
             return max(per_batch * left - (now - self.batch_start), 0.0)
         if self.steps and self.fraction:  # the pace at the last step the attack reported
             per_batch = (self.fraction_at - self.batch_start) / self.fraction
@@ -146,6 +152,7 @@ class RichProgress(EngineProgress):
             self.console.print(f"resuming: {done} of {n_cells} cells already done")
 
     def message(self, text: str) -> None:
+        self.estimates.setup()
         self.console.print(f"[dim]{text}[/dim]", markup=True, highlight=False)
 
     def cell_started(self, label: str, n_batches: int, kind: str | None = None) -> None:
@@ -250,6 +257,7 @@ class LineProgress(EngineProgress):
     def message(self, text: str) -> None:
         self.current, self.current_start = text, self.clock()
         self.estimates.steps = None
+        self.estimates.setup()
         self._print(text)
 
     def cell_started(self, label: str, n_batches: int, kind: str | None = None) -> None:
@@ -262,7 +270,7 @@ class LineProgress(EngineProgress):
         estimates = self.estimates
         estimates.batch_done()
         if estimates.batches_done == 1 and estimates.batches > 1:
-            took = estimates.batch_start - estimates.cell_start
+            took = estimates.batch_start - estimates.pace_start
             self._print(
                 f"first of {estimates.batches} batches in {_clock(took)}: "
                 f"this cell ETA ~{_clock(took * (estimates.batches - 1))}"
