@@ -22,22 +22,13 @@ import robustbench_cl as rbcl
 from robustbench_cl.cli.main import cli
 from robustbench_cl.paths import absolute_paths, absolute_spec
 from tests.conftest import ROOT, without_timings
+from tests.test_own_data import Brightness
 
 Image = pytest.importorskip("PIL.Image")
 
 
-class Brightness(nn.Module):
-    """Class k is mean brightness near (k + 0.5) / 10, for any image size and channels."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("centres", (torch.arange(10) + 0.5) / 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return -400 * (x.mean((1, 2, 3))[:, None] - self.centres) ** 2
-
-
 def brightness() -> nn.Module:
+    """Class k is mean brightness near (k + 0.5) / 10, for any image size and channels."""
     return Brightness()
 
 

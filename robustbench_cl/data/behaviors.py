@@ -26,11 +26,13 @@ def _column(header: dict[str, str], names: tuple[str, ...]) -> str | None:
     return next((header[name] for name in names if name in header), None)
 
 
-def load_behaviors(spec: str, field: str = "jailbreak.data.behaviors") -> list[ChatExample]:
-    """The harmful test examples of ``behaviors:FILE.csv`` (or a bare path), in file order."""
-    path = Path(spec.removeprefix("behaviors:")).expanduser()
+def _read_csv(
+    name: str, field: str, fix: str
+) -> tuple[Path, list[dict[str, str]], list[str], dict[str, str]]:
+    """A CSV file's path, rows, column names, and ``{lower-case name: column name}``."""
+    path = Path(name).expanduser()
     if not path.is_file():
-        raise UserError(field, f"{path} does not exist", "give a CSV file with goal,target columns")
+        raise UserError(field, f"{path} does not exist", fix)
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
@@ -38,7 +40,14 @@ def load_behaviors(spec: str, field: str = "jailbreak.data.behaviors") -> list[C
             fields = list(reader.fieldnames or [])
     except (UnicodeDecodeError, csv.Error) as error:
         raise UserError(field, f"{path} is not a readable CSV file ({error})") from None
-    header = {name.strip().lower(): name for name in fields if name}
+    return path, rows, fields, {column.strip().lower(): column for column in fields if column}
+
+
+def load_behaviors(spec: str, field: str = "jailbreak.data.behaviors") -> list[ChatExample]:
+    """The harmful test examples of ``behaviors:FILE.csv`` (or a bare path), in file order."""
+    path, rows, fields, header = _read_csv(
+        spec.removeprefix("behaviors:"), field, "give a CSV file with goal,target columns"
+    )
     goal, target = _column(header, GOAL_COLUMNS), _column(header, TARGET_COLUMNS)
     category = _column(header, CATEGORY_COLUMNS)
     if goal is None or target is None:
@@ -75,17 +84,9 @@ def load_benign(spec: str, field: str = "jailbreak.data.benign") -> list[ChatExa
     (the whole answer, surrounding space and a final full stop aside), with an optional
     ``kind``: ``benign`` (the default; utility) or ``borderline`` (a benign request that sounds
     harmful; over-refusal), and an optional ``task`` that groups the utility by task."""
-    path = Path(spec.removeprefix("benign:")).expanduser()
-    if not path.is_file():
-        raise UserError(field, f"{path} does not exist", "give a CSV file: instruction,answer")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            rows = list(reader)
-            fields = list(reader.fieldnames or [])
-    except (UnicodeDecodeError, csv.Error) as error:
-        raise UserError(field, f"{path} is not a readable CSV file ({error})") from None
-    header = {name.strip().lower(): name for name in fields if name}
+    path, rows, fields, header = _read_csv(
+        spec.removeprefix("benign:"), field, "give a CSV file: instruction,answer"
+    )
     instruction, answer = _column(header, INSTRUCTION_COLUMNS), _column(header, ANSWER_COLUMNS)
     kind_column, task_column = header.get("kind"), header.get("task")
     if instruction is None or answer is None:
