@@ -169,13 +169,9 @@ def absolute_paths(raw: Any, base: str | Path, key: str | None = None) -> Any:
         return [absolute_paths(value, base, key) for value in raw]
     if not isinstance(raw, str):
         return raw
-    if key in PATH_KEYS:
-        prefix = f"{key}:"
-        return (
-            prefix + _join(Path(base), raw.removeprefix(prefix))
-            if raw.startswith(prefix)
-            else _join(Path(base), raw)
-        )
+    if key in PATH_KEYS:  # with or without its scheme: the scheme stays as written
+        prefix = f"{key}:" if raw.startswith(f"{key}:") else ""
+        return prefix + _join(Path(base), raw.removeprefix(prefix))
     return absolute_spec(raw, base) if key in SPEC_KEYS else raw
 
 

@@ -150,9 +150,7 @@ class AutoAttack(Attack):
             if todo.numel() == 0:
                 break
             found = journal.finished(name, todo, x[todo], y[todo]) if journal else None
-            if found is None:  # (taken from the journal: no time spent here)
-                spent += weights[index] * len(todo)
-            if found is not None:  # this component finished on these samples before
+            if found is not None:  # finished on these samples before: no time spent here
                 adv[todo[found.fooled]] = found.adv.to(adv.dtype)
                 robust[todo[found.fooled]] = False
                 if isinstance(model, CountingModel):
@@ -160,6 +158,7 @@ class AutoAttack(Attack):
                 self.journaled_seconds += found.seconds
                 logger.info("AutoAttack %s: taken from the journal", name)
             else:
+                spent += weights[index] * len(todo)
                 before = copy.copy(getattr(model, "cost", None))
                 started = time.perf_counter()
                 candidate = threat.clip(component(x[todo], y[todo]).detach(), x[todo])
