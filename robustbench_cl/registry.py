@@ -17,7 +17,9 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from robustbench_cl.errors import UserError
@@ -58,7 +60,7 @@ class Registry(Generic[T]):
             raise UserError(
                 f"{name}.{unknown[0]}",
                 f"unknown parameter for {self.kind} {name!r}",
-                f"allowed: {', '.join(allowed) or 'none'}",
+                f"allowed: {', '.join(allowed) or 'none'} (their meaning: {self.params_command(name)})",
             )
         try:
             return factory(**params)
@@ -77,6 +79,16 @@ class Registry(Generic[T]):
     def summary(self, name: str) -> str:
         return self._summaries.get(name, "")
 
+    def parameters(self, name: str) -> list[Parameter]:
+        """``name``'s parameters with their defaults and meanings (``list KIND NAME --params``)."""
+        return describe_parameters(self.get(name))
+
+    def params_command(self, name: str) -> str:
+        kind = {"model scheme": "models", "membership attack": "membership"}.get(
+            self.kind, f"{self.kind}s"
+        )
+        return f"robustbench-cl list {kind} {name} --params"
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
@@ -84,22 +96,111 @@ class Registry(Generic[T]):
 def _parameters(factory: Any) -> list[str]:
     """Keyword parameters of a factory; a subclass ``__init__(..., **kwargs)`` that forwards
     to its parent also accepts the parent's parameters."""
-    allowed: list[str] = []
+    return list(_signature(factory)[0])
+
+
+def _signature(factory: Any) -> tuple[dict[str, inspect.Parameter], dict[str, str]]:
+    """The keyword parameters of a factory down its forwarding chain (a subclass whose
+    ``__init__`` takes ``**kwargs`` passes them to its parent), and the meanings that the
+    docstrings along the way give them (the nearest one wins)."""
+    parameters: dict[str, inspect.Parameter] = {}
+    meanings: dict[str, str] = {}
     classes = factory.__mro__ if inspect.isclass(factory) else [factory]
+    for owner in classes:  # a parent's docstring documents what a subclass passes on to it
+        for doc in (owner.__doc__, getattr(vars(owner).get("__init__"), "__doc__", None)):
+            for name, text in documented_parameters(doc).items():
+                meanings.setdefault(name, text)
     for owner in classes:
-        function = owner.__init__ if inspect.isclass(owner) else owner
-        if inspect.isclass(owner) and "__init__" not in vars(owner):
-            continue
+        if inspect.isclass(owner):
+            if "__init__" not in vars(owner):
+                continue
+            function = owner.__init__
+        else:
+            function = owner
         forwards = False
         for name, parameter in inspect.signature(function).parameters.items():
             if parameter.kind is inspect.Parameter.VAR_KEYWORD:
                 forwards = True
             elif name != "self" and parameter.kind is not inspect.Parameter.VAR_POSITIONAL:
-                if name not in allowed:
-                    allowed.append(name)
+                parameters.setdefault(name, parameter)
         if not forwards:
             break
-    return allowed
+    return parameters, meanings
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One parameter of a factory, as ``list ... --params`` prints it."""
+
+    name: str
+    #: the default as Python writes it, or ``required``
+    default: str
+    annotation: str
+    meaning: str
+
+
+_SECTION = re.compile(r"^(Args|Parameters|Options):\s*$")
+_ENTRY = re.compile(r"^(?P<name>[A-Za-z_][\w-]*)(?:\s*\([^)]*\))?:\s*(?P<text>.*)$")
+
+
+def documented_parameters(doc: str | None) -> dict[str, str]:
+    """``{name: meaning}`` from the ``Args:`` (or ``Options:``) section of a docstring::
+
+    Args:
+        steps: iterations per restart.
+        step_size: the step; ``None`` derives it from eps
+            (continued on an indented line).
+    """
+    meanings: dict[str, str] = {}
+    lines = inspect.cleandoc(doc or "").splitlines()
+    inside, indent, current = False, None, None
+    for line in lines:
+        if _SECTION.match(line):
+            inside, indent, current = True, None, None
+            continue
+        if not inside:
+            continue
+        if line.strip() and not line[:1].isspace():  # the section ended
+            inside = False
+            continue
+        if not line.strip():
+            continue
+        depth = len(line) - len(line.lstrip())
+        indent = depth if indent is None else indent
+        entry = _ENTRY.match(line.strip()) if depth == indent else None
+        if entry:
+            current = entry["name"]
+            meanings[current] = entry["text"].strip()
+        elif current is not None:
+            meanings[current] = f"{meanings[current]} {line.strip()}".strip()
+    return {name: " ".join(text.replace("``", "`").split()) for name, text in meanings.items()}
+
+
+def describe_parameters(factory: Any) -> list[Parameter]:
+    """The keyword parameters of a factory (as :func:`_parameters` finds them, parents'
+    included), each with its default, its annotation and the meaning its docstring gives.
+    A factory may describe its own (a class attribute ``describe_parameters``)."""
+    custom = getattr(factory, "describe_parameters", None)
+    if custom is not None:
+        return custom()
+    signature, meanings = _signature(factory)
+    described = []
+    for name, parameter in signature.items():
+        empty = parameter.default is inspect.Parameter.empty
+        annotation = parameter.annotation
+        if annotation is inspect.Parameter.empty:
+            annotation = ""
+        elif not isinstance(annotation, str):
+            annotation = getattr(annotation, "__name__", str(annotation))
+        described.append(
+            Parameter(
+                name=name,
+                default="required" if empty else repr(parameter.default),
+                annotation=annotation,
+                meaning=meanings.get(name, ""),
+            )
+        )
+    return described
 
 
 ATTACKS: Registry[Any] = Registry("attack")

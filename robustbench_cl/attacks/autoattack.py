@@ -38,7 +38,18 @@ _TORCHATTACKS_NORM = {"linf": "Linf", "l2": "L2"}
 
 @register_attack("autoattack")
 class AutoAttack(Attack):
-    """Standard AutoAttack: APGD-CE, APGD-T, FAB-T and Square (5,000 queries), cascaded."""
+    """Standard AutoAttack: APGD-CE, APGD-T, FAB-T and Square (5,000 queries), cascaded.
+
+    Args:
+        version: `standard` (APGD-CE, APGD-T, FAB-T, Square, as Croce and Hein's original runs
+            it); the only version so far.
+        steps: iterations of each gradient component (APGD-CE, APGD-T, FAB-T): 100 in the
+            original.
+        square_queries: queries of the Square attack: 5,000 in the original.
+        n_target_classes: target classes of APGD-T and FAB-T (at most the number of classes
+            minus 1): 9 in the original.
+        seed: the components' random seed.
+    """
 
     name = "autoattack"
     supports_bf16 = False  # torchattacks' components convert losses to NumPy
@@ -103,7 +114,9 @@ class AutoAttack(Attack):
         )
         return [("apgd-ce", apgd_ce), ("apgd-t", apgd_t), ("fab-t", fab_t), ("square", square)]
 
-    def resolved_settings(self, n_classes: int) -> dict[str, Any]:
+    def resolved_settings(
+        self, n_classes: int, threat: ThreatModel | None = None
+    ) -> dict[str, Any]:
         return {**self.settings(), "components": self.describe_components(n_classes)}
 
     def describe_components(self, n_classes: int) -> dict[str, dict[str, Any]]:

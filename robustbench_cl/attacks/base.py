@@ -346,8 +346,11 @@ class Attack(AttackBase):
     #: which has no bfloat16: they always run in fp32)
     supports_bf16: ClassVar[bool] = True
 
-    def resolved_settings(self, n_classes: int) -> dict[str, Any]:
-        """The settings as they apply to a model with ``n_classes`` outputs (for the record)."""
+    def resolved_settings(
+        self, n_classes: int, threat: ThreatModel | None = None
+    ) -> dict[str, Any]:
+        """The settings as they apply to a model with ``n_classes`` outputs under ``threat``
+        (for the record): a value derived from eps or the model shows the value used."""
         return self.settings()
 
     def stronger(self) -> Attack | None:

@@ -187,7 +187,27 @@ class CPGC(UniversalAttack):
     """C-PGC (Fang et al., ICCV 2025): one universal perturbation from a conditional generator.
 
     A cross-attention generator trained with the malicious contrastive loss and multi-scale
-    augmentation; optionally also the text-side universal word."""
+    augmentation; optionally also the text-side universal word.
+
+    Args:
+        epochs: passes of the generator's training over the fitting images.
+        batch_size: images per generator step (at least 2: the contrastive loss needs
+            negatives).
+        target_batch_size: captions per step that condition the generator.
+        lr: the generator's Adam learning rate.
+        temperature: the contrastive loss's temperature.
+        alpha: weight of the MSE term that pushes the adversarial features away from the clean
+            ones.
+        contrastive: `false` drops the contrastive term (the alpha-MSE-only ablation).
+        scales: the multi-scale augmentation's resize factors, each in (0, 4]; `[]` drops it
+            (the ablation).
+        text: also fit the text-side universal word.
+        text_epochs: passes of the universal word's fit.
+        text_images: training images whose captions the universal word is fitted on.
+        text_lr: the universal word's learning rate.
+        bound: how the generator's output is kept in the eps ball: `clamp` (the official code)
+            or `tanh` (`eps * tanh(out / eps)`, never a saturated zero gradient).
+    """
 
     name = "cpgc"
 

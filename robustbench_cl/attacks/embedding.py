@@ -32,7 +32,16 @@ from robustbench_cl.registry import register_attack
 
 @register_attack("embedding")
 class EmbeddingAttack(JailbreakAttack):
-    """Continuous embedding attack: sign steps, per-token L2 ball relative to the mean norm."""
+    """Continuous embedding attack: sign steps, per-token L2 ball relative to the mean norm.
+
+    Args:
+        steps: signed-gradient steps.
+        lr: the step size; `None` derives it from eps (the resolved settings show the value).
+        init: `instruction` perturbs the request's own token embeddings; `suffix` appends
+            `suffix_length` "!" tokens and perturbs only those.
+        suffix_length: tokens of the perturbed suffix (with `init: suffix`).
+        keep_best: return each prompt's best iterate (lowest target loss), not the last.
+    """
 
     name = "embedding"
     norms = frozenset({"l2", "none"})

@@ -24,7 +24,16 @@ from robustbench_cl.registry import register_attack
 
 @register_attack("gcg")
 class GCG(JailbreakAttack):
-    """Greedy coordinate gradient suffix attack (top-k candidates, batched evaluation)."""
+    """Greedy coordinate gradient suffix attack (top-k candidates, batched evaluation).
+
+    Args:
+        steps: GCG iterations (each: one gradient, `candidates` evaluated swaps).
+        suffix_length: tokens of the adversarial suffix.
+        topk: tokens per suffix position kept from the gradient's top-k.
+        candidates: single-token swaps sampled from the top-k and evaluated per step.
+        init: the text whose first token fills the initial suffix.
+        eval_chunk: candidate sequences per forward pass (lower it to save memory).
+    """
 
     name = "gcg"
     norms = frozenset({"none"})

@@ -9,6 +9,8 @@ start and the steepest-ascent direction. Inputs (N, ...) in ``threat.bounds``; l
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +33,16 @@ class PGD(Attack):
     ``step_size=None`` uses Madry's heuristic ``2.5 * eps / steps``. With ``keep_best`` the
     attack returns, per sample, the first iterate that succeeded (a successful example is
     never thrown away by later steps); without it, the last iterate, as torchattacks and ART do.
+
+    Args:
+        steps: iterations per restart.
+        step_size: the step; `None` uses Madry's `2.5 * eps / steps` (the resolved settings show
+            the value).
+        random_start: start from a uniform point of the eps ball (else from the input).
+        restarts: independent runs; a sample counts as broken if any run breaks it.
+        keep_best: return each sample's first successful iterate, not the last.
+        seed: the random start's own seed; `None` draws from torch's generator, which the run seeds
+            per cell.
     """
 
     name = "pgd"
@@ -56,6 +68,18 @@ class PGD(Attack):
         self.keep_best = keep_best
         self.seed = seed
 
+    def resolved_settings(
+        self, n_classes: int, threat: ThreatModel | None = None
+    ) -> dict[str, Any]:
+        settings = self.settings()
+        if self.step_size is None and threat is not None:
+            settings["step_size"] = self._step_size(threat)
+            settings["step_size_rule"] = "2.5 * eps / steps"
+        return settings
+
+    def _step_size(self, threat: ThreatModel) -> float:
+        return self.step_size if self.step_size is not None else 2.5 * threat.eps / self.steps
+
     def stronger(self) -> PGD:
         return PGD(
             steps=2 * self.steps,
@@ -69,7 +93,7 @@ class PGD(Attack):
     def perturb(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel
     ) -> Perturbation:
-        step_size = self.step_size if self.step_size is not None else 2.5 * threat.eps / self.steps
+        step_size = self._step_size(threat)
         sign = -1.0 if threat.targeted else 1.0
         generator = None
         if self.seed is not None:

@@ -141,7 +141,13 @@ def rerank_scores(scores: torch.Tensor, top: torch.Tensor, logits: torch.Tensor)
 
 @register_attack("hotflip")
 class HotFlip(TextRetrievalAttack):
-    """HotFlip token swaps (k = eps tokens) in the query or its relevant passage. Distance: l0."""
+    """HotFlip token swaps (k = eps tokens) in the query or its relevant passage. Distance: l0.
+
+    Args:
+        side: `query` swaps tokens of the query; `passage` of its relevant passage.
+        candidates: best first-order swaps evaluated exactly per step.
+        negatives: hardest negative passages per query in the loss.
+    """
 
     name = "hotflip"
     norms = frozenset({"l0"})
@@ -280,7 +286,13 @@ class HotFlip(TextRetrievalAttack):
 
 @register_attack("embedding-query")
 class EmbeddingQuery(TextRetrievalAttack):
-    """PGD on the query's token embeddings (per-token l2, relative eps): a continuous bound."""
+    """PGD on the query's token embeddings (per-token l2, relative eps): a continuous bound.
+
+    Args:
+        steps: PGD iterations.
+        step_size: the step, as a fraction of the per-token radius.
+        negatives: hardest negative passages per query that the loss pushes the query towards.
+    """
 
     name = "embedding-query"
     norms = frozenset({"l2"})
@@ -341,7 +353,14 @@ class EmbeddingQuery(TextRetrievalAttack):
 
 @register_attack("corpus-poison")
 class CorpusPoison(TextRetrievalAttack):
-    """Inject adversarial passages near clusters of the attacker's queries (HotFlip)."""
+    """Inject adversarial passages near clusters of the attacker's queries (HotFlip).
+
+    Args:
+        passages: adversarial passages injected into the corpus.
+        length: tokens per injected passage.
+        steps: HotFlip iterations per passage.
+        candidates: token swaps evaluated exactly per iteration.
+    """
 
     name = "corpus-poison"
     norms = frozenset({"none"})

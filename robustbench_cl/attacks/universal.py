@@ -116,7 +116,13 @@ class PGDUniversal(UniversalAttack):
     """Classic universal perturbation: signed gradient steps over the training set.
 
     Each step lowers the batch's mean cosine similarity to its own captions; projected to the
-    eps ball."""
+    eps ball.
+
+    Args:
+        epochs: passes over the fitting images.
+        batch_size: images per signed-gradient step.
+        step_size: the step, as a fraction of eps.
+    """
 
     name = "pgd-uap"
 

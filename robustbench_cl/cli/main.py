@@ -275,13 +275,26 @@ def _doc_line(obj: Any) -> str:
 @cli.command(name="list")
 @click.argument("kind", type=click.Choice(LIST_KINDS), default="attacks")
 @click.argument("pattern", default="*")
-def list_command(kind: str, pattern: str) -> None:
-    """List registered names, optionally filtered by a wildcard PATTERN ('pgd*')."""
+@click.option(
+    "--params",
+    "with_params",
+    is_flag=True,
+    help="Print each matching entry's parameters: default, type and meaning.",
+)
+def list_command(kind: str, pattern: str, with_params: bool) -> None:
+    """List registered names, optionally filtered by a wildcard PATTERN ('pgd*').
+
+    With --params, each matching entry's parameters, as a config's `params:` (or a model
+    spec's `?key=value` options) sets them: `robustbench-cl list attacks pgd --params`.
+    """
     import fnmatch
 
     from robustbench_cl import registry
     from robustbench_cl.engine.config import list_suites
 
+    if with_params:
+        _print_parameters(kind, pattern)
+        return
     table = Table(title=kind, title_justify="left")
     table.add_column("name", style="bold")
     rows: list[tuple[str, ...]] = []
@@ -332,6 +345,80 @@ def list_command(kind: str, pattern: str) -> None:
         if fnmatch.fnmatch(row[0], pattern):
             table.add_row(*row)
     stdout.print(table)
+
+
+class _SpecOptions:
+    """A model scheme's parameters: the ``?key=value`` options its docstring's ``Options:``
+    section lists (the loader's own signature is always ``(target, options)``)."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def describe_parameters(self) -> list[Any]:
+        from robustbench_cl.registry import Parameter, documented_parameters
+
+        options = documented_parameters(self.loader.__doc__)
+        return [Parameter(name, "unset", "str", text) for name, text in options.items()]
+
+
+def _parameter_sources(kind: str) -> list[tuple[str, str, Any]]:
+    """``(shown name, summary, factory)`` of each entry of ``kind`` that takes parameters."""
+    from robustbench_cl import registry
+
+    if kind in ("suites", "datasets", "routers"):
+        raise UserError(
+            "--params",
+            f"{kind} take no parameters in a config",
+            "use it with attacks, defenses, models, membership or protectors",
+        )
+    if kind == "models":
+        from robustbench_cl.models import SCHEMES
+
+        builtins = [
+            (f"builtin:{name}", registry.MODELS.summary(name), registry.MODELS.get(name))
+            for name in registry.MODELS.names()
+        ]
+        schemes = [
+            (name, _doc_line(SCHEMES.get(name)), _SpecOptions(SCHEMES.get(name)))
+            for name in SCHEMES.names()
+        ]
+        return builtins + schemes
+    if kind == "protectors":
+        from robustbench_cl.defenses.protectors import PROTECTORS as reg
+    elif kind == "membership":
+        from robustbench_cl.privacy.membership import MEMBERSHIP_ATTACKS as reg
+    else:
+        reg = {"attacks": registry.ATTACKS, "defenses": registry.DEFENSES}[kind]
+    return [(name, reg.summary(name), reg.get(name)) for name in reg.names()]
+
+
+def _print_parameters(kind: str, pattern: str) -> None:
+    """One table per matching entry: parameter, default, type, meaning."""
+    import fnmatch
+
+    from robustbench_cl.registry import describe_parameters
+
+    sources = _parameter_sources(kind)
+    matched = [
+        entry
+        for entry in sources
+        if fnmatch.fnmatch(entry[0], pattern) or fnmatch.fnmatch(entry[0], f"builtin:{pattern}")
+    ]
+    if not matched:
+        names = ", ".join(name for name, _, _ in sources)
+        raise UserError("pattern", f"no {kind} match {pattern!r}", f"use one of {names}")
+    for name, summary, factory in matched:
+        parameters = describe_parameters(factory)
+        table = Table(title=f"{name}: {summary}", title_justify="left")
+        for column in ("parameter", "default", "type", "meaning"):
+            table.add_column(column, style="bold" if column == "parameter" else None)
+        for parameter in parameters:
+            table.add_row(
+                parameter.name, parameter.default, parameter.annotation, parameter.meaning
+            )
+        if not parameters:
+            table.add_row("(none)", "", "", "takes no parameters")
+        stdout.print(table)
 
 
 @cli.command()

@@ -31,7 +31,20 @@ logger = logging.getLogger(__name__)
 
 @register_defense("pgd-at")
 class PGDAdversarialTraining(Defense):
-    """Madry PGD adversarial training (linf or l2), trained once and cached."""
+    """Madry PGD adversarial training (linf or l2), trained once and cached.
+
+    Args:
+        norm: the training threat's norm: `linf` or `l2`.
+        eps: the training threat's radius.
+        steps: PGD iterations per training example.
+        step_size: the PGD step; `None` uses `2.5 * eps / steps` (the resolved settings show the
+            value).
+        epochs: training epochs.
+        lr: Adam's learning rate.
+        batch_size: samples per step.
+        from_scratch: train a fresh copy of the architecture (else fine-tune the given weights).
+        seed: the training seed.
+    """
 
     name = "pgd-at"
     kind = "training"

@@ -87,7 +87,25 @@ def ipo_loss(
 
 # ------------------------------------------------------------------------------ training
 class _ChatAdversarialTraining(Defense):
-    """Shared loop: sample, attack, train; cache the weights (or LoRA adapters) as safetensors."""
+    """Shared loop: sample, attack, train; cache the weights (or LoRA adapters) as safetensors.
+
+    Args:
+        steps: training steps.
+        lr: the learning rate.
+        adv_batch: harmful requests attacked and trained on per step.
+        utility_batch: clean utility chats (benign and borderline) per step.
+        eps: the embedding attack's l2 radius per token, relative to the mean token-embedding
+            norm.
+        attack_steps: steps of the inner embedding attack.
+        away_weight: weight of the away loss (minus the harmful target's cross-entropy).
+        toward_weight: weight of the toward loss (the refusal's cross-entropy).
+        utility_weight: weight of the supervised loss on the utility chats.
+        away_cutoff: below this, the away loss flattens (`cutoff + 0.001 * loss`).
+        toward_cutoff: below this, the toward loss flattens.
+        lora: `auto` (LoRA for `hf:` models, full fine-tuning for built-ins), `true` or `false`.
+        lora_rank: the LoRA adapters' rank.
+        seed: the training seed.
+    """
 
     kind = "training"
     version = 1
@@ -352,7 +370,13 @@ class CAdvUL(_ChatAdversarialTraining):
 
 @register_defense("cadv-ipo")
 class CAdvIPO(_ChatAdversarialTraining):
-    """C-AdvIPO: IPO preference training on embedding-attacked prompts (no utility data)."""
+    """C-AdvIPO: IPO preference training on embedding-attacked prompts (no utility data).
+
+    Args:
+        beta: IPO's beta: the target margin is `1 / (2 beta)`.
+        utility_weight: weight of the utility loss (0: the paper's IPO config has no utility
+            data).
+    """
 
     name = "cadv-ipo"
 
@@ -406,7 +430,13 @@ class CAdvIPO(_ChatAdversarialTraining):
 
 @register_defense("discrete-at")
 class DiscreteAT(_ChatAdversarialTraining):
-    """Discrete adversarial training baseline: C-AdvUL's losses on GCG-suffixed prompts."""
+    """Discrete adversarial training baseline: C-AdvUL's losses on GCG-suffixed prompts.
+
+    Args:
+        gcg_steps: GCG steps refining each behaviour's kept suffix per training step.
+        suffix_length: tokens of the GCG suffix.
+        candidates: GCG candidates per step.
+    """
 
     name = "discrete-at"
 

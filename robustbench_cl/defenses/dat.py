@@ -121,7 +121,29 @@ class _EMA:
 
 @register_defense("dat")
 class DualAdversarialTraining(Defense):
-    """Dual adversarial training: PGD-AT stage 1, then energy BCE + PGD-AT with frozen BatchNorm."""
+    """Dual adversarial training: PGD-AT stage 1, then energy BCE + PGD-AT with frozen BatchNorm.
+
+    Args:
+        eps: the l2 radius of the PGD adversarial examples (both stages).
+        pgd_steps: PGD iterations per adversarial example.
+        pgd_step_size: the PGD step; `None` uses `eps / 5`.
+        stage1_epochs: epochs of stage 1 (plain PGD-AT).
+        stage1_lr: stage 1's learning rate.
+        epochs: epochs of stage 2 (energy BCE + PGD-AT).
+        lr: stage 2's SGD learning rate.
+        momentum: SGD momentum.
+        weight_decay: SGD weight decay.
+        batch_size: samples per step.
+        gen_step_size: step of the generated (negative) samples' gradient ascent.
+        max_gen_steps: the most generation steps (the schedule grows them while the energy AUC
+            stays above `auc_threshold`).
+        auc_threshold: the energy AUC (real vs generated) above which generation gets more
+            steps.
+        auc_window: batches over which that AUC is measured.
+        ema_decay: decay of the weights' exponential moving average (the kept model).
+        bn_mode: `eval` freezes BatchNorm in stage 2 (DAT); `train` is the ablation.
+        seed: the training seed.
+    """
 
     name = "dat"
     kind = "training"

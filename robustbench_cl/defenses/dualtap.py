@@ -204,6 +204,29 @@ class DualTAP(Defense):
 
     ``attention``: ``contrastive`` (the method), ``privacy`` (S_priv alone, no contrast) or
     ``none`` (a global protector). ``alpha`` 0 drops the task loss.
+
+    Args:
+        eps: the protector's l-inf budget; a number or a fraction such as `32/255`.
+        alpha: weight of the task loss (the agent must still find the buttons); 0 drops it.
+        beta: weight of the privacy loss (the OCR must not read the PII).
+        attention: `contrastive` (the method), `privacy` (the PII attention alone) or `none` (a
+            global protector).
+        gamma: the attention map's exponent.
+        dilate: max-pool dilation of the attention map, in pixels (1 to 15).
+        topk_percent: keep the top-k % of attention pixels (takes precedence over `threshold`; 0
+            disables it).
+        threshold: binarise the attention at this value when `topk_percent` is 0.
+        mix: the shaped map is `mix * A + (1 - mix)`, in [1 - mix, 1].
+        outside_weight: weight of the perturbation outside the attention.
+        tv_weight: weight of the total-variation smoothness term.
+        eot_samples: random crops per PII box averaged per step.
+        box_jitter: the crops' random shift, in pixels.
+        steps: generator training steps.
+        batch_size: screens per step.
+        lr: the generator's learning rate.
+        width: the U-Net generator's base width.
+        depth: the U-Net's depth (1 to 6).
+        seed: the training seed.
     """
 
     name = "dualtap"

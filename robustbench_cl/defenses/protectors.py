@@ -17,7 +17,7 @@ bound on the quantised pixels. A new protector is one more registered class here
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 
@@ -82,6 +82,20 @@ class ScreenProtector:
         """The resolved settings recorded with the row (beyond the config's params)."""
         return {}
 
+    @classmethod
+    def describe_parameters(cls) -> list[Any]:
+        """``params`` with the meanings of the class docstring's ``Args:`` (``list
+        protectors NAME --params``); defaults are those of the function that uses them."""
+        from robustbench_cl.registry import describe_parameters
+
+        if not cls.params:
+            return []
+        described = {p.name: p for p in describe_parameters(globals()[cls.parameters_from])}
+        return [described[name] for name in cls.params]
+
+    #: the name of this module's function whose keyword parameters ``params`` are
+    parameters_from: ClassVar[str] = ""
+
 
 def register_protector(name: str, summary: str):  # noqa: ANN201
     def decorator(cls: type[ScreenProtector]) -> type[ScreenProtector]:
@@ -124,6 +138,7 @@ class Blackout(ScreenProtector):
 class GlobalPGD(ScreenProtector):
     bounded = True
     params = {"steps": 1, "eot_samples": 1, "step_size": 1e-9, "box_jitter": 0}
+    parameters_from = "global_pgd"
 
     def protect(self, x, screens, eps, generator, built, context):  # noqa: ANN001, ANN201
         from robustbench_cl.attacks.base import step_hook
@@ -167,6 +182,20 @@ class DualTAPProtector(ScreenProtector):
 
     def settings(self, built):  # noqa: ANN001, ANN201
         return built["defense"].settings()
+
+    @classmethod
+    def describe_parameters(cls) -> list[Any]:
+        from robustbench_cl.registry import DEFENSES, Parameter
+
+        source = Parameter(
+            "attention_from",
+            "'truth'",
+            "str",
+            "where the attention over a test screen comes from: `truth` (its PII boxes, as the "
+            "paper evaluates) or `reading` (EasyOCR's reading of the clean screen)",
+        )
+        trained = [p for p in DEFENSES.parameters("dualtap") if p.name not in ("eps", "seed")]
+        return [source, *trained]
 
     def protect(self, x, screens, eps, generator, built, context):  # noqa: ANN001, ANN201
         from robustbench_cl.defenses.dualtap import screens_key
@@ -216,7 +245,15 @@ def global_pgd(
     step_size: float | None = None,
     box_jitter: float = 2.0,
 ) -> torch.Tensor:
-    """Untargeted PGD on the privacy CTC loss, l-inf ball over the whole screen."""
+    """Untargeted PGD on the privacy CTC loss, l-inf ball over the whole screen.
+
+    Args:
+        steps: PGD iterations.
+        eot_samples: random crops of each PII box averaged per step (expectation over
+            transformation: the router reads boxes it finds itself, never exactly ours).
+        step_size: the step; `None` uses `2.5 * eps / steps`.
+        box_jitter: the crops' random shift in pixels.
+    """
     from robustbench_cl.data.privscreen import boxes_tensor, text_targets
     from robustbench_cl.models.ocr import CropEOT
 

@@ -73,7 +73,25 @@ def contrastive_pgd(
 
 @register_defense("rae")
 class RobustAutoEncoder(Defense):
-    """A robust auto-encoder preprocessor, trained without touching the model it protects."""
+    """A robust auto-encoder preprocessor, trained without touching the model it protects.
+
+    Args:
+        lam: weight of the robustness (contrastive) term; 0 is the reconstruction-only control.
+        loss: the pair loss between clean and attacked latents (e.g. `infonce`).
+        temperature: the InfoNCE temperature.
+        norm: the inner attack's norm.
+        eps: the inner attack's radius.
+        steps: the inner PGD's iterations.
+        step_size: the inner PGD's step; `None` uses `eps / 4`.
+        latent: the auto-encoder's latent channels.
+        width: the auto-encoder's base width.
+        epochs: training epochs.
+        lr: Adam's learning rate.
+        batch_size: samples per step.
+        gradient_mode: how attacks differentiate through the preprocessor: `end-to-end` or
+            `bpda` (identity backward).
+        seed: the training seed.
+    """
 
     name = "rae"
     kind = "preprocessor"

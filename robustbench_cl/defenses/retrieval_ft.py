@@ -50,7 +50,16 @@ logger = logging.getLogger(__name__)
 
 
 class RetrieverFineTune(Defense):
-    """Shared by the three: data, mining, the training loop, caching. Subclasses: ``loss``."""
+    """Shared by the three: data, mining, the training loop, caching. Subclasses: ``loss``.
+
+    Args:
+        epochs: passes over the training pairs.
+        batch_size: query-passage pairs per step.
+        lr: the trained head's learning rate.
+        temperature: the contrastive loss's temperature.
+        hidden: width of the trainable head over the frozen encoder.
+        seed: the training seed.
+    """
 
     kind = "training"
     version = 1
@@ -237,7 +246,18 @@ class MWFineTune(RetrieverFineTune):
 @register_defense("ar2")
 class AR2(RetrieverFineTune):
     """AR2: retriever-ranker minimax game with ranker-to-retriever distillation; the ranker is
-    a small cross-encoder (:class:`~robustbench_cl.models.ranker.CrossRanker`)."""
+    a small cross-encoder (:class:`~robustbench_cl.models.ranker.CrossRanker`).
+
+    Args:
+        negatives: negatives per query mined from the retriever for the game.
+        adv_lambda: weight of the ranker-to-retriever distillation term.
+        ranker_lr: the ranker's learning rate.
+        ranker_steps: ranker updates per retriever update.
+        ranker_warmup: epochs of ranker training on the initial retriever's negatives before the
+            game (the paper warms up 10k steps); that ranker is kept as the control.
+        ranker_width: the cross-encoder ranker's width.
+        ranker_layers: the ranker's layers.
+    """
 
     name = "ar2"
     version = 2  # 1: an MLP ranker on pooled features; 2: the cross-encoder ranker

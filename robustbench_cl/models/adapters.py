@@ -40,7 +40,15 @@ def _int_options(options: dict[str, str], *names: str) -> dict[str, int]:
 
 
 def torchvision_model(name: str, options: dict[str, str]) -> nn.Module:
-    """``torchvision:NAME?weights=PATH[&num_classes=N][&normalize=imagenet|none]``."""
+    """``torchvision:NAME?weights=PATH[&num_classes=N][&normalize=imagenet|none]``.
+
+    Options:
+        weights: a local state-dict file; loaded with `weights_only=True` unless
+            `--trust-remote-code`. Without one, random weights.
+        num_classes: the classifier's outputs (default: the architecture's).
+        normalize: `imagenet` (default: ImageNet's mean and std applied inside the model, so
+            inputs stay in [0, 1]) or `none`.
+    """
     import torchvision
 
     weights = options.pop("weights", None)
@@ -64,7 +72,15 @@ def torchvision_model(name: str, options: dict[str, str]) -> nn.Module:
 
 
 def timm_model(name: str, options: dict[str, str]) -> nn.Module:
-    """``timm:NAME?checkpoint=PATH[&num_classes=N]``; mean/std from timm's pretrained config."""
+    """``timm:NAME?checkpoint=PATH[&num_classes=N]``; mean/std from timm's pretrained config.
+
+    Options:
+        checkpoint: a local state-dict file; loaded with `weights_only=True` unless
+            `--trust-remote-code`. Without one, random weights.
+        num_classes: the classifier's outputs (default: the architecture's).
+        normalize: `imagenet` (default: timm's mean and std for the architecture, applied inside
+            the model, so inputs stay in [0, 1]) or `none` (the checkpoint normalises itself).
+    """
     try:
         import timm
     except ImportError:
@@ -87,7 +103,11 @@ def timm_model(name: str, options: dict[str, str]) -> nn.Module:
 
 
 def python_model(target: str, options: dict[str, str]) -> nn.Module:
-    """``python:package.module:factory[?key=value...]``: calls ``factory(**options)``."""
+    """``python:package.module:factory[?key=value...]``: calls ``factory(**options)``.
+
+    Options:
+        KEY: any `?key=value` is passed to the factory as a string keyword argument.
+    """
     module_name, _, factory_name = target.rpartition(":")
     if not module_name or not factory_name:
         raise UserError("model", f"bad python spec {target!r}", "use python:package.module:factory")

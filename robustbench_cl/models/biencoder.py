@@ -177,7 +177,13 @@ def minilm_retriever() -> nn.Module:
 
 
 def sentence_transformers_model(target: str, options: dict[str, str]) -> nn.Module:
-    """``sentence-transformers:DIR``: a local sentence-transformers folder as a retriever."""
+    """``sentence-transformers:DIR``: a local sentence-transformers folder as a retriever.
+
+    Options:
+        normalize: `true` or `false`: L2-normalise the embeddings (default: as the folder's
+            modules.json says).
+        max_length: tokens per text (default 128).
+    """
     root = Path(target)
     if not (root / "config.json").is_file():
         raise UserError(

@@ -457,7 +457,12 @@ def tiny_chat_lm() -> nn.Module:
 
 
 def hf_model(directory: str, options: dict[str, str]) -> nn.Module:
-    """``hf:DIR``: a local causal LM and its tokenizer (safetensors weights, no download)."""
+    """``hf:DIR``: a local causal LM and its tokenizer (safetensors weights, no download).
+
+    Options:
+        dtype: the weights' torch dtype, e.g. `bfloat16` (default: the checkpoint's).
+        device_map: passed to transformers (e.g. `auto` to spread a large model over devices).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(directory).expanduser()

@@ -311,7 +311,12 @@ class OpenCLIP(nn.Module):
 
 
 def open_clip_model(arch: str, options: dict[str, str]) -> nn.Module:
-    """``open_clip:ARCH?checkpoint=PATH``: a local checkpoint; random weights without one."""
+    """``open_clip:ARCH?checkpoint=PATH``: a local checkpoint; random weights without one.
+
+    Options:
+        checkpoint: a local state-dict file (relative to the config's folder); loaded with
+            `weights_only=True` unless `--trust-remote-code`.
+    """
     try:
         import open_clip
     except ImportError:

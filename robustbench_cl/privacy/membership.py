@@ -194,7 +194,14 @@ class LossAttack(MembershipAttack):
 
 @register_membership_attack("lira")
 class LiRA(MembershipAttack):
-    """Carlini et al.: Gaussian likelihood ratio on the logit-scaled confidence."""
+    """Carlini et al.: Gaussian likelihood ratio on the logit-scaled confidence.
+
+    Args:
+        online: also train reference models on each target sample (IN and OUT Gaussians);
+            `false`: OUT only.
+        reference_models: reference models trained on random halves of the population.
+        in_fraction: the share of reference models that include a sample; `None`: one half.
+    """
 
     name = "lira"
     uses_references = True
@@ -235,7 +242,17 @@ def _pooled_gaussian(phi: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tenso
 
 @register_membership_attack("rmia")
 class RMIA(MembershipAttack):
-    """Zarifzadeh et al.: pairwise likelihood ratios against population samples."""
+    """Zarifzadeh et al.: pairwise likelihood ratios against population samples.
+
+    Args:
+        online: use reference models trained with the target sample too.
+        reference_models: reference models trained on random halves of the population.
+        a: the offline correction of the OUT models' mean probability: `((1 + a) p_OUT +
+            (1 - a)) / 2`.
+        gamma: the threshold a sample's likelihood ratio must beat over a population sample's;
+            the score is the share it beats.
+        in_fraction: the share of reference models that include a sample; `None`: one half.
+    """
 
     name = "rmia"
     uses_references = True
@@ -286,6 +303,10 @@ class ARTBlackBox(MembershipAttack):
 
     The attacker is given the membership of half the audited examples to fit its attack model
     (ART's threat model), and scores the other half; then the halves swap.
+
+    Args:
+        input_type: what the attack model reads: `loss` or `prediction`.
+        attack_model_type: ART's attack model: `rf` (random forest), `gb` or `nn`.
     """
 
     name = "art-blackbox"

@@ -173,7 +173,7 @@ class AttackCells(_Base):
             defense=cell.defense.model_dump(),
             attack={
                 **cell.attack.model_dump(exclude={"threat"}),
-                "settings": attack.resolved_settings(n_classes),
+                "settings": attack.resolved_settings(n_classes, cell.threat),
             },
             threat=cell.threat.to_dict(),
             adaptive=not transfer,
