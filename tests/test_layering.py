@@ -33,6 +33,7 @@ RANKS = {
     "tasks": 12,
     "__init__": 13,  # the package root: the public API, and the built-ins' registration
     "cli": 14,
+    "docs": 14,  # the generated parts of docs/: reads every task's config model
 }
 
 

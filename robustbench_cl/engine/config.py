@@ -37,7 +37,13 @@ class StrictConfig(BaseModel):
 
 
 class ModelConfig(StrictConfig):
+    """A model to evaluate: any spec that `robustbench-cl list models` shows."""
+
+    #: `builtin:NAME`, a scheme such as `hf:DIR` or `torchvision:NAME?weights=PATH`, or
+    #: `python:module:factory` (`robustbench-cl list models`); relative paths are read from the
+    #: config's folder
     spec: str
+    #: the label in tables and reports (default: the spec)
     name: str | None = None
 
     @property
@@ -46,8 +52,13 @@ class ModelConfig(StrictConfig):
 
 
 class DefenseConfig(StrictConfig):
+    """A defense applied to every model: `none`, a training defense or a preprocessor."""
+
+    #: a registered defense (`robustbench-cl list defenses`); `none` is the undefended model
     defense: str = "none"
+    #: the label in tables and reports (default: the defense)
     name: str | None = None
+    #: the defense's parameters (`robustbench-cl list defenses NAME --params`)
     params: dict[str, Any] = Field(default_factory=dict)
 
     @property
@@ -56,11 +67,21 @@ class DefenseConfig(StrictConfig):
 
 
 class ThreatConfig(StrictConfig):
+    """What the attacker may do: the norm ball, the space it lives in and the access."""
+
+    #: the distance: `linf`, `l2`, `l1`, `l0` (tokens or pixels changed) or `none` (unbounded,
+    #: e.g. a suffix)
     norm: Literal["linf", "l2", "l1", "l0", "none"] = "linf"
+    #: the radius; a list is a sweep (one column per value)
     eps: float | list[float]
+    #: where the perturbation lives: `input` (pixels), `embedding` (token embeddings) or `token`
     space: Literal["input", "embedding", "token"] = "input"
+    #: the valid input range the adversarial input is clipped to; `null` for none
     bounds: tuple[float, float] | None = (0.0, 1.0)
+    #: attack towards a target class instead of away from the label
     targeted: bool = False
+    #: `white-box` (gradients of the defended model), `black-box` (queries only) or `transfer`
+    #: (crafted on the undefended model: labelled non-adaptive)
     access: Literal["white-box", "black-box", "transfer"] = "white-box"
     #: embedding space only: eps is relative to the mean token-embedding norm
     eps_relative: bool = False
@@ -80,8 +101,13 @@ class ThreatConfig(StrictConfig):
 
 
 class AttackConfig(StrictConfig):
+    """An attack column: the attack, its parameters and its threat model."""
+
+    #: a registered attack (`robustbench-cl list attacks`), or `torchattacks:NAME` / `art:NAME`
     attack: str
+    #: the column's label (default: the attack)
     name: str | None = None
+    #: the attack's parameters (`robustbench-cl list attacks NAME --params`)
     params: dict[str, Any] = Field(default_factory=dict)
     threat: ThreatConfig
 
@@ -93,8 +119,11 @@ class AttackConfig(StrictConfig):
 class SectionAttackConfig(StrictConfig):
     """An attack entry whose threat may be omitted: the task then gives the attack's own."""
 
+    #: a registered attack of this task (`robustbench-cl list attacks`)
     attack: str
+    #: the column's label (default: the attack)
     name: str | None = None
+    #: the attack's parameters (`robustbench-cl list attacks NAME --params`)
     params: dict[str, Any] = Field(default_factory=dict)
     #: omitted: the attack's own (jailbreak: direct and gcg in token space, embedding l2 0.3
     #: relative; textret: hotflip 3 tokens, embedding-query l2 0.5 relative)
@@ -132,6 +161,8 @@ def refuse_duplicate_labels(labels: list[str], field: str, noun: str) -> None:
 
 
 class EngineConfig(StrictConfig):
+    """How the engine runs the cells (never what they measure)."""
+
     #: samples per attack call; "auto" starts large and halves on out-of-memory
     batch_size: int | Literal["auto"] = 256
     #: "bf16" runs attacks under bfloat16 autocast (opt-in); outcomes are re-judged in fp32
@@ -149,8 +180,12 @@ class EngineConfig(StrictConfig):
     #: samples per shard: each contiguous range is attacked under its own seed, held in memory
     #: alone (inputs are streamed), and is one Ray task; unset, the evaluation is one shard
     shard_size: int | None = Field(default=None, ge=1)
+    #: attack only the samples still robust after the attacks before it at the same threat (the
+    #: worst case is unchanged; the cost falls)
     cascade: bool = True
+    #: run the "evaluation possibly unreliable" checks (docs/sanity-checks.md)
     sanity_checks: bool = True
+    #: samples the sanity probes (stronger attack, gradient checks) use
     sanity_probe_size: int = Field(default=64, ge=1)
     #: adversarial examples kept per cell for the report (image data only; 0 keeps none)
     examples: int = Field(default=3, ge=0, le=16)
@@ -171,8 +206,11 @@ SECTION_HINTS: dict[str, tuple[str, ...]] = {}
 class MatrixConfig(StrictConfig):
     """The frame every config shares; :func:`config_model` adds the registered tasks' keys."""
 
+    #: the run's name: the run directory is `runs/<suite>-<timestamp>`
     suite: str
+    #: one line shown in `list suites` and the report header
     description: str = ""
+    #: the run's seed: data subsets, random starts and training draw from it
     seed: int = 0
     #: sections of tasks registered outside the package (``@register_task``), by task name;
     #: each is validated by its task's ``section_type``

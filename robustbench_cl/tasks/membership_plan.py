@@ -35,10 +35,15 @@ class ReferenceTraining(StrictConfig):
     re-initialised, returning the trained model; without it, that architecture is trained by
     Adam with a cosine schedule for ``epochs`` at ``lr``."""
 
+    #: `python:module:function` that trains one reference model; unset, the built-in loop below
     train: str | None = None
+    #: epochs of the built-in loop
     epochs: int = Field(default=10, ge=1)
+    #: Adam's learning rate in the built-in loop
     lr: float = Field(default=1e-3, gt=0)
+    #: samples per step in the built-in loop
     batch_size: int = Field(default=128, ge=1)
+    #: Adam's weight decay in the built-in loop
     weight_decay: float = Field(default=0.0, ge=0)
 
     @field_validator("train")
@@ -60,10 +65,15 @@ class MembershipConfig(StrictConfig):
     ``recipe`` trains the reference models of a user's model (LiRA, RMIA).
     """
 
+    #: `loss`, `lira`, `rmia` or `art-blackbox` (`robustbench-cl list membership`)
     attack: str
+    #: the column's label (default: the attack)
     name: str | None = None
+    #: the attack's parameters (`robustbench-cl list membership NAME --params`)
     params: dict[str, Any] = Field(default_factory=dict)
+    #: members and non-members audited (each); default: half the evaluation split
     n: int | None = Field(default=None, ge=2)
+    #: how the reference models of a user's model are trained (LiRA, RMIA)
     recipe: ReferenceTraining | None = None
 
     @property

@@ -57,9 +57,16 @@ ROBUST, BROKEN, NOT_ATTACKED = 1, 0, -1
 
 
 class DataConfig(StrictConfig):
+    """The image classification data every (model, defense) pair is evaluated on."""
+
+    #: `digits` (built in), or `safetensors:DIR`, `imagefolder:DIR`, `cifar10:DIR`,
+    #: `cifar100:DIR`, `hf-disk:DIR` (`robustbench-cl list datasets`)
     name: str = "digits"
+    #: the split that is attacked
     split: Literal["train", "test"] = "test"
+    #: attack a seeded random subset of this many samples; all when unset
     n: int | None = Field(default=None, ge=1)
+    #: the split that training defenses and membership members come from
     train_split: Literal["train", "test"] = "train"
 
     @field_validator("name")

@@ -42,11 +42,17 @@ class JailbreakDataConfig(StrictConfig):
     """The synthetic chat data (:mod:`robustbench_cl.data.chat`). Test harmful prompts cycle
     over the held-out test behaviours; the defenses train on the training behaviours."""
 
+    #: held-out harmful behaviours attacked
     n_harmful: int = Field(default=24, ge=1)
+    #: benign prompts that measure utility
     n_benign: int = Field(default=60, ge=0)
+    #: borderline (harmless but scary-sounding) prompts that measure over-refusal
     n_borderline: int = Field(default=30, ge=0)
+    #: harmful behaviours the adversarial-training defenses train on
     train_harmful: int = Field(default=200, ge=1)
+    #: benign chats the defenses' utility loss trains on
     train_benign: int = Field(default=200, ge=0)
+    #: borderline chats the defenses' utility loss trains on
     train_borderline: int = Field(default=100, ge=0)
     #: ``behaviors:FILE.csv``: the test harmful prompts from a CSV (goal, target[, category]),
     #: the first ``n_harmful`` rows; unset, the built-in held-out behaviours
@@ -78,6 +84,7 @@ class JailbreakConfig(StrictConfig):
     attacks: list[SectionAttackConfig] = Field(min_length=1)
     #: greedy decoding; the judge reads this many new tokens
     max_new_tokens: int = Field(default=24, ge=1, le=512)
+    #: prompts per attack and generation batch
     batch_size: int = Field(default=24, ge=1)
     #: harmful behaviours per shard: each attacks its behaviours under its own seed, and is one
     #: Ray task (GCG is ~60 forward and backward passes per step); unset, a cell is one shard

@@ -10,6 +10,8 @@ from robustbench_cl.engine.config import AttackConfig, ModelConfig, StrictConfig
 
 
 class RetrievalDataConfig(StrictConfig):
+    """The image-caption data: test images to evaluate, training images to fit on."""
+
     #: ``shapes`` (built in) or ``karpathy:DIR`` (COCO / Flickr30K in the Karpathy JSON layout)
     name: str = "shapes"
     #: test images evaluated (all their captions come with them); all when omitted
@@ -29,6 +31,7 @@ class RetrievalConfig(StrictConfig):
     data: RetrievalDataConfig = Field(default_factory=RetrievalDataConfig)
     models: list[ModelConfig] = Field(min_length=1)
     attacks: list[AttackConfig] = Field(min_length=1)
+    #: the k of the recall@k and ASR@k columns
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10])
     #: example retrievals kept per white-box cell for the report
     examples: int = Field(default=3, ge=0, le=12)

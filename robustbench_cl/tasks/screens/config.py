@@ -17,6 +17,8 @@ PROTOCOL_VERSION = 1
 
 
 class ScreensDataConfig(StrictConfig):
+    """The phone screens and their PII boxes."""
+
     #: ``privscreen-mini[?n=160&seed=0]`` (rendered) or ``privscreen:DIR`` (PrivScreen's layout)
     name: str = "privscreen-mini?n=160&seed=0"
     #: per app, the first share of screens trains the protectors, the rest is evaluated
@@ -26,8 +28,13 @@ class ScreensDataConfig(StrictConfig):
 
 
 class ScreenProtectorConfig(StrictConfig):
+    """A protector row: how each screen is changed before a router reads it."""
+
+    #: `clean`, `noise`, `blackout`, `pgd` or `dualtap` (`robustbench-cl list protectors`)
     protector: str
+    #: the row's label (default: the protector)
     name: str | None = None
+    #: the protector's parameters (`robustbench-cl list protectors NAME --params`)
     params: dict[str, Any] = Field(default_factory=dict)
     #: l-inf budgets as fractions of the pixel range (``32/255`` is accepted); bounded
     #: protectors (noise, pgd, dualtap) need one, clean and blackout take none
@@ -59,9 +66,11 @@ class ScreensConfig(StrictConfig):
     """
 
     data: ScreensDataConfig = Field(default_factory=ScreensDataConfig)
+    #: the OCR engines that try to read the PII (`robustbench-cl list routers`)
     routers: list[Literal["easyocr", "tesseract"]] = Field(
         default_factory=lambda: ["easyocr", "tesseract"], min_length=1
     )
+    #: the protector rows
     protectors: list[ScreenProtectorConfig] = Field(min_length=1)
     #: example screens (PII masked) kept per protector for the report
     examples: int = Field(default=2, ge=0, le=8)

@@ -38,6 +38,8 @@ DEFAULT_THREATS = {
 
 
 class TextRetDataConfig(StrictConfig):
+    """The queries, the corpus and the relevance judgements."""
+
     #: ``facts[?n=600&seed=0]`` (built in) or ``beir:DIR`` (a local BEIR folder)
     name: str = "facts"
     #: test queries evaluated (the first ones); all when unset
@@ -45,6 +47,9 @@ class TextRetDataConfig(StrictConfig):
 
 
 class TextRetConfig(StrictConfig):
+    """Dense text retrieval under attack: a bi-encoder, its fine-tuned defenses and token,
+    embedding and corpus-poisoning attacks."""
+
     data: TextRetDataConfig = Field(default_factory=TextRetDataConfig)
     models: list[ModelConfig] = Field(min_length=1)
     defenses: list[DefenseConfig] = Field(default_factory=lambda: [DefenseConfig()])
