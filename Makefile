@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test bench lint clean chromium tesseract screenshot
+.PHONY: demo test bench lint clean chromium tesseract screenshot docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ demo: $(VENV)/.installed tesseract
 
 test: $(STAMP) chromium tesseract
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+
+# docs/: rewrite the generated key tables and config examples from the code, then build the site
+# (the tests check both: a stale page or a broken link fails `make test`)
+docs: $(STAMP)
+	$(BIN)/python -m robustbench_cl.docs
+	$(BIN)/mkdocs build --strict
 
 # Debian's chromium for the real-browser report test (skipped, with a message, if impossible)
 chromium:
