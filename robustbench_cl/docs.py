@@ -18,6 +18,7 @@ config model's source.
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import sys
 import types
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 DOCS_DIR = Path(__file__).resolve().parent.parent / "docs"
@@ -107,7 +109,10 @@ def type_text(annotation: Any) -> str:
 
 
 def default_text(info: Any) -> str:
-    if info.default is not PydanticUndefined:
+    """A field's default as a config would write it (JSON is YAML: null, true, [0.0, 1.0])."""
+    if not isinstance(info, FieldInfo):  # a plain default of a task's top-level key
+        value = info
+    elif info.default is not PydanticUndefined:
         value = info.default
     elif info.default_factory is not None:
         value = info.default_factory()
@@ -116,8 +121,8 @@ def default_text(info: Any) -> str:
     if isinstance(value, BaseModel):
         return "see below" if type(value).model_fields else "{}"
     if isinstance(value, list) and value and isinstance(value[0], BaseModel):
-        return f"`{[v.model_dump(exclude_defaults=True) for v in value]}`"
-    return f"`{value!r}`".replace("None", "null").replace("True", "true").replace("False", "false")
+        value = [v.model_dump(exclude_defaults=True) for v in value]
+    return f"`{json.dumps(value, default=str)}`"
 
 
 def key_rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
@@ -147,9 +152,10 @@ def task_key_rows(task_name: str) -> list[tuple[str, str, str, str]]:
     fields = dict(task.config_fields)
     if task.section_type is not None:  # written at the top level, read as tasks: {name: ...}
         fields = {task.name: (task.section_type, None)}
-    for key, (annotation, _) in fields.items():
+    for key, (annotation, default) in fields.items():
         nested = _models_in(annotation)
-        rows.append((key, type_text(annotation), "unset", _section_meaning(nested)))
+        shown = "required" if default is ... else default_text(default)
+        rows.append((key, type_text(annotation), shown, _section_meaning(nested)))
         for suffix, model in nested:
             rows += key_rows(model, f"{key}{suffix}.")
     return rows

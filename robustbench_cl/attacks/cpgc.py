@@ -193,11 +193,12 @@ class CPGC(UniversalAttack):
         epochs: passes of the generator's training over the fitting images.
         batch_size: images per generator step (at least 2: the contrastive loss needs
             negatives).
-        target_batch_size: captions per step that condition the generator.
+        target_batch_size: random training images per step whose captions form the pool that
+            each image's contrastive target is picked from (the least similar one).
         lr: the generator's Adam learning rate.
         temperature: the contrastive loss's temperature.
-        alpha: weight of the MSE term that pushes the adversarial features away from the clean
-            ones.
+        alpha: weight of the summed squared distance between adversarial and clean features,
+            which the loss rewards (also used by the text-side word's fit).
         contrastive: `false` drops the contrastive term (the alpha-MSE-only ablation).
         scales: the multi-scale augmentation's resize factors, each in (0, 4]; `[]` drops it
             (the ablation).

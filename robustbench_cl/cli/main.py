@@ -358,7 +358,7 @@ class _SpecOptions:
         from robustbench_cl.registry import Parameter, documented_parameters
 
         options = documented_parameters(self.loader.__doc__)
-        return [Parameter(name, "unset", "str", text) for name, text in options.items()]
+        return [Parameter(name, "see meaning", "str", text) for name, text in options.items()]
 
 
 def _parameter_sources(kind: str) -> list[tuple[str, str, Any]]:

@@ -37,8 +37,7 @@ class PGDAdversarialTraining(Defense):
         norm: the training threat's norm: `linf` or `l2`.
         eps: the training threat's radius.
         steps: PGD iterations per training example.
-        step_size: the PGD step; `None` uses `2.5 * eps / steps` (the resolved settings show the
-            value).
+        step_size: the PGD step; `None` uses `2.5 * eps / steps`.
         epochs: training epochs.
         lr: Adam's learning rate.
         batch_size: samples per step.

@@ -373,6 +373,11 @@ class CAdvIPO(_ChatAdversarialTraining):
     """C-AdvIPO: IPO preference training on embedding-attacked prompts (no utility data).
 
     Args:
+        away_cutoff: per-token log-probabilities of the harmful target below it count as 0 in
+            their average (IPO's rejected side).
+        away_weight: not used by C-AdvIPO (its loss has no away term).
+        toward_weight: not used by C-AdvIPO (its loss has no toward term).
+        toward_cutoff: not used by C-AdvIPO.
         beta: IPO's beta: the target margin is `1 / (2 beta)`.
         utility_weight: weight of the utility loss (0: the paper's IPO config has no utility
             data).
@@ -433,6 +438,8 @@ class DiscreteAT(_ChatAdversarialTraining):
     """Discrete adversarial training baseline: C-AdvUL's losses on GCG-suffixed prompts.
 
     Args:
+        eps: not used (the adversarial prompts carry GCG suffixes, not embedding perturbations).
+        attack_steps: not used (`gcg_steps` is the attack's budget).
         gcg_steps: GCG steps refining each behaviour's kept suffix per training step.
         suffix_length: tokens of the GCG suffix.
         candidates: GCG candidates per step.

@@ -212,14 +212,15 @@ class DualTAP(Defense):
         attention: `contrastive` (the method), `privacy` (the PII attention alone) or `none` (a
             global protector).
         gamma: the attention map's exponent.
-        dilate: max-pool dilation of the attention map, in pixels (1 to 15).
+        dilate: the kernel size (odd, 1 to 15) of the max-pool that dilates the attention map.
         topk_percent: keep the top-k % of attention pixels (takes precedence over `threshold`; 0
             disables it).
         threshold: binarise the attention at this value when `topk_percent` is 0.
         mix: the shaped map is `mix * A + (1 - mix)`, in [1 - mix, 1].
         outside_weight: weight of the perturbation outside the attention.
         tv_weight: weight of the total-variation smoothness term.
-        eot_samples: random crops per PII box averaged per step.
+        eot_samples: random views per PII box averaged per step (expectation over transformation:
+            a shifted crop, colour jitter, a small affine warp and blur).
         box_jitter: the crops' random shift, in pixels.
         steps: generator training steps.
         batch_size: screens per step.

@@ -17,6 +17,7 @@ bound on the quantised pixels. A new protector is one more registered class here
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -54,7 +55,8 @@ class ScreenProtector:
                 raise UserError(
                     f"{field}.params.{key}",
                     f"{self.name} takes no parameter {key!r}",
-                    f"use {', '.join(sorted(self.params)) or 'none'}",
+                    f"use {', '.join(sorted(self.params)) or 'none'} (their meaning: "
+                    f"robustbench-cl list protectors {self.name} --params)",
                 )
             minimum = self.params[key]
             if minimum is not None and (
@@ -78,8 +80,9 @@ class ScreenProtector:
     ) -> tuple[torch.Tensor, dict[str, Any] | None]:
         return x, None
 
-    def settings(self, built: Any) -> dict[str, Any]:
-        """The resolved settings recorded with the row (beyond the config's params)."""
+    def settings(self, built: Any, eps: float | None = None) -> dict[str, Any]:
+        """The resolved settings recorded with the row (beyond the config's params): every
+        parameter with the value used, a default or a value derived from ``eps`` included."""
         return {}
 
     @classmethod
@@ -90,6 +93,8 @@ class ScreenProtector:
 
         if not cls.params:
             return []
+        if not cls.parameters_from:
+            raise TypeError(f"{cls.__name__} has params but names no parameters_from")
         described = {p.name: p for p in describe_parameters(globals()[cls.parameters_from])}
         return [described[name] for name in cls.params]
 
@@ -140,6 +145,14 @@ class GlobalPGD(ScreenProtector):
     params = {"steps": 1, "eot_samples": 1, "step_size": 1e-9, "box_jitter": 0}
     parameters_from = "global_pgd"
 
+    def settings(self, built, eps=None):  # noqa: ANN001, ANN201
+        signature = inspect.signature(global_pgd).parameters
+        used = {name: built.get(name, signature[name].default) for name in self.params}
+        if used["step_size"] is None and eps is not None:
+            used["step_size"] = 2.5 * eps / used["steps"]  # as global_pgd derives it
+            used["step_size_rule"] = "2.5 * eps / steps"
+        return used
+
     def protect(self, x, screens, eps, generator, built, context):  # noqa: ANN001, ANN201
         from robustbench_cl.attacks.base import step_hook
 
@@ -180,7 +193,7 @@ class DualTAPProtector(ScreenProtector):
         with under_field(field):
             return {"defense": make_defense("dualtap", eps=eps, **params), "reading": source}
 
-    def settings(self, built):  # noqa: ANN001, ANN201
+    def settings(self, built, eps=None):  # noqa: ANN001, ANN201
         return built["defense"].settings()
 
     @classmethod
@@ -194,7 +207,7 @@ class DualTAPProtector(ScreenProtector):
             "where the attention over a test screen comes from: `truth` (its PII boxes, as the "
             "paper evaluates) or `reading` (EasyOCR's reading of the clean screen)",
         )
-        trained = [p for p in DEFENSES.parameters("dualtap") if p.name not in ("eps", "seed")]
+        trained = [p for p in DEFENSES.parameters("dualtap") if p.name != "eps"]  # eps: its own key
         return [source, *trained]
 
     def protect(self, x, screens, eps, generator, built, context):  # noqa: ANN001, ANN201

@@ -250,7 +250,8 @@ class AR2(RetrieverFineTune):
 
     Args:
         negatives: negatives per query mined from the retriever for the game.
-        adv_lambda: weight of the ranker-to-retriever distillation term.
+        adv_lambda: weight of the adversarial (minimax) term; the ranker-to-retriever distillation
+            gets `1 - adv_lambda`.
         ranker_lr: the ranker's learning rate.
         ranker_steps: ranker updates per retriever update.
         ranker_warmup: epochs of ranker training on the initial retriever's negatives before the

@@ -197,10 +197,13 @@ class LiRA(MembershipAttack):
     """Carlini et al.: Gaussian likelihood ratio on the logit-scaled confidence.
 
     Args:
-        online: also train reference models on each target sample (IN and OUT Gaussians);
-            `false`: OUT only.
-        reference_models: reference models trained on random halves of the population.
-        in_fraction: the share of reference models that include a sample; `None`: one half.
+        online: score with both the IN and the OUT Gaussians of the reference models' confidences
+            (a likelihood ratio); `false`: a one-sided z-score against the OUT models only. The
+            same reference models are trained either way.
+        reference_models: reference models, each trained on a random share of the population.
+        in_fraction: the share of the population each reference model trains on (so the share
+            of reference models that include a sample); `None`: the target model's own share,
+            members / population.
     """
 
     name = "lira"
@@ -245,13 +248,15 @@ class RMIA(MembershipAttack):
     """Zarifzadeh et al.: pairwise likelihood ratios against population samples.
 
     Args:
-        online: use reference models trained with the target sample too.
-        reference_models: reference models trained on random halves of the population.
+        online: estimate each sample's marginal probability from all the reference models (IN and
+            OUT); `false`: from the OUT models only, corrected by `a`.
+        reference_models: reference models, each trained on a random share of the population.
         a: the offline correction of the OUT models' mean probability: `((1 + a) p_OUT +
             (1 - a)) / 2`.
         gamma: the threshold a sample's likelihood ratio must beat over a population sample's;
             the score is the share it beats.
-        in_fraction: the share of reference models that include a sample; `None`: one half.
+        in_fraction: the share of the population each reference model trains on; `None`: the
+            target model's own share, members / population.
     """
 
     name = "rmia"

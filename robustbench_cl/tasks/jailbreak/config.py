@@ -84,7 +84,7 @@ class JailbreakConfig(StrictConfig):
     attacks: list[SectionAttackConfig] = Field(min_length=1)
     #: greedy decoding; the judge reads this many new tokens
     max_new_tokens: int = Field(default=24, ge=1, le=512)
-    #: prompts per attack and generation batch
+    #: prompts per attack batch (generation batches hold at least 32)
     batch_size: int = Field(default=24, ge=1)
     #: harmful behaviours per shard: each attacks its behaviours under its own seed, and is one
     #: Ray task (GCG is ~60 forward and backward passes per step); unset, a cell is one shard

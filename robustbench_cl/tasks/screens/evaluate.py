@@ -118,7 +118,7 @@ class Evaluation:
             routers[name] = outcome
             readings[name] = answers
         return {
-            "settings": column["kind"].settings(column["built"]),
+            "settings": column["kind"].settings(column["built"], column["eps"]),
             "routers": routers,
             "psnr": [float(v) for v in psnr(protected, x).clamp(max=99.0)],
             "ssim": [float(v) for v in ssim(protected, x)],
