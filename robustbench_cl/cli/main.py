@@ -314,23 +314,12 @@ def list_command(kind: str, pattern: str, with_params: bool) -> None:
 
         rows += list(DATASET_SOURCES)
         rows += [(spec, t.name, text) for t in task_classes() for spec, text in t.data_sources]
-    elif kind == "protectors":
-        from robustbench_cl.defenses.protectors import PROTECTORS
-
-        rows += [(name, PROTECTORS.summary(name)) for name in PROTECTORS.names()]
     elif kind == "routers":
         from robustbench_cl.privacy.routers import ROUTERS
 
         rows += [(name, _doc_line(router)) for name, router in ROUTERS.items()]
     else:
-        from robustbench_cl.privacy.membership import MEMBERSHIP_ATTACKS
-
-        reg = {
-            "membership": MEMBERSHIP_ATTACKS,
-            "attacks": registry.ATTACKS,
-            "defenses": registry.DEFENSES,
-            "models": registry.MODELS,
-        }[kind]
+        reg = _named_registry(kind)
         for name in reg.names():
             rows.append((f"builtin:{name}" if kind == "models" else name, reg.summary(name)))
         if kind == "attacks":
@@ -345,6 +334,21 @@ def list_command(kind: str, pattern: str, with_params: bool) -> None:
         if fnmatch.fnmatch(row[0], pattern):
             table.add_row(*row)
     stdout.print(table)
+
+
+def _named_registry(kind: str) -> Any:
+    """The registry behind ``list KIND`` for attacks, defenses, models, membership, protectors."""
+    from robustbench_cl import registry
+    from robustbench_cl.defenses.protectors import PROTECTORS
+    from robustbench_cl.privacy.membership import MEMBERSHIP_ATTACKS
+
+    return {
+        "attacks": registry.ATTACKS,
+        "defenses": registry.DEFENSES,
+        "models": registry.MODELS,
+        "membership": MEMBERSHIP_ATTACKS,
+        "protectors": PROTECTORS,
+    }[kind]
 
 
 class _SpecOptions:
@@ -363,7 +367,6 @@ class _SpecOptions:
 
 def _parameter_sources(kind: str) -> list[tuple[str, str, Any]]:
     """``(shown name, summary, factory)`` of each entry of ``kind`` that takes parameters."""
-    from robustbench_cl import registry
 
     if kind in ("suites", "datasets", "routers"):
         raise UserError(
@@ -371,25 +374,17 @@ def _parameter_sources(kind: str) -> list[tuple[str, str, Any]]:
             f"{kind} take no parameters in a config",
             "use it with attacks, defenses, models, membership or protectors",
         )
+    reg = _named_registry(kind)
+    prefix = "builtin:" if kind == "models" else ""
+    sources = [(prefix + name, reg.summary(name), reg.get(name)) for name in reg.names()]
     if kind == "models":
         from robustbench_cl.models import SCHEMES
 
-        builtins = [
-            (f"builtin:{name}", registry.MODELS.summary(name), registry.MODELS.get(name))
-            for name in registry.MODELS.names()
-        ]
-        schemes = [
+        sources += [
             (name, _doc_line(SCHEMES.get(name)), _SpecOptions(SCHEMES.get(name)))
             for name in SCHEMES.names()
         ]
-        return builtins + schemes
-    if kind == "protectors":
-        from robustbench_cl.defenses.protectors import PROTECTORS as reg
-    elif kind == "membership":
-        from robustbench_cl.privacy.membership import MEMBERSHIP_ATTACKS as reg
-    else:
-        reg = {"attacks": registry.ATTACKS, "defenses": registry.DEFENSES}[kind]
-    return [(name, reg.summary(name), reg.get(name)) for name in reg.names()]
+    return sources
 
 
 def _print_parameters(kind: str, pattern: str) -> None:
