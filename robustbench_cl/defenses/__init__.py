@@ -4,6 +4,7 @@ from robustbench_cl.defenses import (  # noqa: F401  (fill the registry)
     at,
     cadv,
     dat,
+    dp,
     dualtap,
     rae,
     retrieval_ft,

@@ -51,6 +51,11 @@ class Defense:
         """Return the defended model (frozen, eval mode), training it on first use."""
         raise NotImplementedError
 
+    def adapt_architecture(self, network: nn.Module) -> nn.Module:
+        """The architecture this defense trains, given the model's (DP-SGD swaps BatchNorm
+        for GroupNorm); cached weights of models it trained load into it."""
+        return network
+
 
 @register_defense("none")
 class NoDefense(Defense):

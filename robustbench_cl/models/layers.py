@@ -55,7 +55,12 @@ def max_pool2d(
     ceil_mode: bool = False,
 ) -> torch.Tensor:
     """``F.max_pool2d``, computed in channels-last on CPU; the same values and gradients."""
-    if x.device.type != "cpu" or x.dim() != 4 or not x.is_contiguous():
+    if (
+        x.device.type != "cpu"
+        or x.dim() != 4
+        or not x.is_contiguous()
+        or torch._C._are_functorch_transforms_active()  # vmap/grad (DP-SGD's per-sample grads)
+    ):
         return F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
     kernel = _pair(kernel_size)
     settings = (kernel, _pair(stride) if stride else kernel, _pair(padding), _pair(dilation))

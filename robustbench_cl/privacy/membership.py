@@ -165,6 +165,8 @@ class MembershipAttack:
     uses_references: ClassVar[bool] = False
     #: whether the attack needs population samples z (RMIA)
     uses_population: ClassVar[bool] = False
+    #: whether the attack trains its own target like the audited one (the one-run audit)
+    trains_target: ClassVar[bool] = False
 
     def settings(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
@@ -352,6 +354,100 @@ class ARTBlackBox(MembershipAttack):
             inferred = attack.infer(x_np[evaluate], y_np[evaluate], probabilities=True)
             scores[evaluate] = np.asarray(inferred).reshape(len(inferred), -1)[:, -1]
         return torch.as_tensor(scores, dtype=torch.float32)
+
+
+@register_membership_attack("one-run")
+class OneRunAudit(MembershipAttack):
+    """Steinke, Nasr and Jagielski (2023): auditing with one training run.
+
+    ``canaries`` examples are drawn from the population (labels flipped with ``mislabel``, the
+    strongest canaries for a classifier); each is added to the training set with probability
+    1/2 (one drawn from the training split is otherwise left out of it). One model is trained
+    with the audited pair's recipe (its defense included), the canaries are scored by their
+    loss, and the k+ highest and k- lowest scores are guessed "in" and "out". The guesses
+    certify an epsilon lower bound; no reference models are needed. The audited model is that
+    model, not the pair's own (which never saw the canaries).
+
+    Args:
+        canaries: m, the number of canaries (at most the population).
+        k_plus: guesses "in" (the highest scores), fixed in advance.
+        k_minus: guesses "out" (the lowest scores), fixed in advance.
+        mislabel: flip each canary's label to another class drawn at random.
+        p: the audit's significance: the bound holds with confidence 1 - p.
+    """
+
+    name = "one-run"
+    trains_target = True
+
+    def __init__(
+        self,
+        canaries: int = 500,
+        k_plus: int = 50,
+        k_minus: int = 50,
+        mislabel: bool = True,
+        p: float = 0.05,
+    ) -> None:
+        for field_name, value in (("canaries", canaries), ("k_plus", k_plus)):
+            if not isinstance(value, int) or value < 1:
+                raise UserError(field_name, f"must be a positive integer, got {value!r}", "e.g. 50")
+        if not isinstance(k_minus, int) or k_minus < 0:
+            raise UserError("k_minus", f"must be an integer >= 0, got {k_minus!r}", "e.g. 50")
+        if k_plus + k_minus > canaries:
+            raise UserError(
+                "k_plus",
+                f"k_plus + k_minus ({k_plus + k_minus}) exceeds canaries ({canaries})",
+                "guess on at most every canary",
+            )
+        if not 0 < float(p) < 1:
+            raise UserError("p", f"must be in (0, 1), got {p}", "e.g. 0.05")
+        self.canaries = canaries
+        self.k_plus = k_plus
+        self.k_minus = k_minus
+        self.mislabel = bool(mislabel)
+        self.p = float(p)
+
+    def draw(
+        self, y: torch.Tensor, n_classes: int, seed: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Canary indices into the population, their labels, and which are included."""
+        if self.canaries > len(y):
+            raise UserError(
+                "canaries", f"{self.canaries} exceeds the population ({len(y)})", "use fewer"
+            )
+        generator = torch.Generator().manual_seed(seed)
+        index = torch.randperm(len(y), generator=generator)[: self.canaries]
+        labels = y[index].clone()
+        if self.mislabel:
+            shift = torch.randint(1, n_classes, (len(index),), generator=generator)
+            labels = (labels + shift) % n_classes
+        included = torch.rand(len(index), generator=generator) < 0.5
+        return index, labels, included
+
+    def score(self, model, x, y, references=None, population=None, members=None):  # noqa: ANN001, ANN201
+        return LossAttack().score(model, x, y)
+
+
+def one_run_target(
+    recipe: ReferenceRecipe,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    seed: int,
+    device: torch.device | str = "cpu",
+) -> tuple[nn.Module, bool]:
+    """Train (or load) the one-run audit's model on (x, y); ``(model, trained)``."""
+    key = stable_hash({"recipe": recipe.key, "data": tensor_digest(x, y), "seed": seed})
+    path = cache_file("membership", f"one-run-{key}")
+    trained = False
+    with artifact_lock(path):
+        if artifact_exists(path):
+            model = load_artifact_weights(path, recipe.architecture())
+        else:
+            model = recipe.train(x, y, seed)
+            if isinstance(model, Frozen):
+                model = model.model
+            save_artifact(path, model, {"recipe": recipe.key, "one_run": True})
+            trained = True
+    return model.eval().requires_grad_(False).to(device), trained
 
 
 def make_membership_attack(name: str, **params: Any) -> MembershipAttack:

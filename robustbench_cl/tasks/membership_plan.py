@@ -25,7 +25,7 @@ from robustbench_cl.privacy.membership import ReferenceRecipe, make_membership_a
 from robustbench_cl.utils import stable_hash, tensor_digest
 
 #: bump when the audit's protocol changes, so that resumed runs do not reuse stale records
-MEMBERSHIP_VERSION = 2
+MEMBERSHIP_VERSION = 3
 
 
 class ReferenceTraining(StrictConfig):
@@ -57,7 +57,8 @@ class ReferenceTraining(StrictConfig):
 
 
 class MembershipConfig(StrictConfig):
-    """A membership-inference column: ``loss``, ``lira``, ``rmia`` or ``art-blackbox``.
+    """A membership-inference column: ``loss``, ``lira``, ``rmia``, ``art-blackbox`` or
+    ``one-run`` (a canary audit that trains its own model).
 
     ``n`` members (from ``data.train_split``) and ``n`` non-members (from ``data.split``) are
     audited; by default half the evaluation split, the other half being RMIA's population z
@@ -65,7 +66,7 @@ class MembershipConfig(StrictConfig):
     ``recipe`` trains the reference models of a user's model (LiRA, RMIA).
     """
 
-    #: `loss`, `lira`, `rmia` or `art-blackbox` (`robustbench-cl list membership`)
+    #: `loss`, `lira`, `rmia`, `art-blackbox` or `one-run` (`robustbench-cl list membership`)
     attack: str
     #: the column's label (default: the attack)
     name: str | None = None
@@ -109,7 +110,10 @@ def reference_recipe(
         return None
 
     def train(x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
-        base = train_base(x, y, seed)
+        if getattr(built, "from_scratch", False):  # the defense re-initialises it anyway
+            base = architecture()
+        else:
+            base = train_base(x, y, seed)
         if built.kind == "none":
             return base
         subset = TensorData(
@@ -124,7 +128,11 @@ def reference_recipe(
         "version": built.version,
         "settings": built.settings(),
     }
-    return ReferenceRecipe(key=key, architecture=architecture, train=train)
+
+    def defended_architecture() -> nn.Module:
+        return built.adapt_architecture(architecture())
+
+    return ReferenceRecipe(key=key, architecture=defended_architecture, train=train)
 
 
 def _reinitialised(
@@ -256,7 +264,8 @@ def expand_membership(
     for index, config in enumerate(configs):
         with under_field(f"membership[{index}]"):
             attack = make_membership_attack(config.attack, **config.params)
-        if attack.uses_references and reference_recipe(model, defense, config.recipe) is None:
+        needs_recipe = attack.uses_references or attack.trains_target
+        if needs_recipe and reference_recipe(model, defense, config.recipe) is None:
             skipped.append(
                 {
                     "attack": config.label,
@@ -287,9 +296,9 @@ def check_membership_coverage(configs: list[MembershipConfig], pairs: list) -> N
         if not any(cell.config is config for pair in pairs for cell in pair.membership):
             raise UserError(
                 f"membership[{index}]",
-                f"{config.attack} needs reference models trained like the audited model, and "
-                "no model here has a recipe (built-in models have one; a preprocessor defense "
-                "has none)",
+                f"{config.attack} needs models trained like the audited model (reference "
+                "models, or the one-run audit's), and no model here has a recipe (built-in "
+                "models have one; a preprocessor defense has none)",
                 "give the column a recipe ({train: python:module:function} or epochs and lr), "
                 "or use the loss or art-blackbox attack",
             )

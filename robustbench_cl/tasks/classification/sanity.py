@@ -235,6 +235,10 @@ def defense_degrades_clean_flag(
         "adversarial training trades clean accuracy for robustness: report both, and check "
         "the drop against the method's published trade-off at this eps"
         if kind == "training"
+        else "differentially private training trades accuracy for privacy: report it beside "
+        "the accountant's epsilon, and tune clipping, learning rate and batch size for this "
+        "data before reading the drop as the price of privacy"
+        if kind == "privacy"
         else "tune it for this data (a preprocessor's settings made for another input size "
         "or range do not carry over)"
     )

@@ -243,6 +243,8 @@ class ClassificationTask(AttackCells, PairTask):
             probes["undefended_accuracy"] = undefended
             built = make_defense(pair.defense.defense, **pair.defense.params)
             name, settings, kind = pair.defense.label, built.settings(), built.kind
+            if hasattr(built, "privacy_claim"):  # DP training: utility for privacy
+                kind = "privacy"
             if pair.defense.defense == "none":  # a wrapped: model: its preprocessor
                 name, settings, kind = "the wrapped preprocessor", {"spec": pair.model.spec}, ""
             flags += sanity.defense_degrades_clean_flag(

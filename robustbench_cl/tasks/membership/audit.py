@@ -9,10 +9,14 @@ import torch
 from torch import nn
 
 from robustbench_cl.data import TensorData
+from robustbench_cl.defenses import make_defense
 from robustbench_cl.errors import UserError
+from robustbench_cl.privacy.epsilon import epsilon_lower_bound, one_run_epsilon, one_run_guesses
 from robustbench_cl.privacy.membership import (
+    OneRunAudit,
     ReferenceSet,
     make_membership_attack,
+    one_run_target,
     reference_models,
     reference_signals,
 )
@@ -82,8 +86,18 @@ class MembershipAudit:
             )
         return self._references[key]
 
+    def privacy_claim(self, cell: MembershipCell) -> dict[str, Any] | None:
+        """The (epsilon, delta) the pair's defense claims for training on the members, if any."""
+        built = make_defense(cell.defense.defense, **cell.defense.params)
+        claim = getattr(built, "privacy_claim", None)
+        return claim(len(self.train)).to_dict() if callable(claim) else None
+
     def run(self, cell: MembershipCell, model: nn.Module, progress) -> dict[str, Any]:  # noqa: ANN001
         attack = make_membership_attack(cell.config.attack, **cell.config.params)
+        claim = self.privacy_claim(cell)
+        delta = claim["delta"] if claim else 0.0
+        if isinstance(attack, OneRunAudit):
+            return self.run_one(cell, attack, claim, delta, progress)
         audited, is_member, z_index = self.split(cell.config.n)
         x, y = self.x[audited].to(self.device), self.y[audited].to(self.device)
         references: ReferenceSet | None = None
@@ -103,6 +117,10 @@ class MembershipAudit:
             population = (self.x[z_index].to(self.device), self.y[z_index].to(self.device))
         scores = attack.score(model, x, y, references, population, is_member.to(self.device))
         metrics = membership_metrics(scores, is_member, seed=self.seed)
+        epsilon = dict(
+            epsilon_lower_bound(scores.detach().cpu(), is_member, delta, seed=self.seed),
+            method="two-split",
+        )
         return MembershipRecord(
             type="membership",
             id=cell.id,
@@ -123,4 +141,64 @@ class MembershipAudit:
             **metrics,
             scores=scores.detach().cpu().tolist(),
             members=is_member.int().tolist(),
+            epsilon_audit=epsilon,
+            privacy=claim,
+        )
+
+    def run_one(
+        self,
+        cell: MembershipCell,
+        attack: OneRunAudit,
+        claim: dict[str, Any] | None,
+        delta: float,
+        progress,  # noqa: ANN001
+    ) -> MembershipRecord:
+        """The one-run canary audit: train once with the canaries, guess, bound epsilon."""
+        recipe = reference_recipe(cell.model, cell.defense, cell.config.recipe)
+        assert recipe is not None  # checked when the config was expanded
+        n_classes = int(self.y.max()) + 1
+        index, labels, included = attack.draw(self.y, n_classes, self.seed)
+        keep = torch.ones(len(self.train), dtype=torch.bool)
+        keep[index[index < len(self.train)]] = False  # a canary is in only when drawn in
+        x = torch.cat([self.train.x[keep], self.x[index[included]]])
+        y = torch.cat([self.train.y[keep], labels[included]])
+        progress.message(f"one-run audit: training {cell.model.label} + {cell.defense.label}")
+        model, trained = one_run_target(recipe, x, y, self.seed, self.device)
+        scores = attack.score(model, self.x[index].to(self.device), labels.to(self.device))
+        scores = scores.detach().cpu()
+        r, v = one_run_guesses(scores, included, attack.k_plus, attack.k_minus)
+        metrics = membership_metrics(scores, included, seed=self.seed)
+        epsilon = {
+            "method": "one-run",
+            "epsilon_lb": one_run_epsilon(attack.canaries, r, v, delta, attack.p),
+            "epsilon_point": None,
+            "delta": delta,
+            "confidence": 1 - attack.p,
+            "canaries": attack.canaries,
+            "guesses": r,
+            "correct": v,
+            "max_certifiable": one_run_epsilon(attack.canaries, r, r, delta, attack.p),
+        }
+        return MembershipRecord(
+            type="membership",
+            id=cell.id,
+            pair_id=cell.pair_id,
+            model=cell.model.model_dump(),
+            defense=cell.defense.model_dump(),
+            attack={
+                "attack": cell.config.attack,
+                "name": cell.config.name,
+                "params": cell.config.params,
+                "settings": attack.settings(),
+            },
+            reference_models=0,
+            reference_in_fraction=None,
+            offline=False,
+            references_trained=int(trained),
+            population_z=0,
+            **metrics,
+            scores=scores.tolist(),
+            members=included.int().tolist(),
+            epsilon_audit=epsilon,
+            privacy=claim,
         )

@@ -72,6 +72,8 @@ def membership_table(summary: RunSummary) -> Table | None:
     for alpha in alphas:
         table.add_column(f"TPR@{100 * float(alpha):g}%FPR", justify="right")
     table.add_column("advantage", justify="right")
+    table.add_column("eps >=", justify="right")
+    table.add_column("claimed eps", justify="right")
     table.add_column("refs", justify="right")
     for name, record in rows:
         low, high = record.auc_ci95
@@ -83,6 +85,8 @@ def membership_table(summary: RunSummary) -> Table | None:
             f"{low:.3f}-{high:.3f}",
             *[percent(record.tpr_at_fpr[a]) for a in alphas],
             f"{record.advantage:.3f}",
+            f"{record.epsilon_audit['epsilon_lb']:.2f}" if record.epsilon_audit else "-",
+            f"{record.privacy['epsilon']:.2f}" if record.privacy else "-",
             f"{refs}{' off' if record.offline else ''}" if refs else "-",
         )
     for clean in summary.of("clean"):
@@ -92,6 +96,6 @@ def membership_table(summary: RunSummary) -> Table | None:
                 skipped["attack"],
                 "n/a",
                 "no recipe",
-                *[""] * (len(alphas) + 2),
+                *[""] * (len(alphas) + 4),
             )
     return table

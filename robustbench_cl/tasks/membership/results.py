@@ -17,6 +17,7 @@ from robustbench_cl.engine.records import (
     flag,
 )
 from robustbench_cl.engine.results_models import STRICT, Attack, Interval, Probability
+from robustbench_cl.privacy.epsilon import UNDERPOWERED_EPSILON
 
 
 def _membership_entry(record: MembershipRecord, pair_label: str) -> dict[str, Any]:
@@ -38,6 +39,8 @@ def _membership_entry(record: MembershipRecord, pair_label: str) -> dict[str, An
         "offline",
         "population_z",
         "wall_time",
+        "epsilon_audit",
+        "privacy",
     )
     entry = {
         "id": record.id,
@@ -52,21 +55,90 @@ def _membership_entry(record: MembershipRecord, pair_label: str) -> dict[str, An
 
 def membership_flags(entry: dict[str, Any]) -> list[Flag]:
     """An attack whose AUC is significantly *below* chance ranks non-members above members:
-    it is miscalibrated, and its numbers say nothing about the model's privacy."""
+    it is miscalibrated, and its numbers say nothing about the model's privacy. An audited
+    epsilon above the accountant's is a broken training or accounting; an audit that could not
+    certify more than a small epsilon even with a perfect attack says nothing either way."""
+    flags = []
+    audit, claim = entry.get("epsilon_audit"), entry.get("privacy")
+    if audit and claim and audit["epsilon_lb"] > claim["epsilon"]:
+        flags.append(
+            flag(
+                "audit_exceeds_accountant",
+                f"the audit certifies epsilon >= {audit['epsilon_lb']:.3f} at "
+                f"{100 * audit['confidence']:.0f}% confidence, above the accountant's "
+                f"{claim['epsilon']:.3f} (delta {claim['delta']:g}): the training does not "
+                "do what its accounting assumes (noise, clipping, sampling) or the accounting "
+                "is wrong",
+            )
+        )
+    if audit and audit["max_certifiable"] < UNDERPOWERED_EPSILON:
+        flags.append(
+            flag(
+                "audit_underpowered",
+                f"even a perfect attack could certify at most epsilon "
+                f"{audit['max_certifiable']:.2f} with these samples "
+                f"({_audit_size(audit)}): the bound cannot show a meaningful leak; audit more "
+                "samples (or more canaries and guesses)",
+            )
+        )
     low, high = entry["auc_ci95"]
     if high < 0.5:
-        return [
+        flags.append(
             flag(
                 "auc_below_chance",
                 f"AUC {entry['auc']:.3f} [{low:.3f}, {high:.3f}] is significantly below 0.5: the "
                 "attack ranks non-members above members, so it is miscalibrated (reference "
                 "models unlike the target, or an inverted score), not evidence of privacy",
             )
-        ]
-    return []
+        )
+    return flags
+
+
+def _audit_size(audit: dict[str, Any]) -> str:
+    if audit["method"] == "one-run":
+        return f"{audit['guesses']} guesses on {audit['canaries']} canaries"
+    members, nonmembers = audit["n_counted"]
+    return f"{members} members and {nonmembers} non-members counted after the threshold half"
 
 
 # ---------------------------------------------------------------------- results.json
+class EpsilonAudit(BaseModel):
+    """
+    an empirical epsilon lower bound: `two-split` (threshold chosen on one half of the audited
+    samples, FPR and FNR counted on the other, Clopper-Pearson) or `one-run` (Steinke et al.)
+    """
+
+    model_config = STRICT
+    method: Literal["two-split", "one-run"]
+    epsilon_lb: float = Field(..., ge=0.0)
+    epsilon_point: float | None = None
+    delta: float = Field(..., ge=0.0, lt=1.0)
+    confidence: float = Field(..., gt=0.0, lt=1.0)
+    max_certifiable: float = Field(..., ge=0.0)
+    threshold: float | None = None
+    n_counted: list[int] | None = None
+    false_positives: int | None = None
+    false_negatives: int | None = None
+    canaries: int | None = None
+    guesses: int | None = None
+    correct: int | None = None
+
+
+class PrivacyClaim(BaseModel):
+    """
+    the accountant's guarantee for a DP-trained model
+    """
+
+    model_config = STRICT
+    epsilon: float = Field(..., ge=0.0)
+    delta: float = Field(..., ge=0.0, lt=1.0)
+    noise_multiplier: float = Field(..., ge=0.0)
+    max_grad_norm: float = Field(..., gt=0.0)
+    sample_rate: float = Field(..., gt=0.0, le=1.0)
+    steps: int = Field(..., ge=0)
+    accountant: str
+
+
 class MembershipEntry(BaseModel):
     """
     one membership-inference column for one (model, defense)
@@ -94,6 +166,14 @@ class MembershipEntry(BaseModel):
     population_z: int = Field(..., ge=0)
     wall_time: float = Field(..., ge=0.0)
     reference_in_fraction: float | None = Field(None, gt=0.0, lt=1.0)
+    epsilon_audit: EpsilonAudit | None = None
+    """
+    the empirical epsilon lower bound this attack certifies
+    """
+    privacy: PrivacyClaim | None = None
+    """
+    what the pair's DP training claims (its accountant's epsilon), if it claims anything
+    """
     flags: list[Flag]
     """
     sanity flags (docs/sanity-checks.md)
@@ -138,3 +218,5 @@ class MembershipRecord(Record):
     tpr: list[float]
     scores: list[float]
     members: list[int]
+    epsilon_audit: dict[str, Any] | None = None
+    privacy: dict[str, Any] | None = None

@@ -1,0 +1,259 @@
+"""DP-SGD and privacy auditing: the epsilon lower bounds against the reference test vectors
+(field-standards I1, I2), DP-SGD's step against Opacus's, its accountant, and the audit flags on
+a model whose claim is deliberately wrong."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import robustbench_cl as rbcl
+from robustbench_cl.defenses import make_defense
+from robustbench_cl.defenses.dp import DPSGD, dp_sgd_train, per_sample_gradients
+from robustbench_cl.errors import UserError
+from robustbench_cl.privacy.epsilon import (
+    UNDERPOWERED_EPSILON,
+    clopper_pearson,
+    epsilon_lower_bound,
+    max_certifiable_epsilon,
+    one_run_epsilon,
+    one_run_guesses,
+    rates_epsilon,
+    two_world_epsilon,
+    underpowered_below,
+)
+from robustbench_cl.registry import DEFENSES, register_defense
+
+
+# ---------------------------------------------------------------------- the bounds
+def test_two_world_bound_reproduces_jagielski_and_tf_privacy():
+    # alpha 0.05 (two-sided Clopper-Pearson), one copy of the canary
+    assert two_world_epsilon(900, 1000, 100, 1000) == pytest.approx(1.9897, abs=1e-4)
+    assert two_world_epsilon(500, 500, 0, 500) == pytest.approx(4.9056, abs=1e-4)
+    assert two_world_epsilon(900, 1000, 100, 1000, copies=2) == pytest.approx(1.9897 / 2, 1e-4)
+
+
+def test_rates_bound_reproduces_nasr_et_al():
+    assert rates_epsilon(100, 1000, 100, 1000, delta=1e-5) == pytest.approx(1.9897, abs=1e-4)
+    assert rates_epsilon(0, 1000, 0, 1000, delta=1e-5) == pytest.approx(5.6006, abs=1e-4)
+    assert rates_epsilon(500, 1000, 500, 1000) == 0.0  # a coin flip certifies nothing
+
+
+def test_clopper_pearson_matches_scipy_binomtest():
+    from scipy.stats import binomtest
+
+    for k, n in ((0, 10), (3, 10), (10, 10), (100, 1000)):
+        interval = binomtest(k, n).proportion_ci(0.95, method="exact")
+        assert clopper_pearson(k, n) == pytest.approx((interval.low, interval.high), abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("m", "r", "v", "delta", "expected"),
+    [
+        (1000, 600, 600, 1e-5, 5.2704),
+        (100, 100, 100, 1e-5, 3.4902),
+        (1000, 100, 100, 0, 3.4930),
+        (1000, 100, 90, 0, 1.6308),
+        (1000, 1000, 700, 1e-5, 0.7317),
+        (1000, 200, 180, 1e-5, 1.7963),
+    ],
+)
+def test_one_run_bound_reproduces_steinke_et_al(m, r, v, delta, expected):
+    assert one_run_epsilon(m, r, v, delta, 0.05) == pytest.approx(expected, abs=1e-4)
+
+
+def test_one_run_guesses_count_the_top_and_bottom_scores():
+    scores = np.array([5.0, 4.0, 3.0, 2.0, 1.0, 0.0])
+    included = np.array([1, 1, 0, 1, 0, 0], dtype=bool)
+    assert one_run_guesses(scores, included, 2, 2) == (4, 4)
+    assert one_run_guesses(scores, included, 3, 1) == (4, 3)  # score 3.0 guessed in: wrong
+    assert one_run_guesses(scores, included, 1, 0) == (1, 1)
+    assert one_run_epsilon(1000, 100, 50) == 0.0  # chance certifies nothing
+
+
+def test_the_threshold_is_chosen_on_one_half_and_counted_on_the_other():
+    rng = np.random.default_rng(0)
+    members = np.arange(400) < 200
+    perfect = members + rng.uniform(0, 0.5, 400)
+    audit = epsilon_lower_bound(perfect, members, delta=1e-5)
+    assert audit["n_counted"] == [100, 100]
+    assert audit["false_positives"] == audit["false_negatives"] == 0
+    assert audit["epsilon_lb"] == pytest.approx(audit["max_certifiable"])
+    assert audit["epsilon_lb"] == pytest.approx(max_certifiable_epsilon(100, 100, 1e-5))
+    # pure noise: the best threshold of the choosing half does not carry over
+    noise = epsilon_lower_bound(rng.normal(size=400), members)
+    assert noise["epsilon_lb"] < 0.3
+    # a threshold that separates the choosing half perfectly and the counted half not at all:
+    # choosing it on the counted samples would claim the maximum; the split claims nothing
+    from robustbench_cl.privacy.epsilon import audit_split
+
+    choose = audit_split(members)
+    flipped = np.where(choose, members, ~members).astype(float)
+    assert epsilon_lower_bound(flipped, members)["epsilon_lb"] == 0.0
+
+
+def test_the_underpowered_size_is_the_one_the_docs_state():
+    assert underpowered_below(0.0) == underpowered_below(1e-5) == 30
+    assert max_certifiable_epsilon(29, 29) <= UNDERPOWERED_EPSILON < max_certifiable_epsilon(30, 30)
+
+
+# ---------------------------------------------------------------------- DP-SGD
+def _tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def test_per_sample_gradients_match_a_loop():
+    model = _tiny()
+    x, y = torch.randn(5, 1, 4, 4), torch.tensor([0, 1, 2, 1, 0])
+    grads = per_sample_gradients(model, x, y)
+    for i in range(5):
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
+        for name, parameter in model.named_parameters():
+            torch.testing.assert_close(grads[name][i], parameter.grad)
+
+
+def test_a_noiseless_dp_sgd_step_matches_opacus():
+    """One step with the same batch (sample rate 1): clipped, summed, divided by the expected
+    batch size, exactly as Opacus's DPOptimizer computes it."""
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    x, y = torch.randn(12, 1, 4, 4), torch.randint(0, 3, (12,))
+    ours = _tiny()
+    dp_sgd_train(
+        ours,
+        x,
+        y,
+        noise_multiplier=0.0,
+        max_grad_norm=0.1,
+        sample_rate=1.0,
+        steps=1,
+        lr=0.5,
+        optimizer="sgd",
+    )
+    theirs = GradSampleModule(_tiny())
+    sgd = torch.optim.SGD(theirs.parameters(), lr=0.5, momentum=0.9)
+    optimizer = DPOptimizer(sgd, noise_multiplier=0.0, max_grad_norm=0.1, expected_batch_size=12)
+    optimizer.zero_grad()
+    nn.functional.cross_entropy(theirs(x), y).backward()
+    optimizer.step()
+    for (name, a), b in zip(ours.named_parameters(), theirs._module.parameters()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_the_accountant_reaches_the_target_epsilon_and_inverts():
+    from opacus.accountants.utils import get_noise_multiplier
+
+    defense = make_defense("dp-sgd", epsilon=8, delta=1e-5, epochs=30, batch_size=128)
+    claim = defense.privacy_claim(1437)
+    assert claim.sample_rate == pytest.approx(1 / 12) and claim.steps == 360
+    assert claim.epsilon <= 8.0 and claim.epsilon == pytest.approx(8.0, abs=0.1)
+    expected = get_noise_multiplier(
+        target_epsilon=8,
+        target_delta=1e-5,
+        sample_rate=1 / 12,
+        steps=360,
+        accountant="prv",
+        epsilon_tolerance=0.01,
+    )
+    assert claim.noise_multiplier == pytest.approx(expected)
+    # a given noise multiplier: the epsilon it reaches, the same by either route
+    given = make_defense("dp-sgd", noise_multiplier=claim.noise_multiplier, accountant="prv")
+    assert given.privacy_claim(1437).epsilon == pytest.approx(claim.epsilon, rel=1e-6)
+    rdp = make_defense("dp-sgd", epsilon=1, accountant="rdp").privacy_claim(1437)
+    assert rdp.epsilon <= 1.0 and rdp.noise_multiplier > claim.noise_multiplier
+    with pytest.raises(UserError, match="noise_multiplier"):  # no noise is no privacy
+        make_defense("dp-sgd", noise_multiplier=0.0)
+
+
+def test_dp_sgd_settings_are_checked():
+    with pytest.raises(UserError, match="delta"):
+        make_defense("dp-sgd", delta=0)
+    with pytest.raises(UserError, match="accountant"):
+        make_defense("dp-sgd", accountant="gdp-typo")
+    with pytest.raises(UserError, match="epsilon"):
+        make_defense("dp-sgd", epsilon=0)
+
+
+def test_dp_sgd_replaces_batchnorm_for_the_model_and_its_references():
+    from robustbench_cl.engine.config import DefenseConfig, ModelConfig
+    from robustbench_cl.tasks.membership_plan import reference_recipe
+
+    recipe = reference_recipe(
+        ModelConfig(spec="builtin:digits-cnn-bn"), DefenseConfig(defense="dp-sgd")
+    )
+    assert recipe is not None and recipe.key["defense"] == "dp-sgd"
+    modules = list(recipe.architecture().modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in modules)
+    assert any(isinstance(m, nn.GroupNorm) for m in modules)
+
+
+# ---------------------------------------------------------------------- the audit in a run
+class ForgetsTheNoise(DPSGD):
+    """A broken DP-SGD: it accounts for its noise and clipping, and trains without either."""
+
+    name = "test-forgets-the-noise"
+
+    def _train(self, network, model_spec, data, path):  # noqa: ANN001, ANN202
+        from robustbench_cl.models.artifacts import save_artifact
+        from robustbench_cl.models.training import train_classifier
+
+        train_classifier(network, data.x, data.y, epochs=self.epochs, lr=2e-3, seed=self.seed)
+        save_artifact(path, network, {"defense": self.name})
+
+
+@pytest.fixture
+def broken_dp():
+    if ForgetsTheNoise.name not in DEFENSES.names():
+        register_defense(ForgetsTheNoise.name)(ForgetsTheNoise)
+    return ForgetsTheNoise.name
+
+
+@pytest.mark.xdist_group("digits-references")
+def test_one_run_audit_catches_a_training_that_forgets_its_noise(broken_dp, tmp_path):
+    from robustbench_cl.engine.results import validate_results
+    from robustbench_cl.report.html import render_report
+
+    config = {
+        "suite": "dp-audit-small",
+        "data": {"name": "digits", "split": "test", "n": 12},
+        "models": [{"spec": "builtin:digits-cnn", "name": "cnn"}],
+        "defenses": [
+            {
+                "defense": broken_dp,
+                "name": "claims eps 0.5",
+                "params": {"epsilon": 0.5, "epochs": 60},
+            }
+        ],
+        "attacks": [{"attack": "fgsm", "threat": {"norm": "linf", "eps": 0.1}}],
+        "membership": [
+            {"attack": "loss", "name": "LOSS", "n": 40},
+            {
+                "attack": "one-run",
+                "name": "canaries",
+                "params": {"canaries": 400, "k_plus": 40, "k_minus": 40},
+            },
+        ],
+        "engine": {"sanity_probe_size": 8},
+    }
+    run = rbcl.run(config, out=tmp_path / "run", profile=None)
+    results = json.loads((run / "results.json").read_text())
+    validate_results(results)
+    loss, canaries = results["membership"]
+    assert loss["privacy"]["epsilon"] == pytest.approx(0.5, abs=0.01)
+    assert loss["epsilon_audit"]["method"] == "two-split"
+    assert loss["epsilon_audit"]["n_counted"] == [20, 20]
+    codes = {f["code"] for f in loss["flags"]}
+    assert "audit_underpowered" in codes  # 20 of each counted: below the stated 30
+    audit = canaries["epsilon_audit"]
+    assert audit["method"] == "one-run" and audit["canaries"] == 400 and audit["guesses"] == 80
+    assert audit["epsilon_lb"] > canaries["privacy"]["epsilon"]
+    assert {f["code"] for f in canaries["flags"]} == {"audit_exceeds_accountant"}
+    html = render_report(run)
+    assert "claimed ε" in html and "audit_exceeds_accountant" in html
