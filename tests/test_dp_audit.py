@@ -26,6 +26,7 @@ from robustbench_cl.privacy.epsilon import (
     two_world_epsilon,
     underpowered_below,
 )
+from robustbench_cl.privacy.membership import scaled_confidence
 from robustbench_cl.registry import DEFENSES, register_defense
 
 
@@ -257,3 +258,93 @@ def test_one_run_audit_catches_a_training_that_forgets_its_noise(broken_dp, tmp_
     assert {f["code"] for f in canaries["flags"]} == {"audit_exceeds_accountant"}
     html = render_report(run)
     assert "claimed ε" in html and "audit_exceeds_accountant" in html
+
+
+# ---------------------------------------------------------------------- stronger attacks
+def test_shifted_views_are_zero_filled_translations():
+    from robustbench_cl.privacy.membership import shifted_views
+
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    views = shifted_views(x, 1)
+    assert len(views) == 5 and torch.equal(views[0], x)
+    down = views[1]  # rolled by +1 along H, the first row zeroed
+    assert torch.equal(down[0, 0, 1:], x[0, 0, :-1]) and (down[0, 0, 0] == 0).all()
+    assert len(shifted_views(x, 2)) == 9
+    assert len(shifted_views(torch.randn(3, 24), 1)) == 1  # not an image: the identity only
+    with pytest.raises(UserError, match="shifts"):
+        from robustbench_cl.privacy.membership import make_membership_attack
+
+        make_membership_attack("lira", shifts=-1)
+
+
+def _overfit_images(tmp_path, monkeypatch):
+    """A conv model memorising random labels of random 1x6x6 images, and 8 references."""
+    from robustbench_cl.privacy.membership import (
+        ReferenceRecipe,
+        reference_models,
+        reference_signals,
+    )
+
+    monkeypatch.setenv("ROBUSTBENCH_CL_HOME", str(tmp_path))
+
+    def architecture() -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(288, 4)
+        )
+
+    def fit(x, y, seed):  # noqa: ANN001, ANN202
+        torch.manual_seed(seed)
+        model = architecture()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for _ in range(150):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+        return model.eval()
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(160, 1, 6, 6, generator=generator)
+    y = torch.randint(0, 4, (160,), generator=generator)
+    members = torch.arange(160) < 80
+    target = fit(x[members], y[members], 99)
+    recipe = ReferenceRecipe({"test": "conv-random-labels"}, architecture, fit)
+    models, inside, _ = reference_models(recipe, x, y, k=8, seed=0)
+    return x, y, members, target, models, inside, reference_signals
+
+
+def test_lira_with_query_shifts_scores_each_view(tmp_path, monkeypatch):
+    from robustbench_cl.privacy.membership import make_membership_attack
+    from robustbench_cl.privacy.metrics import membership_metrics
+
+    x, y, members, target, models, inside, signals = _overfit_images(tmp_path, monkeypatch)
+    audited = torch.arange(len(y))
+    attack = make_membership_attack("lira", shifts=1)
+    references = signals(models, inside, audited, x, y, views=attack.views)
+    assert references.phi.shape == (8, 5, len(y))
+    scores = attack.score(target, x, y, references)
+    assert membership_metrics(scores, members, bootstrap=20)["auc"] > 0.8
+    # one view is the plain attack
+    plain = make_membership_attack("lira").score(
+        target, x, y, signals(models, inside, audited, x, y)
+    )
+    with torch.no_grad():
+        observed = scaled_confidence(target(x), y)
+    single = make_membership_attack("lira")._score_view(observed, references.phi[:, 0], references)
+    torch.testing.assert_close(plain, single)
+
+
+def test_rmia_tunes_a_offline_on_a_reference_model(tmp_path, monkeypatch):
+    from robustbench_cl.privacy.membership import make_membership_attack
+
+    x, y, members, target, models, inside, signals = _overfit_images(tmp_path, monkeypatch)
+    references = signals(models, inside, torch.arange(len(y)), x, y)
+    tuned = make_membership_attack("rmia", a=None)
+    tuned.score(target, x, y, references)
+    assert tuned.a_tuned in [i / 10 for i in range(11)]
+    assert tuned.settings()["a_tuned"] == tuned.a_tuned
+    fixed = make_membership_attack("rmia", a=tuned.a_tuned)
+    torch.testing.assert_close(
+        tuned.score(target, x, y, references), fixed.score(target, x, y, references)
+    )
+    with pytest.raises(UserError, match="a"):
+        make_membership_attack("rmia", a=1.5)

@@ -63,6 +63,24 @@ def scaled_confidence(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return true - torch.logsumexp(others, dim=1)
 
 
+def shifted_views(x: torch.Tensor, pixels: int) -> list[torch.Tensor]:
+    """The query augmentations of LiRA for image batches (N, C, H, W): the identity and every
+    shift by 1..``pixels`` pixels up, down, left and right, zero-filled (small translations, as
+    digits and CIFAR models are trained with; no flips, which change a digit). Other shapes get
+    the identity only."""
+    views = [x]
+    if x.dim() != 4 or pixels <= 0:
+        return views
+    for step in range(1, pixels + 1):
+        for dim, sign in ((2, 1), (2, -1), (3, 1), (3, -1)):
+            shifted = torch.roll(x, sign * step, dims=dim)
+            index = [slice(None)] * 4
+            index[dim] = slice(0, step) if sign > 0 else slice(-step, None)
+            shifted[tuple(index)] = 0
+            views.append(shifted)
+    return views
+
+
 def true_class_probability(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return logits.softmax(1).gather(1, y.to(logits.device)[:, None]).squeeze(1)
 
@@ -81,7 +99,7 @@ class ReferenceRecipe:
 class ReferenceSet:
     """Reference models' signals on the audited examples and on the population samples."""
 
-    phi: torch.Tensor  # (K, N) scaled confidence on the audited examples
+    phi: torch.Tensor  # (K, N) scaled confidence on the audited examples ((K, V, N) per view)
     prob: torch.Tensor  # (K, N) true-class probability on the audited examples
     inside: torch.Tensor  # (K, N) bool: example n was in model k's training half
     population_prob: torch.Tensor | None = None  # (K, M) on the population samples z
@@ -206,22 +224,49 @@ class LiRA(MembershipAttack):
         in_fraction: the share of the population each reference model trains on (so the share
             of reference models that include a sample); `None`: the target model's own share,
             members / population.
+        shifts: query augmentations: 0 queries each example as it is; `k` also queries it
+            shifted by 1..k pixels in each of the four directions (1 gives 5 views), fits the
+            Gaussians per view and averages the per-view scores (Carlini et al., Sec. 5.2).
+            Images only.
     """
 
     name = "lira"
     uses_references = True
 
     def __init__(
-        self, online: bool = True, reference_models: int = 8, in_fraction: float | None = None
+        self,
+        online: bool = True,
+        reference_models: int = 8,
+        in_fraction: float | None = None,
+        shifts: int = 0,
     ) -> None:
+        if isinstance(shifts, bool) or not isinstance(shifts, int) or not 0 <= shifts <= 4:
+            raise UserError("shifts", f"must be an integer in 0..4, got {shifts!r}", "e.g. 1")
         self.online = bool(online)
         self.reference_models = int(reference_models)
         self.in_fraction = _fraction(in_fraction)
+        self.shifts = shifts
+
+    def views(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return shifted_views(x, self.shifts)
 
     def score(self, model, x, y, references=None, population=None, members=None):  # noqa: ANN001, ANN201
         assert references is not None
-        observed = scaled_confidence(logits_of(model, x), y)
-        phi, inside = references.phi.to(observed.device), references.inside.to(observed.device)
+        phi = references.phi
+        if phi.dim() == 2:
+            return self._score_view(scaled_confidence(logits_of(model, x), y), phi, references)
+        views = self.views(x)
+        assert len(views) == phi.shape[1], "reference signals were taken on other views"
+        scores = [
+            self._score_view(scaled_confidence(logits_of(model, view), y), phi[:, v], references)
+            for v, view in enumerate(views)
+        ]
+        return torch.stack(scores).mean(0)
+
+    def _score_view(
+        self, observed: torch.Tensor, phi: torch.Tensor, references: ReferenceSet
+    ) -> torch.Tensor:
+        phi, inside = phi.to(observed.device), references.inside.to(observed.device)
         outside = ~inside
         mean_out, std_out = _pooled_gaussian(phi, outside)
         if not self.online:  # one-sided: how far above the OUT distribution
@@ -254,7 +299,10 @@ class RMIA(MembershipAttack):
             OUT); `false`: from the OUT models only, corrected by `a`.
         reference_models: reference models, each trained on a random share of the population.
         a: the offline correction of the OUT models' mean probability: `((1 + a) p_OUT +
-            (1 - a)) / 2`.
+            (1 - a)) / 2`; `None`: tuned offline as ML Privacy Meter does, over 0, 0.1, ..., 1 by
+            the AUC of the same attack with one reference model as the target (its membership
+            is known) and the others as its references; the chosen value is recorded as
+            `a_tuned`.
         gamma: the threshold a sample's likelihood ratio must beat over a population sample's;
             the score is the share it beats.
         in_fraction: the share of the population each reference model trains on; `None`: the
@@ -269,39 +317,90 @@ class RMIA(MembershipAttack):
         self,
         online: bool = False,
         reference_models: int = 8,
-        a: float = 0.3,
+        a: float | None = 0.3,
         gamma: float = 1.0,
         in_fraction: float | None = None,
     ) -> None:
         self.online = bool(online)
         self.reference_models = int(reference_models)
         self.in_fraction = _fraction(in_fraction)
-        self.a = float(a)
+        if a is not None and not 0 <= float(a) <= 1:
+            raise UserError("a", f"must be in [0, 1] or null (tuned), got {a}", "e.g. 0.3")
+        self.a = None if a is None else float(a)
         self.gamma = float(gamma)
 
-    def _marginal(self, prob: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    def _marginal(self, prob: torch.Tensor, inside: torch.Tensor, a: float) -> torch.Tensor:
         if self.online:
             return prob.mean(0)
         outside = ~inside
         mean_out = (prob * outside).sum(0) / outside.sum(0).clamp_min(1)
-        return 0.5 * ((1 + self.a) * mean_out + (1 - self.a))  # the paper's offline correction
+        return 0.5 * ((1 + a) * mean_out + (1 - a))  # the paper's offline correction
+
+    def _scores(
+        self,
+        target: torch.Tensor,
+        prob: torch.Tensor,
+        inside: torch.Tensor,
+        target_z: torch.Tensor | None,
+        population_prob: torch.Tensor | None,
+        population_inside: torch.Tensor | None,
+        a: float,
+    ) -> torch.Tensor:
+        ratio_x = target / self._marginal(prob, inside, a).clamp_min(1e-12)
+        if target_z is None or population_prob is None or population_inside is None:
+            return ratio_x  # the limit of many z: RMIA's score is monotone in this ratio
+        ratio_z = target_z / self._marginal(population_prob, population_inside, a).clamp_min(1e-12)
+        beats = (ratio_x[:, None] / ratio_z[None, :]) > self.gamma
+        return beats.float().mean(1)
+
+    def tune_a(self, references: ReferenceSet) -> float:
+        """Privacy Meter's offline tuning: reference model 0 plays the target, its membership
+        known; the others are its references; the ``a`` with the best AUC wins (ties: the
+        smallest)."""
+        from sklearn.metrics import roc_auc_score
+
+        prob, inside = references.prob, references.inside
+        if len(prob) < 2 or inside[0].all() or not inside[0].any():
+            return 0.3  # nothing to tune on: the paper's default
+        z_prob, z_inside = references.population_prob, references.population_inside
+        best, chosen = -1.0, 0.3
+        for a in [i / 10 for i in range(11)]:
+            scores = self._scores(
+                prob[0],
+                prob[1:],
+                inside[1:],
+                None if z_prob is None else z_prob[0],
+                None if z_prob is None else z_prob[1:],
+                None if z_inside is None else z_inside[1:],
+                a,
+            )
+            auc = float(roc_auc_score(inside[0].cpu().numpy(), scores.cpu().numpy()))
+            if auc > best + 1e-12:
+                best, chosen = auc, a
+        return chosen
 
     def score(self, model, x, y, references=None, population=None, members=None):  # noqa: ANN001, ANN201
         assert references is not None
+        a = self.a
+        if a is None and not self.online:
+            a = self.a_tuned = self.tune_a(references)
         target = true_class_probability(logits_of(model, x), y)
         device = target.device
-        ratio_x = target / self._marginal(
-            references.prob.to(device), references.inside.to(device)
-        ).clamp_min(1e-12)
-        if population is None or references.population_prob is None:
-            return ratio_x  # the limit of many z: RMIA's score is monotone in this ratio
-        z, z_y = population
-        target_z = true_class_probability(logits_of(model, z), z_y)
-        ratio_z = target_z / self._marginal(
-            references.population_prob.to(device), references.population_inside.to(device)
-        ).clamp_min(1e-12)
-        beats = (ratio_x[:, None] / ratio_z[None, :]) > self.gamma
-        return beats.float().mean(1)
+        target_z = population_prob = population_inside = None
+        if population is not None and references.population_prob is not None:
+            z, z_y = population
+            target_z = true_class_probability(logits_of(model, z), z_y)
+            population_prob = references.population_prob.to(device)
+            population_inside = references.population_inside.to(device)
+        return self._scores(
+            target,
+            references.prob.to(device),
+            references.inside.to(device),
+            target_z,
+            population_prob,
+            population_inside,
+            0.3 if a is None else a,
+        )
 
 
 @register_membership_attack("art-blackbox")
@@ -461,12 +560,24 @@ def reference_signals(
     x: torch.Tensor,
     y: torch.Tensor,
     z_index: torch.Tensor | None = None,
+    views: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
 ) -> ReferenceSet:
-    """Signals of the reference models on the audited population indices (and on z)."""
+    """Signals of the reference models on the audited population indices (and on z); with
+    ``views`` (LiRA's query augmentations), ``phi`` holds one row per view, (K, V, N)."""
     phi, prob, z_prob = [], [], []
     for model in models:
         logits = logits_of(model, x[audited])
-        phi.append(scaled_confidence(logits, y[audited]))
+        if views is None:
+            phi.append(scaled_confidence(logits, y[audited]))
+        else:
+            phi.append(
+                torch.stack(
+                    [
+                        scaled_confidence(logits_of(model, view), y[audited])
+                        for view in views(x[audited])
+                    ]
+                )
+            )
         prob.append(true_class_probability(logits, y[audited]))
         if z_index is not None:
             z_prob.append(true_class_probability(logits_of(model, x[z_index]), y[z_index]))

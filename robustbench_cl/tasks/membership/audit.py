@@ -109,8 +109,15 @@ class MembershipAudit:
             models, inside, trained = self.references(cell, k, fraction, progress)
             fraction = float(inside[:, 0].float().mean())  # after clamping to >= 1 IN and OUT
             use_z = attack.uses_population and len(z_index) > 0
+            shifts = getattr(attack, "shifts", 0)
             references = reference_signals(
-                models, inside, audited, self.x, self.y, z_index if use_z else None
+                models,
+                inside,
+                audited,
+                self.x,
+                self.y,
+                z_index if use_z else None,
+                views=attack.views if shifts else None,
             )
         population = None
         if attack.uses_population and len(z_index):
