@@ -364,15 +364,21 @@ def document_loss(lm: ChatLM, texts: list[str]) -> torch.Tensor:
     return (loss * weights).sum() / weights.sum()
 
 
-def train_tiny_chat_lm(recipe: dict[str, Any] = TINY_CHAT_RECIPE, progress=None) -> ChatLM:  # noqa: ANN001
-    """Tokenizer + Llama config + supervised fine-tuning on the synthetic chat corpus."""
+def train_tiny_chat_lm(
+    recipe: dict[str, Any] = TINY_CHAT_RECIPE,
+    progress=None,  # noqa: ANN001
+    tokenizer=None,  # noqa: ANN001
+) -> ChatLM:
+    """Tokenizer + Llama config + supervised fine-tuning on the synthetic chat corpus
+    (``tokenizer``: reuse one, e.g. the target's for a membership reference model)."""
     from robustbench_cl.data.chat import pretraining_documents, sft_corpus
 
     with seeded(recipe["seed"]):
         corpus = sft_corpus(recipe["corpus"], seed=recipe["seed"])
         documents = pretraining_documents()
         texts = [f"{e.instruction} {e.response}" for e in corpus.examples] + documents
-        tokenizer = build_tokenizer(texts, recipe["vocab"])
+        if tokenizer is None:
+            tokenizer = build_tokenizer(texts, recipe["vocab"])
         model = tiny_llama(len(tokenizer), recipe)
         lm = ChatLM(model, tokenizer, "tiny-chat-lm")
         optimizer = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=0.01)
@@ -454,6 +460,36 @@ def _replace_dir(tmp: Path, path: Path) -> None:
 def tiny_chat_lm() -> nn.Module:
     """A 4-layer Llama chat model SFT-aligned to refuse harmful requests (trained on first use)."""
     return _cached_tiny_chat_lm()
+
+
+#: the membership reference of tiny-chat-lm: its recipe and tokenizer, another corpus draw
+TINY_CHAT_REFERENCE_RECIPE = dict(TINY_CHAT_RECIPE, seed=1, tokenizer="tiny-chat-lm")
+
+
+def tiny_chat_lm_reference_path(recipe: dict[str, Any] = TINY_CHAT_REFERENCE_RECIPE) -> Path:
+    return cache_file("models", f"tiny-chat-lm-reference-{stable_hash(recipe, 8)}")
+
+
+@register_model("tiny-chat-lm-reference")
+def tiny_chat_lm_reference() -> nn.Module:
+    """tiny-chat-lm's recipe and tokenizer trained on another draw of its corpus (seed 1): the
+    reference model of chat membership inference (about 10 minutes on 2 cores, first use)."""
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from robustbench_cl.models.artifacts import artifact_lock
+
+    _quiet_transformers()
+    recipe = TINY_CHAT_REFERENCE_RECIPE
+    path = tiny_chat_lm_reference_path(recipe)
+    with artifact_lock(path):
+        if not (path / "model.safetensors").exists():
+            logger.info("training builtin:tiny-chat-lm-reference (first use; cached afterwards)")
+            target = _cached_tiny_chat_lm()
+            training = {k: v for k, v in recipe.items() if k != "tokenizer"}
+            save_chat_lm(train_tiny_chat_lm(training, tokenizer=target.tokenizer), path)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
+    model = LlamaForCausalLM.from_pretrained(str(path), local_files_only=True)
+    return ChatLM(model.eval(), tokenizer, "tiny-chat-lm-reference")
 
 
 def hf_model(directory: str, options: dict[str, str]) -> nn.Module:

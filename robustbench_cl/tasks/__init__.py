@@ -7,6 +7,7 @@ own registers itself the same way with ``@register_task`` (see
 """
 
 from robustbench_cl.tasks import (  # noqa: F401  (each registers itself)
+    chat_membership,
     classification,
     generation,
     jailbreak,
