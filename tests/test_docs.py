@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 PAGES = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
 TASK_PAGES = ("classification", "membership", "generation", "retrieval", "jailbreak")
-TASK_PAGES += ("screens", "textret")
+TASK_PAGES += ("screens", "textret", "chat_membership")
 
 #: what each page's config is run with in the tests: fewer samples (the config is unchanged
 #: otherwise, so a key the page shows that the code refused would fail here)
@@ -33,6 +33,7 @@ SMOKE = {
     "membership": {},
     "generation": {"generation": {"n_per_class": 2}},
     "textret": {"textret": {"data": {"n_test": 6}}},
+    "chat_membership": {"chat_membership": {"n": 20}},
 }
 
 
@@ -45,6 +46,7 @@ EXPECTED = {
     "jailbreak": ("jailbreak.cells", 2 * 2),  # 2 defenses x (direct, GCG)
     "screens": ("screens.rows", 2),  # clean, noise
     "textret": ("textret.cells", 1),  # 1 pair x HotFlip at 1 eps
+    "chat_membership": ("chat_membership", 2),  # base and C-AdvUL
 }
 
 

@@ -175,7 +175,10 @@ class ChatMembershipTask(Task):
         model, defense = self.section.models[mi], self.section.defenses[di]
         built = make_defense(defense.defense, **defense.params)
         base = self._chat_lm(model.spec)
-        data = JailbreakDataConfig()  # the jailbreak section's training data: one artifact
+        # the jailbreak section's training data, so that a defense both sections name is one
+        # cached artifact
+        jailbreak = getattr(self.config, "jailbreak", None)
+        data = jailbreak.data if jailbreak is not None else JailbreakDataConfig()
         train = make_chat(
             "train", data.train_benign, data.train_harmful, data.train_borderline, seed=0
         )
