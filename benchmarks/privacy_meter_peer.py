@@ -10,12 +10,16 @@ FPR tolerance alpha when the target's loss is below that distribution's alpha qu
 interpolation), one threshold per alpha.
 
 The same target (``builtin:digits-cnn``, trained on the 1,437 digits of the train split), the
-same 180 members (a seeded draw of the train split) and 180 non-members (the test split's
-first half, as our membership audit draws them), and the same 8 reference models: the
+same 180 members (a seeded draw of the train split) and 180 non-members (the first 180 test
+digits), and the same 8 reference models: the
 digits-cnn recipe on random halves of the population with every audited example left out (so
 every reference model is OUT for every audited example, as Privacy Meter's reference attack
 assumes). Ours run on those models: LiRA offline (a Gaussian z-score per example), RMIA
-offline and LOSS. Privacy Meter's ROC is its (FPR, TPR) over 1,001 tolerances.
+offline and LOSS, which are other attacks, so only their AUCs sit beside Privacy Meter's. The
+parity check is Attack R itself computed from our signals: an example's score is where the
+target's loss falls in the linear interpolation of its reference losses (the inverse of the
+quantile Privacy Meter thresholds at), so at every tolerance our calls must equal Privacy
+Meter's, example by example. Privacy Meter's ROC is its (FPR, TPR) over 1,001 tolerances.
 
 Writes reports/bench/privacy_meter_peer.json: AUC and TPR at 1% FPR side by side, our
 bootstrap intervals, and the wall time of each attack given the models (as a ratio).
@@ -94,7 +98,27 @@ def privacy_meter_reference(target, references, members, outsiders):  # noqa: AN
         "auc": float(result.roc_auc),
         "tpr_at_1pct_fpr": float(tpr[allowed].max()) if allowed.any() else 0.0,
         "seconds": seconds,
+        "predictions": np.asarray(result.predicted_labels, dtype=bool),  # (tolerances, N)
     }
+
+
+def attack_r_levels(target, references, x, y) -> np.ndarray:  # noqa: ANN001
+    """Attack R from our signals: the level (0..1) at which the target's loss sits in the
+    linearly interpolated quantile curve of the example's reference losses. Privacy Meter calls
+    a member at tolerance alpha when the loss is below the alpha quantile (alpha strictly
+    inside (0, 1)), i.e. when alpha > this level."""
+    with torch.no_grad():
+        target_loss = torch.nn.functional.cross_entropy(target(x), y, reduction="none").numpy()
+        losses = np.stack(
+            [
+                torch.nn.functional.cross_entropy(m(x), y, reduction="none").numpy()
+                for m in references
+            ],
+            axis=1,
+        )
+    ordered = np.sort(losses, axis=1)
+    grid = np.linspace(0, 1, ordered.shape[1])
+    return np.array([np.interp(t, row, grid) for t, row in zip(target_loss, ordered)])
 
 
 def main() -> None:
@@ -157,6 +181,21 @@ def main() -> None:
             "seconds": seconds,
         }
     theirs = privacy_meter_reference(target, references, members, outsiders)
+    predictions = theirs.pop("predictions")
+    levels = attack_r_levels(target, references, x, y)
+    tolerances = np.linspace(0, 1, 1001)
+    inner = slice(1, len(tolerances) - 1)  # PM fixes the two ends (all out, all in)
+    ours_calls = tolerances[inner, None] > levels[None, :]
+    differ = int((ours_calls != predictions[inner]).sum())
+    attack_r = membership_metrics(torch.as_tensor(-levels), is_member, seed=0)
+    ours["Attack R (ours, Privacy Meter's algorithm)"] = {
+        "auc": attack_r["auc"],
+        "auc_ci95": attack_r["auc_ci95"],
+        "tpr_at_1pct_fpr": attack_r["tpr_at_fpr"]["0.01"],
+        "tpr_at_1pct_fpr_ci95": attack_r["tpr_at_fpr_ci95"]["0.01"],
+        "calls_differing_from_privacy_meter": differ,
+        "calls_compared": int(ours_calls.size),
+    }
     lira = ours["LiRA-offline"]
     report = {
         "what": "membership AUC and TPR at 1% FPR: ours and ML Privacy Meter 1.0.1's reference "
@@ -170,6 +209,7 @@ def main() -> None:
         "reference_training_seconds": training_seconds,
         "privacy_meter_reference": theirs,
         "ours": ours,
+        "attack_r_calls_identical": differ == 0,
         "privacy_meter_auc_within_our_lira_offline_interval": lira["auc_ci95"][0]
         <= theirs["auc"]
         <= lira["auc_ci95"][1],

@@ -42,17 +42,19 @@ def test_scores_follow_the_reference_definitions():
 def test_the_builtin_audit_set_differs_in_membership_only():
     from robustbench_cl.data.chat import sft_corpus
 
-    members, outsiders = builtin_audit_examples(120, seed=0)
-    assert len(members) == len(outsiders) == 120
+    members, outsiders, pseudo = builtin_audit_examples(120, seed=0)
+    assert len(members) == len(outsiders) == len(pseudo) == 120
     key = lambda e: (e.instruction, e.response)  # noqa: E731
     corpus = {key(e) for e in sft_corpus(6000, seed=0).examples}
     reference = {key(e) for e in sft_corpus(6000, seed=1).examples}
     assert all(key(e) in corpus and key(e) not in reference for e in members)
     assert not any(key(e) in corpus or key(e) in reference for e in outsiders)
+    # the selection control: chosen by the members' rule from the corpus the target never saw
+    assert all(key(e) in reference and key(e) not in corpus for e in pseudo)
     stratum = lambda e: (e.task, len(e.response.split()))  # noqa: E731
-    assert collections.Counter(map(stratum, members)) == collections.Counter(
-        map(stratum, outsiders)
-    )
+    counts = collections.Counter(map(stratum, members))
+    assert counts == collections.Counter(map(stratum, outsiders))
+    assert counts == collections.Counter(map(stratum, pseudo))
     assert len({key(e) for e in members}) == 120  # no duplicates
     with pytest.raises(UserError, match="chat_membership.n"):
         builtin_audit_examples(100_000, seed=0)
@@ -113,7 +115,10 @@ def test_the_section_end_to_end_with_controls_report_and_resume(quick_reference,
     assert record["shift_auc"] is not None and record["reference"] == quick_reference
     for result in record["attacks"]:
         assert result["epsilon_audit"]["n_counted"] == [20, 20]
-        assert 0 <= result["control_auc"] <= 1
+        assert result["epsilon_audit"]["certified"] is False
+    controls = {r["attack"]: r["control_auc"] for r in record["attacks"]}
+    assert controls["reference"] is None  # the reference model's corpus holds the pseudo-members
+    assert all(isinstance(controls[a], float) for a in ("loss", "zlib", "min-k"))
     results = json.loads((run / "results.json").read_text())
     validate_results(results)
     (entry,) = results["chat_membership"]

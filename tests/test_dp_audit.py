@@ -5,6 +5,7 @@ a model whose claim is deliberately wrong."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -340,7 +341,17 @@ def test_rmia_tunes_a_offline_on_a_reference_model(tmp_path, monkeypatch):
     references = signals(models, inside, torch.arange(len(y)), x, y)
     tuned = make_membership_attack("rmia", a=None)
     tuned.score(target, x, y, references)
-    assert tuned.a_tuned in [i / 10 for i in range(11)]
+    # the brute-force argmax: reference model 0 as the target, the others as its references
+    from sklearn.metrics import roc_auc_score
+
+    aucs = []
+    for a in [i / 10 for i in range(11)]:
+        pseudo = tuned._scores(
+            references.prob[0], references.prob[1:], references.inside[1:], None, None, None, a
+        )
+        aucs.append(roc_auc_score(references.inside[0].numpy(), pseudo.numpy()))
+    assert tuned.a_tuned == pytest.approx(int(np.argmax(aucs)) / 10)
+    assert "AUC" in tuned.settings()["a_tuning"]
     assert tuned.settings()["a_tuned"] == tuned.a_tuned
     fixed = make_membership_attack("rmia", a=tuned.a_tuned)
     torch.testing.assert_close(
@@ -348,3 +359,127 @@ def test_rmia_tunes_a_offline_on_a_reference_model(tmp_path, monkeypatch):
     )
     with pytest.raises(UserError, match="a"):
         make_membership_attack("rmia", a=1.5)
+
+
+# ---------------------------------------------------------------------- review additions
+def _sgd_step_gradient(model, before, lr):  # noqa: ANN001, ANN202
+    """The gradient of one SGD step (momentum's first step is the gradient itself)."""
+    return [(b - a.detach()) / lr for b, a in zip(before, model.parameters())]
+
+
+def test_poisson_batches_are_clipped_summed_and_divided_by_the_expected_size():
+    from robustbench_cl.utils import seeded
+
+    x, y = torch.randn(40, 1, 4, 4), torch.randint(0, 3, (40,))
+    model = _tiny()
+    before = [p.detach().clone() for p in model.parameters()]
+    dp_sgd_train(
+        model,
+        x,
+        y,
+        noise_multiplier=0.0,
+        max_grad_norm=0.05,
+        sample_rate=0.5,
+        steps=1,
+        lr=1.0,
+        optimizer="sgd",
+        seed=3,
+    )
+    with seeded(3) as generator:  # the step's Poisson draw, replayed
+        chosen = torch.nonzero(torch.rand(40, generator=generator) < 0.5)[:, 0]
+    assert 0 < len(chosen) < 40
+    reference = _tiny()
+    expected = [torch.zeros_like(p) for p in reference.parameters()]
+    for i in chosen.tolist():
+        reference.zero_grad()
+        nn.functional.cross_entropy(reference(x[i : i + 1]), y[i : i + 1]).backward()
+        grads = [p.grad.clone() for p in reference.parameters()]
+        norm = torch.cat([g.flatten() for g in grads]).norm()
+        for total, g in zip(expected, grads):
+            total += g * min(1.0, 0.05 / (float(norm) + 1e-6))
+    for got, want in zip(_sgd_step_gradient(model, before, 1.0), expected):
+        torch.testing.assert_close(got, want / (0.5 * 40), atol=1e-6, rtol=1e-4)
+
+
+def test_the_noise_has_the_accounted_scale():
+    """An empty batch: the step is noise alone, of std sigma * C / (q * N)."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 32))
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = torch.randn(100, 1, 4, 4), torch.randint(0, 32, (100,))
+    q = 1e-9  # (no example drawn)
+    dp_sgd_train(
+        model,
+        x,
+        y,
+        noise_multiplier=2.0,
+        max_grad_norm=0.5,
+        sample_rate=q,
+        steps=1,
+        lr=1.0,
+        optimizer="sgd",
+    )
+    noise = torch.cat([g.flatten() for g in _sgd_step_gradient(model, before, 1.0)])
+    assert float(noise.std()) == pytest.approx(2.0 * 0.5 / (q * 100), rel=0.05)
+    assert abs(float(noise.mean())) < 0.05 * float(noise.std())
+
+
+def test_the_one_run_training_set_holds_each_canary_only_when_drawn_in():
+    from robustbench_cl.privacy.membership import one_run_training_set
+
+    train_x = torch.arange(6.0)[:, None]
+    train_y = torch.arange(6)
+    population_x = torch.cat([train_x, torch.tensor([[10.0], [11.0]])])
+    index = torch.tensor([1, 4, 7])  # two training examples and one outsider
+    labels = torch.tensor([9, 8, 7])  # flipped
+    included = torch.tensor([True, False, True])
+    x, y = one_run_training_set(train_x, train_y, population_x, index, labels, included)
+    assert x.flatten().tolist() == [0.0, 2.0, 3.0, 5.0, 1.0, 11.0]
+    assert y.tolist() == [0, 2, 3, 5, 9, 7]  # example 4 is out entirely, 1 in with label 9
+
+
+def test_the_one_run_bound_holds_for_an_epsilon_dp_guesser():
+    """Randomized response at epsilon 1 guesses each canary right with e/(1+e): the bound must
+    stay at or below 1 in at least 95% of audits (Steinke et al.'s guarantee)."""
+    rng = np.random.default_rng(0)
+    q = math.exp(1.0) / (1 + math.exp(1.0))
+    bounds = [one_run_epsilon(1000, 100, int(rng.binomial(100, q)), 0.0) for _ in range(300)]
+    assert np.mean(np.array(bounds) <= 1.0) >= 0.95
+
+
+def test_dp_reference_models_have_their_own_seeds(monkeypatch):
+    from robustbench_cl.engine.config import DefenseConfig, ModelConfig
+    from robustbench_cl.tasks.membership_plan import SEED_OFFSET, reference_recipe
+
+    seeds = []
+
+    def build(self, model, spec, data):  # noqa: ANN001, ANN202
+        seeds.append(self.seed)
+        return model
+
+    monkeypatch.setattr(DPSGD, "build", build)
+    recipe = reference_recipe(
+        ModelConfig(spec="builtin:digits-cnn"), DefenseConfig(defense="dp-sgd")
+    )
+    assert recipe.key["per_model_seed"] == SEED_OFFSET
+    x, y = torch.rand(8, 1, 16, 16), torch.arange(8) % 2
+    recipe.train(x, y, 0)
+    recipe.train(x, y, 5)
+    assert seeds == [SEED_OFFSET, SEED_OFFSET + 5]  # never the target's seed (0)
+
+
+def test_dp_sgd_starts_from_nothing_learned():
+    from robustbench_cl.models.wrappers import Frozen
+
+    class WithToken(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.token = nn.Parameter(torch.arange(16.0).reshape(1, 1, 4, 4))
+            self.head = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+
+        def forward(self, x):  # noqa: ANN001, ANN202
+            return self.head(x + self.token)
+
+    trained = WithToken()
+    fresh = make_defense("dp-sgd").fresh_copy(Frozen(trained))
+    assert not torch.equal(fresh.token, trained.token)
+    assert not torch.equal(fresh.head[1].weight, trained.head[1].weight)

@@ -119,6 +119,8 @@ class DPSGD(Defense):
     kind = "training"
     #: always trains a fresh copy of the architecture (never fine-tunes the given weights)
     from_scratch = True
+    #: membership reference models are trained with seeds of their own (noise and batches)
+    seeds_per_model = True
 
     def __init__(
         self,
@@ -143,7 +145,8 @@ class DPSGD(Defense):
                 raise UserError("epsilon", f"must be > 0, got {epsilon}", "e.g. 1 or 8")
         else:
             require_number("noise_multiplier", noise_multiplier)
-        if not 0 < float(delta) < 1:
+        require_number("delta", delta)
+        if not delta < 1:
             raise UserError("delta", f"must be in (0, 1), got {delta}", "e.g. 1e-5")
         if optimizer not in ("sgd", "adam"):
             raise UserError("optimizer", f"unknown {optimizer!r}", "use sgd or adam")
@@ -168,6 +171,13 @@ class DPSGD(Defense):
 
     def privacy_claim(self, n: int) -> PrivacyClaim:
         """The (epsilon, delta) the accountant certifies for training on ``n`` examples."""
+        if self.delta >= 1 / n:
+            logger.warning(
+                "dp-sgd: delta %g is not below 1/N = %g: such a delta allows leaking a whole "
+                "training example; use delta < 1/N",
+                self.delta,
+                1 / n,
+            )
         q, steps = self.schedule(n)
         if self.noise_multiplier is None:
             assert self.epsilon is not None
@@ -194,9 +204,28 @@ class DPSGD(Defense):
             network = ModuleValidator.fix(network)
         return network
 
+    def settings(self) -> dict[str, Any]:
+        """The parameters, and Opacus's version: its accountant chooses the noise, so a cached
+        model is tied to the version that chose it."""
+        import opacus
+
+        return {**super().settings(), "opacus": opacus.__version__}
+
+    def fresh_copy(self, model: Frozen) -> nn.Module:
+        """The architecture with nothing learned: every module's ``reset_parameters``, then a
+        truncated normal (std 0.02) for any parameter none of them reached (a class token, a
+        position embedding), so that no weight trained without DP on the data survives."""
+        network = trainable_copy(model, True, self.seed)
+        with seeded(self.seed), torch.no_grad():
+            for new, old in zip(network.parameters(), model.model.parameters()):
+                varied = old.numel() > 1 and bool((old != old.flatten()[0]).any())
+                if varied and torch.equal(new, old):
+                    torch.nn.init.trunc_normal_(new, std=0.02)
+        return network
+
     def build(self, model: Frozen, model_spec: str, data: TensorData) -> nn.Module:
         path = self.cache_path(model_spec, data)
-        network = self.adapt_architecture(trainable_copy(model, True, self.seed))
+        network = self.adapt_architecture(self.fresh_copy(model))
         with artifact_lock(path):
             if artifact_exists(path):
                 load_artifact_weights(path, network)

@@ -19,9 +19,12 @@ The built-in audit set (:func:`builtin_audit_examples`) takes members from tiny-
 corpus and non-members from another draw of the same generator, stratified by task and length
 so that the two sets differ in membership only: a distribution shift between them gives a high
 AUC with no membership at all (Duan et al., 2024, "Do membership inference attacks work on
-large language models?"). The audit reports two controls for that: the same attacks on a random
-split of the audited examples (must be at chance), and the reference model's own loss attack
-(it saw neither set: away from 0.5 is a shift between them).
+large language models?"). The audit reports two controls for that: the selection control (the
+same attacks on pseudo-members chosen by the members' rule from a corpus the target never saw,
+against the non-members: must be at chance), and the reference model's own loss attack (it
+saw neither set: away from 0.5 is a shift between them). The reference model shares the
+target's tokenizer, which was built from the target's corpus: that can cancel part of a real
+signal in the reference attack, and show in the shift control.
 """
 
 from __future__ import annotations
@@ -102,23 +105,31 @@ def _stratum(example: ChatExample) -> tuple[str, int]:
 
 def builtin_audit_examples(
     n: int, seed: int, corpus: int = 6000, corpus_seed: int = 0, reference_seed: int = 1
-) -> tuple[list[ChatExample], list[ChatExample]]:
-    """``n`` members of tiny-chat-lm's SFT corpus and ``n`` non-members, stratified.
+) -> tuple[list[ChatExample], list[ChatExample], list[ChatExample]]:
+    """``n`` members of tiny-chat-lm's SFT corpus, ``n`` non-members and ``n`` control
+    pseudo-members, stratified.
 
     Members: corpus examples that the reference model's corpus (seed ``reference_seed``) does
-    not hold. Non-members: draws of the same generator that neither corpus holds. Both are
-    taken in equal numbers from every (task, response length) stratum, so that the two sets
-    differ in membership, not in task mix or length. Only strata with examples on both sides
-    count (the templated arithmetic, capitals and refusals are all in the corpus: no
-    non-member of theirs exists).
+    not hold. Non-members: draws of the same generator that neither corpus holds. Pseudo-members
+    (the selection control): the reference corpus's examples that the target's corpus does not
+    hold, chosen by the members' rule from a corpus the target never saw, so that the target
+    must not tell them from the non-members. All three are taken in equal numbers from every
+    (task, response length) stratum, so that the sets differ in membership, not in task mix or
+    length. Only strata with examples on every side count (the templated arithmetic, capitals
+    and refusals are all in the corpus: no non-member of theirs exists).
     """
     members_corpus = sft_corpus(corpus, seed=corpus_seed).examples
-    reference_keys = {_key(e) for e in sft_corpus(corpus, seed=reference_seed).examples}
+    reference_corpus = sft_corpus(corpus, seed=reference_seed).examples
+    reference_keys = {_key(e) for e in reference_corpus}
     member_keys = {_key(e) for e in members_corpus}
     members_pool: dict[tuple[str, int], dict[tuple[str, str], ChatExample]] = defaultdict(dict)
     for example in members_corpus:
         if _key(example) not in reference_keys:
             members_pool[_stratum(example)][_key(example)] = example
+    pseudo_pool: dict[tuple[str, int], dict[tuple[str, str], ChatExample]] = defaultdict(dict)
+    for example in reference_corpus:
+        if _key(example) not in member_keys:
+            pseudo_pool[_stratum(example)][_key(example)] = example
     outsiders_pool: dict[tuple[str, int], dict[tuple[str, str], ChatExample]] = defaultdict(dict)
     draw = 2
     while sum(len(v) for v in outsiders_pool.values()) < 2 * n and draw < 12:
@@ -128,8 +139,10 @@ def builtin_audit_examples(
             if key not in member_keys and key not in reference_keys:
                 outsiders_pool[_stratum(example)][key] = example
         draw += 1
-    strata = sorted(set(members_pool) & set(outsiders_pool))
-    available = {s: min(len(members_pool[s]), len(outsiders_pool[s])) for s in strata}
+    strata = sorted(set(members_pool) & set(outsiders_pool) & set(pseudo_pool))
+    available = {
+        s: min(len(members_pool[s]), len(outsiders_pool[s]), len(pseudo_pool[s])) for s in strata
+    }
     total = sum(available.values())
     if total < n:
         raise UserError(
@@ -143,11 +156,12 @@ def builtin_audit_examples(
     for s in remainder[: n - sum(quota.values())]:
         quota[s] += 1
     rng = random.Random(f"chat-membership-{seed}")
-    members, outsiders = [], []
+    members, outsiders, pseudo = [], [], []
     for s in strata:
         members += rng.sample(sorted(members_pool[s].values(), key=_key), quota[s])
         outsiders += rng.sample(sorted(outsiders_pool[s].values(), key=_key), quota[s])
-    return members, outsiders
+        pseudo += rng.sample(sorted(pseudo_pool[s].values(), key=_key), quota[s])
+    return members, outsiders, pseudo
 
 
 def load_chat_examples(path: str, field: str) -> list[ChatExample]:

@@ -64,10 +64,14 @@ def scaled_confidence(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def shifted_views(x: torch.Tensor, pixels: int) -> list[torch.Tensor]:
-    """The query augmentations of LiRA for image batches (N, C, H, W): the identity and every
-    shift by 1..``pixels`` pixels up, down, left and right, zero-filled (small translations, as
-    digits and CIFAR models are trained with; no flips, which change a digit). Other shapes get
-    the identity only."""
+    """Query augmentations for image batches (N, C, H, W): the identity and every shift by
+    1..``pixels`` pixels up, down, left and right, zero-filled (no flips, which change a digit).
+    Other shapes get the identity only.
+
+    Carlini et al. query the augmentations the target was *trained* with (mi_lira_2021: the
+    identity and a horizontal flip); the built-in recipes train without augmentation, so for
+    them these views are small off-distribution perturbations that average out per-example
+    noise, not the training views."""
     views = [x]
     if x.dim() != 4 or pixels <= 0:
         return views
@@ -226,8 +230,9 @@ class LiRA(MembershipAttack):
             members / population.
         shifts: query augmentations: 0 queries each example as it is; `k` also queries it
             shifted by 1..k pixels in each of the four directions (1 gives 5 views), fits the
-            Gaussians per view and averages the per-view scores (Carlini et al., Sec. 5.2).
-            Images only.
+            Gaussians per view and averages the per-view scores (Carlini et al., Sec. 5.2, who
+            query the target's training augmentations; the built-in models train without
+            any). Images only.
     """
 
     name = "lira"
@@ -299,10 +304,10 @@ class RMIA(MembershipAttack):
             OUT); `false`: from the OUT models only, corrected by `a`.
         reference_models: reference models, each trained on a random share of the population.
         a: the offline correction of the OUT models' mean probability: `((1 + a) p_OUT +
-            (1 - a)) / 2`; `None`: tuned offline as ML Privacy Meter does, over 0, 0.1, ..., 1 by
-            the AUC of the same attack with one reference model as the target (its membership
-            is known) and the others as its references; the chosen value is recorded as
-            `a_tuned`.
+            (1 - a)) / 2`; `None`: tuned offline over 0, 0.1, ..., 1 by the AUC of the same
+            attack with reference model 0 as the target (its membership is known) and the others
+            as its references (ML Privacy Meter tunes on the target's paired model, which a
+            reference set of ours does not have); recorded as `a_tuned` and `a_tuning`.
         gamma: the threshold a sample's likelihood ratio must beat over a population sample's;
             the score is the share it beats.
         in_fraction: the share of the population each reference model trains on; `None`: the
@@ -324,8 +329,10 @@ class RMIA(MembershipAttack):
         self.online = bool(online)
         self.reference_models = int(reference_models)
         self.in_fraction = _fraction(in_fraction)
-        if a is not None and not 0 <= float(a) <= 1:
-            raise UserError("a", f"must be in [0, 1] or null (tuned), got {a}", "e.g. 0.3")
+        if a is not None and (
+            isinstance(a, bool) or not isinstance(a, int | float) or not 0 <= a <= 1
+        ):
+            raise UserError("a", f"must be in [0, 1] or null (tuned), got {a!r}", "e.g. 0.3")
         self.a = None if a is None else float(a)
         self.gamma = float(gamma)
 
@@ -361,6 +368,7 @@ class RMIA(MembershipAttack):
 
         prob, inside = references.prob, references.inside
         if len(prob) < 2 or inside[0].all() or not inside[0].any():
+            self.a_tuning = "not tuned: reference model 0 has no IN or no OUT example; 0.3"
             return 0.3  # nothing to tune on: the paper's default
         z_prob, z_inside = references.population_prob, references.population_inside
         best, chosen = -1.0, 0.3
@@ -377,6 +385,7 @@ class RMIA(MembershipAttack):
             auc = float(roc_auc_score(inside[0].cpu().numpy(), scores.cpu().numpy()))
             if auc > best + 1e-12:
                 best, chosen = auc, a
+        self.a_tuning = f"reference model 0 as the target: AUC {best:.3f}"
         return chosen
 
     def score(self, model, x, y, references=None, population=None, members=None):  # noqa: ANN001, ANN201
@@ -524,6 +533,24 @@ class OneRunAudit(MembershipAttack):
 
     def score(self, model, x, y, references=None, population=None, members=None):  # noqa: ANN001, ANN201
         return LossAttack().score(model, x, y)
+
+
+def one_run_training_set(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    population_x: torch.Tensor,
+    index: torch.Tensor,
+    labels: torch.Tensor,
+    included: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one-run model's training set: the training split without any canary (the
+    population is the training split followed by other data, so index < len(train) is a
+    training example), then the included canaries with their (possibly flipped) labels."""
+    keep = torch.ones(len(train_y), dtype=torch.bool)
+    keep[index[index < len(train_y)]] = False
+    x = torch.cat([train_x[keep], population_x[index[included]]])
+    y = torch.cat([train_y[keep], labels[included]])
+    return x, y
 
 
 def one_run_target(

@@ -26,6 +26,8 @@ from robustbench_cl.utils import stable_hash, tensor_digest
 
 #: bump when the audit's protocol changes, so that resumed runs do not reuse stale records
 MEMBERSHIP_VERSION = 3
+#: a reference model of a defense that ``seeds_per_model`` trains with seed SEED_OFFSET + its own
+SEED_OFFSET = 10_000
 
 
 class ReferenceTraining(StrictConfig):
@@ -119,8 +121,16 @@ def reference_recipe(
         subset = TensorData(
             f"reference-{seed}-{tensor_digest(x, y)}", "train", x, y, int(y.max()) + 1
         )
-        return built.build(Frozen(base), f"{model.spec}#reference{seed}", subset)
+        trainer = built
+        if per_model_seed:  # its own initialisation, batches and noise: never the target's
+            trainer = make_defense(
+                defense.defense, **{**defense.params, "seed": SEED_OFFSET + seed}
+            )
+        return trainer.build(Frozen(base), f"{model.spec}#reference{seed}", subset)
 
+    # a DP defense draws its noise and batches from its seed: reference models that shared the
+    # target's would know its noise, which DP does not cover
+    per_model_seed = bool(getattr(built, "seeds_per_model", False))
     key = {
         "model": model.spec,
         "recipe": recipe,
@@ -128,6 +138,8 @@ def reference_recipe(
         "version": built.version,
         "settings": built.settings(),
     }
+    if per_model_seed:  # (absent otherwise: the cached reference models of earlier runs hold)
+        key["per_model_seed"] = SEED_OFFSET
 
     def defended_architecture() -> nn.Module:
         return built.adapt_architecture(architecture())

@@ -25,8 +25,12 @@ class ChatAttackResult(BaseModel):
     tpr_at_fpr: dict[str, Probability]
     tpr_at_fpr_ci95: dict[str, Interval]
     epsilon_audit: EpsilonAudit
-    control_auc: float = Field(..., ge=0.0, le=1.0)
-    control_auc_ci95: Interval
+    control_auc: float | None = Field(None, ge=0.0, le=1.0)
+    """
+    the selection control: pseudo-members the target never saw, chosen by the members' rule,
+    against the same non-members (must be at 0.5; null for the reference attack and for files)
+    """
+    control_auc_ci95: Interval | None = None
 
 
 class ChatMembershipEntry(BaseModel):
@@ -74,18 +78,21 @@ def pair_label(record: ChatMembershipRecord) -> str:
 
 
 def chat_membership_flags(entry: dict[str, Any]) -> list[Flag]:
-    """A random split that is not at chance is a broken pipeline; a reference model that tells
-    the two sets apart is a distribution shift that every attack's AUC includes."""
+    """A selection control that is not at chance is a biased choice of members; a reference
+    model that tells the two sets apart is a distribution shift that every AUC includes."""
     flags = []
     for result in entry["attacks"]:
+        if result.get("control_auc_ci95") is None:
+            continue
         low, high = result["control_auc_ci95"]
         if high < 0.5 or low > 0.5:
             flags.append(
                 flag(
                     "control_not_at_chance",
-                    f"{result['attack']} separates a random split of the audited examples with "
-                    f"AUC {result['control_auc']:.3f} [{low:.3f}, {high:.3f}]: the scores depend "
-                    "on something other than membership (order, batching); do not read them",
+                    f"{result['attack']} tells pseudo-members the model never saw (chosen by the "
+                    f"members' rule) from the non-members with AUC {result['control_auc']:.3f} "
+                    f"[{low:.3f}, {high:.3f}]: how the sets are chosen differs in more than "
+                    "membership, and the row's AUCs include that difference",
                 )
             )
     if entry.get("shift_auc_ci95") is not None:

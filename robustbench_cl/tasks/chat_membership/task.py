@@ -62,14 +62,15 @@ class ChatMembershipTask(Task):
         self.section: ChatMembershipConfig = self.config.chat_membership
         self.device = ctx.device
         self.progress = ctx.progress
-        self._examples: tuple[list, list] | None = None
+        self._examples: tuple[list, list, list | None] | None = None
         self._reference: list[torch.Tensor] | None = None
         self._base: tuple[str, Any] | None = None
 
     @classmethod
     def check_config(cls, config: MatrixConfig) -> None:
         section = config.chat_membership
-        assert section is not None
+        if section is None:
+            return
         if (section.members is None) != (section.nonmembers is None):
             raise UserError(
                 "chat_membership.nonmembers" if section.members else "chat_membership.members",
@@ -112,13 +113,25 @@ class ChatMembershipTask(Task):
                     "version": PROTOCOL_VERSION,
                 }
                 if self.section.members is not None:  # edited files must not resume old cells
-                    members, outsiders = self.examples()
+                    members, outsiders, _ = self.examples()
                     key["data"] = stable_hash([vars(e) for e in members + outsiders])
+                if built.kind != "none":  # the defense's training data (the jailbreak section's)
+                    key["train"] = self.train_config().model_dump(
+                        include={"train_benign", "train_harmful", "train_borderline"}
+                    )
                 label = f"{model.label} | {defense.label} | chat membership"
                 units.append(Unit(stable_hash(key), label, key=(mi, di)))
         return units
 
-    def examples(self) -> tuple[list, list]:
+    def train_config(self):  # noqa: ANN201
+        """The jailbreak section's data config (its training data trains the defenses), so
+        that a defense both sections name is one cached artifact."""
+        from robustbench_cl.tasks.jailbreak.config import JailbreakDataConfig
+
+        jailbreak = getattr(self.config, "jailbreak", None)
+        return jailbreak.data if jailbreak is not None else JailbreakDataConfig()
+
+    def examples(self) -> tuple[list, list, list | None]:
         if self._examples is None:
             if self.section.members is not None:
                 assert self.section.nonmembers is not None
@@ -134,9 +147,9 @@ class ChatMembershipTask(Task):
                 outsiders = [
                     outsiders[i] for i in torch.randperm(len(outsiders), generator=generator)[:n]
                 ]
+                self._examples = (members, outsiders, None)
             else:
-                members, outsiders = builtin_audit_examples(self.section.n, self.config.seed)
-            self._examples = (members, outsiders)
+                self._examples = builtin_audit_examples(self.section.n, self.config.seed)
         return self._examples
 
     # ---------------------------------------------------------------- run
@@ -169,28 +182,31 @@ class ChatMembershipTask(Task):
     def run_shard(self, unit: Unit, inputs: dict[str, dict[str, Any]], shard: int) -> Any:
         from robustbench_cl.data.chat import make_chat
         from robustbench_cl.models.llm import unwrap_chat_lm
-        from robustbench_cl.tasks.jailbreak.config import JailbreakDataConfig
 
         mi, di = unit.key
         model, defense = self.section.models[mi], self.section.defenses[di]
         built = make_defense(defense.defense, **defense.params)
         base = self._chat_lm(model.spec)
-        # the jailbreak section's training data, so that a defense both sections name is one
-        # cached artifact
-        jailbreak = getattr(self.config, "jailbreak", None)
-        data = jailbreak.data if jailbreak is not None else JailbreakDataConfig()
+        data = self.train_config()
         train = make_chat(
             "train", data.train_benign, data.train_harmful, data.train_borderline, seed=0
         )
         self.progress.message(f"{model.label} / {defense.label} | train {defense.label}")
         with step_hook(self.progress.step):
             lm = unwrap_chat_lm(built.build(base, model.spec, train))
-        members, outsiders = self.examples()
+        members, outsiders, pseudo = self.examples()
         examples = members + outsiders
         instructions = [e.instruction for e in examples]
         responses = [e.response for e in examples]
         is_member = torch.tensor([1] * len(members) + [0] * len(outsiders), dtype=torch.bool)
         logprobs = response_logprobs(lm, instructions, responses)
+        control = None
+        if pseudo is not None:  # pseudo-members (never seen) against the same non-members
+            control_responses = [e.response for e in pseudo] + responses[len(members) :]
+            control_logprobs = (
+                response_logprobs(lm, [e.instruction for e in pseudo], [e.response for e in pseudo])
+                + logprobs[len(members) :]
+            )
         reference = None
         shift = None
         if "reference" in self.section.attacks:
@@ -198,14 +214,15 @@ class ChatMembershipTask(Task):
             shift = membership_metrics(
                 chat_scores("loss", reference, responses), is_member, seed=self.config.seed
             )
-        generator = torch.Generator().manual_seed(self.config.seed)
-        control = torch.zeros(len(examples), dtype=torch.bool)
-        control[torch.randperm(len(examples), generator=generator)[: len(members)]] = True
+            control = (control_logprobs, control_responses)
         results, scores = [], {}
         for attack in self.section.attacks:
             score = chat_scores(attack, logprobs, responses, reference, self.section.min_k)
             metrics = membership_metrics(score, is_member, seed=self.config.seed)
-            random_split = membership_metrics(score, control, seed=self.config.seed)
+            selection = None
+            if control is not None and attack != "reference":
+                control_score = chat_scores(attack, *control, None, self.section.min_k)
+                selection = membership_metrics(control_score, is_member, seed=self.config.seed)
             epsilon = epsilon_lower_bound(score, is_member, 0.0, seed=self.config.seed)
             results.append(
                 {
@@ -214,9 +231,9 @@ class ChatMembershipTask(Task):
                         k: metrics[k]
                         for k in ("auc", "auc_ci95", "advantage", "tpr_at_fpr", "tpr_at_fpr_ci95")
                     },
-                    "epsilon_audit": dict(epsilon, method="two-split"),
-                    "control_auc": random_split["auc"],
-                    "control_auc_ci95": random_split["auc_ci95"],
+                    "epsilon_audit": dict(epsilon, method="two-split", certified=False),
+                    "control_auc": selection["auc"] if selection else None,
+                    "control_auc_ci95": selection["auc_ci95"] if selection else None,
                 }
             )
             scores[attack] = score.tolist()
@@ -323,7 +340,7 @@ class ChatMembershipTask(Task):
                     f"{low:.3f}-{high:.3f}",
                     f"{100 * result['tpr_at_fpr']['0.01']:.1f}%",
                     f"{result['epsilon_audit']['epsilon_lb']:.2f}",
-                    f"{result['control_auc']:.3f}",
+                    "-" if result["control_auc"] is None else f"{result['control_auc']:.3f}",
                 )
             if entry["shift_auc"] is not None:
                 table.add_row(entry["pair"], "shift control", f"{entry['shift_auc']:.3f}")

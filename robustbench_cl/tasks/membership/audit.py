@@ -17,6 +17,7 @@ from robustbench_cl.privacy.membership import (
     ReferenceSet,
     make_membership_attack,
     one_run_target,
+    one_run_training_set,
     reference_models,
     reference_signals,
 )
@@ -86,11 +87,12 @@ class MembershipAudit:
             )
         return self._references[key]
 
-    def privacy_claim(self, cell: MembershipCell) -> dict[str, Any] | None:
-        """The (epsilon, delta) the pair's defense claims for training on the members, if any."""
+    def privacy_claim(self, cell: MembershipCell, n: int | None = None) -> dict[str, Any] | None:
+        """The (epsilon, delta) the pair's defense claims for training on ``n`` examples (the
+        members, by default), if it claims any."""
         built = make_defense(cell.defense.defense, **cell.defense.params)
         claim = getattr(built, "privacy_claim", None)
-        return claim(len(self.train)).to_dict() if callable(claim) else None
+        return claim(n or len(self.train)).to_dict() if callable(claim) else None
 
     def run(self, cell: MembershipCell, model: nn.Module, progress) -> dict[str, Any]:  # noqa: ANN001
         attack = make_membership_attack(cell.config.attack, **cell.config.params)
@@ -127,6 +129,7 @@ class MembershipAudit:
         epsilon = dict(
             epsilon_lower_bound(scores.detach().cpu(), is_member, delta, seed=self.seed),
             method="two-split",
+            certified=False,  # one model's examples on a fixed split are not independent trials
         )
         return MembershipRecord(
             type="membership",
@@ -165,10 +168,9 @@ class MembershipAudit:
         assert recipe is not None  # checked when the config was expanded
         n_classes = int(self.y.max()) + 1
         index, labels, included = attack.draw(self.y, n_classes, self.seed)
-        keep = torch.ones(len(self.train), dtype=torch.bool)
-        keep[index[index < len(self.train)]] = False  # a canary is in only when drawn in
-        x = torch.cat([self.train.x[keep], self.x[index[included]]])
-        y = torch.cat([self.train.y[keep], labels[included]])
+        x, y = one_run_training_set(self.train.x, self.train.y, self.x, index, labels, included)
+        claim = self.privacy_claim(cell, len(y))  # the model trained here, on len(y) examples
+        delta = claim["delta"] if claim else delta
         progress.message(f"one-run audit: training {cell.model.label} + {cell.defense.label}")
         model, trained = one_run_target(recipe, x, y, self.seed, self.device)
         scores = attack.score(model, self.x[index].to(self.device), labels.to(self.device))
@@ -177,6 +179,7 @@ class MembershipAudit:
         metrics = membership_metrics(scores, included, seed=self.seed)
         epsilon = {
             "method": "one-run",
+            "certified": True,  # every canary was included independently at random
             "epsilon_lb": one_run_epsilon(attack.canaries, r, v, delta, attack.p),
             "epsilon_point": None,
             "delta": delta,

@@ -61,14 +61,21 @@ def membership_flags(entry: dict[str, Any]) -> list[Flag]:
     flags = []
     audit, claim = entry.get("epsilon_audit"), entry.get("privacy")
     if audit and claim and audit["epsilon_lb"] > claim["epsilon"]:
+        certified = audit.get("certified", audit["method"] == "one-run")
+        consequence = (
+            "the training does not do what its accounting assumes (noise, clipping, sampling) "
+            "or the accounting is wrong"
+            if certified
+            else "this two-split bound treats one model's audited examples as independent "
+            "trials, which a fixed split does not make them; confirm it with a one-run audit "
+            "before blaming the training"
+        )
         flags.append(
             flag(
                 "audit_exceeds_accountant",
-                f"the audit certifies epsilon >= {audit['epsilon_lb']:.3f} at "
+                f"the audit bounds epsilon >= {audit['epsilon_lb']:.3f} at "
                 f"{100 * audit['confidence']:.0f}% confidence, above the accountant's "
-                f"{claim['epsilon']:.3f} (delta {claim['delta']:g}): the training does not "
-                "do what its accounting assumes (noise, clipping, sampling) or the accounting "
-                "is wrong",
+                f"{claim['epsilon']:.3f} (delta {claim['delta']:g}): {consequence}",
             )
         )
     if audit and audit["max_certifiable"] < UNDERPOWERED_EPSILON:
@@ -110,6 +117,11 @@ class EpsilonAudit(BaseModel):
 
     model_config = STRICT
     method: Literal["two-split", "one-run"]
+    certified: bool = False
+    """
+    true when the bound's trials are independent (one-run: each canary included at random);
+    a two-split bound on one model's fixed split is the field's usual estimate, not a guarantee
+    """
     epsilon_lb: float = Field(..., ge=0.0)
     epsilon_point: float | None = None
     delta: float = Field(..., ge=0.0, lt=1.0)
