@@ -154,6 +154,18 @@ def make_chat(
     return ChatData(examples)
 
 
+#: the default training data of a chat defense (benign, harmful, borderline examples), the
+#: jailbreak section's `train_*` defaults: a defense trained on it is one cached artifact
+DEFENSE_TRAINING = {"train_benign": 200, "train_harmful": 200, "train_borderline": 100}
+
+
+def defense_training_data(
+    train_benign: int, train_harmful: int, train_borderline: int, seed: int = 0
+) -> ChatData:
+    """The training split a chat defense (C-AdvUL, ...) trains on."""
+    return make_chat("train", train_benign, train_harmful, train_borderline, seed=seed)
+
+
 def sft_corpus(n: int = 6000, seed: int = 0) -> ChatData:
     """The supervised fine-tuning mix of the built-in chat model (training behaviours only)."""
     return make_chat("train", n_benign=n // 2, n_harmful=n // 4, n_borderline=n // 4, seed=seed)

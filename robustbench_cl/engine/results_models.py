@@ -115,3 +115,30 @@ class CoreResults(BaseModel):
     run: Run
     threat_models: list[Threat]
     flag_count: int = Field(..., ge=0)
+
+
+class EpsilonAudit(BaseModel):
+    """
+    an empirical epsilon lower bound: `two-split` (threshold chosen on one half of the audited
+    samples, FPR and FNR counted on the other, Clopper-Pearson) or `one-run` (Steinke et al.)
+    """
+
+    model_config = STRICT
+    method: Literal["two-split", "one-run"]
+    certified: bool = False
+    """
+    true when the bound's trials are independent (one-run: each canary included at random);
+    a two-split bound on one model's fixed split is the field's usual estimate, not a guarantee
+    """
+    epsilon_lb: float = Field(..., ge=0.0)
+    epsilon_point: float | None = None
+    delta: float = Field(..., ge=0.0, lt=1.0)
+    confidence: float = Field(..., gt=0.0, lt=1.0)
+    max_certifiable: float = Field(..., ge=0.0)
+    threshold: float | None = None
+    n_counted: list[int] | None = None
+    false_positives: int | None = None
+    false_negatives: int | None = None
+    canaries: int | None = None
+    guesses: int | None = None
+    correct: int | None = None

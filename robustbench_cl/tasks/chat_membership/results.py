@@ -7,9 +7,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from robustbench_cl.engine.records import DefenseRef, Flag, ModelRef, Record, flag
-from robustbench_cl.engine.results_models import STRICT, Interval, Probability
+from robustbench_cl.engine.results_models import STRICT, EpsilonAudit, Interval, Probability
 from robustbench_cl.privacy.epsilon import UNDERPOWERED_EPSILON
-from robustbench_cl.tasks.membership.results import EpsilonAudit
 
 
 class ChatAttackResult(BaseModel):

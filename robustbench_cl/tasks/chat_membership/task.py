@@ -11,6 +11,7 @@ import torch
 from rich.table import Table
 
 from robustbench_cl.attacks.base import step_hook
+from robustbench_cl.data.chat import DEFENSE_TRAINING, defense_training_data
 from robustbench_cl.defenses import make_defense
 from robustbench_cl.engine.config import MatrixConfig
 from robustbench_cl.engine.summary import RunSummary
@@ -116,20 +117,18 @@ class ChatMembershipTask(Task):
                     members, outsiders, _ = self.examples()
                     key["data"] = stable_hash([vars(e) for e in members + outsiders])
                 if built.kind != "none":  # the defense's training data (the jailbreak section's)
-                    key["train"] = self.train_config().model_dump(
-                        include={"train_benign", "train_harmful", "train_borderline"}
-                    )
+                    key["train"] = self.train_counts()
                 label = f"{model.label} | {defense.label} | chat membership"
                 units.append(Unit(stable_hash(key), label, key=(mi, di)))
         return units
 
-    def train_config(self):  # noqa: ANN201
-        """The jailbreak section's data config (its training data trains the defenses), so
-        that a defense both sections name is one cached artifact."""
-        from robustbench_cl.tasks.jailbreak.config import JailbreakDataConfig
-
+    def train_counts(self) -> dict[str, int]:
+        """The chat defenses' training data: the jailbreak section's, when the config has one,
+        so that a defense both sections name is one cached artifact."""
         jailbreak = getattr(self.config, "jailbreak", None)
-        return jailbreak.data if jailbreak is not None else JailbreakDataConfig()
+        if jailbreak is None:
+            return dict(DEFENSE_TRAINING)
+        return {key: getattr(jailbreak.data, key) for key in DEFENSE_TRAINING}
 
     def examples(self) -> tuple[list, list, list | None]:
         if self._examples is None:
@@ -180,17 +179,13 @@ class ChatMembershipTask(Task):
         return self._reference
 
     def run_shard(self, unit: Unit, inputs: dict[str, dict[str, Any]], shard: int) -> Any:
-        from robustbench_cl.data.chat import make_chat
         from robustbench_cl.models.llm import unwrap_chat_lm
 
         mi, di = unit.key
         model, defense = self.section.models[mi], self.section.defenses[di]
         built = make_defense(defense.defense, **defense.params)
         base = self._chat_lm(model.spec)
-        data = self.train_config()
-        train = make_chat(
-            "train", data.train_benign, data.train_harmful, data.train_borderline, seed=0
-        )
+        train = defense_training_data(**self.train_counts())
         self.progress.message(f"{model.label} / {defense.label} | train {defense.label}")
         with step_hook(self.progress.step):
             lm = unwrap_chat_lm(built.build(base, model.spec, train))

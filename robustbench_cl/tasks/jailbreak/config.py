@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from robustbench_cl.attacks.jailbreak import JailbreakAttack
+from robustbench_cl.data.chat import DEFENSE_TRAINING
 from robustbench_cl.engine.config import (
     DefenseConfig,
     MatrixConfig,
@@ -49,11 +50,11 @@ class JailbreakDataConfig(StrictConfig):
     #: borderline (harmless but scary-sounding) prompts that measure over-refusal
     n_borderline: int = Field(default=30, ge=0)
     #: harmful behaviours the adversarial-training defenses train on
-    train_harmful: int = Field(default=200, ge=1)
+    train_harmful: int = Field(default=DEFENSE_TRAINING["train_harmful"], ge=1)
     #: benign chats the defenses' utility loss trains on
-    train_benign: int = Field(default=200, ge=0)
+    train_benign: int = Field(default=DEFENSE_TRAINING["train_benign"], ge=0)
     #: borderline chats the defenses' utility loss trains on
-    train_borderline: int = Field(default=100, ge=0)
+    train_borderline: int = Field(default=DEFENSE_TRAINING["train_borderline"], ge=0)
     #: ``behaviors:FILE.csv``: the test harmful prompts from a CSV (goal, target[, category]),
     #: the first ``n_harmful`` rows; unset, the built-in held-out behaviours
     behaviors: str | None = None
