@@ -147,3 +147,22 @@ def test_a_user_model_needs_its_data_and_a_reference():
     config["chat_membership"]["attacks"] = ["lossy"]
     with pytest.raises(UserError, match="lossy"):
         rbcl.run(config, out=None, profile=None)
+
+
+def test_the_reference_model_ships_trained(tmp_path, monkeypatch):
+    """A fresh cache gets the shipped reference: loading it trains nothing."""
+    from robustbench_cl.models import llm
+    from robustbench_cl.models.loading import load_model
+    from robustbench_cl.shipped import NO_SEEDS_ENV, shipped_entries
+
+    reference = llm.tiny_chat_lm_reference_path().name
+    assert any(entry.name == reference for entry in shipped_entries())
+    monkeypatch.delenv(NO_SEEDS_ENV, raising=False)
+    monkeypatch.setenv("ROBUSTBENCH_CL_HOME", str(tmp_path / "fresh"))
+
+    def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("trained although the reference is shipped")
+
+    monkeypatch.setattr(llm, "train_tiny_chat_lm", refuse)
+    lm = llm.unwrap_chat_lm(load_model("builtin:tiny-chat-lm-reference"))
+    assert lm.name == "tiny-chat-lm-reference"
