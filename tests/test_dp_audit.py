@@ -483,3 +483,14 @@ def test_dp_sgd_starts_from_nothing_learned():
     fresh = make_defense("dp-sgd").fresh_copy(Frozen(trained))
     assert not torch.equal(fresh.token, trained.token)
     assert not torch.equal(fresh.head[1].weight, trained.head[1].weight)
+
+
+def test_the_epsilon_interval_brackets_the_point_value():
+    rng = np.random.default_rng(1)
+    members = np.arange(600) < 300
+    scores = members * 1.5 + rng.normal(size=600)
+    audit = epsilon_lower_bound(scores, members)
+    low, high = audit["epsilon_interval"]
+    assert low == audit["epsilon_lb"] and high is not None
+    assert low <= audit["epsilon_point"] <= high
+    assert epsilon_lower_bound(members + 0.0, members)["epsilon_interval"][1] is None  # no error

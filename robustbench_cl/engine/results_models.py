@@ -132,6 +132,11 @@ class EpsilonAudit(BaseModel):
     """
     epsilon_lb: float = Field(..., ge=0.0)
     epsilon_point: float | None = None
+    epsilon_interval: list[float | None] | None = None
+    """
+    `[epsilon_lb, upper]`: the bound from the Clopper-Pearson upper and from the lower bounds on
+    the rates (upper null when a rate can be 0: unbounded); one-run: `[epsilon_lb, null]`
+    """
     delta: float = Field(..., ge=0.0, lt=1.0)
     confidence: float = Field(..., gt=0.0, lt=1.0)
     max_certifiable: float = Field(..., ge=0.0)

@@ -77,6 +77,21 @@ def rates_epsilon(
     return max(_log_ratio(1 - delta - fpr, fnr), _log_ratio(1 - delta - fnr, fpr))
 
 
+def rates_epsilon_upper(
+    false_positives: int,
+    n_negatives: int,
+    false_negatives: int,
+    n_positives: int,
+    delta: float = 0.0,
+    alpha: float = ALPHA,
+) -> float:
+    """The other end of the interval: the same bound from the Clopper-Pearson *lower* bounds
+    on FPR and FNR (inf when either can be 0)."""
+    fpr = clopper_pearson(false_positives, n_negatives, alpha)[0]
+    fnr = clopper_pearson(false_negatives, n_positives, alpha)[0]
+    return max(_log_ratio(1 - delta - fpr, fnr), _log_ratio(1 - delta - fnr, fpr))
+
+
 def _rates_point(fp: int, n_neg: int, fn: int, n_pos: int, delta: float) -> float:
     fpr, fnr = fp / max(n_neg, 1), fn / max(n_pos, 1)
     return max(_log_ratio(1 - delta - fpr, fnr), _log_ratio(1 - delta - fnr, fpr))
@@ -118,8 +133,10 @@ def epsilon_lower_bound(
     """The attack's empirical epsilon lower bound, threshold chosen on a separate half.
 
     Returns the bound (``epsilon_lb``, at confidence ``1 - alpha``), the point value at the
-    measured rates (``epsilon_point``; None when unbounded), the threshold, the error counts of
-    the counted half, and the largest epsilon any attack could certify on that half.
+    measured rates (``epsilon_point``; None when unbounded), the interval from the
+    Clopper-Pearson upper and lower bounds on the rates (``epsilon_interval``; None for an
+    unbounded upper end), the threshold, the error counts of the counted half, and the largest
+    epsilon any attack could certify on that half.
     """
     scores = np.asarray(scores, dtype=np.float64)
     members = np.asarray(members).astype(bool)
@@ -140,9 +157,12 @@ def epsilon_lower_bound(
     n_pos, n_neg = int(m_count.sum()), int((~m_count).sum())
     fp, fn = _errors(s_count, m_count, threshold)
     point = _rates_point(fp, n_neg, fn, n_pos, delta)
+    lower = rates_epsilon(fp, n_neg, fn, n_pos, delta, alpha)
+    upper = rates_epsilon_upper(fp, n_neg, fn, n_pos, delta, alpha)
     return {
-        "epsilon_lb": rates_epsilon(fp, n_neg, fn, n_pos, delta, alpha),
+        "epsilon_lb": lower,
         "epsilon_point": None if math.isinf(point) else point,
+        "epsilon_interval": [lower, None if math.isinf(upper) else upper],
         "delta": delta,
         "confidence": 1 - alpha,
         "threshold": threshold,

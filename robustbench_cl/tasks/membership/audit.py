@@ -177,11 +177,13 @@ class MembershipAudit:
         scores = scores.detach().cpu()
         r, v = one_run_guesses(scores, included, attack.k_plus, attack.k_minus)
         metrics = membership_metrics(scores, included, seed=self.seed)
+        epsilon_lb = one_run_epsilon(attack.canaries, r, v, delta, attack.p)
         epsilon = {
             "method": "one-run",
             "certified": True,  # every canary was included independently at random
-            "epsilon_lb": one_run_epsilon(attack.canaries, r, v, delta, attack.p),
+            "epsilon_lb": epsilon_lb,
             "epsilon_point": None,
+            "epsilon_interval": [epsilon_lb, None],
             "delta": delta,
             "confidence": 1 - attack.p,
             "canaries": attack.canaries,
