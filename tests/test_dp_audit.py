@@ -494,3 +494,19 @@ def test_the_epsilon_interval_brackets_the_point_value():
     assert low == audit["epsilon_lb"] and high is not None
     assert low <= audit["epsilon_point"] <= high
     assert epsilon_lower_bound(members + 0.0, members)["epsilon_interval"][1] is None  # no error
+
+
+def test_art_blackbox_scores_are_reproducible():
+    """ART's random forest draws from NumPy's global stream: seeded for the fit, put back."""
+    from robustbench_cl.privacy.membership import make_membership_attack
+
+    model = rbcl.load_model("builtin:digits-cnn")
+    x, y = rbcl.load_dataset("digits", split="test").tensors(n=80)
+    members = torch.arange(80) < 40
+    attack = make_membership_attack("art-blackbox")
+    np.random.seed(123)
+    first = attack.score(model, x, y, members=members)
+    after = np.random.random()
+    np.random.seed(123)
+    assert torch.equal(first, attack.score(model, x, y, members=members))
+    assert np.random.random() == after  # the caller's stream is untouched

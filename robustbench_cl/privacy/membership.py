@@ -434,7 +434,6 @@ class ARTBlackBox(MembershipAttack):
 
     def score(self, model, x, y, references=None, population=None, members=None):  # noqa: ANN001, ANN201
         import numpy as np
-        from art.attacks.inference.membership_inference import MembershipInferenceBlackBox
         from art.estimators.classification import PyTorchClassifier
 
         assert members is not None
@@ -452,6 +451,20 @@ class ARTBlackBox(MembershipAttack):
         rng = np.random.default_rng(0)
         fold = rng.permutation(len(y_np)) % 2
         scores = np.zeros(len(y_np))
+        # ART builds its random forest without a seed, from NumPy's global stream: seed that
+        # stream for the fit (and put it back after), so that a rerun gives the same scores
+        state = np.random.get_state()
+        np.random.seed(0)
+        try:
+            self._cross_fit(classifier, x_np, y_np, member, fold, scores)
+        finally:
+            np.random.set_state(state)
+        return torch.as_tensor(scores, dtype=torch.float32)
+
+    def _cross_fit(self, classifier, x_np, y_np, member, fold, scores) -> None:  # noqa: ANN001
+        import numpy as np
+        from art.attacks.inference.membership_inference import MembershipInferenceBlackBox
+
         for part in (0, 1):
             fit, evaluate = fold != part, fold == part
             attack = MembershipInferenceBlackBox(
@@ -461,7 +474,6 @@ class ARTBlackBox(MembershipAttack):
             attack.fit(x_np[fit_in], y_np[fit_in], x_np[fit_out], y_np[fit_out])
             inferred = attack.infer(x_np[evaluate], y_np[evaluate], probabilities=True)
             scores[evaluate] = np.asarray(inferred).reshape(len(inferred), -1)[:, -1]
-        return torch.as_tensor(scores, dtype=torch.float32)
 
 
 @register_membership_attack("one-run")
