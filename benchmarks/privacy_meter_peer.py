@@ -103,19 +103,13 @@ def privacy_meter_reference(target, references, members, outsiders):  # noqa: AN
 
 
 def attack_r_levels(target, references, x, y) -> np.ndarray:  # noqa: ANN001
-    """Attack R from our signals: the level (0..1) at which the target's loss sits in the
+    """Attack R from our LOSS attack's scores (the library's signal, not a re-implementation): the level (0..1) at which the target's loss sits in the
     linearly interpolated quantile curve of the example's reference losses. Privacy Meter calls
     a member at tolerance alpha when the loss is below the alpha quantile (alpha strictly
     inside (0, 1)), i.e. when alpha > this level."""
-    with torch.no_grad():
-        target_loss = torch.nn.functional.cross_entropy(target(x), y, reduction="none").numpy()
-        losses = np.stack(
-            [
-                torch.nn.functional.cross_entropy(m(x), y, reduction="none").numpy()
-                for m in references
-            ],
-            axis=1,
-        )
+    loss = make_membership_attack("loss")  # our LOSS signal: minus the cross-entropy
+    target_loss = -loss.score(target, x, y).numpy()
+    losses = np.stack([-loss.score(m, x, y).numpy() for m in references], axis=1)
     ordered = np.sort(losses, axis=1)
     grid = np.linspace(0, 1, ordered.shape[1])
     return np.array([np.interp(t, row, grid) for t, row in zip(target_loss, ordered)])

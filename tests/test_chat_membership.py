@@ -4,6 +4,7 @@ that differs in membership only, the controls, and the section end to end."""
 from __future__ import annotations
 
 import collections
+import csv
 import json
 import zlib
 
@@ -166,3 +167,36 @@ def test_the_reference_model_ships_trained(tmp_path, monkeypatch):
     monkeypatch.setattr(llm, "train_tiny_chat_lm", refuse)
     lm = llm.unwrap_chat_lm(load_model("builtin:tiny-chat-lm-reference"))
     assert lm.name == "tiny-chat-lm-reference"
+
+
+@pytest.mark.xdist_group("chat")
+def test_the_selection_control_without_the_reference_attack(tmp_path):
+    run = rbcl.run(
+        _config(None, attacks=["loss", "min-k"], n=20), out=tmp_path / "run", profile=None
+    )
+    (entry,) = json.loads((run / "results.json").read_text())["chat_membership"]
+    assert entry["reference"] is None and entry["shift_auc"] is None
+    assert all(isinstance(a["control_auc"], float) for a in entry["attacks"])
+
+
+@pytest.mark.xdist_group("chat")
+def test_user_files_with_a_reference_have_no_selection_control(quick_reference, tmp_path):
+    from robustbench_cl.data.chat import make_chat
+
+    rows = make_chat("train", 40, 0, 0, seed=7).examples
+    for name, part in (("members.csv", rows[:20]), ("held.csv", rows[20:])):
+        with (tmp_path / name).open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["instruction", "response"])
+            writer.writerows([(e.instruction, e.response) for e in part])
+    config = _config(
+        quick_reference,
+        n=10,
+        members=str(tmp_path / "members.csv"),
+        nonmembers=str(tmp_path / "held.csv"),
+    )
+    run = rbcl.run(config, out=tmp_path / "run", profile=None)
+    (entry,) = json.loads((run / "results.json").read_text())["chat_membership"]
+    assert entry["source"] == "files" and entry["n_members"] == entry["n_nonmembers"] == 10
+    assert all(a["control_auc"] is None for a in entry["attacks"])
+    assert entry["shift_auc"] is not None

@@ -257,6 +257,11 @@ def test_one_run_audit_catches_a_training_that_forgets_its_noise(broken_dp, tmp_
     assert audit["method"] == "one-run" and audit["canaries"] == 400 and audit["guesses"] == 80
     assert audit["epsilon_lb"] > canaries["privacy"]["epsilon"]
     assert {f["code"] for f in canaries["flags"]} == {"audit_exceeds_accountant"}
+    assert canaries["epsilon_audit"]["certified"] is True
+    # the one-run model trained on another number of examples than the members: its own claim
+    assert canaries["privacy"]["sample_rate"] != loss["privacy"]["sample_rate"]
+    for row in (loss, canaries):
+        assert row["privacy"]["steps"] == round(60 / row["privacy"]["sample_rate"])
     html = render_report(run)
     assert "claimed ε" in html and "audit_exceeds_accountant" in html
 
@@ -480,9 +485,35 @@ def test_dp_sgd_starts_from_nothing_learned():
             return self.head(x + self.token)
 
     trained = WithToken()
+    trained.temperature = nn.Parameter(torch.tensor(3.7))  # a scalar no reset reaches
+    trained.gain = nn.Parameter(torch.full((4,), 0.42))  # constant-valued
     fresh = make_defense("dp-sgd").fresh_copy(Frozen(trained))
     assert not torch.equal(fresh.token, trained.token)
     assert not torch.equal(fresh.head[1].weight, trained.head[1].weight)
+    assert float(fresh.temperature) != 3.7 and not torch.equal(fresh.gain, trained.gain)
+
+
+def test_a_two_split_bound_above_the_claim_is_flagged_as_an_estimate():
+    from robustbench_cl.tasks.membership.results import membership_flags
+
+    entry = {
+        "auc_ci95": [0.6, 0.7],
+        "privacy": {"epsilon": 0.5, "delta": 1e-5},
+        "epsilon_audit": {
+            "method": "two-split",
+            "certified": False,
+            "epsilon_lb": 1.2,
+            "confidence": 0.95,
+            "max_certifiable": 3.2,
+            "n_counted": [90, 90],
+        },
+    }
+    (flagged,) = membership_flags(entry)
+    assert flagged["code"] == "audit_exceeds_accountant"
+    assert "confirm it with a one-run audit" in flagged["message"]
+    entry["epsilon_audit"].update(method="one-run", certified=True, canaries=500, guesses=100)
+    (flagged,) = membership_flags(entry)
+    assert "does not do what its accounting assumes" in flagged["message"]
 
 
 def test_the_epsilon_interval_brackets_the_point_value():

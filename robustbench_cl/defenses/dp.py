@@ -215,12 +215,17 @@ class DPSGD(Defense):
         """The architecture with nothing learned: every module's ``reset_parameters``, then a
         truncated normal (std 0.02) for any parameter none of them reached (a class token, a
         position embedding), so that no weight trained without DP on the data survives."""
-        network = trainable_copy(model, True, self.seed)
-        with seeded(self.seed), torch.no_grad():
-            for new, old in zip(network.parameters(), model.model.parameters()):
-                varied = old.numel() > 1 and bool((old != old.flatten()[0]).any())
-                if varied and torch.equal(new, old):
-                    torch.nn.init.trunc_normal_(new, std=0.02)
+        network = trainable_copy(model, True, self.seed)  # every reset_parameters, seeded
+        covered = {
+            id(p)
+            for module in network.modules()
+            if callable(getattr(module, "reset_parameters", None))
+            for p in module.parameters(recurse=False)
+        }
+        with seeded(self.seed + 1), torch.no_grad():
+            for parameter in network.parameters():
+                if id(parameter) not in covered:  # a token, a temperature, a gain
+                    torch.nn.init.trunc_normal_(parameter, std=0.02)
         return network
 
     def build(self, model: Frozen, model_spec: str, data: TensorData) -> nn.Module:

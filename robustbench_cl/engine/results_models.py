@@ -134,8 +134,9 @@ class EpsilonAudit(BaseModel):
     epsilon_point: float | None = None
     epsilon_interval: list[float | None] | None = None
     """
-    `[epsilon_lb, upper]`: the bound from the Clopper-Pearson upper and from the lower bounds on
-    the rates (upper null when a rate can be 0: unbounded); one-run: `[epsilon_lb, null]`
+    two-split: `[epsilon_lb, upper]`, the bound from the Clopper-Pearson upper and from the lower
+    bounds on the rates (upper null when a rate can be 0); each end at 95%, the pair at 90% or
+    more; one-run: null
     """
     delta: float = Field(..., ge=0.0, lt=1.0)
     confidence: float = Field(..., gt=0.0, lt=1.0)

@@ -473,7 +473,7 @@ def tiny_chat_lm_reference_path(recipe: dict[str, Any] = TINY_CHAT_REFERENCE_REC
 @register_model("tiny-chat-lm-reference")
 def tiny_chat_lm_reference() -> nn.Module:
     """tiny-chat-lm's recipe and tokenizer trained on another draw of its corpus (seed 1): the
-    reference model of chat membership inference (about 10 minutes on 2 cores, first use)."""
+    reference model of chat membership inference (shipped; 10 to 25 minutes to retrain on 2 cores)."""
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
     from robustbench_cl.models.artifacts import artifact_lock

@@ -25,7 +25,7 @@ from robustbench_cl.privacy.membership import ReferenceRecipe, make_membership_a
 from robustbench_cl.utils import stable_hash, tensor_digest
 
 #: bump when the audit's protocol changes, so that resumed runs do not reuse stale records
-MEMBERSHIP_VERSION = 3
+MEMBERSHIP_VERSION = 4
 #: a reference model of a defense that ``seeds_per_model`` trains with seed SEED_OFFSET + its own
 SEED_OFFSET = 10_000
 

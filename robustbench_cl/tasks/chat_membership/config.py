@@ -11,7 +11,7 @@ from robustbench_cl.engine.config import DefenseConfig, ModelConfig, StrictConfi
 from robustbench_cl.privacy.llm_membership import CHAT_MEMBERSHIP_ATTACKS
 
 #: bump when the audit changes, so that resumed runs do not reuse stale records
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 
 class ChatMembershipConfig(StrictConfig):
@@ -20,10 +20,11 @@ class ChatMembershipConfig(StrictConfig):
 
     ``n`` members against ``n`` held-out pairs of the same distribution: for the built-in
     model, its SFT corpus against other draws of the same generator, matched by task and
-    length; for a user's model, two CSV files. Each attack reports AUC, TPR at low FPR and the
-    epsilon lower bound it certifies, beside two controls: the same attack on a random split
-    (must sit at chance) and the reference model's own loss attack (it saw neither set; away
-    from 0.5 means the two sets differ in more than membership).
+    length; for a user's model, two CSV files. Each attack reports AUC, TPR at low FPR and an
+    estimated epsilon lower bound, beside two controls: the selection control (the same attack
+    on pseudo-members the target never saw, chosen by the members' rule; must sit at chance)
+    and the reference model's own loss attack (it saw neither set; away from 0.5 means the two
+    sets differ in more than membership).
     """
 
     #: the chat models (`builtin:tiny-chat-lm` or `hf:DIR`)

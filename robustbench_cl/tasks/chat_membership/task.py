@@ -202,6 +202,7 @@ class ChatMembershipTask(Task):
                 response_logprobs(lm, [e.instruction for e in pseudo], [e.response for e in pseudo])
                 + logprobs[len(members) :]
             )
+            control = (control_logprobs, control_responses)
         reference = None
         shift = None
         if "reference" in self.section.attacks:
@@ -209,7 +210,6 @@ class ChatMembershipTask(Task):
             shift = membership_metrics(
                 chat_scores("loss", reference, responses), is_member, seed=self.config.seed
             )
-            control = (control_logprobs, control_responses)
         results, scores = [], {}
         for attack in self.section.attacks:
             score = chat_scores(attack, logprobs, responses, reference, self.section.min_k)
