@@ -26,6 +26,10 @@ def cache_home() -> Path:
     root = os.environ.get("ROBUSTBENCH_CL_HOME")
     path = Path(root) if root else Path.home() / ".cache" / "robustbench_cl"
     path.mkdir(parents=True, exist_ok=True)
+    # torch makes its compile cache (/tmp/torchinductor_USER) when anything first imports
+    # torch._dynamo, which every optimizer's first step does: unless the user chose a place,
+    # it goes in ours, so that a run writes only to its folder and this cache
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(path / "torchinductor"))
     if str(path) not in _SEEDED:
         _SEEDED.add(str(path))
         from robustbench_cl.shipped import seed_cache
