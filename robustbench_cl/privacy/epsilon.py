@@ -70,25 +70,12 @@ def rates_epsilon(
     n_positives: int,
     delta: float = 0.0,
     alpha: float = ALPHA,
+    end: int = 1,
 ) -> float:
-    """Nasr et al.'s bound from Clopper-Pearson upper bounds on FPR and FNR."""
-    fpr = clopper_pearson(false_positives, n_negatives, alpha)[1]
-    fnr = clopper_pearson(false_negatives, n_positives, alpha)[1]
-    return max(_log_ratio(1 - delta - fpr, fnr), _log_ratio(1 - delta - fnr, fpr))
-
-
-def rates_epsilon_upper(
-    false_positives: int,
-    n_negatives: int,
-    false_negatives: int,
-    n_positives: int,
-    delta: float = 0.0,
-    alpha: float = ALPHA,
-) -> float:
-    """The other end of the interval: the same bound from the Clopper-Pearson *lower* bounds
-    on FPR and FNR (inf when either can be 0)."""
-    fpr = clopper_pearson(false_positives, n_negatives, alpha)[0]
-    fnr = clopper_pearson(false_negatives, n_positives, alpha)[0]
+    """Nasr et al.'s bound from Clopper-Pearson upper bounds on FPR and FNR (``end`` 1); with
+    ``end`` 0, the other end of its interval, from the lower bounds (inf when a rate can be 0)."""
+    fpr = clopper_pearson(false_positives, n_negatives, alpha)[end]
+    fnr = clopper_pearson(false_negatives, n_positives, alpha)[end]
     return max(_log_ratio(1 - delta - fpr, fnr), _log_ratio(1 - delta - fnr, fpr))
 
 
@@ -158,7 +145,7 @@ def epsilon_lower_bound(
     fp, fn = _errors(s_count, m_count, threshold)
     point = _rates_point(fp, n_neg, fn, n_pos, delta)
     lower = rates_epsilon(fp, n_neg, fn, n_pos, delta, alpha)
-    upper = rates_epsilon_upper(fp, n_neg, fn, n_pos, delta, alpha)
+    upper = rates_epsilon(fp, n_neg, fn, n_pos, delta, alpha, end=0)
     return {
         "epsilon_lb": lower,
         "epsilon_point": None if math.isinf(point) else point,

@@ -137,12 +137,7 @@ class MembershipAudit:
             pair_id=cell.pair_id,
             model=cell.model.model_dump(),
             defense=cell.defense.model_dump(),
-            attack={
-                "attack": cell.config.attack,
-                "name": cell.config.name,
-                "params": cell.config.params,
-                "settings": attack.settings(),
-            },
+            attack=_attack_ref(cell, attack),
             reference_models=k,
             reference_in_fraction=fraction,
             offline=bool(k) and not getattr(attack, "online", True),
@@ -198,12 +193,7 @@ class MembershipAudit:
             pair_id=cell.pair_id,
             model=cell.model.model_dump(),
             defense=cell.defense.model_dump(),
-            attack={
-                "attack": cell.config.attack,
-                "name": cell.config.name,
-                "params": cell.config.params,
-                "settings": attack.settings(),
-            },
+            attack=_attack_ref(cell, attack),
             reference_models=0,
             reference_in_fraction=None,
             offline=False,
@@ -215,3 +205,14 @@ class MembershipAudit:
             epsilon_audit=epsilon,
             privacy=claim,
         )
+
+
+def _attack_ref(cell: MembershipCell, attack: Any) -> dict[str, Any]:
+    """The column's attack as configured and as it ran (its settings after scoring: RMIA's
+    tuned ``a``)."""
+    return {
+        "attack": cell.config.attack,
+        "name": cell.config.name,
+        "params": cell.config.params,
+        "settings": attack.settings(),
+    }
