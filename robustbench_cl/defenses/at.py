@@ -16,9 +16,6 @@ from robustbench_cl.attacks.pgd import PGD
 from robustbench_cl.data.base import TensorData
 from robustbench_cl.defenses.base import Defense, trainable_copy
 from robustbench_cl.models.artifacts import (
-    artifact_exists,
-    artifact_lock,
-    load_artifact_weights,
     save_artifact,
 )
 from robustbench_cl.models.training import accuracy, train_classifier
@@ -77,14 +74,8 @@ class PGDAdversarialTraining(Defense):
         self._threat = ThreatModel(norm=norm, eps=eps)  # validates norm and eps early
 
     def build(self, model: Frozen, model_spec: str, data: TensorData) -> nn.Module:
-        path = self.cache_path(model_spec, data)
         network = trainable_copy(model, self.from_scratch, self.seed)
-        with artifact_lock(path):
-            if artifact_exists(path):
-                load_artifact_weights(path, network)
-                return Frozen(network)
-            self._train(network, model_spec, data, path)
-        return Frozen(network)
+        return self.cached_or_trained(network, model_spec, data)
 
     def _train(self, network: nn.Module, model_spec: str, data: TensorData, path: Path) -> None:
         logger.info(

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from robustbench_cl.data.base import TensorData
+from robustbench_cl.models.artifacts import artifact_exists, artifact_lock, load_artifact_weights
 from robustbench_cl.models.wrappers import Frozen
 from robustbench_cl.registry import DEFENSES, register_defense
 from robustbench_cl.utils import cache_file, seeded, stable_hash, tensor_digest
@@ -50,6 +51,17 @@ class Defense:
     def build(self, model: Frozen, model_spec: str, data: TensorData) -> nn.Module:
         """Return the defended model (frozen, eval mode), training it on first use."""
         raise NotImplementedError
+
+    def cached_or_trained(self, network: nn.Module, model_spec: str, data: TensorData) -> Frozen:
+        """``network`` with this defense's cached weights, or trained by ``self._train(network,
+        model_spec, data, path)`` (which caches them at ``path``) on first use."""
+        path = self.cache_path(model_spec, data)
+        with artifact_lock(path):
+            if artifact_exists(path):
+                load_artifact_weights(path, network)
+            else:
+                self._train(network, model_spec, data, path)  # type: ignore[attr-defined]
+        return Frozen(network)
 
     def adapt_architecture(self, network: nn.Module) -> nn.Module:
         """The architecture this defense trains, given the model's (DP-SGD swaps BatchNorm

@@ -33,9 +33,6 @@ from robustbench_cl.data.base import TensorData
 from robustbench_cl.defenses.base import Defense, trainable_copy
 from robustbench_cl.errors import UserError
 from robustbench_cl.models.artifacts import (
-    artifact_exists,
-    artifact_lock,
-    load_artifact_weights,
     save_artifact,
 )
 from robustbench_cl.models.training import accuracy
@@ -229,14 +226,8 @@ class DPSGD(Defense):
         return network
 
     def build(self, model: Frozen, model_spec: str, data: TensorData) -> nn.Module:
-        path = self.cache_path(model_spec, data)
         network = self.adapt_architecture(self.fresh_copy(model))
-        with artifact_lock(path):
-            if artifact_exists(path):
-                load_artifact_weights(path, network)
-                return Frozen(network)
-            self._train(network, model_spec, data, path)
-        return Frozen(network)
+        return self.cached_or_trained(network, model_spec, data)
 
     def _train(self, network: nn.Module, model_spec: str, data: TensorData, path: Path) -> None:
         claim = self.privacy_claim(len(data.y))

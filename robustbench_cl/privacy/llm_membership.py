@@ -80,7 +80,7 @@ def chat_scores(
         return -nll
     if attack == "zlib":
         sizes = torch.tensor([len(zlib.compress(r.encode("utf-8"))) for r in responses])
-        return -nll / sizes.double().float()
+        return -nll / sizes.float()
     if attack == "min-k":
         return torch.tensor([min_k_mean(lp, k) for lp in logprobs])
     if attack == "reference":

@@ -131,23 +131,19 @@ class MembershipAudit:
             method="two-split",
             certified=False,  # one model's examples on a fixed split are not independent trials
         )
-        return MembershipRecord(
-            type="membership",
-            id=cell.id,
-            pair_id=cell.pair_id,
-            model=cell.model.model_dump(),
-            defense=cell.defense.model_dump(),
-            attack=_attack_ref(cell, attack),
+        return _record(
+            cell,
+            attack,
+            scores,
+            is_member,
+            metrics,
+            epsilon,
+            claim,
             reference_models=k,
             reference_in_fraction=fraction,
             offline=bool(k) and not getattr(attack, "online", True),
             references_trained=trained,
             population_z=len(z_index) if population is not None else 0,
-            **metrics,
-            scores=scores.detach().cpu().tolist(),
-            members=is_member.int().tolist(),
-            epsilon_audit=epsilon,
-            privacy=claim,
         )
 
     def run_one(
@@ -187,24 +183,48 @@ class MembershipAudit:
             "correct": v,
             "max_certifiable": one_run_epsilon(attack.canaries, r, r, delta, attack.p),
         }
-        return MembershipRecord(
-            type="membership",
-            id=cell.id,
-            pair_id=cell.pair_id,
-            model=cell.model.model_dump(),
-            defense=cell.defense.model_dump(),
-            attack=_attack_ref(cell, attack),
+        return _record(
+            cell,
+            attack,
+            scores,
+            included,
+            metrics,
+            epsilon,
+            claim,
             reference_models=0,
             reference_in_fraction=None,
             offline=False,
             references_trained=int(trained),
             population_z=0,
-            **metrics,
-            scores=scores.tolist(),
-            members=included.int().tolist(),
-            epsilon_audit=epsilon,
-            privacy=claim,
         )
+
+
+def _record(
+    cell: MembershipCell,
+    attack: Any,
+    scores: torch.Tensor,
+    members: torch.Tensor,
+    metrics: dict[str, Any],
+    epsilon: dict[str, Any],
+    claim: dict[str, Any] | None,
+    **references: Any,
+) -> MembershipRecord:
+    """One audit's record: the pair, the attack as it ran, per-sample scores and membership,
+    the metrics and the epsilon bound; ``references`` says how reference models were used."""
+    return MembershipRecord(
+        type="membership",
+        id=cell.id,
+        pair_id=cell.pair_id,
+        model=cell.model.model_dump(),
+        defense=cell.defense.model_dump(),
+        attack=_attack_ref(cell, attack),
+        **references,
+        **metrics,
+        scores=scores.detach().cpu().tolist(),
+        members=members.int().tolist(),
+        epsilon_audit=epsilon,
+        privacy=claim,
+    )
 
 
 def _attack_ref(cell: MembershipCell, attack: Any) -> dict[str, Any]:
