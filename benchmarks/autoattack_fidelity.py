@@ -2,9 +2,14 @@
 
 On the quickstart's models (builtin:digits-cnn undefended and with PGD-AT linf 0.1, as the
 quickstart trains it) and the 360 digits of its full profile, at linf eps 0.1 (the quickstart's
-AutoAttack cell): the original standard AutoAttack (``pyautoattack``, fra31/auto-attack on PyPI,
-``pip install -e '.[bench]'``) and ours, both seeded 0. Reports the robust accuracy of each, the
-number of samples whose outcome (robust or not) differs, and the wall time of each.
+AutoAttack cell): the original AutoAttack (``pyautoattack``, fra31/auto-attack on PyPI,
+``pip install -e '.[bench]'``) and ours, both seeded 0, for each version:
+
+- ``standard`` and ``plus`` on the two deterministic models: the robust accuracy of each, the
+  number of samples whose outcome (robust or not) differs, and the wall time of each;
+- ``rand`` on a randomized defense (the PGD-AT model behind Gaussian input noise, sigma 0.1,
+  drawn afresh at every forward pass), where per-sample outcomes are themselves random: the
+  robust accuracy of each with its 95% Wilson interval, and whether the intervals overlap.
 
 Our components are torchattacks' ports, so the random streams differ from the original's; a
 handful of borderline samples may flip. Writes reports/bench/autoattack_fidelity.json.
@@ -25,21 +30,75 @@ from robustbench_cl.utils import device_name
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def original_robust(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float):
+class GaussianNoise(torch.nn.Module):
+    """A randomized defense: fresh Gaussian noise on the input at every forward pass."""
+
+    is_randomized = True
+
+    def __init__(self, model: torch.nn.Module, sigma: float) -> None:
+        super().__init__()
+        self.model, self.sigma = model, sigma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x + self.sigma * torch.randn_like(x))
+
+
+def original_robust(model, x, y, eps: float, version: str):  # noqa: ANN001
     from pyautoattack import AutoAttack
 
-    adversary = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=0, device="cpu")
-    adv, _ = adversary.run_standard_evaluation(x, y, batch_size=len(y))  # (x_adv, y_adv)
-    with torch.no_grad():
-        return model(adv).argmax(1) == y
+    torch.manual_seed(0)
+    adversary = AutoAttack(model, norm="Linf", eps=eps, version=version, seed=0, device="cpu")
+    adv, y_adv = adversary.run_standard_evaluation(x, y, batch_size=len(y))
+    return y_adv == y  # the original's own verdict: clean-wrong or fooled at its last check
 
 
-def ours_robust(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float):
-    attack = rbcl.make_attack("autoattack", seed=0)
-    result = attack(model, x, y, rbcl.ThreatModel(norm="linf", eps=eps))
+def ours_robust(model, x, y, eps: float, version: str):  # noqa: ANN001
+    torch.manual_seed(0)
     with torch.no_grad():
         clean = model(x).argmax(1) == y
+    attack = rbcl.make_attack("autoattack", version=version, seed=0)
+    result = attack(model, x, y, rbcl.ThreatModel(norm="linf", eps=eps))
     return clean & ~result.success
+
+
+def compare(label: str, model, x, y, eps: float, version: str) -> dict:  # noqa: ANN001
+    from robustbench_cl.engine.metrics import wilson_interval
+
+    timings, robust = {}, {}
+    for name, fn in (("original", original_robust), ("ours", ours_robust)):
+        start = time.perf_counter()
+        robust[name] = fn(model, x, y, eps, version)
+        timings[name] = time.perf_counter() - start
+    differ = int((robust["original"] != robust["ours"]).sum())
+    counts = {name: int(value.sum()) for name, value in robust.items()}
+    intervals = {name: list(wilson_interval(count, len(y))) for name, count in counts.items()}
+    overlap = (
+        intervals["ours"][0] <= intervals["original"][1]
+        and intervals["original"][0] <= intervals["ours"][1]
+    )
+    row = {
+        "version": version,
+        "model": label,
+        "n": len(y),
+        "eps": eps,
+        "robust_accuracy_original": counts["original"] / len(y),
+        "robust_accuracy_ours": counts["ours"] / len(y),
+        "ci95_original": [round(v, 4) for v in intervals["original"]],
+        "ci95_ours": [round(v, 4) for v in intervals["ours"]],
+        "intervals_overlap": overlap,
+        "outcomes_differ": differ,
+        "seconds_original": round(timings["original"], 2),
+        "seconds_ours": round(timings["ours"], 2),
+        "time_ratio_ours_over_original": round(timings["ours"] / timings["original"], 3),
+    }
+    print(
+        f"{version:<8} {label:<36} robust acc original {100 * row['robust_accuracy_original']:.1f}% "
+        f"ours {100 * row['robust_accuracy_ours']:.1f}%  outcomes differ {differ}/{len(y)}  "
+        f"time {row['seconds_original']:.1f}s vs {row['seconds_ours']:.1f}s "
+        f"(ours/original {row['time_ratio_ours_over_original']:.2f})",
+        flush=True,
+    )
+    return row
 
 
 def main() -> None:
@@ -47,6 +106,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=360)
     parser.add_argument("--eps", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--versions", default="standard,plus,rand")
+    parser.add_argument("--sigma", type=float, default=0.1, help="rand: the input noise")
     parser.add_argument(
         "--out", type=Path, default=ROOT / "reports" / "bench" / "autoattack_fidelity.json"
     )
@@ -58,34 +119,19 @@ def main() -> None:
     models = {"undefended": base}
     at = rbcl.make_defense("pgd-at", norm="linf", eps=0.1, steps=7, epochs=30)
     models["PGD-AT (linf 0.1)"] = at.build(base, "builtin:digits-cnn", train).eval()
-    rows = []
-    for label, model in models.items():
+    for model in models.values():
         for parameter in model.parameters():
             parameter.requires_grad_(False)
-        timings, robust = {}, {}
-        for name, fn in (("original", original_robust), ("ours", ours_robust)):
-            start = time.perf_counter()
-            robust[name] = fn(model, x, y, args.eps)
-            timings[name] = time.perf_counter() - start
-        differ = int((robust["original"] != robust["ours"]).sum())
-        row = {
-            "model": label,
-            "n": len(y),
-            "eps": args.eps,
-            "robust_accuracy_original": float(robust["original"].float().mean()),
-            "robust_accuracy_ours": float(robust["ours"].float().mean()),
-            "outcomes_differ": differ,
-            "seconds_original": round(timings["original"], 2),
-            "seconds_ours": round(timings["ours"], 2),
-            "time_ratio_ours_over_original": round(timings["ours"] / timings["original"], 3),
-        }
-        rows.append(row)
-        print(
-            f"{label:<20} robust acc original {100 * row['robust_accuracy_original']:.1f}% "
-            f"ours {100 * row['robust_accuracy_ours']:.1f}%  outcomes differ {differ}/{len(y)}  "
-            f"time {row['seconds_original']:.1f}s vs {row['seconds_ours']:.1f}s "
-            f"(ours/original {row['time_ratio_ours_over_original']:.2f})"
-        )
+    randomized = {
+        f"PGD-AT + Gaussian noise (sigma {args.sigma:g})": GaussianNoise(
+            models["PGD-AT (linf 0.1)"], args.sigma
+        ).eval()
+    }
+    rows = []
+    for version_name in args.versions.split(","):
+        chosen = randomized if version_name == "rand" else models
+        for label, model in chosen.items():
+            rows.append(compare(label, model, x, y, args.eps, version_name))
     from importlib.metadata import version
 
     report = {

@@ -86,7 +86,10 @@ PATH_OPTIONS: dict[str, tuple[str, ...]] = {
     "torchvision": ("weights",),
     "timm": ("checkpoint",),
     "open_clip": ("checkpoint",),
+    "robustbench": ("dir",),
 }
+#: schemes whose path options name folders, not files
+FOLDER_OPTIONS = frozenset({"robustbench"})
 
 
 def _split_spec(spec: str) -> tuple[str, str, str] | None:
@@ -190,7 +193,8 @@ def missing_spec_paths(spec: str) -> list[tuple[str, str]]:
         wanted.append((Path(target).expanduser(), "file"))
     elif scheme in PATH_SCHEMES:
         wanted.append((Path(target).expanduser(), "folder"))
-    wanted += [(Path(value).expanduser(), "file") for _, _, value in _path_options(scheme, query)]
+    kind = "folder" if scheme in FOLDER_OPTIONS else "file"
+    wanted += [(Path(value).expanduser(), kind) for _, _, value in _path_options(scheme, query)]
     missing = []
     for path, kind in wanted:
         ok = path.is_dir() if kind == "folder" else path.is_file()

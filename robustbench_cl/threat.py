@@ -60,6 +60,9 @@ class ThreatModel:
     access: Access = "white-box"
     budget: Budget = field(default_factory=Budget)
     eps_relative: bool = False
+    #: how the budget is written for a reader (``"8/255"``): set when eps is given as a
+    #: fraction; a display label only, never part of the threat model's identity or cache keys
+    eps_label: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
@@ -72,10 +75,16 @@ class ThreatModel:
             raise UserError(
                 "access", f"unknown access {self.access!r}", f"use one of {', '.join(ACCESSES)}"
             )
-        try:
-            eps = float(self.eps)
-        except (TypeError, ValueError):
-            raise UserError("eps", f"must be a number, got {self.eps!r}") from None
+        if isinstance(self.eps, str):
+            eps, label = parse_budget(self.eps, "eps")
+            object.__setattr__(self, "eps_label", self.eps_label or label)
+        else:
+            try:
+                eps = float(self.eps)
+            except (TypeError, ValueError):
+                raise UserError(
+                    "eps", f"must be a number or a fraction like 8/255, got {self.eps!r}"
+                ) from None
         if not math.isfinite(eps) or eps < 0:
             raise UserError("eps", f"must be a finite number >= 0, got {self.eps!r}")
         object.__setattr__(self, "eps", eps)
@@ -106,9 +115,24 @@ class ThreatModel:
 
     # ----------------------------------------------------------------- serialisation
     def to_dict(self) -> dict[str, Any]:
+        """As records hold it: the identity (:meth:`key`) and, when set, ``eps_label``."""
+        data = self.key()
+        if self.eps_label is not None:
+            data["eps_label"] = self.eps_label
+        return data
+
+    def key(self) -> dict[str, Any]:
+        """What the threat model is, for ids and cache keys: without the display label, so
+        ``8/255`` and ``0.03137254901960784`` are one threat model."""
         data = asdict(self)
+        data.pop("eps_label")
         data["bounds"] = list(self.bounds) if self.bounds is not None else None
         return data
+
+    @property
+    def eps_text(self) -> str:
+        """The budget as a reader sees it: the fraction as written, else ``eps`` (``%g``)."""
+        return self.eps_label or f"{self.eps:g}"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ThreatModel:
@@ -126,8 +150,8 @@ class ThreatModel:
         return cls(**values)
 
     def describe(self) -> str:
-        """Short human label, e.g. ``linf eps=0.1``."""
-        label = f"{self.norm} eps={self.eps:g}"
+        """Short human label, e.g. ``linf eps=0.1`` or ``linf eps=8/255``."""
+        label = f"{self.norm} eps={self.eps_text}"
         if self.eps_relative:
             label += " (relative)"
         if self.targeted:
@@ -326,6 +350,27 @@ class ThreatModel:
             raise ThreatModelViolation(
                 f"perturbation exceeds the {self.norm} ball eps={float(eps):g} by {worst:.3g}"
             )
+
+
+def parse_budget(value: Any, field_name: str = "eps") -> tuple[float, str | None]:
+    """``8/255``, ``"0.5"`` or ``0.5`` -> ``(float, label)``: the label is the fraction as
+    written (spaces dropped) and ``None`` for a plain number. A bad value is a one-line error
+    naming ``field_name``."""
+    if isinstance(value, bool):
+        raise UserError(field_name, f"must be a number or a fraction like 8/255, got {value!r}")
+    if isinstance(value, int | float):
+        return float(value), None
+    text = str(value).strip().replace(" ", "")
+    top, slash, bottom = text.partition("/")
+    try:
+        number = float(top) / float(bottom) if slash else float(top)
+    except (ValueError, ZeroDivisionError):
+        raise UserError(
+            field_name,
+            f"{value!r} is not a number or a fraction",
+            "write it like 8/255 or 0.03",
+        ) from None
+    return number, (text if slash else None)
 
 
 def _budget_from_dict(values: dict[str, Any]) -> Budget:

@@ -1,11 +1,18 @@
-"""The *standard* AutoAttack ensemble (Croce & Hein, 2020, https://arxiv.org/abs/2003.01690).
+"""AutoAttack (Croce & Hein, 2020, https://arxiv.org/abs/2003.01690): its three versions.
 
-APGD-CE, then APGD-T, then FAB-T, then Square, each run only on the samples that are still
-robust (the cascade). The settings are the paper's standard version, not torchattacks' preset
-(which runs 10 iterations): 100 iterations and 1 restart for APGD-CE, APGD-T and FAB-T,
-``min(9, n_classes - 1)`` target classes for APGD-T and FAB-T, and 5,000 queries for Square.
-The four component attacks are torchattacks' implementations; this class fixes their settings
-and runs the cascade.
+Each component runs only on the samples that are still robust (the cascade). The versions are the
+original's (``fra31/auto-attack``, ``set_version``), not torchattacks' preset (which runs 10
+iterations):
+
+- ``standard``: APGD-CE, APGD-T, FAB-T, Square; 100 iterations and 1 restart for the gradient
+  components, ``min(9, n_classes - 1)`` target classes for APGD-T and FAB-T, 5,000 queries.
+- ``plus``: APGD-CE, APGD-DLR, FAB, Square, APGD-T, FAB-T; APGD-CE, APGD-DLR and the
+  untargeted FAB with 5 restarts, APGD-T and FAB-T with 1, 9 target classes, 5,000 queries.
+- ``rand``, for randomized defenses: APGD-CE and APGD-DLR, 1 restart, each gradient the mean
+  over 20 draws of the model (EOT).
+
+The components are torchattacks' implementations; this class fixes their settings and runs the
+cascade.
 """
 
 from __future__ import annotations
@@ -34,15 +41,26 @@ from robustbench_cl.threat import ThreatModel
 logger = logging.getLogger(__name__)
 
 _TORCHATTACKS_NORM = {"linf": "Linf", "l2": "L2"}
+#: each version's components, in the original's order
+VERSIONS: dict[str, tuple[str, ...]] = {
+    "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
+    "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
+    "rand": ("apgd-ce", "apgd-dlr"),
+}
+#: restarts of (APGD-CE and APGD-DLR, untargeted FAB) per version; APGD-T and FAB-T always 1
+_RESTARTS = {"standard": (1, 1), "plus": (5, 5), "rand": (1, 1)}
+#: gradient draws per step (EOT) of APGD per version
+_EOT = {"standard": 1, "plus": 1, "rand": 20}
 
 
 @register_attack("autoattack")
 class AutoAttack(Attack):
-    """Standard AutoAttack: APGD-CE, APGD-T, FAB-T and Square (5,000 queries), cascaded.
+    """AutoAttack, cascaded: `standard`, `plus` or `rand`, as Croce and Hein's original runs them.
 
     Args:
-        version: `standard` (APGD-CE, APGD-T, FAB-T, Square, as Croce and Hein's original runs
-            it); the only version so far.
+        version: `standard` (APGD-CE, APGD-T, FAB-T, Square), `plus` (APGD-CE and APGD-DLR
+            with 5 restarts, FAB with 5, Square, APGD-T, FAB-T) or `rand` (APGD-CE and APGD-DLR
+            with EOT over 20 draws, for randomized defenses).
         steps: iterations of each gradient component (APGD-CE, APGD-T, FAB-T): 100 in the
             original.
         square_queries: queries of the Square attack: 5,000 in the original.
@@ -74,8 +92,12 @@ class AutoAttack(Attack):
         ):
             require_int(field, value)
         require_int("seed", seed, minimum=0)
-        if version != "standard":
-            raise UserError("version", f"unknown AutoAttack version {version!r}", "use 'standard'")
+        if version not in VERSIONS:
+            raise UserError(
+                "version",
+                f"unknown AutoAttack version {version!r}",
+                f"use one of {', '.join(VERSIONS)}",
+            )
         self.version = version
         self.steps = steps
         self.square_queries = square_queries
@@ -85,7 +107,7 @@ class AutoAttack(Attack):
     def supports(self, threat: ThreatModel, task: str = "classification") -> str | None:
         reason = super().supports(threat, task)
         if reason is None and threat.targeted:
-            reason = "standard AutoAttack is untargeted; use pgd for a targeted threat model"
+            reason = "AutoAttack is untargeted; use pgd for a targeted threat model"
         if reason is None and threat.bounds != (0.0, 1.0):
             reason = "AutoAttack's components need inputs in bounds (0, 1)"
         return reason
@@ -97,22 +119,48 @@ class AutoAttack(Attack):
 
         norm = _TORCHATTACKS_NORM[threat.norm]
         targets = min(self.n_target_classes, n_classes - 1)
-        common = {"norm": norm, "eps": threat.eps, "n_restarts": 1, "seed": self.seed}
+        restarts, fab_restarts = _RESTARTS[self.version]
+        common = {"norm": norm, "eps": threat.eps, "seed": self.seed}
         iterative = {**common, "steps": self.steps}
-        apgd_ce = torchattacks.APGD(model, loss="ce", rho=0.75, **iterative)
-        apgd_t = torchattacks.APGDT(model, rho=0.75, n_classes=n_classes, **iterative)
-        apgd_t.n_target_classes = targets
-        fab_t = torchattacks.FAB(model, multi_targeted=True, n_classes=n_classes, **iterative)
-        fab_t.n_target_classes = targets
-        square = torchattacks.Square(
-            model,
-            n_queries=self.square_queries,
-            p_init=0.8,
-            loss="margin",
-            resc_schedule=False,  # the original standard version's schedule (fra31/auto-attack)
-            **common,
-        )
-        return [("apgd-ce", apgd_ce), ("apgd-t", apgd_t), ("fab-t", fab_t), ("square", square)]
+        eot = _EOT[self.version]
+
+        def build(name: str) -> Any:
+            if name in ("apgd-ce", "apgd-dlr"):
+                loss = name.removeprefix("apgd-")
+                return torchattacks.APGD(
+                    model, loss=loss, rho=0.75, n_restarts=restarts, eot_iter=eot, **iterative
+                )
+            if name == "apgd-t":
+                attack = torchattacks.APGDT(
+                    model, rho=0.75, n_classes=n_classes, n_restarts=1, **iterative
+                )
+                attack.n_target_classes = targets
+                return attack
+            if name == "fab":
+                return torchattacks.FAB(
+                    model,
+                    multi_targeted=False,
+                    n_classes=n_classes,
+                    n_restarts=fab_restarts,
+                    **iterative,
+                )
+            if name == "fab-t":
+                attack = torchattacks.FAB(
+                    model, multi_targeted=True, n_classes=n_classes, n_restarts=1, **iterative
+                )
+                attack.n_target_classes = targets
+                return attack
+            return torchattacks.Square(
+                model,
+                n_queries=self.square_queries,
+                n_restarts=1,
+                p_init=0.8,
+                loss="margin",
+                resc_schedule=False,  # the original's schedule (fra31/auto-attack)
+                **common,
+            )
+
+        return [(name, build(name)) for name in VERSIONS[self.version]]
 
     def resolved_settings(
         self, n_classes: int, threat: ThreatModel | None = None
@@ -121,23 +169,44 @@ class AutoAttack(Attack):
 
     def describe_components(self, n_classes: int) -> dict[str, dict[str, Any]]:
         targets = min(self.n_target_classes, n_classes - 1)
-        return {
-            "apgd-ce": {"iterations": self.steps, "restarts": 1, "loss": "ce", "rho": 0.75},
+        restarts, fab_restarts = _RESTARTS[self.version]
+        eot = {"eot_iter": _EOT[self.version]} if _EOT[self.version] > 1 else {}
+        described = {
+            "apgd-ce": {"iterations": self.steps, "restarts": restarts, "loss": "ce", "rho": 0.75},
+            "apgd-dlr": {
+                "iterations": self.steps,
+                "restarts": restarts,
+                "loss": "dlr",
+                "rho": 0.75,
+            },
+            "fab": {"iterations": self.steps, "restarts": fab_restarts},
             "apgd-t": {"iterations": self.steps, "restarts": 1, "target_classes": targets},
             "fab-t": {"iterations": self.steps, "restarts": 1, "target_classes": targets},
             "square": {"queries": self.square_queries, "restarts": 1, "p_init": 0.8},
+        }
+        return {
+            name: {
+                **described[name],
+                **(eot if name.startswith("apgd-") and name != "apgd-t" else {}),
+            }
+            for name in VERSIONS[self.version]
         }
 
     def budget_weights(self, n_classes: int) -> list[float]:
         """Each component's cost per attacked sample, in forward passes (a backward counts
         two): the progress bar's estimate of how much of a cell's time is left."""
         targets = min(self.n_target_classes, n_classes - 1)
-        return [
-            3.0 * self.steps,  # APGD-CE: a forward and a backward per iteration
-            3.0 * self.steps * targets,  # APGD-T: that, per target class
-            4.0 * self.steps * targets,  # FAB-T: two logits' gradients and a projection check
-            float(self.square_queries),  # Square: one forward per query
-        ]
+        restarts, fab_restarts = _RESTARTS[self.version]
+        apgd = 3.0 * self.steps * restarts * _EOT[self.version]
+        weights = {
+            "apgd-ce": apgd,  # a forward and a backward per iteration (and draw)
+            "apgd-dlr": apgd,
+            "apgd-t": 3.0 * self.steps * targets,  # that, per target class
+            "fab": 4.0 * self.steps * fab_restarts,  # two logits' gradients, a projection check
+            "fab-t": 4.0 * self.steps * targets,
+            "square": float(self.square_queries),  # one forward per query
+        }
+        return [weights[name] for name in VERSIONS[self.version]]
 
     def perturb(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel
@@ -146,7 +215,8 @@ class AutoAttack(Attack):
             logits = model(x)
         n_classes = logits.shape[1]
         logger.info(
-            "AutoAttack (standard, %s eps=%g): %s",
+            "AutoAttack (%s, %s eps=%g): %s",
+            self.version,
             threat.norm,
             threat.eps,
             self.describe_components(n_classes),

@@ -197,6 +197,16 @@ def require_int(field: str, value: object, minimum: int = 1) -> None:
         raise UserError(field, f"must be an integer >= {minimum}, got {value!r}")
 
 
+def budget_param(field: str, value: Any) -> Any:
+    """A radius or step parameter as a float when written as a fraction (``8/255``), so a
+    defense's or attack's settings, and its cache key, hold the number; anything else as is."""
+    if not isinstance(value, str):
+        return value
+    from robustbench_cl.threat import parse_budget
+
+    return parse_budget(value, field)[0]
+
+
 def require_number(field: str, value: object, minimum: float = 0.0) -> None:
     """One-line error unless ``value`` is a real number > ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > minimum:

@@ -18,6 +18,7 @@ from torch import nn
 from robustbench_cl.attacks.base import (
     Attack,
     Perturbation,
+    budget_param,
     report_step,
     require_int,
     require_number,
@@ -57,6 +58,7 @@ class PGD(Attack):
         keep_best: bool = True,
         seed: int | None = None,
     ) -> None:
+        step_size = budget_param("step_size", step_size)
         require_int("steps", steps)
         require_int("restarts", restarts)
         if step_size is not None:

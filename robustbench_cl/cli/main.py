@@ -529,13 +529,26 @@ def _parse_param(values: tuple[str, ...]) -> dict[str, Any]:
     return params
 
 
+def _eps_option(value: str) -> float | str:
+    """``--eps 8/255`` stays the fraction (the report's label), ``--eps 0.1`` a number."""
+    from robustbench_cl.threat import parse_budget
+
+    number, label = parse_budget(value, "--eps")
+    return label if label is not None else number
+
+
 @cli.command()
 @click.argument("name")
 @click.option("--model", "model_spec", default="builtin:digits-cnn", show_default=True)
 @click.option("--data", "dataset", default="digits", show_default=True)
 @click.option("--n", type=int, default=256, show_default=True, help="Number of test samples.")
 @click.option("--norm", type=click.Choice(["linf", "l2", "l1"]), default="linf", show_default=True)
-@click.option("--eps", type=float, required=True)
+@click.option(
+    "--eps",
+    required=True,
+    callback=lambda ctx, param, value: _eps_option(value),
+    help="The budget: a number or a fraction, e.g. 8/255.",
+)
 @click.option("--targeted", is_flag=True)
 @click.option("--param", "params", multiple=True, help="Attack parameter KEY=VALUE (repeatable).")
 @click.option("--device", default="auto", show_default=True)
@@ -553,7 +566,7 @@ def attack(
     dataset: str,
     n: int,
     norm: str,
-    eps: float,
+    eps: float | str,
     targeted: bool,
     params: tuple[str, ...],
     device: str,
@@ -561,7 +574,7 @@ def attack(
     out: Path | None,
     as_json: bool,
 ) -> None:
-    """Run one attack NAME against one model, e.g. `attack pgd --eps 0.1`.
+    """Run one attack NAME against one model, e.g. `attack pgd --eps 8/255`.
 
     A one-cell matrix through the engine: the same targets, seeds, sanity checks and record
     as the cell would get in a config (no cascade: there is one attack).

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch import nn
 
-from robustbench_cl.attacks.base import require_int, require_number
+from robustbench_cl.attacks.base import budget_param, require_int, require_number
 from robustbench_cl.attacks.pgd import PGD
 from robustbench_cl.data.base import TensorData
 from robustbench_cl.defenses.base import Defense, trainable_copy
@@ -57,6 +57,8 @@ class PGDAdversarialTraining(Defense):
         from_scratch: bool = True,
         seed: int = 0,
     ) -> None:
+        eps = budget_param("eps", eps)
+        step_size = budget_param("step_size", step_size)
         for field, value in (("steps", steps), ("epochs", epochs), ("batch_size", batch_size)):
             require_int(field, value)
         require_number("lr", lr)

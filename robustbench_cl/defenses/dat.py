@@ -38,7 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_cl.attacks.base import inputs_only_gradients, require_int, require_number
+from robustbench_cl.attacks.base import (
+    budget_param,
+    inputs_only_gradients,
+    require_int,
+    require_number,
+)
 from robustbench_cl.attacks.generation import class_conditional_ascent, ood_seeds
 from robustbench_cl.attacks.pgd import PGD
 from robustbench_cl.data.base import TensorData
@@ -169,6 +174,8 @@ class DualAdversarialTraining(Defense):
         bn_mode: str = "eval",
         seed: int = 0,
     ) -> None:
+        eps = budget_param("eps", eps)
+        pgd_step_size = budget_param("pgd_step_size", pgd_step_size)
         for field, value in (
             ("pgd_steps", pgd_steps),
             ("stage1_epochs", stage1_epochs),

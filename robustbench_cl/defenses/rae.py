@@ -28,7 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_cl.attacks.base import inputs_only_gradients, require_int, require_number
+from robustbench_cl.attacks.base import (
+    budget_param,
+    inputs_only_gradients,
+    require_int,
+    require_number,
+)
 from robustbench_cl.data.base import TensorData
 from robustbench_cl.defenses.base import Defense
 from robustbench_cl.errors import UserError
@@ -116,6 +121,8 @@ class RobustAutoEncoder(Defense):
         gradient_mode: str = "end-to-end",
         seed: int = 0,
     ) -> None:
+        eps = budget_param("eps", eps)
+        step_size = budget_param("step_size", step_size)
         for field, value in (
             ("steps", steps),
             ("epochs", epochs),

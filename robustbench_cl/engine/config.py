@@ -72,8 +72,9 @@ class ThreatConfig(StrictConfig):
     #: the distance: `linf`, `l2`, `l1`, `l0` (tokens or pixels changed) or `none` (unbounded,
     #: e.g. a suffix)
     norm: Literal["linf", "l2", "l1", "l0", "none"] = "linf"
-    #: the radius; a list is a sweep (one column per value)
-    eps: float | list[float]
+    #: the radius, a number or a fraction as the field writes it (`8/255`, kept as the
+    #: budget's label in reports); a list is a sweep (one column per value)
+    eps: float | str | list[float | str]
     #: where the perturbation lives: `input` (pixels), `embedding` (token embeddings) or `token`
     space: Literal["input", "embedding", "token"] = "input"
     #: the valid input range the adversarial input is clipped to; `null` for none
@@ -91,12 +92,24 @@ class ThreatConfig(StrictConfig):
 
     @field_validator("eps")
     @classmethod
-    def _eps_not_empty(cls, value: float | list[float]) -> float | list[float]:
+    def _eps_not_empty(cls, value: float | str | list[float | str]) -> float | str | list:
         if isinstance(value, list) and not value:
             raise ValueError("an eps sweep needs at least one value")
+        from robustbench_cl.threat import parse_budget
+
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str):
+                try:
+                    parse_budget(item)
+                except UserError:
+                    raise ValueError(
+                        f"{item!r} is not a number or a fraction; write it like 8/255 or 0.03"
+                    ) from None
         return value
 
-    def eps_values(self) -> list[float]:
+    def eps_values(self) -> list[float | str]:
+        """Each eps as written: a fraction stays a string, and becomes the ThreatModel's float
+        and its display label."""
         return list(self.eps) if isinstance(self.eps, list) else [self.eps]
 
 

@@ -80,6 +80,8 @@ class Threat(BaseModel):
     access: Access
     budget: dict[str, Any]
     eps_relative: bool
+    #: the budget as the config wrote it (``"8/255"``), when a fraction: the label reports show
+    eps_label: str | None = Field(None, exclude_if=lambda value: value is None)
 
 
 class Flag(BaseModel):

@@ -46,9 +46,15 @@ def threat_dict(threat: Any) -> dict[str, Any]:
     return threat if isinstance(threat, dict) else threat.model_dump(mode="json")
 
 
+def eps_text(threat: Any) -> str:
+    """A budget as a reader sees it: the fraction the config wrote (``8/255``), else ``%g``."""
+    threat = threat_dict(threat)
+    return threat.get("eps_label") or f"{threat['eps']:g}"
+
+
 def threat_label(threat: Any) -> str:
     threat = threat_dict(threat)
-    label = f"{threat['norm']} {threat['eps']:g}"
+    label = f"{threat['norm']} {eps_text(threat)}"
     label += " targeted" if threat.get("targeted") else ""
     access = threat.get("access", "white-box")
     return label + (f" {access}" if access != "white-box" else "")

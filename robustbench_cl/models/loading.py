@@ -17,12 +17,16 @@ SCHEMES: Registry = Registry("model scheme")
 def check_spec(spec: str) -> None:
     """Resolve the scheme and builtin name of a spec, and check its local paths exist, without
     building the model."""
-    scheme, target, _ = parse_spec(spec)
+    scheme, target, options = parse_spec(spec)
     if scheme == "builtin":
         MODELS.get(target)
     else:
         SCHEMES.get(scheme)
     check_spec_paths(spec, "model")  # a missing folder or checkpoint: now, not when it loads
+    if scheme == "robustbench":  # the checkpoint inside DIR, in RobustBench's layout
+        from robustbench_cl.models.robustbench import check_robustbench_spec
+
+        check_robustbench_spec(target, options)
 
 
 def load_model(spec: str, device: str | torch.device | None = None) -> Frozen:

@@ -62,7 +62,10 @@ def run_file(run_dir: Path | None, relative: str | None) -> Path | None:
 
 
 def eps_label(threat: dict[str, Any]) -> str:
-    """``linf 12/255`` when eps is a whole number of 255ths, else ``linf 0.05``."""
+    """The label the config wrote (``linf 8/255``); else ``linf 12/255`` when eps is a whole
+    number of 255ths, else ``linf 0.05``."""
+    if threat.get("eps_label"):
+        return f"{threat['norm']} {threat['eps_label']}"
     eps = float(threat["eps"])
     steps = eps * 255
     text = f"{round(steps)}/255" if abs(steps - round(steps)) < 1e-6 else f"{eps:g}"

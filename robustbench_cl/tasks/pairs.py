@@ -178,13 +178,13 @@ def expand(config: MatrixConfig, subset: str | None = None) -> list[Pair]:
                         )
                     with under_field(f"attacks[{index}].threat"):
                         apply_budget(make_attack(attack.attack, **attack.params), threat)
-                    group_id = stable_hash({"pair": pair_id, "threat": threat.to_dict()})
+                    group_id = stable_hash({"pair": pair_id, "threat": threat.key()})
                     cell_id = stable_hash(
                         {
                             "pair": pair_id,
                             "attack": attack.attack,
                             "params": attack.params,
-                            "threat": threat.to_dict(),
+                            "threat": threat.key(),
                             "cascade": config.engine.cascade,
                         }
                     )

@@ -351,6 +351,15 @@ def eps_curve_flags(points: list[tuple[float, float]], n: int) -> dict[float, Fl
     return flags
 
 
+def autoattack_version_flag(version: str | None) -> Flag:
+    return flag(
+        "autoattack_not_rand",
+        f"the model is randomized and AutoAttack ran its {version} version, whose components "
+        "take one gradient per step; evaluate randomized defenses with version: rand (EOT over "
+        "20 draws), as the original AutoAttack prescribes",
+    )
+
+
 def non_adaptive_flag() -> Flag:
     return flag(
         "preprocessor_non_adaptive",

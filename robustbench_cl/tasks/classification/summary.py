@@ -95,6 +95,7 @@ def pair_summaries(summary: RunSummary) -> list[PairSummary]:
         if clean.defense_kind == "preprocessor":
             _add_non_adaptive_flags(pair_cells)
         _add_black_box_flags(pair_cells, clean)
+        _add_autoattack_version_flags(pair_cells, clean)
         entry = PairSummary(
             model=label(clean.model),
             defense=label(clean.defense),
@@ -152,6 +153,18 @@ def _add_non_adaptive_flags(cells: list[CellRecord]) -> None:
     for cell in cells:
         if _access(cell) == "transfer" and _threat_key(cell) not in adaptive:
             cell.flags.append(Flag(**sanity.non_adaptive_flag()))
+
+
+def _add_autoattack_version_flags(cells: list[CellRecord], clean: CleanRecord) -> None:
+    """A randomized model (declared, or two clean passes that disagree) evaluated with an
+    AutoAttack version other than ``rand``: the original refuses to trust that number either."""
+    randomness = clean.probes.get("randomization") or {}
+    if not (randomness.get("declared") or randomness.get("observed")):
+        return
+    for cell in cells:
+        version = cell.attack.settings.get("version")
+        if cell.attack.attack == "autoattack" and version != "rand":
+            cell.flags.append(Flag(**sanity.autoattack_version_flag(version)))
 
 
 def _add_black_box_flags(cells: list[CellRecord], clean: CleanRecord) -> None:

@@ -283,8 +283,6 @@ class ClassificationTask(AttackCells, PairTask):
         attack (white-box and transfer) of the threat, so its worst case compares like with like."""
         if not cell.threat.targeted:
             return self.y
-        target_key = {
-            k: v for k, v in cell.threat.to_dict().items() if k not in ("access", "budget")
-        }
+        target_key = {k: v for k, v in cell.threat.key().items() if k not in ("access", "budget")}
         seed = derive_seed(self.config.seed, cell.pair_id, target_key, "targets")
         return _targets(self.y, n_classes, seed).to(self.device)

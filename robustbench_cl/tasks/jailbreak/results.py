@@ -21,7 +21,7 @@ from robustbench_cl.engine.records import (
     label,
 )
 from robustbench_cl.engine.results_models import STRICT
-from robustbench_cl.engine.summary import RunSummary
+from robustbench_cl.engine.summary import RunSummary, eps_text
 
 
 def jailbreak_label(threat: dict[str, Any], attack: str) -> str:
@@ -29,7 +29,7 @@ def jailbreak_label(threat: dict[str, Any], attack: str) -> str:
     if threat["norm"] == "none":
         return attack + (" (unbounded)" if threat.get("space") == "embedding" else "")
     relative = " rel." if threat.get("eps_relative") else ""
-    return f"{attack} {threat['norm']} {threat['eps']:g}{relative}"
+    return f"{attack} {threat['norm']} {eps_text(threat)}{relative}"
 
 
 def _jailbreak_section(summary: RunSummary) -> dict[str, Any]:

@@ -114,7 +114,7 @@ class JailbreakTask(Evaluation, Task):
                 "jailbreak": self._pair_key(model, defense, built),
                 "attack": column["config"].attack,
                 "settings": column["built"].settings(),
-                "threat": column["threat"].to_dict(),
+                "threat": column["threat"].key(),
                 "tokens": self.section.max_new_tokens,
                 "seed": self.config.seed,
                 # shards beyond the first draw their own seeds: other outcomes, another id

@@ -83,7 +83,7 @@ def expand_retrieval(config: MatrixConfig) -> list[dict[str, Any]]:
                         "attack": attack.attack,
                         "settings": built.settings(),  # resolved defaults, not only the given
                         "version": FIT_VERSION,
-                        "threat": threat.to_dict(),
+                        "threat": threat.key(),
                         "data": data_key,
                         "seed": config.seed,
                     }

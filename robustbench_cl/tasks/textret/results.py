@@ -20,7 +20,7 @@ from robustbench_cl.engine.records import (
     label,
 )
 from robustbench_cl.engine.results_models import STRICT, Attack
-from robustbench_cl.engine.summary import RunSummary, threat_dict
+from robustbench_cl.engine.summary import RunSummary, eps_text, threat_dict
 
 
 class Results:
@@ -193,7 +193,7 @@ def _column_text(attack: Any, threat: dict[str, Any]) -> str:
     if threat["norm"] == "none":
         return name
     relative = " rel." if threat.get("eps_relative") else ""
-    return f"{name} {threat['norm']} {threat['eps']:g}{relative}"
+    return f"{name} {threat['norm']} {eps_text(threat)}{relative}"
 
 
 def _pair_label(record: TextRetCleanRecord | TextRetRecord) -> str:

@@ -137,7 +137,7 @@ class TextRetrievalTask(Report, Results, Evaluation, Task):
                             "textret": pair_key,
                             "attack": column["config"].attack,
                             "settings": column["built"].settings(),
-                            "threat": column["threat"].to_dict(),
+                            "threat": column["threat"].key(),
                             "seed": self.config.seed,
                         }
                     )
