@@ -60,7 +60,8 @@ def _original(name: str, model, iterations: int, targets: int, eps: float):  # n
     from pyautoattack.fab_pt import FABAttack_PT
     from pyautoattack.square import SquareAttack
 
-    common = {"norm": "Linf", "eps": eps, "seed": 0, "device": "cpu", "verbose": False}
+    device = next(model.parameters()).device
+    common = {"norm": "Linf", "eps": eps, "seed": 0, "device": device, "verbose": False}
     if name == "apgd-ce":
         attack = APGDAttack(model, n_iter=iterations, n_restarts=1, loss="ce", rho=0.75, **common)
         return attack.perturb
@@ -79,6 +80,36 @@ def _original(name: str, model, iterations: int, targets: int, eps: float):  # n
         model, n_queries=iterations, n_restarts=1, p_init=0.8, resc_schedule=False, **common
     )
     return attack.perturb
+
+
+def cuda_rows(model, x, y, iterations: int, targets: int, eps: float) -> dict:  # noqa: ANN001
+    """The same comparison on a CUDA device, in one process: time (synchronised) and the peak
+    memory each component allocates on the device (benchmarks/gpu_check.py)."""
+    rows = {}
+    for name in COMPONENTS:
+        row = {}
+        for impl, build in (("ours", _ours), ("original", _original)):
+            attack = build(name, model, iterations, targets, eps)
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            started = time.perf_counter()
+            adv = attack(x, y)
+            torch.cuda.synchronize()
+            seconds = time.perf_counter() - started
+            with torch.no_grad():
+                fooled = int((model(adv).argmax(1) != y).sum())
+            row[impl] = {
+                "seconds": round(seconds, 3),
+                "peak_extra_mib": round((torch.cuda.max_memory_allocated() - base) / 2**20, 1),
+                "fooled": fooled,
+            }
+        row["time_ratio"] = round(row["ours"]["seconds"] / row["original"]["seconds"], 3)
+        row["peak_memory_ratio"] = round(
+            max(row["ours"]["peak_extra_mib"], 1.0) / max(row["original"]["peak_extra_mib"], 1.0), 3
+        )
+        rows[name] = row
+    return rows
 
 
 def run_one(impl: str, name: str, args: argparse.Namespace) -> dict:

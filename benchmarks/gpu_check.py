@@ -1,4 +1,4 @@
-"""A short GPU check (run by benchmarks/gpu_check.sh on a CUDA machine; <= 8 minutes).
+"""A short GPU check (run by benchmarks/gpu_check.sh on a CUDA machine; <= 10 minutes).
 
 Prints one table:
 - PGD-10 linf throughput (images per second) and the limit ratio (PGD-10 time over ten bare
@@ -6,6 +6,11 @@ Prints one table:
 - the same under bf16 autocast, and the fp32 vs bf16 agreement of PGD-10 robust accuracy
   on the quickstart (digits-cnn, PGD-AT) with the engine's --precision option;
 - the engine's automatic batch size on that GPU;
+- AutoAttack at CIFAR-10 scale: each standard component (APGD-CE, APGD-T, FAB-T, Square) on
+  a randomly initialised WideResNet-28-10 (RobustBench's Standard architecture), fp32, 25
+  iterations (Square: 25 queries), 9 target classes, on 512 random 32x32 images labelled with
+  the clean prediction, ours against the original (pyautoattack): time and peak device memory
+  as ratios (benchmarks/autoattack_field_size.py does it on the CPU at 8 images);
 - the Ray executor with one GPU: a PGD-10 cell on 4,000 samples in 4 shards as Ray tasks
   sharing the GPU (0.25 each), its wall time against the same sharded run locally, and
   how many per-sample outcomes differ (cuDNN's autotuned kernels are not bitwise
@@ -83,6 +88,29 @@ def ray_row(device: torch.device, n: int, directory: Path) -> dict:
     return {"n": n, "local_seconds": local_seconds, "ray_seconds": ray_seconds, "differ": differ}
 
 
+def autoattack_rows(device: torch.device, n: int, iterations: int) -> dict:
+    """Each standard AutoAttack component, ours and the original's, on a WRN-28-10."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import autoattack_field_size as field_size
+
+    from robustbench_cl.models.robustbench import WideResNet
+
+    torch.manual_seed(0)
+    model = WideResNet(28, 10).to(device).eval().requires_grad_(False)
+    x = torch.rand(n, 3, 32, 32, device=device)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    if device.type == "cuda":
+        components = field_size.cuda_rows(model, x, y, iterations, 9, 8 / 255)
+    else:  # --smoke: only that every component runs
+        components = {}
+        for name in field_size.COMPONENTS:
+            for build in (field_size._ours, field_size._original):
+                build(name, model, iterations, 9, 8 / 255)(x, y)
+            components[name] = {"time_ratio": float("nan"), "peak_memory_ratio": float("nan")}
+    return {"n": n, "iterations": iterations, "components": components}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="every part on the CPU, toy sizes")
@@ -144,6 +172,7 @@ def main() -> None:
                 for cell in results["cells"]
             }
         scaling = ray_row(device, 64 if args.smoke else 4000, Path(directory))
+    autoattack = autoattack_rows(device, 4 if args.smoke else 512, 2 if args.smoke else 25)
     disagreements = [
         key
         for key, (value, (low, high)) in agreement["fp32"].items()
@@ -167,11 +196,21 @@ def main() -> None:
         f"{scaling['ray_seconds']:.1f} s vs {scaling['local_seconds']:.1f} s locally; "
         f"{scaling['differ']} of {scaling['n']} outcomes differ"
     )
+    print(f"AutoAttack components, WRN-28-10 fp32, {autoattack['n']} images: ours / original")
+    for name, row in autoattack["components"].items():
+        print(
+            f"  {name:8s} time {row['time_ratio']:.2f}  peak memory {row['peak_memory_ratio']:.2f}"
+        )
     if args.smoke:
         return  # toy sizes on the CPU: nothing to record
     out = Path("reports/bench/gpu_check.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"rows": rows, "disagreements": disagreements, "ray": scaling}
+    report = {
+        "rows": rows,
+        "disagreements": disagreements,
+        "ray": scaling,
+        "autoattack_field_size": autoattack,
+    }
     out.write_text(json.dumps(report, indent=2) + "\n")
 
 

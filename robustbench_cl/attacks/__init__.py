@@ -11,6 +11,7 @@ from robustbench_cl.attacks import (  # noqa: F401  (registry)
     fgsm,
     gcg,
     jailbreak,
+    minimum_norm,
     pgd,
     textret,
     universal,

@@ -241,6 +241,7 @@ LIST_KINDS = (
     "membership",
     "protectors",
     "routers",
+    "exports",
 )
 
 #: the classification data sources; every task lists its own (``Task.data_sources``)
@@ -329,6 +330,14 @@ def list_command(kind: str, pattern: str, with_params: bool) -> None:
             from robustbench_cl.models import SCHEMES
 
             rows += [(f"{name}:...", _doc_line(SCHEMES.get(name))) for name in SCHEMES.names()]
+            from robustbench_cl.models.robustbench import ZOO
+
+            for (dataset, threat), entries in ZOO.items():
+                query = "" if (dataset, threat) == ("cifar10", "Linf") else f"?threat={threat}"
+                rows += [
+                    (f"robustbench:{name}{query}", f"{dataset} {threat}: {entry.architecture}")
+                    for name, entry in entries.items()
+                ]
     table.add_column("summary")
     for row in rows:
         if fnmatch.fnmatch(row[0], pattern):
@@ -340,6 +349,7 @@ def _named_registry(kind: str) -> Any:
     """The registry behind ``list KIND`` for attacks, defenses, models, membership, protectors."""
     from robustbench_cl import registry
     from robustbench_cl.defenses.protectors import PROTECTORS
+    from robustbench_cl.engine.export import EXPORTS
     from robustbench_cl.privacy.membership import MEMBERSHIP_ATTACKS
 
     return {
@@ -348,6 +358,7 @@ def _named_registry(kind: str) -> Any:
         "models": registry.MODELS,
         "membership": MEMBERSHIP_ATTACKS,
         "protectors": PROTECTORS,
+        "exports": EXPORTS,
     }[kind]
 
 
@@ -414,6 +425,36 @@ def _print_parameters(kind: str, pattern: str) -> None:
         if not parameters:
             table.add_row("(none)", "", "", "takes no parameters")
         stdout.print(table)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    required=True,
+    help="An export format (`robustbench-cl list exports`), e.g. robustbench.",
+)
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("exported"),
+    show_default=True,
+    help="The folder the format's files go in.",
+)
+@click.option("--name", default=None, help="The entry's file name (a run with one entry).")
+@click.option(
+    "--dataset", default=None, help="The dataset's name in the entry (default: the run's)."
+)
+def export(run_dir: Path, fmt: str, out: Path, name: str | None, dataset: str | None) -> None:
+    """Write RUN_DIR's results in another project's format, e.g. RobustBench's leaderboard
+    entries: `export RUN --format robustbench -o model_info`."""
+    from robustbench_cl.engine.export import export_run
+
+    options = {k: v for k, v in (("name", name), ("dataset", dataset)) if v}
+    for path in export_run(run_dir, fmt, out, options):
+        stdout.print(f"wrote {path}")
 
 
 @cli.command()

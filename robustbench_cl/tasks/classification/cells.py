@@ -3,6 +3,7 @@ cell's record (per-sample outcomes, cost, sanity flags and kept examples)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ from torch import nn
 from robustbench_cl.attacks import Attack
 from robustbench_cl.attacks.base import Cost, step_hook
 from robustbench_cl.attacks.journal import ComponentJournal, forget
+from robustbench_cl.attacks.minimum_norm import MinimumNormAttack
 from robustbench_cl.engine.metrics import wilson_interval
 from robustbench_cl.paths import inside
 from robustbench_cl.tasks.classification import sanity
@@ -39,6 +41,9 @@ class ShardPart:
     seconds: float  # in the attack's calls (what the report's cost table shows)
     examples: dict[str, torch.Tensor] | None
     probe: dict[str, Any]  # the convergence probe on this shard's share of the probe size
+    #: a minimum-norm attack's smallest adversarial norm per sample (NaN: not attacked; inf:
+    #: none found), else None
+    min_norms: torch.Tensor | None = None
 
 
 class AttackCells(_Base):
@@ -78,6 +83,8 @@ class AttackCells(_Base):
             )
             cost = Cost()
             seconds = 0.0
+            minimum_norm = isinstance(attack, MinimumNormAttack)
+            min_norms = torch.full((last - first,), float("nan")) if minimum_norm else None
             wanted = config.engine.examples if self.images else 0
             kept: list[tuple[torch.Tensor, torch.Tensor]] = []
             transfer = cell.threat.access == "transfer"
@@ -115,6 +122,8 @@ class AttackCells(_Base):
                             success = predicted != y[batch]
                         result.cost.forward += len(batch)
                     outcomes[batch] = torch.where(success, BROKEN, ROBUST)
+                    if min_norms is not None:  # once per batch, outside the step loop
+                        min_norms[batch.cpu()] = attack.last_norms.detach().float().cpu()
                     cost = cost + result.cost
                     # with the seconds of components a resumed AutoAttack took from its journal
                     seconds += result.wall_time + getattr(attack, "journaled_seconds", 0.0)
@@ -135,7 +144,7 @@ class AttackCells(_Base):
                 probe = sanity.convergence_probe(
                     attack, model, x[probed], target[probed], cell.threat
                 )
-            return ShardPart(outcomes.cpu(), len(todo), cost, seconds, examples, probe)
+            return ShardPart(outcomes.cpu(), len(todo), cost, seconds, examples, probe, min_norms)
 
     def finish_cell(
         self, cell: Cell, attack: Attack, clean: dict[str, Any], parts: list[ShardPart]
@@ -197,6 +206,7 @@ class AttackCells(_Base):
             example_indices=examples,
             examples=examples_path,
             outcomes=outcomes.tolist(),
+            min_norms=_norms_list(parts),
         )
 
     def _journal(self, cell: Cell) -> Path:
@@ -245,3 +255,13 @@ class AttackCells(_Base):
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(path))
         return relative
+
+
+def _norms_list(parts: list[ShardPart]) -> list[float | None] | None:
+    """A minimum-norm cell's per-sample smallest norms, as the record keeps them: ``None``
+    where the sample was not attacked or no adversarial example was found (its outcome says
+    which)."""
+    if any(part.min_norms is None for part in parts):
+        return None
+    norms = torch.cat([part.min_norms for part in parts])
+    return [value if math.isfinite(value) else None for value in norms.tolist()]

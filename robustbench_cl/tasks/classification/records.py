@@ -58,3 +58,6 @@ class CellRecord(Record):
     examples: str | None = None
     """run-relative path of the kept adversarial examples (records before 1.1 have none)"""
     outcomes: list[Annotated[int, Field(ge=-1, le=1)]]
+    #: a minimum-norm attack (fmn, ddn): each sample's smallest adversarial norm found; None
+    #: where it was not attacked or none was found (``outcomes`` says which)
+    min_norms: list[float | None] | None = Field(None, exclude_if=lambda value: value is None)

@@ -178,6 +178,34 @@ def security_curves(results: dict[str, Any]) -> list[tuple[str, str]]:
         ax.legend(fontsize=8, frameon=False)
         title = norm + suffix.replace(",", "")
         figures.append((title, to_svg(fig)))
+    return figures + minimum_norm_curves(results)
+
+
+def minimum_norm_curves(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """The security curve each complete minimum-norm cell (fmn, ddn) draws from its per-sample
+    smallest norms: one figure per (norm, attack), one step line per (model, defense)."""
+    lines: dict[tuple[str, str], list[tuple[str, list[list[float]]]]] = defaultdict(list)
+    for cell in results.get("cells", []):
+        curve = (cell.get("min_norm") or {}).get("curve")
+        if curve:
+            lines[(cell["threat"]["norm"], cell["attack"]["label"])].append((cell["pair"], curve))
+    figures = []
+    for (norm, attack), entries in lines.items():
+        fig, ax = figure()
+        for color, (name, curve) in zip(COLORS * 4, entries):
+            ax.step(
+                [p[0] for p in curve],
+                [100 * p[1] for p in curve],
+                where="post",
+                color=color,
+                label=name,
+            )
+        ax.set_xlabel(f"eps ({norm}), from each sample's smallest adversarial norm")
+        ax.set_ylabel("robust accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, frameon=False)
+        figures.append((f"{norm} {attack} (minimum norm)", to_svg(fig)))
     return figures
 
 

@@ -17,6 +17,32 @@ class CostEntry(BaseModel):
     queries: int = Field(..., ge=0)
 
 
+class MinNorm(BaseModel):
+    """What a minimum-norm cell measured beyond its verdict at the cell's eps."""
+
+    model_config = STRICT
+    median: float | None
+    """
+    the median smallest adversarial norm over the attacked samples (a sample without one counts
+    as infinite); None when none were attacked or half or more have none
+    """
+    attacked: Count
+    found: Count
+    """
+    attacked samples with an adversarial example at some norm
+    """
+    complete: bool
+    """
+    every clean-correct sample was attacked (the cell came first in its cascade, or there was no
+    cascade): only then is ``curve`` the model's robust accuracy at each eps
+    """
+    curve: list[list[float]] | None
+    """
+    ``[eps, robust accuracy]`` points, eps rising from 0: robust accuracy at eps counts the
+    clean-correct samples whose smallest norm found is above eps (None unless complete)
+    """
+
+
 class CellEntry(BaseModel):
     model_config = STRICT
     id: str
@@ -55,6 +81,11 @@ class CellEntry(BaseModel):
     examples: str | None
     """
     run-relative path of a safetensors file of example images
+    """
+    min_norm: MinNorm | None = Field(None, exclude_if=lambda value: value is None)
+    """
+    a minimum-norm attack (fmn, ddn): the smallest adversarial norms it found and the security
+    curve they give
     """
 
 

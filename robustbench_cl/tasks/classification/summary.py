@@ -6,6 +6,8 @@ that wins)."""
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -16,7 +18,7 @@ from robustbench_cl.engine.results_models import Flag
 from robustbench_cl.engine.summary import RunSummary, threat_dict, threat_label, threat_sort_key
 from robustbench_cl.tasks.classification import sanity
 from robustbench_cl.tasks.classification.records import CellRecord, CleanRecord
-from robustbench_cl.tasks.pairs import BROKEN
+from robustbench_cl.tasks.pairs import BROKEN, NOT_ATTACKED
 
 
 @dataclass
@@ -282,6 +284,39 @@ def _cell_entry(cell: CellRecord, pair_label: str) -> dict[str, Any]:
         ),
         "flags": [{"code": f.code, "message": f.message} for f in cell.flags],
         "examples": cell.examples,
+        **({"min_norm": min_norm_entry(cell)} if cell.min_norms is not None else {}),
+    }
+
+
+#: points of a minimum-norm cell's security curve
+CURVE_POINTS = 21
+
+
+def min_norm_entry(cell: CellRecord) -> dict[str, Any]:
+    """The median smallest norm and the security curve of a minimum-norm cell. Robust at eps:
+    clean-correct and no adversarial example found at a norm <= eps. The curve's eps run from 0
+    to twice the cell's eps or the largest norm found, whichever is larger."""
+    attacked = [i for i, outcome in enumerate(cell.outcomes) if outcome != NOT_ATTACKED]
+    norms = [cell.min_norms[i] for i in attacked]
+    found = sorted(value for value in norms if value is not None)
+    ranked = found + [math.inf] * (len(norms) - len(found))
+    median = statistics.median(ranked) if ranked else None
+    clean_correct = round(cell.clean_accuracy * cell.n)
+    complete = len(attacked) == clean_correct
+    curve = None
+    if complete:
+        top = max([2 * float(cell.threat.eps)] + found)
+        curve = []
+        for index in range(CURVE_POINTS):
+            eps = top * index / (CURVE_POINTS - 1)
+            robust = len(norms) - sum(value <= eps for value in found)
+            curve.append([eps, robust / cell.n])
+    return {
+        "median": median if median is None or math.isfinite(median) else None,
+        "attacked": len(norms),
+        "found": len(found),
+        "complete": complete,
+        "curve": curve,
     }
 
 
