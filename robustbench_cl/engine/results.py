@@ -19,7 +19,7 @@ from typing import Any, Union
 from robustbench_cl.engine.store import write_json_atomic
 from robustbench_cl.engine.summary import RunSummary, load_run, threat_sort_key
 
-SCHEMA_VERSION = "1.3"
+SCHEMA_VERSION = "1.4"
 
 
 def results_model() -> type:
