@@ -43,31 +43,31 @@ class GaussianNoise(torch.nn.Module):
         return self.model(x + self.sigma * torch.randn_like(x))
 
 
-def original_robust(model, x, y, eps: float, version: str):  # noqa: ANN001
+def original_robust(model, x, y, eps: float, version: str, seed: int = 0):  # noqa: ANN001
     from pyautoattack import AutoAttack
 
-    torch.manual_seed(0)
-    adversary = AutoAttack(model, norm="Linf", eps=eps, version=version, seed=0, device="cpu")
+    torch.manual_seed(seed)
+    adversary = AutoAttack(model, norm="Linf", eps=eps, version=version, seed=seed, device="cpu")
     adv, y_adv = adversary.run_standard_evaluation(x, y, batch_size=len(y))
     return y_adv == y  # the original's own verdict: clean-wrong or fooled at its last check
 
 
-def ours_robust(model, x, y, eps: float, version: str):  # noqa: ANN001
-    torch.manual_seed(0)
+def ours_robust(model, x, y, eps: float, version: str, seed: int = 0):  # noqa: ANN001
+    torch.manual_seed(seed)
     with torch.no_grad():
         clean = model(x).argmax(1) == y
-    attack = rbcl.make_attack("autoattack", version=version, seed=0)
+    attack = rbcl.make_attack("autoattack", version=version, seed=seed)
     result = attack(model, x, y, rbcl.ThreatModel(norm="linf", eps=eps))
     return clean & ~result.success
 
 
-def compare(label: str, model, x, y, eps: float, version: str) -> dict:  # noqa: ANN001
+def compare(label: str, model, x, y, eps: float, version: str, seed: int = 0) -> dict:  # noqa: ANN001
     from robustbench_cl.engine.metrics import wilson_interval
 
     timings, robust = {}, {}
     for name, fn in (("original", original_robust), ("ours", ours_robust)):
         start = time.perf_counter()
-        robust[name] = fn(model, x, y, eps, version)
+        robust[name] = fn(model, x, y, eps, version, seed)
         timings[name] = time.perf_counter() - start
     differ = int((robust["original"] != robust["ours"]).sum())
     counts = {name: int(value.sum()) for name, value in robust.items()}
@@ -78,6 +78,7 @@ def compare(label: str, model, x, y, eps: float, version: str) -> dict:  # noqa:
     )
     row = {
         "version": version,
+        "seed": seed,
         "model": label,
         "n": len(y),
         "eps": eps,
@@ -109,6 +110,11 @@ def main() -> None:
     parser.add_argument("--versions", default="standard,plus,rand")
     parser.add_argument("--sigma", type=float, default=0.1, help="rand: the input noise")
     parser.add_argument(
+        "--rand-seeds",
+        default="0,1,2",
+        help="rand: seeds (of the model's noise and both attacks); outcomes are random there",
+    )
+    parser.add_argument(
         "--out", type=Path, default=ROOT / "reports" / "bench" / "autoattack_fidelity.json"
     )
     args = parser.parse_args()
@@ -130,8 +136,10 @@ def main() -> None:
     rows = []
     for version_name in args.versions.split(","):
         chosen = randomized if version_name == "rand" else models
+        seeds = [int(s) for s in args.rand_seeds.split(",")] if version_name == "rand" else [0]
         for label, model in chosen.items():
-            rows.append(compare(label, model, x, y, args.eps, version_name))
+            for seed in seeds:
+                rows.append(compare(label, model, x, y, args.eps, version_name, seed))
     from importlib.metadata import version
 
     report = {
