@@ -284,6 +284,9 @@ class HFDisk(LazyData):
             table = loaded[found]
         else:
             table = loaded
+        # a damaged Arrow file is memory-mapped as is: without a full validation, reading a row
+        # whose offsets point outside the file crashes the process instead of raising
+        table.data.table.validate(full=True)
         if len(table) == 0:
             raise UserError("data.name", f"hf-disk: {root} ({split}) has no rows")
         features = table.features
