@@ -8,8 +8,11 @@ AutoAttack cell): the original AutoAttack (``pyautoattack``, fra31/auto-attack o
 - ``standard`` and ``plus`` on the two deterministic models: the robust accuracy of each, the
   number of samples whose outcome (robust or not) differs, and the wall time of each;
 - ``rand`` on a randomized defense (the PGD-AT model behind Gaussian input noise, sigma 0.1,
-  drawn afresh at every forward pass), where per-sample outcomes are themselves random: the
-  robust accuracy of each with its 95% Wilson interval, and whether the intervals overlap.
+  drawn afresh at every forward pass), where per-sample outcomes are themselves random, at
+  three seeds (each seeds the model's noise and both attacks): the robust accuracy of each (its
+  own verdict: a sample is broken when any draw it was checked on misclassified it) with its 95%
+  Wilson interval, whether the intervals overlap, and the mean over 50 fresh draws of each one's
+  adversarial examples being classified correctly (the examples' strength, without the luck).
 
 Our components are torchattacks' ports, so the random streams differ from the original's; a
 handful of borderline samples may flip. Writes reports/bench/autoattack_fidelity.json.
@@ -49,7 +52,7 @@ def original_robust(model, x, y, eps: float, version: str, seed: int = 0):  # no
     torch.manual_seed(seed)
     adversary = AutoAttack(model, norm="Linf", eps=eps, version=version, seed=seed, device="cpu")
     adv, y_adv = adversary.run_standard_evaluation(x, y, batch_size=len(y))
-    return y_adv == y  # the original's own verdict: clean-wrong or fooled at its last check
+    return y_adv == y, adv  # the original's own verdict: clean-wrong or fooled at a check
 
 
 def ours_robust(model, x, y, eps: float, version: str, seed: int = 0):  # noqa: ANN001
@@ -58,16 +61,32 @@ def ours_robust(model, x, y, eps: float, version: str, seed: int = 0):  # noqa: 
         clean = model(x).argmax(1) == y
     attack = rbcl.make_attack("autoattack", version=version, seed=seed)
     result = attack(model, x, y, rbcl.ThreatModel(norm="linf", eps=eps))
-    return clean & ~result.success
+    return clean & ~result.success, result.adv
+
+
+#: draws of a randomized model per adversarial example for its expected robust accuracy
+DRAWS = 50
+
+
+def expected_robust(model, advs: dict, y) -> dict:  # noqa: ANN001
+    """Each implementation's adversarial examples scored by the mean over DRAWS fresh draws of
+    the model: the chance a user's single query is still classified correctly. A verdict (any
+    draw the cascade checked) is itself random; this measures the examples, not the luck."""
+    out = {}
+    with torch.no_grad():
+        for name, adv in advs.items():
+            correct = torch.stack([model(adv).argmax(1) == y for _ in range(DRAWS)])
+            out[f"expected_robust_accuracy_{name}"] = round(float(correct.float().mean()), 4)
+    return out
 
 
 def compare(label: str, model, x, y, eps: float, version: str, seed: int = 0) -> dict:  # noqa: ANN001
     from robustbench_cl.engine.metrics import wilson_interval
 
-    timings, robust = {}, {}
+    timings, robust, advs = {}, {}, {}
     for name, fn in (("original", original_robust), ("ours", ours_robust)):
         start = time.perf_counter()
-        robust[name] = fn(model, x, y, eps, version, seed)
+        robust[name], advs[name] = fn(model, x, y, eps, version, seed)
         timings[name] = time.perf_counter() - start
     differ = int((robust["original"] != robust["ours"]).sum())
     counts = {name: int(value.sum()) for name, value in robust.items()}
@@ -88,6 +107,7 @@ def compare(label: str, model, x, y, eps: float, version: str, seed: int = 0) ->
         "ci95_ours": [round(v, 4) for v in intervals["ours"]],
         "intervals_overlap": overlap,
         "outcomes_differ": differ,
+        **(expected_robust(model, advs, y) if getattr(model, "is_randomized", False) else {}),
         "seconds_original": round(timings["original"], 2),
         "seconds_ours": round(timings["ours"], 2),
         "time_ratio_ours_over_original": round(timings["ours"] / timings["original"], 3),

@@ -9,7 +9,9 @@ them) against the original's (``pyautoattack``, fra31/auto-attack). Random weigh
 samples clean-correct, so the cascade is not used: every component attacks every sample, with the
 labels the model predicts clean.
 
-Each (implementation, component) runs in a fresh process, so the peak resident memory it adds to
+The components are the standard version's (APGD-CE, APGD-T, FAB-T, Square) and the two the plus
+version adds (APGD-DLR, and the untargeted FAB, whose every step takes the gradient of each
+logit), each with one restart. Each (implementation, component) runs in a fresh process, so the peak resident memory it adds to
 a process that has already built the model and run one forward and backward pass is its own.
 Reports the time and the peak memory of ours over the original's, per component.
 Writes reports/bench/autoattack_field_size.json.
@@ -28,7 +30,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPONENTS = ("apgd-ce", "apgd-t", "fab-t", "square")
+#: the standard version's components, then the two that plus adds (each with 1 restart here)
+COMPONENTS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
 
 
 def _setup(seed: int, n: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
@@ -50,8 +53,12 @@ def _ours(name: str, model, iterations: int, targets: int, eps: float):  # noqa:
     from robustbench_cl.attacks.autoattack import AutoAttack
     from robustbench_cl.threat import ThreatModel
 
-    attack = AutoAttack(steps=iterations, square_queries=iterations, n_target_classes=targets)
+    version = "plus" if name in ("apgd-dlr", "fab") else "standard"
+    attack = AutoAttack(
+        version=version, steps=iterations, square_queries=iterations, n_target_classes=targets
+    )
     components = dict(attack.components(model, ThreatModel(norm="linf", eps=eps), 10))
+    components[name].n_restarts = 1  # plus runs them with 5: one each, as the original's row
     return components[name]
 
 
@@ -62,8 +69,13 @@ def _original(name: str, model, iterations: int, targets: int, eps: float):  # n
 
     device = next(model.parameters()).device
     common = {"norm": "Linf", "eps": eps, "seed": 0, "device": device, "verbose": False}
-    if name == "apgd-ce":
-        attack = APGDAttack(model, n_iter=iterations, n_restarts=1, loss="ce", rho=0.75, **common)
+    if name in ("apgd-ce", "apgd-dlr"):
+        loss = name.removeprefix("apgd-")
+        attack = APGDAttack(model, n_iter=iterations, n_restarts=1, loss=loss, rho=0.75, **common)
+        return attack.perturb
+    if name == "fab":
+        attack = FABAttack_PT(model, n_iter=iterations, n_restarts=1, **common)
+        attack.targeted = False
         return attack.perturb
     if name == "apgd-t":
         attack = APGDAttack_targeted(
@@ -86,6 +98,9 @@ def cuda_rows(model, x, y, iterations: int, targets: int, eps: float) -> dict:  
     """The same comparison on a CUDA device, in one process: time (synchronised) and the peak
     memory each component allocates on the device (benchmarks/gpu_check.py)."""
     rows = {}
+    warm = x[:1].clone().requires_grad_(True)
+    model(warm).sum().backward()  # kernels chosen before anything is timed
+    torch.cuda.synchronize()
     for name in COMPONENTS:
         row = {}
         for impl, build in (("ours", _ours), ("original", _original)):
@@ -145,6 +160,11 @@ def main() -> None:
     parser.add_argument("--components", default=",".join(COMPONENTS))
     parser.add_argument("--one", nargs=2, metavar=("IMPL", "COMPONENT"), help=argparse.SUPPRESS)
     parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other components' rows of an existing --out (same settings)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=ROOT / "reports" / "bench" / "autoattack_field_size.json"
     )
     args = parser.parse_args()
@@ -152,6 +172,8 @@ def main() -> None:
         print(json.dumps(run_one(*args.one, args)))
         return
     rows = {}
+    if args.merge and args.out.exists():
+        rows = json.loads(args.out.read_text())["components"]
     forwarded = [f"--{k}={getattr(args, k)}" for k in ("n", "iterations", "targets", "eps")]
     forwarded += [f"--seed={args.seed}", f"--threads={args.threads}"]
     for name in args.components.split(","):
@@ -187,7 +209,7 @@ def main() -> None:
             "torchattacks": torchattacks.__version__,
             "pyautoattack": getattr(pyautoattack, "__version__", "0.2.0"),
         },
-        "components": rows,
+        "components": {name: rows[name] for name in COMPONENTS if name in rows},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -6,8 +6,10 @@ On the quickstart's undefended builtin:digits-cnn and the 360 digits of its full
 call. Per (attack, norm): the median smallest adversarial norm of each (a sample without one
 counts as infinite), their relative difference, the largest per-sample difference, the robust
 accuracy each gives at three eps with 95% Wilson intervals (and whether the intervals overlap),
-and the time of each. The target: medians within 5%, robust accuracies within each other's
-intervals.
+and the time of each. In float64 (the default, as field-standards H checks parity) the
+per-sample norms should agree within 1e-6 (DDN's excepted where a gradient is exactly zero: there
+each draws a random direction, from its own random stream); the issue's target is looser: medians within 5%,
+robust accuracies within each other's intervals.
 
 adv-lib is installed in ``make bench`` without its dependencies: it declares ``visdom`` (a
 plotting server that does not build on recent Pythons) for a logger these attacks never call,
@@ -81,13 +83,16 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=360)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     parser.add_argument(
         "--out", type=Path, default=ROOT / "reports" / "bench" / "minimum_norm_peer.json"
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
     x, y = rbcl.load_dataset("digits", split="test").tensors(n=args.n)
-    model = rbcl.load_model("builtin:digits-cnn").eval()
+    x = x.to(dtype)
+    model = rbcl.load_model("builtin:digits-cnn").to(dtype).eval()
     with torch.no_grad():
         correct = model(x).argmax(1) == y
     x, y = x[correct], y[correct]
@@ -130,6 +135,9 @@ def main() -> None:
             "max_per_sample_difference": float((ours[finite] - reference[finite]).abs().max())
             if finite.any()
             else None,
+            "samples_differing_over_1e-6": int(
+                (~torch.isclose(ours, reference, rtol=0.0, atol=1e-6)).sum()
+            ),
             "at_eps": at_eps,
             "seconds_adv_lib": round(seconds_reference, 2),
             "seconds_ours": round(seconds_ours, 2),
@@ -149,6 +157,7 @@ def main() -> None:
         "model": "builtin:digits-cnn (undefended)",
         "data": f"digits test, first {args.n}; the clean-correct ones attacked, accuracies over {args.n}",
         "steps": args.steps,
+        "dtype": args.dtype,
         "device": device_name(torch.device("cpu")),
         "threads": args.threads,
         "adv_lib": version("adv-lib"),

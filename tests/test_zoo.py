@@ -55,12 +55,19 @@ def test_a_sweep_of_fractions_in_a_config():
     assert config.eps_values() == ["2/255", "4/255", 0.05]
     with pytest.raises(ValueError, match="fraction"):
         ThreatConfig(norm="linf", eps=["2/255", "x/255"])
+    with pytest.raises(ValueError, match="same budget"):  # one budget, two spellings
+        ThreatConfig(norm="linf", eps=["8/255", 8 / 255, "16/510"])
 
 
 def test_fraction_params_of_defenses_are_numbers_in_their_settings():
     defense = rbcl.make_defense("pgd-at", eps="8/255", step_size="2/255")
     assert defense.settings()["eps"] == 8 / 255 and defense.settings()["step_size"] == 2 / 255
     assert rbcl.make_attack("pgd", step_size="1/255").step_size == 1 / 255
+    # in a config too, and so in the ids: both spellings are one configuration
+    from robustbench_cl.engine.config import DefenseConfig
+
+    written = DefenseConfig(defense="pgd-at", params={"eps": "8/255", "norm": "linf"})
+    assert written.params == {"eps": 8 / 255, "norm": "linf"}
 
 
 def test_the_cli_takes_a_fraction_and_refuses_a_bad_one():
@@ -140,18 +147,35 @@ def test_an_entry_with_its_own_normalisation(tmp_path):
     assert torch.allclose(loaded.model.std.flatten(), torch.tensor(zoo.CIFAR10_STD))
 
 
-def test_a_normalised_trades_entry_keeps_the_zoo_keys(tmp_path, monkeypatch):
+@pytest.mark.parametrize("with_buffers", [False, True])
+def test_a_normalised_trades_entry_keeps_the_zoo_keys(tmp_path, monkeypatch, with_buffers):
     entry = zoo._wrn_normalized(10, 1, zoo.RONY_MEAN, zoo.RONY_STD)
     monkeypatch.setitem(zoo.ZOO[("cifar10", "L2")], "TinyNormalised", entry)
     net = entry.build().eval()
-    # the zoo's checkpoint: mu and sigma beside the network's own keys, no "net." prefix
+    # the zoo's checkpoint: the network's own keys, no "net." prefix; the published ones of
+    # these entries lack mu and sigma (RobustBench loads them non-strictly for that alone)
     state = {k.removeprefix("net."): v for k, v in net.state_dict().items()}
-    assert "mu" in state and "conv1.weight" in state
+    if not with_buffers:
+        del state["mu"], state["sigma"]
     (tmp_path / "cifar10" / "L2").mkdir(parents=True)
     torch.save(state, tmp_path / "cifar10" / "L2" / "TinyNormalised.pt")
-    loaded = rbcl.load_model(f"robustbench:TinyNormalised?threat=L2&dir={tmp_path}")
+    loaded = rbcl.load_model(f"robustbench:TinyNormalised?threat=l2&dir={tmp_path}")
     x = torch.rand(2, 3, 32, 32)
     assert torch.allclose(loaded(x), net(x), atol=1e-6)
+    assert torch.allclose(loaded.model.mu.flatten(), torch.tensor(zoo.RONY_MEAN))
+    # any other missing key is still refused
+    del state["fc.bias"]
+    torch.save(state, tmp_path / "cifar10" / "L2" / "TinyNormalised.pt")
+    with pytest.raises(UserError, match="missing"):
+        rbcl.load_model(f"robustbench:TinyNormalised?threat=L2&dir={tmp_path}")
+
+
+def test_a_saved_download_page_is_named_as_such(tmp_path):
+    folder = tmp_path / "cifar10" / "Linf"
+    folder.mkdir(parents=True)
+    (folder / "Standard.pt").write_text("<!DOCTYPE html><html>Google Drive</html>")
+    with pytest.raises(UserError, match="HTML page"):
+        rbcl.load_model(f"robustbench:Standard?dir={tmp_path}")
 
 
 def test_a_missing_checkpoint_says_where_to_put_it_and_nothing_is_downloaded(tmp_path):
@@ -204,18 +228,11 @@ def test_a_zoo_checkpoint_evaluates_and_exports_a_leaderboard_entry(tmp_path, mo
         "attacks": [{"attack": "autoattack", "threat": {"norm": "linf", "eps": "8/255"}}],
     }
     run_dir = rbcl.run(config, out=tmp_path / "run", profile=None)
-    result = invoke(
-        "export",
-        str(run_dir),
-        "--format",
-        "robustbench",
-        "-o",
-        str(tmp_path / "info"),
-        "--name",
-        "TinyWRN",
-        "--dataset",
-        "cifar10",
-    )
+    args = ["export", str(run_dir), "--format", "robustbench", "-o", str(tmp_path / "info")]
+    # 3 test images are not a leaderboard claim: refused unless asked for, then footnoted
+    refused = CliRunner().invoke(cli, args)
+    assert refused.exit_code == 2 and "--allow-subset" in refused.output
+    result = invoke(*args, "--name", "TinyWRN", "--allow-subset")
     assert result.exit_code == 0, result.output
     written = json.loads((tmp_path / "info" / "cifar10" / "Linf" / "TinyWRN.json").read_text())
     results = rbcl.load_results(run_dir)
@@ -226,27 +243,42 @@ def test_a_zoo_checkpoint_evaluates_and_exports_a_leaderboard_entry(tmp_path, mo
     assert written["autoattack_acc"] == f"{100 * cell['robust_accuracy']:.2f}"
     assert float(written["autoattack_acc"]) <= float(written["clean_acc"]) == 100.0
     assert written["name"] == "TinyWRN" and written["number_forward_passes"] == 1
+    assert written["architecture"] == "WideResNet-10-1"  # the zoo's, never the local path
+    assert "3 of the 10000 test images" in written["footnote"]
+    flags = [f["code"] for f in results["pairs"][0]["flags"] + cell["flags"]]
+    assert written["unreliable"] == bool(flags)
+    assert written["additional_data"] is None  # not the run's to know: the user fills it in
 
 
-def test_a_reduced_autoattack_is_not_exported_as_one(tmp_path):
+@pytest.mark.parametrize(
+    ("attacks", "why"),
+    [
+        (
+            [{"attack": "autoattack", "params": {"steps": 5, "square_queries": 10}}],
+            "not the standard AutoAttack at full settings",
+        ),
+        (
+            [{"attack": "pgd", "params": {"steps": 3}}, {"attack": "autoattack"}],
+            "other attacks ran before it in a cascade",
+        ),
+    ],
+    ids=["reduced", "cascade"],
+)
+def test_what_is_not_autoattack_alone_is_not_exported_as_it(tmp_path, attacks, why):
+    threat = {"norm": "linf", "eps": "8/255"}
     config = {
         "suite": "reduced",
         "data": {"name": "digits", "n": 8},
         "models": [{"spec": "builtin:digits-cnn"}],
-        "attacks": [
-            {
-                "attack": "autoattack",
-                "params": {"steps": 5, "square_queries": 10},
-                "threat": {"norm": "linf", "eps": 0.1},
-            },
-        ],
+        "attacks": [dict(entry, threat=threat) for entry in attacks],
     }
     run_dir = rbcl.run(config, out=tmp_path / "run", profile=None)
-    result = CliRunner().invoke(
-        cli, ["export", str(run_dir), "--format", "robustbench", "-o", str(tmp_path / "x")]
-    )
-    assert result.exit_code == 2 and "not the standard AutoAttack at full settings" in result.output
-    assert not (tmp_path / "x" / "digits").exists()
+    args = ["export", str(run_dir), "--format", "robustbench", "-o", str(tmp_path / "x")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and "no leaderboard for 'digits'" in result.output
+    result = CliRunner().invoke(cli, [*args, "--dataset", "cifar10", "--allow-subset"])
+    assert result.exit_code == 2 and why in result.output
+    assert not (tmp_path / "x" / "cifar10").exists()
 
 
 # ---------------------------------------------------------------------- 4. AutoAttack versions
@@ -324,9 +356,19 @@ def test_a_randomized_model_under_standard_autoattack_is_flagged(tmp_path):
         }
 
     flagged = rbcl.load_results(rbcl.run(config("standard"), out=tmp_path / "s", profile=None))
-    assert "autoattack_not_rand" in {f["code"] for f in flagged["cells"][0]["flags"]}
+    codes = {f["code"] for f in flagged["cells"][0]["flags"]}
+    assert {"autoattack_not_rand", "randomized_without_eot"} <= codes
     rand = rbcl.load_results(rbcl.run(config("rand"), out=tmp_path / "r", profile=None))
-    assert "autoattack_not_rand" not in {f["code"] for f in rand["cells"][0]["flags"]}
+    codes = {f["code"] for f in rand["cells"][0]["flags"]}
+    # rand averages each gradient over 20 draws itself: neither flag applies
+    assert not codes & {"autoattack_not_rand", "randomized_without_eot"}
+
+
+def test_dlr_versions_refuse_a_two_class_model():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
+    x, y = torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(UserError, match="3 classes"):
+        rbcl.make_attack("autoattack", version="plus")(model, x, y, ThreatModel(eps=0.1))
 
 
 # ---------------------------------------------------------------------- 5. FMN and DDN
@@ -407,3 +449,23 @@ def test_a_minimum_norm_cell_records_norms_and_draws_the_security_curve(tmp_path
     robust_at_eps = sum(v is None or v > 1.0 for v in norms) / cell["n"]
     assert math.isclose(robust_at_eps, cell["robust_accuracy"])
     assert "minimum norm" in rbcl.write_report(run_dir).read_text()
+
+
+def test_a_transfer_minimum_norm_cell_keeps_no_norms(tmp_path):
+    """The norms would be the surrogate's, not the defended model's."""
+    config = {
+        "suite": "transfer",
+        "data": {"name": "digits", "n": 8},
+        "models": [{"spec": "builtin:digits-cnn"}],
+        "defenses": [{"defense": "pgd-at", "params": {"eps": 0.1, "epochs": 1, "steps": 1}}],
+        "attacks": [
+            {
+                "attack": "fmn",
+                "params": {"steps": 10},
+                "threat": {"norm": "l2", "eps": 1.0, "access": "transfer"},
+            }
+        ],
+    }
+    run_dir = rbcl.run(config, out=tmp_path / "run", profile=None)
+    cells = [c for c in rbcl.load_results(run_dir)["cells"] if c["threat"]["access"] == "transfer"]
+    assert cells and all("min_norm" not in cell for cell in cells)

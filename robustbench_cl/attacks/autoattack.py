@@ -104,6 +104,10 @@ class AutoAttack(Attack):
         self.n_target_classes = n_target_classes
         self.seed = seed
 
+    @property
+    def averages_draws(self) -> bool:  # type: ignore[override]
+        return _EOT[self.version] > 1
+
     def supports(self, threat: ThreatModel, task: str = "classification") -> str | None:
         reason = super().supports(threat, task)
         if reason is None and threat.targeted:
@@ -202,7 +206,8 @@ class AutoAttack(Attack):
             "apgd-ce": apgd,  # a forward and a backward per iteration (and draw)
             "apgd-dlr": apgd,
             "apgd-t": 3.0 * self.steps * targets,  # that, per target class
-            "fab": 4.0 * self.steps * fab_restarts,  # two logits' gradients, a projection check
+            # untargeted FAB: the Jacobian of every logit (a backward each) per step
+            "fab": (2.0 * n_classes + 1) * self.steps * fab_restarts,
             "fab-t": 4.0 * self.steps * targets,
             "square": float(self.square_queries),  # one forward per query
         }
@@ -214,6 +219,13 @@ class AutoAttack(Attack):
         with torch.no_grad():
             logits = model(x)
         n_classes = logits.shape[1]
+        if n_classes < 3 and "apgd-dlr" in VERSIONS[self.version]:
+            raise UserError(
+                "version",
+                f"the DLR loss of {self.version}'s APGD-DLR needs 3 classes or more, the model "
+                f"has {n_classes}",
+                "use version: standard",
+            )
         logger.info(
             "AutoAttack (%s, %s eps=%g): %s",
             self.version,
@@ -260,8 +272,9 @@ class AutoAttack(Attack):
             # the share of the budget spent: the later components run on the robust samples
             left = sum(weights[index + 1 :]) * still
             report_step(index + 1, len(components), spent / (spent + left) if spent else None)
-        # misclassified clean or fooled by a component: success already seen, no rescoring
-        return Perturbation(adv, ~robust)
+        # misclassified clean or fooled by a component: the verdict, as the original's (on a
+        # randomized model, a sample is broken when any draw it was checked on misclassified it)
+        return Perturbation(adv, ~robust, verdict=True)
 
 
 def _spent(now: Cost, before: Cost) -> Cost:

@@ -141,10 +141,15 @@ class AttackResult:
 class Perturbation:
     """What :meth:`Attack.perturb` may return instead of a bare tensor: the adversarial inputs
     and a mask of samples already *seen* to succeed during the attack (their iterate was scored
-    in the step loop), so that only the others need a final scoring pass."""
+    in the step loop), so that only the others need a final scoring pass.
+
+    ``verdict``: ``known_success`` is the attack's complete verdict, every sample scored by its
+    own protocol, and is not rescored, not even on a randomized model (AutoAttack: the
+    original counts a sample broken when any draw it was checked on misclassified it)."""
 
     adv: torch.Tensor
     known_success: torch.Tensor
+    verdict: bool = False
 
 
 class _CountBackward(torch.autograd.Function):
@@ -167,6 +172,10 @@ class CountingModel(nn.Module):
         super().__init__()
         self.model = model
         self.cost = Cost()
+        # in the wrapped model's mode: a new module is in train mode, and a library that
+        # restores the mode it found (torchattacks) would put the wrapped model in train mode
+        # for everything after its call (BatchNorm on batch statistics, dropout on)
+        self.train(model.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         output = self.model(x)
@@ -335,6 +344,8 @@ class AttackBase:
     default_task: ClassVar[str] = "classification"
     #: white-box attacks need gradients; the engine checks them for zeros and NaNs
     uses_gradients: ClassVar[bool] = True
+    #: each gradient is the mean over draws of a randomized model (EOT) inside the attack itself
+    averages_draws: bool = False
 
     def settings(self) -> dict[str, Any]:
         """The exact hyper-parameters, recorded with every result."""
@@ -404,12 +415,12 @@ class Attack(AttackBase):
                         predicted = model(x).argmax(1)
                     clean_correct = predicted != y if threat.targeted else predicted == y
                 output = self.perturb(counted, x, y, threat)
-                known = None
+                known, verdict = None, False
                 if isinstance(output, Perturbation):
-                    output, known = output.adv, output.known_success
+                    output, known, verdict = output.adv, output.known_success, output.verdict
                 adv = output.detach()
                 threat.check(adv, x)
-                success = self._score(counted, adv, y, threat, known)
+                success = known.clone() if verdict else self._score(counted, adv, y, threat, known)
         finally:
             if was_training:
                 model.train()

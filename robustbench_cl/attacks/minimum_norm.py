@@ -19,7 +19,8 @@ FMN, at step i of ``steps`` (c = (1 + cos(pi i / steps)) / 2):
   when adversarial (never above the best), grows by (1 + gamma) once one was found, and before
   that jumps to the linear estimate ||delta|| + |loss| / ||grad||_dual; it is capped by the
   largest norm the box allows; delta moves by alpha along the l2-normalised gradient, is projected
-  onto the eps ball and clipped to [0, 1].
+  onto the eps ball (l2: rescaled onto the sphere of radius eps, inside the ball or not, with each
+  coordinate capped at 1, exactly as adv-lib's ``l2_projection_`` does) and clipped to [0, 1].
 
 DDN: delta moves by alpha (cosine from 1 to 0.01) along the l2-normalised gradient of the
 cross-entropy; the radius eps shrinks by (1 - gamma) when the iterate is adversarial, else grows by
@@ -158,9 +159,9 @@ class FMN(MinimumNormAttack):
                 moved = (delta + alpha * step).flatten(1)
                 if threat.norm == "linf":
                     moved = torch.maximum(torch.minimum(moved, eps[:, None]), -eps[:, None])
-                elif threat.norm == "l2":
+                elif threat.norm == "l2":  # onto the sphere of radius eps, as adv-lib does
                     scale = eps[:, None] / moved.norm(p=2, dim=1, keepdim=True).clamp_min(1e-12)
-                    moved = moved * scale.clamp(max=1)
+                    moved = (moved * scale).clamp(max=1)
                 else:
                     moved = _project_l1(moved, eps[:, None])
                 delta.copy_((x + moved.view_as(x)).clamp(0, 1) - x)

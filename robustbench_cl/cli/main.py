@@ -447,12 +447,21 @@ def _print_parameters(kind: str, pattern: str) -> None:
 @click.option(
     "--dataset", default=None, help="The dataset's name in the entry (default: the run's)."
 )
-def export(run_dir: Path, fmt: str, out: Path, name: str | None, dataset: str | None) -> None:
+@click.option(
+    "--allow-subset",
+    is_flag=True,
+    help="Export an evaluation on fewer test images than the leaderboard's (said in its footnote).",
+)
+def export(
+    run_dir: Path, fmt: str, out: Path, name: str | None, dataset: str | None, allow_subset: bool
+) -> None:
     """Write RUN_DIR's results in another project's format, e.g. RobustBench's leaderboard
     entries: `export RUN --format robustbench -o model_info`."""
     from robustbench_cl.engine.export import export_run
 
     options = {k: v for k, v in (("name", name), ("dataset", dataset)) if v}
+    if allow_subset:
+        options["allow_subset"] = "yes"
     for path in export_run(run_dir, fmt, out, options):
         stdout.print(f"wrote {path}")
 

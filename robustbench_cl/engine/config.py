@@ -8,6 +8,7 @@ merged over the base before validation.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -61,6 +62,11 @@ class DefenseConfig(StrictConfig):
     #: the defense's parameters (`robustbench-cl list defenses NAME --params`)
     params: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("params")
+    @classmethod
+    def _fractions(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return fractions_as_numbers(value)
+
     @property
     def label(self) -> str:
         return self.name or self.defense
@@ -97,14 +103,17 @@ class ThreatConfig(StrictConfig):
             raise ValueError("an eps sweep needs at least one value")
         from robustbench_cl.threat import parse_budget
 
+        seen: dict[float, Any] = {}
         for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, str):
-                try:
-                    parse_budget(item)
-                except UserError:
-                    raise ValueError(
-                        f"{item!r} is not a number or a fraction; write it like 8/255 or 0.03"
-                    ) from None
+            try:
+                number = parse_budget(item)[0]
+            except UserError:
+                raise ValueError(
+                    f"{item!r} is not a number or a fraction; write it like 8/255 or 0.03"
+                ) from None
+            if number in seen:
+                raise ValueError(f"{seen[number]!r} and {item!r} are the same budget: list it once")
+            seen[number] = item
         return value
 
     def eps_values(self) -> list[float | str]:
@@ -122,6 +131,12 @@ class AttackConfig(StrictConfig):
     name: str | None = None
     #: the attack's parameters (`robustbench-cl list attacks NAME --params`)
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("params")
+    @classmethod
+    def _fractions(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return fractions_as_numbers(value)
+
     threat: ThreatConfig
 
     @property
@@ -138,6 +153,12 @@ class SectionAttackConfig(StrictConfig):
     name: str | None = None
     #: the attack's parameters (`robustbench-cl list attacks NAME --params`)
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("params")
+    @classmethod
+    def _fractions(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return fractions_as_numbers(value)
+
     #: omitted: the attack's own (jailbreak: direct and gcg in token space, embedding l2 0.3
     #: relative; textret: hotflip 3 tokens, embedding-query l2 0.5 relative)
     threat: ThreatConfig | None = None
@@ -162,6 +183,22 @@ class SectionAttackConfig(StrictConfig):
             with under_field(field):
                 threats.append(ThreatModel(**value))
         return threats
+
+
+_FRACTION = re.compile(r"^\s*\d+(\.\d+)?\s*/\s*\d+(\.\d+)?\s*$")
+
+
+def fractions_as_numbers(params: dict[str, Any]) -> dict[str, Any]:
+    """A parameter written as a fraction (``eps: 8/255``) is its float: the settings, the ids
+    and the cache keys hold the number, so both spellings are one configuration."""
+    from robustbench_cl.threat import parse_budget
+
+    return {
+        key: parse_budget(value, key)[0]
+        if isinstance(value, str) and _FRACTION.match(value)
+        else value
+        for key, value in params.items()
+    }
 
 
 def refuse_duplicate_labels(labels: list[str], field: str, noun: str) -> None:

@@ -75,7 +75,8 @@ def records_schema() -> dict[str, Any]:
 
 
 def _threat_id(threat: dict[str, Any]) -> str:
-    return json.dumps(threat, sort_keys=True)
+    """One threat model whatever its budget's spelling (the label is for display)."""
+    return json.dumps({k: v for k, v in threat.items() if k != "eps_label"}, sort_keys=True)
 
 
 def build_results(summary: RunSummary) -> dict[str, Any]:

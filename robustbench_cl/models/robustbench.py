@@ -5,7 +5,9 @@ missing, and trusts whatever file is there. Here nothing is downloaded: the chec
 ``DIR/DATASET/THREAT/NAME.pt``, RobustBench's folder layout (``DIR`` defaults to ``./models``, as
 there), and it loads like any foreign checkpoint: ``torch.load(weights_only=True)`` unless remote
 code is trusted, the weights under ``state_dict`` (or the object itself), a real ``module.`` or
-``model.`` prefix removed, then a strict load.
+``model.`` prefix removed, then a strict load (its one leniency is RobustBench's own: the
+published checkpoints of the normalised TRADES entries, e.g. Rice2020Overfitting and
+Rony2019Decoupling, lack the ``mu`` and ``sigma`` buffers, which keep the zoo's values).
 
 The ``robustbench`` package pins an old timm and imports its download helpers from its package
 ``__init__``, so its architecture modules cannot be imported alone. The architectures below are
@@ -69,18 +71,27 @@ class _WideBlock(nn.Module):
         return shortcut + out
 
 
-class _WideGroup(nn.Module):
-    def __init__(self, n: int, in_planes: int, out_planes: int, stride: int) -> None:
+class _Group(nn.Module):
+    """``n`` blocks, the first changing the width and the stride, under the attribute name the
+    zoo's checkpoints use (``layer`` for TRADES' WideResNet, ``block`` for DeepMind's)."""
+
+    def __init__(
+        self, block: type, n: int, in_planes: int, out_planes: int, stride: int, attr: str
+    ):
         super().__init__()
-        self.layer = nn.Sequential(
-            *(
-                _WideBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1)
-                for i in range(n)
-            )
-        )
+        self.attr = attr
+        blocks = [
+            block(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1)
+            for i in range(n)
+        ]
+        setattr(self, attr, nn.Sequential(*blocks))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer(x)
+        return getattr(self, self.attr)(x)
+
+
+def _wide_group(n: int, in_planes: int, out_planes: int, stride: int) -> _Group:
+    return _Group(_WideBlock, n, in_planes, out_planes, stride, "layer")
 
 
 class WideResNet(nn.Module):
@@ -95,11 +106,11 @@ class WideResNet(nn.Module):
         n = (depth - 4) // 6
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.conv1 = nn.Conv2d(3, widths[0], 3, stride=1, padding=1, bias=False)
-        self.block1 = _WideGroup(n, widths[0], widths[1], 1)
+        self.block1 = _wide_group(n, widths[0], widths[1], 1)
         if sub_block1:  # in the checkpoints of some entries; never used in the forward pass
-            self.sub_block1 = _WideGroup(n, widths[0], widths[1], 1)
-        self.block2 = _WideGroup(n, widths[1], widths[2], 2)
-        self.block3 = _WideGroup(n, widths[2], widths[3], 2)
+            self.sub_block1 = _wide_group(n, widths[0], widths[1], 1)
+        self.block2 = _wide_group(n, widths[1], widths[2], 2)
+        self.block3 = _wide_group(n, widths[2], widths[3], 2)
         self.bn1 = nn.BatchNorm2d(widths[3])
         self.relu = nn.ReLU(inplace=True)
         self.fc = nn.Linear(widths[3], num_classes)
@@ -150,18 +161,8 @@ class _DMBlock(nn.Module):
         return (self.shortcut(activated) if self.has_shortcut else x) + out
 
 
-class _DMGroup(nn.Module):
-    def __init__(self, n: int, in_planes: int, out_planes: int, stride: int) -> None:
-        super().__init__()
-        self.block = nn.Sequential(
-            *(
-                _DMBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1)
-                for i in range(n)
-            )
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(x)
+def _dm_group(n: int, in_planes: int, out_planes: int, stride: int) -> _Group:
+    return _Group(_DMBlock, n, in_planes, out_planes, stride, "block")
 
 
 class DMWideResNet(nn.Module):
@@ -182,9 +183,9 @@ class DMWideResNet(nn.Module):
         widths = [16, 16 * width, 32 * width, 64 * width]
         self.init_conv = nn.Conv2d(3, widths[0], 3, stride=1, padding=1, bias=False)
         self.layer = nn.Sequential(
-            _DMGroup(n, widths[0], widths[1], 1),
-            _DMGroup(n, widths[1], widths[2], 2),
-            _DMGroup(n, widths[2], widths[3], 2),
+            _dm_group(n, widths[0], widths[1], 1),
+            _dm_group(n, widths[1], widths[2], 2),
+            _dm_group(n, widths[2], widths[3], 2),
         )
         self.batchnorm = nn.BatchNorm2d(widths[3])
         self.relu = nn.SiLU()
@@ -244,8 +245,9 @@ class DMPreActResNet18(nn.Module):
 
 
 class _Normalized(nn.Module):
-    """``(x - mu) / sigma`` in front of a TRADES WideResNet, under the zoo's buffer names (the
-    checkpoints of these entries hold ``mu`` and ``sigma``)."""
+    """``(x - mu) / sigma`` in front of a TRADES WideResNet, under the zoo's buffer names. The
+    published checkpoints of these entries lack ``mu`` and ``sigma`` (RobustBench loads them
+    non-strictly for exactly that): the constructor's values stay."""
 
     def __init__(self, net: WideResNet, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
@@ -279,6 +281,9 @@ class ZooEntry:
     #: the checkpoint's keys sit at the top level of the model (``_Normalized`` nests the
     #: network under ``net.``: its keys are moved there on load)
     nested: bool = False
+    #: keys a published checkpoint of the entry may lack (the normalisation buffers): the only
+    #: leniency of the otherwise strict load
+    missing_ok: frozenset[str] = frozenset()
 
 
 def _wrn(depth: int, width: int, sub_block1: bool = False) -> ZooEntry:
@@ -295,6 +300,7 @@ def _wrn_normalized(depth: int, width: int, mean, std) -> ZooEntry:  # noqa: ANN
         f"WideResNet-{depth}-{width}",
         f"mean {mean}, std {std}",
         nested=True,
+        missing_ok=frozenset({"mu", "sigma"}),
     )
 
 
@@ -396,15 +402,21 @@ def zoo_entry(name: str, dataset: str, threat: str) -> ZooEntry:
     return entries[name]
 
 
+def _threat(options: dict[str, str]) -> str:
+    """RobustBench's spelling of the threat option (``linf`` is ``Linf``)."""
+    value = options.get("threat", "Linf")
+    return {"linf": "Linf", "l2": "L2"}.get(value.lower(), value)
+
+
 def checkpoint_path(name: str, options: dict[str, str]) -> Path:
     """``DIR/DATASET/THREAT/NAME.pt``, RobustBench's layout."""
     base = Path(options.get("dir", "models")).expanduser()
-    return base / options.get("dataset", "cifar10") / options.get("threat", "Linf") / f"{name}.pt"
+    return base / options.get("dataset", "cifar10") / _threat(options) / f"{name}.pt"
 
 
 def check_robustbench_spec(name: str, options: dict[str, str]) -> None:
     """The entry exists and its checkpoint is where RobustBench keeps it: before any work."""
-    zoo_entry(name, options.get("dataset", "cifar10"), options.get("threat", "Linf"))
+    zoo_entry(name, options.get("dataset", "cifar10"), _threat(options))
     path = checkpoint_path(name, options)
     if not path.is_file():
         raise UserError(
@@ -432,8 +444,15 @@ def robustbench_model(name: str, options: dict[str, str]) -> nn.Module:
     if unknown:
         raise UserError("model", f"unknown option {unknown[0]!r} in the robustbench spec")
     check_robustbench_spec(name, options)
-    entry = zoo_entry(name, options.get("dataset", "cifar10"), options.get("threat", "Linf"))
+    entry = zoo_entry(name, options.get("dataset", "cifar10"), _threat(options))
     path = checkpoint_path(name, options)
+    with open(path, "rb") as handle:
+        if handle.read(64).lstrip().startswith(b"<"):  # RobustBench issues #152 and #158
+            raise UserError(
+                "model",
+                f"{path} is an HTML page (a failed download saved as the checkpoint), not weights",
+                f"download {name}.pt again and put it there",
+            )
     state = _strip_prefix(load_foreign_state_dict(path, "model"), "model.")
     model = entry.build()
     if entry.nested:  # the zoo keeps the wrapper's buffers beside the network's own keys
@@ -441,9 +460,19 @@ def robustbench_model(name: str, options: dict[str, str]) -> nn.Module:
             (k if k in ("mu", "sigma") or k.startswith("net.") else f"net.{k}"): v
             for k, v in state.items()
         }
+    expected = set(model.state_dict())
+    missing = sorted(expected - set(state) - entry.missing_ok)
+    unexpected = sorted(set(state) - expected)
+    if missing or unexpected:
+        problem = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise UserError(
+            "model",
+            f"{path} does not match {name}'s architecture, {entry.architecture} ({problem})",
+            "check the entry name and the dataset/threat folder",
+        )
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
+        model.load_state_dict(state, strict=not (expected - set(state)))
+    except RuntimeError as error:  # same keys, other shapes
         first = str(error).strip().splitlines()[0]
         raise UserError(
             "model",

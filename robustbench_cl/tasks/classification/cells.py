@@ -83,13 +83,14 @@ class AttackCells(_Base):
             )
             cost = Cost()
             seconds = 0.0
-            minimum_norm = isinstance(attack, MinimumNormAttack)
-            min_norms = torch.full((last - first,), float("nan")) if minimum_norm else None
             wanted = config.engine.examples if self.images else 0
             kept: list[tuple[torch.Tensor, torch.Tensor]] = []
             transfer = cell.threat.access == "transfer"
             source = self._bare.get(cell.pair_id, model) if transfer else model
             rejudge = transfer or config.engine.precision == "bf16"
+            # the norms are the attacked model's: a transfer (or bf16-rejudged) cell keeps none
+            minimum_norm = isinstance(attack, MinimumNormAttack) and not rejudge
+            min_norms = torch.full((last - first,), float("nan")) if minimum_norm else None
             with step_hook(self.progress.step):
                 start = 0
                 while start < len(todo):
@@ -162,7 +163,12 @@ class AttackCells(_Base):
         robust = int((outcomes == ROBUST).sum())
         if config.engine.sanity_checks:
             if attack.uses_gradients:
-                flags += sanity.pair_flags(clean.probes, n_classes)
+                flags += [
+                    f
+                    for f in sanity.pair_flags(clean.probes, n_classes)
+                    # an attack that averages its gradients over draws (AutoAttack rand) is EOT
+                    if not (f["code"] == "randomized_without_eot" and attack.averages_draws)
+                ]
             if cell.threat.norm == "linf":
                 flags += sanity.full_range_flag(clean.probes.get("full_range_accuracy"), n_classes)
             if not transfer:  # a transfer attack is non-adaptive by design; it is flagged so

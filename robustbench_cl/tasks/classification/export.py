@@ -1,23 +1,29 @@
 """``export --format robustbench``: RobustBench leaderboard entries (``model_info`` JSON).
 
-One file per (model, defense) pair that has a standard AutoAttack evaluation, at
+One file per (model, defense) pair that has a RobustBench-grade AutoAttack evaluation, at
 ``DATASET/THREAT/NAME.json`` as RobustBench's ``model_info`` folder lays them out. The fields are
 RobustBench's (accuracies as strings in percent, ``eps`` as a string such as ``"8/255"``), plus
-``n_examples`` (how many test samples the numbers are on) and ``threat_model``.
+``n_examples`` (how many test samples the numbers are on) and ``threat_model``; what the run
+cannot know (``link``, ``authors``, ``venue``, ``reported``, ``additional_data``) is left empty
+or null for the user to fill in.
 
-What counts as an AutoAttack number, as RobustBench's rules define it:
+What counts as an AutoAttack number, as RobustBench's rules define it (anything else is a
+one-line refusal naming why):
 
 - the ``standard`` version at its full settings (100 iterations, 1 restart, 9 target classes,
-  5,000 Square queries) and no ``budget`` override;
+  5,000 Square queries) and no ``budget`` override, on every clean-correct sample (first in its
+  cascade, or no cascade), so its accuracy is AutoAttack's alone;
 - white-box on the defended model (never a transfer or other non-adaptive cell), untargeted, in
-  input space with bounds [0, 1], linf or l2;
-- a deterministic model: a pair whose probes saw randomness, or whose AutoAttack cell was
-  flagged for it, is refused (RobustBench lists only deterministic defenses).
+  input space with bounds [0, 1], at the leaderboard's budget (cifar10 and cifar100: linf 8/255,
+  l2 0.5; imagenet: linf 4/255);
+- a deterministic model with gradients, checked by the run's sanity probes (a run without them
+  is refused): a pair whose probes saw randomness or masked gradients is refused;
+- on the leaderboard's test set size (10,000 for cifar, 5,000 for imagenet); a smaller
+  evaluation is exported only with ``--allow-subset``, and its footnote says so.
 
-``autoattack_acc`` is the AutoAttack cell's robust accuracy. In a cascade it counts the samples
-robust to AutoAttack *and* to every attack before it at that threat model (the footnote says
-which); when another attack of the threat model broke more, the worst case is ``external``, as
-RobustBench records the best known attack.
+Any other sanity flag of the pair or the cell marks the entry ``unreliable`` and is named in the
+footnote; when another attack at the same threat model broke more, the worst case is
+``external``, as RobustBench records the best known attack.
 """
 
 from __future__ import annotations
@@ -25,22 +31,63 @@ from __future__ import annotations
 from typing import Any
 
 from robustbench_cl.engine.export import register_export
-from robustbench_cl.engine.summary import eps_text
 from robustbench_cl.errors import UserError
 from robustbench_cl.paths import slug
 
 #: the standard version at the original's full settings
 STANDARD = {"version": "standard", "steps": 100, "square_queries": 5000, "n_target_classes": 9}
 THREAT_NAMES = {"linf": "Linf", "l2": "L2"}
+#: the leaderboards: dataset -> (norm -> eps, test images RobustBench evaluates)
+LEADERBOARDS = {
+    "cifar10": ({"linf": 8 / 255, "l2": 0.5}, 10_000),
+    "cifar100": ({"linf": 8 / 255, "l2": 0.5}, 10_000),
+    "imagenet": ({"linf": 4 / 255}, 5_000),
+}
 #: pair flags that make a number not RobustBench's (randomness, masked gradients)
-REFUSING_PAIR_FLAGS = ("randomized_without_eot", "nan_gradients", "zero_gradients")
+REFUSING_FLAGS = (
+    "randomized_without_eot",
+    "nan_gradients",
+    "zero_gradients",
+    "autoattack_not_rand",
+)
 
 
 def _percent(rate: float) -> str:
     return f"{100 * rate:.2f}"
 
 
-def _why_not(cell: dict[str, Any], pair: dict[str, Any]) -> str | None:
+def _eps_string(threat: dict[str, Any]) -> str:
+    """``"8/255"`` as RobustBench writes it: the config's fraction, or whole 255ths."""
+    if threat.get("eps_label"):
+        return threat["eps_label"]
+    steps = float(threat["eps"]) * 255
+    return f"{round(steps)}/255" if abs(steps - round(steps)) < 1e-6 else f"{threat['eps']:g}"
+
+
+def _dataset(results: dict[str, Any], options: dict[str, str]) -> str:
+    """``--dataset``, else the run's: ``cifar10:DIR`` is cifar10, a zoo spec names its own."""
+    if options.get("dataset"):
+        return options["dataset"]
+    name = str((results["run"].get("data") or {}).get("name", ""))
+    return name.partition(":")[0] if ":" in name else name
+
+
+def _architecture(spec: str) -> str:
+    """The zoo's architecture for a ``robustbench:`` spec; else the spec without its options
+    (which may hold local paths)."""
+    from robustbench_cl.models.robustbench import ZOO
+    from robustbench_cl.utils import parse_spec
+
+    scheme, target, options = parse_spec(spec)
+    if scheme == "robustbench":
+        threat = {"linf": "Linf", "l2": "L2"}.get(options.get("threat", "Linf").lower(), "Linf")
+        entry = ZOO.get((options.get("dataset", "cifar10"), threat), {}).get(target)
+        if entry is not None:
+            return entry.architecture
+    return spec.partition("?")[0]
+
+
+def _why_not(cell: dict[str, Any], pair: dict[str, Any], dataset: str) -> str | None:
     """Why this AutoAttack cell is not a RobustBench AutoAttack number, or None."""
     settings = cell["attack"]["settings"]
     different = {k: settings.get(k) for k, v in STANDARD.items() if settings.get(k) != v}
@@ -53,65 +100,108 @@ def _why_not(cell: dict[str, Any], pair: dict[str, Any]) -> str | None:
         return f"a non-adaptive evaluation ({threat['access']})"
     if threat["targeted"] or threat["space"] != "input" or threat["bounds"] != [0.0, 1.0]:
         return "not an untargeted input-space evaluation in bounds [0, 1]"
-    if threat["norm"] not in THREAT_NAMES:
-        return f"RobustBench has no {threat['norm']} leaderboard"
+    budgets, _ = LEADERBOARDS[dataset]
+    wanted = budgets.get(threat["norm"])
+    if wanted is None:
+        return f"RobustBench has no {dataset} {threat['norm']} leaderboard"
+    if abs(float(threat["eps"]) - wanted) > 1e-9:
+        return f"eps {_eps_string(threat)} is not the {dataset} {threat['norm']} leaderboard's"
+    clean_correct = round(pair["clean_accuracy"] * pair["n"])
+    if cell["attacked"] != clean_correct:
+        return (
+            f"AutoAttack attacked {cell['attacked']} of the {clean_correct} clean-correct "
+            "samples (other attacks ran before it in a cascade), so its accuracy is not its own"
+        )
     codes = [f["code"] for f in pair.get("flags", [])] + [f["code"] for f in cell["flags"]]
-    refusing = [c for c in codes if c in REFUSING_PAIR_FLAGS or c == "autoattack_not_rand"]
+    refusing = [code for code in codes if code in REFUSING_FLAGS]
     if refusing:
         return f"the model is not a deterministic, gradient-bearing defense ({refusing[0]})"
     return None
 
 
 @register_export("robustbench")
-def robustbench_entries(results: dict[str, Any], options: dict[str, str]) -> dict[str, Any]:
+def robustbench_entries(
+    results: dict[str, Any], options: dict[str, str], config: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """RobustBench leaderboard entries (`model_info` JSON), one per pair with a standard AutoAttack cell."""
+    dataset = _dataset(results, options)
+    if dataset not in LEADERBOARDS:
+        raise UserError(
+            "--dataset",
+            f"RobustBench has no leaderboard for {dataset!r}",
+            f"use one of {', '.join(LEADERBOARDS)} (--dataset names it when the run's data is a "
+            "local copy under another name)",
+        )
+    if ((config or {}).get("engine") or {}).get("sanity_checks") is False:
+        raise UserError(
+            "--format",
+            "the run had sanity_checks off: nothing checked that the model is deterministic and "
+            "has gradients, as RobustBench requires",
+            "rerun with the sanity checks on",
+        )
+    _, leaderboard_n = LEADERBOARDS[dataset]
     pairs = {pair["id"]: pair for pair in results.get("pairs", [])}
-    dataset = options.get("dataset") or (results["run"].get("data") or {}).get("name", "")
+    data = results["run"].get("data") or {}
     files: dict[str, Any] = {}
     reasons: list[str] = []
     for cell in results.get("cells", []):
         if cell["attack"]["attack"] != "autoattack":
             continue
         pair = pairs[cell["pair_id"]]
-        reason = _why_not(cell, pair)
+        reason = _why_not(cell, pair, dataset)
+        if reason is None and cell["n"] < leaderboard_n and not options.get("allow_subset"):
+            reason = (
+                f"evaluated on {cell['n']} test images, not the leaderboard's {leaderboard_n} "
+                "(--allow-subset exports it with a footnote saying so)"
+            )
         if reason is not None:
             reasons.append(f"{pair['label']}, {cell['column']}: {reason}")
             continue
         threat = cell["threat"]
         group = [c for c in results["cells"] if c["group_id"] == cell["group_id"]]
         worst = min(c["robust_accuracy"] for c in group)
-        before = [c["column"] for c in group[: group.index(cell)]]
         notes = []
-        if before:
+        if cell["n"] < leaderboard_n:
+            selection = data.get("selection", "unknown")
             notes.append(
-                "AutoAttack ran after " + ", ".join(before) + " in a cascade: its accuracy "
-                "counts the samples robust to them too"
+                f"evaluated on {cell['n']} of the {leaderboard_n} test images "
+                f"(selection: {selection}), not a leaderboard claim"
             )
-        kept = [f["code"] for f in pair.get("flags", [])] + [f["code"] for f in cell["flags"]]
-        if kept:
-            notes.append("robustbench-cl flags: " + ", ".join(sorted(set(kept))))
+        flags = [f["code"] for f in pair.get("flags", [])] + [f["code"] for f in cell["flags"]]
+        flags += [f["code"] for c in group if c is not cell for f in c["flags"]]
+        if flags:
+            notes.append("robustbench-cl sanity flags: " + ", ".join(sorted(set(flags))))
+        undefended = pair["defense_id"] == "none"
         entry = {
             "link": "",
-            "name": pair["model"] if pair["defense_id"] == "none" else pair["label"],
+            "name": pair["model"] if undefended else pair["label"],
             "authors": "",
-            "additional_data": False,
-            "number_forward_passes": 1,
+            "additional_data": None,
+            "number_forward_passes": 1 if undefended else None,
             "dataset": dataset,
             "venue": "",
-            "architecture": pair["model_spec"],
-            "eps": eps_text(threat),
+            "architecture": _architecture(pair["model_spec"]),
+            "eps": _eps_string(threat),
             "clean_acc": _percent(pair["clean_accuracy"]),
             "reported": "",
             "autoattack_acc": _percent(cell["robust_accuracy"]),
             "footnote": "; ".join(notes) or None,
+            "unreliable": bool(flags),
             "threat_model": THREAT_NAMES[threat["norm"]],
             "n_examples": cell["n"],
             "evaluated_by": "robustbench-cl",
         }
         if worst < cell["robust_accuracy"]:
             entry["external"] = _percent(worst)
-        name = options.get("name") or slug(pair["label"])
-        files[f"{slug(dataset or 'data')}/{entry['threat_model']}/{name}.json"] = entry
+        name = options.get("name") or slug(entry["name"])
+        path = f"{dataset}/{entry['threat_model']}/{name}.json"
+        if path in files:
+            raise UserError(
+                "--name" if options.get("name") else "--format",
+                f"two AutoAttack evaluations would both be written to {path}",
+                "export one pair at a time with --name, or give the pairs distinct names",
+            )
+        files[path] = entry
     if not files:
         detail = reasons[0] if reasons else "the run has no AutoAttack cell"
         raise UserError(
@@ -119,6 +209,4 @@ def robustbench_entries(results: dict[str, Any], options: dict[str, str]) -> dic
             f"no RobustBench entry can be exported: {detail}",
             "evaluate with `attack: autoattack` at its defaults (version standard), white-box",
         )
-    if options.get("name") and len(files) > 1:
-        raise UserError("--name", f"the run has {len(files)} entries", "drop --name")
     return files

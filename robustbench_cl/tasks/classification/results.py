@@ -38,8 +38,10 @@ class MinNorm(BaseModel):
     """
     curve: list[list[float]] | None
     """
-    ``[eps, robust accuracy]`` points, eps rising from 0: robust accuracy at eps counts the
-    clean-correct samples whose smallest norm found is above eps (None unless complete)
+    ``[eps, robust accuracy]`` points of a step function, eps rising from 0: robust accuracy at
+    eps counts the clean-correct samples whose smallest norm found is above eps; the points are
+    the norms found (at most 100, evenly spaced by rank), the cell's eps and the end (None
+    unless complete)
     """
 
 

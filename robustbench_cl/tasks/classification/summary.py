@@ -288,14 +288,15 @@ def _cell_entry(cell: CellRecord, pair_label: str) -> dict[str, Any]:
     }
 
 
-#: points of a minimum-norm cell's security curve
-CURVE_POINTS = 21
+#: the most steps of a minimum-norm cell's security curve kept in results.json
+CURVE_POINTS = 100
 
 
 def min_norm_entry(cell: CellRecord) -> dict[str, Any]:
     """The median smallest norm and the security curve of a minimum-norm cell. Robust at eps:
-    clean-correct and no adversarial example found at a norm <= eps. The curve's eps run from 0
-    to twice the cell's eps or the largest norm found, whichever is larger."""
+    clean-correct and no adversarial example found at a norm <= eps. The curve is a step
+    function: its points are 0, the norms found (every one, or 100 evenly spaced by rank when
+    there are more), the cell's eps and the larger of twice it and the largest norm found."""
     attacked = [i for i, outcome in enumerate(cell.outcomes) if outcome != NOT_ATTACKED]
     norms = [cell.min_norms[i] for i in attacked]
     found = sorted(value for value in norms if value is not None)
@@ -305,12 +306,19 @@ def min_norm_entry(cell: CellRecord) -> dict[str, Any]:
     complete = len(attacked) == clean_correct
     curve = None
     if complete:
-        top = max([2 * float(cell.threat.eps)] + found)
+        steps = found
+        if len(found) > CURVE_POINTS:
+            steps = [
+                found[round(i * (len(found) - 1) / (CURVE_POINTS - 1))] for i in range(CURVE_POINTS)
+            ]
+        eps_cell = float(cell.threat.eps)
+        points = sorted({0.0, eps_cell, max([2 * eps_cell] + found), *steps})
+        broken = 0
         curve = []
-        for index in range(CURVE_POINTS):
-            eps = top * index / (CURVE_POINTS - 1)
-            robust = len(norms) - sum(value <= eps for value in found)
-            curve.append([eps, robust / cell.n])
+        for eps in points:  # found is sorted: count the norms at or below each point once
+            while broken < len(found) and found[broken] <= eps:
+                broken += 1
+            curve.append([eps, (len(norms) - broken) / cell.n])
     return {
         "median": median if median is None or math.isfinite(median) else None,
         "attacked": len(norms),
