@@ -136,8 +136,16 @@ def test_an_entry_with_its_own_normalisation(tmp_path):
     torch.manual_seed(1)
     net = zoo.DMPreActResNet18().eval()
     keys = set(net.state_dict())
-    assert {"mean", "std", "conv_2d.weight", "layer_1.0.shortcut.weight", "logits.weight"} <= keys
-    _save_zoo(net, tmp_path, "Rebuffi2021Fixing_R18_cutmix_ddpm", threat="L2")
+    assert {"conv_2d.weight", "layer_1.0.shortcut.weight", "logits.weight"} <= keys
+    assert not {"mean", "std"} & keys  # RobustBench's definition keeps them off the state dict
+    # a checkpoint from an older definition, with the normalisation as buffers, loads too
+    _save_zoo(
+        net,
+        tmp_path,
+        "Rebuffi2021Fixing_R18_cutmix_ddpm",
+        threat="L2",
+        wrap=lambda state: {**state, "mean": net.mean, "std": net.std},
+    )
     spec = f"robustbench:Rebuffi2021Fixing_R18_cutmix_ddpm?threat=L2&dir={tmp_path}"
     loaded = rbcl.load_model(spec)
     x = torch.rand(2, 3, 32, 32)
@@ -364,11 +372,15 @@ def test_a_randomized_model_under_standard_autoattack_is_flagged(tmp_path):
     assert not codes & {"autoattack_not_rand", "randomized_without_eot"}
 
 
-def test_dlr_versions_refuse_a_two_class_model():
+def test_dlr_versions_refuse_too_few_classes():
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
     x, y = torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)
     with pytest.raises(UserError, match="3 classes"):
-        rbcl.make_attack("autoattack", version="plus")(model, x, y, ThreatModel(eps=0.1))
+        rbcl.make_attack("autoattack", version="rand")(model, x, y, ThreatModel(eps=0.1))
+    three = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    for version in ("standard", "plus"):  # targeted DLR (APGD-T) reads the 4th logit
+        with pytest.raises(UserError, match="4 classes"):
+            rbcl.make_attack("autoattack", version=version)(three, x, y, ThreatModel(eps=0.1))
 
 
 # ---------------------------------------------------------------------- 5. FMN and DDN
@@ -469,3 +481,66 @@ def test_a_transfer_minimum_norm_cell_keeps_no_norms(tmp_path):
     run_dir = rbcl.run(config, out=tmp_path / "run", profile=None)
     cells = [c for c in rbcl.load_results(run_dir)["cells"] if c["threat"]["access"] == "transfer"]
     assert cells and all("min_norm" not in cell for cell in cells)
+
+
+def _synthetic_results(spec: str, name: str, norm: str = "linf", eps: float = 8 / 255) -> dict:
+    """A results dict with one pair and one full standard AutoAttack cell, on 10,000 images."""
+    from robustbench_cl.tasks.classification.export import STANDARD
+
+    threat = {
+        "norm": norm,
+        "eps": eps,
+        "space": "input",
+        "bounds": [0.0, 1.0],
+        "targeted": False,
+        "universal": False,
+        "access": "white-box",
+        "budget": {},
+        "eps_relative": False,
+    }
+    pair = {
+        "id": "p",
+        "label": f"{name} / undefended",
+        "model": name,
+        "model_spec": spec,
+        "defense": "undefended",
+        "defense_id": "none",
+        "n": 10_000,
+        "clean_accuracy": 0.9,
+        "flags": [],
+    }
+    cell = {
+        "pair_id": "p",
+        "group_id": "g",
+        "column": "AutoAttack",
+        "threat": threat,
+        "attack": {"attack": "autoattack", "settings": dict(STANDARD)},
+        "adaptive": True,
+        "n": 10_000,
+        "attacked": 9_000,
+        "robust_accuracy": 0.5,
+        "flags": [],
+    }
+    data = {"name": "cifar10:/home/alice/cifar", "split": "test", "selection": "all"}
+    return {"run": {"data": data}, "pairs": [pair], "cells": [cell]}
+
+
+def test_a_leaderboard_entry_holds_no_local_path_and_the_boards_budget():
+    from robustbench_cl.tasks.classification.export import robustbench_entries
+
+    spec = "robustbench:Standard?dir=/home/alice/models"
+    (entry,) = robustbench_entries(_synthetic_results(spec, spec), {}).values()
+    assert entry["name"] == "Standard" and entry["architecture"] == "WideResNet-28-10"
+    assert entry["dataset"] == "cifar10" and entry["eps"] == "8/255" and not entry["footnote"]
+    assert "alice" not in json.dumps(entry)
+    # a path-like spec without a name must be named; a float budget is written as 255ths
+    python = "python:/home/alice/net.py:make"
+    with pytest.raises(UserError, match="--name"):
+        robustbench_entries(_synthetic_results(python, python), {})
+    (named,) = robustbench_entries(_synthetic_results(python, "MyNet"), {}).values()
+    assert named["name"] == "MyNet" and named["architecture"] == ""
+    # RobustBench has no cifar100 l2 leaderboard, and 0.4 is not the l2 board's budget
+    with pytest.raises(UserError, match="no cifar100 l2 leaderboard"):
+        robustbench_entries(_synthetic_results(spec, spec, "l2", 0.5), {"dataset": "cifar100"})
+    with pytest.raises(UserError, match="not the cifar10 l2 leaderboard"):
+        robustbench_entries(_synthetic_results(spec, spec, "l2", 0.4), {})

@@ -219,12 +219,15 @@ class AutoAttack(Attack):
         with torch.no_grad():
             logits = model(x)
         n_classes = logits.shape[1]
-        if n_classes < 3 and "apgd-dlr" in VERSIONS[self.version]:
+        components = VERSIONS[self.version]
+        # the original's check_n_classes: DLR needs 3 classes, its targeted form 4
+        needed = 4 if "apgd-t" in components else 3 if "apgd-dlr" in components else 2
+        if n_classes < needed:
             raise UserError(
                 "version",
-                f"the DLR loss of {self.version}'s APGD-DLR needs 3 classes or more, the model "
-                f"has {n_classes}",
-                "use version: standard",
+                f"AutoAttack {self.version}'s DLR losses need {needed} classes or more, the "
+                f"model has {n_classes}",
+                "use pgd (or autoattack version: rand, from 3 classes)",
             )
         logger.info(
             "AutoAttack (%s, %s eps=%g): %s",
@@ -234,7 +237,10 @@ class AutoAttack(Attack):
             self.describe_components(n_classes),
         )
         adv = x.clone()
-        robust = logits.argmax(1) == y
+        # the call's clean verdict when it has one (the engine's clean pass): on a randomized
+        # model, a second clean draw here would be one more chance to count a sample broken
+        known = self.clean_correct
+        robust = known.clone().bool() if known is not None else logits.argmax(1) == y
         components = self.components(model, threat, n_classes)
         journal, self.journal = self.journal, None  # this call's only
         self.journaled_seconds = 0.0

@@ -346,6 +346,8 @@ class AttackBase:
     uses_gradients: ClassVar[bool] = True
     #: each gradient is the mean over draws of a randomized model (EOT) inside the attack itself
     averages_draws: bool = False
+    #: during a call: the clean verdict the caller passed or the call computed (one draw)
+    clean_correct: torch.Tensor | None = None
 
     def settings(self) -> dict[str, Any]:
         """The exact hyper-parameters, recorded with every result."""
@@ -395,12 +397,12 @@ class Attack(AttackBase):
         if x.shape[0] == 0:
             empty = torch.zeros(0, dtype=torch.bool, device=x.device)
             return AttackResult(adv=x.clone(), success=empty, clean_correct=empty)
-        counted = CountingModel(model)
         start = time.perf_counter()
         was_training = model.training
         if was_training:
             logger.warning("the model was in train mode; attacking it in eval mode (and restoring)")
             model.eval()
+        counted = CountingModel(model)  # after eval(): it takes the model's mode
         try:
             with inputs_only_gradients(model):
                 n_classes = probe_model(model, x).shape[1]
@@ -414,7 +416,12 @@ class Attack(AttackBase):
                     with torch.no_grad():
                         predicted = model(x).argmax(1)
                     clean_correct = predicted != y if threat.targeted else predicted == y
-                output = self.perturb(counted, x, y, threat)
+                self.clean_correct = clean_correct  # this call's, for an attack's own verdict
+                try:
+                    output = self.perturb(counted, x, y, threat)
+                finally:
+                    self.clean_correct = None
+                    model.eval()  # a library may have changed the mode (torchattacks, ART)
                 known, verdict = None, False
                 if isinstance(output, Perturbation):
                     output, known, verdict = output.adv, output.known_success, output.verdict

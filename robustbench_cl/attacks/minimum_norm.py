@@ -67,12 +67,14 @@ class MinimumNormAttack(Attack):
     def _verdict(
         self, x: torch.Tensor, best_adv: torch.Tensor, norms: torch.Tensor, threat: ThreatModel
     ) -> Perturbation:
-        """Within the cell's eps: the adversarial example; else the clean input."""
+        """Within the cell's eps: the adversarial example; else the clean input. The verdict is
+        the norms' (compared in float64, as the security curve compares them), so the cell and
+        its curve agree at the cell's eps."""
         self.last_norms = norms.detach()
-        inside = norms <= threat.eps
+        inside = norms.double() <= float(threat.eps)
         view = (-1,) + (1,) * (x.ndim - 1)
         adv = torch.where(inside.view(view), best_adv, x)
-        return Perturbation(threat.clip(adv, x), inside)
+        return Perturbation(threat.clip(adv, x), inside, verdict=True)
 
 
 @register_attack("fmn")

@@ -16,8 +16,9 @@ the zoo's state dicts load strictly):
 
 - ``WideResNet`` (TRADES' WideResNet as RobustBench carries it: ``conv1``, ``block1..3``,
   an unused ``sub_block1`` for the entries whose checkpoints hold one, ``bn1``, ``fc``);
-- ``DMWideResNet`` and ``DMPreActResNet`` (DeepMind's, with the normalisation inside and
-  ``SAME``-style padding; their Swish is SiLU, the same function and gradient).
+- ``DMWideResNet`` and ``DMPreActResNet`` (DeepMind's, with the normalisation inside, kept off
+  the state dict as RobustBench's current definition keeps it, and ``SAME``-style padding; their
+  Swish is SiLU, the same function and gradient).
 
 Each entry's normalisation is the zoo's: none, the CIFAR mean and std inside the model, or
 ``2x - 1``; inputs stay in [0, 1].
@@ -177,8 +178,10 @@ class DMWideResNet(nn.Module):
         std: tuple[float, ...] = CIFAR10_STD,
     ) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(3, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(3, 1, 1))
+        # not in the state dict: RobustBench's current definition keeps them off it, so the
+        # zoo's checkpoints of these entries have no such keys (older ones' are ignored)
+        self.register_buffer("mean", torch.tensor(mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(3, 1, 1), persistent=False)
         n = (depth - 4) // 6
         widths = [16, 16 * width, 32 * width, 64 * width]
         self.init_conv = nn.Conv2d(3, widths[0], 3, stride=1, padding=1, bias=False)
@@ -225,8 +228,8 @@ class DMPreActResNet18(nn.Module):
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor(CIFAR10_MEAN).view(3, 1, 1))
-        self.register_buffer("std", torch.tensor(CIFAR10_STD).view(3, 1, 1))
+        self.register_buffer("mean", torch.tensor(CIFAR10_MEAN).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(CIFAR10_STD).view(3, 1, 1), persistent=False)
         self.conv_2d = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
         widths = [(64, 64, 1), (64, 128, 2), (128, 256, 2), (256, 512, 2)]
         for index, (inp, out, stride) in enumerate(widths):
@@ -284,6 +287,9 @@ class ZooEntry:
     #: keys a published checkpoint of the entry may lack (the normalisation buffers): the only
     #: leniency of the otherwise strict load
     missing_ok: frozenset[str] = frozenset()
+    #: keys a checkpoint may hold that the model keeps off its state dict (DeepMind's
+    #: normalisation, a buffer in older versions of the definition): dropped before the load
+    ignored: frozenset[str] = frozenset()
 
 
 def _wrn(depth: int, width: int, sub_block1: bool = False) -> ZooEntry:
@@ -309,10 +315,16 @@ def _dm(depth: int, width: int) -> ZooEntry:
         lambda: DMWideResNet(depth, width),
         f"DMWideResNet-{depth}-{width} (SiLU)",
         "CIFAR-10 mean/std (inside the model)",
+        ignored=frozenset({"mean", "std"}),
     )
 
 
-_DM_R18 = ZooEntry(DMPreActResNet18, "DMPreActResNet-18 (SiLU)", "CIFAR-10 mean/std")
+_DM_R18 = ZooEntry(
+    DMPreActResNet18,
+    "DMPreActResNet-18 (SiLU)",
+    "CIFAR-10 mean/std",
+    ignored=frozenset({"mean", "std"}),
+)
 
 #: (dataset, threat) -> name -> entry: the cifar10 entries whose architectures are written here
 ZOO: dict[tuple[str, str], dict[str, ZooEntry]] = {
@@ -460,6 +472,7 @@ def robustbench_model(name: str, options: dict[str, str]) -> nn.Module:
             (k if k in ("mu", "sigma") or k.startswith("net.") else f"net.{k}"): v
             for k, v in state.items()
         }
+    state = {k: v for k, v in state.items() if k not in entry.ignored}
     expected = set(model.state_dict())
     missing = sorted(expected - set(state) - entry.missing_ok)
     unexpected = sorted(set(state) - expected)

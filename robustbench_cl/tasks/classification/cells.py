@@ -87,10 +87,16 @@ class AttackCells(_Base):
             kept: list[tuple[torch.Tensor, torch.Tensor]] = []
             transfer = cell.threat.access == "transfer"
             source = self._bare.get(cell.pair_id, model) if transfer else model
-            rejudge = transfer or config.engine.precision == "bf16"
+            # bf16: only an attack that ran under autocast is judged again in fp32 (AutoAttack
+            # never does, and keeps its own verdict)
+            rejudge = transfer or (config.engine.precision == "bf16" and attack.supports_bf16)
             # the norms are the attacked model's: a transfer (or bf16-rejudged) cell keeps none
             minimum_norm = isinstance(attack, MinimumNormAttack) and not rejudge
-            min_norms = torch.full((last - first,), float("nan")) if minimum_norm else None
+            min_norms = (
+                torch.full((last - first,), float("nan"), dtype=torch.float64)
+                if minimum_norm
+                else None
+            )
             with step_hook(self.progress.step):
                 start = 0
                 while start < len(todo):
@@ -124,7 +130,7 @@ class AttackCells(_Base):
                         result.cost.forward += len(batch)
                     outcomes[batch] = torch.where(success, BROKEN, ROBUST)
                     if min_norms is not None:  # once per batch, outside the step loop
-                        min_norms[batch.cpu()] = attack.last_norms.detach().float().cpu()
+                        min_norms[batch.cpu()] = attack.last_norms.detach().double().cpu()
                     cost = cost + result.cost
                     # with the seconds of components a resumed AutoAttack took from its journal
                     seconds += result.wall_time + getattr(attack, "journaled_seconds", 0.0)

@@ -40,7 +40,7 @@ THREAT_NAMES = {"linf": "Linf", "l2": "L2"}
 #: the leaderboards: dataset -> (norm -> eps, test images RobustBench evaluates)
 LEADERBOARDS = {
     "cifar10": ({"linf": 8 / 255, "l2": 0.5}, 10_000),
-    "cifar100": ({"linf": 8 / 255, "l2": 0.5}, 10_000),
+    "cifar100": ({"linf": 8 / 255}, 10_000),
     "imagenet": ({"linf": 4 / 255}, 5_000),
 }
 #: pair flags that make a number not RobustBench's (randomness, masked gradients)
@@ -57,10 +57,11 @@ def _percent(rate: float) -> str:
 
 
 def _eps_string(threat: dict[str, Any]) -> str:
-    """``"8/255"`` as RobustBench writes it: the config's fraction, or whole 255ths."""
-    if threat.get("eps_label"):
-        return threat["eps_label"]
+    """``"8/255"`` as RobustBench writes it, from the float (never the spelling the config
+    used): whole 255ths for linf, else ``%g``."""
     steps = float(threat["eps"]) * 255
+    if threat["norm"] != "linf":
+        return f"{threat['eps']:g}"
     return f"{round(steps)}/255" if abs(steps - round(steps)) < 1e-6 else f"{threat['eps']:g}"
 
 
@@ -72,9 +73,13 @@ def _dataset(results: dict[str, Any], options: dict[str, str]) -> str:
     return name.partition(":")[0] if ":" in name else name
 
 
+#: spec schemes whose target names an architecture, never a local path
+_NAMED_SCHEMES = ("builtin", "torchvision", "timm")
+
+
 def _architecture(spec: str) -> str:
-    """The zoo's architecture for a ``robustbench:`` spec; else the spec without its options
-    (which may hold local paths)."""
+    """The zoo's architecture for a ``robustbench:`` spec, ``scheme:name`` for a named one;
+    else empty (a path-like spec is never written into an entry)."""
     from robustbench_cl.models.robustbench import ZOO
     from robustbench_cl.utils import parse_spec
 
@@ -84,7 +89,28 @@ def _architecture(spec: str) -> str:
         entry = ZOO.get((options.get("dataset", "cifar10"), threat), {}).get(target)
         if entry is not None:
             return entry.architecture
-    return spec.partition("?")[0]
+    return f"{scheme}:{target}" if scheme in _NAMED_SCHEMES else ""
+
+
+def _entry_name(pair: dict[str, Any], options: dict[str, str]) -> str:
+    """The entry's name: ``--name``; the zoo entry's for a ``robustbench:`` spec; the model's
+    config ``name``. A model known only by a path-like spec must be named."""
+    from robustbench_cl.utils import parse_spec
+
+    if options.get("name"):
+        return options["name"]
+    scheme, target, _ = parse_spec(pair["model_spec"])
+    if scheme == "robustbench":
+        model = target
+    elif pair["model"] != pair["model_spec"] or scheme in _NAMED_SCHEMES:
+        model = pair["model"]
+    else:
+        raise UserError(
+            "--name",
+            f"the model {scheme}:... has no name, and its spec may hold local paths",
+            "give it a `name` in the config, or pass --name",
+        )
+    return model if pair["defense_id"] == "none" else f"{model} / {pair['defense']}"
 
 
 def _why_not(cell: dict[str, Any], pair: dict[str, Any], dataset: str) -> str | None:
@@ -119,6 +145,18 @@ def _why_not(cell: dict[str, Any], pair: dict[str, Any], dataset: str) -> str | 
     return None
 
 
+def _test_set_note(data: dict[str, Any], n: int, leaderboard_n: int, dataset: str) -> str | None:
+    """What makes the evaluated images other than the leaderboard's test set, or None."""
+    split, selection = data.get("split", "test"), data.get("selection", "all")
+    if split != "test":
+        return f"evaluated on the {split} split, not the test set"
+    if n != leaderboard_n or selection != "all":
+        return f"evaluated on {n} of the {leaderboard_n} test images (selection: {selection})"
+    if dataset == "imagenet":
+        return "evaluated on 5000 imagenet images, not checked against RobustBench's list"
+    return None
+
+
 @register_export("robustbench")
 def robustbench_entries(
     results: dict[str, Any], options: dict[str, str], config: dict[str, Any] | None = None
@@ -149,24 +187,16 @@ def robustbench_entries(
             continue
         pair = pairs[cell["pair_id"]]
         reason = _why_not(cell, pair, dataset)
-        if reason is None and cell["n"] < leaderboard_n and not options.get("allow_subset"):
-            reason = (
-                f"evaluated on {cell['n']} test images, not the leaderboard's {leaderboard_n} "
-                "(--allow-subset exports it with a footnote saying so)"
-            )
+        test_set = _test_set_note(data, cell["n"], leaderboard_n, dataset)
+        if reason is None and test_set and not options.get("allow_subset"):
+            reason = f"{test_set} (--allow-subset exports it with a footnote saying so)"
         if reason is not None:
             reasons.append(f"{pair['label']}, {cell['column']}: {reason}")
             continue
         threat = cell["threat"]
         group = [c for c in results["cells"] if c["group_id"] == cell["group_id"]]
         worst = min(c["robust_accuracy"] for c in group)
-        notes = []
-        if cell["n"] < leaderboard_n:
-            selection = data.get("selection", "unknown")
-            notes.append(
-                f"evaluated on {cell['n']} of the {leaderboard_n} test images "
-                f"(selection: {selection}), not a leaderboard claim"
-            )
+        notes = [f"{test_set}: not a leaderboard claim"] if test_set else []
         flags = [f["code"] for f in pair.get("flags", [])] + [f["code"] for f in cell["flags"]]
         flags += [f["code"] for c in group if c is not cell for f in c["flags"]]
         if flags:
@@ -174,7 +204,7 @@ def robustbench_entries(
         undefended = pair["defense_id"] == "none"
         entry = {
             "link": "",
-            "name": pair["model"] if undefended else pair["label"],
+            "name": _entry_name(pair, options),
             "authors": "",
             "additional_data": None,
             "number_forward_passes": 1 if undefended else None,
@@ -193,7 +223,7 @@ def robustbench_entries(
         }
         if worst < cell["robust_accuracy"]:
             entry["external"] = _percent(worst)
-        name = options.get("name") or slug(entry["name"])
+        name = slug(entry["name"]) if not options.get("name") else options["name"]
         path = f"{dataset}/{entry['threat_model']}/{name}.json"
         if path in files:
             raise UserError(
