@@ -50,6 +50,27 @@ _DUAL = {"linf": 1, "l2": 2, "l1": float("inf")}
 _P = {"linf": float("inf"), "l2": 2, "l1": 1}
 
 
+def _adversarial(logits: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
+    predicted = logits.argmax(1)
+    return predicted == y if threat.targeted else predicted != y
+
+
+def _keep_best(
+    adversarial: torch.Tensor,
+    norm: torch.Tensor,
+    adv: torch.Tensor,
+    best_norm: torch.Tensor,
+    best_adv: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The iterate replaces the best where it is adversarial and strictly smaller (adv-lib's
+    ``<``), on the device, without a host sync."""
+    better = adversarial & (norm < best_norm)
+    view = (-1,) + (1,) * (adv.ndim - 1)
+    return torch.where(better, norm, best_norm), torch.where(
+        better.view(view), adv.detach(), best_adv
+    )
+
+
 class MinimumNormAttack(Attack):
     """An attack that returns each sample's smallest adversarial perturbation it found."""
 
@@ -144,11 +165,9 @@ class FMN(MinimumNormAttack):
             margin = true - (logits - other).amax(dim=1)
             loss = sign * margin
             (grad,) = torch.autograd.grad(loss.sum(), delta)
-            adversarial = logits.argmax(1) == y if threat.targeted else logits.argmax(1) != y
-            better = adversarial & (norm < best_norm)
+            adversarial = _adversarial(logits, y, threat)
             found |= adversarial
-            best_norm = torch.where(better, norm, best_norm)
-            best_adv = torch.where(better.view(view), adv.detach(), best_adv)
+            best_norm, best_adv = _keep_best(adversarial, norm, adv, best_norm, best_adv)
             boundary = loss.detach().abs() / grad.flatten(1).norm(p=dual, dim=1).clamp_min(1e-12)
             eps = torch.where(
                 adversarial,
@@ -221,11 +240,9 @@ class DDN(MinimumNormAttack):
             adv = x + delta
             logits = model(adv)
             loss = sign * F.cross_entropy(logits, y, reduction="none")
-            adversarial = logits.argmax(1) == y if threat.targeted else logits.argmax(1) != y
-            better = adversarial & (norm < best_norm)
+            adversarial = _adversarial(logits, y, threat)
             found |= adversarial
-            best_norm = torch.where(better, norm, best_norm)
-            best_adv = torch.where(better.view(view), adv.detach(), best_adv)
+            best_norm, best_adv = _keep_best(adversarial, norm, adv, best_norm, best_adv)
             (grad,) = torch.autograd.grad(loss.sum(), delta)
             grad_norm = grad.flatten(1).norm(p=2, dim=1)
             direction = grad / grad_norm.view(view)

@@ -46,6 +46,13 @@ def threat_dict(threat: Any) -> dict[str, Any]:
     return threat if isinstance(threat, dict) else threat.model_dump(mode="json")
 
 
+def in_255ths(eps: float) -> str:
+    """``12/255`` when ``eps`` is a whole number of 255ths (the pixel budgets of the field),
+    else ``%g``."""
+    steps = float(eps) * 255
+    return f"{round(steps)}/255" if abs(steps - round(steps)) < 1e-6 else f"{float(eps):g}"
+
+
 def eps_text(threat: Any) -> str:
     """A budget as a reader sees it: the fraction the config wrote (``8/255``), else ``%g``."""
     threat = threat_dict(threat)

@@ -44,6 +44,8 @@ RONY_STD = (0.247, 0.243, 0.262)
 
 DATASETS = ("cifar10",)
 THREATS = ("Linf", "L2")
+#: our norm names -> RobustBench's threat-model names
+THREAT_NAMES = {"linf": "Linf", "l2": "L2"}
 
 
 # ------------------------------------------------------------------------- WideResNet (TRADES)
@@ -417,7 +419,12 @@ def zoo_entry(name: str, dataset: str, threat: str) -> ZooEntry:
 def _threat(options: dict[str, str]) -> str:
     """RobustBench's spelling of the threat option (``linf`` is ``Linf``)."""
     value = options.get("threat", "Linf")
-    return {"linf": "Linf", "l2": "L2"}.get(value.lower(), value)
+    return THREAT_NAMES.get(value.lower(), value)
+
+
+def find_entry(name: str, options: dict[str, str]) -> ZooEntry | None:
+    """The zoo entry a ``robustbench:NAME?...`` spec names, or None (no error)."""
+    return ZOO.get((options.get("dataset", "cifar10"), _threat(options)), {}).get(name)
 
 
 def checkpoint_path(name: str, options: dict[str, str]) -> Path:

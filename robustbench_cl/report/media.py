@@ -66,7 +66,6 @@ def eps_label(threat: dict[str, Any]) -> str:
     number of 255ths, else ``linf 0.05``."""
     if threat.get("eps_label"):
         return f"{threat['norm']} {threat['eps_label']}"
-    eps = float(threat["eps"])
-    steps = eps * 255
-    text = f"{round(steps)}/255" if abs(steps - round(steps)) < 1e-6 else f"{eps:g}"
-    return f"{threat['norm']} {text}"
+    from robustbench_cl.engine.summary import in_255ths
+
+    return f"{threat['norm']} {in_255ths(threat['eps'])}"

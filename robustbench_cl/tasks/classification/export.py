@@ -31,12 +31,13 @@ from __future__ import annotations
 from typing import Any
 
 from robustbench_cl.engine.export import register_export
+from robustbench_cl.engine.summary import in_255ths
 from robustbench_cl.errors import UserError
+from robustbench_cl.models.robustbench import THREAT_NAMES
 from robustbench_cl.paths import slug
 
 #: the standard version at the original's full settings
 STANDARD = {"version": "standard", "steps": 100, "square_queries": 5000, "n_target_classes": 9}
-THREAT_NAMES = {"linf": "Linf", "l2": "L2"}
 #: the leaderboards: dataset -> (norm -> eps, test images RobustBench evaluates)
 LEADERBOARDS = {
     "cifar10": ({"linf": 8 / 255, "l2": 0.5}, 10_000),
@@ -59,10 +60,7 @@ def _percent(rate: float) -> str:
 def _eps_string(threat: dict[str, Any]) -> str:
     """``"8/255"`` as RobustBench writes it, from the float (never the spelling the config
     used): whole 255ths for linf, else ``%g``."""
-    steps = float(threat["eps"]) * 255
-    if threat["norm"] != "linf":
-        return f"{threat['eps']:g}"
-    return f"{round(steps)}/255" if abs(steps - round(steps)) < 1e-6 else f"{threat['eps']:g}"
+    return in_255ths(threat["eps"]) if threat["norm"] == "linf" else f"{threat['eps']:g}"
 
 
 def _dataset(results: dict[str, Any], options: dict[str, str]) -> str:
@@ -80,15 +78,13 @@ _NAMED_SCHEMES = ("builtin", "torchvision", "timm")
 def _architecture(spec: str) -> str:
     """The zoo's architecture for a ``robustbench:`` spec, ``scheme:name`` for a named one;
     else empty (a path-like spec is never written into an entry)."""
-    from robustbench_cl.models.robustbench import ZOO
+    from robustbench_cl.models.robustbench import find_entry
     from robustbench_cl.utils import parse_spec
 
     scheme, target, options = parse_spec(spec)
-    if scheme == "robustbench":
-        threat = {"linf": "Linf", "l2": "L2"}.get(options.get("threat", "Linf").lower(), "Linf")
-        entry = ZOO.get((options.get("dataset", "cifar10"), threat), {}).get(target)
-        if entry is not None:
-            return entry.architecture
+    entry = find_entry(target, options) if scheme == "robustbench" else None
+    if entry is not None:
+        return entry.architecture
     return f"{scheme}:{target}" if scheme in _NAMED_SCHEMES else ""
 
 
