@@ -129,17 +129,16 @@ def test_unbounded_suffix_variant_perturbs_only_the_suffix(chat, harmful):
 
 def test_gcg_suffix_stays_in_vocabulary_and_never_gets_worse(chat, harmful):
     instructions, targets = harmful
-    result = make_attack("gcg", steps=6, suffix_length=4, topk=8, candidates=16).run(
-        chat, instructions, targets, TOKEN
-    )
-    columns = chat.suffix_columns(result.batch, 4)
-    suffix = result.batch.ids[:, columns]
-    allowed = chat.allowed_tokens()
+    result = make_attack(
+        "gcg", steps=6, suffix_length=4, topk=8, candidates=16, filter_retokenization=False
+    ).run(chat, instructions, targets, TOKEN)
+    suffix = result.suffix_ids
+    allowed = chat.allowed_tokens(ascii_only=True)
     assert allowed[suffix].all()
     assert not set(suffix.flatten().tolist()) & set(chat.tokenizer.all_special_ids)
-    start = make_attack("gcg", steps=1, suffix_length=4, topk=8, candidates=1).run(
-        chat, instructions, targets, TOKEN
-    )
+    start = make_attack(
+        "gcg", steps=1, suffix_length=4, topk=8, candidates=1, filter_retokenization=False
+    ).run(chat, instructions, targets, TOKEN)
     assert (result.loss <= start.loss + 1e-5).all()
     assert len(result.suffix) == len(instructions) and len(result.suffix_retokenizes) == 4
     assert result.cost.forward == len(instructions) * (6 * 17 + 2)

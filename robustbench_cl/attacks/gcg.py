@@ -2,24 +2,84 @@
 
 Each step takes the gradient of the target cross-entropy w.r.t. the one-hot suffix tokens,
 keeps the ``topk`` most promising replacement tokens per position, samples ``candidates``
-single-token swaps per prompt, scores all of them in batched forward passes and keeps the best.
-Candidates come only from ordinary vocabulary tokens (no special tokens). The suffix returned is
-the best seen (lowest loss). Everything stays on the device inside the step loop.
+swaps of ``n_replace`` positions per prompt, scores them in batched forward passes and keeps
+the best. Candidates come only from ordinary vocabulary tokens (no special tokens). The suffix
+returned is the best seen (lowest loss).
 
-The suffix is evaluated as token ids, as in HarmBench's GCG; whether its text encodes back to
-the same ids is recorded per prompt (``suffix_retokenizes``).
+Text-faithful by default (``filter_retokenization``): a candidate is kept only when the text a
+user would send, the instruction followed by the decoded suffix, encodes back to exactly the
+ids that were scored (nanoGCG and llm-attacks filter the suffix alone; the boundary with the
+instruction can merge too). Whatever the filter, the returned outcome (loss, forced, and the
+embeddings the task generates from) is computed on that text re-encoded, so a reported ASR
+counts what a user reproduces; ``suffix_retokenizes`` records per prompt whether the text gave
+back the optimised ids.
+
+Engineering: the keys and values of every column before the suffix are computed once
+(``prefix_cache``, identical losses); a prompt forced for ``early_stop`` consecutive steps stops
+and its cost stops counting; the candidate chunk halves on out-of-memory. Filtering needs the
+candidate ids on the host once per step (the tokenizer runs there), as in every GCG.
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 import torch.nn.functional as F
 
 from robustbench_cl.attacks.base import Cost, report_step, require_int
 from robustbench_cl.attacks.jailbreak import JailbreakAttack, JailbreakResult
-from robustbench_cl.errors import ThreatModelViolation
-from robustbench_cl.models.llm import readable_text
+from robustbench_cl.errors import ThreatModelViolation, UserError
+from robustbench_cl.models.llm import ChatBatch, ChatLM, readable_text
 from robustbench_cl.registry import register_attack
+
+logger = logging.getLogger(__name__)
+
+
+def tail(batch: ChatBatch, start: int) -> ChatBatch:
+    """Columns ``[start, L)`` of ``batch``, for the losses of logits computed from a cached
+    prefix (their ``attention`` is not a model input: the model takes the full mask)."""
+    return ChatBatch(
+        batch.ids[:, start:],
+        batch.attention[:, start:],
+        batch.instruction[:, start:],
+        batch.suffix[:, start:],
+        batch.target[:, start:],
+        batch.prompt_length - start,
+    )
+
+
+def round_trips(lm: ChatLM, instructions: list[str], rows: list[list[int]]) -> list[bool]:
+    """Per row: the instruction followed by the row's decoded text encodes to the instruction's
+    ids followed by exactly the row (what the attack scored is what a user's text gives)."""
+    texts = lm.tokenizer.batch_decode(rows)
+    full = lm.tokenizer([i + t for i, t in zip(instructions, texts)], add_special_tokens=False)[
+        "input_ids"
+    ]
+    heads = {i: lm._tokens(i) for i in set(instructions)}
+    return [f == heads[i] + r for i, r, f in zip(instructions, rows, full)]
+
+
+def text_outcome(lm: ChatLM, instructions, targets, suffix: torch.Tensor):  # noqa: ANN001, ANN201
+    """The prompts as a user sends them (instruction + decoded suffix, re-encoded), their
+    layout, embeddings, logits-based loss and forced success, and per prompt whether the text
+    gave back the suffix ids."""
+    rows = suffix.tolist()
+    texts = lm.tokenizer.batch_decode(rows)
+    prompts = [i + t for i, t in zip(instructions, texts)]
+    faithful = round_trips(lm, instructions, rows)
+    with torch.no_grad():
+        batch = lm.layout(prompts, targets)
+        embeds = lm.embed(batch.ids)
+        logits = lm.logits(embeds, batch)
+        return (
+            prompts,
+            faithful,
+            batch,
+            embeds,
+            lm.target_loss(logits, batch),
+            lm.forced(logits, batch),
+        )
 
 
 @register_attack("gcg")
@@ -27,12 +87,20 @@ class GCG(JailbreakAttack):
     """Greedy coordinate gradient suffix attack (top-k candidates, batched evaluation).
 
     Args:
-        steps: GCG iterations (each: one gradient, `candidates` evaluated swaps).
+        steps: GCG iterations (each: one gradient, up to `candidates` evaluated swaps).
         suffix_length: tokens of the adversarial suffix.
         topk: tokens per suffix position kept from the gradient's top-k.
-        candidates: single-token swaps sampled from the top-k and evaluated per step.
+        candidates: swaps sampled from the top-k and evaluated per prompt and step.
         init: the text whose first token fills the initial suffix.
-        eval_chunk: candidate sequences per forward pass (lower it to save memory).
+        eval_chunk: candidate sequences per forward pass (halved on out-of-memory).
+        n_replace: suffix positions each candidate changes (nanoGCG's, distinct positions).
+        filter_retokenization: drop candidates whose text does not encode back to their ids
+            (false: the ids are optimised as they are; the cell is flagged).
+        early_stop: stop a prompt once its suffix forces the target for this many consecutive
+            steps (null: every prompt runs every step).
+        prefix_cache: compute what precedes the suffix once (identical losses).
+        allow_non_ascii: let the suffix use tokens whose text is not printable ASCII (off by
+            default, as in nanoGCG and llm-attacks: a suffix a user can type).
     """
 
     name = "gcg"
@@ -47,6 +115,11 @@ class GCG(JailbreakAttack):
         candidates: int = 64,
         init: str = "!",
         eval_chunk: int = 1024,
+        n_replace: int = 1,
+        filter_retokenization: bool = True,
+        early_stop: int | None = None,
+        prefix_cache: bool = True,
+        allow_non_ascii: bool = False,
     ) -> None:
         for name, value in (
             ("steps", steps),
@@ -54,107 +127,221 @@ class GCG(JailbreakAttack):
             ("topk", topk),
             ("candidates", candidates),
             ("eval_chunk", eval_chunk),
+            ("n_replace", n_replace),
         ):
             require_int(f"gcg.{name}", value)
+        if n_replace > suffix_length:
+            raise UserError(
+                "gcg.n_replace",
+                f"{n_replace} is more than the suffix's {suffix_length} positions",
+                "use at most suffix_length",
+            )
+        if early_stop is not None:
+            require_int("gcg.early_stop", early_stop)
+        for name, value in (
+            ("filter_retokenization", filter_retokenization),
+            ("prefix_cache", prefix_cache),
+            ("allow_non_ascii", allow_non_ascii),
+        ):
+            if not isinstance(value, bool):
+                raise UserError(f"gcg.{name}", f"must be true or false, got {value!r}")
         self.steps = steps
         self.suffix_length = suffix_length
         self.topk = topk
         self.candidates = candidates
         self.init = init
         self.eval_chunk = eval_chunk
+        self.n_replace = n_replace
+        self.filter_retokenization = filter_retokenization
+        self.early_stop = early_stop
+        self.prefix_cache = prefix_cache
+        self.allow_non_ascii = allow_non_ascii
+        self._chunk = eval_chunk
 
-    def _losses(self, lm, batch, ids: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        """Target loss of each row of ``ids`` (rows repeat ``batch``'s samples in order)."""
-        repeat = ids.shape[0] // len(batch)
-        out = []
-        for start in range(0, ids.shape[0], self.eval_chunk):
-            rows = torch.arange(
-                start, min(start + self.eval_chunk, ids.shape[0]), device=ids.device
-            )
-            expanded = batch.select(rows // repeat)
-            expanded.ids = ids[rows]
-            out.append(lm.target_loss(lm.logits(lm.embed(expanded.ids), expanded), expanded))
-        return torch.cat(out)
+    # ------------------------------------------------------------------ forward passes
+    def _tail_logits(self, lm, batch, embeds_tail, start, states, rows):  # noqa: ANN001, ANN202
+        """Logits of columns ``[start, L)`` for the prompts ``rows`` of ``batch``."""
+        sub = batch.select(rows)
+        if states is not None:
+            return lm.logits_after(embeds_tail, sub, start, states, rows)
+        with torch.no_grad():
+            head = lm.embed(sub.ids[:, :start])
+        return lm.logits(torch.cat([head, embeds_tail], 1), sub)[:, start:]
 
+    def _losses(self, lm, batch, ids, prompt, start, states) -> torch.Tensor:  # noqa: ANN001
+        """Target loss of each row of ``ids`` (columns from ``start``), row ``r`` a candidate
+        for prompt ``prompt[r]``; the chunk halves on out-of-memory."""
+        out, begin = [], 0
+        while begin < ids.shape[0]:
+            stop = min(begin + self._chunk, ids.shape[0])
+            try:
+                rows = prompt[begin:stop]
+                logits = self._tail_logits(
+                    lm, batch, lm.embed(ids[begin:stop]), start, states, rows
+                )
+                sub = tail(batch.select(rows), start)
+                sub.ids = ids[begin:stop]
+                out.append(lm.target_loss(logits, sub))
+            except torch.OutOfMemoryError:
+                if self._chunk == 1:
+                    raise
+                self._chunk = max(1, self._chunk // 2)
+                logger.warning("gcg: out of memory; candidate chunk halved to %d", self._chunk)
+                if lm.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            begin = stop
+        return torch.cat(out) if out else ids.new_zeros(0, dtype=torch.float)
+
+    def _sample(self, top, suffix, generator) -> torch.Tensor:  # noqa: ANN001
+        """(n, candidates, length) candidate suffixes from (n, length, topk) top tokens."""
+        n, length = suffix.shape
+        device = suffix.device
+        rows = torch.arange(n, device=device)
+        candidates = suffix[:, None, :].repeat(1, self.candidates, 1)
+        if self.n_replace == 1:
+            position = torch.randint(length, (n, self.candidates), generator=generator)
+            choice = torch.randint(top.shape[-1], (n, self.candidates), generator=generator)
+            position, choice = position.to(device), choice.to(device)
+            token = top[rows[:, None], position, choice]
+            return candidates.scatter_(2, position[..., None], token[..., None])
+        shape = (n, self.candidates, length)
+        position = torch.rand(shape, generator=generator).argsort(-1)[..., : self.n_replace]
+        choice = torch.randint(
+            top.shape[-1], (n, self.candidates, self.n_replace), generator=generator
+        )
+        position, choice = position.to(device), choice.to(device)
+        token = top[rows[:, None, None], position, choice]
+        return candidates.scatter_(2, position, token)
+
+    # ------------------------------------------------------------------ the attack
     def _run(
         self, lm, instructions, targets, threat, generator, initial_suffix=None
     ) -> JailbreakResult:  # noqa: ANN001
         """``initial_suffix``: per prompt, a (suffix_length,) id tensor to start from, or None."""
+        self._chunk = self.eval_chunk
         init = lm.tokenizer(self.init, add_special_tokens=False)["input_ids"][:1] or [0]
         n, length = len(instructions), self.suffix_length
         suffix = torch.full((n, length), init[0], dtype=torch.long, device=lm.device)
         for row, start in enumerate(initial_suffix or []):
             if start is not None:
                 suffix[row] = start.to(lm.device)
+        if self.filter_retokenization:
+            broken = [
+                i for i, ok in enumerate(round_trips(lm, instructions, suffix.tolist())) if not ok
+            ]
+            if broken:
+                logger.warning(
+                    "gcg: the initial suffix of %d prompt(s) does not encode back from its "
+                    "text; their candidates must repair it first (another init may help)",
+                    len(broken),
+                )
         batch = lm.layout(instructions, targets, suffix)
         columns = lm.suffix_columns(batch, length)
+        start = columns.start
         weights = lm.embedding_matrix
         vocab = weights.shape[0]
-        allowed = lm.allowed_tokens()
+        allowed = lm.allowed_tokens(ascii_only=not self.allow_non_ascii)
         topk = min(self.topk, int(allowed.sum()))
         with torch.no_grad():
             base = lm.embed(batch.ids)
+        states = lm.prefix_states(base, batch, start) if self.prefix_cache else None
         best_loss = torch.full((n,), float("inf"), device=lm.device)
         best_suffix = suffix.clone()
+        streak = torch.zeros(n, dtype=torch.long, device=lm.device)
+        active = torch.arange(n, device=lm.device)
         history = []
-        rows = torch.arange(n, device=lm.device)
+        forward = backward = filtered = 0
         for step in range(self.steps):
             report_step(step, self.steps)
-            one_hot = F.one_hot(suffix, vocab).to(weights.dtype).requires_grad_(True)
-            embeds = torch.cat(
-                [base[:, : columns.start], one_hot @ weights, base[:, columns.stop :]], 1
-            )
-            loss = lm.target_loss(lm.logits(embeds, batch), batch)
+            sub = batch.select(active)
+            one_hot = F.one_hot(suffix[active], vocab).to(weights.dtype).requires_grad_(True)
+            embeds_tail = torch.cat([one_hot @ weights, base[active, columns.stop :]], 1)
+            logits = self._tail_logits(lm, batch, embeds_tail, start, states, active)
+            view = tail(sub, start)
+            view.ids = view.ids.clone()
+            view.ids[:, :length] = suffix[active]
+            loss = lm.target_loss(logits, view)
             (grad,) = torch.autograd.grad(loss.sum(), one_hot)
+            forward += len(active)
+            backward += len(active)
             with torch.no_grad():
-                improved = loss < best_loss
-                best_loss = torch.where(improved, loss, best_loss)
+                full_loss = best_loss.clone()
+                full_loss[active] = loss
+                history.append(full_loss.mean())
+                improved = full_loss < best_loss
+                best_loss = torch.where(improved, full_loss, best_loss)
                 best_suffix = torch.where(improved[:, None], suffix, best_suffix)
-                history.append(loss.mean())
+                if self.early_stop is not None:
+                    forced = torch.zeros(n, dtype=torch.bool, device=lm.device)
+                    forced[active] = lm.forced(logits, view)
+                    streak = torch.where(forced, streak + 1, torch.zeros_like(streak))
+                    stopping = streak >= self.early_stop
+                    # a prompt stops on the suffix that forced it: keep that one
+                    best_suffix = torch.where(stopping[:, None], suffix, best_suffix)
+                    best_loss = torch.where(stopping, full_loss, best_loss)
+                    keep = ~stopping[active]
+                    if not bool(keep.all()):
+                        active, grad, loss = active[keep], grad[keep], loss[keep]
+                    if len(active) == 0:
+                        break
+                m = len(active)
                 grad = grad.masked_fill(~allowed, float("inf"))
-                top = (-grad).topk(topk, dim=-1).indices  # (n, length, topk)
-                position = torch.randint(length, (n, self.candidates), generator=generator)
-                choice = torch.randint(topk, (n, self.candidates), generator=generator)
-                position, choice = position.to(lm.device), choice.to(lm.device)
-                token = top[rows[:, None], position, choice]  # (n, candidates)
-                candidates = suffix[:, None, :].repeat(1, self.candidates, 1)
-                candidates.scatter_(2, position[..., None], token[..., None])
-                ids = batch.ids.repeat_interleave(self.candidates, 0)
-                ids[:, columns] = candidates.reshape(-1, length)
-                scores = self._losses(lm, batch, ids).view(n, self.candidates)
-                suffix = candidates[rows, scores.argmin(1)]
+                top = (-grad).topk(topk, dim=-1).indices  # (m, length, topk)
+                candidates = self._sample(top, suffix[active], generator)  # (m, c, length)
+                flat = candidates.reshape(-1, length)
+                prompt = active.repeat_interleave(self.candidates)
+                if self.filter_retokenization:
+                    keep = round_trips(
+                        lm, [instructions[i] for i in prompt.tolist()], flat.tolist()
+                    )
+                    kept = torch.tensor(keep, device=lm.device)
+                    filtered += len(keep) - sum(keep)
+                else:
+                    kept = torch.ones(len(flat), dtype=torch.bool, device=lm.device)
+                    keep = None
+                scores = torch.full((len(flat),), float("inf"), device=lm.device)
+                if keep is None or any(keep):
+                    index = kept.nonzero().squeeze(1) if keep is not None else None
+                    ids = batch.ids[prompt if index is None else prompt[index], start:].clone()
+                    ids[:, :length] = flat if index is None else flat[index]
+                    pick = prompt if index is None else prompt[index]
+                    losses = self._losses(lm, batch, ids, pick, start, states)
+                    if index is None:
+                        scores = losses
+                    else:
+                        scores[index] = losses
+                    forward += len(ids)
+                scores = scores.view(m, self.candidates)
+                best = scores.argmin(1)
+                moved = torch.isfinite(scores.min(1).values)
+                chosen = candidates[torch.arange(m, device=lm.device), best]
+                suffix[active] = torch.where(moved[:, None], chosen, suffix[active])
         with torch.no_grad():  # score the last suffix too, then return the best seen
-            ids = batch.ids.clone()
-            ids[:, columns] = suffix
-            last = self._losses(lm, batch, ids)
+            ids = batch.ids[:, start:].clone()
+            ids[:, :length] = suffix
+            everyone = torch.arange(n, device=lm.device)
+            last = self._losses(lm, batch, ids, everyone, start, states)
+            forward += n
             suffix = torch.where((last < best_loss)[:, None], suffix, best_suffix)
-            batch.ids[:, columns] = suffix
-            embeds = lm.embed(batch.ids)
-            logits = lm.logits(embeds, batch)
-            final = lm.target_loss(logits, batch)
-            forced = lm.forced(logits, batch)
         if not bool(allowed[suffix].all()):
             raise ThreatModelViolation("gcg produced a suffix token outside the allowed vocabulary")
-        texts = lm.tokenizer.batch_decode(suffix.tolist())
-        retokenizes = [
-            lm.tokenizer(t, add_special_tokens=False)["input_ids"] == row
-            for t, row in zip(texts, suffix.tolist())
-        ]
-        # shown in reports: a suffix cut inside a UTF-8 character has its stray bytes escaped
-        texts = [readable_text(lm.tokenizer, row) for row in suffix.tolist()]
-        steps = self.steps
-        cost = Cost(
-            forward=n * (steps * (1 + self.candidates) + 2),
-            backward=n * steps,
-            queries=n * (steps * (1 + self.candidates) + 2),
+        prompts, faithful, text_batch, embeds, final, forced = text_outcome(
+            lm, instructions, targets, suffix
         )
+        forward += n
+        cost = Cost(forward=forward, backward=backward, queries=forward)
         return JailbreakResult(
             embeds,
-            batch,
+            text_batch,
             forced,
             final,
             cost,
-            suffix=texts,
-            suffix_retokenizes=retokenizes,
+            # shown in reports: a suffix cut inside a UTF-8 character has its stray bytes escaped
+            suffix=[readable_text(lm.tokenizer, row) for row in suffix.tolist()],
+            suffix_retokenizes=faithful,
             history=torch.stack(history).tolist() if history else [],
+            suffix_ids=suffix,
+            prompts=prompts,
+            filtered=filtered,
         )

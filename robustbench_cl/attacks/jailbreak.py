@@ -37,6 +37,9 @@ class JailbreakResult:
     suffix: list[str] | None = None  # the adversarial suffix text, per sample (suffix attacks)
     suffix_retokenizes: list[bool] | None = None  # the suffix text encodes back to its tokens
     history: list[float] = field(default_factory=list)  # mean target loss per step
+    suffix_ids: torch.Tensor | None = None  # (B, S) the optimised suffix ids (suffix attacks)
+    prompts: list[str] | None = None  # the user message exactly as sent (instruction + suffix)
+    filtered: int = 0  # candidates dropped because their text does not encode back to them
 
 
 class JailbreakAttack(AttackBase):

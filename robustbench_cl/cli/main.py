@@ -242,6 +242,7 @@ LIST_KINDS = (
     "protectors",
     "routers",
     "exports",
+    "judges",
 )
 
 #: the classification data sources; every task lists its own (``Task.data_sources``)
@@ -319,6 +320,11 @@ def list_command(kind: str, pattern: str, with_params: bool) -> None:
         from robustbench_cl.privacy.routers import ROUTERS
 
         rows += [(name, _doc_line(router)) for name, router in ROUTERS.items()]
+    elif kind == "judges":
+        from robustbench_cl.tasks.jailbreak.judges import JUDGE_SCHEMES, JUDGES
+
+        rows += [(name, JUDGES.summary(name)) for name in JUDGES.names()]
+        rows += [(f"{name}:DIR", _doc_line(factory)) for name, factory in JUDGE_SCHEMES.items()]
     else:
         reg = _named_registry(kind)
         for name in reg.names():
@@ -379,7 +385,7 @@ class _SpecOptions:
 def _parameter_sources(kind: str) -> list[tuple[str, str, Any]]:
     """``(shown name, summary, factory)`` of each entry of ``kind`` that takes parameters."""
 
-    if kind in ("suites", "datasets", "routers"):
+    if kind in ("suites", "datasets", "routers", "judges"):
         raise UserError(
             "--params",
             f"{kind} take no parameters in a config",

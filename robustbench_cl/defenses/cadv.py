@@ -461,7 +461,13 @@ class DiscreteAT(_ChatAdversarialTraining):
 
     def attack(self, lm: ChatLM, chosen: list, generator: torch.Generator) -> dict[str, Any]:  # noqa: ANN001
         gcg = GCG(
-            steps=self.gcg_steps, suffix_length=self.suffix_length, candidates=self.candidates
+            steps=self.gcg_steps,
+            suffix_length=self.suffix_length,
+            candidates=self.candidates,
+            # training consumes the ids, as R2D2 does; and the recipe's cached models stay valid
+            filter_retokenization=False,
+            prefix_cache=False,
+            allow_non_ascii=True,
         )
         start = [self._suffixes.get(e.behavior) for e in chosen]
         threat = ThreatModel(norm="none", eps=0, space="token", bounds=None)
@@ -473,8 +479,7 @@ class DiscreteAT(_ChatAdversarialTraining):
             generator,
             initial_suffix=start,
         )
-        columns = lm.suffix_columns(result.batch, self.suffix_length)
-        suffix = result.batch.ids[:, columns].detach()
+        suffix = result.suffix_ids.detach()
         for example, row in zip(chosen, suffix):
             self._suffixes[example.behavior] = row  # persistent per behaviour, as in R2D2
         return {"delta": None, "suffix": suffix, "cost": result.cost}

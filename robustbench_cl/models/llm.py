@@ -113,14 +113,25 @@ class ChatLM(nn.Module):
             return end
         return self.tokenizer.eos_token_id
 
-    def allowed_tokens(self) -> torch.Tensor:
-        """(V,) bool: ordinary vocabulary tokens a suffix may use (no special tokens)."""
+    def allowed_tokens(self, ascii_only: bool = False) -> torch.Tensor:
+        """(V,) bool: ordinary vocabulary tokens a suffix may use (no special tokens); with
+        ``ascii_only``, only those whose text is printable ASCII (nanoGCG's and llm-attacks'
+        default: a suffix a user can type and paste)."""
         vocab = self.embedding_matrix.shape[0]
         allowed = torch.zeros(vocab, dtype=torch.bool)
         allowed[: len(self.tokenizer)] = True
         for token_id in self.tokenizer.all_special_ids:
             if token_id < vocab:
                 allowed[token_id] = False
+        if ascii_only:
+            if getattr(self, "_printable", None) is None:
+                texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+                printable = torch.zeros(vocab, dtype=torch.bool)
+                printable[: len(texts)] = torch.tensor(
+                    [t.isascii() and t.isprintable() and t != "" for t in texts]
+                )
+                self._printable = printable
+            allowed &= self._printable
         return allowed.to(self.device)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -212,6 +223,47 @@ class ChatLM(nn.Module):
 
     def forward(self, embeds: torch.Tensor, batch: ChatBatch) -> torch.Tensor:  # noqa: D102
         return self.logits(embeds, batch)
+
+    @torch.no_grad()
+    def prefix_states(
+        self, embeds: torch.Tensor, batch: ChatBatch, stop: int
+    ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """The keys and values of every layer for columns ``[0, stop)`` (what precedes an
+        attacked suffix), or None where the model keeps no standard per-layer cache."""
+        out = self.model(
+            inputs_embeds=embeds[:, :stop],
+            attention_mask=batch.attention[:, :stop],
+            position_ids=batch.positions[:, :stop],
+            use_cache=True,
+        )
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        layers = getattr(cache, "layers", None)
+        if not layers or any(not hasattr(layer, "keys") for layer in layers):
+            return None
+        return [(layer.keys, layer.values) for layer in layers]
+
+    def logits_after(
+        self,
+        embeds: torch.Tensor,
+        batch: ChatBatch,
+        start: int,
+        states: list[tuple[torch.Tensor, torch.Tensor]],
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits of columns ``[start, L)`` given :meth:`prefix_states` up to ``start`` (of the
+        prefix rows ``rows``, one per row of ``embeds``). A fresh cache per call: a reused one
+        is appended to in place (transformers 5), and the "prefix" would grow every step."""
+        from transformers import DynamicCache
+
+        picked = states if rows is None else [(k[rows], v[rows]) for k, v in states]
+        out = self.model(
+            inputs_embeds=embeds,
+            attention_mask=batch.attention,
+            position_ids=batch.positions[:, start:],
+            cache=DynamicCache(ddp_cache_data=picked),
+            use_cache=True,
+        )
+        return out.logits
 
     @staticmethod
     def token_logprobs(logits: torch.Tensor, batch: ChatBatch) -> torch.Tensor:

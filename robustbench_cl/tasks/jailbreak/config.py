@@ -23,7 +23,7 @@ from robustbench_cl.tasks.jailbreak.results import jailbreak_label
 from robustbench_cl.tasks.sections import build_columns, build_defenses, check_models
 
 #: bump when the jailbreak protocol changes (record ids change, so old records are not reused)
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: outcomes on the suffix text re-encoded; judges
 
 
 DEFAULT_THREATS = {
@@ -92,6 +92,25 @@ class JailbreakConfig(StrictConfig):
     shard_size: int | None = Field(default=None, ge=1)
     #: example prompts and completions kept per attack cell for the report
     examples: int = Field(default=3, ge=0, le=12)
+    #: the judges of every completion (`robustbench-cl list judges`); the first is primary
+    #: (its ASR is the cell's judged ASR); with two or more, each cell reports their pairwise
+    #: agreement and Cohen's kappa
+    judges: list[str] = Field(default_factory=lambda: ["keyword"], min_length=1)
+    #: ``FILE.csv``: human-labelled responses in JailbreakBench's judge-comparison layout
+    #: (goal, prompt, target_response, human_majority); each judge's precision, recall and F1
+    labels: str | None = None
+
+    @field_validator("judges")
+    @classmethod
+    def _judges_once(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("a judge is listed twice; list each once")
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_file(cls, value: str | None) -> str | None:
+        return None if value is None else str(Path(value).expanduser().resolve())
 
 
 @dataclass(frozen=True)
@@ -100,6 +119,11 @@ class UtilityKey:
 
     mi: int
     di: int
+
+
+@dataclass(frozen=True)
+class JudgeKey:
+    """The judges against the human labels of ``labels``."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +148,12 @@ def expand_jailbreak(config: MatrixConfig) -> dict[str, Any]:
         from robustbench_cl.data.behaviors import load_benign
 
         load_benign(section.data.benign)
+    from robustbench_cl.tasks.jailbreak.judges import check_judge_spec, load_labels
+
+    for i, spec in enumerate(section.judges):  # an unknown judge fails before anything runs
+        check_judge_spec(spec, f"jailbreak.judges[{i}]")
+    if section.labels is not None:
+        load_labels(section.labels)
     check_models("jailbreak", section.models)
     defenses = build_defenses(
         "jailbreak",

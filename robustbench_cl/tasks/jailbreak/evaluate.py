@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from robustbench_cl.attacks.base import step_hook
-from robustbench_cl.attacks.jailbreak import JailbreakAttack, judge, judge_settings
+from robustbench_cl.attacks.jailbreak import JailbreakAttack
 from robustbench_cl.data.chat import answer_correct, is_refusal
 from robustbench_cl.engine.metrics import rate_entry
 from robustbench_cl.tasks.jailbreak.config import JailbreakConfig
@@ -19,6 +19,36 @@ from robustbench_cl.utils import derive_seed
 
 class Evaluation:
     """The jailbreak task's work on a defended chat LM (mixed into it): utility and over-refusal, and one attack cell, shard by shard."""
+
+    def judges(self) -> dict[str, Any]:
+        """The section's judges, built once, in order (the first is primary)."""
+        if getattr(self, "_judges", None) is None:
+            from robustbench_cl.tasks.jailbreak.judges import make_judge
+
+            self._judges = {spec: make_judge(spec) for spec in self.section.judges}
+        return self._judges
+
+    def judge_record(self, record_id: str) -> dict[str, Any]:
+        """Every judge against the human labels of ``labels``."""
+        from robustbench_cl.tasks.jailbreak.judges import against_humans, load_labels
+
+        rows = load_labels(self.section.labels)
+        goals = [r["goal"] for r in rows]
+        responses = [r["response"] for r in rows]
+        humans = [r["human"] for r in rows]
+        targets = [""] * len(rows)  # the file has no targets: the target judges see none
+        judges = {}
+        for name, judge in self.judges().items():
+            judges[name] = against_humans(judge(goals, responses, targets), humans)
+        self.progress.batch_done()
+        return {
+            "type": "jailbreak_judges",
+            "id": record_id,
+            "labels": self.section.labels,
+            "n": len(rows),
+            "human_jailbroken": sum(humans),
+            "judges": judges,
+        }
 
     def clean_record(self, lm, model, defense, built, record_id) -> dict[str, Any]:  # noqa: ANN001
         tokens = self.section.max_new_tokens
@@ -100,9 +130,19 @@ class Evaluation:
         generator = torch.Generator().manual_seed(derive_seed(self.config.seed, *key))
         part: dict[str, Any] = {
             key: []
-            for key in ("forced", "judged", "losses", "completions", "suffixes", "retokenize")
+            for key in (
+                "forced",
+                "losses",
+                "completions",
+                "suffixes",
+                "retokenize",
+                "prompts",
+            )
         }
-        part.update(histories=[], forward=0, backward=0)
+        judges = self.judges()
+        part.update(
+            histories=[], forward=0, backward=0, filtered=0, judgements={j: [] for j in judges}
+        )
         started = time.perf_counter()
         for begin in range(0, len(harmful), size):
             chunk = harmful[begin : begin + size]
@@ -113,12 +153,23 @@ class Evaluation:
             part["forced"] += result.forced.int().tolist()
             part["losses"] += result.loss.tolist()
             part["histories"].append((len(chunk), list(result.history)))
-            part["judged"] += [judge(t, target) for t, target in zip(texts, targets)]
+            goals = [e.instruction for e in chunk]
+            for name, judge in judges.items():
+                part["judgements"][name] += judge(goals, texts, targets)
             part["completions"] += texts
+            # the user message as sent: the text a token attack returns, the request for the
+            # direct baseline; none for embedding attacks (no text carries their input)
+            if result.prompts is not None:
+                part["prompts"] += result.prompts
+            elif attack.name == "direct":
+                part["prompts"] += goals
+            else:
+                part["prompts"] += [None] * len(chunk)
             part["suffixes"] += result.suffix or [None] * len(chunk)
             part["retokenize"] += result.suffix_retokenizes or []
             part["forward"] += result.cost.forward
             part["backward"] += result.cost.backward
+            part["filtered"] += result.filtered
             self.progress.batch_done()
         settings = attack.settings()
         if hasattr(attack, "resolved"):
@@ -138,7 +189,12 @@ class Evaluation:
         def joined(key: str) -> list[Any]:
             return [value for part in parts for value in part[key]]
 
-        forced, judged, losses = joined("forced"), joined("judged"), joined("losses")
+        forced, losses = joined("forced"), joined("losses")
+        names = list(self.section.judges)
+        judgements = {
+            name: [value for part in parts for value in part["judgements"][name]] for name in names
+        }
+        judged = judgements[names[0]]
         completions, suffixes, retokenize = (
             joined("completions"),
             joined("suffixes"),
@@ -195,9 +251,23 @@ class Evaluation:
             generation={
                 "decoding": "greedy",
                 "max_new_tokens": self.section.max_new_tokens,
-                **judge_settings(),
+                **self.judges()[names[0]].settings(),
             },
-            cost={"forward": forward, "backward": backward, "per_prompt_forward": forward / n},
+            judges={name: self.judges()[name].settings() for name in names},
+            judgements=judgements,
+            prompts=joined("prompts"),
+            responses=completions,
+            cost={
+                "forward": forward,
+                "backward": backward,
+                "per_prompt_forward": forward / n,
+                # candidates dropped by the retokenization filter (attacks that have one)
+                **(
+                    {"filtered_candidates": sum(p["filtered"] for p in parts)}
+                    if "filter_retokenization" in parts[0]["settings"]
+                    else {}
+                ),
+            },
             attack_seconds=sum(part["seconds"] for part in parts),
             examples=examples[: self.section.examples],
         )

@@ -36,7 +36,12 @@ def _jailbreak(results: dict[str, Any]) -> dict[str, Any] | None:
         for pair in section["pairs"]
     ]
     generation = section["cells"][0]["generation"] if section["cells"] else {}
+    judged = [c for c in section["cells"] if c.get("judges")]
     return {
+        "judges": judged[0]["judges"] if judged else [],
+        "judge_cells": [c for c in judged if len(c["judges"]) > 1],
+        "validation": section.get("judge_validation"),
+        "inference_cells": [c for c in section["cells"] if c.get("adaptive") is not None],
         "rows": rows,
         "columns": section["columns"],
         "generation": generation,

@@ -19,6 +19,7 @@ from robustbench_cl.tasks.jailbreak.config import (
     PROTOCOL_VERSION,
     AttackKey,
     JailbreakConfig,
+    JudgeKey,
     UtilityKey,
     expand_jailbreak,
 )
@@ -26,6 +27,7 @@ from robustbench_cl.tasks.jailbreak.evaluate import Evaluation
 from robustbench_cl.tasks.jailbreak.report import _jailbreak, _llm, jailbreak_table
 from robustbench_cl.tasks.jailbreak.results import (
     JailbreakCleanRecord,
+    JailbreakJudgesRecord,
     JailbreakRecord,
     JailbreakSection,
     _jailbreak_section,
@@ -44,10 +46,11 @@ class JailbreakTask(Evaluation, Task):
 
     order = 40
 
-    record_types = ("jailbreak_clean", "jailbreak")
+    record_types = ("jailbreak_clean", "jailbreak", "jailbreak_judges")
     record_models: ClassVar[dict[str, Any]] = {
         "jailbreak_clean": JailbreakCleanRecord,
         "jailbreak": JailbreakRecord,
+        "jailbreak_judges": JailbreakJudgesRecord,
     }
     section_model: ClassVar[Any] = JailbreakSection
     config_fields = {"jailbreak": (JailbreakConfig | None, None)}
@@ -117,6 +120,7 @@ class JailbreakTask(Evaluation, Task):
                 "threat": column["threat"].key(),
                 "tokens": self.section.max_new_tokens,
                 "seed": self.config.seed,
+                "judges": self.section.judges,
                 # shards beyond the first draw their own seeds: other outcomes, another id
                 **({"shard_size": self.section.shard_size} if self.section.shard_size else {}),
             }
@@ -128,6 +132,16 @@ class JailbreakTask(Evaluation, Task):
         units = []
         self.unit_pairs: dict[str, tuple[int, int]] = {}
         shards = len(self.shard_ranges())
+        if self.section.labels is not None:
+            content = Path(self.section.labels).read_bytes()
+            judge_id = stable_hash(
+                {
+                    "jailbreak_judges": self.section.judges,
+                    "labels": stable_hash(content.decode("utf-8", "replace")),
+                    "version": PROTOCOL_VERSION,
+                }
+            )
+            units.append(Unit(judge_id, "judges vs human labels", key=JudgeKey()))
         for mi, model in enumerate(plan["models"]):
             for di, (defense, built) in enumerate(plan["defenses"]):
                 clean_id = self._clean_id(model, defense, built)
@@ -150,11 +164,13 @@ class JailbreakTask(Evaluation, Task):
         estimated from a direct one."""
         if isinstance(unit.key, UtilityKey):
             return "jailbreak:utility"
+        if isinstance(unit.key, JudgeKey):
+            return "jailbreak:judges"
         column = self.plan_["columns"][unit.key.ci]
         return f"jailbreak:{column['config'].attack}:{stable_hash(column['built'].settings())}"
 
     def batches(self, unit: Unit, inputs: dict[str, dict[str, Any]]) -> int:
-        if isinstance(unit.key, UtilityKey):
+        if isinstance(unit.key, UtilityKey | JudgeKey):
             return 1
         size = self.section.batch_size
         return sum(-(-(last - first) // size) for first, last in self.shard_ranges())
@@ -189,6 +205,8 @@ class JailbreakTask(Evaluation, Task):
 
     def run_shard(self, unit: Unit, inputs: dict[str, dict[str, Any]], shard: int) -> Any:
         key = unit.key
+        if isinstance(key, JudgeKey):
+            return self.judge_record(unit.id)
         model = self.plan_["models"][key.mi]
         defense = self.plan_["defenses"][key.di][0]
         lm, built = self.lm(key.mi, key.di)
@@ -198,7 +216,7 @@ class JailbreakTask(Evaluation, Task):
         return self.attack_shard(lm, column, unit.id, shard)
 
     def merge(self, unit: Unit, inputs: dict[str, dict[str, Any]], parts: list[Any]) -> dict:
-        if isinstance(unit.key, UtilityKey):
+        if isinstance(unit.key, UtilityKey | JudgeKey):
             return parts[0]
         column = self.plan_["columns"][unit.key.ci]
         return self.cell_record(column, unit.id, unit.needs[0], parts)
@@ -209,7 +227,7 @@ class JailbreakTask(Evaluation, Task):
     # ------------------------------------------------------------------ results
     @classmethod
     def summarize(cls, summary: RunSummary, results: dict[str, Any]) -> dict[str, Any] | None:
-        if not summary.of("jailbreak_clean", "jailbreak"):
+        if not summary.of("jailbreak_clean", "jailbreak", "jailbreak_judges"):
             return None
         return {"jailbreak": _jailbreak_section(summary)}
 
