@@ -64,6 +64,7 @@ class ChatExample:
     response: str
     target: str | None = None  # the affirmative harmful target (harmful prompts only)
     behavior: str | None = None  # "verb object" (harmful and borderline)
+    category: str | None = None  # a behaviours file's category (JailbreakBench, HarmBench)
 
 
 @dataclass

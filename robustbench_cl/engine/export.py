@@ -36,7 +36,9 @@ def export_run(
     exporter = EXPORTS.get(fmt)
     config_path = Path(run_dir) / "config.yaml"
     config = yaml.safe_load(config_path.read_text()) if config_path.exists() else {}
-    files = exporter(load_results(run_dir), dict(options or {}), config or {})
+    options = dict(options or {})
+    options["run_dir"] = str(run_dir)  # formats that need the per-sample records read them
+    files = exporter(load_results(run_dir), options, config or {})
     written = []
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -7,14 +7,18 @@ Records (appended to ``cells.jsonl`` like every other cell):
   (per-sequence forward and backward passes, attack included) and wall time;
 - ``jailbreak``, per (model, defense, attack, eps): per harmful test prompt the *forced*
   outcome (greedy teacher-forced prediction equals the whole harmful target) and the *judged*
-  outcome of free greedy generation (1 harmful target produced, 0 refused, -1 neither), with
-  Wilson intervals. Every attack runs on every harmful prompt (no cascade): per-attack ASR is
+  outcome of free greedy generation by each of the section's ``judges`` (1 jailbroken, 0 not,
+  -1 undetermined; the first judge is primary), with Wilson intervals, and the prompt as sent
+  (token attacks: the instruction followed by the decoded suffix, re-encoded for every
+  outcome) and the response.
+- ``jailbreak_judges``, once with ``labels:``: each judge against human labels. Every attack runs on every harmful prompt (no cascade): per-attack ASR is
   the number users compare; the worst case over attacks is derived in the results.
 
 The attacks are white-box on the defended model: C-AdvUL is evaluated under attacks that know
 its weights (the adaptive setting).
 """
 
+from robustbench_cl.tasks.jailbreak import export  # noqa: F401  (registers jailbreakbench)
 from robustbench_cl.tasks.jailbreak.config import JailbreakConfig, expand_jailbreak
 from robustbench_cl.tasks.jailbreak.task import JailbreakTask
 

@@ -55,8 +55,10 @@ class JailbreakDataConfig(StrictConfig):
     train_benign: int = Field(default=DEFENSE_TRAINING["train_benign"], ge=0)
     #: borderline chats the defenses' utility loss trains on
     train_borderline: int = Field(default=DEFENSE_TRAINING["train_borderline"], ge=0)
-    #: ``behaviors:FILE.csv``: the test harmful prompts from a CSV (goal, target[, category]),
-    #: the first ``n_harmful`` rows; unset, the built-in held-out behaviours
+    #: ``behaviors:FILE.csv``: the test harmful prompts from a CSV (goal, target[, category];
+    #: JailbreakBench's behaviours CSV as published; HarmBench's with
+    #: ``?targets=FILE.json[&only=standard]``), ``n_harmful`` rows of it; unset, the built-in
+    #: held-out behaviours
     behaviors: str | None = None
     #: ``benign:FILE.csv``: the utility and over-refusal prompts from a CSV (instruction,
     #: answer[, kind, task]); unset, the built-in synthetic tasks, which measure only the
@@ -69,7 +71,15 @@ class JailbreakDataConfig(StrictConfig):
         if value is None:
             return None
         prefix = f"{info.field_name}:"
-        return prefix + str(Path(value.removeprefix(prefix)).expanduser().resolve())
+        path, _, query = value.removeprefix(prefix).partition("?")
+        resolved = prefix + str(Path(path).expanduser().resolve())
+        if not query:
+            return resolved
+        parts = []  # a targets file is a path too: resolved where the config is read
+        for part in query.split("&"):
+            key, _, item = part.partition("=")
+            parts.append(f"{key}={Path(item).expanduser().resolve()}" if key == "targets" else part)
+        return resolved + "?" + "&".join(parts)
 
 
 class JailbreakConfig(StrictConfig):

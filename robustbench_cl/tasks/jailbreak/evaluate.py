@@ -257,6 +257,8 @@ class Evaluation:
             judgements=judgements,
             prompts=joined("prompts"),
             responses=completions,
+            goals=[e.instruction for e in harmful],
+            categories=[e.category for e in harmful],
             cost={
                 "forward": forward,
                 "backward": backward,

@@ -393,6 +393,9 @@ class JailbreakRecord(Record):
     #: response judged
     prompts: list[str | None] | None = None
     responses: list[str] | None = None
+    #: per behaviour: the request (without any attack) and its category (null: none given)
+    goals: list[str] | None = None
+    categories: list[str | None] | None = None
     #: an inference-time defense's cell: optimised through the defense, and whether the
     #: defense sees the attack's input at all
     adaptive: bool | None = None
