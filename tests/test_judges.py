@@ -283,12 +283,11 @@ def test_jailbreakbench_and_harmbench_behaviour_files(tmp_path):
 def test_jailbreakbench_artifact_round_trips(tmp_path):
     import json
 
+    from robustbench_cl.data.chat import make_chat
     from robustbench_cl.engine.export import export_run
     from robustbench_cl.engine.runner import run
     from robustbench_cl.models.llm import ChatLM, build_tokenizer, save_chat_lm, tiny_llama
     from robustbench_cl.tasks.jailbreak.export import read_artifact
-
-    from robustbench_cl.data.chat import make_chat
 
     corpus = make_chat("train", 60, 40, 30)
     tokenizer = build_tokenizer(
