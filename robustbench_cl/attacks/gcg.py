@@ -101,6 +101,9 @@ class GCG(JailbreakAttack):
         prefix_cache: compute what precedes the suffix once (identical losses).
         allow_non_ascii: let the suffix use tokens whose text is not printable ASCII (off by
             default, as in nanoGCG and llm-attacks: a suffix a user can type).
+        adaptive: against an inference-time defense (SmoothLLM, a perplexity filter), score
+            candidates through it (its ``adaptive_scores``); false: optimise on the undefended
+            model and only judge through the defense (a non-adaptive, flagged cell).
     """
 
     name = "gcg"
@@ -120,6 +123,7 @@ class GCG(JailbreakAttack):
         early_stop: int | None = None,
         prefix_cache: bool = True,
         allow_non_ascii: bool = False,
+        adaptive: bool = True,
     ) -> None:
         for name, value in (
             ("steps", steps),
@@ -142,6 +146,7 @@ class GCG(JailbreakAttack):
             ("filter_retokenization", filter_retokenization),
             ("prefix_cache", prefix_cache),
             ("allow_non_ascii", allow_non_ascii),
+            ("adaptive", adaptive),
         ):
             if not isinstance(value, bool):
                 raise UserError(f"gcg.{name}", f"must be true or false, got {value!r}")
@@ -156,6 +161,7 @@ class GCG(JailbreakAttack):
         self.early_stop = early_stop
         self.prefix_cache = prefix_cache
         self.allow_non_ascii = allow_non_ascii
+        self.adaptive = adaptive
         self._chunk = eval_chunk
 
     # ------------------------------------------------------------------ forward passes
@@ -216,9 +222,11 @@ class GCG(JailbreakAttack):
 
     # ------------------------------------------------------------------ the attack
     def _run(
-        self, lm, instructions, targets, threat, generator, initial_suffix=None
+        self, lm, instructions, targets, threat, generator, initial_suffix=None, defense=None
     ) -> JailbreakResult:  # noqa: ANN001
-        """``initial_suffix``: per prompt, a (suffix_length,) id tensor to start from, or None."""
+        """``initial_suffix``: per prompt, a (suffix_length,) id tensor to start from, or None.
+        ``defense``: an inference-time defense to score candidates through (adaptive)."""
+        through = defense if self.adaptive else None
         self._chunk = self.eval_chunk
         init = lm.tokenizer(self.init, add_special_tokens=False)["input_ids"][:1] or [0]
         n, length = len(instructions), self.suffix_length
@@ -269,9 +277,10 @@ class GCG(JailbreakAttack):
                 full_loss = best_loss.clone()
                 full_loss[active] = loss
                 history.append(full_loss.mean())
-                improved = full_loss < best_loss
-                best_loss = torch.where(improved, full_loss, best_loss)
-                best_suffix = torch.where(improved[:, None], suffix, best_suffix)
+                if through is None:  # (through a defense: the best by its scores, below)
+                    improved = full_loss < best_loss
+                    best_loss = torch.where(improved, full_loss, best_loss)
+                    best_suffix = torch.where(improved[:, None], suffix, best_suffix)
                 if self.early_stop is not None:
                     forced = torch.zeros(n, dtype=torch.bool, device=lm.device)
                     forced[active] = lm.forced(logits, view)
@@ -307,6 +316,17 @@ class GCG(JailbreakAttack):
                     ids[:, :length] = flat if index is None else flat[index]
                     pick = prompt if index is None else prompt[index]
                     losses = self._losses(lm, batch, ids, pick, start, states)
+                    if through is not None:
+                        sent = lm.tokenizer.batch_decode(ids[:, :length].tolist())
+                        rows_ = pick.tolist()
+                        losses, extra = through.adaptive_scores(
+                            lm,
+                            [instructions[p] + t for p, t in zip(rows_, sent)],
+                            [targets[p] for p in rows_],
+                            losses,
+                            generator,
+                        )
+                        forward += extra
                     if index is None:
                         scores = losses
                     else:
@@ -317,13 +337,22 @@ class GCG(JailbreakAttack):
                 moved = torch.isfinite(scores.min(1).values)
                 chosen = candidates[torch.arange(m, device=lm.device), best]
                 suffix[active] = torch.where(moved[:, None], chosen, suffix[active])
-        with torch.no_grad():  # score the last suffix too, then return the best seen
-            ids = batch.ids[:, start:].clone()
-            ids[:, :length] = suffix
-            everyone = torch.arange(n, device=lm.device)
-            last = self._losses(lm, batch, ids, everyone, start, states)
-            forward += n
-            suffix = torch.where((last < best_loss)[:, None], suffix, best_suffix)
+                if through is not None:
+                    score = scores.min(1).values
+                    improved = torch.zeros(n, dtype=torch.bool, device=lm.device)
+                    improved[active] = score < best_loss[active]
+                    best_loss[active] = torch.minimum(score, best_loss[active])
+                    best_suffix = torch.where(improved[:, None], suffix, best_suffix)
+        if through is not None:  # every suffix taken was scored through the defense
+            suffix = best_suffix
+        else:
+            with torch.no_grad():  # score the last suffix too, then return the best seen
+                ids = batch.ids[:, start:].clone()
+                ids[:, :length] = suffix
+                everyone = torch.arange(n, device=lm.device)
+                last = self._losses(lm, batch, ids, everyone, start, states)
+                forward += n
+                suffix = torch.where((last < best_loss)[:, None], suffix, best_suffix)
         if not bool(allowed[suffix].all()):
             raise ThreatModelViolation("gcg produced a suffix token outside the allowed vocabulary")
         prompts, faithful, text_batch, embeds, final, forced = text_outcome(

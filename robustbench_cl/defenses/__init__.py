@@ -6,6 +6,7 @@ from robustbench_cl.defenses import (  # noqa: F401  (fill the registry)
     dat,
     dp,
     dualtap,
+    llm_inference,
     rae,
     retrieval_ft,
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any
 
@@ -140,6 +141,17 @@ class Evaluation:
             )
         }
         judges = self.judges()
+        defense = getattr(lm, "text_defense", None)
+        adapts = bool(getattr(attack, "adaptive", False))
+        answer_rng = random.Random(derive_seed(self.config.seed, *key, "answers"))
+        part["defense"] = None
+        if defense is not None:
+            applies = attack.name == "direct" or attack.spaces <= {"token"}
+            part["defense"] = {
+                # nothing to adapt for the direct request or where the defense cannot see
+                "adaptive": adapts if applies and hasattr(attack, "adaptive") else None,
+                "applies": applies,
+            }
         part.update(
             histories=[], forward=0, backward=0, filtered=0, judgements={j: [] for j in judges}
         )
@@ -147,9 +159,18 @@ class Evaluation:
         for begin in range(0, len(harmful), size):
             chunk = harmful[begin : begin + size]
             targets = [e.target for e in chunk]
+            options = {"defense": defense} if defense is not None and adapts else {}
             with step_hook(self.progress.step):
-                result = attack.run(lm, [e.instruction for e in chunk], targets, threat, generator)
-            texts = lm.generate(result.embeds, result.batch, self.section.max_new_tokens)
+                result = attack.run(
+                    lm, [e.instruction for e in chunk], targets, threat, generator, **options
+                )
+            sent = result.prompts
+            if sent is None and attack.name == "direct":
+                sent = [e.instruction for e in chunk]
+            if defense is not None and sent is not None:  # the defended answers to the text
+                texts = defense.respond(lm, sent, self.section.max_new_tokens, answer_rng)
+            else:
+                texts = lm.generate(result.embeds, result.batch, self.section.max_new_tokens)
             part["forced"] += result.forced.int().tolist()
             part["losses"] += result.loss.tolist()
             part["histories"].append((len(chunk), list(result.history)))
@@ -259,6 +280,8 @@ class Evaluation:
             responses=completions,
             goals=[e.instruction for e in harmful],
             categories=[e.category for e in harmful],
+            adaptive=(parts[0]["defense"] or {}).get("adaptive"),
+            defense_applies=(parts[0]["defense"] or {}).get("applies"),
             cost={
                 "forward": forward,
                 "backward": backward,

@@ -193,6 +193,23 @@ def jailbreak_flags(cell: dict[str, Any], loss_history: list[float] | None = Non
                     "and validate the judges on human labels (`labels:`)",
                 )
             )
+    if cell.get("adaptive") is False:
+        flags.append(
+            flag(
+                "defense_not_adaptive",
+                "the attack was optimised on the undefended model and only judged through the "
+                "inference-time defense (adaptive: false): a transfer number, an upper bound on "
+                "the defense's robustness",
+            )
+        )
+    if cell.get("defense_applies") is False:
+        flags.append(
+            flag(
+                "defense_bypassed",
+                "the attack's input is not text (embedding space), so the inference-time "
+                "defense never sees it: the cell measures the undefended model",
+            )
+        )
     settings = (cell.get("attack") or {}).get("settings") or {}
     if settings.get("filter_retokenization") is False:
         flags.append(
