@@ -165,3 +165,20 @@ def test_gcg_parameters_are_checked():
         make_attack("gcg", suffix_length=3, n_replace=4)
     with pytest.raises(UserError, match="filter_retokenization"):
         make_attack("gcg", filter_retokenization="yes")
+
+
+def test_random_search_counts_queries_and_never_gets_worse(chat, harmful):
+    instructions, targets = harmful
+    attack = make_attack("random-search", iterations=30, suffix_length=6, early_stop=False)
+    result = attack.run(chat, instructions, targets, TOKEN, torch.Generator().manual_seed(0))
+    assert all(a >= b - 1e-6 for a, b in zip(result.history, result.history[1:]))
+    # at most one query per prompt and iteration, plus the start and the final outcome
+    assert 2 * 4 < result.cost.queries <= 4 * (30 + 2) and result.cost.backward == 0
+    assert all(result.suffix_retokenizes)
+    assert torch.equal(result.batch.ids, chat.layout(result.prompts, targets).ids)
+    first = make_attack("random-search", iterations=30, suffix_length=6, objective="first-token")
+    assert first.run(chat, instructions, targets, TOKEN).cost.queries > 0
+    from robustbench_cl.errors import UserError
+
+    with pytest.raises(UserError, match="objective"):
+        make_attack("random-search", objective="judge")

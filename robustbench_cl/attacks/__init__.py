@@ -13,6 +13,7 @@ from robustbench_cl.attacks import (  # noqa: F401  (registry)
     jailbreak,
     minimum_norm,
     pgd,
+    random_search,
     textret,
     universal,
 )

@@ -169,14 +169,14 @@ def expand_jailbreak(config: MatrixConfig) -> dict[str, Any]:
         "jailbreak",
         section.defenses,
         "does not train chat models",
-        "use none, cadv-ul, cadv-ipo or discrete-at",
+        "use none, cadv-ul, cadv-ipo, discrete-at, smoothllm or perplexity-filter",
     )
     columns = build_columns(
         "jailbreak",
         section.attacks,
         JailbreakAttack,
         "is not a jailbreak attack",
-        "use direct, embedding or gcg (see `robustbench-cl list attacks`)",
+        "use direct, embedding, gcg or random-search (see `robustbench-cl list attacks`)",
         DEFAULT_THREATS,
     )
     labels = [jailbreak_label(c["threat"].to_dict(), c["config"].label) for c in columns]
