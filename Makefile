@@ -52,6 +52,9 @@ $(VENV)/.installed-bench: $(STAMP)
 	# build here and that its fmn and ddn never call: without its dependencies
 	# (benchmarks/minimum_norm_peer.py stands a module in for it)
 	$(BIN)/pip install --quiet --no-deps adv-lib==0.2.8
+	# nanoGCG 0.3.0 (GCG's reference) pins transformers<=4.47.1 for its prefix cache; it runs
+	# beside our transformers with use_prefix_cache=False (benchmarks/gcg_peer.py)
+	$(BIN)/pip install --quiet --no-deps nanogcg==0.3.0
 	touch $@
 
 bench: $(VENV)/.installed-bench
@@ -60,6 +63,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/autoattack_fidelity.py
 	$(BIN)/python benchmarks/autoattack_field_size.py --threads 1
 	$(BIN)/python benchmarks/minimum_norm_peer.py
+	$(BIN)/python benchmarks/gcg_peer.py
 	$(BIN)/python benchmarks/privacy_meter_peer.py
 	$(BIN)/python benchmarks/attack_overhead.py
 	$(BIN)/python benchmarks/attack_overhead.py --batch-size 32 --out reports/bench/attack_overhead_batch32.json

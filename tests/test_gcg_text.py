@@ -99,10 +99,10 @@ def test_out_of_memory_halves_the_candidate_chunk_and_changes_nothing(chat, harm
     reference = run(chat, harmful, eval_chunk=64)
     original = ChatLM.logits_after
 
-    def small_memory(self, embeds, batch, start, states, rows=None):  # noqa: ANN001, ANN202
+    def small_memory(self, embeds, batch, start, states, rows=None, **kwargs):  # noqa: ANN001, ANN003, ANN202
         if embeds.shape[0] > 10:
             raise torch.OutOfMemoryError("injected")
-        return original(self, embeds, batch, start, states, rows)
+        return original(self, embeds, batch, start, states, rows, **kwargs)
 
     monkeypatch.setattr(ChatLM, "logits_after", small_memory)
     attack = make_attack("gcg", steps=8, suffix_length=5, topk=16, candidates=24, eval_chunk=64)

@@ -141,7 +141,9 @@ def test_gcg_suffix_stays_in_vocabulary_and_never_gets_worse(chat, harmful):
     ).run(chat, instructions, targets, TOKEN)
     assert (result.loss <= start.loss + 1e-5).all()
     assert len(result.suffix) == len(instructions) and len(result.suffix_retokenizes) == 4
-    assert result.cost.forward == len(instructions) * (6 * 17 + 2)
+    # per step one gradient pass and at most 16 candidates (repeats and no-ops are not scored
+    # again), then the last suffix and the text outcome
+    assert len(instructions) * (6 + 2) < result.cost.forward <= len(instructions) * (6 * 17 + 2)
 
 
 def test_attacks_refuse_a_threat_they_cannot_honour(chat, harmful):

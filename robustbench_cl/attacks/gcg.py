@@ -49,6 +49,34 @@ def tail(batch: ChatBatch, start: int) -> ChatBatch:
     )
 
 
+def inputs(batch: ChatBatch) -> ChatBatch:
+    """``batch`` without its last column: the last target token predicts nothing, so no pass
+    that only scores the target needs it as an input."""
+    return ChatBatch(
+        batch.ids[:, :-1],
+        batch.attention[:, :-1],
+        batch.instruction[:, :-1],
+        batch.suffix[:, :-1],
+        batch.target[:, :-1],
+        batch.prompt_length,
+    )
+
+
+def next_loss(logits: torch.Tensor, batch: ChatBatch) -> torch.Tensor:
+    """(B,) mean target cross-entropy from logits of every column but the last (column ``j``
+    predicts token ``j + 1``): :meth:`ChatLM.target_loss` without the unused last input."""
+    logprobs = logits.float().log_softmax(-1).gather(-1, batch.ids[:, 1:, None]).squeeze(-1)
+    mask = batch.target[:, 1:]
+    picked = torch.where(mask, logprobs, torch.zeros_like(logprobs))
+    return -picked.sum(1) / batch.target.sum(1).clamp_min(1)
+
+
+def next_forced(logits: torch.Tensor, batch: ChatBatch) -> torch.Tensor:
+    """(B,) bool: :meth:`ChatLM.forced` from logits of every column but the last."""
+    match = (logits.argmax(-1) == batch.ids[:, 1:]) | ~batch.target[:, 1:]
+    return match.all(1) & batch.target.any(1)
+
+
 def round_trips(lm: ChatLM, instructions: list[str], rows: list[list[int]]) -> list[bool]:
     """Per row: the instruction followed by the row's decoded text encodes to the instruction's
     ids followed by exactly the row (what the attack scored is what a user's text gives)."""
@@ -166,38 +194,66 @@ class GCG(JailbreakAttack):
 
     # ------------------------------------------------------------------ forward passes
     def _tail_logits(self, lm, batch, embeds_tail, start, states, rows):  # noqa: ANN001, ANN202
-        """Logits of columns ``[start, L)`` for the prompts ``rows`` of ``batch``."""
-        sub = batch.select(rows)
+        """Logits of columns ``[start, L - 1)`` (``embeds_tail``) for the prompts ``rows`` of
+        ``batch``."""
+        sub = inputs(batch.select(rows))
         if states is not None:
             return lm.logits_after(embeds_tail, sub, start, states, rows)
         with torch.no_grad():
             head = lm.embed(sub.ids[:, :start])
         return lm.logits(torch.cat([head, embeds_tail], 1), sub)[:, start:]
 
-    def _losses(self, lm, batch, ids, prompt, start, states) -> torch.Tensor:  # noqa: ANN001
+    def _losses(  # noqa: ANN001
+        self, lm, batch, ids, prompt, start, states, first=None, local=None, current=None
+    ) -> torch.Tensor:
         """Target loss of each row of ``ids`` (columns from ``start``), row ``r`` a candidate
-        for prompt ``prompt[r]``; the chunk halves on out-of-memory."""
-        out, begin = [], 0
-        while begin < ids.shape[0]:
-            stop = min(begin + self._chunk, ids.shape[0])
-            try:
-                rows = prompt[begin:stop]
-                logits = self._tail_logits(
-                    lm, batch, lm.embed(ids[begin:stop]), start, states, rows
-                )
-                sub = tail(batch.select(rows), start)
-                sub.ids = ids[begin:stop]
-                out.append(lm.target_loss(logits, sub))
-            except torch.OutOfMemoryError:
-                if self._chunk == 1:
-                    raise
-                self._chunk = max(1, self._chunk // 2)
-                logger.warning("gcg: out of memory; candidate chunk halved to %d", self._chunk)
-                if lm.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                continue
-            begin = stop
-        return torch.cat(out) if out else ids.new_zeros(0, dtype=torch.float)
+        for prompt ``prompt[r]``; the chunk halves on out-of-memory. ``first``: per row, the
+        first suffix position it changes. Its columns before that are the current suffix's, so
+        their keys and values come from ``current`` (the gradient pass's cache of the active
+        prompts; row ``local[r]``) and only the columns from there on are computed."""
+        out = torch.empty(ids.shape[0], device=ids.device)
+        if first is None or current is None:
+            groups = [(0, torch.arange(ids.shape[0], device=ids.device))]
+        else:
+            positions = first.tolist()
+            groups = [
+                (p, torch.tensor([i for i, q in enumerate(positions) if q == p], device=ids.device))
+                for p in sorted(set(positions))
+            ]
+        for p, index in groups:
+            begin = 0
+            while begin < len(index):
+                stop = min(begin + self._chunk, len(index))
+                chunk = index[begin:stop]
+                try:
+                    rows = prompt[chunk]
+                    if p == 0:
+                        logits = self._tail_logits(
+                            lm, batch, lm.embed(ids[chunk, :-1]), start, states, rows
+                        )
+                    else:
+                        cut = start + p
+                        past = [(k[:, :, :cut], v[:, :, :cut]) for k, v in current]
+                        logits = lm.logits_after(
+                            lm.embed(ids[chunk, p:-1]),
+                            inputs(batch.select(rows)),
+                            cut,
+                            past,
+                            local[chunk],
+                        )
+                    sub = tail(batch.select(rows), start + p)
+                    sub.ids = ids[chunk, p:]
+                    out[chunk] = next_loss(logits, sub)
+                except torch.OutOfMemoryError:
+                    if self._chunk == 1:
+                        raise
+                    self._chunk = max(1, self._chunk // 2)
+                    logger.warning("gcg: out of memory; candidate chunk halved to %d", self._chunk)
+                    if lm.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    continue
+                begin = stop
+        return out
 
     def _sample(self, top, suffix, generator) -> torch.Tensor:  # noqa: ANN001
         """(n, candidates, length) candidate suffixes from (n, length, topk) top tokens."""
@@ -264,12 +320,19 @@ class GCG(JailbreakAttack):
             report_step(step, self.steps)
             sub = batch.select(active)
             one_hot = F.one_hot(suffix[active], vocab).to(weights.dtype).requires_grad_(True)
-            embeds_tail = torch.cat([one_hot @ weights, base[active, columns.stop :]], 1)
-            logits = self._tail_logits(lm, batch, embeds_tail, start, states, active)
+            embeds_tail = torch.cat([one_hot @ weights, base[active, columns.stop : -1]], 1)
+            current = None
+            if states is not None:  # keep the current suffix's keys and values for candidates
+                logits, current = lm.logits_after(
+                    embeds_tail, inputs(sub), start, states, active, keep_cache=True
+                )
+                current = [(k[:, :, : columns.stop], v[:, :, : columns.stop]) for k, v in current]
+            else:
+                logits = self._tail_logits(lm, batch, embeds_tail, start, states, active)
             view = tail(sub, start)
             view.ids = view.ids.clone()
             view.ids[:, :length] = suffix[active]
-            loss = lm.target_loss(logits, view)
+            loss = next_loss(logits, view)
             (grad,) = torch.autograd.grad(loss.sum(), one_hot)
             forward += len(active)
             backward += len(active)
@@ -283,7 +346,7 @@ class GCG(JailbreakAttack):
                     best_suffix = torch.where(improved[:, None], suffix, best_suffix)
                 if self.early_stop is not None:
                     forced = torch.zeros(n, dtype=torch.bool, device=lm.device)
-                    forced[active] = lm.forced(logits, view)
+                    forced[active] = next_forced(logits, view)
                     streak = torch.where(forced, streak + 1, torch.zeros_like(streak))
                     stopping = streak >= self.early_stop
                     # a prompt stops on the suffix that forced it: keep that one
@@ -292,6 +355,8 @@ class GCG(JailbreakAttack):
                     keep = ~stopping[active]
                     if not bool(keep.all()):
                         active, grad, loss = active[keep], grad[keep], loss[keep]
+                        if current is not None:
+                            current = [(k[keep], v[keep]) for k, v in current]
                     if len(active) == 0:
                         break
                 m = len(active)
@@ -300,22 +365,51 @@ class GCG(JailbreakAttack):
                 candidates = self._sample(top, suffix[active], generator)  # (m, c, length)
                 flat = candidates.reshape(-1, length)
                 prompt = active.repeat_interleave(self.candidates)
+                local = torch.arange(m, device=lm.device).repeat_interleave(self.candidates)
+                rows_list = flat.tolist()
                 if self.filter_retokenization:
-                    keep = round_trips(
-                        lm, [instructions[i] for i in prompt.tolist()], flat.tolist()
-                    )
-                    kept = torch.tensor(keep, device=lm.device)
+                    keep = round_trips(lm, [instructions[i] for i in prompt.tolist()], rows_list)
                     filtered += len(keep) - sum(keep)
                 else:
-                    kept = torch.ones(len(flat), dtype=torch.bool, device=lm.device)
-                    keep = None
+                    keep = [True] * len(rows_list)
+                # what needs a forward pass: a candidate's first changed position; a repeat
+                # of another candidate of its prompt is not scored again (the argmin is the
+                # same), and one that changes nothing scores the current suffix's loss
+                current_rows = suffix[active].tolist()
+                first, evaluate, same = [], [], []
+                seen: set[tuple[int, ...]] = set()
+                for r, (row, ok) in enumerate(zip(rows_list, keep)):
+                    owner = r // self.candidates
+                    key = (owner, *row)
+                    if not ok or key in seen:
+                        continue
+                    seen.add(key)
+                    changed = [j for j in range(length) if row[j] != current_rows[owner][j]]
+                    if not changed and through is None:
+                        same.append(r)
+                        continue
+                    evaluate.append(r)
+                    first.append(changed[0] if changed and current is not None else 0)
                 scores = torch.full((len(flat),), float("inf"), device=lm.device)
-                if keep is None or any(keep):
-                    index = kept.nonzero().squeeze(1) if keep is not None else None
-                    ids = batch.ids[prompt if index is None else prompt[index], start:].clone()
-                    ids[:, :length] = flat if index is None else flat[index]
-                    pick = prompt if index is None else prompt[index]
-                    losses = self._losses(lm, batch, ids, pick, start, states)
+                if same:
+                    index = torch.tensor(same, device=lm.device)
+                    scores[index] = loss[local[index]]
+                if evaluate:
+                    index = torch.tensor(evaluate, device=lm.device)
+                    pick = prompt[index]
+                    ids = batch.ids[pick, start:].clone()
+                    ids[:, :length] = flat[index]
+                    losses = self._losses(
+                        lm,
+                        batch,
+                        ids,
+                        pick,
+                        start,
+                        states,
+                        first=torch.tensor(first),
+                        local=local[index],
+                        current=current,
+                    )
                     if through is not None:
                         sent = lm.tokenizer.batch_decode(ids[:, :length].tolist())
                         rows_ = pick.tolist()
@@ -327,11 +421,8 @@ class GCG(JailbreakAttack):
                             generator,
                         )
                         forward += extra
-                    if index is None:
-                        scores = losses
-                    else:
-                        scores[index] = losses
-                    forward += len(ids)
+                    scores[index] = losses
+                    forward += len(evaluate)
                 scores = scores.view(m, self.candidates)
                 best = scores.argmin(1)
                 moved = torch.isfinite(scores.min(1).values)

@@ -249,21 +249,28 @@ class ChatLM(nn.Module):
         start: int,
         states: list[tuple[torch.Tensor, torch.Tensor]],
         rows: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        keep_cache: bool = False,
+    ) -> Any:
         """Logits of columns ``[start, L)`` given :meth:`prefix_states` up to ``start`` (of the
         prefix rows ``rows``, one per row of ``embeds``). A fresh cache per call: a reused one
-        is appended to in place (transformers 5), and the "prefix" would grow every step."""
+        is appended to in place (transformers 5), and the "prefix" would grow every step.
+        ``keep_cache``: also the keys and values of every column, ``[(keys, values)]`` per
+        layer (detached)."""
         from transformers import DynamicCache
 
         picked = states if rows is None else [(k[rows], v[rows]) for k, v in states]
+        cache = DynamicCache(ddp_cache_data=picked)
         out = self.model(
             inputs_embeds=embeds,
             attention_mask=batch.attention,
             position_ids=batch.positions[:, start:],
-            cache=DynamicCache(ddp_cache_data=picked),
+            cache=cache,
             use_cache=True,
         )
-        return out.logits
+        if not keep_cache:
+            return out.logits
+        layers = (getattr(out, "cache", None) or cache).layers
+        return out.logits, [(layer.keys.detach(), layer.values.detach()) for layer in layers]
 
     @staticmethod
     def token_logprobs(logits: torch.Tensor, batch: ChatBatch) -> torch.Tensor:
