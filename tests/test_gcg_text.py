@@ -182,3 +182,30 @@ def test_random_search_counts_queries_and_never_gets_worse(chat, harmful):
 
     with pytest.raises(UserError, match="objective"):
         make_attack("random-search", objective="judge")
+
+
+def test_universal_gcg_sends_one_text_faithful_suffix_to_held_out_behaviours(chat, tmp_path):
+    from robustbench_cl.models.llm import save_chat_lm
+
+    train = make_chat("train", 0, 6, 0).of("harmful")
+    test = make_chat("test", 0, 3, 0, seed=1).of("harmful")
+    pool = ([e.instruction for e in train], [e.target for e in train])
+    held = ([e.instruction for e in test], [e.target for e in test])
+    params = {"steps": 4, "suffix_length": 4, "topk": 8, "candidates": 8, "train_behaviors": 6}
+    attack = make_attack("gcg-universal", **params)
+    result = attack.run(chat, *held, TOKEN, train=pool, seed=3)
+    assert len(set(result.suffix)) == 1 and (result.suffix_ids == result.suffix_ids[0]).all()
+    text = chat.tokenizer.decode(result.suffix_ids[0].tolist())
+    assert result.prompts == [i + text for i in held[0]]
+    assert all(round_trips(chat, pool[0], [result.suffix_ids[0].tolist()] * 6))
+    (suffix, info), *_ = attack._suffixes.values()
+    assert info["train_loss"] <= info["history"][0] + 1e-6
+    assert result.cost.forward > 6 * 4  # the training behaviours' passes count for the cell
+    again = make_attack("gcg-universal", **params).run(chat, *held, TOKEN, train=pool, seed=3)
+    assert torch.equal(again.suffix_ids, result.suffix_ids)  # seeded
+    # transfer: optimised on another model, sent to this one
+    save_chat_lm(chat, tmp_path / "other")
+    moved = make_attack("gcg-universal", source=f"hf:{tmp_path / 'other'}", **params)
+    transferred = moved.run(chat, *held, TOKEN, train=pool, seed=3)
+    assert moved.source_lm(chat) is not chat
+    assert torch.equal(transferred.suffix_ids, result.suffix_ids)  # the same weights: same suffix

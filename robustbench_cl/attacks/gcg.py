@@ -465,3 +465,179 @@ class GCG(JailbreakAttack):
             prompts=prompts,
             filtered=filtered,
         )
+
+
+@register_attack("gcg-universal")
+class UniversalGCG(GCG):
+    """One GCG suffix for many behaviours (Zou et al.'s multi-prompt GCG), judged on held-out ones.
+
+    The suffix is optimised on ``train_behaviors`` of the section's training harmful behaviours
+    (the mean target loss over them: their gradients summed, every candidate scored on all of
+    them), then appended to each held-out behaviour as text. With ``source`` (a chat model spec,
+    e.g. ``builtin:tiny-chat-lm-reference``) it is optimised on that model and transferred to
+    the cell's (a non-adaptive transfer cell, flagged). Takes GCG's parameters besides.
+
+    Args:
+        train_behaviors: training behaviours the suffix is optimised on.
+        source: optimise on this model instead of the cell's (transfer).
+    """
+
+    name = "gcg-universal"
+    universal = True
+
+    def __init__(self, train_behaviors: int = 25, source: str | None = None, **params) -> None:  # noqa: ANN003
+        super().__init__(**params)
+        require_int("gcg-universal.train_behaviors", train_behaviors)
+        self.train_behaviors = train_behaviors
+        self.source = source
+        self._suffixes: dict[tuple, torch.Tensor] = {}
+        self._source_lm = None
+
+    def source_lm(self, lm):  # noqa: ANN001, ANN201
+        """The model the suffix is optimised on: ``source``'s (loaded once), else ``lm``."""
+        if self.source is None:
+            return lm
+        if self._source_lm is None:
+            from robustbench_cl.models import load_model
+            from robustbench_cl.models.llm import unwrap_chat_lm
+
+            self._source_lm = unwrap_chat_lm(load_model(self.source)).to(lm.device)
+            self._source_lm.requires_grad_(False)
+        return self._source_lm
+
+    def optimise(self, lm, instructions, targets, generator) -> tuple[torch.Tensor, dict]:  # noqa: ANN001
+        """One (suffix_length,) suffix minimising the mean target loss over the prompts."""
+        self._chunk = self.eval_chunk
+        init = lm.tokenizer(self.init, add_special_tokens=False)["input_ids"][:1] or [0]
+        n, length = len(instructions), self.suffix_length
+        suffix = torch.full((length,), init[0], dtype=torch.long, device=lm.device)
+        batch = lm.layout(instructions, targets, suffix.expand(n, length))
+        columns = lm.suffix_columns(batch, length)
+        start = columns.start
+        weights = lm.embedding_matrix
+        allowed = lm.allowed_tokens(ascii_only=not self.allow_non_ascii)
+        topk = min(self.topk, int(allowed.sum()))
+        with torch.no_grad():
+            base = lm.embed(batch.ids)
+        states = lm.prefix_states(base, batch, start)
+        if states is None:
+            raise UserError("gcg-universal", "the model keeps no per-layer cache", "use gcg")
+        everyone = torch.arange(n, device=lm.device)
+        best_loss, best = float("inf"), suffix.clone()
+        forward = backward = filtered = 0
+        history = []
+        for step in range(self.steps):
+            report_step(step, self.steps)
+            one_hot = F.one_hot(suffix, weights.shape[0]).to(weights.dtype).requires_grad_(True)
+            embeds = torch.cat(
+                [(one_hot @ weights).expand(n, length, -1), base[:, columns.stop : -1]], 1
+            )
+            logits, current = lm.logits_after(
+                embeds, inputs(batch), start, states, everyone, keep_cache=True
+            )
+            current = [(k[:, :, : columns.stop], v[:, :, : columns.stop]) for k, v in current]
+            view = tail(batch, start)
+            view.ids = view.ids.clone()
+            view.ids[:, :length] = suffix
+            loss = next_loss(logits, view).mean()
+            (grad,) = torch.autograd.grad(loss, one_hot)
+            forward += n
+            backward += n
+            with torch.no_grad():
+                value = float(loss)
+                history.append(value)
+                if value < best_loss:
+                    best_loss, best = value, suffix.clone()
+                grad = grad.masked_fill(~allowed, float("inf"))
+                top = (-grad).topk(topk, dim=-1).indices[None]
+                candidates = self._sample(top, suffix[None], generator)[0]  # (c, length)
+                rows = candidates.tolist()
+                # a candidate must round-trip after every training instruction
+                keep = [True] * len(rows)
+                if self.filter_retokenization:
+                    for instruction in dict.fromkeys(instructions):
+                        checked = round_trips(lm, [instruction] * len(rows), rows)
+                        keep = [a and b for a, b in zip(keep, checked)]
+                    filtered += len(keep) - sum(keep)
+                current_row = suffix.tolist()
+                unique = [
+                    r
+                    for r, row in enumerate(rows)
+                    if keep[r] and row != current_row and row not in rows[:r]
+                ]
+                if not unique:
+                    continue
+                firsts = [
+                    next(j for j in range(length) if rows[r][j] != current_row[j]) for r in unique
+                ]
+                chosen = torch.tensor(unique, device=lm.device)
+                k = len(unique)
+                ids = batch.ids[:, start:].repeat(k, 1)
+                ids[:, :length] = candidates[chosen].repeat_interleave(n, 0)
+                losses = self._losses(
+                    lm,
+                    batch,
+                    ids,
+                    everyone.repeat(k),
+                    start,
+                    states,
+                    first=torch.tensor(firsts).repeat_interleave(n),
+                    local=everyone.repeat(k),
+                    current=current,
+                )
+                forward += len(ids)
+                means = losses.view(k, n).mean(1)
+                if float(means.min()) < value:  # keep the current suffix if nothing beats it
+                    suffix = candidates[chosen[means.argmin()]].clone()
+        with torch.no_grad():  # the last suffix scored too
+            ids = batch.ids[:, start:].clone()
+            ids[:, :length] = suffix
+            last = float(self._losses(lm, batch, ids, everyone, start, states).mean())
+            forward += n
+            if last < best_loss:
+                best_loss, best = last, suffix
+        info = {
+            "forward": forward,
+            "backward": backward,
+            "filtered": filtered,
+            "train_loss": best_loss,
+            "history": history,
+        }
+        return best, info
+
+    def _run(  # noqa: ANN001
+        self, lm, instructions, targets, threat, generator, defense=None, train=None, seed=0
+    ) -> JailbreakResult:
+        """``train``: (instructions, targets) to optimise on; the result is on ``instructions``."""
+        if train is None:
+            raise UserError(
+                "gcg-universal", "needs training behaviours", "run it in a jailbreak section"
+            )
+        source = self.source_lm(lm)
+        key = (id(source), id(lm) if source is lm else None, seed, tuple(train[0]))
+        if key not in self._suffixes:
+            optimiser = torch.Generator().manual_seed(seed)
+            self._suffixes[key] = self.optimise(source, train[0], train[1], optimiser)
+        suffix, info = self._suffixes[key]
+        rows = suffix.to(lm.device).expand(len(instructions), -1)
+        prompts, faithful, batch, embeds, final, forced = text_outcome(
+            lm, instructions, targets, rows
+        )
+        cost = Cost(
+            forward=info["forward"] + len(instructions),
+            backward=info["backward"],
+            queries=info["forward"] + len(instructions),
+        )
+        return JailbreakResult(
+            embeds,
+            batch,
+            forced,
+            final,
+            cost,
+            suffix=[readable_text(lm.tokenizer, suffix.tolist())] * len(instructions),
+            suffix_retokenizes=faithful,
+            history=info["history"],
+            suffix_ids=rows,
+            prompts=prompts,
+            filtered=info["filtered"],
+        )

@@ -80,12 +80,19 @@ def candidate_words(encoder) -> list[str]:  # noqa: ANN001 - MiniLMEncoder
 
 
 def nearest_word(encoder, embedding: torch.Tensor) -> str:  # noqa: ANN001 - MiniLMEncoder
-    """The vocabulary word closest (l2) to ``embedding``: alphabetic, whole, not a stop word."""
+    """The vocabulary word closest (l2) to ``embedding``: alphabetic, whole, not a stop word,
+    and text-faithful (the word encodes back to exactly its own token, as it is sent)."""
     vocabulary = encoder.tokenizer.convert_ids_to_tokens(list(range(len(encoder.word_embeddings))))
     allowed = torch.tensor([_allowed(token) for token in vocabulary])
     distance = (encoder.word_embeddings - embedding.to(encoder.word_embeddings.device)).norm(dim=1)
     distance[~allowed.to(distance.device)] = float("inf")
-    return vocabulary[int(distance.argmin())]
+    for index in distance.argsort().tolist():
+        if not torch.isfinite(distance[index]):
+            break
+        word = vocabulary[index]
+        if encoder.tokenizer(word, add_special_tokens=False)["input_ids"] == [index]:
+            return word
+    raise UserError("cpgc.text", "no vocabulary word encodes back to itself", "check the tokenizer")
 
 
 def fit_universal_word(

@@ -46,6 +46,8 @@ class TextAttackResult:
     history: list[float] = field(default_factory=list)  # mean margin per step
     #: against a re-ranking pipeline: the attacked queries' re-ranked scores (Q, N)
     reranked: torch.Tensor | None = None
+    #: per text: its decoded text encodes back to the ids the attack chose (token attacks)
+    retokenizes: list[bool] | None = None
 
 
 class TextRetrievalAttack(AttackBase):
@@ -139,21 +141,43 @@ def rerank_scores(scores: torch.Tensor, top: torch.Tensor, logits: torch.Tensor)
     return reranked
 
 
+def _round_trips(retriever: Any, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: each row's text (decoded without special tokens) encodes back to its ids
+    (the row's real tokens, ``mask``)."""
+    rows, masks = ids.shape[0], mask
+    tokenizer = retriever.encoder.tokenizer
+    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+    again = tokenizer(texts, truncation=True, max_length=ids.shape[1])["input_ids"]
+    out = [again[i] == ids[i][masks[i].bool()].tolist() for i in range(rows)]
+    return torch.tensor(out, device=ids.device)
+
+
 @register_attack("hotflip")
 class HotFlip(TextRetrievalAttack):
     """HotFlip token swaps (k = eps tokens) in the query or its relevant passage. Distance: l0.
+
+    Text-faithful: a swap whose decoded text does not encode back to the same ids (a word piece
+    that joins its neighbour, say) is not taken, and the outcome is measured on the decoded text
+    encoded again, as a user's query would be.
 
     Args:
         side: `query` swaps tokens of the query; `passage` of its relevant passage.
         candidates: best first-order swaps evaluated exactly per step.
         negatives: hardest negative passages per query in the loss.
+        filter_retokenization: drop swaps whose text does not encode back to their ids.
     """
 
     name = "hotflip"
     norms = frozenset({"l0"})
     spaces = frozenset({"token"})
 
-    def __init__(self, side: str = "query", candidates: int = 32, negatives: int = 64) -> None:
+    def __init__(
+        self,
+        side: str = "query",
+        candidates: int = 32,
+        negatives: int = 64,
+        filter_retokenization: bool = True,
+    ) -> None:
         from robustbench_cl.errors import UserError
 
         if side not in ("query", "passage"):
@@ -163,6 +187,7 @@ class HotFlip(TextRetrievalAttack):
         self.side = side
         self.candidates = candidates
         self.negatives = negatives
+        self.filter_retokenization = filter_retokenization
 
     def run(
         self,
@@ -246,6 +271,11 @@ class HotFlip(TextRetrievalAttack):
             with torch.no_grad():
                 margins = margins_of(trial)
                 cost.forward += trial.shape[0] * trial.shape[1]
+                if self.filter_retokenization:
+                    faithful = _round_trips(
+                        retriever, trial.flatten(0, 1), mask.repeat_interleave(trial.shape[1], 0)
+                    )
+                    margins = margins.masked_fill(~faithful.view(margins.shape), float("inf"))
             chosen = margins.argmin(1)
             improve = margins.gather(1, chosen[:, None]).squeeze(1) < margin.detach()
             rows = torch.arange(len(ids), device=ids.device)
@@ -253,21 +283,27 @@ class HotFlip(TextRetrievalAttack):
             ids = torch.where(improve[:, None], new_ids, ids)
             swapped = position[rows, chosen]
             swappable[rows[improve], swapped[improve]] = False  # each position at most once
-            history.append(margins.gather(1, chosen[:, None]).mean().detach())
+            taken = margins.gather(1, chosen[:, None]).squeeze(1)
+            history.append(torch.where(improve, taken, margin.detach()).mean().detach())
             report_step(step + 1, k)
-        with torch.no_grad():
-            final = retriever.encode_ids(ids, mask)
         texts = retriever.encoder.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        retokenizes = _round_trips(retriever, ids, mask).tolist()
+        sent = retriever.tokenize(texts)  # the outcome is on the text, encoded again
+        sent_ids = sent["input_ids"].to(ids.device)
+        sent_mask = sent["attention_mask"].to(ids.device)
+        with torch.no_grad():
+            final = retriever.encode_ids(sent_ids, sent_mask)
         result = TextAttackResult(
             query_features=final if self.side == "query" else query_features,
             passage_features=final if self.side == "passage" else None,
             texts=texts,
             cost=cost,
             history=[float(h) for h in history],
+            retokenizes=retokenizes,
         )
         if pipeline is not None:
             with torch.no_grad():
-                result.reranked = pipeline.scores(table[ids], mask)
+                result.reranked = pipeline.scores(table[sent_ids], sent_mask)
         result.wall_time = time.perf_counter() - start
         return result
 

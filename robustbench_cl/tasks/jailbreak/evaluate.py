@@ -149,7 +149,11 @@ class Evaluation:
             applies = attack.name == "direct" or attack.spaces <= {"token"}
             part["defense"] = {
                 # nothing to adapt for the direct request or where the defense cannot see
-                "adaptive": adapts if applies and hasattr(attack, "adaptive") else None,
+                "adaptive": (
+                    (adapts and not getattr(attack, "universal", False))
+                    if applies and hasattr(attack, "adaptive")
+                    else None
+                ),
                 "applies": applies,
             }
         part.update(
@@ -160,6 +164,11 @@ class Evaluation:
             chunk = harmful[begin : begin + size]
             targets = [e.target for e in chunk]
             options = {"defense": defense} if defense is not None and adapts else {}
+            if getattr(attack, "universal", False):  # one suffix from training behaviours
+                train = self.train.of("harmful")[: attack.train_behaviors]
+                options["train"] = ([e.instruction for e in train], [e.target for e in train])
+                options["seed"] = derive_seed(self.config.seed, record_id, "universal")
+                options.pop("defense", None)
             with step_hook(self.progress.step):
                 result = attack.run(
                     lm, [e.instruction for e in chunk], targets, threat, generator, **options

@@ -211,6 +211,14 @@ def jailbreak_flags(cell: dict[str, Any], loss_history: list[float] | None = Non
             )
         )
     settings = (cell.get("attack") or {}).get("settings") or {}
+    if settings.get("source"):
+        flags.append(
+            flag(
+                "transfer_attack",
+                f"the suffix was optimised on {settings['source']} and transferred to this model "
+                "(non-adaptive): a lower bound on what an attack on this model would reach",
+            )
+        )
     if settings.get("filter_retokenization") is False:
         flags.append(
             flag(
