@@ -29,6 +29,8 @@ PROTOCOL_VERSION = 2  # 2: outcomes on the suffix text re-encoded; judges
 DEFAULT_THREATS = {
     "direct": {"norm": "none", "eps": 0.0, "space": "token", "bounds": None},
     "gcg": {"norm": "none", "eps": 0.0, "space": "token", "bounds": None},
+    "gcg-universal": {"norm": "none", "eps": 0.0, "space": "token", "bounds": None},
+    "random-search": {"norm": "none", "eps": 0.0, "space": "token", "bounds": None},
     "embedding": {
         "norm": "l2",
         "eps": 0.3,
