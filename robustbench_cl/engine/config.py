@@ -159,7 +159,7 @@ class SectionAttackConfig(StrictConfig):
     def _fractions(cls, value: dict[str, Any]) -> dict[str, Any]:
         return fractions_as_numbers(value)
 
-    #: omitted: the attack's own (jailbreak: direct and gcg in token space, embedding l2 0.3
+    #: omitted: the attack's own (jailbreak: direct, gcg, gcg-universal and random-search in token space, embedding l2 0.3
     #: relative; textret: hotflip 3 tokens, embedding-query l2 0.5 relative)
     threat: ThreatConfig | None = None
 
