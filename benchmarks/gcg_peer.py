@@ -14,6 +14,12 @@ buffer. nanoGCG runs one behaviour at a time (its API); ours batches the behavio
 nanoGCG 0.3.0 pins ``transformers<=4.47.1``; ``make bench`` installs it with ``pip --no-deps``
 beside our transformers 5, where its prefix cache fails (``DynamicCache`` is not subscriptable):
 it runs with ``use_prefix_cache=False``, its supported fallback. Ours caches the prefix.
+nanoGCG renders the chat template, removes its BOS text and lets the tokenizer add the BOS back;
+the tiny tokenizer adds none, so nanoGCG gets a copy that does, and the benchmark checks that
+nanoGCG's own best loss equals the loss of its best string in our layout (it stops otherwise).
+The tiny model's time ratio includes our batching of the 24 behaviours (nanoGCG's API takes one
+at a time); the 100M model's rows are one behaviour per batch for both (``--big-prompts``
+behaviours, each attacked alone by ours too).
 
 Per behaviour, each suffix is judged as a user would send it: the instruction followed by the
 suffix text, encoded again in our chat layout, greedy generation of 24 tokens, the keyword
@@ -77,6 +83,18 @@ def judged(lm, instructions, targets, suffixes) -> dict:  # noqa: ANN001
     }
 
 
+def run_ours_alone(lm, instructions, targets, args) -> dict:  # noqa: ANN001
+    """Ours one behaviour at a time, as nanoGCG's API runs: no batching advantage."""
+    parts = [run_ours(lm, [i], [t], args) for i, t in zip(instructions, targets)]
+    seconds = sum(p["seconds"] for p in parts)
+    return {
+        "seconds": seconds,
+        "seconds_per_prompt_step": seconds / (len(instructions) * args.steps),
+        "suffixes": [p["suffixes"][0] for p in parts],
+        "best_loss": [p["best_loss"][0] for p in parts],
+    }
+
+
 def run_ours(lm, instructions, targets, args) -> dict:  # noqa: ANN001
     from robustbench_cl.attacks import make_attack
     from robustbench_cl.threat import ThreatModel
@@ -103,6 +121,23 @@ def run_ours(lm, instructions, targets, args) -> dict:  # noqa: ANN001
     }
 
 
+def with_bos(tokenizer):  # noqa: ANN001, ANN201
+    """A copy of ``tokenizer`` that prepends its BOS when asked for special tokens: nanoGCG
+    removes the BOS text from the rendered template and expects tokenizing ``before`` to add it
+    back; our tiny tokenizer adds none by itself, so without this nanoGCG would optimise a
+    prompt without BOS while every outcome is judged in our layout, with it."""
+    import copy
+
+    from tokenizers import processors
+
+    bos = tokenizer.bos_token
+    out = copy.deepcopy(tokenizer)
+    out._tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, tokenizer.bos_token_id)]
+    )
+    return out
+
+
 def run_nanogcg(lm, instructions, targets, args) -> dict:  # noqa: ANN001
     import nanogcg
     from nanogcg import GCGConfig
@@ -122,9 +157,14 @@ def run_nanogcg(lm, instructions, targets, args) -> dict:  # noqa: ANN001
         verbosity="WARNING",
     )
     suffixes, best = [], []
+    tokenizer = (
+        with_bos(lm.tokenizer)
+        if lm.tokenizer("x")["input_ids"][:1] != [lm.tokenizer.bos_token_id]
+        else lm.tokenizer
+    )
     start = time.perf_counter()
     for instruction, target in zip(instructions, targets):
-        result = nanogcg.run(lm.model, lm.tokenizer, instruction, target, config)
+        result = nanogcg.run(lm.model, tokenizer, instruction, target, config)
         suffixes.append(result.best_string)
         best.append(result.best_loss)
     seconds = time.perf_counter() - start
@@ -139,16 +179,30 @@ def run_nanogcg(lm, instructions, targets, args) -> dict:  # noqa: ANN001
 def compare(lm, n: int, args, strength: bool) -> dict:  # noqa: ANN001
     instructions, targets = behaviours(n)
     row: dict = {"behaviours": n}
-    for name, runner in (("ours", run_ours), ("nanogcg", run_nanogcg)):
+    runners = [("ours", run_ours), ("ours_alone", run_ours_alone), ("nanogcg", run_nanogcg)]
+    if not strength:  # the big model: one behaviour per batch for both
+        runners = [("ours", run_ours_alone), ("nanogcg", run_nanogcg)]
+    for name, runner in runners:
         out = runner(lm, instructions, targets, args)
-        if strength:
+        if strength and name != "ours_alone":
             out.update(judged(lm, instructions, targets, out["suffixes"]))
         row[name] = out
         print(f"  {name}: {out['seconds_per_prompt_step']:.3f} s per prompt-step", flush=True)
-    row["time_ratio"] = (
-        row["ours"]["seconds_per_prompt_step"] / row["nanogcg"]["seconds_per_prompt_step"]
-    )
+    nano = row["nanogcg"]["seconds_per_prompt_step"]
+    row["time_ratio"] = row["ours"]["seconds_per_prompt_step"] / nano
+    if "ours_alone" in row:  # without batching the behaviours
+        row["time_ratio_one_at_a_time"] = row["ours_alone"]["seconds_per_prompt_step"] / nano
     if strength:
+        # parity (field-standards A4): nanoGCG's own best loss and the loss of its best string
+        # in our layout must agree, or the two tools did not attack the same prompt
+        gaps = [
+            abs(a - b) for a, b in zip(row["nanogcg"]["best_loss"], row["nanogcg"]["text_loss"])
+        ]
+        row["nanogcg_layout_parity"] = {
+            "max_abs_loss_gap": max(gaps),
+            "same_prompt": max(gaps) < 1e-3,
+            "note": "nanoGCG's best_loss vs the loss of its best_string sent as text in our layout",
+        }
         row["asr_keyword"] = {k: row[k]["asr_keyword"] for k in ("ours", "nanogcg")}
         row["asr_learned"] = {k: row[k]["asr_learned"] for k in ("ours", "nanogcg")}
         row["every_suffix_round_trips"] = {
@@ -227,10 +281,16 @@ def main() -> None:
             )
             args.steps = steps
     tiny = report["tiny_chat_lm"]
+    if not tiny["nanogcg_layout_parity"]["same_prompt"]:
+        raise SystemExit(
+            f"nanoGCG attacked another prompt than ours (loss gap "
+            f"{tiny['nanogcg_layout_parity']['max_abs_loss_gap']:.3g}): the comparison is void"
+        )
     report["target"] = {
         "every_suffix_round_trips": tiny["every_suffix_round_trips"]["ours"],
         "asr_at_least_nanogcg": tiny["asr_keyword"]["ours"] >= tiny["asr_keyword"]["nanogcg"],
         "half_the_time_tiny": tiny["time_ratio"] <= 0.5,
+        "half_the_time_tiny_one_at_a_time": tiny["time_ratio_one_at_a_time"] <= 0.5,
         "half_the_time_100m": (report.get("random_llama_100m") or {}).get("time_ratio", 1) <= 0.5,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

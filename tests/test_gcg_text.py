@@ -107,18 +107,25 @@ def test_out_of_memory_halves_the_candidate_chunk_and_changes_nothing(chat, harm
     monkeypatch.setattr(ChatLM, "logits_after", small_memory)
     attack = make_attack("gcg", steps=8, suffix_length=5, topk=16, candidates=24, eval_chunk=64)
     result = attack.run(chat, *harmful, TOKEN, torch.Generator().manual_seed(0))
-    assert attack._chunk == 8  # 64 -> 32 -> 16 -> 8
+    assert attack._chunk <= 10  # halved until a pass fits the injected limit
     assert torch.equal(result.suffix_ids, reference.suffix_ids)
     assert result.cost.forward == reference.cost.forward
 
 
 def test_out_of_memory_at_one_candidate_is_raised(chat, harmful, monkeypatch):
+    original = ChatLM.logits_after
+    calls = []
+
     def no_memory(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        raise torch.OutOfMemoryError("injected")
+        if not kwargs.get("keep_cache"):  # the candidates' passes, not the gradient's
+            calls.append(args[0].shape[0])
+            raise torch.OutOfMemoryError("injected")
+        return original(self, *args, **kwargs)
 
     monkeypatch.setattr(ChatLM, "logits_after", no_memory)
     with pytest.raises(torch.OutOfMemoryError):
-        run(chat, harmful, steps=1)
+        run(chat, harmful, steps=1, eval_chunk=8)
+    assert calls[-1] == 1 and calls[0] <= 8  # halved down to one candidate, then raised
 
 
 def test_n_replace_changes_that_many_distinct_positions(chat):

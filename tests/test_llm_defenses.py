@@ -47,6 +47,10 @@ def test_perturbations_change_floor_len_times_q_characters():
 
 def test_smoothllm_votes_strictly_over_half(chat, monkeypatch):
     defense = make_defense("smoothllm", copies=4)
+    hits = iter([[True, True, False, False], [True, True, True, False]])
+    monkeypatch.setattr(llm_inference, "text_forced", lambda lm, m, t: next(hits))
+    assert defense.forced(chat, ["x" * 40], ["t"], random.Random(0)) == [False]  # a tie
+    assert defense.forced(chat, ["x" * 40], ["t"], random.Random(0)) == [True]
     answers = iter([["Sure", "Sure", "I'm sorry", "I'm sorry"], ["Sure", "Sure", "Sure", "Sorry"]])
     monkeypatch.setattr(llm_inference, "plain_respond", lambda lm, m, t: next(answers))
     (tie,) = defense.respond(chat, ["x" * 40], 8, random.Random(0))
@@ -72,10 +76,15 @@ def test_perplexity_filter_refuses_above_its_calibrated_threshold(chat):
     losses = torch.zeros(2)
     scores, extra = defense.adaptive_scores(chat, [goals[0], gibberish], ["a", "a"], losses, None)
     excess = float(message_scores(chat, [gibberish])[0]) - defense.threshold
-    first = max(float(message_scores(chat, [goals[0]])[0]) - defense.threshold, 0.0)
-    assert float(scores[0]) == pytest.approx(2.0 * first, abs=1e-5)
-    assert float(scores[1]) == pytest.approx(2.0 * excess, abs=1e-5)
+    # feasibility first: a passing message scores its loss, a refused one 1e4 + its excess
+    first = float(message_scores(chat, [goals[0]])[0]) - defense.threshold
+    expected = 0.0 if first <= 0 else llm_inference.INFEASIBLE + first
+    assert float(scores[0]) == pytest.approx(expected, abs=1e-3)
+    assert float(scores[1]) == pytest.approx(llm_inference.INFEASIBLE + excess, abs=1e-3)
     assert extra == 2
+    # forced through the filter: a refused message forces nothing
+    targets = [e.target for e in data.of("harmful")][:2]
+    assert defense.forced(chat, [gibberish, gibberish], targets, random.Random(0)) == [False] * 2
     wide = make_defense("perplexity-filter", calibration="all")
     wide.build(Frozen(chat), "hf:x", data)
     every = [e.instruction for e in data.examples]

@@ -110,6 +110,32 @@ def text_outcome(lm: ChatLM, instructions, targets, suffix: torch.Tensor):  # no
         )
 
 
+def initial_suffix_ids(
+    lm: ChatLM, init: str, length: int, instructions: list[str], check: bool
+) -> list[int]:
+    """``length`` ids to start a suffix from: ``init`` repeated ``length`` times and encoded
+    whole, as nanoGCG encodes its init string; else spaced (llm-attacks' ``! ! !``); else the
+    first token of ``init`` repeated. With ``check``, the start must round-trip after every
+    instruction, or the attack could never move (each candidate keeps most of it): a one-line
+    error names ``init``."""
+    options = []
+    for text in (init * length, " ".join([init] * length), " " + " ".join([init] * length)):
+        ids = lm._tokens(text)
+        if len(ids) == length:
+            options.append(ids)
+    options.append((lm._tokens(init)[:1] or [0]) * length)
+    heads = list(dict.fromkeys(instructions))
+    for ids in options:
+        if not check or all(round_trips(lm, heads, [ids] * len(heads))):
+            return ids
+    raise UserError(
+        "init",
+        f"{init!r} repeated {length} times does not encode back to the same tokens after the "
+        "instructions, so no candidate could be kept",
+        "give another init (e.g. x or !) or set filter_retokenization: false",
+    )
+
+
 @register_attack("gcg")
 class GCG(JailbreakAttack):
     """Greedy coordinate gradient suffix attack (top-k candidates, batched evaluation).
@@ -119,13 +145,15 @@ class GCG(JailbreakAttack):
         suffix_length: tokens of the adversarial suffix.
         topk: tokens per suffix position kept from the gradient's top-k.
         candidates: swaps sampled from the top-k and evaluated per prompt and step.
-        init: the text whose first token fills the initial suffix.
+        init: the initial suffix is this text repeated (encoded whole, as nanoGCG does; else
+            spaced, else its first token repeated); it must round-trip after the instructions.
         eval_chunk: candidate sequences per forward pass (halved on out-of-memory).
         n_replace: suffix positions each candidate changes (nanoGCG's, distinct positions).
         filter_retokenization: drop candidates whose text does not encode back to their ids
             (false: the ids are optimised as they are; the cell is flagged).
         early_stop: stop a prompt once its suffix forces the target for this many consecutive
-            steps (null: every prompt runs every step).
+            steps (null: every prompt runs every step; never through a defense, whose forcing
+            the undefended logits do not show).
         prefix_cache: compute what precedes the suffix once (identical losses).
         allow_non_ascii: let the suffix use tokens whose text is not printable ASCII (off by
             default, as in nanoGCG and llm-attacks: a suffix a user can type).
@@ -245,9 +273,10 @@ class GCG(JailbreakAttack):
                     sub.ids = ids[chunk, p:]
                     out[chunk] = next_loss(logits, sub)
                 except torch.OutOfMemoryError:
-                    if self._chunk == 1:
+                    if min(self._chunk, len(chunk)) == 1:
                         raise
-                    self._chunk = max(1, self._chunk // 2)
+                    # halve what actually ran (a group can be smaller than the chunk)
+                    self._chunk = max(1, min(self._chunk, len(chunk)) // 2)
                     logger.warning("gcg: out of memory; candidate chunk halved to %d", self._chunk)
                     if lm.device.type == "cuda":
                         torch.cuda.empty_cache()
@@ -284,9 +313,11 @@ class GCG(JailbreakAttack):
         ``defense``: an inference-time defense to score candidates through (adaptive)."""
         through = defense if self.adaptive else None
         self._chunk = self.eval_chunk
-        init = lm.tokenizer(self.init, add_special_tokens=False)["input_ids"][:1] or [0]
         n, length = len(instructions), self.suffix_length
-        suffix = torch.full((n, length), init[0], dtype=torch.long, device=lm.device)
+        init = initial_suffix_ids(
+            lm, self.init, length, instructions, self.filter_retokenization and not initial_suffix
+        )
+        suffix = torch.tensor([init] * n, dtype=torch.long, device=lm.device)
         for row, start in enumerate(initial_suffix or []):
             if start is not None:
                 suffix[row] = start.to(lm.device)
@@ -344,7 +375,7 @@ class GCG(JailbreakAttack):
                     improved = full_loss < best_loss
                     best_loss = torch.where(improved, full_loss, best_loss)
                     best_suffix = torch.where(improved[:, None], suffix, best_suffix)
-                if self.early_stop is not None:
+                if self.early_stop is not None and through is None:  # (undefended forcing)
                     forced = torch.zeros(n, dtype=torch.bool, device=lm.device)
                     forced[active] = next_forced(logits, view)
                     streak = torch.where(forced, streak + 1, torch.zeros_like(streak))
@@ -491,6 +522,7 @@ class UniversalGCG(GCG):
         self.train_behaviors = train_behaviors
         self.source = source
         self._suffixes: dict[tuple, torch.Tensor] = {}
+        self._charged: set[tuple] = set()
         self._source_lm = None
 
     def source_lm(self, lm):  # noqa: ANN001, ANN201
@@ -508,9 +540,9 @@ class UniversalGCG(GCG):
     def optimise(self, lm, instructions, targets, generator) -> tuple[torch.Tensor, dict]:  # noqa: ANN001
         """One (suffix_length,) suffix minimising the mean target loss over the prompts."""
         self._chunk = self.eval_chunk
-        init = lm.tokenizer(self.init, add_special_tokens=False)["input_ids"][:1] or [0]
         n, length = len(instructions), self.suffix_length
-        suffix = torch.full((length,), init[0], dtype=torch.long, device=lm.device)
+        init = initial_suffix_ids(lm, self.init, length, instructions, self.filter_retokenization)
+        suffix = torch.tensor(init, dtype=torch.long, device=lm.device)
         batch = lm.layout(instructions, targets, suffix.expand(n, length))
         columns = lm.suffix_columns(batch, length)
         start = columns.start
@@ -619,14 +651,21 @@ class UniversalGCG(GCG):
             optimiser = torch.Generator().manual_seed(seed)
             self._suffixes[key] = self.optimise(source, train[0], train[1], optimiser)
         suffix, info = self._suffixes[key]
+        charge = (key, id(lm))  # the training passes count once per cell, not per batch
+        first_use = charge not in self._charged
+        self._charged.add(charge)
+        spent = (info["forward"], info["backward"]) if first_use else (0, 0)
+        if source is not lm:  # the source's tokens as text, encoded again by the target
+            text = source.tokenizer.decode(suffix.tolist())
+            suffix = torch.tensor(lm._tokens(text), dtype=torch.long)
         rows = suffix.to(lm.device).expand(len(instructions), -1)
         prompts, faithful, batch, embeds, final, forced = text_outcome(
             lm, instructions, targets, rows
         )
         cost = Cost(
-            forward=info["forward"] + len(instructions),
-            backward=info["backward"],
-            queries=info["forward"] + len(instructions),
+            forward=spent[0] + len(instructions),
+            backward=spent[1],
+            queries=spent[0] + len(instructions),
         )
         return JailbreakResult(
             embeds,
@@ -634,10 +673,10 @@ class UniversalGCG(GCG):
             forced,
             final,
             cost,
-            suffix=[readable_text(lm.tokenizer, suffix.tolist())] * len(instructions),
+            suffix=[readable_text(lm.tokenizer, rows[0].tolist())] * len(instructions),
             suffix_retokenizes=faithful,
             history=info["history"],
             suffix_ids=rows,
             prompts=prompts,
-            filtered=info["filtered"],
+            filtered=info["filtered"] if first_use else 0,
         )

@@ -23,7 +23,7 @@ import math
 import torch
 
 from robustbench_cl.attacks.base import Cost, report_step, require_int
-from robustbench_cl.attacks.gcg import round_trips, text_outcome
+from robustbench_cl.attacks.gcg import initial_suffix_ids, round_trips, text_outcome
 from robustbench_cl.attacks.jailbreak import JailbreakAttack, JailbreakResult
 from robustbench_cl.errors import UserError
 from robustbench_cl.models.llm import readable_text
@@ -39,7 +39,7 @@ class RandomSearch(JailbreakAttack):
         suffix_length: tokens of the adversarial suffix (the paper's 25).
         max_change: the most contiguous tokens changed per iteration (the paper's 4).
         objective: `target` (mean log-probability of the whole target) or `first-token`.
-        init: the text whose first token fills the initial suffix.
+        init: the initial suffix is this text repeated (see gcg's init).
         early_stop: stop a prompt once its target is forced (the deterministic mode).
         adaptive: against an inference-time defense, score candidates through it.
     """
@@ -99,18 +99,20 @@ class RandomSearch(JailbreakAttack):
     def _run(self, lm, instructions, targets, threat, generator, defense=None) -> JailbreakResult:  # noqa: ANN001
         through = defense if self.adaptive else None
         n, length = len(instructions), self.suffix_length
-        init = lm.tokenizer(self.init, add_special_tokens=False)["input_ids"][:1] or [0]
+        init = initial_suffix_ids(lm, self.init, length, instructions, check=True)
         pool = lm.allowed_tokens(ascii_only=True).nonzero().squeeze(1).cpu()
-        suffix = [[init[0]] * length for _ in range(n)]
+        suffix = [list(init) for _ in range(n)]
         texts = lm.tokenizer.batch_decode(suffix)
         loss, forced = self._query(lm, [i + t for i, t in zip(instructions, texts)], targets)
+        queries = n
         if through is not None:
-            loss, _ = through.adaptive_scores(
+            loss, extra = through.adaptive_scores(
                 lm, [i + t for i, t in zip(instructions, texts)], targets, loss, generator
             )
+            queries += extra
         best = loss.cpu().tolist()
-        done = [bool(f) and self.early_stop for f in forced.tolist()]
-        queries = n
+        stops = self.early_stop and through is None  # undefended forcing is not the defense's
+        done = [bool(f) and stops for f in forced.tolist()]
         history = []
         for step in range(self.iterations):
             report_step(step, self.iterations)
@@ -131,15 +133,25 @@ class RandomSearch(JailbreakAttack):
                 decoded = lm.tokenizer.batch_decode([row for _, row in sent])
                 messages = [instructions[i] + t for (i, _), t in zip(sent, decoded)]
                 chosen = [targets[i] for i, _ in sent]
+                if through is not None:
+                    # a noisy defense (SmoothLLM): the incumbent is scored again beside the
+                    # proposal, on the same draws, so a lucky old score does not stall the search
+                    kept = lm.tokenizer.batch_decode([suffix[i] for i, _ in sent])
+                    messages += [instructions[i] + t for (i, _), t in zip(sent, kept)]
+                    chosen += chosen
                 loss, forced = self._query(lm, messages, chosen)
-                queries += len(sent)
+                queries += len(messages)
                 if through is not None:
                     loss, extra = through.adaptive_scores(lm, messages, chosen, loss, generator)
                     queries += extra
+                    k = len(sent)
+                    for (i, _), now in zip(sent, loss[k:].tolist()):
+                        best[i] = now
+                    loss, forced = loss[:k], forced[:k]
                 for (i, row), value, hit in zip(sent, loss.tolist(), forced.tolist()):
                     if value < best[i]:
                         best[i], suffix[i] = value, row
-                        done[i] = self.early_stop and bool(hit)
+                        done[i] = stops and bool(hit)
             history.append(sum(best) / n)
         ids = torch.tensor(suffix, dtype=torch.long, device=lm.device)
         prompts, faithful, batch, embeds, final, forced = text_outcome(

@@ -15,7 +15,7 @@ from robustbench_cl.engine.metrics import rate_entry
 from robustbench_cl.tasks.jailbreak.config import JailbreakConfig
 from robustbench_cl.tasks.jailbreak.results import JailbreakCleanRecord, JailbreakRecord
 from robustbench_cl.threat import ThreatModel
-from robustbench_cl.utils import derive_seed
+from robustbench_cl.utils import derive_seed, stable_hash
 
 
 class Evaluation:
@@ -167,7 +167,11 @@ class Evaluation:
             if getattr(attack, "universal", False):  # one suffix from training behaviours
                 train = self.train.of("harmful")[: attack.train_behaviors]
                 options["train"] = ([e.instruction for e in train], [e.target for e in train])
-                options["seed"] = derive_seed(self.config.seed, record_id, "universal")
+                # one suffix per (attack settings, model, defense): a transfer source gets the
+                # same seed, and so the same suffix, for every target cell
+                options["seed"] = derive_seed(
+                    self.config.seed, "universal", stable_hash(attack.settings())
+                )
                 options.pop("defense", None)
             with step_hook(self.progress.step):
                 result = attack.run(
@@ -180,7 +184,10 @@ class Evaluation:
                 texts = defense.respond(lm, sent, self.section.max_new_tokens, answer_rng)
             else:
                 texts = lm.generate(result.embeds, result.batch, self.section.max_new_tokens)
-            part["forced"] += result.forced.int().tolist()
+            if defense is not None and sent is not None:  # the defended system's forcing
+                part["forced"] += [int(f) for f in defense.forced(lm, sent, targets, answer_rng)]
+            else:
+                part["forced"] += result.forced.int().tolist()
             part["losses"] += result.loss.tolist()
             part["histories"].append((len(chunk), list(result.history)))
             goals = [e.instruction for e in chunk]

@@ -12,6 +12,7 @@ validation (which names them) would refuse the ``model`` field; everything else 
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,19 @@ def _parameters(params: dict[str, Any]) -> dict[str, str | int | float]:
         elif isinstance(value, int | float | str):
             out[key] = value
     return out
+
+
+def attack_type(record: dict[str, Any]) -> str:
+    """JailbreakBench's attack type: ``manual`` for the request as is, ``transfer`` for a
+    suffix optimised elsewhere (another model, or without the defense), ``black_box`` for
+    attacks that read only outputs, else ``white_box``."""
+    attack = record["attack"]
+    settings = attack.get("settings") or {}
+    if attack["attack"] == "direct":
+        return "manual"
+    if settings.get("source") or record.get("adaptive") is False:
+        return "transfer"
+    return "black_box" if attack["attack"] in BLACK_BOX else "white_box"
 
 
 def artifact(record: dict[str, Any], finished: str | None) -> dict[str, Any]:
@@ -67,7 +81,7 @@ def artifact(record: dict[str, Any], finished: str | None) -> dict[str, Any]:
         "parameters": {
             "method": attack.get("name") or attack["attack"],
             "model": record["model"].get("name") or record["model"]["spec"],
-            "attack_type": "black_box" if attack["attack"] in BLACK_BOX else "white_box",
+            "attack_type": attack_type(record),
             "defense": None
             if defense.get("defense") == "none"
             else defense.get("name") or defense["defense"],
@@ -77,7 +91,7 @@ def artifact(record: dict[str, Any], finished: str | None) -> dict[str, Any]:
             "total_number_of_queries": int(record["cost"].get("forward", 0)) or None,
             "total_prompt_tokens": None,
             "total_response_tokens": None,
-            "evaluation_date": (finished or "")[:10] or None,
+            "evaluation_date": (finished or "")[:10] or date.today().isoformat(),
             "evaluation_llm_provider": "robustbench_cl (local transformers, greedy)",
             "method_parameters": _parameters(attack.get("params") or {}),
             "judges": names or ["keyword"],
@@ -117,6 +131,13 @@ def export_jailbreakbench(
         model = slug(parameters["model"])
         name = model if parameters["defense"] is None else f"{model}__{slug(parameters['defense'])}"
         path = f"{slug(parameters['method'])}/{parameters['attack_type']}/{name}.json"
+        if path in files:  # two cells would write one file: never overwrite silently
+            raise UserError(
+                "--format",
+                f"two jailbreak cells map to {path} (same attack name, model and defense "
+                "labels at two threat models)",
+                "give the attack entries distinct names",
+            )
         files[path] = entry
     if not files:
         raise UserError(

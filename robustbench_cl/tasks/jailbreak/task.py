@@ -120,7 +120,7 @@ class JailbreakTask(Evaluation, Task):
                 "threat": column["threat"].key(),
                 "tokens": self.section.max_new_tokens,
                 "seed": self.config.seed,
-                "judges": self.section.judges,
+                "judges": [judge.settings() for judge in self.judges().values()],
                 # shards beyond the first draw their own seeds: other outcomes, another id
                 **({"shard_size": self.section.shard_size} if self.section.shard_size else {}),
             }
