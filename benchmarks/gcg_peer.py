@@ -17,9 +17,8 @@ it runs with ``use_prefix_cache=False``, its supported fallback. Ours caches the
 nanoGCG renders the chat template, removes its BOS text and lets the tokenizer add the BOS back;
 the tiny tokenizer adds none, so nanoGCG gets a copy that does, and the benchmark checks that
 nanoGCG's own best loss equals the loss of its best string in our layout (it stops otherwise).
-The tiny model's time ratio includes our batching of the 24 behaviours (nanoGCG's API takes one
-at a time); the 100M model's rows are one behaviour per batch for both (``--big-prompts``
-behaviours, each attacked alone by ours too).
+Ours runs twice: batched over the behaviours (``time_ratio``, what a user of the jailbreak
+section gets) and one behaviour at a time as nanoGCG's API runs (``time_ratio_one_at_a_time``).
 
 Per behaviour, each suffix is judged as a user would send it: the instruction followed by the
 suffix text, encoded again in our chat layout, greedy generation of 24 tokens, the keyword
@@ -180,11 +179,10 @@ def compare(lm, n: int, args, strength: bool) -> dict:  # noqa: ANN001
     instructions, targets = behaviours(n)
     row: dict = {"behaviours": n}
     runners = [("ours", run_ours), ("ours_alone", run_ours_alone), ("nanogcg", run_nanogcg)]
-    if not strength:  # the big model: one behaviour per batch for both
-        runners = [("ours", run_ours_alone), ("nanogcg", run_nanogcg)]
+
     for name, runner in runners:
         out = runner(lm, instructions, targets, args)
-        if strength and name != "ours_alone":
+        if strength and name != "ours_alone":  # (its suffixes are judged in "ours" too)
             out.update(judged(lm, instructions, targets, out["suffixes"]))
         row[name] = out
         print(f"  {name}: {out['seconds_per_prompt_step']:.3f} s per prompt-step", flush=True)
@@ -292,6 +290,10 @@ def main() -> None:
         "half_the_time_tiny": tiny["time_ratio"] <= 0.5,
         "half_the_time_tiny_one_at_a_time": tiny["time_ratio_one_at_a_time"] <= 0.5,
         "half_the_time_100m": (report.get("random_llama_100m") or {}).get("time_ratio", 1) <= 0.5,
+        "half_the_time_100m_one_at_a_time": (report.get("random_llama_100m") or {}).get(
+            "time_ratio_one_at_a_time", 1
+        )
+        <= 0.5,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

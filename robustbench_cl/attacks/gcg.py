@@ -35,6 +35,9 @@ from robustbench_cl.registry import register_attack
 
 logger = logging.getLogger(__name__)
 
+#: candidates a cached pass scores at least (smaller position groups are merged)
+MIN_GROUP = 32
+
 
 def tail(batch: ChatBatch, start: int) -> ChatBatch:
     """Columns ``[start, L)`` of ``batch``, for the losses of logits computed from a cached
@@ -243,11 +246,24 @@ class GCG(JailbreakAttack):
         if first is None or current is None:
             groups = [(0, torch.arange(ids.shape[0], device=ids.device))]
         else:
+            # rows grouped by their first changed position; a group too small to keep a pass
+            # efficient joins the next one and starts at the smaller position
             positions = first.tolist()
-            groups = [
-                (p, torch.tensor([i for i, q in enumerate(positions) if q == p], device=ids.device))
-                for p in sorted(set(positions))
-            ]
+            groups, pending, since = [], [], None
+            for p in sorted(set(positions)):
+                pending += [i for i, q in enumerate(positions) if q == p]
+                since = p if since is None else since
+                if len(pending) >= MIN_GROUP:
+                    groups.append((since, torch.tensor(pending, device=ids.device)))
+                    pending, since = [], None
+            if pending:
+                if groups and since is not None:  # the last small group joins the one before
+                    start_p, rows = groups.pop()
+                    groups.append(
+                        (start_p, torch.cat([rows, torch.tensor(pending, device=ids.device)]))
+                    )
+                else:
+                    groups.append((since or 0, torch.tensor(pending, device=ids.device)))
         for p, index in groups:
             begin = 0
             while begin < len(index):

@@ -180,6 +180,10 @@ class HotFlip(TextRetrievalAttack):
     ) -> None:
         from robustbench_cl.errors import UserError
 
+        if not isinstance(filter_retokenization, bool):
+            raise UserError(
+                "filter_retokenization", f"must be true or false, got {filter_retokenization!r}"
+            )
         if side not in ("query", "passage"):
             raise UserError("side", f"must be query or passage, got {side!r}", "side: query")
         if candidates < 1 or negatives < 1:

@@ -41,7 +41,7 @@ def _jailbreak(results: dict[str, Any]) -> dict[str, Any] | None:
         "judges": judged[0]["judges"] if judged else [],
         "judge_cells": [c for c in judged if len(c["judges"]) > 1],
         "validation": section.get("judge_validation"),
-        "inference_cells": [c for c in section["cells"] if c.get("adaptive") is not None],
+        "inference_cells": [c for c in section["cells"] if c.get("defense_applies") is not None],
         "rows": rows,
         "columns": section["columns"],
         "generation": generation,
