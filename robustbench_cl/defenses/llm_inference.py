@@ -172,7 +172,7 @@ class SmoothLLM(InferenceDefense):
         self.seed = seed
 
     def respond(self, lm, messages, max_new_tokens, rng):  # noqa: ANN001, ANN201
-        from robustbench_cl.tasks.jailbreak.judges import REFUSAL_PHRASES
+        from robustbench_cl.data.chat import REFUSAL_PHRASES
 
         copies = [
             perturb(m, self.perturbation, self.percent, rng)
