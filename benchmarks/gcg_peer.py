@@ -198,7 +198,10 @@ def compare(lm, n: int, args, strength: bool) -> dict:  # noqa: ANN001
         ]
         row["nanogcg_layout_parity"] = {
             "max_abs_loss_gap": max(gaps),
-            "same_prompt": max(gaps) < 1e-3,
+            "same_prompt": all(
+                abs(a - b) <= 1e-5 + 1e-3 * abs(b)
+                for a, b in zip(row["nanogcg"]["best_loss"], row["nanogcg"]["text_loss"])
+            ),
             "note": "nanoGCG's best_loss vs the loss of its best_string sent as text in our layout",
         }
         row["asr_keyword"] = {k: row[k]["asr_keyword"] for k in ("ours", "nanogcg")}
@@ -266,6 +269,12 @@ def main() -> None:
         "device": device_name(torch.device("cpu")),
         "tiny_chat_lm": compare(lm, args.behaviours, args, strength=True),
     }
+    parity = report["tiny_chat_lm"]["nanogcg_layout_parity"]
+    if not parity["same_prompt"]:  # before spending the 100M model's minutes
+        raise SystemExit(
+            f"nanoGCG attacked another prompt than ours (loss gap "
+            f"{parity['max_abs_loss_gap']:.3g}): the comparison is void"
+        )
     if not args.skip_big:
         with tempfile.TemporaryDirectory() as folder:
             big, parameters = big_model(Path(folder))
@@ -279,11 +288,6 @@ def main() -> None:
             )
             args.steps = steps
     tiny = report["tiny_chat_lm"]
-    if not tiny["nanogcg_layout_parity"]["same_prompt"]:
-        raise SystemExit(
-            f"nanoGCG attacked another prompt than ours (loss gap "
-            f"{tiny['nanogcg_layout_parity']['max_abs_loss_gap']:.3g}): the comparison is void"
-        )
     report["target"] = {
         "every_suffix_round_trips": tiny["every_suffix_round_trips"]["ours"],
         "asr_at_least_nanogcg": tiny["asr_keyword"]["ours"] >= tiny["asr_keyword"]["nanogcg"],

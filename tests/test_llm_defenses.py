@@ -170,3 +170,18 @@ def test_inference_defenses_in_a_jailbreak_run(chat, tmp_path):
     assert "adaptive" not in cells[("tiny / base", "gcg")]
     pairs = {p["label"]: p for p in section["pairs"]}
     assert pairs["tiny / smoothllm"]["utility"] is None  # an hf: model has no built-in utility
+
+
+def test_keyed_perturbations_are_common_across_messages_that_share_a_prefix():
+    from robustbench_cl.defenses.llm_inference import keyed_perturb
+
+    rng = random.Random(0)
+    keys = [rng.random() for _ in range(80)]
+    chars = [rng.choice("ABCDEFGHIJ") for _ in range(80)]
+    short = keyed_perturb("a" * 60, "swap", 10, keys, chars)
+    longer = keyed_perturb("a" * 61, "swap", 10, keys, chars)
+    changed = {i for i, c in enumerate(short) if c != "a"}
+    assert len(changed) == 6 and changed <= {i for i, c in enumerate(longer) if c != "a"}
+    assert all(short[i] == longer[i] for i in changed)  # the same characters at those indices
+    assert len(keyed_perturb("a" * 60, "insert", 10, keys, chars)) == 66
+    assert len(keyed_perturb("a" * 60, "patch", 10, keys, chars)) == 60

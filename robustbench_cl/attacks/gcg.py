@@ -481,7 +481,24 @@ class GCG(JailbreakAttack):
                     improved[active] = score < best_loss[active]
                     best_loss[active] = torch.minimum(score, best_loss[active])
                     best_suffix = torch.where(improved[:, None], suffix, best_suffix)
-        if through is not None:  # every suffix taken was scored through the defense
+        if through is not None and getattr(through, "stochastic", False):
+            # the best-seen score of a noisy defense is the luckiest draw: the best seen and
+            # the last suffix are scored again on fresh, common draws (4 calls) and the lower
+            # one is returned
+            rows = torch.cat([best_suffix, suffix]).tolist()
+            texts = lm.tokenizer.batch_decode(rows)
+            messages = [i + t for i, t in zip(instructions * 2, texts)]
+            zero = torch.zeros(2 * n, device=lm.device)
+            total = zero.clone()
+            for _ in range(4):
+                score, extra = through.adaptive_scores(
+                    lm, messages, list(targets) * 2, zero, generator
+                )
+                total += score
+                forward += extra
+            keep_best = total[:n] <= total[n:]
+            suffix = torch.where(keep_best[:, None], best_suffix, suffix)
+        elif through is not None:  # every suffix taken was scored through the defense
             suffix = best_suffix
         else:
             with torch.no_grad():  # score the last suffix too, then return the best seen
@@ -654,20 +671,37 @@ class UniversalGCG(GCG):
         return best, info
 
     def _run(  # noqa: ANN001
-        self, lm, instructions, targets, threat, generator, defense=None, train=None, seed=0
+        self,
+        lm,
+        instructions,
+        targets,
+        threat,
+        generator,
+        defense=None,
+        train=None,
+        seed=0,
+        pair=None,
+        cell=None,
     ) -> JailbreakResult:
-        """``train``: (instructions, targets) to optimise on; the result is on ``instructions``."""
+        """``train``: (instructions, targets) to optimise on; the result is on ``instructions``.
+        ``pair`` and ``cell`` name the (model, defense) and the cell (stable keys: a rebuilt
+        model can reuse a freed object's ``id``); unnamed, ``lm``'s identity."""
+        pair = pair if pair is not None else id(lm)
+        cell = cell if cell is not None else id(lm)
         if train is None:
             raise UserError(
                 "gcg-universal", "needs training behaviours", "run it in a jailbreak section"
             )
         source = self.source_lm(lm)
-        key = (id(source), id(lm) if source is lm else None, seed, tuple(train[0]))
+        # the suffix: per source (a transfer's, shared by every target) or per (model,
+        # defense) pair; the training cost: once per cell (``cell``), never per batch
+        owner = self.source if self.source is not None else pair
+        key = (owner, seed, tuple(train[0]))
         if key not in self._suffixes:
             optimiser = torch.Generator().manual_seed(seed)
             self._suffixes[key] = self.optimise(source, train[0], train[1], optimiser)
         suffix, info = self._suffixes[key]
-        charge = (key, id(lm))  # the training passes count once per cell, not per batch
+        charge = (key, cell)
         first_use = charge not in self._charged
         self._charged.add(charge)
         spent = (info["forward"], info["backward"]) if first_use else (0, 0)

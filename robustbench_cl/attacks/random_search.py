@@ -133,7 +133,8 @@ class RandomSearch(JailbreakAttack):
                 decoded = lm.tokenizer.batch_decode([row for _, row in sent])
                 messages = [instructions[i] + t for (i, _), t in zip(sent, decoded)]
                 chosen = [targets[i] for i, _ in sent]
-                if through is not None:
+                noisy = through is not None and getattr(through, "stochastic", False)
+                if noisy:
                     # a noisy defense (SmoothLLM): the incumbent is scored again beside the
                     # proposal, on the same draws, so a lucky old score does not stall the search
                     kept = lm.tokenizer.batch_decode([suffix[i] for i, _ in sent])
@@ -144,6 +145,7 @@ class RandomSearch(JailbreakAttack):
                 if through is not None:
                     loss, extra = through.adaptive_scores(lm, messages, chosen, loss, generator)
                     queries += extra
+                if noisy:
                     k = len(sent)
                     for (i, _), now in zip(sent, loss[k:].tolist()):
                         best[i] = now

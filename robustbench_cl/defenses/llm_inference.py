@@ -20,7 +20,7 @@ one it passes (by their perplexity above the threshold), so the search first get
 threshold, then lowers the target loss (Jain et al.'s adaptive GCG adds a perplexity term to the
 loss; a hard ranking is the stronger form against a hard threshold); SmoothLLM's score is the
 target loss averaged over ``eot_copies`` perturbed copies (expectation over transformation,
-with common random numbers within a step). Forced success through a defense is the defended
+with common random numbers: fixed per-index draws within a step). Forced success through a defense is the defended
 system's: forced and let through the filter, or forced on a strict majority of SmoothLLM's
 perturbed copies.
 An embedding attack has no text for either to see: its cell says the defense does not apply.
@@ -62,6 +62,27 @@ def perturb(text: str, kind: str, percent: float, rng: random.Random) -> str:
         for i in rng.sample(range(len(chars)), n):
             chars.insert(i, rng.choice(ALPHABET))
     return "".join(chars)
+
+
+def keyed_perturb(text: str, kind: str, percent: float, keys: list[float], chars: list[str]) -> str:
+    """:func:`perturb` from fixed per-index draws (common random numbers across messages):
+    swap the ``n`` indices with the smallest keys; patch ``n`` characters from the index the
+    first key picks; insert before the ``n`` smallest-key indices."""
+    n = int(len(text) * percent / 100)
+    if n == 0:
+        return text
+    if kind == "patch":
+        start = int(keys[0] * (len(text) - n + 1))
+        return text[:start] + "".join(chars[start : start + n]) + text[start + n :]
+    chosen = sorted(range(len(text)), key=keys.__getitem__)[:n]
+    out = list(text)
+    if kind == "swap":
+        for i in chosen:
+            out[i] = chars[i]
+        return "".join(out)
+    for i in sorted(chosen, reverse=True):  # insert from the end: indices stay put
+        out.insert(i, chars[i])
+    return "".join(out)
 
 
 class DefendedChatLM(ChatLM):
@@ -147,6 +168,8 @@ class SmoothLLM(InferenceDefense):
     """
 
     name = "smoothllm"
+    #: its scores are noisy (random perturbations): an attack re-scores what it keeps
+    stochastic = True
 
     def __init__(
         self,
@@ -202,16 +225,22 @@ class SmoothLLM(InferenceDefense):
         ]
 
     def adaptive_scores(self, lm, messages, targets, losses, generator):  # noqa: ANN001, ANN201
-        # common random numbers: every message of one call is perturbed from the same seed, so
-        # the candidates of a step are compared on the same draws (equal-length messages get
-        # the same positions and characters)
+        # common random numbers: one draw per character index and copy, shared by every
+        # message of the call; a message perturbs the n indices with the smallest keys below its
+        # length, so messages that share a prefix share most of their perturbations
         seed = int(torch.randint(2**31, (1,), generator=generator))
-        copies = []
-        for m in messages:
-            rng = random.Random(seed)
-            copies += [
-                perturb(m, self.perturbation, self.percent, rng) for _ in range(self.eot_copies)
-            ]
+        width = max((len(m) for m in messages), default=0) + 1
+        draws = []
+        for copy in range(self.eot_copies):
+            rng = random.Random(f"{seed}-{copy}")
+            keys = [rng.random() for _ in range(width)]
+            chars = [rng.choice(ALPHABET) for _ in range(width)]
+            draws.append((keys, chars))
+        copies = [
+            keyed_perturb(m, self.perturbation, self.percent, *draws[c])
+            for m in messages
+            for c in range(self.eot_copies)
+        ]
         repeated = [t for t in targets for _ in range(self.eot_copies)]
         scores = []
         with torch.no_grad():

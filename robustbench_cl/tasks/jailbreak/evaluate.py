@@ -173,6 +173,8 @@ class Evaluation:
                     self.config.seed, "universal", stable_hash(attack.settings())
                 )
                 options.pop("defense", None)
+                options["pair"] = self.unit_pairs[record_id]
+                options["cell"] = record_id
             with step_hook(self.progress.step):
                 result = attack.run(
                     lm, [e.instruction for e in chunk], targets, threat, generator, **options

@@ -470,11 +470,15 @@ class HFClassifierJudge(Judge):
 
     def settings(self) -> dict[str, Any]:
         template = self.template or ""
-        weights = sorted((f.name, f.stat().st_size) for f in self.directory.glob("*.safetensors"))
+        weights = sorted(
+            (f.name, f.stat().st_size, f.stat().st_mtime_ns)
+            for f in self.directory.glob("*.safetensors")
+        )
         return {
             "judge": f"hf-classifier:{self.directory.name}",
             "kind": self.kind,
             "max_tokens": self.max_tokens,
+            "load": self.load_options,
             "template_sha256": (
                 hashlib.sha256(template.encode()).hexdigest()[:16] if template else None
             ),
