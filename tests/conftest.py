@@ -119,3 +119,19 @@ def assert_resumes_after_a_torn_line(run_dir: Path, rerun) -> None:  # noqa: ANN
     assert sorted(r["id"] for r in resumed) == sorted(r["id"] for r in original)
     by_id = {r["id"]: without_timings(r) for r in resumed}
     assert all(by_id[r["id"]] == without_timings(r) for r in original)
+
+
+def random_chat_lm(vocab: int = 300, layers: int = 2):  # noqa: ANN201
+    """A randomly initialised small Llama with a BPE tokenizer trained on the chat corpus (its
+    merges make some token pairs re-encode as one token): the jailbreak tests' victim."""
+    from robustbench_cl.data.chat import make_chat
+    from robustbench_cl.models.llm import ChatLM, build_tokenizer, tiny_llama
+
+    corpus = make_chat("train", 60, 40, 30)
+    texts = [f"{e.instruction} {e.response} {e.target or ''}" for e in corpus.examples]
+    tokenizer = build_tokenizer(texts, vocab)
+    torch.manual_seed(0)
+    recipe = {"hidden": 32, "intermediate": 64, "layers": layers, "heads": 2}
+    lm = ChatLM(tiny_llama(len(tokenizer), recipe).eval(), tokenizer, "tiny-random")
+    lm.requires_grad_(False)
+    return lm

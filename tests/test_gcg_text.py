@@ -10,7 +10,7 @@ import torch
 from robustbench_cl.attacks import make_attack
 from robustbench_cl.attacks.gcg import round_trips
 from robustbench_cl.data.chat import make_chat
-from robustbench_cl.models.llm import ChatLM, build_tokenizer, tiny_llama
+from robustbench_cl.models.llm import ChatLM
 from robustbench_cl.threat import ThreatModel
 
 TOKEN = ThreatModel(norm="none", eps=0.0, space="token", bounds=None)
@@ -18,16 +18,9 @@ TOKEN = ThreatModel(norm="none", eps=0.0, space="token", bounds=None)
 
 @pytest.fixture(scope="module")
 def chat() -> ChatLM:
-    """A random 2-layer Llama with a BPE tokenizer: its merges make some token pairs re-encode
-    as one token, so some candidates do not round-trip."""
-    corpus = make_chat("train", 60, 40, 30)
-    texts = [f"{e.instruction} {e.response} {e.target or ''}" for e in corpus.examples]
-    tokenizer = build_tokenizer(texts, 300)
-    torch.manual_seed(0)
-    recipe = {"hidden": 32, "intermediate": 64, "layers": 2, "heads": 2}
-    lm = ChatLM(tiny_llama(len(tokenizer), recipe).eval(), tokenizer, "tiny-random")
-    lm.requires_grad_(False)
-    return lm
+    from tests.conftest import random_chat_lm
+
+    return random_chat_lm()
 
 
 @pytest.fixture(scope="module")

@@ -187,22 +187,13 @@ def test_two_judges_and_human_labels_end_to_end(tmp_path):
 
     import jsonschema
 
-    from robustbench_cl.data.chat import make_chat
     from robustbench_cl.engine.results import results_schema
     from robustbench_cl.engine.runner import run
-    from robustbench_cl.models.llm import ChatLM, build_tokenizer, save_chat_lm, tiny_llama
+    from robustbench_cl.models.llm import save_chat_lm
     from robustbench_cl.report.html import write_report
+    from tests.conftest import random_chat_lm
 
-    corpus = make_chat("train", 60, 40, 30)
-    tokenizer = build_tokenizer(
-        [f"{e.instruction} {e.response} {e.target or ''}" for e in corpus.examples], 300
-    )
-    torch.manual_seed(0)
-    lm = ChatLM(
-        tiny_llama(len(tokenizer), {"hidden": 32, "intermediate": 64, "layers": 2, "heads": 2}),
-        tokenizer,
-    )
-    save_chat_lm(lm, tmp_path / "model")
+    save_chat_lm(random_chat_lm(), tmp_path / "model")
     labels = tmp_path / "labels.csv"
     labels.write_text(
         "goal,prompt,target_response,human_majority\n"
@@ -291,22 +282,13 @@ def test_jailbreakbench_and_harmbench_behaviour_files(tmp_path):
 def test_jailbreakbench_artifact_round_trips(tmp_path):
     import json
 
-    from robustbench_cl.data.chat import make_chat
     from robustbench_cl.engine.export import export_run
     from robustbench_cl.engine.runner import run
-    from robustbench_cl.models.llm import ChatLM, build_tokenizer, save_chat_lm, tiny_llama
+    from robustbench_cl.models.llm import save_chat_lm
     from robustbench_cl.tasks.jailbreak.export import read_artifact
+    from tests.conftest import random_chat_lm
 
-    corpus = make_chat("train", 60, 40, 30)
-    tokenizer = build_tokenizer(
-        [f"{e.instruction} {e.response} {e.target or ''}" for e in corpus.examples], 300
-    )
-    torch.manual_seed(0)
-    lm = ChatLM(
-        tiny_llama(len(tokenizer), {"hidden": 32, "intermediate": 64, "layers": 2, "heads": 2}),
-        tokenizer,
-    )
-    save_chat_lm(lm, tmp_path / "model")
+    save_chat_lm(random_chat_lm(), tmp_path / "model")
     jbb = tmp_path / "harmful-behaviors.csv"
     jbb.write_text(
         "Index,Goal,Target,Behavior,Category,Source\n"

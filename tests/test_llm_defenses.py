@@ -14,7 +14,7 @@ from robustbench_cl.data.chat import REFUSAL, make_chat
 from robustbench_cl.defenses import llm_inference, make_defense
 from robustbench_cl.defenses.llm_inference import message_scores, perturb
 from robustbench_cl.errors import UserError
-from robustbench_cl.models.llm import ChatLM, build_tokenizer, save_chat_lm, tiny_llama
+from robustbench_cl.models.llm import ChatLM, save_chat_lm
 from robustbench_cl.models.wrappers import Frozen
 from robustbench_cl.threat import ThreatModel
 
@@ -23,14 +23,9 @@ TOKEN = ThreatModel(norm="none", eps=0.0, space="token", bounds=None)
 
 @pytest.fixture(scope="module")
 def chat() -> ChatLM:
-    corpus = make_chat("train", 60, 40, 30)
-    texts = [f"{e.instruction} {e.response} {e.target or ''}" for e in corpus.examples]
-    tokenizer = build_tokenizer(texts, 300)
-    torch.manual_seed(0)
-    recipe = {"hidden": 32, "intermediate": 64, "layers": 2, "heads": 2}
-    lm = ChatLM(tiny_llama(len(tokenizer), recipe).eval(), tokenizer, "tiny-random")
-    lm.requires_grad_(False)
-    return lm
+    from tests.conftest import random_chat_lm
+
+    return random_chat_lm()
 
 
 def test_perturbations_change_floor_len_times_q_characters():
