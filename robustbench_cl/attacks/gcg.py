@@ -65,21 +65,6 @@ def inputs(batch: ChatBatch) -> ChatBatch:
     )
 
 
-def next_loss(logits: torch.Tensor, batch: ChatBatch) -> torch.Tensor:
-    """(B,) mean target cross-entropy from logits of every column but the last (column ``j``
-    predicts token ``j + 1``): :meth:`ChatLM.target_loss` without the unused last input."""
-    logprobs = logits.float().log_softmax(-1).gather(-1, batch.ids[:, 1:, None]).squeeze(-1)
-    mask = batch.target[:, 1:]
-    picked = torch.where(mask, logprobs, torch.zeros_like(logprobs))
-    return -picked.sum(1) / batch.target.sum(1).clamp_min(1)
-
-
-def next_forced(logits: torch.Tensor, batch: ChatBatch) -> torch.Tensor:
-    """(B,) bool: :meth:`ChatLM.forced` from logits of every column but the last."""
-    match = (logits.argmax(-1) == batch.ids[:, 1:]) | ~batch.target[:, 1:]
-    return match.all(1) & batch.target.any(1)
-
-
 def round_trips(lm: ChatLM, instructions: list[str], rows: list[list[int]]) -> list[bool]:
     """Per row: the instruction followed by the row's decoded text encodes to the instruction's
     ids followed by exactly the row (what the attack scored is what a user's text gives)."""
@@ -287,7 +272,7 @@ class GCG(JailbreakAttack):
                         )
                     sub = tail(batch.select(rows), start + p)
                     sub.ids = ids[chunk, p:]
-                    out[chunk] = next_loss(logits, sub)
+                    out[chunk] = lm.target_loss(logits, sub, shifted=True)
                 except torch.OutOfMemoryError:
                     if min(self._chunk, len(chunk)) == 1:
                         raise
@@ -379,7 +364,7 @@ class GCG(JailbreakAttack):
             view = tail(sub, start)
             view.ids = view.ids.clone()
             view.ids[:, :length] = suffix[active]
-            loss = next_loss(logits, view)
+            loss = lm.target_loss(logits, view, shifted=True)
             (grad,) = torch.autograd.grad(loss.sum(), one_hot)
             forward += len(active)
             backward += len(active)
@@ -393,7 +378,7 @@ class GCG(JailbreakAttack):
                     best_suffix = torch.where(improved[:, None], suffix, best_suffix)
                 if self.early_stop is not None and through is None:  # (undefended forcing)
                     forced = torch.zeros(n, dtype=torch.bool, device=lm.device)
-                    forced[active] = next_forced(logits, view)
+                    forced[active] = lm.forced(logits, view, shifted=True)
                     streak = torch.where(forced, streak + 1, torch.zeros_like(streak))
                     stopping = streak >= self.early_stop
                     # a prompt stops on the suffix that forced it: keep that one
@@ -604,7 +589,7 @@ class UniversalGCG(GCG):
             view = tail(batch, start)
             view.ids = view.ids.clone()
             view.ids[:, :length] = suffix
-            loss = next_loss(logits, view).mean()
+            loss = lm.target_loss(logits, view, shifted=True).mean()
             (grad,) = torch.autograd.grad(loss, one_hot)
             forward += n
             backward += n

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import random
 import string
-from typing import Any
 
 import torch
 
@@ -100,12 +99,7 @@ class DefendedChatLM(ChatLM):
 
 def text_forced(lm: ChatLM, messages: list[str], targets: list[str]) -> list[bool]:
     """The undefended model's forced outcome on each message (batched)."""
-    out: list[bool] = []
-    with torch.no_grad():
-        for begin in range(0, len(messages), 256):
-            batch = lm.layout(messages[begin : begin + 256], targets[begin : begin + 256])
-            out += lm.forced(lm.logits(lm.embed(batch.ids), batch), batch).tolist()
-    return out
+    return lm.score_texts(messages, targets)[1].tolist() if messages else []
 
 
 def plain_respond(lm: ChatLM, messages: list[str], max_new_tokens: int) -> list[str]:
@@ -242,13 +236,8 @@ class SmoothLLM(InferenceDefense):
             for c in range(self.eot_copies)
         ]
         repeated = [t for t in targets for _ in range(self.eot_copies)]
-        scores = []
-        with torch.no_grad():
-            for begin in range(0, len(copies), 256):
-                batch = lm.layout(copies[begin : begin + 256], repeated[begin : begin + 256])
-                logits = lm.logits(lm.embed(batch.ids), batch)
-                scores.append(lm.target_loss(logits, batch))
-        mean = torch.cat(scores).view(len(messages), self.eot_copies).mean(1)
+        scores, _ = lm.score_texts(copies, repeated)
+        mean = scores.view(len(messages), self.eot_copies).mean(1)
         return mean.to(losses.device), len(copies)
 
 
@@ -333,6 +322,3 @@ class PerplexityFilter(InferenceDefense):
         lowers the perplexity until it passes, then the loss among passing messages."""
         excess = (message_scores(lm, messages).to(losses.device) - self.threshold).clamp_min(0)
         return torch.where(excess > 0, INFEASIBLE + excess, losses), len(messages)
-
-    def info(self) -> dict[str, Any]:
-        return {"threshold": self._threshold}

@@ -273,9 +273,13 @@ class ChatLM(nn.Module):
         return out.logits, [(layer.keys.detach(), layer.values.detach()) for layer in layers]
 
     @staticmethod
-    def token_logprobs(logits: torch.Tensor, batch: ChatBatch) -> torch.Tensor:
-        """(B, L) log-probability of each token given the ones before it (0 where not target)."""
-        predicted = logits[:, :-1].float().log_softmax(-1)
+    def token_logprobs(
+        logits: torch.Tensor, batch: ChatBatch, shifted: bool = False
+    ) -> torch.Tensor:
+        """(B, L) log-probability of each token given the ones before it (0 where not target).
+        ``shifted``: ``logits`` has no column for the last token (a pass that did not feed it,
+        since it predicts nothing)."""
+        predicted = (logits if shifted else logits[:, :-1]).float().log_softmax(-1)
         chosen = predicted.gather(-1, batch.ids[:, 1:].unsqueeze(-1)).squeeze(-1)
         mask = batch.target[:, 1:]
         out = torch.zeros_like(batch.ids, dtype=chosen.dtype)
@@ -283,16 +287,16 @@ class ChatLM(nn.Module):
         return out
 
     @staticmethod
-    def target_loss(logits: torch.Tensor, batch: ChatBatch) -> torch.Tensor:
+    def target_loss(logits: torch.Tensor, batch: ChatBatch, shifted: bool = False) -> torch.Tensor:
         """(B,) mean cross-entropy of the target tokens under teacher forcing."""
-        logprobs = ChatLM.token_logprobs(logits, batch)
+        logprobs = ChatLM.token_logprobs(logits, batch, shifted)
         count = batch.target.sum(1).clamp_min(1)
         return -logprobs.sum(1) / count
 
     @staticmethod
-    def forced(logits: torch.Tensor, batch: ChatBatch) -> torch.Tensor:
+    def forced(logits: torch.Tensor, batch: ChatBatch, shifted: bool = False) -> torch.Tensor:
         """(B,) bool: the greedy teacher-forced prediction equals every target token."""
-        predicted = logits[:, :-1].argmax(-1)
+        predicted = (logits if shifted else logits[:, :-1]).argmax(-1)
         match = (predicted == batch.ids[:, 1:]) | ~batch.target[:, 1:]
         return match.all(1) & batch.target.any(1)
 
@@ -333,6 +337,19 @@ class ChatLM(nn.Module):
                 row = row[: row.index(self.eos_id)]
             texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
         return texts
+
+    @torch.no_grad()
+    def score_texts(
+        self, messages: list[str], targets: list[str], chunk: int = 256
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, forced) of each user message sent as text with its target, in batches."""
+        losses, hits = [], []
+        for begin in range(0, len(messages), chunk):
+            batch = self.layout(messages[begin : begin + chunk], targets[begin : begin + chunk])
+            logits = self.logits(self.embed(batch.ids), batch)
+            losses.append(self.target_loss(logits, batch))
+            hits.append(self.forced(logits, batch))
+        return torch.cat(losses), torch.cat(hits)
 
     def respond(self, instructions: list[str], max_new_tokens: int = 24) -> list[str]:
         """Greedy answers to plain instructions (no attack)."""
